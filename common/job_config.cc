@@ -1,0 +1,197 @@
+#include "common/job_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace psd {
+namespace {
+
+// Collects the text-format parser's errors with their line and column.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (!errors_.empty()) errors_ += "; ";
+    absl::StrAppend(&errors_, "line ", line + 1, ":", column + 1, ": ",
+                    message);
+  }
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string errors_;
+};
+
+absl::Status Invalid(const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source) {
+  JobConfig config;
+  std::string trimmed(absl::StripLeadingAsciiWhitespace(text));
+  if (!trimmed.empty() && trimmed[0] == '{') {
+    auto status = google::protobuf::util::JsonStringToMessage(text, &config);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": not a valid JobConfig JSON: ", status.message().as_string()));
+    }
+    return config;
+  }
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &config)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": not a valid JobConfig text proto: ", errors.errors()));
+  }
+  return config;
+}
+
+absl::StatusOr<JobConfig> LoadJobConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseJobConfig(text.str(), path);
+}
+
+void ApplyJobConfigDefaults(JobConfig* config) {
+  if (config->consistency() == CONSISTENCY_UNSPECIFIED) {
+    config->set_consistency(BSP);
+  }
+  if (config->optimizer().kind() == OptimizerSpec::KIND_UNSPECIFIED) {
+    config->mutable_optimizer()->set_kind(OptimizerSpec::SGD);
+  }
+  if (config->model().kind() == ModelSpec::KIND_UNSPECIFIED) {
+    config->mutable_model()->set_kind(ModelSpec::MLP);
+  }
+  if (config->dataset().name().empty()) {
+    config->mutable_dataset()->set_name("fashion-mnist");
+  }
+  if (config->partition_bytes() == 0) {
+    config->set_partition_bytes(kDefaultPartitionBytes);
+  }
+}
+
+absl::Status ValidateJobConfig(const JobConfig& c) {
+  if (c.name().empty()) return Invalid("name", "required");
+  for (char ch : c.name()) {
+    if (!absl::ascii_isalnum(ch) && ch != '-' && ch != '_') {
+      return Invalid("name", absl::StrCat("only [A-Za-z0-9_-] allowed, got \"",
+                                          c.name(), "\""));
+    }
+  }
+  if (!c.has_model()) return Invalid("model", "required");
+  const ModelSpec& m = c.model();
+  if (m.kind() != ModelSpec::MLP) {
+    return Invalid("model.kind", "only MLP is supported");
+  }
+  if (m.input_dim() <= 0) {
+    return Invalid("model.input_dim",
+                   absl::StrCat("must be >= 1, got ", m.input_dim()));
+  }
+  if (m.num_classes() < 2) {
+    return Invalid("model.num_classes",
+                   absl::StrCat("must be >= 2, got ", m.num_classes()));
+  }
+  for (int i = 0; i < m.hidden_sizes_size(); ++i) {
+    if (m.hidden_sizes(i) <= 0 || m.hidden_sizes(i) > (1 << 16)) {
+      return Invalid(absl::StrCat("model.hidden_sizes[", i, "]"),
+                     absl::StrCat("must be in [1, 65536], got ",
+                                  m.hidden_sizes(i)));
+    }
+  }
+  if (!c.has_dataset()) return Invalid("dataset", "required");
+  if (c.dataset().name() != "fashion-mnist") {
+    return Invalid("dataset.name",
+                   absl::StrCat("only \"fashion-mnist\" is supported, got \"",
+                                c.dataset().name(), "\""));
+  }
+  if (c.dataset().train_limit() < 0) {
+    return Invalid("dataset.train_limit", "must be >= 0");
+  }
+  if (c.dataset().test_limit() < 0) {
+    return Invalid("dataset.test_limit", "must be >= 0");
+  }
+  if (m.input_dim() != 784) {
+    return Invalid("model.input_dim",
+                   absl::StrCat("fashion-mnist has 784 features, got ",
+                                m.input_dim()));
+  }
+  if (m.num_classes() != 10) {
+    return Invalid("model.num_classes",
+                   absl::StrCat("fashion-mnist has 10 classes, got ",
+                                m.num_classes()));
+  }
+  if (!c.has_optimizer()) return Invalid("optimizer", "required");
+  const OptimizerSpec& o = c.optimizer();
+  if (o.kind() != OptimizerSpec::SGD) {
+    return Invalid("optimizer.kind", "only SGD is supported");
+  }
+  if (!std::isfinite(o.learning_rate()) || o.learning_rate() <= 0) {
+    return Invalid("optimizer.learning_rate",
+                   absl::StrCat("must be > 0, got ", o.learning_rate()));
+  }
+  if (!std::isfinite(o.momentum()) || o.momentum() < 0 || o.momentum() >= 1) {
+    return Invalid("optimizer.momentum",
+                   absl::StrCat("must be in [0, 1), got ", o.momentum()));
+  }
+  if (!std::isfinite(o.weight_decay()) || o.weight_decay() < 0) {
+    return Invalid("optimizer.weight_decay",
+                   absl::StrCat("must be >= 0, got ", o.weight_decay()));
+  }
+  if (c.consistency() != BSP) {
+    return Invalid("consistency", "only BSP is supported");
+  }
+  if (c.batch_size() <= 0 || c.batch_size() > 65536) {
+    return Invalid("batch_size",
+                   absl::StrCat("must be in [1, 65536], got ", c.batch_size()));
+  }
+  if (c.epochs() <= 0) {
+    return Invalid("epochs", absl::StrCat("must be >= 1, got ", c.epochs()));
+  }
+  if (c.workers() <= 0 || c.workers() > 1024) {
+    return Invalid("workers",
+                   absl::StrCat("must be in [1, 1024], got ", c.workers()));
+  }
+  if (c.partition_bytes() < 4096) {
+    return Invalid("partition_bytes",
+                   absl::StrCat("must be >= 4096, got ", c.partition_bytes()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
+  std::vector<int64_t> sizes = {model.input_dim()};
+  for (int h : model.hidden_sizes()) sizes.push_back(h);
+  sizes.push_back(model.num_classes());
+  std::vector<ParameterSpec> params;
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+    ParameterSpec weight;
+    weight.set_name(absl::StrCat("layer", i, ".weight"));
+    weight.add_shape(sizes[i]);
+    weight.add_shape(sizes[i + 1]);
+    params.push_back(weight);
+    ParameterSpec bias;
+    bias.set_name(absl::StrCat("layer", i, ".bias"));
+    bias.add_shape(sizes[i + 1]);
+    params.push_back(bias);
+  }
+  return params;
+}
+
+int64_t StepsPerEpoch(const JobConfig& config, int64_t train_examples) {
+  const int64_t smallest_shard = train_examples / config.workers();
+  return smallest_shard / config.batch_size();
+}
+
+}  // namespace psd

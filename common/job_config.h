@@ -1,0 +1,46 @@
+// Loading, defaulting and validating a job config (proto/job.proto).
+#ifndef PSD_COMMON_JOB_CONFIG_H_
+#define PSD_COMMON_JOB_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/proto.h"
+
+namespace psd {
+
+// Default of JobConfig.partition_bytes: 1 MiB.
+inline constexpr int64_t kDefaultPartitionBytes = 1 << 20;
+
+// Parses a job config from a file: protobuf text format, or JSON when the
+// file's first non-blank character is '{'. Errors: NOT_FOUND (no file),
+// INVALID_ARGUMENT with the parser's line, column and field name.
+absl::StatusOr<JobConfig> LoadJobConfigFile(const std::string& path);
+
+// The same, from a string; `source` names it in error messages.
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source);
+
+// Fills the defaults of fields left unset: consistency BSP, optimizer SGD,
+// model MLP, dataset "fashion-mnist", partition_bytes 1 MiB.
+void ApplyJobConfigDefaults(JobConfig* config);
+
+// Checks every field. Returns INVALID_ARGUMENT whose message starts with the
+// field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0".
+absl::Status ValidateJobConfig(const JobConfig& config);
+
+// The parameter tensors of the config's model, in order (see
+// ModelSpec in proto/job.proto for names and shapes).
+std::vector<ParameterSpec> ModelParameters(const ModelSpec& model);
+
+// Examples per rank and steps per epoch for a training set of
+// `train_examples` examples: every rank runs the same number of steps,
+// floor(smallest shard / batch_size).
+int64_t StepsPerEpoch(const JobConfig& config, int64_t train_examples);
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_JOB_CONFIG_H_

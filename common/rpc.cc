@@ -1,0 +1,59 @@
+#include "common/rpc.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace psd {
+
+absl::StatusOr<RpcServer> StartRpcServer(
+    const RpcServerOptions& options,
+    const std::vector<grpc::Service*>& services) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  RpcServer result;
+  builder.AddListeningPort(options.listen_address,
+                           grpc::InsecureServerCredentials(), &result.port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  grpc::ResourceQuota quota("psd");
+  quota.SetMaxThreads(options.max_threads);
+  builder.SetResourceQuota(quota);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  result.server = builder.BuildAndStart();
+  if (result.server == nullptr || result.port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen_address,
+        " (address in use, or not an address of this host?)"));
+  }
+  return result;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  args.SetInt("grpc.http2.lookahead_bytes", 64 << 20);
+  args.SetInt("grpc.http2.write_buffer_size", 64 << 20);
+  args.SetInt("grpc.http2.max_frame_size", 16777215);
+  args.SetInt("grpc.http2.bdp_probe", 0);
+  args.SetInt("grpc.experimental.tcp_read_chunk_size", 4 << 20);
+  // A distinct channel per call site: no sharing of one TCP connection
+  // between unrelated clients in one process.
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+std::string AdvertisedAddress(const std::string& listen_address, int port) {
+  const size_t colon = listen_address.rfind(':');
+  std::string host = colon == std::string::npos
+                         ? listen_address
+                         : listen_address.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace psd

@@ -1,0 +1,59 @@
+// gRPC plumbing shared by every psd process: starting a server with the
+// standard health service and reflection, and client channels tuned for
+// bulk tensor transfer.
+#ifndef PSD_COMMON_RPC_H_
+#define PSD_COMMON_RPC_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+
+namespace psd {
+
+struct RpcServerOptions {
+  // host:port to bind. Port 0 lets the OS choose (read it back from
+  // RpcServer::port). Default: 127.0.0.1:0.
+  std::string listen_address = "127.0.0.1:0";
+  // Largest request or response, in bytes. Default: 64 MiB.
+  int max_message_bytes = 64 << 20;
+  // Upper bound on the sync server's handler threads. Default: 64.
+  int max_threads = 64;
+};
+
+// A started gRPC server that always serves grpc.health.v1.Health (status
+// SERVING for "" and every registered service) and server reflection.
+struct RpcServer {
+  std::unique_ptr<grpc::Server> server;
+  // The bound port.
+  int port = 0;
+};
+
+// Binds and starts. `services` are not owned and must outlive the server.
+// Errors: UNAVAILABLE naming the address when it cannot be bound (for
+// example, already in use).
+absl::StatusOr<RpcServer> StartRpcServer(
+    const RpcServerOptions& options,
+    const std::vector<grpc::Service*>& services);
+
+// An insecure channel to host:port with message limits and HTTP/2 windows
+// raised for tensor traffic.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+
+// now + timeout, for ClientContext::set_deadline.
+inline std::chrono::system_clock::time_point DeadlineIn(
+    std::chrono::milliseconds timeout) {
+  return std::chrono::system_clock::now() + timeout;
+}
+
+// "host:port" with the host of `listen_address` and the given port, for the
+// address a process advertises when it bound port 0.
+std::string AdvertisedAddress(const std::string& listen_address, int port);
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_RPC_H_

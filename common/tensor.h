@@ -1,0 +1,33 @@
+// Encoding of float32 data in the Tensor message (proto/tensor.proto):
+// little-endian bytes beside dtype and shape.
+#ifndef PSD_COMMON_TENSOR_H_
+#define PSD_COMMON_TENSOR_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/proto.h"
+
+namespace psd {
+
+// Writes n floats as a 1-D FLOAT32 tensor of shape [n], reusing out's buffer.
+void EncodeFloat32(const float* data, int64_t n, Tensor* out);
+
+// Checks that `tensor` is FLOAT32 with shape [expected_elements] and
+// 4 * expected_elements bytes of data. `what` names it in the error, e.g.
+// "gradients[2] (partition 7)". Errors: INVALID_ARGUMENT.
+absl::Status CheckFloat32(const Tensor& tensor, int64_t expected_elements,
+                          const std::string& what);
+
+// The tensor's elements. REQUIRES: CheckFloat32(tensor, ...) is OK.
+inline const float* Float32Data(const Tensor& tensor) {
+  return reinterpret_cast<const float*>(tensor.data().data());
+}
+
+// Index of the first NaN or Inf of data[0, n), or -1 when all are finite.
+int64_t FindNonFinite(const float* data, int64_t n);
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_TENSOR_H_
