@@ -1,0 +1,314 @@
+#include "server/parameter_store.h"
+
+#include <algorithm>
+#include <set>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/job_config.h"
+#include "common/placement.h"
+#include "common/status.h"
+#include "common/tensor.h"
+#include "server/optimizer.h"
+
+namespace psd {
+
+namespace {
+
+// One partition's state. Protected by its Job's mu.
+struct PartitionState {
+  int64_t num_elements = 0;
+  std::vector<float> weights;
+  std::vector<float> velocity;  // momentum slot; empty when momentum == 0
+  // Updates applied so far.
+  int64_t step = 0;
+  // Gradients of `step` received so far, by rank; buffers reused each step.
+  std::vector<std::vector<float>> pending;
+  std::vector<bool> received;
+  int32_t received_count = 0;
+  // Sum of pending gradients (reused buffer).
+  std::vector<float> sum;
+};
+
+}  // namespace
+
+struct ParameterStore::Job {
+  // Constant after construction.
+  std::string id;
+  JobConfig config;
+  std::string config_bytes;  // serialized config, to compare re-creates
+  int64_t view_epoch = 0;
+
+  absl::Mutex mu;
+  absl::CondVar applied;  // signalled when any partition's step advances
+  bool dropped ABSL_GUARDED_BY(mu) = false;
+  std::map<int32_t, PartitionState> partitions ABSL_GUARDED_BY(mu);
+};
+
+absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("job_id: no job \"", job_id, "\" on this server"));
+  }
+  return it->second;
+}
+
+absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
+    const CreateJobRequest& request) {
+  if (request.job_id().empty()) {
+    return absl::InvalidArgumentError("job_id: required");
+  }
+  JobConfig config = request.config();
+  ApplyJobConfigDefaults(&config);
+  absl::Status valid = ValidateJobConfig(config);
+  if (!valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.", valid.message()));
+  }
+  const Placement& placement = request.placement();
+  std::set<int32_t> shards(request.shards().begin(), request.shards().end());
+  auto job = std::make_shared<Job>();
+  job->id = request.job_id();
+  job->config = config;
+  job->config_bytes = config.SerializeAsString();
+  job->view_epoch = request.view_epoch();
+  CreateJobResponse response;
+  {
+    absl::MutexLock lock(&job->mu);
+    std::map<int32_t, std::vector<float>> initial;  // by parameter index
+    for (const Partition& part : placement.partitions()) {
+      if (!shards.count(part.shard())) continue;
+      if (part.parameter() < 0 ||
+          part.parameter() >= placement.parameters_size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "placement.partitions[", part.id(), "].parameter: out of range"));
+      }
+      const ParameterSpec& spec = placement.parameters(part.parameter());
+      const int64_t total = NumElements(spec);
+      if (part.offset() < 0 || part.num_elements() <= 0 ||
+          part.offset() + part.num_elements() > total) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "placement.partitions[", part.id(), "]: slice [", part.offset(),
+            ", +", part.num_elements(), ") outside ", spec.name()));
+      }
+      auto it = initial.find(part.parameter());
+      if (it == initial.end()) {
+        it = initial
+                 .emplace(part.parameter(),
+                          InitialValues(spec, part.parameter(),
+                                        config.model().init_seed()))
+                 .first;
+      }
+      PartitionState& state = job->partitions[part.id()];
+      state.num_elements = part.num_elements();
+      state.weights.assign(it->second.begin() + part.offset(),
+                           it->second.begin() + part.offset() +
+                               part.num_elements());
+      if (config.optimizer().momentum() != 0.0f) {
+        state.velocity.assign(part.num_elements(), 0.0f);
+      }
+      state.pending.assign(config.workers(),
+                           std::vector<float>(part.num_elements()));
+      state.received.assign(config.workers(), false);
+      state.sum.resize(part.num_elements());
+      response.set_num_partitions(response.num_partitions() + 1);
+      response.set_state_bytes(
+          response.state_bytes() +
+          static_cast<int64_t>(sizeof(float)) * part.num_elements() *
+              (3 + config.workers() + (state.velocity.empty() ? 0 : 1)));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  auto existing = jobs_.find(job->id);
+  if (existing != jobs_.end()) {
+    if (existing->second->config_bytes != job->config_bytes) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "job_id: job \"", job->id, "\" exists with another config"));
+    }
+    return response;  // a retried CreateJob: keep the state we have
+  }
+  jobs_[job->id] = std::move(job);
+  return response;
+}
+
+absl::Status ParameterStore::DropJob(const std::string& job_id) {
+  std::shared_ptr<Job> job;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("job_id: no job \"", job_id, "\" on this server"));
+    }
+    job = std::move(it->second);
+    jobs_.erase(it);
+  }
+  absl::MutexLock lock(&job->mu);
+  job->dropped = true;
+  job->partitions.clear();
+  job->applied.SignalAll();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
+  if (request.view_epoch() != job->view_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "view_epoch: push is for epoch ", request.view_epoch(),
+        ", this server is in epoch ", job->view_epoch));
+  }
+  const int32_t rank = request.worker_rank();
+  if (rank < 0 || rank >= job->config.workers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_rank: ", rank, " outside [0, ",
+                     job->config.workers(), ")"));
+  }
+  if (request.step() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: must be >= 0, got ", request.step()));
+  }
+  // Finite values: checked before taking the lock (CPU work on request data).
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const Tensor& t = request.gradients(i).tensor();
+    if (t.dtype() != FLOAT32 || t.data().size() % sizeof(float) != 0) continue;
+    const int64_t bad = FindNonFinite(Float32Data(t), t.data().size() / 4);
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradients[", i, "] (partition ", request.gradients(i).partition_id(),
+          "): element ", bad, " is ", Float32Data(t)[bad],
+          "; non-finite gradients are never applied"));
+    }
+  }
+
+  absl::MutexLock lock(&job->mu);
+  if (job->dropped) {
+    return absl::NotFoundError(
+        absl::StrCat("job_id: job \"", job->id, "\" was dropped"));
+  }
+  // Validate the whole request before taking any of it.
+  std::set<int32_t> seen;
+  bool all_duplicate = true;
+  int64_t applied_step = INT64_MAX;
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const PartitionTensor& g = request.gradients(i);
+    auto it = job->partitions.find(g.partition_id());
+    if (it == job->partitions.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("gradients[", i, "].partition_id: partition ",
+                       g.partition_id(), " is not held by this server"));
+    }
+    if (!seen.insert(g.partition_id()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("gradients[", i, "].partition_id: partition ",
+                       g.partition_id(), " appears twice"));
+    }
+    const PartitionState& state = it->second;
+    PSD_RETURN_IF_ERROR(CheckFloat32(
+        g.tensor(), state.num_elements,
+        absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")")));
+    if (request.step() > state.step) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step: ", request.step(), " is ahead of partition ", g.partition_id(),
+          ", which is at step ", state.step,
+          " (pull the parameters of a step before pushing its gradients)"));
+    }
+    const bool duplicate =
+        request.step() < state.step || state.received[rank];
+    all_duplicate = all_duplicate && duplicate;
+  }
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const PartitionTensor& g = request.gradients(i);
+    PartitionState& state = job->partitions[g.partition_id()];
+    if (request.step() == state.step && !state.received[rank]) {
+      const float* data = Float32Data(g.tensor());
+      std::copy(data, data + state.num_elements, state.pending[rank].begin());
+      state.received[rank] = true;
+      if (++state.received_count == job->config.workers()) {
+        // Sum in rank order, average, apply once.
+        std::copy(state.pending[0].begin(), state.pending[0].end(),
+                  state.sum.begin());
+        for (size_t r = 1; r < state.pending.size(); ++r) {
+          const std::vector<float>& p = state.pending[r];
+          for (int64_t k = 0; k < state.num_elements; ++k) state.sum[k] += p[k];
+        }
+        const float scale = 1.0f / static_cast<float>(job->config.workers());
+        for (float& v : state.sum) v *= scale;
+        ApplySgd(job->config.optimizer(), state.sum.data(), state.num_elements,
+                 state.weights.data(), state.velocity.data());
+        state.step++;
+        state.received.assign(state.received.size(), false);
+        state.received_count = 0;
+        job->applied.SignalAll();
+      }
+    }
+    applied_step = std::min(applied_step, state.step);
+  }
+  PushResponse response;
+  response.set_duplicate(all_duplicate && request.gradients_size() > 0);
+  response.set_applied_step(applied_step == INT64_MAX ? 0 : applied_step);
+  return response;
+}
+
+absl::Status ParameterStore::Pull(const PullRequest& request,
+                                  absl::Time deadline,
+                                  const std::function<bool()>& is_cancelled,
+                                  PullResponse* response) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
+  if (!request.latest() && request.view_epoch() != job->view_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "view_epoch: pull is for epoch ", request.view_epoch(),
+        ", this server is in epoch ", job->view_epoch));
+  }
+  absl::MutexLock lock(&job->mu);
+  for (int i = 0; i < request.partition_ids_size(); ++i) {
+    if (!job->partitions.count(request.partition_ids(i))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("partition_ids[", i, "]: partition ",
+                       request.partition_ids(i), " is not held by this server"));
+    }
+  }
+  // Wait until every requested partition has reached the step.
+  while (!request.latest()) {
+    if (job->dropped) {
+      return absl::CancelledError(
+          absl::StrCat("job \"", job->id, "\" was dropped while pulling"));
+    }
+    int64_t lowest = INT64_MAX;
+    for (int32_t id : request.partition_ids()) {
+      const PartitionState& state = job->partitions[id];
+      if (state.step > request.step()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "step: ", request.step(), " is no longer held: partition ", id,
+            " is at step ", state.step));
+      }
+      lowest = std::min(lowest, state.step);
+    }
+    if (lowest == INT64_MAX || lowest >= request.step()) break;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "step ", request.step(), " not reached before the deadline (at step ",
+          lowest, "; waiting for other workers' pushes)"));
+    }
+    if (is_cancelled()) return absl::CancelledError("pull cancelled by client");
+    job->applied.WaitWithDeadline(
+        &job->mu, std::min(deadline, absl::Now() + absl::Milliseconds(100)));
+  }
+  if (job->dropped) {
+    return absl::CancelledError(absl::StrCat("job \"", job->id, "\" was dropped"));
+  }
+  int64_t step = INT64_MAX;
+  for (int32_t id : request.partition_ids()) {
+    const PartitionState& state = job->partitions[id];
+    PartitionTensor* out = response->add_parameters();
+    out->set_partition_id(id);
+    EncodeFloat32(state.weights.data(), state.num_elements, out->mutable_tensor());
+    step = std::min(step, state.step);
+  }
+  response->set_step(step == INT64_MAX ? request.step() : step);
+  return absl::OkStatus();
+}
+
+}  // namespace psd

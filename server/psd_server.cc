@@ -1,0 +1,96 @@
+// psd_server: a parameter server. Holds parameter partitions of jobs, serves
+// push and pull, and applies the optimizer (see server/parameter_store.h).
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/membership.h"
+#include "common/process.h"
+#include "common/rpc.h"
+#include "server/parameter_service.h"
+#include "server/parameter_store.h"
+
+ABSL_FLAG(std::string, coordinator, "",
+          "Coordinator address, host:port (required).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:0",
+          "Address to serve gRPC on; port 0 lets the OS choose.");
+ABSL_FLAG(std::string, advertise, "",
+          "Address others dial to reach this server (default: the listen "
+          "host with the bound port).");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, write the bound port to this file once serving.");
+ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
+ABSL_FLAG(int, connect_timeout_ms, 10000,
+          "Give up when the coordinator cannot be reached for this long, ms.");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug, info, warn, error or off.");
+
+namespace psd {
+namespace {
+
+int Main() {
+  absl::Status logging = SetUpLogging("server", absl::GetFlag(FLAGS_log_level));
+  if (!logging.ok()) {
+    std::fprintf(stderr, "psd_server: %s\n", std::string(logging.message()).c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_coordinator).empty()) {
+    Log()->error("--coordinator is required (host:port of psd_coordinator)");
+    return 2;
+  }
+  ParameterStore store;
+  ParameterService service(&store);
+  RpcServerOptions rpc_options;
+  rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
+  auto rpc = StartRpcServer(rpc_options, {&service});
+  if (!rpc.ok()) {
+    Log()->error("{}", rpc.status().ToString());
+    return 1;
+  }
+  std::string advertised = absl::GetFlag(FLAGS_advertise);
+  if (advertised.empty()) {
+    advertised = AdvertisedAddress(rpc_options.listen_address, rpc->port);
+  }
+  Log()->info("serving psd.v1.ParameterServer on {}", advertised);
+
+  MembershipOptions options;
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.advertised_address = advertised;
+  options.role = MembershipOptions::Role::kServer;
+  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
+  options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
+  Membership membership(options, [](const HeartbeatResponse&) {});
+  absl::Status joined = membership.Start();
+  if (!joined.ok()) {
+    Log()->error("{}", joined.ToString());
+    rpc->server->Shutdown();
+    return 1;
+  }
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    absl::Status written = WriteFileAtomically(absl::GetFlag(FLAGS_port_file),
+                                               std::to_string(rpc->port));
+    if (!written.ok()) Log()->error("{}", written.ToString());
+  }
+  const int sig = WaitForShutdownSignal();
+  Log()->info("signal {}: draining in-flight calls and shutting down", sig);
+  rpc->server->Shutdown(DeadlineIn(std::chrono::seconds(5)));
+  return 0;
+}
+
+}  // namespace
+}  // namespace psd
+
+int main(int argc, char** argv) {
+  psd::TuneAllocator();
+  psd::BlockShutdownSignals();
+  absl::SetProgramUsageMessage(
+      "A psd parameter server.\n"
+      "  psd_server --coordinator=HOST:PORT [--listen=127.0.0.1:0]\n"
+      "Registers with the coordinator, then holds the parameter shards it is\n"
+      "given and serves psd.v1.ParameterServer (push, pull) plus gRPC health\n"
+      "and reflection. SIGINT/SIGTERM shut it down gracefully.");
+  absl::ParseCommandLine(argc, argv);
+  return psd::Main();
+}
