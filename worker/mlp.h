@@ -1,0 +1,101 @@
+// A multi-layer perceptron's forward and backward passes, computed through
+// a kernels::Backend. The Mlp holds no parameters: each call is given
+// pointers to them (e.g. a worker's copy pulled from the parameter
+// servers), so one Mlp serves any parameter version.
+#ifndef PSD_WORKER_MLP_H_
+#define PSD_WORKER_MLP_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/kernels.h"
+
+namespace psd {
+
+// MLP input_dim -> hidden... -> num_classes, ReLU after every layer but the
+// last, softmax cross-entropy loss (mean over the batch, in nats).
+//
+// Parameters, all float32 row-major, in this order: for each layer i
+// (0-based) "layer{i}.weight" [fan_in, fan_out], then "layer{i}.bias"
+// [fan_out]. A layer computes Y[batch, fan_out] = X[batch, fan_in] * W + b.
+// Inputs x are [batch, input_dim] row-major float32; labels are int32.
+// All pointers are in the backend's memory space (host for the CPU backend).
+//
+// Backward pass (standard backpropagation), with dZ the gradient of the mean
+// loss w.r.t. a layer's pre-activation output Z:
+//   dZ_last = (softmax - onehot) / batch, dW = X^T dZ, db = colsum(dZ),
+//   dX = dZ W^T, and dZ = dX * [Y > 0] through each ReLU.
+//
+// Activation buffers for max_batch rows are allocated once, in the
+// constructor; steps allocate nothing. Not thread-safe (the buffers are
+// shared between calls): use one Mlp per thread.
+class Mlp {
+ public:
+  // layer_sizes = {input_dim, hidden..., num_classes}; max_batch = largest
+  // batch passed to ForwardBackward and the chunk size of CountCorrect.
+  // `backend` is not owned and must outlive the Mlp.
+  // REQUIRES: layer_sizes.size() >= 2, every size > 0, max_batch > 0,
+  // backend != nullptr. Use Create() to check these on untrusted input.
+  Mlp(std::vector<int32_t> layer_sizes, int32_t max_batch,
+      kernels::Backend* backend);
+
+  // Like the constructor, but returns INVALID_ARGUMENT when a REQUIRES
+  // above does not hold (e.g. sizes from a job config).
+  static absl::StatusOr<std::unique_ptr<Mlp>> Create(
+      std::vector<int32_t> layer_sizes, int32_t max_batch,
+      kernels::Backend* backend);
+
+  Mlp(const Mlp&) = delete;
+  Mlp& operator=(const Mlp&) = delete;
+
+  // Element counts of the 2 * num_layers parameter tensors, in the order
+  // above: fan_in * fan_out, fan_out, ...
+  std::vector<int64_t> ParameterSizes() const;
+  // Names of the same tensors: "layer0.weight", "layer0.bias", ...
+  std::vector<std::string> ParameterNames() const;
+
+  // One training step on a batch. params[i] points at tensor i (read-only);
+  // grads[i] gets the gradient of the MEAN loss over the batch w.r.t. tensor
+  // i (overwritten). Returns the mean loss.
+  // REQUIRES: 0 < batch <= max_batch, params.size() == grads.size() ==
+  // ParameterSizes().size(), labels in [0, num_classes).
+  float ForwardBackward(const std::vector<const float*>& params,
+                        const float* x, const int32_t* labels, int32_t batch,
+                        const std::vector<float*>& grads);
+
+  // Number of the n examples x [n, input_dim] whose argmax prediction equals
+  // their label, evaluated in chunks of max_batch rows. REQUIRES: n >= 0.
+  int64_t CountCorrect(const std::vector<const float*>& params,
+                       const float* x, const int32_t* labels, int64_t n);
+
+  const std::vector<int32_t>& layer_sizes() const { return layer_sizes_; }
+  int32_t max_batch() const { return max_batch_; }
+  int32_t num_layers() const {
+    return static_cast<int32_t>(layer_sizes_.size()) - 1;
+  }
+  int32_t num_classes() const { return layer_sizes_.back(); }
+
+ private:
+  // Runs the forward pass on `batch` rows of x; the logits end up in
+  // acts_.back().
+  void Forward(const std::vector<const float*>& params, const float* x,
+               int32_t batch);
+
+  // Constant after construction.
+  const std::vector<int32_t> layer_sizes_;
+  const int32_t max_batch_;
+  kernels::Backend* const backend_;
+
+  // Scratch, [max_batch, layer_sizes_[i + 1]] each: acts_[i] is layer i's
+  // output (post-ReLU for hidden layers), dacts_[i] its gradient.
+  std::vector<std::vector<float>> acts_;
+  std::vector<std::vector<float>> dacts_;
+  std::vector<int32_t> predictions_;  // [max_batch]
+};
+
+}  // namespace psd
+
+#endif  // PSD_WORKER_MLP_H_
