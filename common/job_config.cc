@@ -1,5 +1,6 @@
 #include "common/job_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -187,6 +188,12 @@ std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
     params.push_back(bias);
   }
   return params;
+}
+
+int64_t TrainExamples(const JobConfig& config) {
+  const int64_t limit = config.dataset().train_limit();
+  return limit > 0 ? std::min(limit, kFashionMnistTrainExamples)
+                   : kFashionMnistTrainExamples;
 }
 
 int64_t StepsPerEpoch(const JobConfig& config, int64_t train_examples) {

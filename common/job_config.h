@@ -36,6 +36,13 @@ absl::Status ValidateJobConfig(const JobConfig& config);
 // ModelSpec in proto/job.proto for names and shapes).
 std::vector<ParameterSpec> ModelParameters(const ModelSpec& model);
 
+// Training examples of Fashion-MNIST.
+inline constexpr int64_t kFashionMnistTrainExamples = 60000;
+
+// Training examples the job uses: dataset.train_limit when set (and smaller),
+// otherwise the whole training set.
+int64_t TrainExamples(const JobConfig& config);
+
 // Examples per rank and steps per epoch for a training set of
 // `train_examples` examples: every rank runs the same number of steps,
 // floor(smallest shard / batch_size).

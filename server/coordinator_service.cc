@@ -1,0 +1,80 @@
+#include "server/coordinator_service.h"
+
+#include "common/status.h"
+
+namespace psd {
+
+namespace {
+
+// Copies an OK result into *out; returns the status as gRPC's.
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> result, T* out) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *out = *std::move(result);
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status MembershipService::RegisterServer(grpc::ServerContext*,
+                                               const RegisterRequest* request,
+                                               RegisterResponse* response) {
+  return Reply(state_->RegisterServer(*request), response);
+}
+
+grpc::Status MembershipService::RegisterWorker(grpc::ServerContext*,
+                                               const RegisterRequest* request,
+                                               RegisterResponse* response) {
+  return Reply(state_->RegisterWorker(*request), response);
+}
+
+grpc::Status MembershipService::Heartbeat(grpc::ServerContext*,
+                                          const HeartbeatRequest* request,
+                                          HeartbeatResponse* response) {
+  return Reply(state_->Heartbeat(*request), response);
+}
+
+grpc::Status MembershipService::ReportProgress(
+    grpc::ServerContext*, const ReportProgressRequest* request,
+    ReportProgressResponse* response) {
+  return Reply(state_->ReportProgress(*request), response);
+}
+
+grpc::Status MembershipService::GetClusterView(grpc::ServerContext*,
+                                               const GetClusterViewRequest*,
+                                               ClusterView* response) {
+  *response = state_->GetClusterView();
+  return grpc::Status::OK;
+}
+
+grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,
+                                          const JobConfig* config,
+                                          SubmitJobResponse* response) {
+  auto id = state_->SubmitJob(*config);
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  response->set_job_id(*id);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobControlService::GetJob(grpc::ServerContext*,
+                                       const GetJobRequest* request,
+                                       JobStatus* response) {
+  return Reply(state_->GetJob(request->job_id()), response);
+}
+
+grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
+                                         const ListJobsRequest*,
+                                         ListJobsResponse* response) {
+  for (JobStatus& job : state_->ListJobs()) {
+    *response->add_jobs() = std::move(job);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status JobControlService::CancelJob(grpc::ServerContext*,
+                                          const CancelJobRequest* request,
+                                          JobStatus* response) {
+  return Reply(state_->CancelJob(request->job_id()), response);
+}
+
+}  // namespace psd

@@ -1,0 +1,51 @@
+// The coordinator's two gRPC services, psd.v1.Coordinator (membership) and
+// psd.v1.JobService (job control), over one CoordinatorState.
+#ifndef PSD_SERVER_COORDINATOR_SERVICE_H_
+#define PSD_SERVER_COORDINATOR_SERVICE_H_
+
+#include "common/proto.h"
+#include "server/coordinator_state.h"
+
+namespace psd {
+
+// Thread-safe; does not own `state`.
+class MembershipService final : public Coordinator::Service {
+ public:
+  explicit MembershipService(CoordinatorState* state) : state_(state) {}
+  grpc::Status RegisterServer(grpc::ServerContext*, const RegisterRequest*,
+                              RegisterResponse*) override;
+  grpc::Status RegisterWorker(grpc::ServerContext*, const RegisterRequest*,
+                              RegisterResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const HeartbeatRequest*,
+                         HeartbeatResponse*) override;
+  grpc::Status ReportProgress(grpc::ServerContext*,
+                              const ReportProgressRequest*,
+                              ReportProgressResponse*) override;
+  grpc::Status GetClusterView(grpc::ServerContext*,
+                              const GetClusterViewRequest*,
+                              ClusterView*) override;
+
+ private:
+  CoordinatorState* const state_;
+};
+
+// Thread-safe; does not own `state`.
+class JobControlService final : public JobService::Service {
+ public:
+  explicit JobControlService(CoordinatorState* state) : state_(state) {}
+  grpc::Status SubmitJob(grpc::ServerContext*, const JobConfig*,
+                         SubmitJobResponse*) override;
+  grpc::Status GetJob(grpc::ServerContext*, const GetJobRequest*,
+                      JobStatus*) override;
+  grpc::Status ListJobs(grpc::ServerContext*, const ListJobsRequest*,
+                        ListJobsResponse*) override;
+  grpc::Status CancelJob(grpc::ServerContext*, const CancelJobRequest*,
+                         JobStatus*) override;
+
+ private:
+  CoordinatorState* const state_;
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_SERVICE_H_
