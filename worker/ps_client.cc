@@ -1,0 +1,198 @@
+#include "worker/ps_client.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/time/clock.h"
+#include "common/placement.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "common/tensor.h"
+
+namespace psd {
+
+struct ParameterClient::Target {
+  Partition partition;
+  std::string server;  // "id (address)", for messages
+  std::shared_ptr<ParameterServer::Stub> stub;
+  PushRequest push;
+  PushResponse push_response;
+  PullRequest pull;
+  PullResponse pull_response;
+  grpc::Status status;
+};
+
+ParameterClient::ParameterClient(const Assignment& assignment,
+                                 ParameterClientOptions options)
+    : options_(options),
+      job_id_(assignment.job_id()),
+      rank_(assignment.rank()),
+      view_epoch_(assignment.view_epoch()) {}
+
+ParameterClient::~ParameterClient() = default;
+
+absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
+    const Assignment& assignment, ParameterClientOptions options) {
+  std::unique_ptr<ParameterClient> client(
+      new ParameterClient(assignment, options));
+  std::map<std::string, const ServerInfo*> servers;
+  for (const ServerInfo& s : assignment.servers()) servers[s.id()] = &s;
+  std::map<int32_t, std::string> primary;
+  for (const ShardReplicas& r : assignment.shards()) primary[r.shard()] = r.primary();
+  std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs;
+  const Placement& placement = assignment.placement();
+  for (const ParameterSpec& p : placement.parameters()) {
+    client->sizes_.push_back(NumElements(p));
+    client->names_.push_back(p.name());
+  }
+  for (const Partition& part : placement.partitions()) {
+    auto shard = primary.find(part.shard());
+    if (shard == primary.end() || !servers.count(shard->second)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "assignment: no server for shard ", part.shard(), " of partition ",
+          part.id()));
+    }
+    if (part.parameter() < 0 ||
+        part.parameter() >= static_cast<int32_t>(client->sizes_.size()) ||
+        part.offset() < 0 ||
+        part.offset() + part.num_elements() > client->sizes_[part.parameter()]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("assignment: partition ", part.id(), " out of range"));
+    }
+    const ServerInfo& server = *servers[shard->second];
+    auto& stub = stubs[server.id()];
+    if (!stub) stub = ParameterServer::NewStub(MakeChannel(server.address()));
+    auto target = std::make_unique<Target>();
+    target->partition = part;
+    target->server = absl::StrCat(server.id(), " (", server.address(), ")");
+    target->stub = stub;
+    for (PushRequest* r : {&target->push}) {
+      r->set_job_id(client->job_id_);
+      r->set_worker_rank(client->rank_);
+      r->set_view_epoch(client->view_epoch_);
+      r->add_gradients()->set_partition_id(part.id());
+    }
+    target->pull.set_job_id(client->job_id_);
+    target->pull.set_worker_rank(client->rank_);
+    target->pull.set_view_epoch(client->view_epoch_);
+    target->pull.add_partition_ids(part.id());
+    client->targets_.push_back(std::move(target));
+  }
+  return client;
+}
+
+std::vector<std::string> ParameterClient::parameter_names() const {
+  return names_;
+}
+
+namespace {
+
+// Runs `start(target, done)` for every target at once and waits for all;
+// retries the ones that failed with UNAVAILABLE. Returns the first error.
+template <typename Start>
+absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
+                    int retries, const char* what, Start start) {
+  std::vector<ParameterClient::Target*> pending = targets;
+  for (int attempt = 0;; ++attempt) {
+    absl::BlockingCounter counter(static_cast<int>(pending.size()));
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    for (ParameterClient::Target* t : pending) {
+      contexts.push_back(std::make_unique<grpc::ClientContext>());
+      start(t, contexts.back().get(), [t, &counter](grpc::Status s) {
+        t->status = std::move(s);
+        counter.DecrementCount();
+      });
+    }
+    counter.Wait();
+    std::vector<ParameterClient::Target*> failed;
+    for (ParameterClient::Target* t : pending) {
+      if (t->status.ok()) continue;
+      if (t->status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+          attempt < retries) {
+        failed.push_back(t);
+        continue;
+      }
+      return absl::Status(
+          static_cast<absl::StatusCode>(t->status.error_code()),
+          absl::StrCat(what, " partition ", t->partition.id(), " on server ",
+                       t->server, ": ", t->status.error_message()));
+    }
+    if (failed.empty()) return absl::OkStatus();
+    pending = std::move(failed);
+    absl::SleepFor(absl::Milliseconds(200 << attempt));
+  }
+}
+
+}  // namespace
+
+absl::Status ParameterClient::Pull(int64_t step, bool latest,
+                                   std::vector<std::vector<float>>* params,
+                                   int64_t* step_out) {
+  std::vector<Target*> all;
+  for (auto& t : targets_) all.push_back(t.get());
+  const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
+  PSD_RETURN_IF_ERROR(RunAll(
+      all, options_.retries, "pull",
+      [&](Target* t, grpc::ClientContext* context, auto done) {
+        t->pull.set_step(step);
+        t->pull.set_latest(latest);
+        context->set_deadline(DeadlineIn(timeout));
+        t->stub->async()->Pull(context, &t->pull, &t->pull_response,
+                               std::move(done));
+      }));
+  params->resize(sizes_.size());
+  for (size_t i = 0; i < sizes_.size(); ++i) (*params)[i].resize(sizes_[i]);
+  int64_t lowest = INT64_MAX;
+  for (Target* t : all) {
+    const Partition& part = t->partition;
+    if (t->pull_response.parameters_size() != 1) {
+      return absl::DataLossError(absl::StrCat(
+          "pull: server ", t->server, " returned ",
+          t->pull_response.parameters_size(), " tensors for partition ",
+          part.id()));
+    }
+    const Tensor& tensor = t->pull_response.parameters(0).tensor();
+    PSD_RETURN_IF_ERROR(CheckFloat32(
+        tensor, part.num_elements(),
+        absl::StrCat("pull response of partition ", part.id())));
+    std::memcpy((*params)[part.parameter()].data() + part.offset(),
+                Float32Data(tensor), part.num_elements() * sizeof(float));
+    lowest = std::min(lowest, t->pull_response.step());
+  }
+  if (step_out != nullptr) *step_out = lowest == INT64_MAX ? step : lowest;
+  return absl::OkStatus();
+}
+
+absl::Status ParameterClient::Push(
+    int64_t step, const std::vector<std::vector<float>>& grads) {
+  if (grads.size() != sizes_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push: ", grads.size(), " gradient tensors, want ", sizes_.size()));
+  }
+  std::vector<Target*> all;
+  for (auto& t : targets_) all.push_back(t.get());
+  for (Target* t : all) {
+    const Partition& part = t->partition;
+    const std::vector<float>& g = grads[part.parameter()];
+    if (static_cast<int64_t>(g.size()) != sizes_[part.parameter()]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "push: gradient of ", names_[part.parameter()], " has ", g.size(),
+          " elements, want ", sizes_[part.parameter()]));
+    }
+    t->push.set_step(step);
+    EncodeFloat32(g.data() + part.offset(), part.num_elements(),
+                  t->push.mutable_gradients(0)->mutable_tensor());
+  }
+  const auto timeout = std::chrono::milliseconds(options_.push_timeout_ms);
+  return RunAll(all, options_.retries, "push",
+                [&](Target* t, grpc::ClientContext* context, auto done) {
+                  context->set_deadline(DeadlineIn(timeout));
+                  t->stub->async()->Push(context, &t->push, &t->push_response,
+                                         std::move(done));
+                });
+}
+
+}  // namespace psd

@@ -1,0 +1,223 @@
+// psd_worker: a stateless training worker. Registers with the coordinator,
+// waits for a rank of a job, trains it (worker/trainer.h), then goes back to
+// idle and waits for the next job.
+#include <atomic>
+#include <cstdio>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
+#include "common/membership.h"
+#include "common/process.h"
+#include "common/rpc.h"
+#include "kernels/kernels.h"
+#include "worker/trainer.h"
+
+ABSL_FLAG(std::string, coordinator, "",
+          "Coordinator address, host:port (required).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:0",
+          "Address to serve gRPC health and reflection on; port 0 lets the "
+          "OS choose.");
+ABSL_FLAG(std::string, advertise, "",
+          "Address others dial to reach this worker (default: the listen host "
+          "with the bound port).");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, write the bound port to this file once registered.");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Folder holding Fashion-MNIST's gzip IDX files.");
+ABSL_FLAG(std::string, device, "auto",
+          "cpu, or auto (the CPU in this build; CUDA is not built yet).");
+ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads for the CPU backend.");
+ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
+ABSL_FLAG(int, connect_timeout_ms, 10000,
+          "Give up when the coordinator cannot be reached for this long, ms.");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug, info, warn, error or off.");
+
+namespace psd {
+namespace {
+
+// Receives assignments from heartbeats and runs them one at a time on its
+// own thread. Thread-safe.
+class WorkerAgent {
+ public:
+  WorkerAgent(TrainerOptions options, kernels::Backend* backend)
+      : options_(std::move(options)), backend_(backend) {}
+
+  ~WorkerAgent() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    cancel_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void Start(Membership* membership) {
+    membership_ = membership;
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  void OnHeartbeat(const HeartbeatResponse& response) {
+    absl::MutexLock lock(&mu_);
+    if (response.cancelled()) cancel_ = true;
+    if (!response.has_assignment()) return;
+    const std::string& id = response.assignment().job_id();
+    if (id == current_job_ || finished_.count(id)) return;
+    next_ = response.assignment();
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      Assignment assignment;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](WorkerAgent* a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) {
+              return a->stopping_ || a->next_.has_value();
+            },
+            this));
+        if (stopping_) return;
+        assignment = *std::move(next_);
+        next_.reset();
+        current_job_ = assignment.job_id();
+        cancel_ = false;
+      }
+      Log()->info("job {}: assigned rank {}", assignment.job_id(),
+                  assignment.rank());
+      absl::Status status = TrainRank(
+          assignment, options_, backend_,
+          [&](const ReportProgressRequest& p) { return Report(p); },
+          [this] { return cancel_.load(); });
+      if (status.ok()) {
+        Log()->info("job {}: rank {} finished", assignment.job_id(),
+                    assignment.rank());
+      } else if (status.code() == absl::StatusCode::kCancelled) {
+        Log()->info("job {}: rank {} stopped: {}", assignment.job_id(),
+                    assignment.rank(), status.ToString());
+      } else {
+        Log()->error("job {}: rank {} failed: {}", assignment.job_id(),
+                     assignment.rank(), status.ToString());
+        ReportProgressRequest failure;
+        failure.set_job_id(assignment.job_id());
+        failure.set_rank(assignment.rank());
+        failure.set_error(status.ToString());
+        Report(failure);
+      }
+      absl::MutexLock lock(&mu_);
+      finished_.insert(current_job_);
+      current_job_.clear();
+    }
+  }
+
+  // Sends progress; returns true when the job was cancelled.
+  bool Report(ReportProgressRequest request) {
+    request.set_member_id(membership_->member_id());
+    ReportProgressResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::seconds(5)));
+    grpc::Status status =
+        membership_->coordinator()->ReportProgress(&context, request, &response);
+    if (!status.ok()) {
+      Log()->warn("progress report failed: {}", status.error_message());
+      return false;  // the data plane does not need the coordinator
+    }
+    return response.cancelled();
+  }
+
+  const TrainerOptions options_;
+  kernels::Backend* const backend_;
+  Membership* membership_ = nullptr;
+  std::atomic<bool> cancel_{false};
+  std::thread thread_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<Assignment> next_ ABSL_GUARDED_BY(mu_);
+  std::string current_job_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> finished_ ABSL_GUARDED_BY(mu_);
+};
+
+int Main() {
+  absl::Status logging = SetUpLogging("worker", absl::GetFlag(FLAGS_log_level));
+  if (!logging.ok()) {
+    std::fprintf(stderr, "psd_worker: %s\n", logging.ToString().c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_coordinator).empty()) {
+    Log()->error("--coordinator is required (host:port of psd_coordinator)");
+    return 2;
+  }
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "auto") {
+    Log()->error("--device={}: this build has no CUDA backend; use cpu or auto",
+                 device);
+    return 2;
+  }
+  std::unique_ptr<kernels::Backend> backend =
+      kernels::CreateCpuBackend(absl::GetFlag(FLAGS_blas_threads));
+  Log()->info("device: {} ({})", backend->Name(),
+              device == "auto" ? "auto: no CUDA backend in this build"
+                               : "asked for");
+
+  RpcServerOptions rpc_options;
+  rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
+  auto rpc = StartRpcServer(rpc_options, {});
+  if (!rpc.ok()) {
+    Log()->error("{}", rpc.status().ToString());
+    return 1;
+  }
+  std::string advertised = absl::GetFlag(FLAGS_advertise);
+  if (advertised.empty()) {
+    advertised = AdvertisedAddress(rpc_options.listen_address, rpc->port);
+  }
+
+  TrainerOptions trainer;
+  trainer.data_dir = absl::GetFlag(FLAGS_data_dir);
+  WorkerAgent agent(trainer, backend.get());
+  MembershipOptions options;
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.advertised_address = advertised;
+  options.role = MembershipOptions::Role::kWorker;
+  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
+  options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
+  Membership membership(
+      options, [&agent](const HeartbeatResponse& r) { agent.OnHeartbeat(r); });
+  absl::Status joined = membership.Start();
+  if (!joined.ok()) {
+    Log()->error("{}", joined.ToString());
+    rpc->server->Shutdown();
+    return 1;
+  }
+  agent.Start(&membership);
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    absl::Status written = WriteFileAtomically(absl::GetFlag(FLAGS_port_file),
+                                               std::to_string(rpc->port));
+    if (!written.ok()) Log()->error("{}", written.ToString());
+  }
+  const int sig = WaitForShutdownSignal();
+  Log()->info("signal {}: stopping", sig);
+  rpc->server->Shutdown(DeadlineIn(std::chrono::seconds(2)));
+  return 0;
+}
+
+}  // namespace
+}  // namespace psd
+
+int main(int argc, char** argv) {
+  psd::TuneAllocator();
+  psd::BlockShutdownSignals();
+  absl::SetProgramUsageMessage(
+      "A psd training worker (stateless).\n"
+      "  psd_worker --coordinator=HOST:PORT [--data_dir=DIR] [--device=cpu]\n"
+      "Registers with the coordinator, trains the rank of a job it is given\n"
+      "(pull parameters, compute gradients, push them), then waits for the\n"
+      "next job. Serves gRPC health and reflection. SIGINT/SIGTERM stop it.");
+  absl::ParseCommandLine(argc, argv);
+  return psd::Main();
+}

@@ -1,0 +1,172 @@
+#include "worker/trainer.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/process.h"
+#include "common/status.h"
+#include "worker/dataset.h"
+#include "worker/mlp.h"
+#include "worker/ps_client.h"
+
+namespace psd {
+
+namespace {
+
+constexpr int32_t kEvalBatch = 1000;
+
+struct Split {
+  Dataset train;
+  Dataset test;
+};
+
+absl::StatusOr<Split> LoadFashionMnist(const std::string& dir,
+                                       const JobConfig& config, bool with_test) {
+  const std::string train_images = dir + "/train-images-idx3-ubyte.gz";
+  PSD_ASSIGN_OR_RETURN(Normalization norm,
+                       ComputeNormalization(train_images, 0));
+  Split split;
+  PSD_ASSIGN_OR_RETURN(
+      split.train,
+      LoadDataset(train_images, dir + "/train-labels-idx1-ubyte.gz",
+                  config.dataset().train_limit(), config.model().num_classes(),
+                  norm));
+  if (with_test) {
+    PSD_ASSIGN_OR_RETURN(
+        split.test,
+        LoadDataset(dir + "/t10k-images-idx3-ubyte.gz",
+                    dir + "/t10k-labels-idx1-ubyte.gz",
+                    config.dataset().test_limit(), config.model().num_classes(),
+                    norm));
+  }
+  return split;
+}
+
+std::vector<const float*> Pointers(const std::vector<std::vector<float>>& v) {
+  std::vector<const float*> p;
+  for (const auto& t : v) p.push_back(t.data());
+  return p;
+}
+
+}  // namespace
+
+absl::Status TrainRank(const Assignment& assignment,
+                       const TrainerOptions& options, kernels::Backend* backend,
+                       const ProgressSink& report,
+                       const std::function<bool()>& cancelled) {
+  const JobConfig& config = assignment.config();
+  const int32_t rank = assignment.rank();
+  const int32_t workers = config.workers();
+  PSD_ASSIGN_OR_RETURN(Split data,
+                       LoadFashionMnist(options.data_dir, config, rank == 0));
+  if (data.train.size != TrainExamples(config)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the training set in ", options.data_dir, " has ", data.train.size,
+        " examples; the job expects ", TrainExamples(config)));
+  }
+  std::vector<int32_t> layers = {config.model().input_dim()};
+  for (int32_t h : config.model().hidden_sizes()) layers.push_back(h);
+  layers.push_back(config.model().num_classes());
+  PSD_ASSIGN_OR_RETURN(
+      std::unique_ptr<Mlp> model,
+      Mlp::Create(layers, std::max(config.batch_size(), kEvalBatch), backend));
+  ParameterClientOptions client_options;
+  client_options.pull_timeout_ms = options.pull_timeout_ms;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
+                       ParameterClient::Create(assignment, client_options));
+  if (client->parameter_sizes() != model->ParameterSizes()) {
+    return absl::FailedPreconditionError(
+        "the placement's parameters do not match the model's");
+  }
+
+  const int64_t steps_per_epoch = StepsPerEpoch(config, data.train.size);
+  const std::vector<int32_t> shard =
+      ShardIndices(data.train.size, rank, workers);
+  const int32_t batch = config.batch_size();
+  std::vector<std::vector<float>> params;
+  std::vector<std::vector<float>> grads(model->ParameterSizes().size());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    grads[i].resize(model->ParameterSizes()[i]);
+  }
+  std::vector<float> x(static_cast<size_t>(batch) * data.train.dim);
+  std::vector<int32_t> y(batch);
+
+  ReportProgressRequest progress;
+  progress.set_job_id(assignment.job_id());
+  progress.set_rank(rank);
+  double loss_sum = 0;
+  int64_t loss_count = 0;
+  absl::Time window_start = absl::Now();
+  int64_t window_samples = 0;
+  auto send = [&](int32_t epoch, int64_t steps_done) {
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - window_start);
+    progress.set_epoch(epoch);
+    progress.set_step(steps_done);
+    if (loss_count > 0) progress.set_loss(static_cast<float>(loss_sum / loss_count));
+    if (seconds > 0 && window_samples > 0) {
+      progress.set_samples_per_sec(static_cast<float>(window_samples / seconds));
+    }
+    const bool stop = report(progress);
+    progress.set_has_test_accuracy(false);
+    window_start = absl::Now();
+    window_samples = 0;
+    return stop;
+  };
+
+  Log()->info("job {} rank {}/{}: {} steps per epoch, {} epochs, backend {}",
+              assignment.job_id(), rank, workers, steps_per_epoch,
+              config.epochs(), backend->Name());
+  int64_t pulled_step = -1;
+  for (int32_t epoch = 0; epoch < config.epochs(); ++epoch) {
+    const std::vector<int32_t> order =
+        EpochOrder(shard, config.seed(), epoch, rank);
+    loss_sum = 0;
+    loss_count = 0;
+    for (int64_t i = 0; i < steps_per_epoch; ++i) {
+      if (cancelled()) return absl::CancelledError("job cancelled");
+      const int64_t step = epoch * steps_per_epoch + i;
+      if (pulled_step != step) {
+        PSD_RETURN_IF_ERROR(client->Pull(step, false, &params));
+      }
+      GatherBatch(data.train, order.data() + i * batch, batch, x.data(),
+                  y.data());
+      std::vector<float*> grad_ptrs;
+      for (auto& g : grads) grad_ptrs.push_back(g.data());
+      const float loss = model->ForwardBackward(Pointers(params), x.data(),
+                                                y.data(), batch, grad_ptrs);
+      PSD_RETURN_IF_ERROR(client->Push(step, grads));
+      loss_sum += loss;
+      ++loss_count;
+      window_samples += batch;
+      if ((step + 1) % options.progress_every_steps == 0 &&
+          send(epoch, step + 1)) {
+        return absl::CancelledError("job cancelled");
+      }
+    }
+    const int64_t end_step = (epoch + 1) * steps_per_epoch;
+    if (rank == 0) {
+      // Parameters after the whole epoch: also the next step's pull.
+      PSD_RETURN_IF_ERROR(client->Pull(end_step, false, &params));
+      pulled_step = end_step;
+      const int64_t correct =
+          model->CountCorrect(Pointers(params), data.test.features.data(),
+                              data.test.labels.data(), data.test.size);
+      progress.set_has_test_accuracy(true);
+      progress.set_test_accuracy(static_cast<float>(correct) /
+                                 static_cast<float>(data.test.size));
+      Log()->info("job {}: epoch {} done, train loss {:.4f}, test accuracy {:.4f}",
+                  assignment.job_id(), epoch, loss_sum / loss_count,
+                  progress.test_accuracy());
+    }
+    if (epoch + 1 == config.epochs()) progress.set_done(true);
+    if (send(epoch, end_step) && !progress.done()) {
+      return absl::CancelledError("job cancelled");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace psd

@@ -1,0 +1,44 @@
+// Training one rank of a job: the worker's BSP loop.
+#ifndef PSD_WORKER_TRAINER_H_
+#define PSD_WORKER_TRAINER_H_
+
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/proto.h"
+#include "kernels/kernels.h"
+
+namespace psd {
+
+struct TrainerOptions {
+  // Folder with Fashion-MNIST's {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz.
+  // Default: the Debian package's folder.
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  // Send a progress report every this many steps (and at each epoch end).
+  // Default: 20.
+  int progress_every_steps = 20;
+  // Deadline of one Pull, ms (it waits for the slowest rank). Default: 10 min.
+  int pull_timeout_ms = 600000;
+};
+
+// Where progress goes (the coordinator's ReportProgress). Returns true when
+// the job was cancelled and training must stop.
+using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
+
+// Trains `assignment.rank()` of the job, step by step under BSP:
+//   for step s: pull the parameters after s updates; compute the gradient of
+//   the mean loss over this rank's next batch; push it for step s.
+// The batches of rank r in epoch e follow EpochOrder(shard r, seed, e, r),
+// so a rank's gradients are a function of (job, rank, step) only (DESIGN
+// invariant 5). Rank 0 evaluates the test set at every epoch end.
+// `cancelled` is polled every step. Returns OK when all steps are done,
+// CANCELLED when stopped, or the error that ended it.
+absl::Status TrainRank(const Assignment& assignment,
+                       const TrainerOptions& options, kernels::Backend* backend,
+                       const ProgressSink& report,
+                       const std::function<bool()>& cancelled);
+
+}  // namespace psd
+
+#endif  // PSD_WORKER_TRAINER_H_
