@@ -1,0 +1,308 @@
+// psd_ctl: a command-line client of psd_coordinator for people and scripts
+// (the same calls grpcurl makes; see README "Drive it with grpcurl").
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/proto.h"
+#include "common/rpc.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "worker/ps_client.h"
+
+ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
+          "Coordinator address, host:port.");
+ABSL_FLAG(int, timeout_s, 60,
+          "wait-ready: give up after this many seconds. Other commands: the "
+          "deadline of each call.");
+ABSL_FLAG(int, servers, 1, "wait-ready: servers to wait for.");
+ABSL_FLAG(int, workers, 1, "wait-ready: idle workers to wait for.");
+
+namespace psd {
+namespace {
+
+constexpr char kUsage[] =
+    "psd_ctl: control a psd cluster.\n"
+    "  psd_ctl [--coordinator=HOST:PORT] COMMAND [ARGS]\n"
+    "Commands:\n"
+    "  submit FILE          submit a job config (text proto, or JSON if it\n"
+    "                       starts with '{'); prints the job id\n"
+    "  get JOB_ID           print the job's status as JSON\n"
+    "  list                 print every job's status as JSON\n"
+    "  cancel JOB_ID        cancel a pending or running job\n"
+    "  watch JOB_ID         print progress until the job ends; exit 0 only\n"
+    "                       if it SUCCEEDED\n"
+    "  export JOB_ID FILE   pull the job's parameters into a safetensors\n"
+    "                       file and print their CRC-32 checksum\n"
+    "  view                 print the cluster view as JSON\n"
+    "  wait-ready           wait until --servers servers and --workers idle\n"
+    "                       workers have registered (up to --timeout_s)\n";
+
+std::chrono::milliseconds CallTimeout() {
+  return std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s));
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = false;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+int Fail(const std::string& what, const grpc::Status& status) {
+  std::fprintf(stderr, "psd_ctl: %s: %s: %s\n", what.c_str(),
+               absl::StatusCodeToString(
+                   static_cast<absl::StatusCode>(status.error_code()))
+                   .c_str(),
+               status.error_message().c_str());
+  return 1;
+}
+
+absl::StatusOr<JobStatus> GetJob(JobService::Stub* jobs, const std::string& id) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(CallTimeout()));
+  GetJobRequest request;
+  request.set_job_id(id);
+  JobStatus status;
+  PSD_RETURN_IF_ERROR(FromGrpcStatus(jobs->GetJob(&context, request, &status)));
+  return status;
+}
+
+std::string Clock(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  return absl::StrFormat("%d:%02d", s / 60, s % 60);
+}
+
+int Watch(JobService::Stub* jobs, const std::string& id) {
+  const bool tty = isatty(fileno(stdout));
+  int printed_epochs = 0;
+  while (true) {
+    auto status = GetJob(jobs, id);
+    if (!status.ok()) {
+      std::fprintf(stderr, "psd_ctl: watch %s: %s\n", id.c_str(),
+                   status.status().ToString().c_str());
+      return 1;
+    }
+    const int epochs = status->config().epochs();
+    for (; printed_epochs < status->epochs_size(); ++printed_epochs) {
+      const EpochResult& e = status->epochs(printed_epochs);
+      std::printf("%sepoch %d/%d  train loss %.4f  test accuracy %.4f  "
+                  "elapsed %s\n",
+                  tty ? "\r\033[K" : "", e.epoch() + 1, epochs, e.train_loss(),
+                  e.test_accuracy(), Clock(e.elapsed_seconds()).c_str());
+    }
+    const JobState state = status->state();
+    if (state == SUCCEEDED || state == FAILED || state == CANCELLED) {
+      if (tty) std::printf("\r\033[K");
+      std::printf("job %s %s after %s", id.c_str(), JobState_Name(state).c_str(),
+                  Clock(status->elapsed_seconds()).c_str());
+      if (state == SUCCEEDED) {
+        std::printf(": test accuracy %.4f\n", status->test_accuracy());
+      } else {
+        std::printf(": %s\n", status->error().c_str());
+      }
+      std::fflush(stdout);
+      return state == SUCCEEDED ? 0 : 1;
+    }
+    if (tty && state == RUNNING) {
+      std::printf("\r\033[Kepoch %d/%d  step %lld/%lld  loss %.4f  %.0f samples/s"
+                  "  ETA %s",
+                  status->epoch() + 1, epochs,
+                  static_cast<long long>(status->step()),
+                  static_cast<long long>(status->total_steps()), status->loss(),
+                  status->samples_per_sec(),
+                  Clock(status->eta_seconds()).c_str());
+    }
+    std::fflush(stdout);
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+}
+
+int Export(JobService::Stub* jobs, const std::string& id,
+           const std::string& path) {
+  auto status = GetJob(jobs, id);
+  if (!status.ok()) {
+    std::fprintf(stderr, "psd_ctl: export: %s\n", status.status().ToString().c_str());
+    return 1;
+  }
+  if (status->placement().partitions_size() == 0) {
+    std::fprintf(stderr, "psd_ctl: export: job %s has not started (%s)\n",
+                 id.c_str(), JobState_Name(status->state()).c_str());
+    return 1;
+  }
+  Assignment assignment;
+  assignment.set_job_id(id);
+  *assignment.mutable_placement() = status->placement();
+  *assignment.mutable_shards() = status->shards();
+  *assignment.mutable_servers() = status->servers();
+  assignment.set_view_epoch(status->view_epoch());
+  ParameterClientOptions options;
+  options.pull_timeout_ms = absl::GetFlag(FLAGS_timeout_s) * 1000;
+  auto client = ParameterClient::Create(assignment, options);
+  if (!client.ok()) {
+    std::fprintf(stderr, "psd_ctl: export: %s\n", client.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<std::vector<float>> params;
+  int64_t step = 0;
+  absl::Status pulled = (*client)->Pull(0, /*latest=*/true, &params, &step);
+  if (!pulled.ok()) {
+    std::fprintf(stderr, "psd_ctl: export: %s\n", pulled.ToString().c_str());
+    return 1;
+  }
+  std::vector<NamedTensor> tensors;
+  for (int i = 0; i < status->placement().parameters_size(); ++i) {
+    const ParameterSpec& spec = status->placement().parameters(i);
+    tensors.push_back(NamedTensor{
+        spec.name(), {spec.shape().begin(), spec.shape().end()},
+        std::move(params[i])});
+  }
+  absl::Status written = WriteSafetensors(
+      path, tensors,
+      {{"job_id", id}, {"step", std::to_string(step)}, {"format", "pt"}});
+  if (!written.ok()) {
+    std::fprintf(stderr, "psd_ctl: export: %s\n", written.ToString().c_str());
+    return 1;
+  }
+  std::printf("exported %d tensors at step %lld to %s\nchecksum crc32:%08x\n",
+              static_cast<int>(tensors.size()), static_cast<long long>(step),
+              path.c_str(), ParameterChecksum(tensors));
+  return 0;
+}
+
+int WaitReady(Coordinator::Stub* coordinator) {
+  const absl::Time give_up =
+      absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  grpc::Status last;
+  int servers = 0, idle = 0;
+  while (absl::Now() < give_up) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::seconds(2)));
+    ClusterView view;
+    last = coordinator->GetClusterView(&context, GetClusterViewRequest(), &view);
+    if (last.ok()) {
+      servers = view.servers_size();
+      idle = 0;
+      for (const WorkerInfo& w : view.workers()) idle += w.job_id().empty();
+      if (servers >= absl::GetFlag(FLAGS_servers) &&
+          idle >= absl::GetFlag(FLAGS_workers)) {
+        std::printf("cluster ready: %d servers, %d idle workers (view epoch %lld)\n",
+                    servers, idle, static_cast<long long>(view.epoch()));
+        return 0;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  std::fprintf(stderr,
+               "psd_ctl: wait-ready: after %d s, %d/%d servers and %d/%d idle "
+               "workers%s%s\n",
+               absl::GetFlag(FLAGS_timeout_s), servers,
+               absl::GetFlag(FLAGS_servers), idle, absl::GetFlag(FLAGS_workers),
+               last.ok() ? "" : "; coordinator: ",
+               last.ok() ? "" : last.error_message().c_str());
+  return 1;
+}
+
+int Main(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  auto channel = MakeChannel(absl::GetFlag(FLAGS_coordinator));
+  auto jobs = JobService::NewStub(channel);
+  auto coordinator = Coordinator::NewStub(channel);
+  const std::string& command = args[0];
+  auto need = [&](size_t n) {
+    if (args.size() == n + 1) return true;
+    std::fprintf(stderr, "psd_ctl %s: want %zu argument(s)\n%s", command.c_str(),
+                 n, kUsage);
+    return false;
+  };
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(CallTimeout()));
+  if (command == "submit") {
+    if (!need(1)) return 2;
+    auto config = LoadJobConfigFile(args[1]);
+    if (!config.ok()) {
+      std::fprintf(stderr, "psd_ctl: submit: %s\n", config.status().ToString().c_str());
+      return 1;
+    }
+    SubmitJobResponse response;
+    grpc::Status status = jobs->SubmitJob(&context, *config, &response);
+    if (!status.ok()) return Fail("submit " + args[1], status);
+    std::printf("%s\n", response.job_id().c_str());
+    return 0;
+  }
+  if (command == "get") {
+    if (!need(1)) return 2;
+    auto status = GetJob(jobs.get(), args[1]);
+    if (!status.ok()) return Fail("get", ToGrpcStatus(status.status()));
+    std::printf("%s", ToJson(*status).c_str());
+    return 0;
+  }
+  if (command == "list") {
+    if (!need(0)) return 2;
+    ListJobsResponse response;
+    grpc::Status status = jobs->ListJobs(&context, ListJobsRequest(), &response);
+    if (!status.ok()) return Fail("list", status);
+    std::printf("%s", ToJson(response).c_str());
+    return 0;
+  }
+  if (command == "cancel") {
+    if (!need(1)) return 2;
+    CancelJobRequest request;
+    request.set_job_id(args[1]);
+    JobStatus response;
+    grpc::Status status = jobs->CancelJob(&context, request, &response);
+    if (!status.ok()) return Fail("cancel", status);
+    std::printf("job %s: %s\n", args[1].c_str(),
+                JobState_Name(response.state()).c_str());
+    return 0;
+  }
+  if (command == "watch") {
+    if (!need(1)) return 2;
+    return Watch(jobs.get(), args[1]);
+  }
+  if (command == "export") {
+    if (!need(2)) return 2;
+    return Export(jobs.get(), args[1], args[2]);
+  }
+  if (command == "view") {
+    if (!need(0)) return 2;
+    ClusterView view;
+    grpc::Status status =
+        coordinator->GetClusterView(&context, GetClusterViewRequest(), &view);
+    if (!status.ok()) return Fail("view", status);
+    std::printf("%s", ToJson(view).c_str());
+    return 0;
+  }
+  if (command == "wait-ready") {
+    if (!need(0)) return 2;
+    return WaitReady(coordinator.get());
+  }
+  std::fprintf(stderr, "psd_ctl: unknown command \"%s\"\n%s", command.c_str(),
+               kUsage);
+  return 2;
+}
+
+}  // namespace
+}  // namespace psd
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(psd::kUsage);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  return psd::Main(std::vector<std::string>(rest.begin() + 1, rest.end()));
+}
