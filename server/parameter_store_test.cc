@@ -1,0 +1,612 @@
+#include "server/parameter_store.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/placement.h"
+#include "common/tensor.h"
+
+namespace psd {
+namespace {
+
+constexpr char kJob[] = "job-1";
+constexpr int64_t kEpoch = 3;
+constexpr uint64_t kSeed = 7;
+
+// MLP 784-8-10: layer0.weight [784, 8] (25088 bytes, cut into 7 partitions
+// of at most 4096 bytes), layer0.bias [8], layer1.weight [8, 10],
+// layer1.bias [10]; all on shard 0.
+JobConfig Config(int workers, float momentum = 0.0f) {
+  JobConfig config;
+  config.set_name("store-test");
+  config.mutable_model()->set_kind(ModelSpec::MLP);
+  config.mutable_model()->set_input_dim(784);
+  config.mutable_model()->add_hidden_sizes(8);
+  config.mutable_model()->set_num_classes(10);
+  config.mutable_model()->set_init_seed(kSeed);
+  config.mutable_dataset()->set_name("fashion-mnist");
+  config.mutable_optimizer()->set_kind(OptimizerSpec::SGD);
+  config.mutable_optimizer()->set_learning_rate(0.1f);
+  config.mutable_optimizer()->set_momentum(momentum);
+  config.set_consistency(BSP);
+  config.set_batch_size(4);
+  config.set_epochs(1);
+  config.set_workers(workers);
+  config.set_seed(1);
+  config.set_partition_bytes(4096);
+  return config;
+}
+
+CreateJobRequest CreateRequest(const JobConfig& config) {
+  auto placement =
+      BuildPlacement(ModelParameters(config.model()), 4096, /*num_shards=*/1);
+  REQUIRE(placement.ok());
+  CreateJobRequest request;
+  request.set_job_id(kJob);
+  *request.mutable_config() = config;
+  *request.mutable_placement() = *placement;
+  request.add_shards(0);
+  request.set_view_epoch(kEpoch);
+  return request;
+}
+
+using Params = std::map<int32_t, std::vector<float>>;  // by partition id
+
+// A gradient value, deterministic in (rank, step, partition, element).
+float Grad(int rank, int64_t step, int32_t partition, int64_t k) {
+  return 0.05f * static_cast<float>(rank + 1) *
+         std::cos(static_cast<float>(k + 7 * partition + 13 * step + 3 * rank));
+}
+
+struct Fixture {
+  explicit Fixture(int workers, float momentum = 0.0f)
+      : config(Config(workers, momentum)) {
+    CreateJobRequest request = CreateRequest(config);
+    placement = request.placement();
+    auto created = store.CreateJob(request);
+    REQUIRE(created.ok());
+    REQUIRE(created->num_partitions() == placement.partitions_size());
+  }
+
+  int64_t Size(int32_t id) const {
+    return placement.partitions(id).num_elements();
+  }
+
+  // A push from `rank` at `step` of every partition, gradients from Grad()
+  // (or `salt` added to make them differ from the canonical ones).
+  PushRequest MakePush(int rank, int64_t step, float salt = 0.0f) const {
+    PushRequest request;
+    request.set_job_id(kJob);
+    request.set_worker_rank(rank);
+    request.set_step(step);
+    request.set_view_epoch(kEpoch);
+    for (const Partition& part : placement.partitions()) {
+      std::vector<float> g(part.num_elements());
+      for (int64_t k = 0; k < part.num_elements(); ++k) {
+        g[k] = Grad(rank, step, part.id(), k) + salt;
+      }
+      PartitionTensor* out = request.add_gradients();
+      out->set_partition_id(part.id());
+      EncodeFloat32(g.data(), part.num_elements(), out->mutable_tensor());
+    }
+    return request;
+  }
+
+  PullRequest MakePull(int64_t step, bool latest = false) const {
+    PullRequest request;
+    request.set_job_id(kJob);
+    request.set_worker_rank(0);
+    request.set_step(step);
+    request.set_view_epoch(kEpoch);
+    request.set_latest(latest);
+    for (const Partition& part : placement.partitions()) {
+      request.add_partition_ids(part.id());
+    }
+    return request;
+  }
+
+  // The current parameters and their step (Pull with latest = true).
+  Params Latest(int64_t* step = nullptr) {
+    PullResponse response;
+    absl::Status status = store.Pull(MakePull(0, /*latest=*/true),
+                                     absl::Now() + absl::Seconds(60),
+                                     [] { return false; }, &response);
+    REQUIRE(status.ok());
+    if (step != nullptr) *step = response.step();
+    return Decode(response);
+  }
+
+  static Params Decode(const PullResponse& response) {
+    Params params;
+    for (const PartitionTensor& p : response.parameters()) {
+      REQUIRE(CheckFloat32(p.tensor(), p.tensor().shape(0), "p").ok());
+      const float* data = Float32Data(p.tensor());
+      params[p.partition_id()].assign(data, data + p.tensor().shape(0));
+    }
+    return params;
+  }
+
+  void PushOk(int rank, int64_t step, bool duplicate = false) {
+    auto response = store.Push(MakePush(rank, step));
+    REQUIRE(response.ok());
+    CHECK(response->duplicate() == duplicate);
+  }
+
+  JobConfig config;
+  Placement placement;
+  ParameterStore store;
+};
+
+// Bitwise equality of two parameter sets (NaN-safe, -0 != +0).
+bool Bitwise(const Params& a, const Params& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [id, values] : a) {
+    auto it = b.find(id);
+    if (it == b.end() || it->second.size() != values.size()) return false;
+    if (std::memcmp(values.data(), it->second.data(),
+                    values.size() * sizeof(float)) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Initial values sliced per the placement.
+Params Initial(const JobConfig& config, const Placement& placement) {
+  std::vector<ParameterSpec> specs = ModelParameters(config.model());
+  Params params;
+  for (const Partition& part : placement.partitions()) {
+    std::vector<float> all =
+        InitialValues(specs[part.parameter()], part.parameter(), kSeed);
+    params[part.id()].assign(all.begin() + part.offset(),
+                             all.begin() + part.offset() + part.num_elements());
+  }
+  return params;
+}
+
+bool StartsWith(absl::string_view s, absl::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+bool Contains(absl::string_view s, absl::string_view part) {
+  return s.find(part) != absl::string_view::npos;
+}
+
+TEST_CASE("ParameterStore: the initial pull returns the Glorot initial values",
+          "[store]") {
+  Fixture f(2);
+  REQUIRE(f.placement.partitions_size() > 4);  // several partitions
+  PullResponse response;
+  absl::Status status = f.store.Pull(f.MakePull(0), absl::Now() + absl::Seconds(60),
+                                     [] { return false; }, &response);
+  REQUIRE(status.ok());
+  CHECK(response.step() == 0);
+  Params got = Fixture::Decode(response);
+  CHECK(Bitwise(got, Initial(f.config, f.placement)));
+  // The weights are not all zero (Glorot), the biases are.
+  bool nonzero = false;
+  for (float v : got[0]) nonzero = nonzero || v != 0.0f;
+  CHECK(nonzero);
+}
+
+TEST_CASE("ParameterStore: a BSP step is applied once every rank has pushed, "
+          "as SGD on the rank-ordered mean",
+          "[store][bsp]") {
+  Fixture f(3);
+  const Params before = f.Latest();
+  f.PushOk(0, 0);
+  f.PushOk(2, 0);
+  int64_t step = -1;
+  CHECK(Bitwise(f.Latest(&step), before));
+  CHECK(step == 0);
+
+  auto last = f.store.Push(f.MakePush(1, 0));
+  REQUIRE(last.ok());
+  CHECK_FALSE(last->duplicate());
+  CHECK(last->applied_step() == 1);
+  const Params after = f.Latest(&step);
+  CHECK(step == 1);
+
+  // w1 = w0 - lr * ((g0 + g1 + g2) / 3), lr = 0.1, no momentum or decay.
+  for (const Partition& part : f.placement.partitions()) {
+    INFO("partition " << part.id());
+    for (int64_t k = 0; k < part.num_elements(); ++k) {
+      const double mean = (static_cast<double>(Grad(0, 0, part.id(), k)) +
+                           Grad(1, 0, part.id(), k) + Grad(2, 0, part.id(), k)) /
+                          3.0;
+      const double want = before.at(part.id())[k] - 0.1 * mean;
+      if (after.at(part.id())[k] != Approx(want).margin(1e-6)) {
+        FAIL("element " << k << ": got " << after.at(part.id())[k]
+                        << ", want " << want);
+      }
+    }
+  }
+}
+
+TEST_CASE("ParameterStore: the order pushes arrive in does not change the "
+          "result, bit for bit",
+          "[store][bsp]") {
+  // Momentum on, so the velocity path is covered too; two steps.
+  for (int workers : {2, 3}) {
+    INFO("workers " << workers);
+    Fixture in_order(workers, 0.9f);
+    Fixture reversed(workers, 0.9f);
+    for (int64_t step = 0; step < 2; ++step) {
+      for (int r = 0; r < workers; ++r) in_order.PushOk(r, step);
+      for (int r = workers - 1; r >= 0; --r) reversed.PushOk(r, step);
+    }
+    int64_t s1 = 0, s2 = 0;
+    const Params a = in_order.Latest(&s1);
+    const Params b = reversed.Latest(&s2);
+    CHECK(s1 == 2);
+    CHECK(s2 == 2);
+    CHECK(Bitwise(a, b));
+    CHECK_FALSE(Bitwise(a, Initial(in_order.config, in_order.placement)));
+  }
+}
+
+TEST_CASE("ParameterStore: a retried push is acknowledged and never applied "
+          "twice",
+          "[store][dedup]") {
+  Fixture f(2);
+  Fixture reference(2);
+  reference.PushOk(0, 0);
+  reference.PushOk(1, 0);
+  const Params want = reference.Latest();
+
+  f.PushOk(0, 0);
+  const Params before = f.Latest();
+  // Retry before the step is applied; with other values, to see that the
+  // first push's gradients are the ones kept.
+  auto retry = f.store.Push(f.MakePush(0, 0, /*salt=*/1.0f));
+  REQUIRE(retry.ok());
+  CHECK(retry->duplicate());
+  CHECK(retry->applied_step() == 0);
+  CHECK(Bitwise(f.Latest(), before));
+
+  f.PushOk(1, 0);
+  int64_t step = 0;
+  const Params applied = f.Latest(&step);
+  CHECK(step == 1);
+  CHECK(Bitwise(applied, want));
+
+  // Retries after the step is applied, from both ranks.
+  for (int rank : {0, 1, 1}) {
+    auto late = f.store.Push(f.MakePush(rank, 0, /*salt=*/0.5f));
+    REQUIRE(late.ok());
+    CHECK(late->duplicate());
+    CHECK(late->applied_step() == 1);
+    CHECK(Bitwise(f.Latest(&step), applied));
+    CHECK(step == 1);
+  }
+}
+
+TEST_CASE("ParameterStore: pushes with a bad step, epoch, job or rank are "
+          "refused",
+          "[store][errors]") {
+  Fixture f(2);
+  const Params before = f.Latest();
+
+  PushRequest future = f.MakePush(0, 1);
+  auto status = f.store.Push(future).status();
+  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(status.message(), "step"));
+
+  PushRequest epoch = f.MakePush(0, 0);
+  epoch.set_view_epoch(kEpoch + 1);
+  status = f.store.Push(epoch).status();
+  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(status.message(), "view_epoch"));
+
+  PushRequest job = f.MakePush(0, 0);
+  job.set_job_id("no-such-job");
+  status = f.store.Push(job).status();
+  CHECK(status.code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(status.message(), "no-such-job"));
+
+  for (int rank : {-1, 2, 1000}) {
+    INFO("rank " << rank);
+    status = f.store.Push(f.MakePush(rank, 0)).status();
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(Contains(status.message(), "worker_rank"));
+  }
+
+  PushRequest negative = f.MakePush(0, 0);
+  negative.set_step(-1);
+  CHECK(f.store.Push(negative).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+
+  PushRequest unknown_partition = f.MakePush(0, 0);
+  unknown_partition.mutable_gradients(1)->set_partition_id(999);
+  status = f.store.Push(unknown_partition).status();
+  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(status.message(), "gradients[1]"));
+
+  PushRequest twice = f.MakePush(0, 0);
+  *twice.add_gradients() = twice.gradients(0);
+  status = f.store.Push(twice).status();
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(status.message(), "appears twice"));
+
+  int64_t step = -1;
+  CHECK(Bitwise(f.Latest(&step), before));
+  CHECK(step == 0);
+  // Nothing was taken: both ranks can still push step 0, and it applies.
+  f.PushOk(0, 0);
+  f.PushOk(1, 0);
+  f.Latest(&step);
+  CHECK(step == 1);
+}
+
+TEST_CASE("ParameterStore: malformed gradient tensors are refused, naming the "
+          "gradients index",
+          "[store][errors]") {
+  Fixture f(2);
+  const Params before = f.Latest();
+  struct Case {
+    const char* what;
+    void (*spoil)(Tensor*);
+    const char* field;
+  };
+  const Case cases[] = {
+      {"wrong shape",
+       [](Tensor* t) {
+         t->set_shape(0, t->shape(0) + 1);
+         t->mutable_data()->append(4, '\0');
+       },
+       ".shape"},
+      {"2-D shape", [](Tensor* t) { t->add_shape(1); }, ".shape"},
+      {"wrong dtype", [](Tensor* t) { t->set_dtype(DTYPE_UNSPECIFIED); },
+       ".dtype"},
+      {"short data", [](Tensor* t) { t->mutable_data()->resize(t->data().size() - 4); },
+       ".data"},
+      {"ragged data", [](Tensor* t) { t->mutable_data()->resize(t->data().size() - 1); },
+       ".data"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    PushRequest request = f.MakePush(1, 0);
+    c.spoil(request.mutable_gradients(2)->mutable_tensor());
+    absl::Status status = f.store.Push(request).status();
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(StartsWith(status.message(), "gradients[2]"));
+    CHECK(Contains(status.message(), c.field));
+  }
+  int64_t step = -1;
+  CHECK(Bitwise(f.Latest(&step), before));
+  CHECK(step == 0);
+}
+
+TEST_CASE("ParameterStore: NaN and Inf gradients are refused and never "
+          "applied",
+          "[store][errors]") {
+  Fixture f(2);
+  Fixture reference(2);
+  reference.PushOk(0, 0);
+  reference.PushOk(1, 0);
+  const Params want = reference.Latest();
+
+  const Params before = f.Latest();
+  f.PushOk(0, 0);
+  const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()};
+  for (float bad : bad_values) {
+    INFO("value " << bad);
+    PushRequest request = f.MakePush(1, 0);
+    std::string* data = request.mutable_gradients(3)->mutable_tensor()->mutable_data();
+    std::memcpy(&(*data)[5 * sizeof(float)], &bad, sizeof(float));
+    absl::Status status = f.store.Push(request).status();
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(StartsWith(status.message(), "gradients[3]"));
+    CHECK(Contains(status.message(), "element 5"));
+    int64_t step = -1;
+    CHECK(Bitwise(f.Latest(&step), before));
+    CHECK(step == 0);
+  }
+  // The rank's valid push is then taken as if the bad ones never came.
+  f.PushOk(1, 0);
+  int64_t step = -1;
+  CHECK(Bitwise(f.Latest(&step), want));
+  CHECK(step == 1);
+}
+
+TEST_CASE("ParameterStore: a push with one valid and one invalid partition is "
+          "rejected whole",
+          "[store][errors]") {
+  Fixture f(2);
+  Fixture reference(2);
+  reference.PushOk(0, 0);
+  reference.PushOk(1, 0);
+  const Params want = reference.Latest();
+
+  // Rank 1: partition 0 valid (but with other values), partition 1 bad.
+  PushRequest mixed = f.MakePush(1, 0, /*salt=*/2.0f);
+  while (mixed.gradients_size() > 2) mixed.mutable_gradients()->RemoveLast();
+  mixed.mutable_gradients(1)->mutable_tensor()->mutable_data()->resize(8);
+  CHECK(f.store.Push(mixed).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  // Same with the bad partition first and a NaN.
+  PushRequest mixed_nan = f.MakePush(1, 0, /*salt=*/2.0f);
+  float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(mixed_nan.mutable_gradients(0)->mutable_tensor()->mutable_data()->data(),
+              &nan, sizeof(float));
+  CHECK(f.store.Push(mixed_nan).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+
+  f.PushOk(0, 0);
+  auto valid = f.store.Push(f.MakePush(1, 0));
+  REQUIRE(valid.ok());
+  CHECK_FALSE(valid->duplicate());
+  CHECK(valid->applied_step() == 1);
+  CHECK(Bitwise(f.Latest(), want));
+}
+
+TEST_CASE("ParameterStore: a pull waits for the step until the last rank "
+          "pushes",
+          "[store][pull]") {
+  Fixture f(2);
+  // Nothing pushed yet: a pull of step 1 with a short deadline times out.
+  PullResponse early;
+  absl::Status status =
+      f.store.Pull(f.MakePull(1), absl::Now() + absl::Milliseconds(50),
+                   [] { return false; }, &early);
+  CHECK(status.code() == absl::StatusCode::kDeadlineExceeded);
+
+  absl::Notification waiting;  // the pull has checked the step and waits
+  absl::Notification done;
+  absl::Status pulled;
+  PullResponse response;
+  std::thread puller([&] {
+    pulled = f.store.Pull(
+        f.MakePull(1), absl::InfiniteFuture(),
+        [&] {
+          if (!waiting.HasBeenNotified()) waiting.Notify();
+          return false;
+        },
+        &response);
+    done.Notify();
+  });
+  waiting.WaitForNotification();
+  f.PushOk(1, 0);
+  CHECK_FALSE(done.HasBeenNotified());  // rank 0 has not pushed yet
+  f.PushOk(0, 0);
+  puller.join();
+  REQUIRE(pulled.ok());
+  CHECK(response.step() == 1);
+  CHECK(Bitwise(Fixture::Decode(response), f.Latest()));
+}
+
+TEST_CASE("ParameterStore: a pull with a deadline in the past times out",
+          "[store][pull]") {
+  Fixture f(2);
+  PullResponse response;
+  absl::Status status =
+      f.store.Pull(f.MakePull(1), absl::Now() - absl::Seconds(1),
+                   [] { return false; }, &response);
+  CHECK(status.code() == absl::StatusCode::kDeadlineExceeded);
+  // A step already reached is returned even then.
+  PullResponse now;
+  CHECK(f.store
+            .Pull(f.MakePull(0), absl::Now() - absl::Seconds(1),
+                  [] { return false; }, &now)
+            .ok());
+}
+
+TEST_CASE("ParameterStore: a pull ends with CANCELLED when the client cancels",
+          "[store][pull]") {
+  Fixture f(2);
+  PullResponse response;
+  absl::Status status = f.store.Pull(f.MakePull(1), absl::InfiniteFuture(),
+                                     [] { return true; }, &response);
+  CHECK(status.code() == absl::StatusCode::kCancelled);
+}
+
+TEST_CASE("ParameterStore: DropJob wakes a waiting pull with CANCELLED",
+          "[store][pull]") {
+  Fixture f(2);
+  absl::Notification waiting;
+  absl::Status pulled;
+  std::thread puller([&] {
+    PullResponse response;
+    pulled = f.store.Pull(
+        f.MakePull(1), absl::InfiniteFuture(),
+        [&] {
+          if (!waiting.HasBeenNotified()) waiting.Notify();
+          return false;
+        },
+        &response);
+  });
+  waiting.WaitForNotification();
+  REQUIRE(f.store.DropJob(kJob).ok());
+  puller.join();
+  CHECK(pulled.code() == absl::StatusCode::kCancelled);
+
+  // The job is gone.
+  CHECK(f.store.DropJob(kJob).code() == absl::StatusCode::kNotFound);
+  CHECK(f.store.Push(f.MakePush(0, 0)).status().code() ==
+        absl::StatusCode::kNotFound);
+  PullResponse response;
+  CHECK(f.store
+            .Pull(f.MakePull(0, true), absl::InfiniteFuture(),
+                  [] { return false; }, &response)
+            .code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("ParameterStore: CreateJob is idempotent for the same config only",
+          "[store][create]") {
+  Fixture f(2);
+  f.PushOk(0, 0);
+  f.PushOk(1, 0);
+  f.PushOk(0, 1);  // rank 0's step 1 gradients are pending
+  int64_t step = 0;
+  const Params before = f.Latest(&step);
+  REQUIRE(step == 1);
+
+  auto again = f.store.CreateJob(CreateRequest(f.config));
+  REQUIRE(again.ok());
+  CHECK(again->num_partitions() == f.placement.partitions_size());
+  CHECK(Bitwise(f.Latest(&step), before));
+  CHECK(step == 1);
+  // The pending push survived: rank 0 is a duplicate, rank 1 completes step 1.
+  f.PushOk(0, 1, /*duplicate=*/true);
+  f.PushOk(1, 1);
+  f.Latest(&step);
+  CHECK(step == 2);
+
+  JobConfig other = f.config;
+  other.mutable_optimizer()->set_learning_rate(0.5f);
+  auto conflict = f.store.CreateJob(CreateRequest(other));
+  CHECK(conflict.status().code() == absl::StatusCode::kAlreadyExists);
+
+  JobConfig invalid = f.config;
+  invalid.set_batch_size(0);
+  CreateJobRequest bad = CreateRequest(f.config);
+  *bad.mutable_config() = invalid;
+  bad.set_job_id("job-2");
+  auto rejected = f.store.CreateJob(bad);
+  CHECK(rejected.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(rejected.status().message(), "config.batch_size:"));
+
+  JobConfig no_model = f.config;
+  no_model.clear_model();
+  *bad.mutable_config() = no_model;
+  rejected = f.store.CreateJob(bad);
+  CHECK(rejected.status().code() == absl::StatusCode::kInvalidArgument);
+  // Defaults fill model.kind first, so the first problem is inside model.
+  CHECK(StartsWith(rejected.status().message(), "config.model."));
+
+  CreateJobRequest no_id = CreateRequest(f.config);
+  no_id.clear_job_id();
+  CHECK(f.store.CreateJob(no_id).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("ParameterStore: CreateJob rejects a placement that does not fit "
+          "the model",
+          "[store][create]") {
+  ParameterStore store;
+  CreateJobRequest request = CreateRequest(Config(2));
+  request.mutable_placement()->mutable_partitions(0)->set_num_elements(1 << 20);
+  auto created = store.CreateJob(request);
+  CHECK(created.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(created.status().message(), "placement.partitions[0]"));
+
+  request = CreateRequest(Config(2));
+  request.mutable_placement()->mutable_partitions(1)->set_parameter(42);
+  created = store.CreateJob(request);
+  CHECK(created.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(created.status().message(), "placement.partitions[1]"));
+}
+
+}  // namespace
+}  // namespace psd
