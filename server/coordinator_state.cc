@@ -89,6 +89,9 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   member.last_seen = absl::Now();
   if (member.job_id.empty()) return response;
   auto job = jobs_.find(member.job_id);
+  if (job != jobs_.end() && job->second.status.state() == PENDING) {
+    return response;  // reserved while the servers set the job up
+  }
   if (job == jobs_.end() || job->second.status.state() != RUNNING) {
     response.set_cancelled(true);
     member.job_id.clear();
