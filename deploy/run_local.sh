@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Quick start: builds psd, starts a local cluster on loopback (1 coordinator,
+# 2 parameter servers, 2 workers, each its own process), trains the job,
+# prints its test accuracy, exports the parameters, and shuts everything
+# down (also on Ctrl-C).
+#
+#   deploy/run_local.sh [--job FILE] [--servers N] [--workers N] [--out FILE]
+#
+# Logs go to a fresh folder under /tmp (printed at the start).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+JOB=deploy/jobs/fashion_mnist_mlp.textproto
+SERVERS=2
+WORKERS=2
+OUT=out/fashion_mnist_mlp.safetensors
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --job) JOB="$2"; shift 2 ;;
+    --servers) SERVERS="$2"; shift 2 ;;
+    --workers) WORKERS="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+deploy/install_deps.sh
+echo "==> building (bazel)"
+bazel build --noshow_progress //server:psd_coordinator //server:psd_server \
+  //worker:psd_worker //deploy:psd_ctl 2>&1 | grep -vE '^(INFO|Target|  bazel-bin)' || true
+BIN=bazel-bin
+for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_ctl; do
+  [ -x "$BIN/$b" ] || { echo "run_local: build failed ($BIN/$b missing)" >&2; exit 1; }
+done
+
+RUN_DIR=$(mktemp -d /tmp/psd-local.XXXXXX)
+PIDS=()
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    for _ in $(seq 50); do
+      alive=0
+      for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ $alive -eq 0 ] && break
+      sleep 0.1
+    done
+    kill -KILL "${PIDS[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    echo "==> cluster stopped (logs in $RUN_DIR)"
+  fi
+  exit $code
+}
+trap cleanup EXIT
+trap 'echo; echo "==> interrupted"; exit 130' INT TERM
+
+# Waits for a process's port file; fails if the process dies first.
+wait_port() {
+  local pid=$1 file=$2 log=$3
+  for _ in $(seq 300); do
+    [ -s "$file" ] && { cat "$file"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { echo "run_local: process died; see $log:" >&2; tail -5 "$log" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "run_local: no port from $log after 15 s" >&2
+  return 1
+}
+
+echo "==> starting 1 coordinator, $SERVERS servers, $WORKERS workers (logs: $RUN_DIR)"
+"$BIN/server/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
+  2>"$RUN_DIR/coordinator.log" &
+PIDS+=($!)
+COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" "$RUN_DIR/coordinator.log")
+for i in $(seq "$SERVERS"); do
+  "$BIN/server/psd_server" --coordinator="$COORDINATOR" 2>"$RUN_DIR/server$i.log" &
+  PIDS+=($!)
+done
+for i in $(seq "$WORKERS"); do
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>"$RUN_DIR/worker$i.log" &
+  PIDS+=($!)
+done
+CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+"${CTL[@]}" --servers="$SERVERS" --workers="$WORKERS" --timeout_s=30 wait-ready
+
+JOB_ID=$("${CTL[@]}" submit "$JOB")
+echo "==> submitted $JOB as job $JOB_ID (coordinator $COORDINATOR)"
+"${CTL[@]}" watch "$JOB_ID"
+mkdir -p "$(dirname "$OUT")"
+"${CTL[@]}" export "$JOB_ID" "$OUT"

@@ -1,0 +1,97 @@
+# Shared by the multi-process tests: starts real psd binaries on 127.0.0.1
+# with OS-chosen ports, in the test's own temporary folder, and stops them
+# all when the test exits (pass or fail). Source it from a sh_test whose
+# data includes the four binaries.
+set -euo pipefail
+
+BIN=${BIN:-.}
+WORK=$(mktemp -d "${TEST_TMPDIR:-/tmp}/cluster.XXXXXX")
+PIDS=()
+
+stop_cluster() {
+  [ ${#PIDS[@]} -eq 0 ] && return 0
+  kill -TERM "${PIDS[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  kill -KILL "${PIDS[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+on_exit() {
+  local code=$?
+  stop_cluster
+  if [ $code -ne 0 ]; then
+    for f in "$WORK"/*.log; do
+      [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }
+    done
+  fi
+  exit $code
+}
+trap on_exit EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# wait_for_port PID FILE: prints the port once FILE has it; fails when the
+# process exits first or after 15 s.
+wait_for_port() {
+  for _ in $(seq 300); do
+    [ -s "$2" ] && { cat "$2"; return 0; }
+    kill -0 "$1" 2>/dev/null || fail "process $1 exited before writing $2"
+    sleep 0.05
+  done
+  fail "no port in $2 after 15 s"
+}
+
+# start_cluster NAME SERVERS WORKERS: starts a coordinator, servers and
+# workers; sets COORDINATOR and CTL (psd_ctl with --coordinator).
+start_cluster() {
+  local name=$1 servers=$2 workers=$3
+  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+    2>"$WORK/$name.coordinator.log" &
+  PIDS+=($!)
+  COORDINATOR=127.0.0.1:$(wait_for_port $! "$WORK/$name.coordinator.port")
+  for i in $(seq "$servers"); do
+    "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+      2>"$WORK/$name.server$i.log" &
+    PIDS+=($!)
+  done
+  for i in $(seq "$workers"); do
+    "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+      2>"$WORK/$name.worker$i.log" &
+    PIDS+=($!)
+  done
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
+}
+
+# run_job CONFIG_FILE EXPORT_FILE: submits, waits for SUCCEEDED, exports;
+# prints the checksum "crc32:XXXXXXXX"; the job id goes to $WORK/last_job.
+run_job() {
+  local id
+  id=$("${CTL[@]}" submit "$1") || fail "submit $1"
+  "${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { cat "$WORK/$id.watch"; fail "job $id did not succeed"; }
+  "${CTL[@]}" export "$id" "$2" >"$WORK/$id.export" || fail "export $id"
+  echo "$id" >"$WORK/last_job"
+  grep -o 'crc32:[0-9a-f]*' "$WORK/$id.export"
+}
+
+# A short job on a subset of Fashion-MNIST: 12,000 training and 2,000 test
+# examples, 2 epochs, 2 workers.
+write_short_job() {
+  cat >"$1" <<'JOB'
+name: "short"
+model { kind: MLP input_dim: 784 hidden_sizes: [256, 128] num_classes: 10 init_seed: 1 }
+dataset { name: "fashion-mnist" train_limit: 12000 test_limit: 2000 }
+optimizer { kind: SGD learning_rate: 0.02 momentum: 0.9 weight_decay: 0.0005 }
+consistency: BSP
+batch_size: 64
+epochs: 2
+workers: 2
+seed: 42
+JOB
+}
