@@ -69,13 +69,17 @@ void ApplyJobConfigDefaults(JobConfig* config) {
   if (config->consistency() == CONSISTENCY_UNSPECIFIED) {
     config->set_consistency(BSP);
   }
-  if (config->optimizer().kind() == OptimizerSpec::KIND_UNSPECIFIED) {
+  // Defaults inside a sub-message only when it is there, so that a missing
+  // one is reported as such by ValidateJobConfig.
+  if (config->has_optimizer() &&
+      config->optimizer().kind() == OptimizerSpec::KIND_UNSPECIFIED) {
     config->mutable_optimizer()->set_kind(OptimizerSpec::SGD);
   }
-  if (config->model().kind() == ModelSpec::KIND_UNSPECIFIED) {
+  if (config->has_model() &&
+      config->model().kind() == ModelSpec::KIND_UNSPECIFIED) {
     config->mutable_model()->set_kind(ModelSpec::MLP);
   }
-  if (config->dataset().name().empty()) {
+  if (config->has_dataset() && config->dataset().name().empty()) {
     config->mutable_dataset()->set_name("fashion-mnist");
   }
   if (config->partition_bytes() == 0) {
