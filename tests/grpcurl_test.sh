@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's grpcurl recipes, run against a live cluster with `buf curl`
+# (same protocol, same JSON; grpcurl itself is not packaged for Debian).
+# tests/run_tests.sh installs buf from npm and passes its path as PSD_BUF.
+source tests/cluster_lib.sh
+
+if [ -z "${PSD_BUF:-}" ] || [ ! -x "$PSD_BUF" ]; then
+  echo "SKIP: buf not available (PSD_BUF unset); run tests/run_tests.sh, which installs it from npm"
+  exit 0
+fi
+export BUF_CACHE_DIR="$WORK/buf-cache"
+call() {  # call METHOD JSON -> response JSON (or the error JSON, exit 1)
+  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge -d "$2" \
+    "http://$COORDINATOR/$1" 2>&1
+}
+# Health checks go through health.proto (reflection cannot describe it).
+health() {
+  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge \
+    --schema /usr/share/grpc-proto/grpc/health/v1/health.proto -d '{}' \
+    "http://$1/grpc.health.v1.Health/Check" 2>&1
+}
+
+start_cluster a 1 2
+
+services=$("$PSD_BUF" curl --protocol grpc --http2-prior-knowledge --list-services "http://$COORDINATOR" 2>&1)
+for s in psd.v1.JobService psd.v1.Coordinator grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
+  echo "$services" | grep -qx "$s" || fail "list: $s missing in: $services"
+done
+health "$COORDINATOR" | grep -q '"status": "SERVING"' || fail "coordinator not SERVING"
+view=$(call psd.v1.Coordinator/GetClusterView '{}')
+echo "$view" | grep -q '"servers"' || fail "GetClusterView: $view"
+server=$(echo "$view" | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
+health "$server" | grep -q '"status": "SERVING"' || fail "server $server not SERVING"
+
+# Submit the quick-start job's JSON twice: one to cancel, one to watch.
+submitted=$(call psd.v1.JobService/SubmitJob "@deploy/jobs/fashion_mnist_mlp.json")
+job=$(echo "$submitted" | grep -o '"jobId": "[^"]*"' | cut -d'"' -f4)
+[ -n "$job" ] || fail "SubmitJob: $submitted"
+call psd.v1.JobService/GetJob "{\"jobId\": \"$job\"}" | grep -q '"state": "\(PENDING\|RUNNING\)"' ||
+  fail "GetJob: not PENDING or RUNNING"
+call psd.v1.JobService/ListJobs '{}' | grep -q "\"jobId\": \"$job\"" || fail "ListJobs lacks $job"
+call psd.v1.JobService/CancelJob "{\"jobId\": \"$job\"}" | grep -q '"state": "CANCELLED"' ||
+  fail "CancelJob did not cancel"
+
+# A bad config: INVALID_ARGUMENT naming the field.
+bad=$(call psd.v1.JobService/SubmitJob '{"name": "bad", "model": {"kind": "MLP", "inputDim": 784, "numClasses": 10}, "dataset": {}, "optimizer": {"learningRate": 0.1}, "batchSize": -1, "epochs": 1, "workers": 1}' || true)
+echo "$bad" | grep -q '"code": "invalid_argument"' || fail "bad config: $bad"
+echo "$bad" | grep -q 'batch_size: must be in' || fail "bad config message: $bad"
+unknown=$(call psd.v1.JobService/GetJob '{"jobId": "no-such-job"}' || true)
+echo "$unknown" | grep -q '"code": "not_found"' || fail "unknown job: $unknown"
+
+# The short job runs to the end once the cancelled one has freed the workers.
+short=$(call psd.v1.JobService/SubmitJob '{"name": "short", "model": {"kind": "MLP", "inputDim": 784, "hiddenSizes": [32], "numClasses": 10, "initSeed": "1"}, "dataset": {"name": "fashion-mnist", "trainLimit": 2000, "testLimit": 500}, "optimizer": {"kind": "SGD", "learningRate": 0.05, "momentum": 0.9}, "batchSize": 50, "epochs": 1, "workers": 2, "seed": "3"}')
+id=$(echo "$short" | grep -o '"jobId": "[^"]*"' | cut -d'"' -f4)
+"${CTL[@]}" watch "$id" || fail "job $id did not succeed"
+call psd.v1.JobService/GetJob "{\"jobId\": \"$id\"}" | grep -q '"state": "SUCCEEDED"' || fail "GetJob $id"
+echo PASS
