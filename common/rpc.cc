@@ -16,6 +16,9 @@ absl::StatusOr<RpcServer> StartRpcServer(
   RpcServer result;
   builder.AddListeningPort(options.listen_address,
                            grpc::InsecureServerCredentials(), &result.port);
+  // No SO_REUSEPORT: a second process on a port in use must fail, not
+  // silently share the port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   grpc::ResourceQuota quota("psd");

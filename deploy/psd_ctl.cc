@@ -99,10 +99,15 @@ int Watch(JobService::Stub* jobs, const std::string& id) {
     const int epochs = status->config().epochs();
     for (; printed_epochs < status->epochs_size(); ++printed_epochs) {
       const EpochResult& e = status->epochs(printed_epochs);
-      std::printf("%sepoch %d/%d  train loss %.4f  test accuracy %.4f  "
-                  "elapsed %s\n",
-                  tty ? "\r\033[K" : "", e.epoch() + 1, epochs, e.train_loss(),
-                  e.test_accuracy(), Clock(e.elapsed_seconds()).c_str());
+      std::printf("%sepoch %d/%d  step %lld/%lld  train loss %.4f  "
+                  "test accuracy %.4f  %.0f samples/s  elapsed %s  ETA %s\n",
+                  tty ? "\r\033[K" : "", e.epoch() + 1, epochs,
+                  static_cast<long long>((e.epoch() + 1) *
+                                         status->steps_per_epoch()),
+                  static_cast<long long>(status->total_steps()), e.train_loss(),
+                  e.test_accuracy(), status->samples_per_sec(),
+                  Clock(e.elapsed_seconds()).c_str(),
+                  Clock(status->eta_seconds()).c_str());
     }
     const JobState state = status->state();
     if (state == SUCCEEDED || state == FAILED || state == CANCELLED) {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The binaries' command lines: --help tells the truth, and mistakes a user
+# makes at start-up end in a clear error within seconds, not a hang.
+source tests/cluster_lib.sh
+
+# --help lists every flag the launcher and the README use.
+"$BIN/server/psd_coordinator" --help >"$WORK/help" 2>&1 || true
+for f in --listen --port_file --heartbeat_timeout_ms --log_level; do
+  grep -q -- "$f" "$WORK/help" || fail "psd_coordinator --help lacks $f"
+done
+"$BIN/server/psd_server" --help >"$WORK/help" 2>&1 || true
+for f in --coordinator --listen --advertise --port_file --connect_timeout_ms; do
+  grep -q -- "$f" "$WORK/help" || fail "psd_server --help lacks $f"
+done
+"$BIN/worker/psd_worker" --help >"$WORK/help" 2>&1 || true
+for f in --coordinator --data_dir --device --blas_threads --port_file; do
+  grep -q -- "$f" "$WORK/help" || fail "psd_worker --help lacks $f"
+done
+"$BIN/deploy/psd_ctl" --help >"$WORK/help" 2>&1 || true
+for c in submit get list cancel watch export view wait-ready; do
+  grep -q -- "$c" "$WORK/help" || fail "psd_ctl --help lacks $c"
+done
+
+# expect_error CMD... : the command must fail, within its own timeouts, with
+# stderr matching $PATTERN.
+expect_error() {
+  local rc=0
+  timeout 30 "$@" >"$WORK/out" 2>&1 || rc=$?
+  [ $rc -ne 0 ] || fail "succeeded: $*"
+  [ $rc -ne 124 ] || fail "hung (killed after 30 s): $*"
+  grep -q -- "$PATTERN" "$WORK/out" || { cat "$WORK/out"; fail "no \"$PATTERN\" from: $*"; }
+}
+
+# An unreachable coordinator: a clear error after --connect_timeout_ms.
+PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
+  "$BIN/server/psd_server" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
+PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
+  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
+PATTERN="coordinator is required" expect_error "$BIN/server/psd_server"
+PATTERN="no CUDA backend" expect_error \
+  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cuda:0
+PATTERN="unknown level" expect_error "$BIN/server/psd_coordinator" --log_level=loud
+
+start_cluster a 1 0
+port=${COORDINATOR##*:}
+# The coordinator's address already in use.
+PATTERN="cannot listen on 127.0.0.1:$port" expect_error \
+  "$BIN/server/psd_coordinator" --listen=127.0.0.1:$port
+# A config file with a typo: the line and the field.
+printf 'name: "x"\nbatch_sise: 3\n' >"$WORK/typo.textproto"
+PATTERN="line 2" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
+PATTERN="batch_sise" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
+# A config that parses but is invalid: INVALID_ARGUMENT naming the field.
+printf 'name: "x"\nmodel { input_dim: 784 num_classes: 10 }\ndataset {}\noptimizer { learning_rate: 0.1 }\nbatch_size: 8\nepochs: 0\nworkers: 1\n' >"$WORK/bad.textproto"
+PATTERN="INVALID_ARGUMENT: epochs: must be >= 1, got 0" expect_error "${CTL[@]}" submit "$WORK/bad.textproto"
+PATTERN="NOT_FOUND" expect_error "${CTL[@]}" get no-such-job
+
+# A worker whose data folder is wrong fails the job with the file's name.
+"$BIN/worker/psd_worker" --coordinator="$COORDINATOR" --data_dir="$WORK/nodata" \
+  2>"$WORK/a.badworker.log" &
+PIDS+=($!)
+"${CTL[@]}" --servers=1 --workers=1 wait-ready >/dev/null
+printf 'name: "nodata"\nmodel { input_dim: 784 hidden_sizes: 8 num_classes: 10 }\ndataset { train_limit: 100 }\noptimizer { learning_rate: 0.1 }\nbatch_size: 10\nepochs: 1\nworkers: 1\n' >"$WORK/nodata.textproto"
+id=$("${CTL[@]}" submit "$WORK/nodata.textproto")
+PATTERN="$WORK/nodata/train-images-idx3-ubyte.gz" expect_error "${CTL[@]}" watch "$id"
+grep -q "FAILED" "$WORK/out" || fail "job $id not FAILED: $(cat "$WORK/out")"
+echo PASS
