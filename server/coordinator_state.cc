@@ -423,10 +423,25 @@ void CoordinatorState::StartPendingJobs() {
     }
   }
 
-  absl::MutexLock lock(&mu_);
-  Job& job = jobs_[job_id];
-  job.starting = false;
-  if (job.status.state() != PENDING) return;  // cancelled meanwhile
+  Assignment cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    Job& job = jobs_[job_id];
+    job.starting = false;
+    if (job.status.state() == PENDING) {
+      StartJobLocked(&job, error);
+      return;
+    }
+    // Cancelled while the servers were setting it up: CancelJob's DropJob
+    // may have run before CreateJob, so drop again now.
+    cancelled = job.assignment;
+  }
+  DropOnServers(cancelled);
+}
+
+void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
+  Job& job = *job_ptr;
+  const std::string& job_id = job.status.job_id();
   if (!error.empty()) {
     FinishJob(&job, FAILED, error);
     for (const std::string& w : job.worker_ids) workers_[w].job_id.clear();
@@ -436,7 +451,7 @@ void CoordinatorState::StartPendingJobs() {
   job.started = absl::Now();
   job.ranks.assign(job.worker_ids.size(), RankProgress());
   Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,
-              servers.size(), job.worker_ids.size());
+              job.assignment.servers_size(), job.worker_ids.size());
 }
 
 }  // namespace psd

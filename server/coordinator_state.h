@@ -96,6 +96,10 @@ class CoordinatorState {
   void SchedulerLoop();
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
   void StartPendingJobs() ABSL_LOCKS_EXCLUDED(mu_);
+  // After the servers' CreateJob calls: marks the job RUNNING, or FAILED
+  // with `error` when one failed.
+  void StartJobLocked(Job* job, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a job (state and reason); frees its workers.
   void FinishJob(Job* job, JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,36 +1,60 @@
 #include "server/parameter_service.h"
 
-#include <algorithm>
-
-#include "absl/time/clock.h"
 #include "common/process.h"
 #include "common/status.h"
 
 namespace psd {
 
-grpc::Status ParameterService::Push(grpc::ServerContext*,
-                                    const PushRequest* request,
-                                    PushResponse* response) {
+grpc::ServerUnaryReactor* ParameterService::Push(
+    grpc::CallbackServerContext* context, const PushRequest* request,
+    PushResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto result = store_->Push(*request);
   if (!result.ok()) {
     Log()->debug("push rejected: job {} rank {} step {}: {}", request->job_id(),
                  request->worker_rank(), request->step(),
                  result.status().ToString());
-    return ToGrpcStatus(result.status());
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
   }
   *response = *std::move(result);
-  return grpc::Status::OK;
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
-grpc::Status ParameterService::Pull(grpc::ServerContext* context,
-                                    const PullRequest* request,
-                                    PullResponse* response) {
-  const absl::Time client_deadline = absl::FromChrono(context->deadline());
-  const absl::Time deadline =
-      std::min(client_deadline, absl::Now() + absl::Minutes(10));
-  return ToGrpcStatus(store_->Pull(
-      *request, deadline, [context] { return context->IsCancelled(); },
-      response));
+namespace {
+
+// One pull: finishes when the store answers it; a client that cancels (or
+// whose deadline passes) withdraws it from the store.
+class PullReactor final : public grpc::ServerUnaryReactor {
+ public:
+  PullReactor(ParameterStore* store, const PullRequest* request,
+              PullResponse* response)
+      : store_(store), job_id_(request->job_id()), id_(store->NewPullId()) {
+    store_->PullAsync(id_, *request, response, [this](absl::Status status) {
+      Finish(ToGrpcStatus(status));
+    });
+  }
+
+  void OnCancel() override {
+    store_->CancelPull(job_id_, id_,
+                       absl::CancelledError("pull cancelled by the client"));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  ParameterStore* const store_;
+  const std::string job_id_;
+  const uint64_t id_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ParameterService::Pull(
+    grpc::CallbackServerContext*, const PullRequest* request,
+    PullResponse* response) {
+  return new PullReactor(store_, request, response);
 }
 
 grpc::Status ParameterService::CreateJob(grpc::ServerContext*,

@@ -7,17 +7,25 @@
 
 namespace psd {
 
-// Sync-API service; each call runs on a gRPC handler thread. Pull blocks its
-// thread while it waits for a step (bounded by the client's deadline, or
-// 10 minutes when the client set none). Thread-safe. Does not own `store`.
-class ParameterService final : public ParameterServer::Service {
+// Push and Pull use the callback API, so the number of calls in flight is
+// not bounded by a handler thread pool (a worker has one call per partition
+// in flight). Push validates and applies on the callback thread (CPU work on
+// one partition, no I/O). A pull waiting for a step holds no thread, and
+// ends when the step is reached, the job is dropped, or the client cancels
+// or passes its deadline. CreateJob and DropJob use the sync API.
+// Thread-safe. Does not own `store`.
+class ParameterService final
+    : public ParameterServer::WithCallbackMethod_Push<
+          ParameterServer::WithCallbackMethod_Pull<ParameterServer::Service>> {
  public:
   explicit ParameterService(ParameterStore* store) : store_(store) {}
 
-  grpc::Status Push(grpc::ServerContext* context, const PushRequest* request,
-                    PushResponse* response) override;
-  grpc::Status Pull(grpc::ServerContext* context, const PullRequest* request,
-                    PullResponse* response) override;
+  grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
+                                 const PushRequest* request,
+                                 PushResponse* response) override;
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
+                                 const PullRequest* request,
+                                 PullResponse* response) override;
   grpc::Status CreateJob(grpc::ServerContext* context,
                          const CreateJobRequest* request,
                          CreateJobResponse* response) override;

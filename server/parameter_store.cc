@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/placement.h"
 #include "common/status.h"
@@ -30,6 +33,21 @@ struct PartitionState {
   std::vector<float> sum;
 };
 
+// A pull waiting for its step.
+struct Waiter {
+  PullRequest request;
+  PullResponse* response;
+  ParameterStore::PullDone done;
+};
+
+// Callbacks to run once the job's lock is released.
+using Completions = std::vector<std::pair<ParameterStore::PullDone, absl::Status>>;
+
+void RunCompletions(Completions* completions) {
+  for (auto& [done, status] : *completions) done(std::move(status));
+  completions->clear();
+}
+
 }  // namespace
 
 struct ParameterStore::Job {
@@ -40,9 +58,10 @@ struct ParameterStore::Job {
   int64_t view_epoch = 0;
 
   absl::Mutex mu;
-  absl::CondVar applied;  // signalled when any partition's step advances
   bool dropped ABSL_GUARDED_BY(mu) = false;
   std::map<int32_t, PartitionState> partitions ABSL_GUARDED_BY(mu);
+  // Pulls waiting for a step, by pull id.
+  std::map<uint64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
 };
 
 absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
@@ -146,10 +165,20 @@ absl::Status ParameterStore::DropJob(const std::string& job_id) {
     job = std::move(it->second);
     jobs_.erase(it);
   }
-  absl::MutexLock lock(&job->mu);
-  job->dropped = true;
-  job->partitions.clear();
-  job->applied.SignalAll();
+  Completions completions;
+  {
+    absl::MutexLock lock(&job->mu);
+    job->dropped = true;
+    job->partitions.clear();
+    for (auto& [id, waiter] : job->waiters) {
+      completions.emplace_back(
+          std::move(waiter.done),
+          absl::CancelledError(absl::StrCat("job \"", job_id,
+                                            "\" was dropped while pulling")));
+    }
+    job->waiters.clear();
+  }
+  RunCompletions(&completions);
   return absl::OkStatus();
 }
 
@@ -183,6 +212,9 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
     }
   }
 
+  Completions completions;
+  PushResponse response;
+  {
   absl::MutexLock lock(&job->mu);
   if (job->dropped) {
     return absl::NotFoundError(
@@ -219,6 +251,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         request.step() < state.step || state.received[rank];
     all_duplicate = all_duplicate && duplicate;
   }
+  bool advanced = false;
   for (int i = 0; i < request.gradients_size(); ++i) {
     const PartitionTensor& g = request.gradients(i);
     PartitionState& state = job->partitions[g.partition_id()];
@@ -241,74 +274,133 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         state.step++;
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
-        job->applied.SignalAll();
+        advanced = true;
       }
     }
     applied_step = std::min(applied_step, state.step);
   }
-  PushResponse response;
+  if (advanced) AnswerWaiters(job.get(), &completions);
   response.set_duplicate(all_duplicate && request.gradients_size() > 0);
   response.set_applied_step(applied_step == INT64_MAX ? 0 : applied_step);
+  }
+  RunCompletions(&completions);
   return response;
+}
+
+// Answers `request` from the job's current state if it can. Returns true
+// when *response is filled, false when the step is not reached yet, or the
+// error that ends the pull.
+static absl::StatusOr<bool> TryAnswer(const ParameterStore::Job& job,
+                                      const PullRequest& request,
+                                      PullResponse* response)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  if (job.dropped) {
+    return absl::CancelledError(absl::StrCat("job \"", job.id, "\" was dropped"));
+  }
+  int64_t lowest = INT64_MAX;
+  for (int i = 0; i < request.partition_ids_size(); ++i) {
+    auto it = job.partitions.find(request.partition_ids(i));
+    if (it == job.partitions.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("partition_ids[", i, "]: partition ",
+                       request.partition_ids(i), " is not held by this server"));
+    }
+    if (!request.latest() && it->second.step > request.step()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step: ", request.step(), " is no longer held: partition ",
+          it->first, " is at step ", it->second.step));
+    }
+    lowest = std::min(lowest, it->second.step);
+  }
+  if (!request.latest() && lowest != INT64_MAX && lowest < request.step()) {
+    return false;
+  }
+  response->clear_parameters();
+  for (int32_t id : request.partition_ids()) {
+    const PartitionState& state = job.partitions.at(id);
+    PartitionTensor* out = response->add_parameters();
+    out->set_partition_id(id);
+    EncodeFloat32(state.weights.data(), state.num_elements, out->mutable_tensor());
+  }
+  response->set_step(lowest == INT64_MAX ? request.step() : lowest);
+  return true;
+}
+
+void ParameterStore::AnswerWaiters(Job* job, Completions* completions) {
+  for (auto it = job->waiters.begin(); it != job->waiters.end();) {
+    Waiter& waiter = it->second;
+    absl::StatusOr<bool> answered =
+        TryAnswer(*job, waiter.request, waiter.response);
+    if (answered.ok() && !*answered) {
+      ++it;
+      continue;
+    }
+    completions->emplace_back(std::move(waiter.done), answered.status());
+    it = job->waiters.erase(it);
+  }
+}
+
+void ParameterStore::PullAsync(uint64_t pull_id, const PullRequest& request,
+                               PullResponse* response, PullDone done) {
+  absl::StatusOr<std::shared_ptr<Job>> job = FindJob(request.job_id());
+  if (!job.ok()) return done(job.status());
+  if (!request.latest() && request.view_epoch() != (*job)->view_epoch) {
+    return done(absl::FailedPreconditionError(absl::StrCat(
+        "view_epoch: pull is for epoch ", request.view_epoch(),
+        ", this server is in epoch ", (*job)->view_epoch)));
+  }
+  absl::StatusOr<bool> answered;
+  {
+    absl::MutexLock lock(&(*job)->mu);
+    answered = TryAnswer(**job, request, response);
+    if (answered.ok() && !*answered) {
+      (*job)->waiters[pull_id] = Waiter{request, response, std::move(done)};
+      return;
+    }
+  }
+  done(answered.status());
+}
+
+void ParameterStore::CancelPull(const std::string& job_id, uint64_t pull_id,
+                                absl::Status status) {
+  absl::StatusOr<std::shared_ptr<Job>> job = FindJob(job_id);
+  if (!job.ok()) return;  // dropped: DropJob answered every waiter
+  PullDone done;
+  {
+    absl::MutexLock lock(&(*job)->mu);
+    auto it = (*job)->waiters.find(pull_id);
+    if (it == (*job)->waiters.end()) return;  // answered already
+    done = std::move(it->second.done);
+    (*job)->waiters.erase(it);
+  }
+  done(std::move(status));
 }
 
 absl::Status ParameterStore::Pull(const PullRequest& request,
                                   absl::Time deadline,
                                   const std::function<bool()>& is_cancelled,
                                   PullResponse* response) {
-  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
-  if (!request.latest() && request.view_epoch() != job->view_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "view_epoch: pull is for epoch ", request.view_epoch(),
-        ", this server is in epoch ", job->view_epoch));
-  }
-  absl::MutexLock lock(&job->mu);
-  for (int i = 0; i < request.partition_ids_size(); ++i) {
-    if (!job->partitions.count(request.partition_ids(i))) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("partition_ids[", i, "]: partition ",
-                       request.partition_ids(i), " is not held by this server"));
-    }
-  }
-  // Wait until every requested partition has reached the step.
-  while (!request.latest()) {
-    if (job->dropped) {
-      return absl::CancelledError(
-          absl::StrCat("job \"", job->id, "\" was dropped while pulling"));
-    }
-    int64_t lowest = INT64_MAX;
-    for (int32_t id : request.partition_ids()) {
-      const PartitionState& state = job->partitions[id];
-      if (state.step > request.step()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "step: ", request.step(), " is no longer held: partition ", id,
-            " is at step ", state.step));
-      }
-      lowest = std::min(lowest, state.step);
-    }
-    if (lowest == INT64_MAX || lowest >= request.step()) break;
+  const uint64_t id = NewPullId();
+  absl::Notification finished;
+  absl::Status result;
+  PullAsync(id, request, response, [&](absl::Status status) {
+    result = std::move(status);
+    finished.Notify();
+  });
+  while (!finished.WaitForNotificationWithDeadline(
+      std::min(deadline, absl::Now() + absl::Milliseconds(100)))) {
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "step ", request.step(), " not reached before the deadline (at step ",
-          lowest, "; waiting for other workers' pushes)"));
+      CancelPull(request.job_id(), id,
+                 absl::DeadlineExceededError(absl::StrCat(
+                     "step ", request.step(),
+                     " not reached before the deadline (waiting for other "
+                     "workers' pushes)")));
+    } else if (is_cancelled()) {
+      CancelPull(request.job_id(), id,
+                 absl::CancelledError("pull cancelled by client"));
     }
-    if (is_cancelled()) return absl::CancelledError("pull cancelled by client");
-    job->applied.WaitWithDeadline(
-        &job->mu, std::min(deadline, absl::Now() + absl::Milliseconds(100)));
   }
-  if (job->dropped) {
-    return absl::CancelledError(absl::StrCat("job \"", job->id, "\" was dropped"));
-  }
-  int64_t step = INT64_MAX;
-  for (int32_t id : request.partition_ids()) {
-    const PartitionState& state = job->partitions[id];
-    PartitionTensor* out = response->add_parameters();
-    out->set_partition_id(id);
-    EncodeFloat32(state.weights.data(), state.num_elements, out->mutable_tensor());
-    step = std::min(step, state.step);
-  }
-  response->set_step(step == INT64_MAX ? request.step() : step);
-  return absl::OkStatus();
+  return result;
 }
 
 }  // namespace psd

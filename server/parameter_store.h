@@ -3,10 +3,14 @@
 #ifndef PSD_SERVER_PARAMETER_STORE_H_
 #define PSD_SERVER_PARAMETER_STORE_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -29,8 +33,8 @@ namespace psd {
 // changes nothing (invariant 1). A push is validated whole (shapes, dtype,
 // finite values, partitions held, step) before any of it is taken.
 //
-// Thread-safe: any method may be called from any thread. Pull blocks (up to
-// a deadline) without holding up pushes to the same job.
+// Thread-safe: any method may be called from any thread. A pull waiting for
+// a step holds no thread (PullAsync), so any number of pulls can wait.
 class ParameterStore {
  public:
   ParameterStore() = default;
@@ -48,18 +52,46 @@ class ParameterStore {
   // See ParameterServer.Push in proto/parameter_server.proto.
   absl::StatusOr<PushResponse> Push(const PushRequest& request);
 
-  // See ParameterServer.Pull. Waits until `deadline` at most, or until
-  // `is_cancelled()` returns true (polled every 100 ms).
-  // Errors: DEADLINE_EXCEEDED, CANCELLED, NOT_FOUND, FAILED_PRECONDITION
-  // (wrong epoch, a step no longer held), INVALID_ARGUMENT.
+  // Called exactly once with the outcome of a pull; *response is filled
+  // when the status is OK.
+  using PullDone = std::function<void(absl::Status)>;
+
+  // An id for PullAsync/CancelPull, unique in this store.
+  uint64_t NewPullId() { return next_pull_id_.fetch_add(1); }
+
+  // See ParameterServer.Pull. Never blocks: when the step is reached (or the
+  // request is bad) `done` runs on the calling thread before PullAsync
+  // returns; otherwise the pull waits, holding no thread, and `done` runs
+  // later on the thread whose push completes the step, or in DropJob (with
+  // CANCELLED) or CancelPull. `response` must stay valid until `done`.
+  // Errors: NOT_FOUND, FAILED_PRECONDITION (wrong epoch, partition not held,
+  // a step no longer held), CANCELLED.
+  void PullAsync(uint64_t pull_id, const PullRequest& request,
+                 PullResponse* response, PullDone done);
+
+  // Ends a waiting pull with `status` (e.g. its client went away or its
+  // deadline passed). Does nothing when the pull was answered already.
+  void CancelPull(const std::string& job_id, uint64_t pull_id,
+                  absl::Status status);
+
+  // Blocking form of PullAsync, for callers with a thread to spare (tests):
+  // waits until `deadline` (then DEADLINE_EXCEEDED) or until
+  // `is_cancelled()` returns true (polled every 100 ms; then CANCELLED).
   absl::Status Pull(const PullRequest& request, absl::Time deadline,
                     const std::function<bool()>& is_cancelled,
                     PullResponse* response);
 
- private:
+  // One job's state (defined in the .cc).
   struct Job;
-  absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& job_id);
 
+ private:
+  absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& job_id);
+  // Moves every waiter whose step is reached (or whose pull failed) into
+  // `completions`, with its response filled. REQUIRES: job->mu held.
+  void AnswerWaiters(Job* job,
+                     std::vector<std::pair<PullDone, absl::Status>>* completions);
+
+  std::atomic<uint64_t> next_pull_id_{1};
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
 };
