@@ -112,16 +112,16 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
   }
   Job& job = it->second;
   ReportProgressResponse response;
-  if (job.status.state() != RUNNING) {
-    response.set_cancelled(true);
-    return response;
-  }
   const int32_t rank = request.rank();
   if (rank < 0 || rank >= static_cast<int32_t>(job.worker_ids.size()) ||
       job.worker_ids[rank] != request.member_id()) {
     return absl::FailedPreconditionError(
         absl::StrCat("rank: member \"", request.member_id(),
                      "\" does not hold rank ", rank, " of ", request.job_id()));
+  }
+  if (job.status.state() != RUNNING) {
+    response.set_cancelled(true);
+    return response;
   }
   if (!request.error().empty()) {
     FinishJob(&job, FAILED,
