@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/process.h"
 
 namespace psd {
 
@@ -48,6 +49,23 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   args.SetInt("grpc.use_local_subchannel_pool", 1);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
                                    args);
+}
+
+int ServeUntilShutdownSignal(RpcServer* rpc, const std::string& port_file,
+                             std::chrono::milliseconds drain) {
+  if (!port_file.empty()) {
+    absl::Status written =
+        WriteFileAtomically(port_file, std::to_string(rpc->port));
+    if (!written.ok()) {
+      Log()->error("--port_file: {}", written.ToString());
+      rpc->server->Shutdown();
+      return 1;
+    }
+  }
+  const int sig = WaitForShutdownSignal();
+  Log()->info("signal {}: draining in-flight calls and shutting down", sig);
+  rpc->server->Shutdown(DeadlineIn(drain));
+  return 0;
 }
 
 std::string AdvertisedAddress(const std::string& listen_address, int port) {

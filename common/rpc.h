@@ -50,6 +50,15 @@ inline std::chrono::system_clock::time_point DeadlineIn(
   return std::chrono::system_clock::now() + timeout;
 }
 
+// The end of every psd binary's main(): writes the bound port to `port_file`
+// (unless empty) so launchers can find it, waits for SIGINT or SIGTERM, then
+// shuts the server down, giving in-flight calls up to `drain` to finish.
+// Returns the exit code: 0, or 1 when the port file cannot be written (the
+// server is shut down at once then).
+// REQUIRES: BlockShutdownSignals() was called before any thread started.
+int ServeUntilShutdownSignal(RpcServer* rpc, const std::string& port_file,
+                             std::chrono::milliseconds drain);
+
 // "host:port" with the host of `listen_address` and the given port, for the
 // address a process advertises when it bound port 0.
 std::string AdvertisedAddress(const std::string& listen_address, int port);

@@ -45,15 +45,8 @@ int Main() {
   state.Start();
   Log()->info("serving psd.v1.Coordinator and psd.v1.JobService on {}",
               AdvertisedAddress(rpc_options.listen_address, rpc->port));
-  if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    absl::Status written = WriteFileAtomically(absl::GetFlag(FLAGS_port_file),
-                                               std::to_string(rpc->port));
-    if (!written.ok()) Log()->error("{}", written.ToString());
-  }
-  const int sig = WaitForShutdownSignal();
-  Log()->info("signal {}: draining in-flight calls and shutting down", sig);
-  rpc->server->Shutdown(DeadlineIn(std::chrono::seconds(5)));
-  return 0;
+  return ServeUntilShutdownSignal(&*rpc, absl::GetFlag(FLAGS_port_file),
+                                  std::chrono::seconds(5));
 }
 
 }  // namespace

@@ -64,4 +64,24 @@ printf 'name: "nodata"\nmodel { input_dim: 784 hidden_sizes: 8 num_classes: 10 }
 id=$("${CTL[@]}" submit "$WORK/nodata.textproto")
 PATTERN="$WORK/nodata/train-images-idx3-ubyte.gz" expect_error "${CTL[@]}" watch "$id"
 grep -q "FAILED" "$WORK/out" || fail "job $id not FAILED: $(cat "$WORK/out")"
+stop_cluster
+
+# SIGTERM stops a worker promptly even while its pull waits for a peer that
+# is stopped (SIGSTOP): the pull is cancelled, not waited out.
+start_cluster b 1 2
+w1=${PIDS[2]}
+w2=${PIDS[3]}
+printf 'name: "long"\nmodel { input_dim: 784 hidden_sizes: 16 num_classes: 10 }\ndataset {}\noptimizer { learning_rate: 0.1 }\nbatch_size: 10\nepochs: 5\nworkers: 2\n' >"$WORK/long.textproto"
+id=$("${CTL[@]}" submit "$WORK/long.textproto")
+for _ in $(seq 300); do
+  "${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' && break
+  sleep 0.05
+done
+"${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' || fail "job $id made no progress"
+kill -STOP "$w2"
+kill -TERM "$w1"
+for _ in $(seq 50); do kill -0 "$w1" 2>/dev/null || break; sleep 0.1; done
+kill -CONT "$w2"
+kill -0 "$w1" 2>/dev/null && fail "worker did not exit within 5 s of SIGTERM"
+grep -q "signal 15" "$WORK/b.worker1.log" || fail "worker did not log the signal"
 echo PASS

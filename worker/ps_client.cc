@@ -5,7 +5,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/placement.h"
 #include "common/rpc.h"
@@ -90,28 +90,55 @@ std::vector<std::string> ParameterClient::parameter_names() const {
 
 namespace {
 
-// Runs `start(target, done)` for every target at once and waits for all;
-// retries the ones that failed with UNAVAILABLE. Returns the first error.
+// Counts calls still in flight.
+class InFlight {
+ public:
+  explicit InFlight(int n) : left_(n) {}
+  void Done() {
+    absl::MutexLock lock(&mu_);
+    --left_;
+  }
+  // Waits until no call is in flight or `timeout` passed; true if none is.
+  bool WaitFor(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(this, &InFlight::AllDone),
+                                timeout);
+  }
+
+ private:
+  bool AllDone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return left_ == 0; }
+  absl::Mutex mu_;
+  int left_ ABSL_GUARDED_BY(mu_);
+};
+
+// Runs `start(target, context, done)` for every target at once and waits for
+// all; retries the ones that failed with UNAVAILABLE. When `cancel` becomes
+// true, the calls in flight are cancelled. Returns the first error.
 template <typename Start>
 absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
-                    int retries, const char* what, Start start) {
+                    const ParameterClientOptions& options, const char* what,
+                    Start start) {
   std::vector<ParameterClient::Target*> pending = targets;
   for (int attempt = 0;; ++attempt) {
-    absl::BlockingCounter counter(static_cast<int>(pending.size()));
+    InFlight in_flight(static_cast<int>(pending.size()));
     std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
     for (ParameterClient::Target* t : pending) {
       contexts.push_back(std::make_unique<grpc::ClientContext>());
-      start(t, contexts.back().get(), [t, &counter](grpc::Status s) {
+      start(t, contexts.back().get(), [t, &in_flight](grpc::Status s) {
         t->status = std::move(s);
-        counter.DecrementCount();
+        in_flight.Done();
       });
     }
-    counter.Wait();
+    while (!in_flight.WaitFor(absl::Milliseconds(100))) {
+      if (options.cancel != nullptr && options.cancel->load()) {
+        for (auto& context : contexts) context->TryCancel();
+      }
+    }
     std::vector<ParameterClient::Target*> failed;
     for (ParameterClient::Target* t : pending) {
       if (t->status.ok()) continue;
       if (t->status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-          attempt < retries) {
+          attempt < options.retries) {
         failed.push_back(t);
         continue;
       }
@@ -135,7 +162,7 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
   for (auto& t : targets_) all.push_back(t.get());
   const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
   PSD_RETURN_IF_ERROR(RunAll(
-      all, options_.retries, "pull",
+      all, options_, "pull",
       [&](Target* t, grpc::ClientContext* context, auto done) {
         t->pull.set_step(step);
         t->pull.set_latest(latest);
@@ -187,7 +214,7 @@ absl::Status ParameterClient::Push(
                   t->push.mutable_gradients(0)->mutable_tensor());
   }
   const auto timeout = std::chrono::milliseconds(options_.push_timeout_ms);
-  return RunAll(all, options_.retries, "push",
+  return RunAll(all, options_, "push",
                 [&](Target* t, grpc::ClientContext* context, auto done) {
                   context->set_deadline(DeadlineIn(timeout));
                   t->stub->async()->Push(context, &t->push, &t->push_response,

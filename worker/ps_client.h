@@ -3,6 +3,7 @@
 #ifndef PSD_WORKER_PS_CLIENT_H_
 #define PSD_WORKER_PS_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,6 +23,10 @@ struct ParameterClientOptions {
   // Retries of a call that failed with UNAVAILABLE (safe: pushes are
   // idempotent). Default: 3.
   int retries = 3;
+  // When set and it becomes true, calls in flight are cancelled within
+  // 100 ms and end with CANCELLED (used to stop a worker promptly). Not
+  // owned; must outlive the client. Default: none.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // One rank's view of a job's parameters. Parameters are whole tensors

@@ -94,7 +94,7 @@ class WorkerAgent {
       absl::Status status = TrainRank(
           assignment, options_, backend_,
           [&](const ReportProgressRequest& p) { return Report(p); },
-          [this] { return cancel_.load(); });
+          &cancel_);
       if (status.ok()) {
         Log()->info("job {}: rank {} finished", assignment.job_id(),
                     assignment.rank());
@@ -195,15 +195,8 @@ int Main() {
     return 1;
   }
   agent.Start(&membership);
-  if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    absl::Status written = WriteFileAtomically(absl::GetFlag(FLAGS_port_file),
-                                               std::to_string(rpc->port));
-    if (!written.ok()) Log()->error("{}", written.ToString());
-  }
-  const int sig = WaitForShutdownSignal();
-  Log()->info("signal {}: stopping", sig);
-  rpc->server->Shutdown(DeadlineIn(std::chrono::seconds(2)));
-  return 0;
+  return ServeUntilShutdownSignal(&*rpc, absl::GetFlag(FLAGS_port_file),
+                                  std::chrono::seconds(2));
 }
 
 }  // namespace

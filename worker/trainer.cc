@@ -56,7 +56,7 @@ std::vector<const float*> Pointers(const std::vector<std::vector<float>>& v) {
 absl::Status TrainRank(const Assignment& assignment,
                        const TrainerOptions& options, kernels::Backend* backend,
                        const ProgressSink& report,
-                       const std::function<bool()>& cancelled) {
+                       const std::atomic<bool>* cancel) {
   const JobConfig& config = assignment.config();
   const int32_t rank = assignment.rank();
   const int32_t workers = config.workers();
@@ -75,6 +75,7 @@ absl::Status TrainRank(const Assignment& assignment,
       Mlp::Create(layers, std::max(config.batch_size(), kEvalBatch), backend));
   ParameterClientOptions client_options;
   client_options.pull_timeout_ms = options.pull_timeout_ms;
+  client_options.cancel = cancel;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
                        ParameterClient::Create(assignment, client_options));
   if (client->parameter_sizes() != model->ParameterSizes()) {
@@ -126,7 +127,7 @@ absl::Status TrainRank(const Assignment& assignment,
     loss_sum = 0;
     loss_count = 0;
     for (int64_t i = 0; i < steps_per_epoch; ++i) {
-      if (cancelled()) return absl::CancelledError("job cancelled");
+      if (cancel->load()) return absl::CancelledError("job cancelled");
       const int64_t step = epoch * steps_per_epoch + i;
       if (pulled_step != step) {
         PSD_RETURN_IF_ERROR(client->Pull(step, false, &params));

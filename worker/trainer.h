@@ -2,6 +2,7 @@
 #ifndef PSD_WORKER_TRAINER_H_
 #define PSD_WORKER_TRAINER_H_
 
+#include <atomic>
 #include <functional>
 #include <string>
 
@@ -32,12 +33,13 @@ using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
 // The batches of rank r in epoch e follow EpochOrder(shard r, seed, e, r),
 // so a rank's gradients are a function of (job, rank, step) only (DESIGN
 // invariant 5). Rank 0 evaluates the test set at every epoch end.
-// `cancelled` is polled every step. Returns OK when all steps are done,
-// CANCELLED when stopped, or the error that ended it.
+// Setting `*cancel` stops training within a step (calls in flight to the
+// servers are cancelled). Returns OK when all steps are done, CANCELLED when
+// stopped, or the error that ended it.
 absl::Status TrainRank(const Assignment& assignment,
                        const TrainerOptions& options, kernels::Backend* backend,
                        const ProgressSink& report,
-                       const std::function<bool()>& cancelled);
+                       const std::atomic<bool>* cancel);
 
 }  // namespace psd
 
