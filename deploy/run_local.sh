@@ -34,21 +34,14 @@ for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_c
   [ -x "$BIN/$b" ] || { echo "run_local: build failed ($BIN/$b missing)" >&2; exit 1; }
 done
 
+source deploy/processes.sh
 RUN_DIR=$(mktemp -d /tmp/psd-local.XXXXXX)
 PIDS=()
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
   if [ ${#PIDS[@]} -gt 0 ]; then
-    kill -TERM "${PIDS[@]}" 2>/dev/null || true
-    for _ in $(seq 50); do
-      alive=0
-      for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-      [ $alive -eq 0 ] && break
-      sleep 0.1
-    done
-    kill -KILL "${PIDS[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    stop_processes "${PIDS[@]}"
     echo "==> cluster stopped (logs in $RUN_DIR)"
   fi
   exit $code
@@ -56,23 +49,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; echo "==> interrupted"; exit 130' INT TERM
 
-# Waits for a process's port file; fails if the process dies first.
-wait_port() {
-  local pid=$1 file=$2 log=$3
-  for _ in $(seq 300); do
-    [ -s "$file" ] && { cat "$file"; return 0; }
-    kill -0 "$pid" 2>/dev/null || { echo "run_local: process died; see $log:" >&2; tail -5 "$log" >&2; return 1; }
-    sleep 0.05
-  done
-  echo "run_local: no port from $log after 15 s" >&2
-  return 1
-}
-
 echo "==> starting 1 coordinator, $SERVERS servers, $WORKERS workers (logs: $RUN_DIR)"
 "$BIN/server/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
   2>"$RUN_DIR/coordinator.log" &
 PIDS+=($!)
-COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" "$RUN_DIR/coordinator.log")
+COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
+  { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })
 for i in $(seq "$SERVERS"); do
   "$BIN/server/psd_server" --coordinator="$COORDINATOR" 2>"$RUN_DIR/server$i.log" &
   PIDS+=($!)

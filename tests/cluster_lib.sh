@@ -8,17 +8,11 @@ BIN=${BIN:-.}
 WORK=$(mktemp -d "${TEST_TMPDIR:-/tmp}/cluster.XXXXXX")
 PIDS=()
 
+source deploy/processes.sh
+
 stop_cluster() {
   [ ${#PIDS[@]} -eq 0 ] && return 0
-  kill -TERM "${PIDS[@]}" 2>/dev/null || true
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  stop_processes "${PIDS[@]}"
   PIDS=()
 }
 
@@ -36,17 +30,6 @@ trap on_exit EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# wait_for_port PID FILE: prints the port once FILE has it; fails when the
-# process exits first or after 15 s.
-wait_for_port() {
-  for _ in $(seq 300); do
-    [ -s "$2" ] && { cat "$2"; return 0; }
-    kill -0 "$1" 2>/dev/null || fail "process $1 exited before writing $2"
-    sleep 0.05
-  done
-  fail "no port in $2 after 15 s"
-}
-
 # start_cluster NAME SERVERS WORKERS: starts a coordinator, servers and
 # workers; sets COORDINATOR and CTL (psd_ctl with --coordinator).
 start_cluster() {
@@ -54,7 +37,8 @@ start_cluster() {
   "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
-  COORDINATOR=127.0.0.1:$(wait_for_port $! "$WORK/$name.coordinator.port")
+  COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
+    fail "coordinator $name did not start"
   for i in $(seq "$servers"); do
     "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
       2>"$WORK/$name.server$i.log" &
