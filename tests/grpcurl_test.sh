@@ -31,6 +31,11 @@ view=$(call psd.v1.Coordinator/GetClusterView '{}')
 echo "$view" | grep -q '"servers"' || fail "GetClusterView: $view"
 server=$(echo "$view" | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
 health "$server" | grep -q '"status": "SERVING"' || fail "server $server not SERVING"
+worker=$(echo "$view" | grep -A3 '"workers"' | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
+[ -n "$worker" ] || fail "no worker address in the view: $view"
+health "$worker" | grep -q '"status": "SERVING"' || fail "worker $worker not SERVING"
+"$PSD_BUF" curl --protocol grpc --http2-prior-knowledge --list-services "http://$worker" |
+  grep -q grpc.reflection.v1alpha.ServerReflection || fail "worker serves no reflection"
 
 # Submit the quick-start job's JSON twice: one to cancel, one to watch.
 submitted=$(call psd.v1.JobService/SubmitJob "@deploy/jobs/fashion_mnist_mlp.json")
