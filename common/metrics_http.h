@@ -1,0 +1,46 @@
+// Serves a MetricsRegistry over HTTP for Prometheus: GET /metrics.
+#ifndef PSD_COMMON_METRICS_HTTP_H_
+#define PSD_COMMON_METRICS_HTTP_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/metrics.h"
+
+namespace psd {
+
+// An HTTP server (cpp-httplib) answering GET /metrics with
+// registry->RenderPrometheusText() (Content-Type "text/plain;
+// version=0.0.4"), on threads of its own. Destroying it stops serving and
+// joins those threads. Does not own the registry, which must outlive it.
+// Thread-safe.
+//
+// Example:
+//   PSD_ASSIGN_OR_RETURN(auto metrics,
+//                        MetricsServer::Start("127.0.0.1:0", &registry));
+//   Log()->info("metrics on port {}", metrics->port());
+class MetricsServer {
+ public:
+  // Binds `listen` (host:port; port 0 lets the OS choose) and starts
+  // serving. Errors: INVALID_ARGUMENT for a malformed address, UNAVAILABLE
+  // "cannot listen on ..." when it cannot be bound (e.g. already in use).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& listen, MetricsRegistry* registry);
+
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  // The bound port.
+  int port() const;
+
+ private:
+  struct Impl;
+  explicit MetricsServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_METRICS_HTTP_H_
