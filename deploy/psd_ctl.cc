@@ -45,6 +45,9 @@ constexpr char kUsage[] =
     "                       if it SUCCEEDED\n"
     "  export JOB_ID FILE   pull the job's parameters into a safetensors\n"
     "                       file and print their CRC-32 checksum\n"
+    "  delete JOB_ID        forget a finished job and free its parameters\n"
+    "                       on the servers\n"
+    "  servers              print what each server holds, per job, as JSON\n"
     "  view                 print the cluster view as JSON\n"
     "  wait-ready           wait until --servers servers and --workers idle\n"
     "                       workers have registered (up to --timeout_s)\n";
@@ -86,52 +89,85 @@ std::string Clock(double seconds) {
   return absl::StrFormat("%d:%02d", s / 60, s % 60);
 }
 
-int Watch(JobService::Stub* jobs, const std::string& id) {
-  const bool tty = isatty(fileno(stdout));
-  int printed_epochs = 0;
-  while (true) {
-    auto status = GetJob(jobs, id);
-    if (!status.ok()) {
-      std::fprintf(stderr, "psd_ctl: watch %s: %s\n", id.c_str(),
-                   status.status().ToString().c_str());
-      return 1;
-    }
-    const int epochs = status->config().epochs();
-    for (; printed_epochs < status->epochs_size(); ++printed_epochs) {
-      const EpochResult& e = status->epochs(printed_epochs);
+// Prints what changed in `status` since the last call: a line per finished
+// epoch, a live line on a terminal, and a last line when the job ends.
+// Returns the exit code once the job has ended, -1 while it runs.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(std::string id)
+      : id_(std::move(id)), tty_(isatty(fileno(stdout))) {}
+
+  int Print(const JobStatus& status) {
+    const int epochs = status.config().epochs();
+    for (; printed_epochs_ < status.epochs_size(); ++printed_epochs_) {
+      const EpochResult& e = status.epochs(printed_epochs_);
       std::printf("%sepoch %d/%d  step %lld/%lld  train loss %.4f  "
                   "test accuracy %.4f  %.0f samples/s  elapsed %s  ETA %s\n",
-                  tty ? "\r\033[K" : "", e.epoch() + 1, epochs,
+                  tty_ ? "\r\033[K" : "", e.epoch() + 1, epochs,
                   static_cast<long long>((e.epoch() + 1) *
-                                         status->steps_per_epoch()),
-                  static_cast<long long>(status->total_steps()), e.train_loss(),
-                  e.test_accuracy(), status->samples_per_sec(),
+                                         status.steps_per_epoch()),
+                  static_cast<long long>(status.total_steps()), e.train_loss(),
+                  e.test_accuracy(), status.samples_per_sec(),
                   Clock(e.elapsed_seconds()).c_str(),
-                  Clock(status->eta_seconds()).c_str());
+                  Clock(status.eta_seconds()).c_str());
     }
-    const JobState state = status->state();
+    const JobState state = status.state();
     if (state == SUCCEEDED || state == FAILED || state == CANCELLED) {
-      if (tty) std::printf("\r\033[K");
-      std::printf("job %s %s after %s", id.c_str(), JobState_Name(state).c_str(),
-                  Clock(status->elapsed_seconds()).c_str());
+      if (tty_) std::printf("\r\033[K");
+      std::printf("job %s %s after %s", id_.c_str(), JobState_Name(state).c_str(),
+                  Clock(status.elapsed_seconds()).c_str());
       if (state == SUCCEEDED) {
-        std::printf(": test accuracy %.4f\n", status->test_accuracy());
+        std::printf(": test accuracy %.4f\n", status.test_accuracy());
       } else {
-        std::printf(": %s\n", status->error().c_str());
+        std::printf(": %s\n", status.error().c_str());
       }
       std::fflush(stdout);
       return state == SUCCEEDED ? 0 : 1;
     }
-    if (tty && state == RUNNING) {
+    if (tty_ && state == RUNNING) {
       std::printf("\r\033[Kepoch %d/%d  step %lld/%lld  loss %.4f  %.0f samples/s"
                   "  ETA %s",
-                  status->epoch() + 1, epochs,
-                  static_cast<long long>(status->step()),
-                  static_cast<long long>(status->total_steps()), status->loss(),
-                  status->samples_per_sec(),
-                  Clock(status->eta_seconds()).c_str());
+                  status.epoch() + 1, epochs,
+                  static_cast<long long>(status.step()),
+                  static_cast<long long>(status.total_steps()), status.loss(),
+                  status.samples_per_sec(), Clock(status.eta_seconds()).c_str());
     }
     std::fflush(stdout);
+    return -1;
+  }
+
+ private:
+  const std::string id_;
+  const bool tty_;
+  int printed_epochs_ = 0;
+};
+
+// Follows the job with the WatchJob stream; polls GetJob when the
+// coordinator has no watch to spare.
+int Watch(JobService::Stub* jobs, const std::string& id) {
+  ProgressPrinter printer(id);
+  grpc::ClientContext context;  // no deadline: a job may run for days
+  GetJobRequest request;
+  request.set_job_id(id);
+  std::unique_ptr<grpc::ClientReader<JobStatus>> stream =
+      jobs->WatchJob(&context, request);
+  JobStatus status;
+  while (stream->Read(&status)) {
+    const int code = printer.Print(status);
+    if (code >= 0) {
+      context.TryCancel();
+      return code;
+    }
+  }
+  grpc::Status ended = stream->Finish();
+  if (ended.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+    return Fail("watch " + id, ended);
+  }
+  while (true) {
+    auto polled = GetJob(jobs, id);
+    if (!polled.ok()) return Fail("watch " + id, ToGrpcStatus(polled.status()));
+    const int code = printer.Print(*polled);
+    if (code >= 0) return code;
     absl::SleepFor(absl::Milliseconds(500));
   }
 }
@@ -284,6 +320,35 @@ int Main(const std::vector<std::string>& args) {
   if (command == "export") {
     if (!need(2)) return 2;
     return Export(jobs.get(), args[1], args[2]);
+  }
+  if (command == "delete") {
+    if (!need(1)) return 2;
+    DeleteJobRequest request;
+    request.set_job_id(args[1]);
+    DeleteJobResponse response;
+    grpc::Status status = jobs->DeleteJob(&context, request, &response);
+    if (!status.ok()) return Fail("delete", status);
+    std::printf("job %s: deleted\n", args[1].c_str());
+    return 0;
+  }
+  if (command == "servers") {
+    if (!need(0)) return 2;
+    ClusterView view;
+    grpc::Status status =
+        coordinator->GetClusterView(&context, GetClusterViewRequest(), &view);
+    if (!status.ok()) return Fail("servers", status);
+    for (const ServerInfo& server : view.servers()) {
+      auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(CallTimeout()));
+      ServerStatus held;
+      grpc::Status got =
+          stub->GetServerStatus(&call, GetServerStatusRequest(), &held);
+      if (!got.ok()) return Fail("servers: " + server.id(), got);
+      std::printf("%s (%s): %s", server.id().c_str(), server.address().c_str(),
+                  ToJson(held).c_str());
+    }
+    return 0;
   }
   if (command == "view") {
     if (!need(0)) return 2;

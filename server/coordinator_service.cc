@@ -1,5 +1,6 @@
 #include "server/coordinator_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace psd {
@@ -75,6 +76,42 @@ grpc::Status JobControlService::CancelJob(grpc::ServerContext*,
                                           const CancelJobRequest* request,
                                           JobStatus* response) {
   return Reply(state_->CancelJob(request->job_id()), response);
+}
+
+grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
+                                         const GetJobRequest* request,
+                                         grpc::ServerWriter<JobStatus>* writer) {
+  if (watches_.fetch_add(1) >= kMaxWatches) {
+    watches_.fetch_sub(1);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("more than ", kMaxWatches,
+                                     " watches open; use GetJob to poll"));
+  }
+  struct Release {
+    std::atomic<int>* count;
+    ~Release() { count->fetch_sub(1); }
+  } release{&watches_};
+  int64_t version = -1;
+  while (!context->IsCancelled()) {
+    auto update =
+        state_->WaitForJobUpdate(request->job_id(), &version, absl::Seconds(1));
+    if (!update.ok()) return ToGrpcStatus(update.status());
+    if (!update->has_value()) continue;
+    JobStatus& status = **update;
+    status.clear_placement();  // large and constant: GetJob has it
+    if (!writer->Write(status)) return grpc::Status::CANCELLED;
+    const JobState state = status.state();
+    if (state == SUCCEEDED || state == FAILED || state == CANCELLED) {
+      return grpc::Status::OK;
+    }
+  }
+  return grpc::Status::CANCELLED;
+}
+
+grpc::Status JobControlService::DeleteJob(grpc::ServerContext*,
+                                          const DeleteJobRequest* request,
+                                          DeleteJobResponse*) {
+  return ToGrpcStatus(state_->DeleteJob(request->job_id()));
 }
 
 }  // namespace psd

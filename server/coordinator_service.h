@@ -3,6 +3,8 @@
 #ifndef PSD_SERVER_COORDINATOR_SERVICE_H_
 #define PSD_SERVER_COORDINATOR_SERVICE_H_
 
+#include <atomic>
+
 #include "common/proto.h"
 #include "server/coordinator_state.h"
 
@@ -41,9 +43,18 @@ class JobControlService final : public JobService::Service {
                         ListJobsResponse*) override;
   grpc::Status CancelJob(grpc::ServerContext*, const CancelJobRequest*,
                          JobStatus*) override;
+  // Holds a handler thread per open watch, so at most kMaxWatches are open
+  // at once; more get RESOURCE_EXHAUSTED.
+  grpc::Status WatchJob(grpc::ServerContext*, const GetJobRequest*,
+                        grpc::ServerWriter<JobStatus>*) override;
+  grpc::Status DeleteJob(grpc::ServerContext*, const DeleteJobRequest*,
+                         DeleteJobResponse*) override;
+
+  static constexpr int kMaxWatches = 16;
 
  private:
   CoordinatorState* const state_;
+  std::atomic<int> watches_{0};
 };
 
 }  // namespace psd

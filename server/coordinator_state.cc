@@ -148,6 +148,7 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
                 request.epoch(), request.test_accuracy());
   }
   UpdateAggregates(&job);
+  ++job.version;
   if (std::all_of(job.ranks.begin(), job.ranks.end(),
                   [](const RankProgress& p) { return p.done; })) {
     FinishJob(&job, SUCCEEDED, "");
@@ -195,6 +196,12 @@ void CoordinatorState::FinishJob(Job* job, JobState state,
     if (worker != workers_.end() && state == SUCCEEDED) {
       worker->second.job_id.clear();
     }
+  }
+  ++job->version;
+  // Servers free the training state; a finished job keeps its parameters
+  // for export until DeleteJob, a cancelled one keeps nothing.
+  if (job->assignment.servers_size() > 0) {
+    drops_.push_back(PendingDrop{job->assignment, state != CANCELLED});
   }
   Log()->info("job {}: {}{}{}", job->status.job_id(), JobState_Name(state),
               reason.empty() ? "" : ": ", reason);
@@ -264,7 +271,6 @@ std::vector<JobStatus> CoordinatorState::ListJobs() {
 }
 
 absl::StatusOr<JobStatus> CoordinatorState::CancelJob(const std::string& job_id) {
-  Assignment to_drop;
   JobStatus result;
   {
     absl::MutexLock lock(&mu_);
@@ -272,31 +278,76 @@ absl::StatusOr<JobStatus> CoordinatorState::CancelJob(const std::string& job_id)
     if (it == jobs_.end()) {
       return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
     }
-    Job& job = it->second;
-    if (!IsFinished(job.status.state())) {
-      const bool started = job.status.state() == RUNNING || job.starting;
-      FinishJob(&job, CANCELLED, "cancelled by the user");
-      if (started) to_drop = job.assignment;
-    }
-    result = job.status;
+    FinishJob(&it->second, CANCELLED, "cancelled by the user");
+    result = it->second.status;
   }
-  if (!to_drop.job_id().empty()) DropOnServers(to_drop);
+  RunDrops();  // the servers have freed the job when CancelJob returns
   return result;
 }
 
-void CoordinatorState::DropOnServers(const Assignment& assignment) {
-  for (const ServerInfo& server : assignment.servers()) {
-    auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
-    grpc::ClientContext context;
-    context.set_deadline(
-        DeadlineIn(std::chrono::milliseconds(options_.server_call_timeout_ms)));
-    DropJobRequest request;
-    request.set_job_id(assignment.job_id());
-    DropJobResponse response;
-    grpc::Status status = stub->DropJob(&context, request, &response);
-    if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
-      Log()->warn("job {}: DropJob on {} failed: {}", assignment.job_id(),
-                  server.id(), status.error_message());
+absl::Status CoordinatorState::DeleteJob(const std::string& job_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+    }
+    if (!IsFinished(it->second.status.state())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job_id: job \"", job_id, "\" is ",
+          JobState_Name(it->second.status.state()), "; cancel it first"));
+    }
+    if (it->second.assignment.servers_size() > 0) {
+      drops_.push_back(PendingDrop{it->second.assignment, false});
+    }
+    ++it->second.version;
+    jobs_.erase(it);
+    job_order_.erase(std::find(job_order_.begin(), job_order_.end(), job_id));
+    Log()->info("job {}: deleted", job_id);
+  }
+  RunDrops();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<JobStatus>> CoordinatorState::WaitForJobUpdate(
+    const std::string& job_id, int64_t* version, absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = jobs_.find(job_id);
+    return it == jobs_.end() || it->second.version != *version;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+  }
+  if (it->second.version == *version) return std::nullopt;
+  *version = it->second.version;
+  return it->second.status;
+}
+
+void CoordinatorState::RunDrops() {
+  std::vector<PendingDrop> drops;
+  {
+    absl::MutexLock lock(&mu_);
+    drops.swap(drops_);
+  }
+  for (const PendingDrop& drop : drops) {
+    for (const ServerInfo& server : drop.assignment.servers()) {
+      auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(
+          std::chrono::milliseconds(options_.server_call_timeout_ms)));
+      DropJobRequest request;
+      request.set_job_id(drop.assignment.job_id());
+      request.set_keep_parameters(drop.keep_parameters);
+      DropJobResponse response;
+      grpc::Status status = stub->DropJob(&context, request, &response);
+      if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
+        Log()->warn("job {}: DropJob on {} failed: {}",
+                    drop.assignment.job_id(), server.id(),
+                    status.error_message());
+      }
     }
   }
 }
@@ -306,6 +357,7 @@ void CoordinatorState::SchedulerLoop() {
       absl::Milliseconds(options_.schedule_interval_ms))) {
     ExpireMembers();
     StartPendingJobs();
+    RunDrops();
   }
 }
 
@@ -423,20 +475,26 @@ void CoordinatorState::StartPendingJobs() {
     }
   }
 
-  Assignment cancelled;
   {
     absl::MutexLock lock(&mu_);
-    Job& job = jobs_[job_id];
-    job.starting = false;
-    if (job.status.state() == PENDING) {
-      StartJobLocked(&job, error);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {  // cancelled and deleted meanwhile
+      PendingDrop drop;
+      drop.assignment.set_job_id(job_id);
+      for (const ServerInfo& server : servers) *drop.assignment.add_servers() = server;
+      drops_.push_back(std::move(drop));
+    } else if (it->second.status.state() == PENDING) {
+      it->second.starting = false;
+      StartJobLocked(&it->second, error);
       return;
+    } else {
+      // Cancelled while the servers were setting it up: CancelJob's DropJob
+      // may have run before CreateJob, so drop again now.
+      it->second.starting = false;
+      drops_.push_back(PendingDrop{it->second.assignment, false});
     }
-    // Cancelled while the servers were setting it up: CancelJob's DropJob
-    // may have run before CreateJob, so drop again now.
-    cancelled = job.assignment;
   }
-  DropOnServers(cancelled);
+  RunDrops();
 }
 
 void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
@@ -448,6 +506,7 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
     return;
   }
   job.status.set_state(RUNNING);
+  ++job.version;
   job.started = absl::Now();
   job.ranks.assign(job.worker_ids.size(), RankProgress());
   Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,

@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,6 +65,15 @@ class CoordinatorState {
   absl::StatusOr<JobStatus> GetJob(const std::string& job_id);
   std::vector<JobStatus> ListJobs();
   absl::StatusOr<JobStatus> CancelJob(const std::string& job_id);
+  // Forgets a finished job and frees what its servers hold. Errors:
+  // NOT_FOUND, FAILED_PRECONDITION (not finished).
+  absl::Status DeleteJob(const std::string& job_id);
+
+  // Waits up to `timeout` for the job's status to change from the version
+  // in *version (-1: return at once). Returns the status and updates
+  // *version when it changed, nullopt when it did not. Errors: NOT_FOUND.
+  absl::StatusOr<std::optional<JobStatus>> WaitForJobUpdate(
+      const std::string& job_id, int64_t* version, absl::Duration timeout);
 
  private:
   struct Member {
@@ -89,6 +99,13 @@ class CoordinatorState {
     std::vector<RankProgress> ranks;
     absl::Time started;
     bool starting = false;  // servers are being set up
+    // Grows with every change of `status`, for WaitForJobUpdate.
+    int64_t version = 0;
+  };
+  // A DropJob to send to a job's servers, outside the lock.
+  struct PendingDrop {
+    Assignment assignment;
+    bool keep_parameters = false;
   };
 
   absl::StatusOr<RegisterResponse> Register(const RegisterRequest& request,
@@ -104,8 +121,8 @@ class CoordinatorState {
   void FinishJob(Job* job, JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Calls DropJob on every server of the assignment (no lock held).
-  void DropOnServers(const Assignment& assignment);
+  // Sends the queued DropJob calls (no lock held while calling).
+  void RunDrops() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
   const CoordinatorOptions options_;
@@ -118,6 +135,7 @@ class CoordinatorState {
   std::map<std::string, Member> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);
+  std::vector<PendingDrop> drops_ ABSL_GUARDED_BY(mu_);
 
   absl::Notification stop_;
   std::thread scheduler_;

@@ -59,6 +59,8 @@ struct ParameterStore::Job {
 
   absl::Mutex mu;
   bool dropped ABSL_GUARDED_BY(mu) = false;
+  // Training is over: parameters kept for export, training state freed.
+  bool finished ABSL_GUARDED_BY(mu) = false;
   std::map<int32_t, PartitionState> partitions ABSL_GUARDED_BY(mu);
   // Pulls waiting for a step, by pull id.
   std::map<uint64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
@@ -153,7 +155,8 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
   return response;
 }
 
-absl::Status ParameterStore::DropJob(const std::string& job_id) {
+absl::Status ParameterStore::DropJob(const std::string& job_id,
+                                     bool keep_parameters) {
   std::shared_ptr<Job> job;
   {
     absl::MutexLock lock(&mu_);
@@ -162,24 +165,63 @@ absl::Status ParameterStore::DropJob(const std::string& job_id) {
       return absl::NotFoundError(
           absl::StrCat("job_id: no job \"", job_id, "\" on this server"));
     }
-    job = std::move(it->second);
-    jobs_.erase(it);
+    job = it->second;
+    if (!keep_parameters) jobs_.erase(it);
   }
   Completions completions;
   {
     absl::MutexLock lock(&job->mu);
-    job->dropped = true;
-    job->partitions.clear();
+    if (keep_parameters) {
+      job->finished = true;
+      for (auto& [id, state] : job->partitions) {
+        std::vector<float>().swap(state.velocity);
+        std::vector<float>().swap(state.sum);
+        std::vector<std::vector<float>>().swap(state.pending);
+        state.received.assign(state.received.size(), false);
+        state.received_count = 0;
+      }
+    } else {
+      job->dropped = true;
+      job->partitions.clear();
+    }
+    // Pulls still waiting for a step will never get it.
     for (auto& [id, waiter] : job->waiters) {
       completions.emplace_back(
           std::move(waiter.done),
-          absl::CancelledError(absl::StrCat("job \"", job_id,
-                                            "\" was dropped while pulling")));
+          absl::CancelledError(absl::StrCat(
+              "job \"", job_id, "\" ended while the pull waited for step ",
+              waiter.request.step())));
     }
     job->waiters.clear();
   }
   RunCompletions(&completions);
   return absl::OkStatus();
+}
+
+ServerStatus ParameterStore::Status() {
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : jobs_) jobs.push_back(job);
+  }
+  ServerStatus status;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    absl::MutexLock lock(&job->mu);
+    ServerJobStatus* out = status.add_jobs();
+    out->set_job_id(job->id);
+    out->set_finished(job->finished);
+    out->set_num_partitions(static_cast<int32_t>(job->partitions.size()));
+    int64_t floats = 0;
+    int64_t step = job->partitions.empty() ? 0 : INT64_MAX;
+    for (const auto& [id, state] : job->partitions) {
+      floats += state.weights.size() + state.velocity.size() + state.sum.size();
+      for (const auto& p : state.pending) floats += p.size();
+      step = std::min(step, state.step);
+    }
+    out->set_state_bytes(floats * static_cast<int64_t>(sizeof(float)));
+    out->set_step(step);
+  }
+  return status;
 }
 
 absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
@@ -219,6 +261,10 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   if (job->dropped) {
     return absl::NotFoundError(
         absl::StrCat("job_id: job \"", job->id, "\" was dropped"));
+  }
+  if (job->finished) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job_id: job \"", job->id, "\" has finished; it takes no more pushes"));
   }
   // Validate the whole request before taking any of it.
   std::set<int32_t> seen;
@@ -313,6 +359,11 @@ static absl::StatusOr<bool> TryAnswer(const ParameterStore::Job& job,
     lowest = std::min(lowest, it->second.step);
   }
   if (!request.latest() && lowest != INT64_MAX && lowest < request.step()) {
+    if (job.finished) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step: ", request.step(), " will never be reached: job \"", job.id,
+          "\" finished at step ", lowest));
+    }
     return false;
   }
   response->clear_parameters();

@@ -46,8 +46,14 @@ class ParameterStore {
   // job with this id and another config; the same config again is OK).
   absl::StatusOr<CreateJobResponse> CreateJob(const CreateJobRequest& request);
 
-  // Frees the job. Waiting pulls end with CANCELLED. Errors: NOT_FOUND.
-  absl::Status DropJob(const std::string& job_id);
+  // Frees the job. With keep_parameters, frees only the training state
+  // (gradient buffers, optimizer slots): the parameters stay for pulls, and
+  // pushes are refused (FAILED_PRECONDITION). Waiting pulls end with
+  // CANCELLED. Errors: NOT_FOUND.
+  absl::Status DropJob(const std::string& job_id, bool keep_parameters = false);
+
+  // What this server holds, per job.
+  ServerStatus Status();
 
   // See ParameterServer.Push in proto/parameter_server.proto.
   absl::StatusOr<PushResponse> Push(const PushRequest& request);
