@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A stand-in for grpcurl, for tests: translates the grpcurl command lines of
+# docs/OPERATIONS.md and README.md into `buf curl` (grpcurl is not packaged
+# for Debian; buf curl speaks the same protocol and takes the same JSON).
+# Supports: -plaintext, -d DATA (or -d @ for stdin), -import-path DIR,
+# -proto FILE, -max-time S, then ADDRESS and list [SERVICE] | describe X |
+# METHOD. Needs PSD_BUF (the buf binary) and, for list/describe of a
+# service, PSD_PROTO_DIR (our proto/ folder).
+set -euo pipefail
+data=""
+import_path=""
+proto=""
+timeout=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -plaintext) shift ;;
+    -d) data=$2; shift 2 ;;
+    -import-path) import_path=$2; shift 2 ;;
+    -proto) proto=$2; shift 2 ;;
+    -max-time) timeout=$2; shift 2 ;;
+    -format) echo "grpcurl shim: -format $2 is not supported by buf curl" >&2; exit 64 ;;
+    -*) echo "grpcurl shim: unsupported option $1" >&2; exit 64 ;;
+    *) break ;;
+  esac
+done
+address=$1
+shift
+args=(curl --protocol grpc --http2-prior-knowledge)
+[ -n "$proto" ] && args+=(--schema "${import_path:+$import_path/}$proto")
+[ -n "$timeout" ] && args+=(--connect-timeout "$timeout")
+case "${1:-}" in
+  list | describe)
+    if [ $# -lt 2 ]; then
+      exec "$PSD_BUF" "${args[@]}" --list-services "http://$address"
+    fi
+    # buf curl lists methods through reflection only for all services at
+    # once, and fails on the health service (reflection cannot describe it).
+    # So: check the server's reflection lists the service, then print its
+    # methods from our .proto files (PSD_PROTO_DIR).
+    "$PSD_BUF" "${args[@]}" --list-services "http://$address" | grep -qx "$2" ||
+      { echo "grpcurl shim: $address does not serve $2" >&2; exit 1; }
+    "$PSD_BUF" curl --schema "$PSD_PROTO_DIR" --list-methods | grep "^$2/"
+    exit 0 ;;
+  "") echo "grpcurl shim: no method" >&2; exit 64 ;;
+esac
+method=$1
+if [ "$data" = "@" ]; then
+  tmp=$(mktemp)
+  cat >"$tmp"
+  data="@$tmp"
+fi
+[ -n "$data" ] && args+=(-d "$data")
+exec "$PSD_BUF" "${args[@]}" "http://$address/$method"
