@@ -76,9 +76,22 @@ grpc::Status ParameterService::CreateJob(grpc::ServerContext*,
 grpc::Status ParameterService::DropJob(grpc::ServerContext*,
                                        const DropJobRequest* request,
                                        DropJobResponse*) {
-  absl::Status status = store_->DropJob(request->job_id());
-  if (status.ok()) Log()->info("job {}: dropped", request->job_id());
+  absl::Status status =
+      store_->DropJob(request->job_id(), request->keep_parameters());
+  if (status.ok()) {
+    Log()->info("job {}: {}", request->job_id(),
+                request->keep_parameters()
+                    ? "finished; training state freed, parameters kept"
+                    : "dropped");
+  }
   return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::GetServerStatus(grpc::ServerContext*,
+                                               const GetServerStatusRequest*,
+                                               ServerStatus* response) {
+  *response = store_->Status();
+  return grpc::Status::OK;
 }
 
 }  // namespace psd

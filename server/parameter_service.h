@@ -32,6 +32,9 @@ class ParameterService final
   grpc::Status DropJob(grpc::ServerContext* context,
                        const DropJobRequest* request,
                        DropJobResponse* response) override;
+  grpc::Status GetServerStatus(grpc::ServerContext* context,
+                               const GetServerStatusRequest* request,
+                               ServerStatus* response) override;
 
  private:
   ParameterStore* const store_;
