@@ -91,8 +91,8 @@ Histogram::Histogram(std::vector<double> bounds)
 
 void Histogram::Observe(double v) {
   // The first bound >= v; bounds_.size() (the +Inf bucket) when none.
-  const size_t i = std::lower_bound(bounds_.begin(), bounds_.end(), v) -
-                   bounds_.begin();
+  const size_t i =
+      std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin();
   counts_[i].fetch_add(1, std::memory_order_relaxed);
   AtomicAdd(&sum_, v);
 }
@@ -107,7 +107,7 @@ std::vector<uint64_t> Histogram::BucketCounts() const {
 
 std::vector<double> LatencyBuckets() {
   return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-          0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
+          0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 }
 
 std::string FormatMetricValue(double v) {
@@ -138,7 +138,7 @@ struct MetricsRegistry::Entry {
   std::function<LabeledValues()> values;
 
   void Render(std::string* out) const {
-    const char* type_name = type == Type::kCounter  ? "counter"
+    const char* type_name = type == Type::kCounter ? "counter"
                             : type == Type::kGauge ? "gauge"
                                                    : "histogram";
     absl::StrAppend(out, "# HELP ", name, " ", EscapeHelp(help), "\n",
@@ -317,7 +317,8 @@ double ProcessStartTime() {
   std::string line;
   double boot = -1;
   while (std::getline(in, line)) {
-    if (line.rfind("btime ", 0) == 0) boot = std::strtod(line.c_str() + 6, nullptr);
+    if (line.rfind("btime ", 0) == 0)
+      boot = std::strtod(line.c_str() + 6, nullptr);
   }
   if (stat.size() < 22 || boot < 0) {
     return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
@@ -330,14 +331,14 @@ double ProcessStartTime() {
 
 void AddProcessMetrics(MetricsRegistry* registry) {
   registry->AddCounterCallback(
-      "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-      [] {
+      "process_cpu_seconds_total",
+      "Total user and system CPU time spent in seconds.", [] {
         rusage usage;
         if (getrusage(RUSAGE_SELF, &usage) != 0) return double{NAN};
-        auto seconds = [](const timeval& t) {
-          return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6;
-        };
-        return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        const int64_t micros =
+            (int64_t{usage.ru_utime.tv_sec} + usage.ru_stime.tv_sec) * 1000000 +
+            usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
+        return static_cast<double>(micros) / 1e6;
       });
   registry->AddGaugeCallback("process_resident_memory_bytes",
                              "Resident memory size in bytes.",

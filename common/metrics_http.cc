@@ -1,15 +1,15 @@
 #include "common/metrics_http.h"
 
+#include <httplib.h>
 #include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
 #include <thread>
 
-#include <httplib.h>
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/process.h"
 
 namespace psd {
 
@@ -64,11 +64,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   httplib::Server& http = impl->http;
   http.new_task_queue = [] { return new httplib::ThreadPool(kHandlerThreads); };
   http.set_socket_options(SocketOptions);
-  http.Get("/metrics", [registry](const httplib::Request&,
-                                  httplib::Response& response) {
-    response.set_content(registry->RenderPrometheusText(),
-                         "text/plain; version=0.0.4; charset=utf-8");
-  });
+  http.Get("/metrics",
+           [registry](const httplib::Request&, httplib::Response& response) {
+             response.set_content(registry->RenderPrometheusText(),
+                                  "text/plain; version=0.0.4; charset=utf-8");
+           });
   http.Get("/", [](const httplib::Request&, httplib::Response& response) {
     response.set_content("psd: metrics are at /metrics\n", "text/plain");
   });
@@ -95,6 +95,29 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsEndpoint(
+    const std::string& listen, const std::string& port_file,
+    MetricsRegistry* registry) {
+  if (listen.empty()) return nullptr;
+  auto server = MetricsServer::Start(listen, registry);
+  if (!server.ok()) {
+    return absl::Status(
+        server.status().code(),
+        absl::StrCat("--metrics_listen: ", server.status().message()));
+  }
+  const size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon);
+  if (host.empty()) host = "0.0.0.0";
+  Log()->info("serving Prometheus metrics on http://{}:{}/metrics", host,
+              (*server)->port());
+  if (!port_file.empty()) {
+    absl::Status written =
+        WriteFileAtomically(port_file, absl::StrCat((*server)->port()));
+    if (!written.ok()) return written;
+  }
+  return server;
 }
 
 }  // namespace psd

@@ -41,6 +41,15 @@ class MetricsServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// For a binary's main(): starts a MetricsServer on `listen` and returns it,
+// or returns nullptr when `listen` is empty (metrics off). Logs one line
+// with the address, and writes the bound port to `port_file` unless it is
+// empty. Errors: those of MetricsServer::Start, prefixed with the flag name
+// "--metrics_listen"; UNAVAILABLE when the port file cannot be written.
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsEndpoint(
+    const std::string& listen, const std::string& port_file,
+    MetricsRegistry* registry);
+
 }  // namespace psd
 
 #endif  // PSD_COMMON_METRICS_HTTP_H_

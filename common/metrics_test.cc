@@ -1,12 +1,12 @@
 #include "common/metrics.h"
 
+#include <httplib.h>
+
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <catch2/catch.hpp>
-#include <httplib.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
@@ -27,8 +27,8 @@ TEST_CASE("MetricsRegistry: renders the text format 0.0.4 exactly",
       "psd_test_jobs", "Jobs by state.", "state", [] {
         return LabeledValues{{"PENDING", 2}, {"we\"ird\\", 0}};
       });
-  Histogram* latency = registry.AddHistogram(
-      "psd_test_latency_seconds", "Call latency.", {0.1, 1});
+  Histogram* latency = registry.AddHistogram("psd_test_latency_seconds",
+                                             "Call latency.", {0.1, 1});
   requests->Increment();
   requests->Increment(41);
   depth->Set(3);
@@ -75,7 +75,8 @@ TEST_CASE("Histogram: a value equal to a bound counts in that bound's bucket",
 
 TEST_CASE("Histogram: concurrent observations are all counted", "[metrics]") {
   MetricsRegistry registry;
-  Histogram* h = registry.AddHistogram("psd_test_seconds", "x", LatencyBuckets());
+  Histogram* h =
+      registry.AddHistogram("psd_test_seconds", "x", LatencyBuckets());
   Counter* c = registry.AddCounter("psd_test_total", "x");
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
@@ -163,8 +164,7 @@ TEST_CASE("MetricsServer: a port in use is a clear error", "[metrics][http]") {
   MetricsRegistry registry;
   auto first = MetricsServer::Start("127.0.0.1:0", &registry);
   REQUIRE(first.ok());
-  const std::string address =
-      "127.0.0.1:" + std::to_string((*first)->port());
+  const std::string address = "127.0.0.1:" + std::to_string((*first)->port());
   auto second = MetricsServer::Start(address, &registry);
   REQUIRE(!second.ok());
   CHECK(second.status().code() == absl::StatusCode::kUnavailable);
