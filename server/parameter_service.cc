@@ -1,16 +1,80 @@
 #include "server/parameter_service.h"
 
+#include <chrono>
+
 #include "common/process.h"
 #include "common/status.h"
 
 namespace psd {
 
+struct ParameterService::Metrics {
+  explicit Metrics(MetricsRegistry* registry)
+      : push_requests(registry->AddCounter(
+            "psd_server_push_requests_total", "Push calls received.")),
+        push_errors(registry->AddCounter(
+            "psd_server_push_errors_total",
+            "Push calls answered with an error (rejected gradients).")),
+        push_bytes(registry->AddCounter(
+            "psd_server_push_bytes_total",
+            "Bytes of push requests received (serialized protobuf size).")),
+        push_latency(registry->AddHistogram(
+            "psd_server_push_latency_seconds",
+            "Time to validate and apply one push, seconds.",
+            LatencyBuckets())),
+        pull_requests(registry->AddCounter(
+            "psd_server_pull_requests_total", "Pull calls received.")),
+        pull_errors(registry->AddCounter(
+            "psd_server_pull_errors_total",
+            "Pull calls that ended with an error, cancellation included.")),
+        pull_bytes(registry->AddCounter(
+            "psd_server_pull_bytes_total",
+            "Bytes of pull responses sent (serialized protobuf size).")),
+        pull_latency(registry->AddHistogram(
+            "psd_server_pull_latency_seconds",
+            "Time from receiving a pull to answering it, seconds; includes "
+            "waiting for the step's last push.",
+            LatencyBuckets())) {}
+
+  Counter* const push_requests;
+  Counter* const push_errors;
+  Counter* const push_bytes;
+  Histogram* const push_latency;
+  Counter* const pull_requests;
+  Counter* const pull_errors;
+  Counter* const pull_bytes;
+  Histogram* const pull_latency;
+};
+
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  return std::chrono::duration<double>(elapsed).count();
+}
+
+}  // namespace
+
+ParameterService::ParameterService(ParameterStore* store,
+                                   MetricsRegistry* metrics)
+    : store_(store),
+      own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
+                                       : nullptr),
+      metrics_(std::make_unique<Metrics>(
+          metrics != nullptr ? metrics : own_registry_.get())) {}
+
+ParameterService::~ParameterService() = default;
+
 grpc::ServerUnaryReactor* ParameterService::Push(
     grpc::CallbackServerContext* context, const PushRequest* request,
     PushResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const auto start = std::chrono::steady_clock::now();
+  metrics_->push_requests->Increment();
+  metrics_->push_bytes->Increment(request->ByteSizeLong());
   auto result = store_->Push(*request);
+  metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
+    metrics_->push_errors->Increment();
     Log()->debug("push rejected: job {} rank {} step {}: {}", request->job_id(),
                  request->worker_rank(), request->step(),
                  result.status().ToString());
@@ -25,15 +89,28 @@ grpc::ServerUnaryReactor* ParameterService::Push(
 namespace {
 
 // One pull: finishes when the store answers it; a client that cancels (or
-// whose deadline passes) withdraws it from the store.
+// whose deadline passes) withdraws it from the store. Its latency runs from
+// construction to the store's answer.
 class PullReactor final : public grpc::ServerUnaryReactor {
  public:
-  PullReactor(ParameterStore* store, const PullRequest* request,
-              PullResponse* response)
-      : store_(store), job_id_(request->job_id()), id_(store->NewPullId()) {
-    store_->PullAsync(id_, *request, response, [this](absl::Status status) {
-      Finish(ToGrpcStatus(status));
-    });
+  PullReactor(ParameterStore* store, const ParameterService::Metrics* metrics,
+              const PullRequest* request, PullResponse* response)
+      : store_(store),
+        metrics_(metrics),
+        start_(std::chrono::steady_clock::now()),
+        job_id_(request->job_id()),
+        id_(store->NewPullId()) {
+    metrics_->pull_requests->Increment();
+    store_->PullAsync(
+        id_, *request, response, [this, response](absl::Status status) {
+          metrics_->pull_latency->Observe(SecondsSince(start_));
+          if (status.ok()) {
+            metrics_->pull_bytes->Increment(response->ByteSizeLong());
+          } else {
+            metrics_->pull_errors->Increment();
+          }
+          Finish(ToGrpcStatus(status));
+        });
   }
 
   void OnCancel() override {
@@ -45,6 +122,8 @@ class PullReactor final : public grpc::ServerUnaryReactor {
 
  private:
   ParameterStore* const store_;
+  const ParameterService::Metrics* const metrics_;
+  const std::chrono::steady_clock::time_point start_;
   const std::string job_id_;
   const uint64_t id_;
 };
@@ -54,7 +133,7 @@ class PullReactor final : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext*, const PullRequest* request,
     PullResponse* response) {
-  return new PullReactor(store_, request, response);
+  return new PullReactor(store_, metrics_.get(), request, response);
 }
 
 grpc::Status ParameterService::CreateJob(grpc::ServerContext*,

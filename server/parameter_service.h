@@ -2,6 +2,9 @@
 #ifndef PSD_SERVER_PARAMETER_SERVICE_H_
 #define PSD_SERVER_PARAMETER_SERVICE_H_
 
+#include <memory>
+
+#include "common/metrics.h"
 #include "common/proto.h"
 #include "server/parameter_store.h"
 
@@ -13,12 +16,19 @@ namespace psd {
 // one partition, no I/O). A pull waiting for a step holds no thread, and
 // ends when the step is reached, the job is dropped, or the client cancels
 // or passes its deadline. CreateJob and DropJob use the sync API.
-// Thread-safe. Does not own `store`.
+// Counts push and pull calls, their bytes, errors and latency in the
+// psd_server_push_* and psd_server_pull_* metrics; the hot path only
+// touches atomics, and nothing is logged per call.
+// Thread-safe. Does not own `store` or `metrics`.
 class ParameterService final
     : public ParameterServer::WithCallbackMethod_Push<
           ParameterServer::WithCallbackMethod_Pull<ParameterServer::Service>> {
  public:
-  explicit ParameterService(ParameterStore* store) : store_(store) {}
+  // Registers the service's metrics in `metrics`, which must outlive
+  // it; with nullptr they are kept in a private registry (tests).
+  explicit ParameterService(ParameterStore* store,
+                            MetricsRegistry* metrics = nullptr);
+  ~ParameterService() override;
 
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
                                  const PushRequest* request,
@@ -36,8 +46,13 @@ class ParameterService final
                                const GetServerStatusRequest* request,
                                ServerStatus* response) override;
 
+  // The push and pull metrics (defined in the .cc).
+  struct Metrics;
+
  private:
   ParameterStore* const store_;
+  std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
+  std::unique_ptr<const Metrics> metrics_;
 };
 
 }  // namespace psd

@@ -1,11 +1,14 @@
 // psd_coordinator: accepts jobs, tracks servers and workers, assigns ranks
 // and parameter shards, and publishes the cluster view.
 #include <cstdio>
+#include <map>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/coordinator_service.h"
@@ -15,6 +18,11 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "Address to serve gRPC on; port 0 lets the OS choose.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once serving.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
+          "port 0 lets the OS choose. Empty: no metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(int, heartbeat_timeout_ms, 3000,
           "Remove a server or worker that sent no heartbeat for this long, ms.");
 ABSL_FLAG(std::string, log_level, "info",
@@ -22,6 +30,46 @@ ABSL_FLAG(std::string, log_level, "info",
 
 namespace psd {
 namespace {
+
+// The coordinator's metrics, read from `state` at scrape time.
+void AddCoordinatorMetrics(CoordinatorState* state, MetricsRegistry* metrics) {
+  metrics->AddGaugeFamilyCallback(
+      "psd_coordinator_jobs", "Jobs known to the coordinator, by state.",
+      "state", [state] {
+        std::map<JobState, double> counts;
+        for (int s = JobState_MIN; s <= JobState_MAX; ++s) {
+          if (JobState_IsValid(s) && s != JOB_STATE_UNSPECIFIED) {
+            counts[static_cast<JobState>(s)] = 0;
+          }
+        }
+        for (const JobStatus& job : state->ListJobs()) counts[job.state()] += 1;
+        LabeledValues values;
+        for (const auto& [s, n] : counts) {
+          values.emplace_back(JobState_Name(s), n);
+        }
+        return values;
+      });
+  metrics->AddGaugeCallback(
+      "psd_coordinator_pending_jobs",
+      "Jobs queued and not started yet (queue depth).", [state] {
+        double n = 0;
+        for (const JobStatus& job : state->ListJobs()) {
+          if (job.state() == PENDING) ++n;
+        }
+        return n;
+      });
+  metrics->AddGaugeCallback(
+      "psd_coordinator_registered_servers",
+      "Parameter servers in the cluster view.",
+      [state] { return double(state->GetClusterView().servers_size()); });
+  metrics->AddGaugeCallback(
+      "psd_coordinator_registered_workers", "Workers in the cluster view.",
+      [state] { return double(state->GetClusterView().workers_size()); });
+  metrics->AddGaugeCallback(
+      "psd_coordinator_view_epoch",
+      "Epoch of the cluster view (grows with every membership change).",
+      [state] { return double(state->GetClusterView().epoch()); });
+}
 
 int Main() {
   absl::Status logging =
@@ -32,7 +80,19 @@ int Main() {
   }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  MetricsRegistry metrics;
+  AddProcessMetrics(&metrics);
   CoordinatorState state(options);
+  AddCoordinatorMetrics(&state, &metrics);
+  auto metrics_server =
+      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
+                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
+  if (!metrics_server.ok()) {
+    Log()->error("{}", metrics_server.status().ToString());
+    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
+               ? 2
+               : 1;
+  }
   MembershipService membership(&state);
   JobControlService jobs(&state);
   RpcServerOptions rpc_options;
@@ -60,7 +120,8 @@ int main(int argc, char** argv) {
       "  psd_coordinator [--listen=127.0.0.1:0] [--port_file=FILE]\n"
       "Serves psd.v1.Coordinator (membership, cluster view) and\n"
       "psd.v1.JobService (SubmitJob, GetJob, ListJobs, CancelJob) plus gRPC\n"
-      "health and reflection. SIGINT/SIGTERM shut it down gracefully.");
+      "health and reflection, and Prometheus metrics with --metrics_listen.\n"
+      "SIGINT/SIGTERM shut it down gracefully.");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
 }

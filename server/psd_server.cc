@@ -7,6 +7,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/membership.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/parameter_service.h"
@@ -21,6 +23,11 @@ ABSL_FLAG(std::string, advertise, "",
           "host with the bound port).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once serving.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
+          "port 0 lets the OS choose. Empty: no metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
@@ -40,8 +47,19 @@ int Main() {
     Log()->error("--coordinator is required (host:port of psd_coordinator)");
     return 2;
   }
+  MetricsRegistry metrics;
+  AddProcessMetrics(&metrics);
   ParameterStore store;
-  ParameterService service(&store);
+  ParameterService service(&store, &metrics);
+  auto metrics_server =
+      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
+                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
+  if (!metrics_server.ok()) {
+    Log()->error("{}", metrics_server.status().ToString());
+    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
+               ? 2
+               : 1;
+  }
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
   auto rpc = StartRpcServer(rpc_options, {&service});
@@ -81,9 +99,11 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "A psd parameter server.\n"
       "  psd_server --coordinator=HOST:PORT [--listen=127.0.0.1:0]\n"
+      "             [--metrics_listen=HOST:PORT]\n"
       "Registers with the coordinator, then holds the parameter shards it is\n"
       "given and serves psd.v1.ParameterServer (push, pull) plus gRPC health\n"
-      "and reflection. SIGINT/SIGTERM shut it down gracefully.");
+      "and reflection, and Prometheus metrics with --metrics_listen.\n"
+      "SIGINT/SIGTERM shut it down gracefully.");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
 }

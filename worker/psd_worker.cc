@@ -13,6 +13,8 @@
 #include "absl/flags/usage.h"
 #include "absl/synchronization/mutex.h"
 #include "common/membership.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "kernels/kernels.h"
@@ -28,6 +30,11 @@ ABSL_FLAG(std::string, advertise, "",
           "with the bound port).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once registered.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
+          "port 0 lets the OS choose. Empty: no metrics endpoint.");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Folder holding Fashion-MNIST's gzip IDX files.");
 ABSL_FLAG(std::string, device, "auto",
@@ -159,6 +166,18 @@ int Main() {
                  device);
     return 2;
   }
+  MetricsRegistry metrics;
+  AddProcessMetrics(&metrics);
+  TrainerMetrics trainer_metrics(&metrics);
+  auto metrics_server =
+      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
+                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
+  if (!metrics_server.ok()) {
+    Log()->error("{}", metrics_server.status().ToString());
+    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
+               ? 2
+               : 1;
+  }
   std::unique_ptr<kernels::Backend> backend =
       kernels::CreateCpuBackend(absl::GetFlag(FLAGS_blas_threads));
   Log()->info("device: {} ({})", backend->Name(),
@@ -179,6 +198,7 @@ int Main() {
 
   TrainerOptions trainer;
   trainer.data_dir = absl::GetFlag(FLAGS_data_dir);
+  trainer.metrics = &trainer_metrics;
   WorkerAgent agent(trainer, backend.get());
   MembershipOptions options;
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
@@ -210,7 +230,8 @@ int main(int argc, char** argv) {
       "  psd_worker --coordinator=HOST:PORT [--data_dir=DIR] [--device=cpu]\n"
       "Registers with the coordinator, trains the rank of a job it is given\n"
       "(pull parameters, compute gradients, push them), then waits for the\n"
-      "next job. Serves gRPC health and reflection. SIGINT/SIGTERM stop it.");
+      "next job. Serves gRPC health and reflection, and Prometheus metrics\n"
+      "with --metrics_listen. SIGINT/SIGTERM stop it.");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
 }

@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -14,9 +15,36 @@
 
 namespace psd {
 
+TrainerMetrics::TrainerMetrics(MetricsRegistry* registry)
+    : steps(registry->AddCounter("psd_worker_steps_total",
+                                 "Training steps completed (pushed).")),
+      samples(registry->AddCounter("psd_worker_samples_total",
+                                   "Training examples processed.")),
+      step_seconds(registry->AddHistogram(
+          "psd_worker_step_seconds",
+          "Time of one training step (pull, compute, push), seconds.",
+          LatencyBuckets())),
+      pull_seconds(registry->AddHistogram(
+          "psd_worker_pull_seconds",
+          "Time to pull the parameters for a step (includes waiting for the "
+          "other ranks' pushes), seconds.",
+          LatencyBuckets())),
+      compute_seconds(registry->AddHistogram(
+          "psd_worker_compute_seconds",
+          "Time of one step's forward and backward passes, seconds.",
+          LatencyBuckets())),
+      push_seconds(registry->AddHistogram(
+          "psd_worker_push_seconds",
+          "Time to push one step's gradients, seconds.", LatencyBuckets())) {}
+
 namespace {
 
 constexpr int32_t kEvalBatch = 1000;
+
+double SecondsBetween(std::chrono::steady_clock::time_point from,
+                      std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
 
 struct Split {
   Dataset train;
@@ -129,16 +157,30 @@ absl::Status TrainRank(const Assignment& assignment,
     for (int64_t i = 0; i < steps_per_epoch; ++i) {
       if (cancel->load()) return absl::CancelledError("job cancelled");
       const int64_t step = epoch * steps_per_epoch + i;
+      const auto start = std::chrono::steady_clock::now();
       if (pulled_step != step) {
         PSD_RETURN_IF_ERROR(client->Pull(step, false, &params));
       }
+      const auto pulled = std::chrono::steady_clock::now();
       GatherBatch(data.train, order.data() + i * batch, batch, x.data(),
                   y.data());
       std::vector<float*> grad_ptrs;
       for (auto& g : grads) grad_ptrs.push_back(g.data());
       const float loss = model->ForwardBackward(Pointers(params), x.data(),
                                                 y.data(), batch, grad_ptrs);
+      const auto computed = std::chrono::steady_clock::now();
       PSD_RETURN_IF_ERROR(client->Push(step, grads));
+      if (TrainerMetrics* m = options.metrics) {
+        const auto pushed = std::chrono::steady_clock::now();
+        if (pulled_step != step) {
+          m->pull_seconds->Observe(SecondsBetween(start, pulled));
+        }
+        m->compute_seconds->Observe(SecondsBetween(pulled, computed));
+        m->push_seconds->Observe(SecondsBetween(computed, pushed));
+        m->step_seconds->Observe(SecondsBetween(start, pushed));
+        m->steps->Increment();
+        m->samples->Increment(batch);
+      }
       loss_sum += loss;
       ++loss_count;
       window_samples += batch;

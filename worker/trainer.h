@@ -7,10 +7,25 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/metrics.h"
 #include "common/proto.h"
 #include "kernels/kernels.h"
 
 namespace psd {
+
+// The worker's training metrics. Registered once per process (TrainRank
+// only updates them, lock-free).
+struct TrainerMetrics {
+  // Registers psd_worker_* metrics in `registry`, which must outlive this.
+  explicit TrainerMetrics(MetricsRegistry* registry);
+
+  Counter* const steps;              // psd_worker_steps_total
+  Counter* const samples;            // psd_worker_samples_total
+  Histogram* const step_seconds;     // psd_worker_step_seconds
+  Histogram* const pull_seconds;     // psd_worker_pull_seconds
+  Histogram* const compute_seconds;  // psd_worker_compute_seconds
+  Histogram* const push_seconds;     // psd_worker_push_seconds
+};
 
 struct TrainerOptions {
   // Folder with Fashion-MNIST's {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz.
@@ -21,6 +36,9 @@ struct TrainerOptions {
   int progress_every_steps = 20;
   // Deadline of one Pull, ms (it waits for the slowest rank). Default: 10 min.
   int pull_timeout_ms = 600000;
+  // Where step counts and timings go. Not owned; must outlive TrainRank.
+  // Default: nullptr (none).
+  TrainerMetrics* metrics = nullptr;
 };
 
 // Where progress goes (the coordinator's ReportProgress). Returns true when
