@@ -50,21 +50,29 @@ trap cleanup EXIT
 trap 'echo; echo "==> interrupted"; exit 130' INT TERM
 
 echo "==> starting 1 coordinator, $SERVERS servers, $WORKERS workers (logs: $RUN_DIR)"
+# metrics_flags NAME: every process serves Prometheus metrics on a free port.
+metrics_flags() {
+  echo "--metrics_listen=127.0.0.1:0 --metrics_port_file=$RUN_DIR/$1.metrics.port"
+}
 "$BIN/server/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
-  2>"$RUN_DIR/coordinator.log" &
+  $(metrics_flags coordinator) 2>"$RUN_DIR/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
   { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })
 for i in $(seq "$SERVERS"); do
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" 2>"$RUN_DIR/server$i.log" &
+  "$BIN/server/psd_server" --coordinator="$COORDINATOR" $(metrics_flags server$i) \
+    2>"$RUN_DIR/server$i.log" &
   PIDS+=($!)
 done
 for i in $(seq "$WORKERS"); do
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>"$RUN_DIR/worker$i.log" &
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" $(metrics_flags worker$i) \
+    2>"$RUN_DIR/worker$i.log" &
   PIDS+=($!)
 done
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
 "${CTL[@]}" --servers="$SERVERS" --workers="$WORKERS" --timeout_s=30 wait-ready
+echo "==> Prometheus metrics: $(for f in "$RUN_DIR"/*.metrics.port; do
+  printf '%s http://127.0.0.1:%s/metrics  ' "$(basename "$f" .metrics.port)" "$(cat "$f")"; done)"
 
 JOB_ID=$("${CTL[@]}" submit "$JOB")
 echo "==> submitted $JOB as job $JOB_ID (coordinator $COORDINATOR)"

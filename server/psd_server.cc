@@ -6,6 +6,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/data_dir.h"
 #include "common/membership.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
@@ -28,6 +29,10 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "port 0 lets the OS choose. Empty: no metrics endpoint.");
 ABSL_FLAG(std::string, metrics_port_file, "",
           "If set, write the bound metrics port to this file.");
+ABSL_FLAG(std::string, data_dir, "",
+          "This server's own data directory, locked while it runs (a second "
+          "process given the same one exits with an error). Snapshots will "
+          "live here; empty = none.");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
@@ -49,6 +54,15 @@ int Main() {
   }
   MetricsRegistry metrics;
   AddProcessMetrics(&metrics);
+  std::unique_ptr<DataDirLock> data_dir;
+  if (!absl::GetFlag(FLAGS_data_dir).empty()) {
+    auto lock = DataDirLock::Acquire(absl::GetFlag(FLAGS_data_dir));
+    if (!lock.ok()) {
+      Log()->error("--data_dir: {}", lock.status().ToString());
+      return 1;
+    }
+    data_dir = *std::move(lock);
+  }
   ParameterStore store;
   ParameterService service(&store, &metrics);
   auto metrics_server =

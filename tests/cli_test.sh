@@ -84,4 +84,49 @@ for _ in $(seq 50); do kill -0 "$w1" 2>/dev/null || break; sleep 0.1; done
 kill -CONT "$w2"
 kill -0 "$w1" 2>/dev/null && fail "worker did not exit within 5 s of SIGTERM"
 grep -q "signal 15" "$WORK/b.worker1.log" || fail "worker did not log the signal"
+stop_cluster
+
+# A server given another running server's data directory exits at once.
+start_cluster c 0 0
+"$BIN/server/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd" \
+  --port_file="$WORK/dd.port" 2>"$WORK/c.dd.log" &
+PIDS+=($!)
+holder=$!
+wait_port $holder "$WORK/dd.port" >/dev/null || fail "server with --data_dir did not start"
+PATTERN="data directory $WORK/dd is in use by pid $holder" expect_error \
+  "$BIN/server/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd"
+
+# SIGTERM: the coordinator and a server drain and exit 0 within 6 s.
+coordinator_pid=${PIDS[0]}
+for pid in $holder $coordinator_pid; do
+  kill -TERM $pid
+  for _ in $(seq 60); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+  kill -0 $pid 2>/dev/null && fail "pid $pid still running 6 s after SIGTERM"
+  rc=0
+  wait $pid || rc=$?
+  [ $rc -eq 0 ] || fail "pid $pid exited with $rc after SIGTERM"
+done
+PIDS=()
+
+# A coordinator that restarts loses its (in-memory) jobs: workers whose job
+# it no longer knows stop training, say why, and become idle again.
+start_cluster d 1 2
+port=${COORDINATOR##*:}
+id=$("${CTL[@]}" submit "$WORK/long.textproto")
+for _ in $(seq 300); do
+  "${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' && break
+  sleep 0.05
+done
+kill -KILL "${PIDS[0]}"
+"$BIN/server/psd_coordinator" --listen="127.0.0.1:$port" 2>"$WORK/d.coordinator2.log" &
+PIDS+=($!)
+"${CTL[@]}" --servers=1 --workers=2 --timeout_s=20 wait-ready >/dev/null ||
+  fail "workers did not come back idle to the restarted coordinator"
+for _ in $(seq 100); do
+  [ "$(grep -l "the coordinator refuses its progress" "$WORK"/d.worker*.log | wc -l)" -eq 2 ] && break
+  sleep 0.1
+done
+[ "$(grep -l "the coordinator refuses its progress" "$WORK"/d.worker*.log | wc -l)" -eq 2 ] ||
+  fail "workers did not stop, saying why, within 10 s"
+grep -q "rank . stopped" "$WORK"/d.worker1.log || fail "worker 1 did not stop its rank"
 echo PASS

@@ -131,6 +131,14 @@ class WorkerAgent {
     context.set_deadline(DeadlineIn(std::chrono::seconds(5)));
     grpc::Status status =
         membership_->coordinator()->ReportProgress(&context, request, &response);
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
+        status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      // The coordinator does not know this job, or this worker's rank in it
+      // (deleted, or the coordinator restarted): nobody would use the work.
+      Log()->error("job {}: stopping, the coordinator refuses its progress: {}",
+                   request.job_id(), status.error_message());
+      return true;
+    }
     if (!status.ok()) {
       Log()->warn("progress report failed: {}", status.error_message());
       return false;  // the data plane does not need the coordinator
