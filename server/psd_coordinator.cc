@@ -9,6 +9,7 @@
 #include "absl/flags/usage.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
+#include "common/data_dir.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/coordinator_service.h"
@@ -25,6 +26,10 @@ ABSL_FLAG(std::string, metrics_port_file, "",
           "If set, write the bound metrics port to this file.");
 ABSL_FLAG(int, heartbeat_timeout_ms, 3000,
           "Remove a server or worker that sent no heartbeat for this long, ms.");
+ABSL_FLAG(std::string, data_dir, "",
+          "The coordinator's own data directory, locked while it runs (a "
+          "second process given the same one exits with an error). Jobs and "
+          "the cluster view will persist here; empty = none.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -77,6 +82,15 @@ int Main() {
   if (!logging.ok()) {
     std::fprintf(stderr, "psd_coordinator: %s\n", logging.ToString().c_str());
     return 2;
+  }
+  std::unique_ptr<DataDirLock> data_dir;
+  if (!absl::GetFlag(FLAGS_data_dir).empty()) {
+    auto lock = DataDirLock::Acquire(absl::GetFlag(FLAGS_data_dir));
+    if (!lock.ok()) {
+      Log()->error("--data_dir: {}", lock.status().ToString());
+      return 1;
+    }
+    data_dir = *std::move(lock);
   }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
