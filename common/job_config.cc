@@ -168,6 +168,14 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("workers",
                    absl::StrCat("must be in [1, 1024], got ", c.workers()));
   }
+  if (c.snapshot().every_steps() < 0) {
+    return Invalid("snapshot.every_steps",
+                   absl::StrCat("must be >= 0, got ", c.snapshot().every_steps()));
+  }
+  if (c.snapshot().keep_last() < 0) {
+    return Invalid("snapshot.keep_last",
+                   absl::StrCat("must be >= 0, got ", c.snapshot().keep_last()));
+  }
   if (c.partition_bytes() < 4096) {
     return Invalid("partition_bytes",
                    absl::StrCat("must be >= 4096, got ", c.partition_bytes()));

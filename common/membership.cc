@@ -30,6 +30,7 @@ absl::Status Membership::RegisterOnce(int timeout_ms) {
   RegisterRequest request;
   request.set_address(options_.advertised_address);
   request.set_protocol_version(PROTOCOL_VERSION_1);
+  if (options_.fill_register) options_.fill_register(&request);
   RegisterResponse response;
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(std::chrono::milliseconds(timeout_ms)));
@@ -77,6 +78,7 @@ void Membership::HeartbeatLoop() {
       absl::Milliseconds(options_.heartbeat_ms))) {
     HeartbeatRequest request;
     request.set_member_id(member_id());
+    if (options_.fill_heartbeat) options_.fill_heartbeat(&request);
     HeartbeatResponse response;
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(std::chrono::milliseconds(2000)));

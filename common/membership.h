@@ -27,6 +27,11 @@ struct MembershipOptions {
   int connect_timeout_ms = 10000;
   // Period of heartbeats. Default: 250 ms.
   int heartbeat_ms = 250;
+  // Adds what the member reports about itself to every registration
+  // (server uid, live jobs, a worker's current rank) and heartbeat
+  // (snapshot failures). Called on the registering / heartbeat thread.
+  std::function<void(RegisterRequest*)> fill_register;
+  std::function<void(HeartbeatRequest*)> fill_heartbeat;
 };
 
 // Registers on Start() and sends heartbeats from its own thread until

@@ -48,6 +48,7 @@ constexpr char kUsage[] =
     "  delete JOB_ID        forget a finished job and free its parameters\n"
     "                       on the servers\n"
     "  servers              print what each server holds, per job, as JSON\n"
+    "  snapshots JOB_ID     print the job's snapshots on each of its servers\n"
     "  view                 print the cluster view as JSON\n"
     "  wait-ready           wait until --servers servers and --workers idle\n"
     "                       workers have registered (up to --timeout_s)\n";
@@ -347,6 +348,24 @@ int Main(const std::vector<std::string>& args) {
       if (!got.ok()) return Fail("servers: " + server.id(), got);
       std::printf("%s (%s): %s", server.id().c_str(), server.address().c_str(),
                   ToJson(held).c_str());
+    }
+    return 0;
+  }
+  if (command == "snapshots") {
+    if (!need(1)) return 2;
+    auto status = GetJob(jobs.get(), args[1]);
+    if (!status.ok()) return Fail("snapshots", ToGrpcStatus(status.status()));
+    for (const ServerInfo& server : status->servers()) {
+      auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(CallTimeout()));
+      ListSnapshotsRequest request;
+      request.set_job_id(args[1]);
+      ListSnapshotsResponse list;
+      grpc::Status got = stub->ListSnapshots(&call, request, &list);
+      if (!got.ok()) return Fail("snapshots: " + server.id(), got);
+      std::printf("%s (%s): %s", server.id().c_str(), server.address().c_str(),
+                  ToJson(list).c_str());
     }
     return 0;
   }

@@ -1,7 +1,9 @@
 #include "server/coordinator_state.h"
 
 #include <algorithm>
+#include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -22,15 +24,76 @@ bool IsFinished(JobState state) {
 }  // namespace
 
 CoordinatorState::CoordinatorState(CoordinatorOptions options)
-    : options_(std::move(options)) {}
+    : options_(std::move(options)),
+      incarnation_(absl::StrFormat("%04x", std::random_device()() & 0xffff)) {}
 
 CoordinatorState::~CoordinatorState() {
   stop_.Notify();
   if (scheduler_.joinable()) scheduler_.join();
 }
 
-void CoordinatorState::Start() {
+absl::Status CoordinatorState::Start() {
+  if (options_.db != nullptr) {
+    PSD_ASSIGN_OR_RETURN(std::vector<JobRecord> records, options_.db->LoadAll());
+    absl::MutexLock lock(&mu_);
+    for (JobRecord& record : records) {
+      const std::string id = record.status().job_id();
+      Job& job = jobs_[id];
+      job.status = std::move(*record.mutable_status());
+      job.assignment = std::move(*record.mutable_assignment());
+      job_order_.push_back(id);
+      int64_t n = 0;
+      const size_t dash = id.rfind('-');
+      if (dash != std::string::npos && absl::SimpleAtoi(id.substr(dash + 1), &n)) {
+        next_job_ = std::max(next_job_, n + 1);
+      }
+      if (job.status.state() == RUNNING) {
+        job.status.set_state(RECOVERING);
+        job.worker_ids.assign(job.status.config().workers(), "");
+        job.ranks.assign(job.status.config().workers(), RankProgress());
+        MarkDirty(job);
+      }
+      Log()->info("job {}: loaded, {}", id, JobState_Name(job.status.state()));
+    }
+    // Submission order is the order of the numbers in the ids.
+    std::sort(job_order_.begin(), job_order_.end(),
+              [](const std::string& a, const std::string& b) {
+                int64_t x = 0, y = 0;
+                (void)absl::SimpleAtoi(a.substr(a.rfind('-') + 1), &x);
+                (void)absl::SimpleAtoi(b.substr(b.rfind('-') + 1), &y);
+                return x < y;
+              });
+  }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+JobRecord CoordinatorState::Record(const Job& job) {
+  JobRecord record;
+  *record.mutable_status() = job.status;
+  *record.mutable_assignment() = job.assignment;
+  return record;
+}
+
+void CoordinatorState::MarkDirty(const Job& job) {
+  if (options_.db != nullptr) dirty_.insert(job.status.job_id());
+}
+
+void CoordinatorState::SaveDirty() {
+  if (options_.db == nullptr) return;
+  std::vector<JobRecord> records;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& id : dirty_) {
+      auto it = jobs_.find(id);
+      if (it != jobs_.end()) records.push_back(Record(it->second));
+    }
+    dirty_.clear();
+  }
+  for (const JobRecord& record : records) {
+    absl::Status saved = options_.db->Put(record);
+    if (!saved.ok()) Log()->error("{}", saved.ToString());
+  }
 }
 
 absl::StatusOr<RegisterResponse> CoordinatorState::Register(
@@ -46,14 +109,42 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
     return absl::InvalidArgumentError("address: required (host:port)");
   }
   absl::MutexLock lock(&mu_);
-  const std::string id = absl::StrFormat("%s-%04d", server ? "server" : "worker",
-                                         next_member_++);
+  if (server && !request.server_uid().empty()) {
+    // The same data directory registering again (the server restarted, or
+    // the coordinator did): the old membership is over.
+    for (auto it = servers_.begin(); it != servers_.end();) {
+      it = it->second.uid == request.server_uid() ? servers_.erase(it)
+                                                  : std::next(it);
+    }
+  }
+  const std::string id = absl::StrFormat(
+      "%s-%04d.%s", server ? "server" : "worker", next_member_++, incarnation_);
   Member& member = (server ? servers_ : workers_)[id];
   member.address = request.address();
   member.last_seen = absl::Now();
+  member.uid = request.server_uid();
+  member.live_jobs.assign(request.live_jobs().begin(), request.live_jobs().end());
   ++view_epoch_;
-  Log()->info("{} {} joined at {} (view epoch {})", server ? "server" : "worker",
-              id, request.address(), view_epoch_);
+  Log()->info("{} {} joined at {} (view epoch {}){}", server ? "server" : "worker",
+              id, request.address(), view_epoch_,
+              member.uid.empty() ? "" : absl::StrCat(", uid ", member.uid));
+  if (!server && !request.job_id().empty()) {
+    // A worker still training a rank (the coordinator restarted): give the
+    // rank back to it if nobody else holds it.
+    auto job = jobs_.find(request.job_id());
+    const int32_t rank = request.rank();
+    if (job != jobs_.end() &&
+        (job->second.status.state() == RUNNING ||
+         job->second.status.state() == RECOVERING) &&
+        rank >= 0 && rank < static_cast<int32_t>(job->second.worker_ids.size()) &&
+        (job->second.worker_ids[rank].empty() ||
+         !workers_.count(job->second.worker_ids[rank]))) {
+      job->second.worker_ids[rank] = id;
+      member.job_id = request.job_id();
+      member.rank = rank;
+      Log()->info("job {}: rank {} is {} again", request.job_id(), rank, id);
+    }
+  }
   RegisterResponse response;
   response.set_member_id(id);
   response.set_view_epoch(view_epoch_);
@@ -78,6 +169,19 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   auto server = servers_.find(request.member_id());
   if (server != servers_.end()) {
     server->second.last_seen = absl::Now();
+    for (const SnapshotFailure& failure : request.snapshot_failures()) {
+      auto job = jobs_.find(failure.job_id());
+      if (job == jobs_.end()) continue;
+      JobStatus& status = job->second.status;
+      status.add_snapshot_errors(absl::StrCat(
+          "server ", request.member_id(), ", step ", failure.step(), ": ",
+          failure.error()));
+      if (status.snapshot_errors_size() > 10) {  // keep the newest 10
+        status.mutable_snapshot_errors()->DeleteSubrange(0, 1);
+      }
+      ++job->second.version;
+      MarkDirty(job->second);
+    }
     return response;
   }
   auto worker = workers_.find(request.member_id());
@@ -89,7 +193,8 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   member.last_seen = absl::Now();
   if (member.job_id.empty()) return response;
   auto job = jobs_.find(member.job_id);
-  if (job != jobs_.end() && job->second.status.state() == PENDING) {
+  if (job != jobs_.end() && (job->second.status.state() == PENDING ||
+                             job->second.status.state() == RECOVERING)) {
     return response;  // reserved while the servers set the job up
   }
   if (job == jobs_.end() || job->second.status.state() != RUNNING) {
@@ -112,6 +217,14 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
   }
   Job& job = it->second;
   ReportProgressResponse response;
+  if (!workers_.count(request.member_id())) {
+    // Not registered (yet): the coordinator restarted, and the worker's
+    // heartbeat will register it again. Transient.
+    return absl::AbortedError(absl::StrCat(
+        "member_id: \"", request.member_id(),
+        "\" is not registered (the coordinator restarted?); registering again"));
+  }
+  if (job.status.state() == RECOVERING) return response;
   const int32_t rank = request.rank();
   if (rank < 0 || rank >= static_cast<int32_t>(job.worker_ids.size()) ||
       job.worker_ids[rank] != request.member_id()) {
@@ -144,6 +257,7 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
     result->set_test_accuracy(request.test_accuracy());
     result->set_elapsed_seconds(elapsed);
     job.status.set_test_accuracy(request.test_accuracy());
+    MarkDirty(job);
     Log()->info("job {}: epoch {} test accuracy {:.4f}", request.job_id(),
                 request.epoch(), request.test_accuracy());
   }
@@ -198,10 +312,12 @@ void CoordinatorState::FinishJob(Job* job, JobState state,
     }
   }
   ++job->version;
+  MarkDirty(*job);
   // Servers free the training state; a finished job keeps its parameters
   // for export until DeleteJob, a cancelled one keeps nothing.
   if (job->assignment.servers_size() > 0) {
-    drops_.push_back(PendingDrop{job->assignment, state != CANCELLED});
+    drops_.push_back(PendingDrop{job->assignment, state != CANCELLED,
+                                 /*delete_snapshots=*/state == CANCELLED});
   }
   Log()->info("job {}: {}{}{}", job->status.job_id(), JobState_Name(state),
               reason.empty() ? "" : ": ", reason);
@@ -230,24 +346,233 @@ absl::StatusOr<std::string> CoordinatorState::SubmitJob(const JobConfig& input) 
   JobConfig config = input;
   ApplyJobConfigDefaults(&config);
   PSD_RETURN_IF_ERROR(ValidateJobConfig(config));
-  absl::MutexLock lock(&mu_);
-  const std::string id = absl::StrCat(config.name(), "-", next_job_++);
-  Job& job = jobs_[id];
-  job.status.set_job_id(id);
+  Job job;
   job.status.set_state(PENDING);
   *job.status.mutable_config() = config;
   job.status.set_steps_per_epoch(StepsPerEpoch(config, TrainExamples(config)));
   job.status.set_total_steps(job.status.steps_per_epoch() * config.epochs());
   if (job.status.steps_per_epoch() == 0) {
-    jobs_.erase(id);
     return absl::InvalidArgumentError(absl::StrCat(
         "batch_size: ", config.batch_size(), " x workers ", config.workers(),
         " is larger than the ", TrainExamples(config), " training examples"));
   }
+  {
+    absl::MutexLock lock(&mu_);
+    job.status.set_job_id(absl::StrCat(config.name(), "-", next_job_++));
+  }
+  const std::string id = job.status.job_id();
+  // Saved before it is acknowledged, so a submitted job survives a crash.
+  if (options_.db != nullptr) {
+    JobRecord record;
+    *record.mutable_status() = job.status;
+    PSD_RETURN_IF_ERROR(options_.db->Put(record));
+  }
+  absl::MutexLock lock(&mu_);
+  jobs_[id] = std::move(job);
   job_order_.push_back(id);
   Log()->info("job {}: submitted ({} workers, {} steps)", id, config.workers(),
-              job.status.total_steps());
+              jobs_[id].status.total_steps());
   return id;
+}
+
+void CoordinatorState::RecoverJobs() {
+  std::string job_id;
+  Assignment assignment;
+  {
+    absl::MutexLock lock(&mu_);
+    std::map<std::string, const std::pair<const std::string, Member>*> by_uid;
+    for (const auto& entry : servers_) {
+      if (!entry.second.uid.empty()) by_uid[entry.second.uid] = &entry;
+    }
+    for (auto& [id, job] : jobs_) {
+      if (job.status.state() != RECOVERING || job.starting) continue;
+      bool all_back = true, all_live = true;
+      for (const ServerInfo& server : job.assignment.servers()) {
+        auto it = by_uid.find(server.uid());
+        if (server.uid().empty() || it == by_uid.end()) {
+          all_back = false;
+          break;
+        }
+        const Member& member = it->second->second;
+        all_live &= std::count(member.live_jobs.begin(), member.live_jobs.end(),
+                               id) > 0;
+      }
+      if (!all_back) continue;
+      // Every shard's server is back: point the assignment at them.
+      for (ServerInfo& server : *job.assignment.mutable_servers()) {
+        const auto& [member_id, member] = *by_uid[server.uid()];
+        for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
+          if (shard.primary() == server.id()) shard.set_primary(member_id);
+        }
+        server.set_id(member_id);
+        server.set_address(member.address);
+      }
+      *job.status.mutable_servers() = job.assignment.servers();
+      *job.status.mutable_shards() = job.assignment.shards();
+      if (all_live) {
+        // Only the coordinator restarted: the servers still hold the job and
+        // its workers come back to their ranks as they register again.
+        job.status.set_state(RUNNING);
+        job.started = absl::Now();
+        ++job.version;
+        MarkDirty(job);
+        Log()->info("job {}: RUNNING again (its servers still hold it)", id);
+        continue;
+      }
+      job.starting = true;
+      job_id = id;
+      assignment = job.assignment;
+      break;
+    }
+  }
+  if (job_id.empty()) return;
+
+  absl::StatusOr<int64_t> step = RestoreFromSnapshots(assignment);
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  Job& job = it->second;
+  job.starting = false;
+  if (job.status.state() != RECOVERING) return;  // cancelled meanwhile
+  if (!step.ok()) {
+    FinishJob(&job, FAILED,
+              absl::StrCat("recovery failed: ", step.status().message()));
+    return;
+  }
+  job.start_step = *step;
+  job.assignment.set_start_step(*step);
+  job.status.add_resumed_from_steps(*step);
+  // Epoch results after the resumed step will be measured again.
+  const int64_t per_epoch = job.status.steps_per_epoch();
+  auto* epochs = job.status.mutable_epochs();
+  while (!epochs->empty() &&
+         (epochs->rbegin()->epoch() + 1) * per_epoch > *step) {
+    epochs->RemoveLast();
+  }
+  job.worker_ids.assign(job.status.config().workers(), "");
+  job.ranks_free = true;
+  job.ranks.assign(job.status.config().workers(), RankProgress());
+  for (RankProgress& rank : job.ranks) rank.step = *step;
+  job.status.set_state(RUNNING);
+  job.started = absl::Now();
+  ++job.version;
+  MarkDirty(job);
+  Log()->info("job {}: resumes at step {} from its servers' snapshots", job_id,
+              *step);
+}
+
+absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
+    const Assignment& assignment) {
+  const std::string& job_id = assignment.job_id();
+  std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
+  for (const ServerInfo& server : assignment.servers()) {
+    stubs.push_back(ParameterServer::NewStub(MakeChannel(server.address())));
+  }
+  auto call_timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
+  // No shard has any snapshot: the job starts again from step 0, which
+  // gives the same parameters as a run never stopped (BSP is deterministic).
+  bool any_snapshot = false;
+  for (size_t i = 0; i < stubs.size(); ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(call_timeout));
+    ListSnapshotsRequest request;
+    request.set_job_id(job_id);
+    ListSnapshotsResponse response;
+    PSD_RETURN_IF_ERROR(FromGrpcStatus(
+        stubs[i]->ListSnapshots(&context, request, &response)));
+    any_snapshot |= response.snapshots_size() > 0;
+  }
+  if (!any_snapshot) {
+    for (size_t i = 0; i < stubs.size(); ++i) {
+      CreateJobRequest create;
+      create.set_job_id(job_id);
+      *create.mutable_config() = assignment.config();
+      *create.mutable_placement() = assignment.placement();
+      create.add_shards(static_cast<int32_t>(i));
+      create.set_view_epoch(assignment.view_epoch());
+      CreateJobResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(call_timeout));
+      PSD_RETURN_IF_ERROR(
+          FromGrpcStatus(stubs[i]->CreateJob(&context, create, &response)));
+    }
+    Log()->info("job {}: no snapshots anywhere; starting again from step 0",
+                job_id);
+    return 0;
+  }
+  // Each server restores its newest valid snapshot at or before max_step;
+  // until they agree, the ones ahead restore again at the lowest step.
+  int64_t max_step = INT64_MAX;
+  std::vector<int64_t> restored(stubs.size(), -1);
+  for (int round = 0; round < 100; ++round) {
+    for (size_t i = 0; i < stubs.size(); ++i) {
+      if (restored[i] == max_step) continue;
+      if (restored[i] >= 0) {  // ahead: drop and restore again
+        grpc::ClientContext context;
+        context.set_deadline(DeadlineIn(call_timeout));
+        DropJobRequest drop;
+        drop.set_job_id(job_id);
+        DropJobResponse dropped;
+        PSD_RETURN_IF_ERROR(
+            FromGrpcStatus(stubs[i]->DropJob(&context, drop, &dropped)));
+      }
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(call_timeout));
+      RestoreJobRequest request;
+      request.set_job_id(job_id);
+      request.set_max_step(max_step);
+      request.set_view_epoch(assignment.view_epoch());
+      RestoreJobResponse response;
+      grpc::Status status = stubs[i]->RestoreJob(&context, request, &response);
+      if (!status.ok()) {
+        return absl::Status(
+            static_cast<absl::StatusCode>(status.error_code()),
+            absl::StrCat("shard ", i, " on server ",
+                         assignment.servers(i).id(), " (uid ",
+                         assignment.servers(i).uid(), "): ",
+                         status.error_message()));
+      }
+      for (const std::string& skipped : response.skipped()) {
+        Log()->warn("job {}: shard {}: skipped a snapshot: {}", job_id, i,
+                    skipped);
+      }
+      restored[i] = response.step();
+    }
+    const int64_t lowest = *std::min_element(restored.begin(), restored.end());
+    if (lowest == *std::max_element(restored.begin(), restored.end())) {
+      return lowest;
+    }
+    max_step = lowest;
+  }
+  return absl::InternalError("the shards' snapshots never agreed on a step");
+}
+
+void CoordinatorState::AssignFreeRanks() {
+  std::vector<std::string> idle;
+  for (const auto& [id, member] : workers_) {
+    if (member.job_id.empty()) idle.push_back(id);
+  }
+  for (auto& [id, job] : jobs_) {
+    // Only ranks freed by a restore from snapshots: a rank of a live job
+    // belongs to its worker, which registers again (worker replacement is
+    // not built yet).
+    if (job.status.state() != RUNNING || !job.ranks_free) continue;
+    std::vector<int32_t> free;
+    for (int32_t r = 0; r < static_cast<int32_t>(job.worker_ids.size()); ++r) {
+      if (job.worker_ids[r].empty()) free.push_back(r);
+    }
+    if (free.empty()) job.ranks_free = false;
+    if (free.empty() || idle.size() < free.size()) continue;
+    for (int32_t rank : free) {
+      const std::string worker = idle.back();
+      idle.pop_back();
+      job.worker_ids[rank] = worker;
+      workers_[worker].job_id = id;
+      workers_[worker].rank = rank;
+      Log()->info("job {}: rank {} goes to {} at step {}", id, rank, worker,
+                  job.start_step);
+    }
+  }
 }
 
 absl::StatusOr<JobStatus> CoordinatorState::GetJob(const std::string& job_id) {
@@ -298,13 +623,16 @@ absl::Status CoordinatorState::DeleteJob(const std::string& job_id) {
           JobState_Name(it->second.status.state()), "; cancel it first"));
     }
     if (it->second.assignment.servers_size() > 0) {
-      drops_.push_back(PendingDrop{it->second.assignment, false});
+      drops_.push_back(PendingDrop{it->second.assignment, false,
+                                   /*delete_snapshots=*/true});
     }
     ++it->second.version;
     jobs_.erase(it);
     job_order_.erase(std::find(job_order_.begin(), job_order_.end(), job_id));
+    dirty_.erase(job_id);
     Log()->info("job {}: deleted", job_id);
   }
+  if (options_.db != nullptr) PSD_RETURN_IF_ERROR(options_.db->Delete(job_id));
   RunDrops();
   return absl::OkStatus();
 }
@@ -341,6 +669,7 @@ void CoordinatorState::RunDrops() {
       DropJobRequest request;
       request.set_job_id(drop.assignment.job_id());
       request.set_keep_parameters(drop.keep_parameters);
+      request.set_delete_snapshots(drop.delete_snapshots);
       DropJobResponse response;
       grpc::Status status = stub->DropJob(&context, request, &response);
       if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
@@ -356,8 +685,10 @@ void CoordinatorState::SchedulerLoop() {
   while (!stop_.WaitForNotificationWithTimeout(
       absl::Milliseconds(options_.schedule_interval_ms))) {
     ExpireMembers();
+    RecoverJobs();
     StartPendingJobs();
     RunDrops();
+    SaveDirty();
   }
 }
 
@@ -400,6 +731,7 @@ void CoordinatorState::StartPendingJobs() {
   std::vector<ServerInfo> servers;
   {
     absl::MutexLock lock(&mu_);
+    AssignFreeRanks();
     if (servers_.empty()) return;
     std::vector<std::string> idle;
     for (const auto& [id, member] : workers_) {
@@ -438,6 +770,7 @@ void CoordinatorState::StartPendingJobs() {
         ServerInfo* info = a.add_servers();
         info->set_id(server_id);
         info->set_address(member.address);
+        info->set_uid(member.uid);
         ShardReplicas* replicas = a.add_shards();
         replicas->set_shard(shard++);
         replicas->set_primary(server_id);
@@ -491,7 +824,7 @@ void CoordinatorState::StartPendingJobs() {
       // Cancelled while the servers were setting it up: CancelJob's DropJob
       // may have run before CreateJob, so drop again now.
       it->second.starting = false;
-      drops_.push_back(PendingDrop{it->second.assignment, false});
+      drops_.push_back(PendingDrop{it->second.assignment, false, true});
     }
   }
   RunDrops();
@@ -507,6 +840,7 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
   }
   job.status.set_state(RUNNING);
   ++job.version;
+  MarkDirty(job);
   job.started = absl::Now();
   job.ranks.assign(job.worker_ids.size(), RankProgress());
   Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,

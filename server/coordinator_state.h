@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/proto.h"
+#include "server/coordinator_db.h"
 
 namespace psd {
 
@@ -29,6 +31,9 @@ struct CoordinatorOptions {
   int schedule_interval_ms = 100;
   // Deadline of CreateJob/DropJob calls to parameter servers. Default: 10 s.
   int server_call_timeout_ms = 10000;
+  // Where jobs persist (not owned; must outlive the state). Null: in memory
+  // only. With it, a restarted coordinator resumes its jobs: see Start().
+  CoordinatorDb* db = nullptr;
 };
 
 // Membership, the cluster view (epoch grows with every change), and the job
@@ -46,7 +51,13 @@ class CoordinatorState {
   CoordinatorState(const CoordinatorState&) = delete;
   CoordinatorState& operator=(const CoordinatorState&) = delete;
 
-  void Start();
+  // Loads the persisted jobs (when options.db is set) and starts the
+  // scheduler. A job that was RUNNING becomes RECOVERING: once every server
+  // that held a shard of it (known by its data directory's uid) registers
+  // again, it runs on, either from the servers' memory (only the coordinator
+  // restarted) or from their newest common snapshot, with idle workers
+  // taking its ranks at that step. Errors: DATA_LOSS from the database.
+  absl::Status Start();
 
   // Membership. Errors: INVALID_ARGUMENT (no address), FAILED_PRECONDITION
   // (protocol version mismatch).
@@ -82,6 +93,10 @@ class CoordinatorState {
     // Workers only: the job and rank held, "" when idle.
     std::string job_id;
     int32_t rank = 0;
+    // Servers only: the data directory's uid, and the jobs held in memory
+    // when it registered.
+    std::string uid;
+    std::vector<std::string> live_jobs;
   };
   struct RankProgress {
     int32_t epoch = 0;
@@ -101,11 +116,16 @@ class CoordinatorState {
     bool starting = false;  // servers are being set up
     // Grows with every change of `status`, for WaitForJobUpdate.
     int64_t version = 0;
+    // The first step the current ranks train (0, or the recovery step).
+    int64_t start_step = 0;
+    // Restored from snapshots: its ranks go to idle workers.
+    bool ranks_free = false;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
     Assignment assignment;
     bool keep_parameters = false;
+    bool delete_snapshots = false;
   };
 
   absl::StatusOr<RegisterResponse> Register(const RegisterRequest& request,
@@ -121,6 +141,19 @@ class CoordinatorState {
   void FinishJob(Job* job, JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings RECOVERING jobs back once their servers are registered.
+  void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
+  // Restores the job's shards from the servers' newest common snapshot (no
+  // lock held). Returns the step, or the reason it cannot.
+  absl::StatusOr<int64_t> RestoreFromSnapshots(const Assignment& assignment);
+  // Gives idle workers the free ranks of running jobs (after a recovery).
+  void AssignFreeRanks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job record to persist. REQUIRES: mu_ held.
+  JobRecord Record(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the job for saving by the scheduler thread (progress, states).
+  void MarkDirty(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves the jobs marked dirty (no lock held while writing).
+  void SaveDirty() ABSL_LOCKS_EXCLUDED(mu_);
   // Sends the queued DropJob calls (no lock held while calling).
   void RunDrops() ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -130,12 +163,17 @@ class CoordinatorState {
   absl::Mutex mu_;
   int64_t view_epoch_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t next_member_ ABSL_GUARDED_BY(mu_) = 1;
+  // Ends every member id, so that ids of an earlier run of the coordinator
+  // (still used by its members until they register again) never collide
+  // with this run's. Constant after construction.
+  std::string incarnation_;
   int64_t next_job_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, Member> servers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Member> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingDrop> drops_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dirty_ ABSL_GUARDED_BY(mu_);
 
   absl::Notification stop_;
   std::thread scheduler_;

@@ -160,7 +160,7 @@ class Cluster {
     auto registered = state.RegisterServer(request);
     REQUIRE(registered.ok());
     server_id = registered->member_id();
-    state.Start();
+    REQUIRE(state.Start().ok());
   }
 
   ~Cluster() {
@@ -756,7 +756,6 @@ TEST_CASE("CoordinatorState: ReportProgress from a member that does not hold "
       {by_rank[0], 1},         // another rank's
       {by_rank[1], 0},
       {idle, 0},               // a worker with no rank in the job
-      {"worker-9999", 1},      // not registered at all
       {by_rank[0], 2},         // out of range
       {by_rank[0], -1},
   };
@@ -766,6 +765,11 @@ TEST_CASE("CoordinatorState: ReportProgress from a member that does not hold "
     CHECK(response.status().code() == absl::StatusCode::kFailedPrecondition);
     CHECK(Contains(std::string(response.status().message()), "rank"));
   }
+  // A member the coordinator does not know (it restarted, say) is told to
+  // register again: a transient ABORTED, not a refusal of its rank.
+  auto unregistered = cluster.Report("worker-9999", job_id, 1, fill);
+  CHECK(unregistered.status().code() == absl::StatusCode::kAborted);
+  CHECK(Contains(std::string(unregistered.status().message()), "not registered"));
   auto error = cluster.Report(idle, job_id, 0, [](ReportProgressRequest* r) {
     r->set_error("not mine to fail");
   });

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "common/process.h"
 #include "common/status.h"
 
@@ -55,8 +56,10 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 ParameterService::ParameterService(ParameterStore* store,
-                                   MetricsRegistry* metrics)
+                                   MetricsRegistry* metrics,
+                                   SnapshotStore* snapshots)
     : store_(store),
+      snapshots_(snapshots),
       own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
                                        : nullptr),
       metrics_(std::make_unique<Metrics>(
@@ -163,6 +166,13 @@ grpc::Status ParameterService::DropJob(grpc::ServerContext*,
                     ? "finished; training state freed, parameters kept"
                     : "dropped");
   }
+  if (request->delete_snapshots() && snapshots_ != nullptr) {
+    absl::Status deleted = snapshots_->DeleteJob(request->job_id());
+    if (!deleted.ok()) return ToGrpcStatus(deleted);
+    Log()->info("job {}: snapshots deleted", request->job_id());
+    // Nothing held in memory (e.g. after a restart) is fine here.
+    if (status.code() == absl::StatusCode::kNotFound) return grpc::Status::OK;
+  }
   return ToGrpcStatus(status);
 }
 
@@ -170,6 +180,41 @@ grpc::Status ParameterService::GetServerStatus(grpc::ServerContext*,
                                                const GetServerStatusRequest*,
                                                ServerStatus* response) {
   *response = store_->Status();
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::RestoreJob(grpc::ServerContext*,
+                                          const RestoreJobRequest* request,
+                                          RestoreJobResponse* response) {
+  if (snapshots_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this server has no --data_dir, so no snapshots");
+  }
+  std::vector<std::pair<int64_t, absl::Status>> skipped;
+  auto snapshot = snapshots_->ReadNewestValidAtMost(
+      request->job_id(), request->max_step(), &skipped);
+  for (const auto& [step, why] : skipped) {
+    Log()->warn("job {}: snapshot at step {} skipped: {}", request->job_id(),
+                step, why.ToString());
+    response->add_skipped(absl::StrCat("step ", step, ": ", why.ToString()));
+  }
+  if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  const int64_t step = snapshot->manifest.step();
+  absl::Status restored = store_->Restore(*snapshot, request->view_epoch());
+  if (!restored.ok()) return ToGrpcStatus(restored);
+  Log()->info("job {}: restored from the snapshot at step {}",
+              request->job_id(), step);
+  response->set_step(step);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::ListSnapshots(grpc::ServerContext*,
+                                             const ListSnapshotsRequest* request,
+                                             ListSnapshotsResponse* response) {
+  if (snapshots_ == nullptr) return grpc::Status::OK;  // none
+  auto list = snapshots_->List(request->job_id());
+  if (!list.ok()) return ToGrpcStatus(list.status());
+  for (SnapshotInfo& info : *list) *response->add_snapshots() = std::move(info);
   return grpc::Status::OK;
 }
 

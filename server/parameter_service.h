@@ -7,6 +7,7 @@
 #include "common/metrics.h"
 #include "common/proto.h"
 #include "server/parameter_store.h"
+#include "server/snapshot_store.h"
 
 namespace psd {
 
@@ -26,8 +27,11 @@ class ParameterService final
  public:
   // Registers the service's metrics in `metrics`, which must outlive
   // it; with nullptr they are kept in a private registry (tests).
+  // `snapshots` (not owned; may be null when the server has no
+  // --data_dir) serves RestoreJob and ListSnapshots.
   explicit ParameterService(ParameterStore* store,
-                            MetricsRegistry* metrics = nullptr);
+                            MetricsRegistry* metrics = nullptr,
+                            SnapshotStore* snapshots = nullptr);
   ~ParameterService() override;
 
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
@@ -45,12 +49,19 @@ class ParameterService final
   grpc::Status GetServerStatus(grpc::ServerContext* context,
                                const GetServerStatusRequest* request,
                                ServerStatus* response) override;
+  grpc::Status RestoreJob(grpc::ServerContext* context,
+                          const RestoreJobRequest* request,
+                          RestoreJobResponse* response) override;
+  grpc::Status ListSnapshots(grpc::ServerContext* context,
+                             const ListSnapshotsRequest* request,
+                             ListSnapshotsResponse* response) override;
 
   // The push and pull metrics (defined in the .cc).
   struct Metrics;
 
  private:
   ParameterStore* const store_;
+  SnapshotStore* const snapshots_;
   std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
   std::unique_ptr<const Metrics> metrics_;
 };

@@ -13,10 +13,9 @@
 #include "common/status.h"
 #include "common/tensor.h"
 #include "server/optimizer.h"
+#include "server/snapshot_store.h"
 
 namespace psd {
-
-namespace {
 
 // One partition's state. Protected by its Job's mu.
 struct PartitionState {
@@ -32,6 +31,9 @@ struct PartitionState {
   // Sum of pending gradients (reused buffer).
   std::vector<float> sum;
 };
+
+namespace {
+
 
 // A pull waiting for its step.
 struct Waiter {
@@ -56,8 +58,13 @@ struct ParameterStore::Job {
   JobConfig config;
   std::string config_bytes;  // serialized config, to compare re-creates
   int64_t view_epoch = 0;
+  Placement placement;
+  std::vector<int32_t> shards;
 
   absl::Mutex mu;
+  // Snapshots being captured, by step: filled partition by partition as
+  // each reaches the step, handed to the sink when complete.
+  std::map<int64_t, ShardSnapshot> captures ABSL_GUARDED_BY(mu);
   bool dropped ABSL_GUARDED_BY(mu) = false;
   // Training is over: parameters kept for export, training state freed.
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -77,7 +84,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
   return it->second;
 }
 
-absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
+absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
     const CreateJobRequest& request) {
   if (request.job_id().empty()) {
     return absl::InvalidArgumentError("job_id: required");
@@ -96,7 +103,8 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
   job->config = config;
   job->config_bytes = config.SerializeAsString();
   job->view_epoch = request.view_epoch();
-  CreateJobResponse response;
+  job->placement = placement;
+  job->shards.assign(shards.begin(), shards.end());
   {
     absl::MutexLock lock(&job->mu);
     std::map<int32_t, std::vector<float>> initial;  // by parameter index
@@ -135,11 +143,23 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
                            std::vector<float>(part.num_elements()));
       state.received.assign(config.workers(), false);
       state.sum.resize(part.num_elements());
+    }
+  }
+  return job;
+}
+
+absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
+    const CreateJobRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, BuildJob(request));
+  CreateJobResponse response;
+  {
+    absl::MutexLock lock(&job->mu);
+    for (const auto& [id, state] : job->partitions) {
       response.set_num_partitions(response.num_partitions() + 1);
       response.set_state_bytes(
           response.state_bytes() +
-          static_cast<int64_t>(sizeof(float)) * part.num_elements() *
-              (3 + config.workers() + (state.velocity.empty() ? 0 : 1)));
+          static_cast<int64_t>(sizeof(float)) * state.num_elements *
+              (3 + job->config.workers() + (state.velocity.empty() ? 0 : 1)));
     }
   }
   absl::MutexLock lock(&mu_);
@@ -255,6 +275,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   }
 
   Completions completions;
+  std::vector<ShardSnapshot> snapshots;
   PushResponse response;
   {
   absl::MutexLock lock(&job->mu);
@@ -321,6 +342,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
         advanced = true;
+        CaptureIfDue(job.get(), g.partition_id(), state, &snapshots);
       }
     }
     applied_step = std::min(applied_step, state.step);
@@ -330,7 +352,96 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   response.set_applied_step(applied_step == INT64_MAX ? 0 : applied_step);
   }
   RunCompletions(&completions);
+  for (ShardSnapshot& snapshot : snapshots) {
+    options_.snapshot_sink(std::move(snapshot));
+  }
   return response;
+}
+
+void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
+                                  const PartitionState& state,
+                                  std::vector<ShardSnapshot>* complete) {
+  const int64_t every = job->config.snapshot().every_steps();
+  if (!options_.snapshot_sink || every <= 0 || state.step % every != 0) return;
+  ShardSnapshot& capture = job->captures[state.step];
+  if (capture.partitions.empty()) {
+    SnapshotManifest& m = capture.manifest;
+    m.set_job_id(job->id);
+    m.set_step(state.step);
+    m.set_view_epoch(job->view_epoch);
+    *m.mutable_config() = job->config;
+    *m.mutable_placement() = job->placement;
+    for (int32_t shard : job->shards) m.add_shards(shard);
+  }
+  PartitionSnapshot part;
+  part.id = partition_id;
+  part.weights = state.weights;
+  part.velocity = state.velocity;
+  capture.partitions.push_back(std::move(part));
+  if (capture.partitions.size() == job->partitions.size()) {
+    std::sort(capture.partitions.begin(), capture.partitions.end(),
+              [](const PartitionSnapshot& a, const PartitionSnapshot& b) {
+                return a.id < b.id;
+              });
+    complete->push_back(std::move(capture));
+    job->captures.erase(state.step);
+  }
+}
+
+std::vector<std::string> ParameterStore::JobIds() {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> ids;
+  for (const auto& [id, job] : jobs_) ids.push_back(id);
+  return ids;
+}
+
+absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
+                                     int64_t view_epoch) {
+  const SnapshotManifest& m = snapshot.manifest;
+  {
+    absl::MutexLock lock(&mu_);
+    if (jobs_.count(m.job_id())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "job_id: job \"", m.job_id(), "\" is held already; not restoring"));
+    }
+  }
+  CreateJobRequest create;
+  create.set_job_id(m.job_id());
+  *create.mutable_config() = m.config();
+  *create.mutable_placement() = m.placement();
+  *create.mutable_shards() = m.shards();
+  create.set_view_epoch(view_epoch);
+  auto job = BuildJob(create);
+  if (!job.ok()) return job.status();
+  {
+    absl::MutexLock lock(&(*job)->mu);
+    if ((*job)->partitions.size() != snapshot.partitions.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot of ", m.job_id(), " at step ", m.step(), " has ",
+          snapshot.partitions.size(), " partitions; its placement gives ",
+          (*job)->partitions.size()));
+    }
+    for (const PartitionSnapshot& part : snapshot.partitions) {
+      auto it = (*job)->partitions.find(part.id);
+      if (it == (*job)->partitions.end() ||
+          part.weights.size() != it->second.weights.size() ||
+          part.velocity.size() != it->second.velocity.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot of ", m.job_id(), " at step ", m.step(), ": partition ",
+            part.id, " does not match the placement"));
+      }
+      it->second.weights = part.weights;
+      it->second.velocity = part.velocity;
+      it->second.step = m.step();
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (jobs_.count(m.job_id())) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "job_id: job \"", m.job_id(), "\" is held already; not restoring"));
+  }
+  jobs_[m.job_id()] = *std::move(job);
+  return absl::OkStatus();
 }
 
 // Answers `request` from the job's current state if it can. Returns true

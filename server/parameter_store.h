@@ -35,9 +35,23 @@ namespace psd {
 //
 // Thread-safe: any method may be called from any thread. A pull waiting for
 // a step holds no thread (PullAsync), so any number of pulls can wait.
+// A consistent copy of one server's state of one job at a step boundary,
+// for the snapshot writer (server/snapshot_store.h).
+struct ShardSnapshot;
+// One partition's state (defined in the .cc).
+struct PartitionState;
+
+struct ParameterStoreOptions {
+  // Receives every snapshot the store captures (see SnapshotPolicy in
+  // proto/job.proto), on the thread whose push completed the step; it must
+  // not block (queue it and write elsewhere). Unset = never capture.
+  std::function<void(ShardSnapshot)> snapshot_sink;
+};
+
 class ParameterStore {
  public:
-  ParameterStore() = default;
+  explicit ParameterStore(ParameterStoreOptions options = {})
+      : options_(std::move(options)) {}
   ParameterStore(const ParameterStore&) = delete;
   ParameterStore& operator=(const ParameterStore&) = delete;
 
@@ -54,6 +68,15 @@ class ParameterStore {
 
   // What this server holds, per job.
   ServerStatus Status();
+
+  // Ids of the jobs held now (live, not dropped).
+  std::vector<std::string> JobIds();
+
+  // Holds the job as `snapshot` recorded it: its config, placement, shards,
+  // parameters, optimizer slots and step, serving in `view_epoch`.
+  // Errors: ALREADY_EXISTS (the job is held already), INVALID_ARGUMENT (a
+  // snapshot inconsistent with its placement).
+  absl::Status Restore(const ShardSnapshot& snapshot, int64_t view_epoch);
 
   // See ParameterServer.Push in proto/parameter_server.proto.
   absl::StatusOr<PushResponse> Push(const PushRequest& request);
@@ -92,11 +115,19 @@ class ParameterStore {
 
  private:
   absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& job_id);
+  // Validates the request and builds the job's partitions at step 0.
+  absl::StatusOr<std::shared_ptr<Job>> BuildJob(const CreateJobRequest& request);
+  // When the job's policy wants a snapshot at state.step, copies the
+  // partition into the capture of that step; a capture that has every
+  // partition moves to *complete. REQUIRES: job->mu held.
+  void CaptureIfDue(Job* job, int32_t partition_id, const PartitionState& state,
+                    std::vector<ShardSnapshot>* complete);
   // Moves every waiter whose step is reached (or whose pull failed) into
   // `completions`, with its response filled. REQUIRES: job->mu held.
   void AnswerWaiters(Job* job,
                      std::vector<std::pair<PullDone, absl::Status>>* completions);
 
+  const ParameterStoreOptions options_;
   std::atomic<uint64_t> next_pull_id_{1};
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);

@@ -12,6 +12,7 @@
 #include "common/data_dir.h"
 #include "common/process.h"
 #include "common/rpc.h"
+#include "server/coordinator_db.h"
 #include "server/coordinator_service.h"
 #include "server/coordinator_state.h"
 
@@ -28,8 +29,9 @@ ABSL_FLAG(int, heartbeat_timeout_ms, 3000,
           "Remove a server or worker that sent no heartbeat for this long, ms.");
 ABSL_FLAG(std::string, data_dir, "",
           "The coordinator's own data directory, locked while it runs (a "
-          "second process given the same one exits with an error). Jobs and "
-          "the cluster view will persist here; empty = none.");
+          "second process given the same one exits with an error). Jobs "
+          "persist here (RocksDB, <data_dir>/jobs), and a restarted "
+          "coordinator resumes them; empty = in memory only.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -92,8 +94,18 @@ int Main() {
     }
     data_dir = *std::move(lock);
   }
+  std::unique_ptr<CoordinatorDb> db;
+  if (data_dir != nullptr) {
+    auto opened = CoordinatorDb::Open(data_dir->path() + "/jobs");
+    if (!opened.ok()) {
+      Log()->error("--data_dir: {}", opened.status().ToString());
+      return 1;
+    }
+    db = *std::move(opened);
+  }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  options.db = db.get();
   MetricsRegistry metrics;
   AddProcessMetrics(&metrics);
   CoordinatorState state(options);
@@ -116,7 +128,12 @@ int Main() {
     Log()->error("{}", rpc.status().ToString());
     return 1;
   }
-  state.Start();
+  absl::Status started = state.Start();
+  if (!started.ok()) {
+    Log()->error("--data_dir: {}", started.ToString());
+    rpc->server->Shutdown();
+    return 1;
+  }
   Log()->info("serving psd.v1.Coordinator and psd.v1.JobService on {}",
               AdvertisedAddress(rpc_options.listen_address, rpc->port));
   return ServeUntilShutdownSignal(&*rpc, absl::GetFlag(FLAGS_port_file),

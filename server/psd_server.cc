@@ -14,6 +14,8 @@
 #include "common/rpc.h"
 #include "server/parameter_service.h"
 #include "server/parameter_store.h"
+#include "server/snapshot_store.h"
+#include "server/snapshot_writer.h"
 
 ABSL_FLAG(std::string, coordinator, "",
           "Coordinator address, host:port (required).");
@@ -31,8 +33,9 @@ ABSL_FLAG(std::string, metrics_port_file, "",
           "If set, write the bound metrics port to this file.");
 ABSL_FLAG(std::string, data_dir, "",
           "This server's own data directory, locked while it runs (a second "
-          "process given the same one exits with an error). Snapshots will "
-          "live here; empty = none.");
+          "process given the same one exits with an error). Snapshots are "
+          "written here (RocksDB, <data_dir>/snapshots), and found again "
+          "after a restart; empty = no snapshots.");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
@@ -63,8 +66,36 @@ int Main() {
     }
     data_dir = *std::move(lock);
   }
-  ParameterStore store;
-  ParameterService service(&store, &metrics);
+  // Snapshots: a RocksDB in <data_dir>/snapshots, written by a background
+  // writer (see SnapshotPolicy in proto/job.proto).
+  std::unique_ptr<SnapshotStore> snapshots;
+  std::unique_ptr<SnapshotWriter> writer;
+  std::string server_uid;
+  if (data_dir != nullptr) {
+    auto opened = SnapshotStore::Open(data_dir->path() + "/snapshots",
+                                      SnapshotStoreOptions());
+    if (!opened.ok()) {
+      Log()->error("--data_dir: {}", opened.status().ToString());
+      return 1;
+    }
+    snapshots = *std::move(opened);
+    auto uid = snapshots->ServerUid();
+    if (!uid.ok()) {
+      Log()->error("--data_dir: {}", uid.status().ToString());
+      return 1;
+    }
+    server_uid = *uid;
+    writer = std::make_unique<SnapshotWriter>(snapshots.get(), /*max_queued=*/2);
+    Log()->info("data directory {} (server uid {})", data_dir->path(), server_uid);
+  }
+  ParameterStoreOptions store_options;
+  if (writer != nullptr) {
+    store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {
+      w->Enqueue(std::move(snapshot));
+    };
+  }
+  ParameterStore store(store_options);
+  ParameterService service(&store, &metrics, snapshots.get());
   auto metrics_server =
       StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
                            absl::GetFlag(FLAGS_metrics_port_file), &metrics);
@@ -93,6 +124,16 @@ int Main() {
   options.role = MembershipOptions::Role::kServer;
   options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
   options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
+  options.fill_register = [&store, &server_uid](RegisterRequest* request) {
+    request->set_server_uid(server_uid);
+    for (const std::string& job : store.JobIds()) request->add_live_jobs(job);
+  };
+  options.fill_heartbeat = [w = writer.get()](HeartbeatRequest* request) {
+    if (w == nullptr) return;
+    for (SnapshotFailure& f : w->TakeFailures()) {
+      *request->add_snapshot_failures() = std::move(f);
+    }
+  };
   Membership membership(options, [](const HeartbeatResponse&) {});
   absl::Status joined = membership.Start();
   if (!joined.ok()) {

@@ -296,8 +296,11 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
   for (int64_t s : existing) {
     if (s >= step) doomed.push_back(s);  // same step: replaced
   }
-  const size_t keep_old =
-      static_cast<size_t>(std::max(options_.keep_last, 1) - 1);
+  // The job's own policy wins over the store's default.
+  const int keep_last = snapshot.manifest.config().snapshot().keep_last() > 0
+                            ? snapshot.manifest.config().snapshot().keep_last()
+                            : options_.keep_last;
+  const size_t keep_old = static_cast<size_t>(std::max(keep_last, 1) - 1);
   if (kept.size() > keep_old) {
     doomed.insert(doomed.end(), kept.begin(), kept.end() - keep_old);
   }

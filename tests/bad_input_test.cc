@@ -75,7 +75,7 @@ class Cluster {
         state_(CoordinatorOptions{}),
         membership_(&state_),
         job_control_(&state_) {
-    state_.Start();
+    REQUIRE(state_.Start().ok());
     auto ps = StartRpcServer(RpcServerOptions{}, {&parameter_service_});
     REQUIRE(ps.ok());
     ps_server_ = std::move(*ps);

@@ -70,6 +70,15 @@ class WorkerAgent {
     thread_ = std::thread([this] { Run(); });
   }
 
+  // Tells the coordinator which rank this worker trains, if any, so that a
+  // restarted coordinator gives it back.
+  void FillRegister(RegisterRequest* request) {
+    absl::MutexLock lock(&mu_);
+    if (current_job_.empty()) return;
+    request->set_job_id(current_job_);
+    request->set_rank(current_rank_);
+  }
+
   void OnHeartbeat(const HeartbeatResponse& response) {
     absl::MutexLock lock(&mu_);
     if (response.cancelled()) cancel_ = true;
@@ -94,6 +103,7 @@ class WorkerAgent {
         assignment = *std::move(next_);
         next_.reset();
         current_job_ = assignment.job_id();
+        current_rank_ = assignment.rank();
         cancel_ = false;
       }
       Log()->info("job {}: assigned rank {}", assignment.job_id(),
@@ -155,6 +165,7 @@ class WorkerAgent {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<Assignment> next_ ABSL_GUARDED_BY(mu_);
   std::string current_job_ ABSL_GUARDED_BY(mu_);
+  int32_t current_rank_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::string> finished_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -214,6 +225,7 @@ int Main() {
   options.role = MembershipOptions::Role::kWorker;
   options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
   options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
+  options.fill_register = [&agent](RegisterRequest* r) { agent.FillRegister(r); };
   Membership membership(
       options, [&agent](const HeartbeatResponse& r) { agent.OnHeartbeat(r); });
   absl::Status joined = membership.Start();

@@ -149,12 +149,25 @@ absl::Status TrainRank(const Assignment& assignment,
               assignment.job_id(), rank, workers, steps_per_epoch,
               config.epochs(), backend->Name());
   int64_t pulled_step = -1;
-  for (int32_t epoch = 0; epoch < config.epochs(); ++epoch) {
+  // After a recovery the job resumes at start_step: the same batches follow
+  // as in a run never stopped, since the order depends on (seed, epoch,
+  // rank) only.
+  const int64_t start_step = assignment.start_step();
+  if (start_step < 0 || start_step > steps_per_epoch * config.epochs()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "assignment.start_step: ", start_step, " outside the job's ",
+        steps_per_epoch * config.epochs(), " steps"));
+  }
+  for (int32_t epoch = static_cast<int32_t>(start_step / steps_per_epoch);
+       epoch < config.epochs(); ++epoch) {
     const std::vector<int32_t> order =
         EpochOrder(shard, config.seed(), epoch, rank);
     loss_sum = 0;
     loss_count = 0;
-    for (int64_t i = 0; i < steps_per_epoch; ++i) {
+    const int64_t first = epoch * steps_per_epoch < start_step
+                              ? start_step - epoch * steps_per_epoch
+                              : 0;
+    for (int64_t i = first; i < steps_per_epoch; ++i) {
       if (cancel->load()) return absl::CancelledError("job cancelled");
       const int64_t step = epoch * steps_per_epoch + i;
       const auto start = std::chrono::steady_clock::now();

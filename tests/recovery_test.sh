@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Snapshots and recovery (DESIGN invariant 6), asserting the oracle of
+# invariant 4: the final parameters equal those of an undisturbed run.
+#  A. SIGKILL every process mid-job, restart them on the same data
+#     directories: the job resumes from the newest common snapshot.
+#  B. The same, after damaging the newest snapshot of one shard: the
+#     restart falls back to an older common step.
+#  C. SIGKILL the coordinator alone and restart it: the job goes on.
+# Retention: each server keeps at most keep_last snapshots of the job.
+source tests/cluster_lib.sh
+
+write_short_job "$WORK/base.textproto"
+sed 's/^epochs: 2$/epochs: 3/' "$WORK/base.textproto" >"$WORK/job.textproto"
+echo 'snapshot { every_steps: 20 keep_last: 3 }' >>"$WORK/job.textproto"
+grep -q '^epochs: 3$' "$WORK/job.textproto" || fail "sed did not set epochs"
+
+start_cluster ref 2 2
+reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
+stop_cluster
+echo "undisturbed run: $reference"
+
+# start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
+start_node() {
+  local name=$1 role=$2
+  shift 2
+  case $role in
+    coordinator) "$BIN/server/psd_coordinator" "$@" 2>>"$WORK/$name.log" & ;;
+    server) "$BIN/server/psd_server" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    worker) "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+  esac
+  PIDS+=($!)
+}
+
+# start_persistent S: coordinator, 2 servers and 2 workers of scenario S,
+# with data directories under $WORK/S; the coordinator keeps its port.
+start_persistent() {
+  local s=$1
+  if [ -z "${PORT[$s]:-}" ]; then
+    start_node "$s.coordinator" coordinator --data_dir="$WORK/$s/coordinator" \
+      --port_file="$WORK/$s.port"
+    PORT[$s]=$(wait_port "${PIDS[-1]}" "$WORK/$s.port") || fail "coordinator $s did not start"
+  else
+    start_node "$s.coordinator" coordinator --data_dir="$WORK/$s/coordinator" \
+      --listen="127.0.0.1:${PORT[$s]}"
+  fi
+  COORDINATOR=127.0.0.1:${PORT[$s]}
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  start_node "$s.server1" server --data_dir="$WORK/$s/server1"
+  start_node "$s.server2" server --data_dir="$WORK/$s/server2"
+  start_node "$s.worker1" worker
+  start_node "$s.worker2" worker
+}
+
+# wait_step JOB N: until the job has done N steps (bounded).
+wait_step() {
+  for _ in $(seq 600); do
+    step=$("${CTL[@]}" get "$1" 2>/dev/null | grep -o '"step": "[0-9]*"' | head -1 | grep -o '[0-9]*' || true)
+    [ "${step:-0}" -ge "$2" ] && return 0
+    sleep 0.05
+  done
+  fail "job $1 did not reach step $2"
+}
+
+kill_all() {
+  kill -KILL "${PIDS[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+# finish JOB: waits for SUCCEEDED and prints the exported checksum.
+finish() {
+  "${CTL[@]}" --servers=2 --workers=0 --timeout_s=30 wait-ready >/dev/null ||
+    fail "the restarted cluster did not come up"
+  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { cat "$WORK/$1.watch"; fail "job $1 did not succeed"; }
+  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" | grep -o 'crc32:[0-9a-f]*'
+}
+
+declare -A PORT
+
+# A. Kill everything mid-job; restart on the same data directories.
+start_persistent A
+"${CTL[@]}" --servers=2 --workers=2 wait-ready >/dev/null
+job=$("${CTL[@]}" submit "$WORK/job.textproto")
+wait_step "$job" 130
+kill_all
+start_persistent A
+after=$(finish "$job")
+resumed=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("resumedFromSteps", []))')
+echo "A: resumed from $resumed, checksum $after"
+[ "$resumed" != "[]" ] || fail "A: the job did not resume from a snapshot"
+[ "$after" = "$reference" ] || fail "A: checksum $after differs from the undisturbed $reference"
+# Retention: keep_last 3 on each server.
+counts=$("${CTL[@]}" snapshots "$job" | python3 -c '
+import json, re, sys
+for chunk in re.split(r"^server-\S+ \(\S+\): ", sys.stdin.read(), flags=re.M)[1:]:
+    print(len(json.loads(chunk).get("snapshots", [])))')
+echo "A: snapshots kept per server: $(echo $counts)"
+for c in $counts; do [ "$c" -ge 1 ] && [ "$c" -le 3 ] || fail "A: $c snapshots kept, want 1..3"; done
+kill_all
+
+# B. Damage the newest snapshot of one shard before restarting.
+start_persistent B
+"${CTL[@]}" --servers=2 --workers=2 wait-ready >/dev/null
+job=$("${CTL[@]}" submit "$WORK/job.textproto")
+wait_step "$job" 130
+kill_all
+damaged=$("$BIN/tests/corrupt_snapshot" "$WORK/B/server1/snapshots" "$job") || fail "B: could not damage"
+start_persistent B
+after=$(finish "$job")
+resumed=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["resumedFromSteps"][0])')
+echo "B: damaged step $damaged, resumed from $resumed, checksum $after"
+[ "$resumed" -lt "$damaged" ] || fail "B: resumed from $resumed, not before the damaged $damaged"
+[ "$after" = "$reference" ] || fail "B: checksum $after differs from the undisturbed $reference"
+grep -q "checksum" "$WORK"/B.server1.log || fail "B: the server did not report the damaged snapshot"
+kill_all
+
+# C. Kill the coordinator alone; the job goes on.
+start_persistent C
+"${CTL[@]}" --servers=2 --workers=2 wait-ready >/dev/null
+job=$("${CTL[@]}" submit "$WORK/job.textproto")
+wait_step "$job" 60
+kill -KILL "${PIDS[0]}"
+wait "${PIDS[0]}" 2>/dev/null || true
+start_node C.coordinator2 coordinator --data_dir="$WORK/C/coordinator" --listen="127.0.0.1:${PORT[C]}"
+after=$(finish "$job")
+echo "C: checksum $after"
+[ "$after" = "$reference" ] || fail "C: checksum $after differs from the undisturbed $reference"
+echo PASS
