@@ -6,6 +6,9 @@
 #  B. The same, after damaging the newest snapshot of one shard: the
 #     restart falls back to an older common step.
 #  C. SIGKILL the coordinator alone and restart it: the job goes on.
+#  D. A server whose disk is "full" (a 1 MiB file size limit, with SIGXFSZ
+#     ignored, so writes fail with EFBIG): its snapshots fail, training goes
+#     on, and the failures show in the job's status.
 # Retention: each server keeps at most keep_last snapshots of the job.
 source tests/cluster_lib.sh
 
@@ -125,4 +128,25 @@ start_node C.coordinator2 coordinator --data_dir="$WORK/C/coordinator" --listen=
 after=$(finish "$job")
 echo "C: checksum $after"
 [ "$after" = "$reference" ] || fail "C: checksum $after differs from the undisturbed $reference"
+kill_all
+
+# D. A full disk on one server.
+start_node D.coordinator coordinator --port_file="$WORK/D.port"
+COORDINATOR=127.0.0.1:$(wait_port "${PIDS[-1]}" "$WORK/D.port") || fail "D: no coordinator"
+CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+start_node D.server1 server --data_dir="$WORK/D/server1"
+(trap '' XFSZ; ulimit -f 1024; exec "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+  --data_dir="$WORK/D/server2" 2>>"$WORK/D.server2.log") &
+PIDS+=($!)
+start_node D.worker1 worker
+start_node D.worker2 worker
+"${CTL[@]}" --servers=2 --workers=2 wait-ready >/dev/null
+job=$("${CTL[@]}" submit "$WORK/job.textproto")
+after=$(finish "$job")
+errors=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("snapshotErrors", [])))')
+echo "D: checksum $after, $errors snapshot errors in the job status"
+[ "$after" = "$reference" ] || fail "D: checksum $after differs from the undisturbed $reference"
+[ "$errors" -ge 1 ] || fail "D: the failed snapshots are not in the job status"
+"${CTL[@]}" get "$job" | grep -q 'snapshot at step\|File too large\|No space\|IO error' ||
+  "${CTL[@]}" get "$job" | grep -A2 snapshotErrors
 echo PASS
