@@ -49,6 +49,8 @@ constexpr char kUsage[] =
     "                       on the servers\n"
     "  servers              print what each server holds, per job, as JSON\n"
     "  snapshots JOB_ID     print the job's snapshots on each of its servers\n"
+    "  snapshot JOB_ID      snapshot a running job now (a few steps ahead);\n"
+    "                       prints the step\n"
     "  view                 print the cluster view as JSON\n"
     "  wait-ready           wait until --servers servers and --workers idle\n"
     "                       workers have registered (up to --timeout_s)\n";
@@ -349,6 +351,17 @@ int Main(const std::vector<std::string>& args) {
       std::printf("%s (%s): %s", server.id().c_str(), server.address().c_str(),
                   ToJson(held).c_str());
     }
+    return 0;
+  }
+  if (command == "snapshot") {
+    if (!need(1)) return 2;
+    SnapshotJobRequest request;
+    request.set_job_id(args[1]);
+    SnapshotJobResponse response;
+    grpc::Status status = jobs->SnapshotJob(&context, request, &response);
+    if (!status.ok()) return Fail("snapshot", status);
+    std::printf("job %s: snapshot at step %lld\n", args[1].c_str(),
+                static_cast<long long>(response.step()));
     return 0;
   }
   if (command == "snapshots") {

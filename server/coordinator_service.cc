@@ -114,4 +114,13 @@ grpc::Status JobControlService::DeleteJob(grpc::ServerContext*,
   return ToGrpcStatus(state_->DeleteJob(request->job_id()));
 }
 
+grpc::Status JobControlService::SnapshotJob(grpc::ServerContext*,
+                                            const SnapshotJobRequest* request,
+                                            SnapshotJobResponse* response) {
+  auto step = state_->SnapshotJob(request->job_id());
+  if (!step.ok()) return ToGrpcStatus(step.status());
+  response->set_step(*step);
+  return grpc::Status::OK;
+}
+
 }  // namespace psd

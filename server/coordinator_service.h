@@ -49,6 +49,8 @@ class JobControlService final : public JobService::Service {
                         grpc::ServerWriter<JobStatus>*) override;
   grpc::Status DeleteJob(grpc::ServerContext*, const DeleteJobRequest*,
                          DeleteJobResponse*) override;
+  grpc::Status SnapshotJob(grpc::ServerContext*, const SnapshotJobRequest*,
+                           SnapshotJobResponse*) override;
 
   static constexpr int kMaxWatches = 16;
 

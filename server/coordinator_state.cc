@@ -610,6 +610,73 @@ absl::StatusOr<JobStatus> CoordinatorState::CancelJob(const std::string& job_id)
   return result;
 }
 
+absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id) {
+  Assignment assignment;
+  int64_t total_steps = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrCat("job_id: no job \"", job_id, "\""));
+    }
+    if (it->second.status.state() != RUNNING) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job_id: job \"", job_id, "\" is ",
+                       JobState_Name(it->second.status.state()), ", not RUNNING"));
+    }
+    assignment = it->second.assignment;
+    total_steps = it->second.status.total_steps();
+  }
+  const auto timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
+  std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
+  for (const ServerInfo& server : assignment.servers()) {
+    stubs.push_back(ParameterServer::NewStub(MakeChannel(server.address())));
+  }
+  // The step: ahead of every partition now, with a margin for the steps
+  // taken while we ask; if one got there first, try again further ahead.
+  absl::Status last;
+  for (int64_t margin : {10, 50, 200}) {
+    int64_t highest = 0;
+    for (auto& stub : stubs) {
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(timeout));
+      ServerStatus status;
+      PSD_RETURN_IF_ERROR(FromGrpcStatus(
+          stub->GetServerStatus(&context, GetServerStatusRequest(), &status)));
+      for (const ServerJobStatus& job : status.jobs()) {
+        if (job.job_id() == job_id) highest = std::max(highest, job.step());
+      }
+    }
+    const int64_t step = highest + margin;
+    if (step >= total_steps) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job_id: job \"", job_id, "\" is at step ", highest, " of ",
+          total_steps, ": too close to its end for a snapshot"));
+    }
+    last = absl::OkStatus();
+    for (size_t i = 0; i < stubs.size() && last.ok(); ++i) {
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(timeout));
+      SnapshotJobRequest request;
+      request.set_job_id(job_id);
+      request.set_step(step);
+      SnapshotJobResponse response;
+      grpc::Status status = stubs[i]->SnapshotJob(&context, request, &response);
+      if (!status.ok()) {
+        last = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                            absl::StrCat("server ", assignment.servers(i).id(),
+                                         ": ", status.error_message()));
+      }
+    }
+    if (last.ok()) {
+      Log()->info("job {}: snapshot requested at step {}", job_id, step);
+      return step;
+    }
+    if (last.message().find("already") == absl::string_view::npos) return last;
+  }
+  return last;
+}
+
 absl::Status CoordinatorState::DeleteJob(const std::string& job_id) {
   {
     absl::MutexLock lock(&mu_);

@@ -76,6 +76,12 @@ class CoordinatorState {
   absl::StatusOr<JobStatus> GetJob(const std::string& job_id);
   std::vector<JobStatus> ListJobs();
   absl::StatusOr<JobStatus> CancelJob(const std::string& job_id);
+  // Asks every server of a running job to snapshot it at one step boundary
+  // a little ahead of its most advanced partition; returns that step.
+  // Errors: NOT_FOUND, FAILED_PRECONDITION (not RUNNING, about to finish, a
+  // server without --data_dir), or a server's error naming it.
+  absl::StatusOr<int64_t> SnapshotJob(const std::string& job_id);
+
   // Forgets a finished job and frees what its servers hold. Errors:
   // NOT_FOUND, FAILED_PRECONDITION (not finished).
   absl::Status DeleteJob(const std::string& job_id);

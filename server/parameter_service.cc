@@ -218,4 +218,16 @@ grpc::Status ParameterService::ListSnapshots(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
+                                           const SnapshotJobRequest* request,
+                                           SnapshotJobResponse* response) {
+  absl::Status status = store_->RequestSnapshot(request->job_id(), request->step());
+  if (status.ok()) {
+    Log()->info("job {}: snapshot requested at step {}", request->job_id(),
+                request->step());
+    response->set_step(request->step());
+  }
+  return ToGrpcStatus(status);
+}
+
 }  // namespace psd

@@ -55,6 +55,9 @@ class ParameterService final
   grpc::Status ListSnapshots(grpc::ServerContext* context,
                              const ListSnapshotsRequest* request,
                              ListSnapshotsResponse* response) override;
+  grpc::Status SnapshotJob(grpc::ServerContext* context,
+                           const SnapshotJobRequest* request,
+                           SnapshotJobResponse* response) override;
 
   // The push and pull metrics (defined in the .cc).
   struct Metrics;

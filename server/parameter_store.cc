@@ -65,6 +65,8 @@ struct ParameterStore::Job {
   // Snapshots being captured, by step: filled partition by partition as
   // each reaches the step, handed to the sink when complete.
   std::map<int64_t, ShardSnapshot> captures ABSL_GUARDED_BY(mu);
+  // Steps asked for by RequestSnapshot, besides the policy's.
+  std::set<int64_t> requested_snapshots ABSL_GUARDED_BY(mu);
   bool dropped ABSL_GUARDED_BY(mu) = false;
   // Training is over: parameters kept for export, training state freed.
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -362,7 +364,11 @@ void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
                                   const PartitionState& state,
                                   std::vector<ShardSnapshot>* complete) {
   const int64_t every = job->config.snapshot().every_steps();
-  if (!options_.snapshot_sink || every <= 0 || state.step % every != 0) return;
+  const bool by_policy = every > 0 && state.step % every == 0;
+  if (!options_.snapshot_sink ||
+      !(by_policy || job->requested_snapshots.count(state.step))) {
+    return;
+  }
   ShardSnapshot& capture = job->captures[state.step];
   if (capture.partitions.empty()) {
     SnapshotManifest& m = capture.manifest;
@@ -385,7 +391,31 @@ void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
               });
     complete->push_back(std::move(capture));
     job->captures.erase(state.step);
+    job->requested_snapshots.erase(state.step);
   }
+}
+
+absl::Status ParameterStore::RequestSnapshot(const std::string& job_id,
+                                             int64_t step) {
+  if (!options_.snapshot_sink) {
+    return absl::FailedPreconditionError(
+        "this server has no --data_dir, so no snapshots");
+  }
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
+  absl::MutexLock lock(&job->mu);
+  if (job->finished || job->dropped) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job_id: job \"", job_id, "\" has finished"));
+  }
+  for (const auto& [id, state] : job->partitions) {
+    if (state.step >= step) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step: partition ", id, " is at step ", state.step,
+          " already; a snapshot at step ", step, " cannot be taken"));
+    }
+  }
+  job->requested_snapshots.insert(step);
+  return absl::OkStatus();
 }
 
 std::vector<std::string> ParameterStore::JobIds() {

@@ -72,6 +72,11 @@ class ParameterStore {
   // Ids of the jobs held now (live, not dropped).
   std::vector<std::string> JobIds();
 
+  // Captures a snapshot of the job when its partitions reach `step`, as if
+  // the policy asked for it. Errors: NOT_FOUND, FAILED_PRECONDITION (a
+  // partition already reached the step, or the store has no snapshot sink).
+  absl::Status RequestSnapshot(const std::string& job_id, int64_t step);
+
   // Holds the job as `snapshot` recorded it: its config, placement, shards,
   // parameters, optimizer slots and step, serving in `view_epoch`.
   // Errors: ALREADY_EXISTS (the job is held already), INVALID_ARGUMENT (a

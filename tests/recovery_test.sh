@@ -6,6 +6,8 @@
 #  B. The same, after damaging the newest snapshot of one shard: the
 #     restart falls back to an older common step.
 #  C. SIGKILL the coordinator alone and restart it: the job goes on.
+#  E. (after D) A job with no snapshot policy, snapshotted on demand, then
+#     everything killed: it resumes exactly at the on-demand step.
 #  D. A server whose disk is "full" (a 1 MiB file size limit, with SIGXFSZ
 #     ignored, so writes fail with EFBIG): its snapshots fail, training goes
 #     on, and the failures show in the job's status.
@@ -147,6 +149,27 @@ errors=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(len(json.lo
 echo "D: checksum $after, $errors snapshot errors in the job status"
 [ "$after" = "$reference" ] || fail "D: checksum $after differs from the undisturbed $reference"
 [ "$errors" -ge 1 ] || fail "D: the failed snapshots are not in the job status"
-"${CTL[@]}" get "$job" | grep -q 'snapshot at step\|File too large\|No space\|IO error' ||
-  "${CTL[@]}" get "$job" | grep -A2 snapshotErrors
+kill_all
+
+# E. On demand.
+grep -v '^snapshot' "$WORK/job.textproto" >"$WORK/nopolicy.textproto"
+start_persistent E
+"${CTL[@]}" --servers=2 --workers=2 wait-ready >/dev/null
+job=$("${CTL[@]}" submit "$WORK/nopolicy.textproto")
+wait_step "$job" 30
+on_demand=$("${CTL[@]}" snapshot "$job" | grep -o 'step [0-9]*' | grep -o '[0-9]*') ||
+  fail "E: snapshot request failed"
+for _ in $(seq 200); do
+  [ "$("${CTL[@]}" snapshots "$job" | grep -c "\"step\": \"$on_demand\"")" -eq 2 ] && break
+  sleep 0.05
+done
+[ "$("${CTL[@]}" snapshots "$job" | grep -c "\"step\": \"$on_demand\"")" -eq 2 ] ||
+  fail "E: the on-demand snapshot at step $on_demand is not on both servers"
+kill_all
+start_persistent E
+after=$(finish "$job")
+resumed=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["resumedFromSteps"][0])')
+echo "E: on-demand snapshot at step $on_demand, resumed from $resumed, checksum $after"
+[ "$resumed" = "$on_demand" ] || fail "E: resumed from $resumed, not the on-demand $on_demand"
+[ "$after" = "$reference" ] || fail "E: checksum $after differs from the undisturbed $reference"
 echo PASS
