@@ -87,6 +87,14 @@ TEST_CASE("JobConfig: bad sizes and values are rejected with the field",
   config = ValidConfig();
   config.set_partition_bytes(16);
   CHECK(Problem(config).rfind("partition_bytes:", 0) == 0);
+
+  config = ValidConfig();
+  config.mutable_snapshot()->set_every_steps(-1);
+  CHECK(Problem(config) == "snapshot.every_steps: must be >= 0, got -1");
+
+  config = ValidConfig();
+  config.mutable_snapshot()->set_keep_last(-2);
+  CHECK(Problem(config) == "snapshot.keep_last: must be >= 0, got -2");
 }
 
 TEST_CASE("JobConfig: a syntax error points at its line", "[config]") {
