@@ -143,6 +143,14 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
       member.job_id = request.job_id();
       member.rank = rank;
       Log()->info("job {}: rank {} is {} again", request.job_id(), rank, id);
+    } else {
+      // A job this coordinator does not run (it restarted without its
+      // --data_dir, or the job ended): the next heartbeat tells the worker
+      // to stop it.
+      member.job_id = request.job_id();
+      member.rank = -1;
+      Log()->warn("worker {} trains job {}, which is not running here: "
+                  "telling it to stop", id, request.job_id());
     }
   }
   RegisterResponse response;
@@ -192,6 +200,12 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   Member& member = worker->second;
   member.last_seen = absl::Now();
   if (member.job_id.empty()) return response;
+  if (member.rank < 0) {  // a claim Register could not honour
+    response.set_cancelled(true);
+    member.job_id.clear();
+    member.rank = 0;
+    return response;
+  }
   auto job = jobs_.find(member.job_id);
   if (job != jobs_.end() && (job->second.status.state() == PENDING ||
                              job->second.status.state() == RECOVERING)) {

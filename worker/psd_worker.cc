@@ -81,6 +81,10 @@ class WorkerAgent {
 
   void OnHeartbeat(const HeartbeatResponse& response) {
     absl::MutexLock lock(&mu_);
+    if (response.cancelled() && !current_job_.empty() && !cancel_) {
+      Log()->warn("job {}: the coordinator says stop (cancelled, or a job it "
+                  "no longer runs)", current_job_);
+    }
     if (response.cancelled()) cancel_ = true;
     if (!response.has_assignment()) return;
     const std::string& id = response.assignment().job_id();
