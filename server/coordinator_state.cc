@@ -238,7 +238,12 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
         "member_id: \"", request.member_id(),
         "\" is not registered (the coordinator restarted?); registering again"));
   }
-  if (job.status.state() == RECOVERING) return response;
+  if (job.status.state() == RECOVERING) {
+    // Not recorded now: the worker sends it again (a rank's last report is
+    // retried until it is taken).
+    return absl::AbortedError(absl::StrCat(
+        "job_id: job \"", request.job_id(), "\" is RECOVERING; report again"));
+  }
   const int32_t rank = request.rank();
   if (rank < 0 || rank >= static_cast<int32_t>(job.worker_ids.size()) ||
       job.worker_ids[rank] != request.member_id()) {
