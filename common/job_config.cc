@@ -172,6 +172,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("snapshot.every_steps",
                    absl::StrCat("must be >= 0, got ", c.snapshot().every_steps()));
   }
+  if (c.snapshot().every_seconds() < 0) {
+    return Invalid("snapshot.every_seconds",
+                   absl::StrCat("must be >= 0, got ", c.snapshot().every_seconds()));
+  }
   if (c.snapshot().keep_last() < 0) {
     return Invalid("snapshot.keep_last",
                    absl::StrCat("must be >= 0, got ", c.snapshot().keep_last()));

@@ -1,5 +1,7 @@
 #include "common/rpc.h"
 
+#include <unistd.h>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -73,7 +75,13 @@ std::string AdvertisedAddress(const std::string& listen_address, int port) {
   std::string host = colon == std::string::npos
                          ? listen_address
                          : listen_address.substr(0, colon);
-  if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
+  if (host.empty() || host == "0.0.0.0" || host == "[::]") {
+    // Bound to every interface: others reach us by this host's name.
+    char name[256] = {0};
+    host = gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0'
+               ? std::string(name)
+               : std::string("127.0.0.1");
+  }
   return absl::StrCat(host, ":", port);
 }
 

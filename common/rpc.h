@@ -60,7 +60,8 @@ int ServeUntilShutdownSignal(RpcServer* rpc, const std::string& port_file,
                              std::chrono::milliseconds drain);
 
 // "host:port" with the host of `listen_address` and the given port, for the
-// address a process advertises when it bound port 0.
+// address a process advertises when no --advertise is given. A wildcard
+// host (0.0.0.0, [::], empty) becomes this machine's host name.
 std::string AdvertisedAddress(const std::string& listen_address, int port);
 
 }  // namespace psd

@@ -696,6 +696,29 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
   return last;
 }
 
+void CoordinatorState::TimedSnapshots() {
+  std::vector<std::string> due;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (auto& [id, job] : jobs_) {
+      const int32_t every = job.status.config().snapshot().every_seconds();
+      if (job.status.state() != RUNNING || every <= 0) continue;
+      if (job.last_timed_snapshot == absl::Time()) job.last_timed_snapshot = now;
+      if (now - job.last_timed_snapshot < absl::Seconds(every)) continue;
+      job.last_timed_snapshot = now;
+      due.push_back(id);
+    }
+  }
+  for (const std::string& id : due) {
+    absl::StatusOr<int64_t> step = SnapshotJob(id);
+    if (!step.ok()) {
+      Log()->warn("job {}: timed snapshot not taken: {}", id,
+                  step.status().ToString());
+    }
+  }
+}
+
 absl::Status CoordinatorState::DeleteJob(const std::string& job_id) {
   {
     absl::MutexLock lock(&mu_);
@@ -774,6 +797,7 @@ void CoordinatorState::SchedulerLoop() {
     RecoverJobs();
     StartPendingJobs();
     RunDrops();
+    TimedSnapshots();
     SaveDirty();
   }
 }

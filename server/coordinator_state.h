@@ -126,6 +126,8 @@ class CoordinatorState {
     int64_t start_step = 0;
     // Restored from snapshots: its ranks go to idle workers.
     bool ranks_free = false;
+    // When the last time-based snapshot was asked for.
+    absl::Time last_timed_snapshot;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -152,6 +154,8 @@ class CoordinatorState {
   // Restores the job's shards from the servers' newest common snapshot (no
   // lock held). Returns the step, or the reason it cannot.
   absl::StatusOr<int64_t> RestoreFromSnapshots(const Assignment& assignment);
+  // Asks for the snapshots due by the jobs' snapshot.every_seconds.
+  void TimedSnapshots() ABSL_LOCKS_EXCLUDED(mu_);
   // Gives idle workers the free ranks of running jobs (after a recovery).
   void AssignFreeRanks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job record to persist. REQUIRES: mu_ held.

@@ -85,7 +85,8 @@ int Main() {
       return 1;
     }
     server_uid = *uid;
-    writer = std::make_unique<SnapshotWriter>(snapshots.get(), /*max_queued=*/2);
+    writer = std::make_unique<SnapshotWriter>(snapshots.get(), /*max_queued=*/2,
+                                              &metrics);
     Log()->info("data directory {} (server uid {})", data_dir->path(), server_uid);
   }
   ParameterStoreOptions store_options;

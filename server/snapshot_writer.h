@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
 #include "common/proto.h"
 #include "server/snapshot_store.h"
 
@@ -21,7 +22,11 @@ namespace psd {
 // snapshots stay valid. Thread-safe. Does not own `store`.
 class SnapshotWriter {
  public:
-  SnapshotWriter(SnapshotStore* store, int max_queued);
+  // `metrics` (not owned; may be null) gets psd_server_snapshot_seconds
+  // (histogram of write times), psd_server_snapshot_bytes_total,
+  // psd_server_snapshots_total and psd_server_snapshot_failures_total.
+  SnapshotWriter(SnapshotStore* store, int max_queued,
+                 MetricsRegistry* metrics = nullptr);
   ~SnapshotWriter();  // finishes the snapshot being written, drops the rest
   SnapshotWriter(const SnapshotWriter&) = delete;
   SnapshotWriter& operator=(const SnapshotWriter&) = delete;
@@ -42,6 +47,11 @@ class SnapshotWriter {
 
   SnapshotStore* const store_;
   const int max_queued_;
+  // Null without a registry.
+  Histogram* write_seconds_ = nullptr;
+  Counter* bytes_ = nullptr;
+  Counter* written_ = nullptr;
+  Counter* failed_ = nullptr;
   absl::Mutex mu_;
   std::deque<ShardSnapshot> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

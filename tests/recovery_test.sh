@@ -8,6 +8,7 @@
 #  C. SIGKILL the coordinator alone and restart it: the job goes on.
 #  E. (after D) A job with no snapshot policy, snapshotted on demand, then
 #     everything killed: it resumes exactly at the on-demand step.
+#  F. (after E) A time-based policy gives snapshots at common steps.
 #  D. A server whose disk is "full" (a 1 MiB file size limit, with SIGXFSZ
 #     ignored, so writes fail with EFBIG): its snapshots fail, training goes
 #     on, and the failures show in the job's status.
@@ -172,4 +173,18 @@ resumed=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(
 echo "E: on-demand snapshot at step $on_demand, resumed from $resumed, checksum $after"
 [ "$resumed" = "$on_demand" ] || fail "E: resumed from $resumed, not the on-demand $on_demand"
 [ "$after" = "$reference" ] || fail "E: checksum $after differs from the undisturbed $reference"
+
+# F. A time-based policy: the coordinator asks for a snapshot every second,
+# at one common step on both servers.
+sed 's/^epochs: 3$/epochs: 6/' "$WORK/nopolicy.textproto" >"$WORK/timed.textproto"
+echo 'snapshot { every_seconds: 1 }' >>"$WORK/timed.textproto"
+job=$("${CTL[@]}" submit "$WORK/timed.textproto")
+"${CTL[@]}" watch "$job" >/dev/null || fail "F: job $job failed"
+common=$("${CTL[@]}" snapshots "$job" | python3 -c '
+import json, re, sys
+sets = [set(s["step"] for s in json.loads(c).get("snapshots", []))
+        for c in re.split(r"^server-\S+ \(\S+\): ", sys.stdin.read(), flags=re.M)[1:]]
+print(len(set.intersection(*sets)) if sets else 0)')
+echo "F: $common timed snapshots common to both servers"
+[ "$common" -ge 1 ] || fail "F: no timed snapshot at a common step"
 echo PASS
