@@ -21,6 +21,18 @@ bool IsFinished(JobState state) {
   return state == SUCCEEDED || state == FAILED || state == CANCELLED;
 }
 
+// Calls one RPC of a parameter server, with a deadline `timeout` from now.
+template <typename Request, typename Response>
+grpc::Status CallServer(ParameterServer::Stub* stub,
+                        grpc::Status (ParameterServer::Stub::*method)(
+                            grpc::ClientContext*, const Request&, Response*),
+                        const Request& request, Response* response,
+                        std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(timeout));
+  return (stub->*method)(&context, request, response);
+}
+
 }  // namespace
 
 CoordinatorState::CoordinatorState(CoordinatorOptions options)
@@ -492,13 +504,12 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
   // gives the same parameters as a run never stopped (BSP is deterministic).
   bool any_snapshot = false;
   for (size_t i = 0; i < stubs.size(); ++i) {
-    grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(call_timeout));
     ListSnapshotsRequest request;
     request.set_job_id(job_id);
     ListSnapshotsResponse response;
     PSD_RETURN_IF_ERROR(FromGrpcStatus(
-        stubs[i]->ListSnapshots(&context, request, &response)));
+        CallServer(stubs[i].get(), &ParameterServer::Stub::ListSnapshots,
+                   request, &response, call_timeout)));
     any_snapshot |= response.snapshots_size() > 0;
   }
   if (!any_snapshot) {
@@ -510,10 +521,9 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
       create.add_shards(static_cast<int32_t>(i));
       create.set_view_epoch(assignment.view_epoch());
       CreateJobResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(call_timeout));
-      PSD_RETURN_IF_ERROR(
-          FromGrpcStatus(stubs[i]->CreateJob(&context, create, &response)));
+      PSD_RETURN_IF_ERROR(FromGrpcStatus(
+          CallServer(stubs[i].get(), &ParameterServer::Stub::CreateJob, create,
+                     &response, call_timeout)));
     }
     Log()->info("job {}: no snapshots anywhere; starting again from step 0",
                 job_id);
@@ -527,22 +537,21 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
     for (size_t i = 0; i < stubs.size(); ++i) {
       if (restored[i] == max_step) continue;
       if (restored[i] >= 0) {  // ahead: drop and restore again
-        grpc::ClientContext context;
-        context.set_deadline(DeadlineIn(call_timeout));
         DropJobRequest drop;
         drop.set_job_id(job_id);
         DropJobResponse dropped;
-        PSD_RETURN_IF_ERROR(
-            FromGrpcStatus(stubs[i]->DropJob(&context, drop, &dropped)));
+        PSD_RETURN_IF_ERROR(FromGrpcStatus(
+            CallServer(stubs[i].get(), &ParameterServer::Stub::DropJob, drop,
+                       &dropped, call_timeout)));
       }
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(call_timeout));
       RestoreJobRequest request;
       request.set_job_id(job_id);
       request.set_max_step(max_step);
       request.set_view_epoch(assignment.view_epoch());
       RestoreJobResponse response;
-      grpc::Status status = stubs[i]->RestoreJob(&context, request, &response);
+      grpc::Status status =
+          CallServer(stubs[i].get(), &ParameterServer::Stub::RestoreJob,
+                     request, &response, call_timeout);
       if (!status.ok()) {
         return absl::Status(
             static_cast<absl::StatusCode>(status.error_code()),
@@ -657,11 +666,10 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
   for (int64_t margin : {10, 50, 200}) {
     int64_t highest = 0;
     for (auto& stub : stubs) {
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(timeout));
       ServerStatus status;
       PSD_RETURN_IF_ERROR(FromGrpcStatus(
-          stub->GetServerStatus(&context, GetServerStatusRequest(), &status)));
+          CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
+                     GetServerStatusRequest(), &status, timeout)));
       for (const ServerJobStatus& job : status.jobs()) {
         if (job.job_id() == job_id) highest = std::max(highest, job.step());
       }
@@ -674,13 +682,13 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
     }
     last = absl::OkStatus();
     for (size_t i = 0; i < stubs.size() && last.ok(); ++i) {
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(timeout));
       SnapshotJobRequest request;
       request.set_job_id(job_id);
       request.set_step(step);
       SnapshotJobResponse response;
-      grpc::Status status = stubs[i]->SnapshotJob(&context, request, &response);
+      grpc::Status status =
+          CallServer(stubs[i].get(), &ParameterServer::Stub::SnapshotJob,
+                     request, &response, timeout);
       if (!status.ok()) {
         last = absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                             absl::StrCat("server ", assignment.servers(i).id(),
@@ -772,15 +780,14 @@ void CoordinatorState::RunDrops() {
   for (const PendingDrop& drop : drops) {
     for (const ServerInfo& server : drop.assignment.servers()) {
       auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(
-          std::chrono::milliseconds(options_.server_call_timeout_ms)));
       DropJobRequest request;
       request.set_job_id(drop.assignment.job_id());
       request.set_keep_parameters(drop.keep_parameters);
       request.set_delete_snapshots(drop.delete_snapshots);
       DropJobResponse response;
-      grpc::Status status = stub->DropJob(&context, request, &response);
+      grpc::Status status = CallServer(
+          stub.get(), &ParameterServer::Stub::DropJob, request, &response,
+          std::chrono::milliseconds(options_.server_call_timeout_ms));
       if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
         Log()->warn("job {}: DropJob on {} failed: {}",
                     drop.assignment.job_id(), server.id(),
@@ -906,11 +913,10 @@ void CoordinatorState::StartPendingJobs() {
     CreateJobRequest request = create;
     request.add_shards(static_cast<int32_t>(shard));
     auto stub = ParameterServer::NewStub(MakeChannel(servers[shard].address()));
-    grpc::ClientContext context;
-    context.set_deadline(
-        DeadlineIn(std::chrono::milliseconds(options_.server_call_timeout_ms)));
     CreateJobResponse response;
-    grpc::Status status = stub->CreateJob(&context, request, &response);
+    grpc::Status status = CallServer(
+        stub.get(), &ParameterServer::Stub::CreateJob, request, &response,
+        std::chrono::milliseconds(options_.server_call_timeout_ms));
     if (!status.ok()) {
       error = absl::StrCat("creating shard ", shard, " on server ",
                            servers[shard].id(), " (", servers[shard].address(),
