@@ -150,8 +150,10 @@ int main(int argc, char** argv) {
       "The psd coordinator.\n"
       "  psd_coordinator [--listen=127.0.0.1:0] [--port_file=FILE]\n"
       "Serves psd.v1.Coordinator (membership, cluster view) and\n"
-      "psd.v1.JobService (SubmitJob, GetJob, ListJobs, CancelJob) plus gRPC\n"
-      "health and reflection, and Prometheus metrics with --metrics_listen.\n"
+      "psd.v1.JobService (submit, get, list, watch, cancel, delete and\n"
+      "snapshot jobs) plus gRPC health and reflection, and Prometheus\n"
+      "metrics with --metrics_listen. With --data_dir, jobs survive a\n"
+      "restart.\n"
       "SIGINT/SIGTERM shut it down gracefully.");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
