@@ -2,6 +2,16 @@
 
 namespace psd {
 
+int OptimizerSlots(const OptimizerSpec& spec) {
+  return spec.momentum() != 0.0f ? 1 : 0;
+}
+
+void ApplyOptimizer(const OptimizerSpec& spec, int64_t /*step*/,
+                    const float* grad, int64_t n, float* weights,
+                    float* slots) {
+  ApplySgd(spec, grad, n, weights, slots);
+}
+
 void ApplySgd(const OptimizerSpec& spec, const float* grad, int64_t n,
               float* weights, float* velocity) {
   const float lr = spec.learning_rate();

@@ -21,7 +21,8 @@ namespace psd {
 struct PartitionState {
   int64_t num_elements = 0;
   std::vector<float> weights;
-  std::vector<float> velocity;  // momentum slot; empty when momentum == 0
+  // Optimizer slots: OptimizerSlots(config.optimizer()) * num_elements.
+  std::vector<float> slots;
   // Updates applied so far.
   int64_t step = 0;
   // Gradients of `step` received so far, by rank; buffers reused each step.
@@ -138,9 +139,8 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
       state.weights.assign(it->second.begin() + part.offset(),
                            it->second.begin() + part.offset() +
                                part.num_elements());
-      if (config.optimizer().momentum() != 0.0f) {
-        state.velocity.assign(part.num_elements(), 0.0f);
-      }
+      state.slots.assign(
+          OptimizerSlots(config.optimizer()) * part.num_elements(), 0.0f);
       state.pending.assign(config.workers(),
                            std::vector<float>(part.num_elements()));
       state.received.assign(config.workers(), false);
@@ -160,8 +160,9 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
       response.set_num_partitions(response.num_partitions() + 1);
       response.set_state_bytes(
           response.state_bytes() +
-          static_cast<int64_t>(sizeof(float)) * state.num_elements *
-              (3 + job->config.workers() + (state.velocity.empty() ? 0 : 1)));
+          static_cast<int64_t>(sizeof(float)) *
+              (state.num_elements * (3 + job->config.workers()) +
+               static_cast<int64_t>(state.slots.size())));
     }
   }
   absl::MutexLock lock(&mu_);
@@ -196,7 +197,7 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
     if (keep_parameters) {
       job->finished = true;
       for (auto& [id, state] : job->partitions) {
-        std::vector<float>().swap(state.velocity);
+        std::vector<float>().swap(state.slots);
         std::vector<float>().swap(state.sum);
         std::vector<std::vector<float>>().swap(state.pending);
         state.received.assign(state.received.size(), false);
@@ -236,7 +237,7 @@ ServerStatus ParameterStore::Status() {
     int64_t floats = 0;
     int64_t step = job->partitions.empty() ? 0 : INT64_MAX;
     for (const auto& [id, state] : job->partitions) {
-      floats += state.weights.size() + state.velocity.size() + state.sum.size();
+      floats += state.weights.size() + state.slots.size() + state.sum.size();
       for (const auto& p : state.pending) floats += p.size();
       step = std::min(step, state.step);
     }
@@ -338,8 +339,9 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         }
         const float scale = 1.0f / static_cast<float>(job->config.workers());
         for (float& v : state.sum) v *= scale;
-        ApplySgd(job->config.optimizer(), state.sum.data(), state.num_elements,
-                 state.weights.data(), state.velocity.data());
+        ApplyOptimizer(job->config.optimizer(), state.step, state.sum.data(),
+                       state.num_elements, state.weights.data(),
+                       state.slots.data());
         state.step++;
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
@@ -382,7 +384,7 @@ void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
   PartitionSnapshot part;
   part.id = partition_id;
   part.weights = state.weights;
-  part.velocity = state.velocity;
+  part.slots = state.slots;
   capture.partitions.push_back(std::move(part));
   if (capture.partitions.size() == job->partitions.size()) {
     std::sort(capture.partitions.begin(), capture.partitions.end(),
@@ -455,13 +457,13 @@ absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
       auto it = (*job)->partitions.find(part.id);
       if (it == (*job)->partitions.end() ||
           part.weights.size() != it->second.weights.size() ||
-          part.velocity.size() != it->second.velocity.size()) {
+          part.slots.size() != it->second.slots.size()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "snapshot of ", m.job_id(), " at step ", m.step(), ": partition ",
             part.id, " does not match the placement"));
       }
       it->second.weights = part.weights;
-      it->second.velocity = part.velocity;
+      it->second.slots = part.slots;
       it->second.step = m.step();
     }
   }

@@ -115,7 +115,7 @@ struct RecordHeader {
   uint32_t magic;
   int32_t id;
   uint64_t num_weights;
-  uint64_t num_velocity;
+  uint64_t num_slot_elements;
 };
 static_assert(sizeof(RecordHeader) == kRecordHeaderBytes, "packed header");
 
@@ -268,10 +268,12 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
           pwhat, ": ", p.weights.size(), " weights, but the placement has ",
           found->second, " elements"));
     }
-    if (!p.velocity.empty() && p.velocity.size() != p.weights.size()) {
+    if (p.weights.empty() ? !p.slots.empty()
+                          : p.slots.size() % p.weights.size() != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          pwhat, ": velocity has ", p.velocity.size(), " elements, weights ",
-          p.weights.size(), " (must be empty or equal)"));
+          pwhat, ": optimizer slots have ", p.slots.size(),
+          " elements, not a multiple of the weights' ",
+          p.weights.size()));
     }
   }
 
@@ -280,7 +282,7 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
   size_t reserve = 0;
   for (const PartitionSnapshot& p : snapshot.partitions) {
     reserve += 64 + kRecordHeaderBytes +
-               sizeof(float) * (p.weights.size() + p.velocity.size());
+               sizeof(float) * (p.weights.size() + p.slots.size());
   }
   rocksdb::WriteBatch batch(reserve + m.ByteSizeLong() + 4096);
 
@@ -321,18 +323,18 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
     h.magic = kRecordMagic;
     h.id = p.id;
     h.num_weights = p.weights.size();
-    h.num_velocity = p.velocity.size();
+    h.num_slot_elements = p.slots.size();
     const size_t wbytes = sizeof(float) * p.weights.size();
-    const size_t vbytes = sizeof(float) * p.velocity.size();
+    const size_t vbytes = sizeof(float) * p.slots.size();
     uint32_t crc = Crc32(0, &h, sizeof(h));
     crc = Crc32(crc, p.weights.data(), wbytes);
-    crc = Crc32(crc, p.velocity.data(), vbytes);
+    crc = Crc32(crc, p.slots.data(), vbytes);
     const std::string key = SnapshotPartitionKey(job_id, step, p.id);
     rocksdb::Slice key_slice(key);
     rocksdb::Slice parts[3] = {
         rocksdb::Slice(reinterpret_cast<const char*>(&h), sizeof(h)),
         rocksdb::Slice(reinterpret_cast<const char*>(p.weights.data()), wbytes),
-        rocksdb::Slice(reinterpret_cast<const char*>(p.velocity.data()),
+        rocksdb::Slice(reinterpret_cast<const char*>(p.slots.data()),
                        vbytes)};
     PSD_RETURN_IF_ERROR(FromRocks(batch.Put(rocksdb::SliceParts(&key_slice, 1),
                                             rocksdb::SliceParts(parts, 3)),
@@ -520,28 +522,29 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
                        " (magic ", Hex32(h.magic), ")"));
     }
     if (static_cast<int64_t>(h.num_weights) != expected->second ||
-        (h.num_velocity != 0 && h.num_velocity != h.num_weights)) {
+        (h.num_weights == 0 ? h.num_slot_elements != 0
+                          : h.num_slot_elements % h.num_weights != 0)) {
       return absl::DataLossError(
           absl::StrCat(pwhat, ": record has ", h.num_weights, " weights and ",
-                       h.num_velocity, " velocity elements; the placement has ",
+                       h.num_slot_elements, " optimizer-slot elements; the placement has ",
                        expected->second, " elements"));
     }
     if (v.size() !=
-        kRecordHeaderBytes + sizeof(float) * (h.num_weights + h.num_velocity)) {
+        kRecordHeaderBytes + sizeof(float) * (h.num_weights + h.num_slot_elements)) {
       return absl::DataLossError(absl::StrCat(
           pwhat, ": record is ", v.size(), " bytes, its header says ",
           kRecordHeaderBytes +
-              sizeof(float) * (h.num_weights + h.num_velocity)));
+              sizeof(float) * (h.num_weights + h.num_slot_elements)));
     }
     PartitionSnapshot p;
     p.id = id;
     p.weights.resize(h.num_weights);
-    p.velocity.resize(h.num_velocity);
+    p.slots.resize(h.num_slot_elements);
     std::memcpy(p.weights.data(), v.data() + kRecordHeaderBytes,
                 sizeof(float) * h.num_weights);
-    std::memcpy(p.velocity.data(),
+    std::memcpy(p.slots.data(),
                 v.data() + kRecordHeaderBytes + sizeof(float) * h.num_weights,
-                sizeof(float) * h.num_velocity);
+                sizeof(float) * h.num_slot_elements);
     out.partitions.push_back(std::move(p));
   }
   return out;

@@ -24,8 +24,9 @@ struct PartitionSnapshot {
   int32_t id = 0;
   // float32 weights: exactly the partition's num_elements.
   std::vector<float> weights;
-  // The momentum slot: empty (momentum 0, no slot), or weights.size().
-  std::vector<float> velocity;
+  // The optimizer slots (OptimizerSlots() of them, in server/optimizer.h),
+  // one after the other: k * weights.size() floats, k >= 0.
+  std::vector<float> slots;
 };
 
 // One server's whole state of one job at one step boundary.
@@ -57,8 +58,8 @@ struct SnapshotStoreOptions {
 //   meta/server_uid       ServerUid(), 16 lower-case hex digits
 // A partition record is a 24-byte header, all little-endian: fixed32 magic
 // 0x50445350 ("PSDP"), int32 partition id, uint64 number of weights W,
-// uint64 number of velocity elements V (0 or W); then W float32 weights and
-// V float32 velocity elements. Its CRC-32 (zlib crc32) covers the whole
+// uint64 number of optimizer-slot elements V (a multiple of W); then W float32
+// weights and V float32 slot elements. Its CRC-32 (zlib crc32) covers the whole
 // record. Manifests sort before partitions, so listing reads manifests only.
 //
 // Timelines: writing a snapshot at step s also deletes the job's snapshots
@@ -91,8 +92,8 @@ class SnapshotStore {
   // steps > manifest.step (see Timelines) and the oldest beyond keep_last.
   // REQUIRES: manifest.job_id non-empty, without '/' or NUL;
   // manifest.step >= 0; partition ids distinct, each in manifest.placement
-  // with weights.size() == its num_elements; velocity empty or the same
-  // size as weights. Errors: INVALID_ARGUMENT (a requirement broken; nothing
+  // with weights.size() == its num_elements; slots a multiple
+  // of weights in size. Errors: INVALID_ARGUMENT (a requirement broken; nothing
   // written), and RocksDB's failure naming the job and step:
   // RESOURCE_EXHAUSTED (disk full), UNAVAILABLE (other I/O errors; a later
   // Write tries again), FAILED_PRECONDITION, DATA_LOSS. A failed Write leaves
@@ -112,8 +113,8 @@ class SnapshotStore {
   // Reads and verifies one snapshot: the manifest's checksum, that it
   // parses and names this job and step; every partition record present,
   // its checksum equal to the manifest's, its id, and its sizes consistent
-  // with the placement (weights == num_elements, velocity empty or the
-  // same). Errors: NOT_FOUND (no such snapshot), DATA_LOSS naming the job,
+  // with the placement (weights == num_elements, slots a
+  // multiple of it). Errors: NOT_FOUND (no such snapshot), DATA_LOSS naming the job,
   // step, partition and what is wrong, e.g. "snapshot j-1 step 200
   // partition 3: checksum mismatch (stored 0x1234abcd, computed
   // 0x89ab0123)" (RocksDB's own block checksum failures are DATA_LOSS too),

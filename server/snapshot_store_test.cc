@@ -46,14 +46,14 @@ std::unique_ptr<SnapshotStore> OpenStore(const std::string& dir,
 // shard 0 (the placement need not come from BuildPlacement here).
 ShardSnapshot MakeSnapshot(const std::string& job_id, int64_t step,
                            int num_partitions, int elements,
-                           bool with_velocity) {
+                           bool with_slots) {
   ShardSnapshot s;
   SnapshotManifest& m = s.manifest;
   m.set_job_id(job_id);
   m.set_step(step);
   m.set_view_epoch(7);
   m.mutable_config()->set_name("mlp");
-  m.mutable_config()->mutable_optimizer()->set_momentum(with_velocity ? 0.9f
+  m.mutable_config()->mutable_optimizer()->set_momentum(with_slots ? 0.9f
                                                                       : 0.0f);
   m.add_shards(0);
   Placement* placement = m.mutable_placement();
@@ -79,8 +79,8 @@ ShardSnapshot MakeSnapshot(const std::string& job_id, int64_t step,
     PartitionSnapshot ps;
     ps.id = i;
     for (int e = 0; e < elements; ++e) ps.weights.push_back(next());
-    if (with_velocity) {
-      for (int e = 0; e < elements; ++e) ps.velocity.push_back(next());
+    if (with_slots) {
+      for (int e = 0; e < elements; ++e) ps.slots.push_back(next());
     }
     s.partitions.push_back(std::move(ps));
   }
@@ -98,7 +98,7 @@ bool SameData(const ShardSnapshot& a, const ShardSnapshot& b) {
   for (size_t i = 0; i < a.partitions.size(); ++i) {
     if (a.partitions[i].id != b.partitions[i].id ||
         !SameBits(a.partitions[i].weights, b.partitions[i].weights) ||
-        !SameBits(a.partitions[i].velocity, b.partitions[i].velocity)) {
+        !SameBits(a.partitions[i].slots, b.partitions[i].slots)) {
       return false;
     }
   }
@@ -164,14 +164,14 @@ TEST_CASE("SnapshotStore: a snapshot reads back bit-exact with its manifest",
   CHECK(m.total_bytes() == 4 * (24 + 2 * 4 * 1000));
   CHECK(m.created_unix_ms() > 1600000000000);
 
-  SECTION("without momentum the velocity stays empty") {
+  SECTION("without momentum the slots stay empty") {
     ShardSnapshot plain = MakeSnapshot("j-2", 5, 2, 300, false);
     REQUIRE(store->Write(plain).ok());
     auto r = store->Read("j-2", 5);
     REQUIRE(r.ok());
     CHECK(SameData(*r, plain));
     for (const PartitionSnapshot& p : r->partitions) {
-      CHECK(p.velocity.empty());
+      CHECK(p.slots.empty());
       CHECK(p.weights.size() == 300);
     }
   }
@@ -210,9 +210,9 @@ TEST_CASE("SnapshotStore: Write refuses bad snapshots and keeps the old ones",
 
   ShardSnapshot bad = MakeSnapshot("j-1", 20, 2, 8, true);
   std::string expect;
-  SECTION("velocity size mismatch") {
-    bad.partitions[1].velocity.pop_back();
-    expect = "partition 1: velocity has 7 elements";
+  SECTION("optimizer slots not a multiple of the weights") {
+    bad.partitions[1].slots.pop_back();
+    expect = "partition 1: optimizer slots have 7 elements";
   }
   SECTION("no job id") {
     bad.manifest.set_job_id("");

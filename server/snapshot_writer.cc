@@ -89,7 +89,7 @@ void SnapshotWriter::Run() {
     const SnapshotManifest manifest = snapshot.manifest;
     uint64_t bytes = 0;
     for (const PartitionSnapshot& p : snapshot.partitions) {
-      bytes += (p.weights.size() + p.velocity.size()) * sizeof(float);
+      bytes += (p.weights.size() + p.slots.size()) * sizeof(float);
     }
     const absl::Time start = absl::Now();
     absl::Status written = store_->Write(std::move(snapshot));
