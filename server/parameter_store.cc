@@ -29,8 +29,42 @@ struct PartitionState {
   std::vector<std::vector<float>> pending;
   std::vector<bool> received;
   int32_t received_count = 0;
-  // Sum of pending gradients (reused buffer).
+  // Sum of pending gradients (reused buffer); the averaged gradient while
+  // the step is being replicated.
   std::vector<float> sum;
+  // The shard this partition is placed on.
+  int32_t shard = 0;
+  // Primary: the step's averaged gradient is with the backups; `awaiting`
+  // are those that have not acknowledged it yet.
+  bool replicating = false;
+  std::set<std::string> awaiting;
+  // Joining backup: the state transfer has not arrived yet.
+  bool installing = false;
+  // The weights before the last update (after previous_step updates), so a
+  // pull of that step can still be answered; previous_step -1: none.
+  std::vector<float> previous;
+  int64_t previous_step = -1;
+};
+
+// The role of a server for one shard of a job, from the coordinator's view.
+enum class Role { kPrimary, kBackup, kJoining, kNone };
+
+static const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kPrimary: return "PRIMARY";
+    case Role::kBackup: return "BACKUP";
+    case Role::kJoining: return "JOINING";
+    case Role::kNone: return "NONE";
+  }
+  return "?";
+}
+
+struct ShardRole {
+  Role role = Role::kPrimary;
+  // Primary: addresses of the view's backups, and of backups still joining
+  // (state transfer under way or done, not yet in the view).
+  std::vector<std::string> backups;
+  std::set<std::string> joiners;
 };
 
 namespace {
@@ -58,11 +92,13 @@ struct ParameterStore::Job {
   std::string id;
   JobConfig config;
   std::string config_bytes;  // serialized config, to compare re-creates
-  int64_t view_epoch = 0;
   Placement placement;
-  std::vector<int32_t> shards;
 
   absl::Mutex mu;
+  int64_t view_epoch ABSL_GUARDED_BY(mu) = 0;
+  // Shards held, ascending, and this server's role for each.
+  std::vector<int32_t> shards ABSL_GUARDED_BY(mu);
+  std::map<int32_t, ShardRole> roles ABSL_GUARDED_BY(mu);
   // Snapshots being captured, by step: filled partition by partition as
   // each reaches the step, handed to the sink when complete.
   std::map<int64_t, ShardSnapshot> captures ABSL_GUARDED_BY(mu);
@@ -75,6 +111,39 @@ struct ParameterStore::Job {
   // Pulls waiting for a step, by pull id.
   std::map<uint64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
 };
+
+namespace {
+
+// A push's or pull's view epoch against the server's.
+absl::Status CheckEpoch(const ParameterStore::Job& job, int64_t epoch,
+                        const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  if (epoch < job.view_epoch) {
+    return absl::AbortedError(absl::StrCat(
+        "view_epoch: ", what, " is for epoch ", epoch,
+        ", this server is in epoch ", job.view_epoch,
+        " (the view changed: refresh it)"));
+  }
+  if (epoch > job.view_epoch) {
+    return absl::UnavailableError(absl::StrCat(
+        "view_epoch: ", what, " is for epoch ", epoch,
+        ", this server is still in epoch ", job.view_epoch, "; retry"));
+  }
+  return absl::OkStatus();
+}
+
+// Pushes and pulls go to a shard's primary only.
+absl::Status CheckPrimary(const ParameterStore::Job& job,
+                          const PartitionState& state, int32_t partition_id)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  const Role role = job.roles.at(state.shard).role;
+  if (role == Role::kPrimary) return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat(
+      "partition ", partition_id, " (shard ", state.shard,
+      "): this server is its ", RoleName(role), " in view epoch ",
+      job.view_epoch, ", not its primary (refresh the view)"));
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
     const std::string& job_id) {
@@ -105,11 +174,15 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   job->id = request.job_id();
   job->config = config;
   job->config_bytes = config.SerializeAsString();
-  job->view_epoch = request.view_epoch();
   job->placement = placement;
-  job->shards.assign(shards.begin(), shards.end());
   {
     absl::MutexLock lock(&job->mu);
+    job->view_epoch = request.view_epoch();
+    job->shards.assign(shards.begin(), shards.end());
+    for (int32_t shard : shards) {
+      job->roles[shard].role =
+          request.joining() ? Role::kJoining : Role::kPrimary;
+    }
     std::map<int32_t, std::vector<float>> initial;  // by parameter index
     for (const Partition& part : placement.partitions()) {
       if (!shards.count(part.shard())) continue;
@@ -136,6 +209,8 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
       }
       PartitionState& state = job->partitions[part.id()];
       state.num_elements = part.num_elements();
+      state.shard = part.shard();
+      state.installing = request.joining();
       state.weights.assign(it->second.begin() + part.offset(),
                            it->second.begin() + part.offset() +
                                part.num_elements());
@@ -165,16 +240,42 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
                static_cast<int64_t>(state.slots.size())));
     }
   }
-  absl::MutexLock lock(&mu_);
-  auto existing = jobs_.find(job->id);
-  if (existing != jobs_.end()) {
-    if (existing->second->config_bytes != job->config_bytes) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "job_id: job \"", job->id, "\" exists with another config"));
+  std::shared_ptr<Job> held;
+  {
+    absl::MutexLock lock(&mu_);
+    auto existing = jobs_.find(job->id);
+    if (existing == jobs_.end()) {
+      jobs_[job->id] = std::move(job);
+      return response;
     }
-    return response;  // a retried CreateJob: keep the state we have
+    held = existing->second;
   }
-  jobs_[job->id] = std::move(job);
+  if (held->config_bytes != job->config_bytes) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "job_id: job \"", job->id, "\" exists with another config"));
+  }
+  // The job is held already: add the shards it lacks (a backup joining),
+  // and take over as joining the shards the view left it no role in. Shards
+  // held in a role keep their state (a retried CreateJob).
+  absl::MutexLock held_lock(&held->mu);
+  absl::MutexLock lock(&job->mu);
+  if (held->finished || held->dropped) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job_id: job \"", job->id, "\" has finished on this server"));
+  }
+  for (int32_t shard : job->shards) {
+    auto role = held->roles.find(shard);
+    const bool take = role == held->roles.end() ||
+                      (request.joining() && (role->second.role == Role::kNone ||
+                                             role->second.role == Role::kJoining));
+    if (!take) continue;
+    held->roles[shard] = job->roles[shard];
+    for (auto& [id, state] : job->partitions) {
+      if (state.shard == shard) held->partitions[id] = std::move(state);
+    }
+    if (role == held->roles.end()) held->shards.push_back(shard);
+  }
+  std::sort(held->shards.begin(), held->shards.end());
   return response;
 }
 
@@ -200,6 +301,10 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
         std::vector<float>().swap(state.slots);
         std::vector<float>().swap(state.sum);
         std::vector<std::vector<float>>().swap(state.pending);
+        std::vector<float>().swap(state.previous);
+        state.previous_step = -1;
+        state.replicating = false;
+        state.awaiting.clear();
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
       }
@@ -237,23 +342,33 @@ ServerStatus ParameterStore::Status() {
     int64_t floats = 0;
     int64_t step = job->partitions.empty() ? 0 : INT64_MAX;
     for (const auto& [id, state] : job->partitions) {
-      floats += state.weights.size() + state.slots.size() + state.sum.size();
+      floats += state.weights.size() + state.slots.size() + state.sum.size() +
+                state.previous.size();
       for (const auto& p : state.pending) floats += p.size();
       step = std::min(step, state.step);
     }
     out->set_state_bytes(floats * static_cast<int64_t>(sizeof(float)));
     out->set_step(step);
+    out->set_view_epoch(job->view_epoch);
+    for (int32_t shard : job->shards) {
+      ShardStatus* s = out->add_shards();
+      s->set_shard(shard);
+      s->set_role(RoleName(job->roles[shard].role));
+      int64_t lo = INT64_MAX, hi = 0;
+      for (const auto& [id, state] : job->partitions) {
+        if (state.shard != shard) continue;
+        lo = std::min(lo, state.step);
+        hi = std::max(hi, state.step);
+      }
+      s->set_min_step(lo == INT64_MAX ? 0 : lo);
+      s->set_max_step(hi);
+    }
   }
   return status;
 }
 
 absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
-  if (request.view_epoch() != job->view_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "view_epoch: push is for epoch ", request.view_epoch(),
-        ", this server is in epoch ", job->view_epoch));
-  }
   const int32_t rank = request.worker_rank();
   if (rank < 0 || rank >= job->config.workers()) {
     return absl::InvalidArgumentError(
@@ -279,6 +394,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
 
   Completions completions;
   std::vector<ShardSnapshot> snapshots;
+  std::vector<ReplicationTask> tasks;
   PushResponse response;
   {
   absl::MutexLock lock(&job->mu);
@@ -290,6 +406,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job_id: job \"", job->id, "\" has finished; it takes no more pushes"));
   }
+  PSD_RETURN_IF_ERROR(CheckEpoch(*job, request.view_epoch(), "push"));
   // Validate the whole request before taking any of it.
   std::set<int32_t> seen;
   bool all_duplicate = true;
@@ -308,6 +425,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
                        g.partition_id(), " appears twice"));
     }
     const PartitionState& state = it->second;
+    PSD_RETURN_IF_ERROR(CheckPrimary(*job, state, g.partition_id()));
     PSD_RETURN_IF_ERROR(CheckFloat32(
         g.tensor(), state.num_elements,
         absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")")));
@@ -339,14 +457,28 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         }
         const float scale = 1.0f / static_cast<float>(job->config.workers());
         for (float& v : state.sum) v *= scale;
-        ApplyOptimizer(job->config.optimizer(), state.step, state.sum.data(),
-                       state.num_elements, state.weights.data(),
-                       state.slots.data());
-        state.step++;
-        state.received.assign(state.received.size(), false);
-        state.received_count = 0;
-        advanced = true;
-        CaptureIfDue(job.get(), g.partition_id(), state, &snapshots);
+        const ShardRole& role = job->roles[state.shard];
+        std::set<std::string> targets(role.backups.begin(), role.backups.end());
+        targets.insert(role.joiners.begin(), role.joiners.end());
+        if (targets.empty()) {
+          ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
+          advanced = true;
+        } else {
+          // Applied once every backup has it (OnReplicated).
+          state.replicating = true;
+          state.awaiting = targets;
+          auto replicate = std::make_shared<ReplicateRequest>();
+          replicate->set_job_id(job->id);
+          replicate->set_view_epoch(job->view_epoch);
+          replicate->set_step(state.step);
+          PartitionTensor* out = replicate->add_gradients();
+          out->set_partition_id(g.partition_id());
+          EncodeFloat32(state.sum.data(), state.num_elements,
+                        out->mutable_tensor());
+          for (const std::string& target : targets) {
+            tasks.push_back(ReplicationTask{target, replicate});
+          }
+        }
       }
     }
     applied_step = std::min(applied_step, state.step);
@@ -355,11 +487,38 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   response.set_duplicate(all_duplicate && request.gradients_size() > 0);
   response.set_applied_step(applied_step == INT64_MAX ? 0 : applied_step);
   }
-  RunCompletions(&completions);
-  for (ShardSnapshot& snapshot : snapshots) {
+  Settle(&completions, &snapshots, &tasks);
+  return response;
+}
+
+void ParameterStore::Settle(std::vector<std::pair<PullDone, absl::Status>>* completions,
+                            std::vector<ShardSnapshot>* snapshots,
+                            std::vector<ReplicationTask>* tasks) {
+  RunCompletions(completions);
+  for (ShardSnapshot& snapshot : *snapshots) {
     options_.snapshot_sink(std::move(snapshot));
   }
-  return response;
+  snapshots->clear();
+  if (options_.replicate) {
+    for (ReplicationTask& task : *tasks) options_.replicate(std::move(task));
+  }
+  tasks->clear();
+}
+
+void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
+                               PartitionState* state,
+                               std::vector<ShardSnapshot>* snapshots) {
+  state->previous = state->weights;
+  state->previous_step = state->step;
+  ApplyOptimizer(job->config.optimizer(), state->step, state->sum.data(),
+                 state->num_elements, state->weights.data(),
+                 state->slots.data());
+  state->step++;
+  state->received.assign(state->received.size(), false);
+  state->received_count = 0;
+  state->replicating = false;
+  state->awaiting.clear();
+  CaptureIfDue(job, partition_id, *state, snapshots);
 }
 
 void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
@@ -494,12 +653,18 @@ static absl::StatusOr<bool> TryAnswer(const ParameterStore::Job& job,
           absl::StrCat("partition_ids[", i, "]: partition ",
                        request.partition_ids(i), " is not held by this server"));
     }
-    if (!request.latest() && it->second.step > request.step()) {
+    if (request.latest()) {
+      lowest = std::min(lowest, it->second.step);
+      continue;
+    }
+    PSD_RETURN_IF_ERROR(CheckPrimary(job, it->second, it->first));
+    const bool previous = it->second.previous_step == request.step();
+    if (it->second.step > request.step() && !previous) {
       return absl::FailedPreconditionError(absl::StrCat(
           "step: ", request.step(), " is no longer held: partition ",
           it->first, " is at step ", it->second.step));
     }
-    lowest = std::min(lowest, it->second.step);
+    lowest = std::min(lowest, previous ? request.step() : it->second.step);
   }
   if (!request.latest() && lowest != INT64_MAX && lowest < request.step()) {
     if (job.finished) {
@@ -514,7 +679,11 @@ static absl::StatusOr<bool> TryAnswer(const ParameterStore::Job& job,
     const PartitionState& state = job.partitions.at(id);
     PartitionTensor* out = response->add_parameters();
     out->set_partition_id(id);
-    EncodeFloat32(state.weights.data(), state.num_elements, out->mutable_tensor());
+    // A pull of the step before the partition's (a replacement worker
+    // recomputing it) gets the previous weights.
+    const bool previous = !request.latest() && state.step > request.step();
+    EncodeFloat32(previous ? state.previous.data() : state.weights.data(),
+                  state.num_elements, out->mutable_tensor());
   }
   response->set_step(lowest == INT64_MAX ? request.step() : lowest);
   return true;
@@ -538,15 +707,17 @@ void ParameterStore::PullAsync(uint64_t pull_id, const PullRequest& request,
                                PullResponse* response, PullDone done) {
   absl::StatusOr<std::shared_ptr<Job>> job = FindJob(request.job_id());
   if (!job.ok()) return done(job.status());
-  if (!request.latest() && request.view_epoch() != (*job)->view_epoch) {
-    return done(absl::FailedPreconditionError(absl::StrCat(
-        "view_epoch: pull is for epoch ", request.view_epoch(),
-        ", this server is in epoch ", (*job)->view_epoch)));
-  }
   absl::StatusOr<bool> answered;
   {
     absl::MutexLock lock(&(*job)->mu);
-    answered = TryAnswer(**job, request, response);
+    absl::Status epoch = request.latest()
+                             ? absl::OkStatus()
+                             : CheckEpoch(**job, request.view_epoch(), "pull");
+    if (!epoch.ok()) {
+      answered = epoch;
+    } else {
+      answered = TryAnswer(**job, request, response);
+    }
     if (answered.ok() && !*answered) {
       (*job)->waiters[pull_id] = Waiter{request, response, std::move(done)};
       return;
@@ -595,6 +766,366 @@ absl::Status ParameterStore::Pull(const PullRequest& request,
     }
   }
   return result;
+}
+
+absl::Status ParameterStore::SetView(const SetViewRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
+  const JobView& view = request.view();
+  std::map<std::string, std::string> address;  // server id -> address
+  for (const ServerInfo& server : view.servers()) {
+    address[server.id()] = server.address();
+  }
+  Completions completions;
+  std::vector<ShardSnapshot> snapshots;
+  std::vector<ReplicationTask> tasks;
+  {
+    absl::MutexLock lock(&job->mu);
+    if (view.epoch() < job->view_epoch) {
+      return absl::AbortedError(absl::StrCat(
+          "view.epoch: ", view.epoch(), " is older than this server's ",
+          job->view_epoch));
+    }
+    // Validate first: every shard the view gives this server must be held.
+    std::map<int32_t, ShardRole> roles;
+    for (int32_t shard : job->shards) roles[shard].role = Role::kNone;
+    for (const ShardReplicas& replicas : view.shards()) {
+      const bool primary = replicas.primary() == request.server_id();
+      const bool backup =
+          std::count(replicas.backups().begin(), replicas.backups().end(),
+                     request.server_id()) > 0;
+      if (!primary && !backup) continue;
+      auto it = roles.find(replicas.shard());
+      if (it == roles.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "view.shards: shard ", replicas.shard(), " of job \"", job->id,
+            "\" is not held by this server (", request.server_id(), ")"));
+      }
+      ShardRole& role = it->second;
+      if (primary) {
+        role.role = Role::kPrimary;
+        for (const std::string& id : replicas.backups()) {
+          auto a = address.find(id);
+          if (a == address.end()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "view.servers: no address for backup ", id, " of shard ",
+                replicas.shard()));
+          }
+          role.backups.push_back(a->second);
+        }
+        // Backups still joining stay targets until the view has them.
+        const ShardRole& old = job->roles[replicas.shard()];
+        if (old.role == Role::kPrimary) {
+          for (const std::string& joiner : old.joiners) {
+            if (std::count(role.backups.begin(), role.backups.end(), joiner) == 0) {
+              role.joiners.insert(joiner);
+            }
+          }
+        }
+      } else {
+        role.role = job->roles[replicas.shard()].role == Role::kJoining &&
+                            !AllInstalled(*job, replicas.shard())
+                        ? Role::kJoining
+                        : Role::kBackup;
+      }
+    }
+    job->view_epoch = view.epoch();
+    job->roles = std::move(roles);
+    bool advanced = false;
+    for (auto& [id, state] : job->partitions) {
+      const ShardRole& role = job->roles[state.shard];
+      if (role.role != Role::kPrimary) {
+        // Whatever this server collected as a primary is void: the new
+        // primary gets the workers' pushes again.
+        state.replicating = false;
+        state.awaiting.clear();
+        state.received.assign(state.received.size(), false);
+        state.received_count = 0;
+        continue;
+      }
+      if (!state.replicating) continue;
+      std::set<std::string> targets(role.backups.begin(), role.backups.end());
+      targets.insert(role.joiners.begin(), role.joiners.end());
+      for (auto it = state.awaiting.begin(); it != state.awaiting.end();) {
+        it = targets.count(*it) ? std::next(it) : state.awaiting.erase(it);
+      }
+      if (state.awaiting.empty()) {
+        ApplyStep(job.get(), id, &state, &snapshots);
+        advanced = true;
+      }
+    }
+    if (advanced) AnswerWaiters(job.get(), &completions);
+    // Pulls waiting on a partition this server no longer leads end, so their
+    // workers find the new primary.
+    for (auto it = job->waiters.begin(); it != job->waiters.end();) {
+      bool lost = false;
+      for (int32_t id : it->second.request.partition_ids()) {
+        auto part = job->partitions.find(id);
+        lost |= part != job->partitions.end() &&
+                job->roles[part->second.shard].role != Role::kPrimary;
+      }
+      if (!lost) {
+        ++it;
+        continue;
+      }
+      completions.emplace_back(
+          std::move(it->second.done),
+          absl::AbortedError(absl::StrCat(
+              "view_epoch: the view changed to epoch ", job->view_epoch,
+              " while the pull waited; this server is no longer the primary")));
+      it = job->waiters.erase(it);
+    }
+  }
+  Settle(&completions, &snapshots, &tasks);
+  return absl::OkStatus();
+}
+
+bool ParameterStore::AllInstalled(const Job& job, int32_t shard) {
+  for (const auto& [id, state] : job.partitions) {
+    if (state.shard == shard && state.installing) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
+    const ReplicateRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
+  Completions completions;
+  std::vector<ShardSnapshot> snapshots;
+  std::vector<ReplicationTask> tasks;
+  ReplicateResponse response;
+  {
+    absl::MutexLock lock(&job->mu);
+    if (job->dropped || job->finished) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job_id: job \"", job->id, "\" has finished on this server"));
+    }
+    if (request.view_epoch() < job->view_epoch) {
+      return absl::AbortedError(absl::StrCat(
+          "view_epoch: replication from epoch ", request.view_epoch(),
+          ", this backup is in epoch ", job->view_epoch,
+          ": the sender is no longer the primary (fenced)"));
+    }
+    bool all_duplicate = true;
+    for (int i = 0; i < request.gradients_size(); ++i) {
+      const PartitionTensor& g = request.gradients(i);
+      auto it = job->partitions.find(g.partition_id());
+      if (it == job->partitions.end()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("gradients[", i, "].partition_id: partition ",
+                         g.partition_id(), " is not held by this server"));
+      }
+      const PartitionState& state = it->second;
+      const Role role = job->roles[state.shard].role;
+      if (role == Role::kPrimary && request.view_epoch() == job->view_epoch) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "partition ", g.partition_id(), ": this server is its primary in "
+            "epoch ", job->view_epoch, "; it takes no replication"));
+      }
+      if (role == Role::kNone) {
+        return absl::AbortedError(absl::StrCat(
+            "partition ", g.partition_id(), ": this server has no role for "
+            "shard ", state.shard, " in epoch ", job->view_epoch));
+      }
+      if (state.installing) {
+        return absl::UnavailableError(absl::StrCat(
+            "partition ", g.partition_id(),
+            ": its state transfer has not arrived yet; retry"));
+      }
+      PSD_RETURN_IF_ERROR(CheckFloat32(
+          g.tensor(), state.num_elements,
+          absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")")));
+      if (request.step() > state.step) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "step: replication of step ", request.step(), " to partition ",
+            g.partition_id(), ", which is at step ", state.step,
+            " (a gap: the backup needs a state transfer)"));
+      }
+      all_duplicate &= request.step() < state.step;
+    }
+    // A view newer than ours: its SetView is on its way.
+    job->view_epoch = std::max(job->view_epoch, request.view_epoch());
+    bool advanced = false;
+    for (const PartitionTensor& g : request.gradients()) {
+      PartitionState& state = job->partitions[g.partition_id()];
+      if (request.step() != state.step) continue;
+      const float* data = Float32Data(g.tensor());
+      std::copy(data, data + state.num_elements, state.sum.begin());
+      ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
+      advanced = true;
+    }
+    if (advanced) AnswerWaiters(job.get(), &completions);
+    response.set_duplicate(all_duplicate && request.gradients_size() > 0);
+  }
+  Settle(&completions, &snapshots, &tasks);
+  return response;
+}
+
+absl::Status ParameterStore::InstallPartition(
+    const InstallPartitionRequest& request) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(request.job_id()));
+  absl::MutexLock lock(&job->mu);
+  if (request.view_epoch() < job->view_epoch) {
+    return absl::AbortedError(absl::StrCat(
+        "view_epoch: state transfer from epoch ", request.view_epoch(),
+        ", this server is in epoch ", job->view_epoch, " (fenced)"));
+  }
+  auto it = job->partitions.find(request.partition_id());
+  if (it == job->partitions.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("partition_id: partition ", request.partition_id(),
+                     " is not held by this server"));
+  }
+  PartitionState& state = it->second;
+  const Role role = job->roles[state.shard].role;
+  if (role == Role::kPrimary) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "partition_id: this server is the primary of partition ",
+        request.partition_id(), "; its state is not replaced"));
+  }
+  PSD_RETURN_IF_ERROR(CheckFloat32(request.weights(), state.num_elements,
+                                   "weights"));
+  PSD_RETURN_IF_ERROR(CheckFloat32(
+      request.slots(), static_cast<int64_t>(state.slots.size()), "slots"));
+  if (request.step() < 0) {
+    return absl::InvalidArgumentError("step: must be >= 0");
+  }
+  const float* w = Float32Data(request.weights());
+  state.weights.assign(w, w + state.num_elements);
+  const float* v = Float32Data(request.slots());
+  state.slots.assign(v, v + state.slots.size());
+  state.step = request.step();
+  state.previous_step = -1;
+  state.replicating = false;
+  state.awaiting.clear();
+  state.received.assign(state.received.size(), false);
+  state.received_count = 0;
+  state.installing = false;
+  job->view_epoch = std::max(job->view_epoch, request.view_epoch());
+  return absl::OkStatus();
+}
+
+bool ParameterStore::OnReplicated(const ReplicationTask& task,
+                                  const absl::Status& status) {
+  const ReplicateRequest& request = *task.request;
+  absl::StatusOr<std::shared_ptr<Job>> found = FindJob(request.job_id());
+  if (!found.ok()) return false;
+  Job* job = found->get();
+  Completions completions;
+  std::vector<ShardSnapshot> snapshots;
+  std::vector<ReplicationTask> tasks;
+  {
+    absl::MutexLock lock(&job->mu);
+    bool retry = false;
+    bool advanced = false;
+    for (const PartitionTensor& g : request.gradients()) {
+      auto it = job->partitions.find(g.partition_id());
+      if (it == job->partitions.end()) continue;
+      PartitionState& state = it->second;
+      if (!state.replicating || state.step != request.step() ||
+          !state.awaiting.count(task.address)) {
+        continue;  // settled: applied, or the view dropped the backup
+      }
+      if (!status.ok()) {
+        retry = true;
+        continue;
+      }
+      state.awaiting.erase(task.address);
+      if (state.awaiting.empty()) {
+        ApplyStep(job, g.partition_id(), &state, &snapshots);
+        advanced = true;
+      }
+    }
+    if (advanced) AnswerWaiters(job, &completions);
+    if (retry) return true;
+  }
+  Settle(&completions, &snapshots, &tasks);
+  return false;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParameterStore::AddJoiner(
+    const std::string& job_id, int32_t shard, const std::string& address) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
+  std::vector<ReplicationTask> tasks;
+  std::vector<int32_t> ids;
+  {
+    absl::MutexLock lock(&job->mu);
+    auto role = job->roles.find(shard);
+    if (role == job->roles.end() || role->second.role != Role::kPrimary) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shard: this server is not the primary of shard ", shard, " of job \"",
+          job_id, "\" in epoch ", job->view_epoch));
+    }
+    role->second.joiners.insert(address);
+    for (auto& [id, state] : job->partitions) {
+      if (state.shard != shard) continue;
+      ids.push_back(id);
+      if (!state.replicating || state.awaiting.count(address)) continue;
+      // The step in flight goes to the joiner too, after its state (at this
+      // step) is installed there.
+      state.awaiting.insert(address);
+      auto replicate = std::make_shared<ReplicateRequest>();
+      replicate->set_job_id(job->id);
+      replicate->set_view_epoch(job->view_epoch);
+      replicate->set_step(state.step);
+      PartitionTensor* out = replicate->add_gradients();
+      out->set_partition_id(id);
+      EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
+      tasks.push_back(ReplicationTask{address, std::move(replicate)});
+    }
+  }
+  Completions completions;
+  std::vector<ShardSnapshot> snapshots;
+  Settle(&completions, &snapshots, &tasks);
+  return ids;
+}
+
+absl::StatusOr<InstallPartitionRequest> ParameterStore::CopyPartition(
+    const std::string& job_id, int32_t partition_id) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
+  absl::MutexLock lock(&job->mu);
+  auto it = job->partitions.find(partition_id);
+  if (it == job->partitions.end()) {
+    return absl::NotFoundError(absl::StrCat("partition ", partition_id,
+                                            " is not held by this server"));
+  }
+  const PartitionState& state = it->second;
+  InstallPartitionRequest request;
+  request.set_job_id(job_id);
+  request.set_view_epoch(job->view_epoch);
+  request.set_partition_id(partition_id);
+  // While a step is replicated the state is the one before it; the joiner
+  // gets that step by replication after this.
+  request.set_step(state.step);
+  EncodeFloat32(state.weights.data(), state.num_elements,
+                request.mutable_weights());
+  EncodeFloat32(state.slots.data(), static_cast<int64_t>(state.slots.size()),
+                request.mutable_slots());
+  return request;
+}
+
+void ParameterStore::RemoveJoiner(const std::string& job_id, int32_t shard,
+                                  const std::string& address) {
+  absl::StatusOr<std::shared_ptr<Job>> job = FindJob(job_id);
+  if (!job.ok()) return;
+  Completions completions;
+  std::vector<ShardSnapshot> snapshots;
+  std::vector<ReplicationTask> tasks;
+  {
+    absl::MutexLock lock(&(*job)->mu);
+    auto role = (*job)->roles.find(shard);
+    if (role == (*job)->roles.end()) return;
+    role->second.joiners.erase(address);
+    bool advanced = false;
+    for (auto& [id, state] : (*job)->partitions) {
+      if (state.shard != shard || !state.replicating) continue;
+      if (state.awaiting.erase(address) && state.awaiting.empty()) {
+        ApplyStep(job->get(), id, &state, &snapshots);
+        advanced = true;
+      }
+    }
+    if (advanced) AnswerWaiters(job->get(), &completions);
+  }
+  Settle(&completions, &snapshots, &tasks);
 }
 
 }  // namespace psd

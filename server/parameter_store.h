@@ -33,6 +33,20 @@ namespace psd {
 // changes nothing (invariant 1). A push is validated whole (shapes, dtype,
 // finite values, partitions held, step) before any of it is taken.
 //
+// Replication (DESIGN invariants 2 and 3): each shard held is in a role set
+// by the coordinator's view (SetView): PRIMARY, BACKUP, JOINING (state
+// transfer pending) or NONE. Pushes and pulls go to the primary only. When a
+// primary's partition has every rank's gradient of step s, it sends the
+// averaged gradient to every backup of its shard (ReplicationTask, through
+// options.replicate) and applies it itself, making step s + 1 pullable, only
+// once all of them acknowledged (OnReplicated). A backup applies the same
+// averaged gradient with the same optimizer code, so replicas stay bitwise
+// equal. Every push, pull and replication message carries the view epoch;
+// a server refuses those of an older epoch (ABORTED), so a replaced primary
+// cannot complete a step. A partition also keeps its previous step's
+// weights, so that a replacement worker can recompute a step that some
+// partitions applied already (its dead predecessor pushed part of it).
+//
 // Thread-safe: any method may be called from any thread. A pull waiting for
 // a step holds no thread (PullAsync), so any number of pulls can wait.
 // A consistent copy of one server's state of one job at a step boundary,
@@ -41,7 +55,19 @@ struct ShardSnapshot;
 // One partition's state (defined in the .cc).
 struct PartitionState;
 
+// One Replicate call a primary makes to one backup.
+struct ReplicationTask {
+  // host:port of the backup.
+  std::string address;
+  // One partition's averaged gradient for one step (shared by the backups).
+  std::shared_ptr<const ReplicateRequest> request;
+};
+
 struct ParameterStoreOptions {
+  // Sends replication calls to backups; must not block. Each call's outcome
+  // must be given to OnReplicated. Unset: a shard with backups never
+  // completes a step (tests of a single server need none).
+  std::function<void(ReplicationTask)> replicate;
   // Receives every snapshot the store captures (see SnapshotPolicy in
   // proto/job.proto), on the thread whose push completed the step; it must
   // not block (queue it and write elsewhere). Unset = never capture.
@@ -83,8 +109,38 @@ class ParameterStore {
   // snapshot inconsistent with its placement).
   absl::Status Restore(const ShardSnapshot& snapshot, int64_t view_epoch);
 
-  // See ParameterServer.Push in proto/parameter_server.proto.
+  // See ParameterServer.Push in proto/parameter_server.proto. Errors also:
+  // ABORTED (the push's view epoch is older than this server's, or this
+  // server is not the primary of a partition's shard: refresh the view),
+  // UNAVAILABLE (the push's epoch is newer: this server's view is on its
+  // way; retry).
   absl::StatusOr<PushResponse> Push(const PushRequest& request);
+
+  // Replication: see ParameterServer.SetView, Replicate and InstallPartition
+  // in proto/parameter_server.proto for what they do and their errors.
+  absl::Status SetView(const SetViewRequest& request);
+  absl::StatusOr<ReplicateResponse> Replicate(const ReplicateRequest& request);
+  absl::Status InstallPartition(const InstallPartitionRequest& request);
+
+  // The outcome of a ReplicationTask's call. Returns true when the call must
+  // be made again (the backup is still awaited: it failed, and no view has
+  // removed the backup since); false when it is settled.
+  bool OnReplicated(const ReplicationTask& task, const absl::Status& status);
+
+  // State transfer to a joining backup, run by the shard's primary (see
+  // SyncBackup in server/parameter_service.h): AddJoiner makes every later
+  // step of the shard (and the one being replicated now) go to `address`
+  // too, and returns the shard's partition ids; CopyPartition copies one
+  // partition's state to send; RemoveJoiner undoes AddJoiner after a failed
+  // transfer. Errors: NOT_FOUND, FAILED_PRECONDITION (not the primary of
+  // the shard).
+  absl::StatusOr<std::vector<int32_t>> AddJoiner(const std::string& job_id,
+                                                 int32_t shard,
+                                                 const std::string& address);
+  absl::StatusOr<InstallPartitionRequest> CopyPartition(
+      const std::string& job_id, int32_t partition_id);
+  void RemoveJoiner(const std::string& job_id, int32_t shard,
+                    const std::string& address);
 
   // Called exactly once with the outcome of a pull; *response is filled
   // when the status is OK.
@@ -131,6 +187,18 @@ class ParameterStore {
   // `completions`, with its response filled. REQUIRES: job->mu held.
   void AnswerWaiters(Job* job,
                      std::vector<std::pair<PullDone, absl::Status>>* completions);
+  // Runs what a call left to do once the job's lock is released: pull
+  // completions, snapshots to write, replication calls to send.
+  void Settle(std::vector<std::pair<PullDone, absl::Status>>* completions,
+              std::vector<ShardSnapshot>* snapshots,
+              std::vector<ReplicationTask>* tasks);
+  // True when no partition of the shard waits for its state transfer.
+  // REQUIRES: job.mu held.
+  static bool AllInstalled(const Job& job, int32_t shard);
+  // Applies the averaged gradient in state.sum as step state.step and
+  // moves to the next step. REQUIRES: job->mu held.
+  void ApplyStep(Job* job, int32_t partition_id, PartitionState* state,
+                 std::vector<ShardSnapshot>* snapshots);
 
   const ParameterStoreOptions options_;
   std::atomic<uint64_t> next_pull_id_{1};

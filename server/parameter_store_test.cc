@@ -302,9 +302,13 @@ TEST_CASE("ParameterStore: pushes with a bad step, epoch, job or rank are "
   CHECK(Contains(status.message(), "step"));
 
   PushRequest epoch = f.MakePush(0, 0);
-  epoch.set_view_epoch(kEpoch + 1);
+  epoch.set_view_epoch(kEpoch + 1);  // this server's view is behind
   status = f.store.Push(epoch).status();
-  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(status.code() == absl::StatusCode::kUnavailable);
+  CHECK(Contains(status.message(), "view_epoch"));
+  epoch.set_view_epoch(kEpoch - 1);  // the pusher's view is behind
+  status = f.store.Push(epoch).status();
+  CHECK(status.code() == absl::StatusCode::kAborted);
   CHECK(Contains(status.message(), "view_epoch"));
 
   PushRequest job = f.MakePush(0, 0);
