@@ -33,6 +33,173 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
+const char* OptimizerKindName(OptimizerSpec::Kind kind) {
+  switch (kind) {
+    case OptimizerSpec::SGD:
+      return "SGD";
+    case OptimizerSpec::ADAGRAD:
+      return "ADAGRAD";
+    case OptimizerSpec::ADAM:
+      return "ADAM";
+    case OptimizerSpec::ADAMW:
+      return "ADAMW";
+    default:
+      return "KIND_UNSPECIFIED";
+  }
+}
+
+// Checks that `value` is finite and in [0, 1).
+absl::Status CheckUnitInterval(const std::string& field, float value) {
+  if (!std::isfinite(value) || value < 0 || value >= 1) {
+    return Invalid(field, absl::StrCat("must be in [0, 1), got ", value));
+  }
+  return absl::OkStatus();
+}
+
+// Everything of the OptimizerSpec but its schedule.
+absl::Status ValidateOptimizer(const OptimizerSpec& o) {
+  const OptimizerSpec::Kind kind = o.kind();
+  if (kind != OptimizerSpec::SGD && kind != OptimizerSpec::ADAGRAD &&
+      kind != OptimizerSpec::ADAM && kind != OptimizerSpec::ADAMW) {
+    return Invalid("optimizer.kind",
+                   absl::StrCat("must be SGD, ADAGRAD, ADAM or ADAMW, got ",
+                                static_cast<int>(kind)));
+  }
+  const std::string name = OptimizerKindName(kind);
+  const bool sgd = kind == OptimizerSpec::SGD;
+  const bool adam = kind == OptimizerSpec::ADAM || kind == OptimizerSpec::ADAMW;
+  const bool adagrad = kind == OptimizerSpec::ADAGRAD;
+  if (!std::isfinite(o.learning_rate()) || o.learning_rate() <= 0) {
+    return Invalid("optimizer.learning_rate",
+                   absl::StrCat("must be > 0, got ", o.learning_rate()));
+  }
+  if (!std::isfinite(o.weight_decay()) || o.weight_decay() < 0) {
+    return Invalid("optimizer.weight_decay",
+                   absl::StrCat("must be >= 0, got ", o.weight_decay()));
+  }
+  if (!std::isfinite(o.clip_value()) || o.clip_value() < 0) {
+    return Invalid(
+        "optimizer.clip_value",
+        absl::StrCat("must be >= 0 (0 = off), got ", o.clip_value()));
+  }
+  if (sgd) {
+    absl::Status status = CheckUnitInterval("optimizer.momentum", o.momentum());
+    if (!status.ok()) return status;
+    if (o.nesterov() && o.momentum() == 0) {
+      return Invalid("optimizer.nesterov", "requires momentum > 0, got 0");
+    }
+  } else {
+    if (o.momentum() != 0) {
+      return Invalid("optimizer.momentum",
+                     absl::StrCat("only for SGD", adam ? " (set beta1)" : "",
+                                  ", got ", o.momentum(), " with ", name));
+    }
+    if (o.nesterov()) {
+      return Invalid("optimizer.nesterov",
+                     absl::StrCat("only for SGD, got true with ", name));
+    }
+  }
+  if (adam) {
+    absl::Status status = CheckUnitInterval("optimizer.beta1", o.beta1());
+    if (!status.ok()) return status;
+    status = CheckUnitInterval("optimizer.beta2", o.beta2());
+    if (!status.ok()) return status;
+  } else {
+    if (o.has_beta1()) {
+      return Invalid("optimizer.beta1",
+                     absl::StrCat("only for ADAM and ADAMW, got ", o.beta1(),
+                                  " with ", name));
+    }
+    if (o.has_beta2()) {
+      return Invalid("optimizer.beta2",
+                     absl::StrCat("only for ADAM and ADAMW, got ", o.beta2(),
+                                  " with ", name));
+    }
+  }
+  if (sgd) {
+    if (o.has_epsilon()) {
+      return Invalid("optimizer.epsilon",
+                     absl::StrCat("not used by SGD, got ", o.epsilon()));
+    }
+  } else if (!std::isfinite(o.epsilon()) || o.epsilon() <= 0) {
+    return Invalid("optimizer.epsilon",
+                   absl::StrCat("must be > 0, got ", o.epsilon()));
+  }
+  if (adagrad) {
+    if (!std::isfinite(o.initial_accumulator_value()) ||
+        o.initial_accumulator_value() < 0) {
+      return Invalid(
+          "optimizer.initial_accumulator_value",
+          absl::StrCat("must be >= 0, got ", o.initial_accumulator_value()));
+    }
+  } else if (o.initial_accumulator_value() != 0) {
+    return Invalid("optimizer.initial_accumulator_value",
+                   absl::StrCat("only for ADAGRAD, got ",
+                                o.initial_accumulator_value(), " with ", name));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSchedule(const OptimizerSpec& o) {
+  const LearningRateSchedule& s = o.schedule();
+  const LearningRateSchedule::Kind kind = s.kind();
+  if (kind != LearningRateSchedule::KIND_UNSPECIFIED &&
+      kind != LearningRateSchedule::CONSTANT &&
+      kind != LearningRateSchedule::STEP &&
+      kind != LearningRateSchedule::COSINE) {
+    return Invalid("optimizer.schedule.kind",
+                   absl::StrCat("must be CONSTANT, STEP or COSINE, got ",
+                                static_cast<int>(kind)));
+  }
+  if (kind == LearningRateSchedule::STEP) {
+    if (s.step_size() < 1) {
+      return Invalid(
+          "optimizer.schedule.step_size",
+          absl::StrCat("must be >= 1 for STEP, got ", s.step_size()));
+    }
+    if (!std::isfinite(s.gamma()) || s.gamma() <= 0 || s.gamma() > 1) {
+      return Invalid("optimizer.schedule.gamma",
+                     absl::StrCat("must be in (0, 1], got ", s.gamma()));
+    }
+  } else {
+    if (s.step_size() != 0) {
+      return Invalid("optimizer.schedule.step_size",
+                     absl::StrCat("only for STEP, got ", s.step_size()));
+    }
+    if (s.gamma() != 0) {
+      return Invalid("optimizer.schedule.gamma",
+                     absl::StrCat("only for STEP, got ", s.gamma()));
+    }
+  }
+  if (kind == LearningRateSchedule::COSINE) {
+    if (s.decay_steps() < 1) {
+      return Invalid(
+          "optimizer.schedule.decay_steps",
+          absl::StrCat("must be >= 1, got ", s.decay_steps(),
+                       " (0 = the job's total steps, filled in by "
+                       "ApplyJobConfigDefaults; is the job empty?)"));
+    }
+    if (!std::isfinite(s.min_learning_rate()) || s.min_learning_rate() < 0 ||
+        s.min_learning_rate() > o.learning_rate()) {
+      return Invalid(
+          "optimizer.schedule.min_learning_rate",
+          absl::StrCat("must be in [0, learning_rate ", o.learning_rate(),
+                       "], got ", s.min_learning_rate()));
+    }
+  } else {
+    if (s.decay_steps() != 0) {
+      return Invalid("optimizer.schedule.decay_steps",
+                     absl::StrCat("only for COSINE, got ", s.decay_steps()));
+    }
+    if (s.min_learning_rate() != 0) {
+      return Invalid(
+          "optimizer.schedule.min_learning_rate",
+          absl::StrCat("only for COSINE, got ", s.min_learning_rate()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
@@ -71,9 +238,37 @@ void ApplyJobConfigDefaults(JobConfig* config) {
   }
   // Defaults inside a sub-message only when it is there, so that a missing
   // one is reported as such by ValidateJobConfig.
-  if (config->has_optimizer() &&
-      config->optimizer().kind() == OptimizerSpec::KIND_UNSPECIFIED) {
-    config->mutable_optimizer()->set_kind(OptimizerSpec::SGD);
+  if (config->has_optimizer()) {
+    OptimizerSpec* o = config->mutable_optimizer();
+    if (o->kind() == OptimizerSpec::KIND_UNSPECIFIED) {
+      o->set_kind(OptimizerSpec::SGD);
+    }
+    // Only the fields the kind uses, so that an SGD config stays as it was.
+    if (o->kind() == OptimizerSpec::ADAM || o->kind() == OptimizerSpec::ADAMW) {
+      if (!o->has_beta1()) o->set_beta1(kDefaultBeta1);
+      if (!o->has_beta2()) o->set_beta2(kDefaultBeta2);
+      if (!o->has_epsilon()) o->set_epsilon(kDefaultAdamEpsilon);
+    }
+    if (o->kind() == OptimizerSpec::ADAGRAD && !o->has_epsilon()) {
+      o->set_epsilon(kDefaultAdagradEpsilon);
+    }
+    if (o->has_schedule()) {
+      LearningRateSchedule* s = o->mutable_schedule();
+      if (s->kind() == LearningRateSchedule::STEP && s->gamma() == 0.0f) {
+        s->set_gamma(kDefaultStepGamma);
+      }
+      // The cosine horizon defaults to the job's total steps, written into
+      // the config so that servers (which see only the OptimizerSpec) use
+      // the same T. Left 0 when the job's sizes are invalid (reported by
+      // ValidateJobConfig).
+      if (s->kind() == LearningRateSchedule::COSINE && s->decay_steps() == 0 &&
+          config->workers() > 0 && config->batch_size() > 0 &&
+          config->epochs() > 0) {
+        const int64_t total =
+            StepsPerEpoch(*config, TrainExamples(*config)) * config->epochs();
+        if (total > 0) s->set_decay_steps(total);
+      }
+    }
   }
   if (config->has_model() &&
       config->model().kind() == ModelSpec::KIND_UNSPECIFIED) {
@@ -138,21 +333,8 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
                                 m.num_classes()));
   }
   if (!c.has_optimizer()) return Invalid("optimizer", "required");
-  const OptimizerSpec& o = c.optimizer();
-  if (o.kind() != OptimizerSpec::SGD) {
-    return Invalid("optimizer.kind", "only SGD is supported");
-  }
-  if (!std::isfinite(o.learning_rate()) || o.learning_rate() <= 0) {
-    return Invalid("optimizer.learning_rate",
-                   absl::StrCat("must be > 0, got ", o.learning_rate()));
-  }
-  if (!std::isfinite(o.momentum()) || o.momentum() < 0 || o.momentum() >= 1) {
-    return Invalid("optimizer.momentum",
-                   absl::StrCat("must be in [0, 1), got ", o.momentum()));
-  }
-  if (!std::isfinite(o.weight_decay()) || o.weight_decay() < 0) {
-    return Invalid("optimizer.weight_decay",
-                   absl::StrCat("must be >= 0, got ", o.weight_decay()));
+  if (absl::Status status = ValidateOptimizer(c.optimizer()); !status.ok()) {
+    return status;
   }
   if (c.consistency() != BSP) {
     return Invalid("consistency", "only BSP is supported");
@@ -167,6 +349,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.workers() <= 0 || c.workers() > 1024) {
     return Invalid("workers",
                    absl::StrCat("must be in [1, 1024], got ", c.workers()));
+  }
+  // After the job's sizes, since COSINE's default horizon is made of them.
+  if (absl::Status status = ValidateSchedule(c.optimizer()); !status.ok()) {
+    return status;
   }
   if (c.snapshot().every_steps() < 0) {
     return Invalid("snapshot.every_steps",

@@ -15,6 +15,13 @@ namespace psd {
 // Default of JobConfig.partition_bytes: 1 MiB.
 inline constexpr int64_t kDefaultPartitionBytes = 1 << 20;
 
+// Optimizer defaults (OptimizerSpec in proto/job.proto; PyTorch's).
+inline constexpr float kDefaultBeta1 = 0.9f;
+inline constexpr float kDefaultBeta2 = 0.999f;
+inline constexpr float kDefaultAdamEpsilon = 1e-8f;
+inline constexpr float kDefaultAdagradEpsilon = 1e-10f;
+inline constexpr float kDefaultStepGamma = 0.1f;
+
 // Parses a job config from a file: protobuf text format, or JSON when the
 // file's first non-blank character is '{'. Errors: NOT_FOUND (no file),
 // INVALID_ARGUMENT with the parser's line, column and field name.
@@ -25,11 +32,18 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source);
 
 // Fills the defaults of fields left unset: consistency BSP, optimizer SGD,
-// model MLP, dataset "fashion-mnist", partition_bytes 1 MiB.
+// model MLP, dataset "fashion-mnist", partition_bytes 1 MiB. For the
+// optimizer, only the fields its kind uses: ADAM/ADAMW beta1 0.9, beta2
+// 0.999, epsilon 1e-8; ADAGRAD epsilon 1e-10; schedule STEP gamma 0.1;
+// schedule COSINE decay_steps = the job's total steps (epochs x
+// StepsPerEpoch), when workers, batch_size and epochs are >= 1. An SGD config
+// without the new fields is left as it was. Idempotent.
 void ApplyJobConfigDefaults(JobConfig* config);
 
 // Checks every field. Returns INVALID_ARGUMENT whose message starts with the
-// field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0".
+// field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0". Optimizer
+// fields that the kind does not use are refused (e.g. optimizer.momentum
+// with ADAM), so that a misplaced setting is not silently ignored.
 absl::Status ValidateJobConfig(const JobConfig& config);
 
 // The parameter tensors of the config's model, in order (see

@@ -1,5 +1,6 @@
 #include "common/job_config.h"
 
+#include <cmath>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -122,6 +123,254 @@ TEST_CASE("JobConfig: steps per epoch use the smallest shard", "[config]") {
   // 60000 / 3 = 20000 per rank -> 200 steps.
   CHECK(StepsPerEpoch(config, 60000) == 200);
   CHECK(StepsPerEpoch(config, 1000) == 3);
+}
+
+JobConfig AdamConfig() {
+  auto config = LoadJobConfigFile("deploy/jobs/fashion_mnist_adam.textproto");
+  REQUIRE(config.ok());
+  ApplyJobConfigDefaults(&*config);
+  return *config;
+}
+
+TEST_CASE(
+    "JobConfig: the Adam job is valid, its cosine horizon the job's "
+    "total steps",
+    "[config]") {
+  JobConfig config = AdamConfig();
+  CHECK(Problem(config).empty());
+  const OptimizerSpec& o = config.optimizer();
+  CHECK(o.kind() == OptimizerSpec::ADAM);
+  CHECK(o.schedule().kind() == LearningRateSchedule::COSINE);
+  // 60000 / 2 workers / 64 = 468 steps per epoch, 8 epochs.
+  CHECK(o.schedule().decay_steps() == 468 * 8);
+  CHECK(o.schedule().decay_steps() ==
+        StepsPerEpoch(config, TrainExamples(config)) * config.epochs());
+}
+
+TEST_CASE("JobConfig: optimizer defaults are filled per kind, once",
+          "[config]") {
+  // An SGD config without the new fields is left exactly as it was.
+  JobConfig sgd = ValidConfig();
+  JobConfig again = sgd;
+  ApplyJobConfigDefaults(&again);
+  CHECK(google::protobuf::util::MessageDifferencer::Equals(sgd, again));
+  CHECK_FALSE(sgd.optimizer().has_beta1());
+  CHECK_FALSE(sgd.optimizer().has_epsilon());
+  CHECK_FALSE(sgd.optimizer().has_schedule());
+
+  for (auto kind : {OptimizerSpec::ADAM, OptimizerSpec::ADAMW}) {
+    JobConfig config = ValidConfig();
+    config.mutable_optimizer()->clear_momentum();
+    config.mutable_optimizer()->set_kind(kind);
+    ApplyJobConfigDefaults(&config);
+    CHECK(config.optimizer().beta1() == 0.9f);
+    CHECK(config.optimizer().beta2() == 0.999f);
+    CHECK(config.optimizer().epsilon() == 1e-8f);
+    CHECK(Problem(config).empty());
+    JobConfig twice = config;
+    ApplyJobConfigDefaults(&twice);
+    CHECK(google::protobuf::util::MessageDifferencer::Equals(config, twice));
+  }
+
+  // An explicit 0 is kept (beta1 0 is a valid Adam).
+  JobConfig zero = ValidConfig();
+  zero.mutable_optimizer()->clear_momentum();
+  zero.mutable_optimizer()->set_kind(OptimizerSpec::ADAM);
+  zero.mutable_optimizer()->set_beta1(0.0f);
+  ApplyJobConfigDefaults(&zero);
+  CHECK(zero.optimizer().has_beta1());
+  CHECK(zero.optimizer().beta1() == 0.0f);
+  CHECK(Problem(zero).empty());
+
+  JobConfig adagrad = ValidConfig();
+  adagrad.mutable_optimizer()->clear_momentum();
+  adagrad.mutable_optimizer()->set_kind(OptimizerSpec::ADAGRAD);
+  ApplyJobConfigDefaults(&adagrad);
+  CHECK(adagrad.optimizer().epsilon() == 1e-10f);
+  CHECK_FALSE(adagrad.optimizer().has_beta1());
+  CHECK(Problem(adagrad).empty());
+
+  JobConfig step = ValidConfig();
+  step.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::STEP);
+  step.mutable_optimizer()->mutable_schedule()->set_step_size(100);
+  ApplyJobConfigDefaults(&step);
+  CHECK(step.optimizer().schedule().gamma() == 0.1f);
+  CHECK(Problem(step).empty());
+
+  // An explicit cosine horizon is kept.
+  JobConfig cosine = ValidConfig();
+  cosine.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  cosine.mutable_optimizer()->mutable_schedule()->set_decay_steps(1000);
+  ApplyJobConfigDefaults(&cosine);
+  CHECK(cosine.optimizer().schedule().decay_steps() == 1000);
+  CHECK(Problem(cosine).empty());
+}
+
+TEST_CASE("JobConfig: the new optimizer fields parse from text and JSON",
+          "[config]") {
+  auto text = ParseJobConfig(
+      "optimizer { kind: ADAMW beta1: 0 weight_decay: 0.01 clip_value: 1 "
+      "schedule { kind: STEP step_size: 10 gamma: 0.5 } }",
+      "job.txt");
+  REQUIRE(text.ok());
+  auto json = ParseJobConfig(
+      "{\"optimizer\": {\"kind\": \"ADAMW\", \"beta1\": 0, \"weightDecay\": "
+      "0.01, \"clipValue\": 1, \"schedule\": {\"kind\": \"STEP\", "
+      "\"stepSize\": \"10\", \"gamma\": 0.5}}}",
+      "job.json");
+  REQUIRE(json.ok());
+  CHECK(google::protobuf::util::MessageDifferencer::Equals(*text, *json));
+  CHECK(json->optimizer().has_beta1());
+  CHECK(json->optimizer().beta1() == 0.0f);
+  CHECK_FALSE(json->optimizer().has_beta2());
+}
+
+TEST_CASE("JobConfig: bad optimizer values are rejected with the field",
+          "[config]") {
+  // Each case starts from a defaulted config of `kind` (momentum cleared
+  // unless SGD), changes it, re-applies the defaults, and expects `problem`.
+  struct Case {
+    OptimizerSpec::Kind kind;
+    void (*change)(OptimizerSpec*);
+    const char* problem;
+  };
+  const Case cases[] = {
+      {OptimizerSpec::ADAM, [](OptimizerSpec* o) { o->set_beta1(1.5f); },
+       "optimizer.beta1: must be in [0, 1), got 1.5"},
+      {OptimizerSpec::ADAM, [](OptimizerSpec* o) { o->set_beta1(1.0f); },
+       "optimizer.beta1: must be in [0, 1), got 1"},
+      {OptimizerSpec::ADAMW, [](OptimizerSpec* o) { o->set_beta2(-0.25f); },
+       "optimizer.beta2: must be in [0, 1), got -0.25"},
+      {OptimizerSpec::ADAM, [](OptimizerSpec* o) { o->set_epsilon(0.0f); },
+       "optimizer.epsilon: must be > 0, got 0"},
+      {OptimizerSpec::ADAGRAD,
+       [](OptimizerSpec* o) { o->set_epsilon(std::nanf("")); },
+       "optimizer.epsilon: must be > 0, got nan"},
+      {OptimizerSpec::ADAGRAD,
+       [](OptimizerSpec* o) { o->set_initial_accumulator_value(-1.0f); },
+       "optimizer.initial_accumulator_value: must be >= 0, got -1"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) { o->set_initial_accumulator_value(0.1f); },
+       "optimizer.initial_accumulator_value: only for ADAGRAD, got 0.1 with "
+       "ADAM"},
+      {OptimizerSpec::ADAM, [](OptimizerSpec* o) { o->set_momentum(0.9f); },
+       "optimizer.momentum: only for SGD (set beta1), got 0.9 with ADAM"},
+      {OptimizerSpec::ADAGRAD, [](OptimizerSpec* o) { o->set_momentum(0.5f); },
+       "optimizer.momentum: only for SGD, got 0.5 with ADAGRAD"},
+      {OptimizerSpec::SGD, [](OptimizerSpec* o) { o->set_beta1(0.9f); },
+       "optimizer.beta1: only for ADAM and ADAMW, got 0.9 with SGD"},
+      {OptimizerSpec::ADAGRAD, [](OptimizerSpec* o) { o->set_beta2(0.9f); },
+       "optimizer.beta2: only for ADAM and ADAMW, got 0.9 with ADAGRAD"},
+      {OptimizerSpec::SGD, [](OptimizerSpec* o) { o->set_epsilon(1e-8f); },
+       "optimizer.epsilon: not used by SGD, got 1e-08"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->set_momentum(0.0f);
+         o->set_nesterov(true);
+       },
+       "optimizer.nesterov: requires momentum > 0, got 0"},
+      {OptimizerSpec::ADAMW, [](OptimizerSpec* o) { o->set_nesterov(true); },
+       "optimizer.nesterov: only for SGD, got true with ADAMW"},
+      {OptimizerSpec::SGD, [](OptimizerSpec* o) { o->set_clip_value(-1.0f); },
+       "optimizer.clip_value: must be >= 0 (0 = off), got -1"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) { o->set_weight_decay(-0.5f); },
+       "optimizer.weight_decay: must be >= 0, got -0.5"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->set_kind(static_cast<OptimizerSpec::Kind>(9));
+       },
+       "optimizer.kind: must be SGD, ADAGRAD, ADAM or ADAMW, got 9"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(
+             static_cast<LearningRateSchedule::Kind>(7));
+       },
+       "optimizer.schedule.kind: must be CONSTANT, STEP or COSINE, got 7"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::STEP);
+       },
+       "optimizer.schedule.step_size: must be >= 1 for STEP, got 0"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::STEP);
+         o->mutable_schedule()->set_step_size(10);
+         o->mutable_schedule()->set_gamma(1.5f);
+       },
+       "optimizer.schedule.gamma: must be in (0, 1], got 1.5"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::STEP);
+         o->mutable_schedule()->set_step_size(10);
+         o->mutable_schedule()->set_gamma(-0.5f);
+       },
+       "optimizer.schedule.gamma: must be in (0, 1], got -0.5"},
+      {OptimizerSpec::SGD,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::STEP);
+         o->mutable_schedule()->set_step_size(10);
+         o->mutable_schedule()->set_decay_steps(100);
+       },
+       "optimizer.schedule.decay_steps: only for COSINE, got 100"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) { o->mutable_schedule()->set_step_size(10); },
+       "optimizer.schedule.step_size: only for STEP, got 10"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::COSINE);
+         o->mutable_schedule()->set_decay_steps(-5);
+       },
+       "optimizer.schedule.decay_steps: must be >= 1, got -5 (0 = the job's "
+       "total steps, filled in by ApplyJobConfigDefaults; is the job empty?)"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_kind(LearningRateSchedule::COSINE);
+         o->mutable_schedule()->set_min_learning_rate(0.5f);
+       },
+       "optimizer.schedule.min_learning_rate: must be in [0, learning_rate "
+       "0.02], got 0.5"},
+      {OptimizerSpec::ADAM,
+       [](OptimizerSpec* o) {
+         o->mutable_schedule()->set_min_learning_rate(0.001f);
+       },
+       "optimizer.schedule.min_learning_rate: only for COSINE, got 0.001"},
+  };
+  for (const Case& c : cases) {
+    JobConfig config = ValidConfig();
+    OptimizerSpec* o = config.mutable_optimizer();
+    if (c.kind != OptimizerSpec::SGD) o->clear_momentum();
+    o->set_kind(c.kind);
+    ApplyJobConfigDefaults(&config);
+    REQUIRE(Problem(config).empty());
+    c.change(o);
+    ApplyJobConfigDefaults(&config);
+    CHECK(Problem(config) == c.problem);
+  }
+}
+
+TEST_CASE(
+    "JobConfig: a bad job size is reported before the cosine horizon "
+    "it would make",
+    "[config]") {
+  JobConfig config = ValidConfig();
+  config.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  config.set_workers(0);
+  ApplyJobConfigDefaults(&config);  // no division by zero
+  CHECK(config.optimizer().schedule().decay_steps() == 0);
+  CHECK(Problem(config) == "workers: must be in [1, 1024], got 0");
+
+  // A job too small for one step has no horizon to default to.
+  config = ValidConfig();
+  config.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  config.mutable_dataset()->set_train_limit(100);
+  ApplyJobConfigDefaults(&config);
+  CHECK(config.optimizer().schedule().decay_steps() == 0);
+  CHECK(Problem(config).rfind("optimizer.schedule.decay_steps:", 0) == 0);
 }
 
 }  // namespace
