@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
+#include "common/rpc.h"
 #include "common/status.h"
 
 namespace psd {
@@ -228,6 +229,70 @@ grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
     response->set_step(request->step());
   }
   return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::Replicate(grpc::ServerContext*,
+                                         const ReplicateRequest* request,
+                                         ReplicateResponse* response) {
+  auto result = store_->Replicate(*request);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::InstallPartition(
+    grpc::ServerContext*, const InstallPartitionRequest* request,
+    InstallPartitionResponse*) {
+  return ToGrpcStatus(store_->InstallPartition(*request));
+}
+
+grpc::Status ParameterService::SetView(grpc::ServerContext*,
+                                       const SetViewRequest* request,
+                                       SetViewResponse*) {
+  absl::Status status = store_->SetView(*request);
+  if (status.ok()) {
+    Log()->info("job {}: view epoch {}", request->job_id(),
+                request->view().epoch());
+  }
+  return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::SyncBackup(grpc::ServerContext* context,
+                                          const SyncBackupRequest* request,
+                                          SyncBackupResponse* response) {
+  const std::string& job_id = request->job_id();
+  auto ids = store_->AddJoiner(job_id, request->shard(),
+                               request->backup_address());
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  auto stub = ParameterServer::NewStub(MakeChannel(request->backup_address()));
+  for (int32_t id : *ids) {
+    absl::StatusOr<InstallPartitionRequest> copy =
+        store_->CopyPartition(job_id, id);
+    grpc::Status status;
+    if (!copy.ok()) {
+      status = ToGrpcStatus(copy.status());
+    } else {
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(std::chrono::seconds(60)));
+      InstallPartitionResponse installed;
+      status = stub->InstallPartition(&call, *copy, &installed);
+      response->set_bytes(response->bytes() +
+                          static_cast<int64_t>(copy->ByteSizeLong()));
+    }
+    if (!status.ok() || context->IsCancelled()) {
+      store_->RemoveJoiner(job_id, request->shard(), request->backup_address());
+      return grpc::Status(
+          status.ok() ? grpc::StatusCode::CANCELLED : status.error_code(),
+          absl::StrCat("state transfer of partition ", id, " to ",
+                       request->backup_address(), ": ",
+                       status.ok() ? "cancelled" : status.error_message()));
+    }
+    response->set_partitions(response->partitions() + 1);
+  }
+  Log()->info("job {}: shard {} transferred to backup {} ({} partitions, {} "
+              "bytes)", job_id, request->shard(), request->backup_address(),
+              response->partitions(), response->bytes());
+  return grpc::Status::OK;
 }
 
 }  // namespace psd

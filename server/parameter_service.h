@@ -58,6 +58,22 @@ class ParameterService final
   grpc::Status SnapshotJob(grpc::ServerContext* context,
                            const SnapshotJobRequest* request,
                            SnapshotJobResponse* response) override;
+  grpc::Status Replicate(grpc::ServerContext* context,
+                         const ReplicateRequest* request,
+                         ReplicateResponse* response) override;
+  grpc::Status InstallPartition(grpc::ServerContext* context,
+                                const InstallPartitionRequest* request,
+                                InstallPartitionResponse* response) override;
+  grpc::Status SetView(grpc::ServerContext* context,
+                       const SetViewRequest* request,
+                       SetViewResponse* response) override;
+  // The state transfer to a joining backup: one InstallPartition call per
+  // partition of the shard (each at most partition_bytes of weights plus
+  // the optimizer slots), while training goes on; every step completed from
+  // the first copy on is replicated to the backup too.
+  grpc::Status SyncBackup(grpc::ServerContext* context,
+                          const SyncBackupRequest* request,
+                          SyncBackupResponse* response) override;
 
   // The push and pull metrics (defined in the .cc).
   struct Metrics;

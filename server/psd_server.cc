@@ -13,6 +13,7 @@
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/parameter_service.h"
+#include "server/replicator.h"
 #include "server/parameter_store.h"
 #include "server/snapshot_store.h"
 #include "server/snapshot_writer.h"
@@ -95,7 +96,19 @@ int Main() {
       w->Enqueue(std::move(snapshot));
     };
   }
+  // Replication calls to backups go through the replicator, whose outcomes
+  // settle the store's steps.
+  std::unique_ptr<Replicator> replicator;
+  store_options.replicate = [&replicator](ReplicationTask task) {
+    replicator->Send(std::move(task));
+  };
   ParameterStore store(store_options);
+  replicator = std::make_unique<Replicator>(
+      ReplicatorOptions(),
+      [&store](const ReplicationTask& task, const absl::Status& status) {
+        return store.OnReplicated(task, status);
+      },
+      &metrics);
   ParameterService service(&store, &metrics, snapshots.get());
   auto metrics_server =
       StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
