@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -15,6 +17,21 @@ namespace {
 class CpuBackend : public Backend {
  public:
   std::string Name() const override { return "cpu-openblas"; }
+
+  // Host memory: allocation is malloc, copies are memcpy, nothing is queued.
+  bool UsesHostMemory() const override { return true; }
+  void* Allocate(size_t bytes) override {
+    return bytes == 0 ? nullptr : std::malloc(bytes);
+  }
+  void Free(void* p) override { std::free(p); }
+  void CopyFromHost(const void* host_src, void* dst, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host_src, bytes);
+  }
+  void CopyToHost(const void* src, void* host_dst, size_t bytes) override {
+    if (bytes > 0) std::memcpy(host_dst, src, bytes);
+  }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::Status status() const override { return absl::OkStatus(); }
 
   void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
             const float* a, const float* b, float beta, float* c) override {

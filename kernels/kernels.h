@@ -5,18 +5,28 @@
 // Conventions for every method:
 //   - All matrices are float32, row-major and contiguous (no leading
 //     dimension other than the column count).
-//   - Pointers are host memory for the CPU backend (device memory for a
-//     device backend).
+//   - Pointers are in the backend's memory space: host memory for the CPU
+//     backend, device memory for a device backend (see UsesHostMemory() and
+//     Buffer<T> below for allocating and copying it).
 //   - Sizes are element counts; a size of 0 is a no-op.
 //   - Output buffers must not alias inputs unless a method says "in place".
+//
+// Errors: the math methods return nothing. A device backend queues its work
+// asynchronously; the first failure (e.g. a CUDA error) is kept and every
+// later call is a no-op; status() and Synchronize() report it. The CPU
+// backend never fails (status() is always OK).
 //
 // Thread safety: a Backend is not thread-safe; use one per thread.
 #ifndef PSD_KERNELS_KERNELS_H_
 #define PSD_KERNELS_KERNELS_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+
+#include "absl/status/status.h"
 
 namespace psd::kernels {
 
@@ -24,8 +34,35 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  // A short identifier, e.g. "cpu-openblas".
+  // A short identifier, e.g. "cpu-openblas" or "cuda:0-fp32 (NVIDIA H100)".
   virtual std::string Name() const = 0;
+
+  // ---- Memory -------------------------------------------------------------
+  // True when the backend's memory space is host memory, i.e. the math
+  // methods may be given any host pointer (the CPU backend). False for a
+  // device backend: its pointers must come from Allocate().
+  virtual bool UsesHostMemory() const = 0;
+
+  // Allocates `bytes` (> 0) in the backend's memory space, aligned for any
+  // element type used here. Returns nullptr on failure (status() says why;
+  // for a device backend the failure is sticky). Prefer Buffer<T>.
+  virtual void* Allocate(size_t bytes) = 0;
+  // Frees what Allocate() returned; nullptr is a no-op. Waits for queued
+  // work that may still use it.
+  virtual void Free(void* p) = 0;
+  // Copies `bytes` from host memory into the backend's memory. Ordered with
+  // the math methods; the host source may be reused when this returns.
+  virtual void CopyFromHost(const void* host_src, void* dst, size_t bytes) = 0;
+  // Copies `bytes` from the backend's memory to host memory; returns when
+  // the data is there (waits for the queued work that produces it).
+  virtual void CopyToHost(const void* src, void* host_dst, size_t bytes) = 0;
+
+  // Waits for all queued work; returns status().
+  virtual absl::Status Synchronize() = 0;
+  // OK, or the backend's first error (after which it does nothing).
+  virtual absl::Status status() const = 0;
+
+  // ---- Math ---------------------------------------------------------------
 
   // C[m,n] = alpha * op(A) * op(B) + beta * C, where op(X) = X^T if trans_x.
   // A is [m,k] ([k,m] if trans_a); B is [k,n] ([n,k] if trans_b).
@@ -64,6 +101,58 @@ class Backend {
   // lowest index. REQUIRES: cols > 0.
   virtual void ArgmaxRows(int rows, int cols, const float* x,
                           int32_t* out) = 0;
+};
+
+// An array of n elements of T in a backend's memory space, freed on
+// destruction. Move-only. Its backend is not owned and must outlive it.
+// An allocation failure leaves data() == nullptr and the backend's status()
+// not OK. T must be trivially copyable (float, int32_t).
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* backend, size_t n)
+      : backend_(backend),
+        data_(n == 0 ? nullptr
+                     : static_cast<T*>(backend->Allocate(n * sizeof(T)))),
+        size_(data_ == nullptr ? 0 : n) {}
+  ~Buffer() { Reset(); }
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      backend_ = std::exchange(o.backend_, nullptr);
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+  // Copies n elements between host memory and the start of this buffer.
+  // REQUIRES: n <= size().
+  void CopyFromHost(const T* host, size_t n) {
+    if (n > 0) backend_->CopyFromHost(host, data_, n * sizeof(T));
+  }
+  void CopyToHost(T* host, size_t n) const {
+    if (n > 0) backend_->CopyToHost(data_, host, n * sizeof(T));
+  }
+
+ private:
+  void Reset() {
+    if (data_ != nullptr) backend_->Free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+  Backend* backend_ = nullptr;
+  T* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 // The CPU backend: Gemm on OpenBLAS cblas_sgemm, the rest plain loops.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -18,11 +19,22 @@ Mlp::Mlp(std::vector<int32_t> layer_sizes, int32_t max_batch,
     : layer_sizes_(std::move(layer_sizes)),
       max_batch_(max_batch),
       backend_(backend),
-      predictions_(max_batch) {
+      staged_(!backend->UsesHostMemory()),
+      predictions_(backend, max_batch),
+      host_predictions_(max_batch) {
   for (int32_t i = 0; i < num_layers(); ++i) {
     const size_t n = size_t(max_batch_) * layer_sizes_[i + 1];
-    acts_.emplace_back(n);
-    dacts_.emplace_back(n);
+    acts_.emplace_back(backend_, n);
+    dacts_.emplace_back(backend_, n);
+  }
+  if (staged_) {
+    for (int64_t n : ParameterSizes()) {
+      params_dev_.emplace_back(backend_, n);
+      grads_dev_.emplace_back(backend_, n);
+    }
+    x_dev_ = kernels::Buffer<float>(backend_,
+                                    size_t(max_batch_) * layer_sizes_[0]);
+    labels_dev_ = kernels::Buffer<int32_t>(backend_, max_batch_);
   }
 }
 
@@ -48,7 +60,10 @@ absl::StatusOr<std::unique_ptr<Mlp>> Mlp::Create(
   if (backend == nullptr) {
     return absl::InvalidArgumentError("MLP backend is null");
   }
-  return std::make_unique<Mlp>(std::move(layer_sizes), max_batch, backend);
+  auto mlp = std::make_unique<Mlp>(std::move(layer_sizes), max_batch, backend);
+  // Buffer allocation failures (e.g. GPU memory) show in the backend.
+  if (absl::Status s = backend->status(); !s.ok()) return s;
+  return mlp;
 }
 
 std::vector<int64_t> Mlp::ParameterSizes() const {
@@ -69,12 +84,23 @@ std::vector<std::string> Mlp::ParameterNames() const {
   return names;
 }
 
+std::vector<const float*> Mlp::StageParams(
+    const std::vector<const float*>& params) {
+  if (!staged_) return params;
+  std::vector<const float*> out;
+  for (size_t i = 0; i < params_dev_.size(); ++i) {
+    params_dev_[i].CopyFromHost(params[i], params_dev_[i].size());
+    out.push_back(params_dev_[i].data());
+  }
+  return out;
+}
+
 void Mlp::Forward(const std::vector<const float*>& params, const float* x,
                   int32_t batch) {
   const float* in = x;
   for (int32_t i = 0; i < num_layers(); ++i) {
     const int fan_in = layer_sizes_[i], fan_out = layer_sizes_[i + 1];
-    float* out = acts_[i].data();
+    float* out = acts_[i].data();  // In the backend's memory.
     backend_->Gemm(false, false, batch, fan_out, fan_in, 1.0f, in,
                    params[2 * i], 0.0f, out);
     backend_->AddBias(batch, fan_out, params[2 * i + 1], out);
@@ -83,9 +109,25 @@ void Mlp::Forward(const std::vector<const float*>& params, const float* x,
   }
 }
 
-float Mlp::ForwardBackward(const std::vector<const float*>& params,
-                           const float* x, const int32_t* labels,
-                           int32_t batch, const std::vector<float*>& grads) {
+float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
+                           const float* host_x, const int32_t* host_labels,
+                           int32_t batch,
+                           const std::vector<float*>& host_grads) {
+  // The pointers the kernels see: the caller's (host backend) or the device
+  // copies (device backend).
+  std::vector<const float*> params = StageParams(host_params);
+  const float* x = host_x;
+  const int32_t* labels = host_labels;
+  std::vector<float*> grads = host_grads;
+  if (staged_) {
+    x_dev_.CopyFromHost(host_x, size_t(batch) * layer_sizes_[0]);
+    labels_dev_.CopyFromHost(host_labels, batch);
+    x = x_dev_.data();
+    labels = labels_dev_.data();
+    for (size_t i = 0; i < grads_dev_.size(); ++i) {
+      grads[i] = grads_dev_[i].data();
+    }
+  }
   Forward(params, x, batch);
   const int32_t last = num_layers() - 1;
   const float loss = backend_->SoftmaxCrossEntropy(
@@ -105,23 +147,44 @@ float Mlp::ForwardBackward(const std::vector<const float*>& params,
                      params[2 * i], 0.0f, dacts_[i - 1].data());
     }
   }
+  if (staged_) {
+    for (size_t i = 0; i < grads_dev_.size(); ++i) {
+      grads_dev_[i].CopyToHost(host_grads[i], grads_dev_[i].size());
+    }
+  }
+  if (!backend_->status().ok()) {  // Never push what a failed device left.
+    const std::vector<int64_t> sizes = ParameterSizes();
+    for (size_t i = 0; i < host_grads.size(); ++i) {
+      std::fill(host_grads[i], host_grads[i] + sizes[i],
+                std::numeric_limits<float>::quiet_NaN());
+    }
+    return std::numeric_limits<float>::quiet_NaN();
+  }
   return loss;
 }
 
-int64_t Mlp::CountCorrect(const std::vector<const float*>& params,
+int64_t Mlp::CountCorrect(const std::vector<const float*>& host_params,
                           const float* x, const int32_t* labels, int64_t n) {
+  const std::vector<const float*> params = StageParams(host_params);
   int64_t correct = 0;
   const int64_t dim = layer_sizes_[0];
   for (int64_t start = 0; start < n; start += max_batch_) {
     const int32_t batch =
         static_cast<int32_t>(std::min<int64_t>(max_batch_, n - start));
-    Forward(params, x + start * dim, batch);
+    const float* chunk = x + start * dim;
+    if (staged_) {
+      x_dev_.CopyFromHost(chunk, size_t(batch) * dim);
+      chunk = x_dev_.data();
+    }
+    Forward(params, chunk, batch);
     backend_->ArgmaxRows(batch, num_classes(), acts_.back().data(),
                          predictions_.data());
+    predictions_.CopyToHost(host_predictions_.data(), batch);
     for (int32_t r = 0; r < batch; ++r) {
-      correct += predictions_[r] == labels[start + r];
+      correct += host_predictions_[r] == labels[start + r];
     }
   }
+  if (!backend_->status().ok()) return -1;
   return correct;
 }
 

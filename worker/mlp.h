@@ -22,15 +22,29 @@ namespace psd {
 // (0-based) "layer{i}.weight" [fan_in, fan_out], then "layer{i}.bias"
 // [fan_out]. A layer computes Y[batch, fan_out] = X[batch, fan_in] * W + b.
 // Inputs x are [batch, input_dim] row-major float32; labels are int32.
-// All pointers are in the backend's memory space (host for the CPU backend).
+//
+// Memory: every pointer passed to the Mlp is HOST memory, whatever the
+// backend (the parameters come from and the gradients go to the network).
+// With a host-memory backend (the CPU) the kernels work on those pointers
+// directly. With a device backend (Backend::UsesHostMemory() false, e.g.
+// CUDA) the Mlp owns device copies: a call uploads the parameters, the batch
+// and its labels, runs every kernel on device buffers (activations and
+// their gradients never leave the device), and downloads the gradients
+// (ForwardBackward) or the predictions (CountCorrect).
+//
+// Device errors: if the backend fails (Backend::status() not OK, e.g. a
+// CUDA error), ForwardBackward returns NaN and fills every gradient with
+// NaN, so the push is refused by the servers' finite-gradient check rather
+// than applied; CountCorrect returns -1. backend->status() says why.
 //
 // Backward pass (standard backpropagation), with dZ the gradient of the mean
 // loss w.r.t. a layer's pre-activation output Z:
 //   dZ_last = (softmax - onehot) / batch, dW = X^T dZ, db = colsum(dZ),
 //   dX = dZ W^T, and dZ = dX * [Y > 0] through each ReLU.
 //
-// Activation buffers for max_batch rows are allocated once, in the
-// constructor; steps allocate nothing. Not thread-safe (the buffers are
+// Activation buffers for max_batch rows (and, for a device backend, the
+// device copies of parameters, inputs and gradients) are allocated once, in
+// the constructor, in the backend's memory; steps allocate nothing. Not thread-safe (the buffers are
 // shared between calls): use one Mlp per thread.
 class Mlp {
  public:
@@ -43,7 +57,8 @@ class Mlp {
       kernels::Backend* backend);
 
   // Like the constructor, but returns INVALID_ARGUMENT when a REQUIRES
-  // above does not hold (e.g. sizes from a job config).
+  // above does not hold (e.g. sizes from a job config), and the backend's
+  // error when its buffers cannot be allocated (e.g. GPU out of memory).
   static absl::StatusOr<std::unique_ptr<Mlp>> Create(
       std::vector<int32_t> layer_sizes, int32_t max_batch,
       kernels::Backend* backend);
@@ -80,20 +95,33 @@ class Mlp {
 
  private:
   // Runs the forward pass on `batch` rows of x; the logits end up in
-  // acts_.back().
+  // acts_.back(). All pointers in the backend's memory space.
   void Forward(const std::vector<const float*>& params, const float* x,
                int32_t batch);
+  // For a device backend: copies the host parameters into params_dev_ and
+  // returns pointers to those; for a host backend returns `params` as is.
+  std::vector<const float*> StageParams(
+      const std::vector<const float*>& params);
 
   // Constant after construction.
   const std::vector<int32_t> layer_sizes_;
   const int32_t max_batch_;
   kernels::Backend* const backend_;
+  const bool staged_;  // !backend_->UsesHostMemory().
 
-  // Scratch, [max_batch, layer_sizes_[i + 1]] each: acts_[i] is layer i's
-  // output (post-ReLU for hidden layers), dacts_[i] its gradient.
-  std::vector<std::vector<float>> acts_;
-  std::vector<std::vector<float>> dacts_;
-  std::vector<int32_t> predictions_;  // [max_batch]
+  // Scratch in the backend's memory, [max_batch, layer_sizes_[i + 1]] each:
+  // acts_[i] is layer i's output (post-ReLU for hidden layers), dacts_[i]
+  // its gradient.
+  std::vector<kernels::Buffer<float>> acts_;
+  std::vector<kernels::Buffer<float>> dacts_;
+  kernels::Buffer<int32_t> predictions_;      // [max_batch]
+  std::vector<int32_t> host_predictions_;     // [max_batch]
+  // Device copies, only when staged_ (empty otherwise): the parameters and
+  // gradients (ParameterSizes() each), a batch and its labels.
+  std::vector<kernels::Buffer<float>> params_dev_;
+  std::vector<kernels::Buffer<float>> grads_dev_;
+  kernels::Buffer<float> x_dev_;          // [max_batch, input_dim]
+  kernels::Buffer<int32_t> labels_dev_;   // [max_batch]
 };
 
 }  // namespace psd

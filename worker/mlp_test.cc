@@ -5,6 +5,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -139,6 +143,142 @@ TEST_CASE("Mlp: CountCorrect chunks by max_batch", "[mlp]") {
   const int32_t labels[] = {0, 1, 1, 1, 0, 1, 1};  // 3rd and 7th wrong
   CHECK(mlp.CountCorrect(params, x.data(), labels, 7) == 5);
   CHECK(mlp.CountCorrect(params, x.data(), labels, 0) == 0);
+}
+
+// A "device" backend that runs on the CPU: it reports device memory, keeps
+// its allocations apart from the caller's, and records any math call given a
+// pointer it did not allocate (a host pointer leaking to the device). It
+// checks the Mlp's staging logic on machines without a GPU.
+class FakeDeviceBackend : public kernels::Backend {
+ public:
+  std::string Name() const override { return "fake-device"; }
+  bool UsesHostMemory() const override { return false; }
+  void* Allocate(size_t bytes) override {
+    if (fail_allocations) {
+      status_ = absl::ResourceExhaustedError("fake device out of memory");
+      return nullptr;
+    }
+    char* p = static_cast<char*>(cpu_->Allocate(bytes));
+    std::memset(p, 0xff, bytes);  // NaN floats: unwritten data shows.
+    allocations_[p] = bytes;
+    return p;
+  }
+  void Free(void* p) override {
+    allocations_.erase(static_cast<char*>(p));
+    cpu_->Free(p);
+  }
+  void CopyFromHost(const void* src, void* dst, size_t bytes) override {
+    Check(dst);
+    std::memcpy(dst, src, bytes);
+  }
+  void CopyToHost(const void* src, void* dst, size_t bytes) override {
+    Check(src);
+    std::memcpy(dst, src, bytes);
+  }
+  absl::Status Synchronize() override { return status_; }
+  absl::Status status() const override { return status_; }
+  void Gemm(bool ta, bool tb, int m, int n, int k, float alpha,
+            const float* a, const float* b, float beta, float* c) override {
+    Check(a), Check(b), Check(c);
+    cpu_->Gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+    if (fail_math) status_ = absl::InternalError("fake device fault");
+  }
+  void AddBias(int rows, int cols, const float* bias, float* y) override {
+    Check(bias), Check(y);
+    cpu_->AddBias(rows, cols, bias, y);
+  }
+  void BiasGrad(int rows, int cols, const float* dy, float* g) override {
+    Check(dy), Check(g);
+    cpu_->BiasGrad(rows, cols, dy, g);
+  }
+  void ReluForward(int n, float* x) override {
+    Check(x);
+    cpu_->ReluForward(n, x);
+  }
+  void ReluBackward(int n, const float* y, float* dy) override {
+    Check(y), Check(dy);
+    cpu_->ReluBackward(n, y, dy);
+  }
+  float SoftmaxCrossEntropy(int rows, int cols, const float* z,
+                            const int32_t* labels, float* dz) override {
+    Check(z), Check(labels), Check(dz);
+    return cpu_->SoftmaxCrossEntropy(rows, cols, z, labels, dz);
+  }
+  void ArgmaxRows(int rows, int cols, const float* x, int32_t* out) override {
+    Check(x), Check(out);
+    cpu_->ArgmaxRows(rows, cols, x, out);
+  }
+
+  int foreign_pointers = 0;  // Math/copy calls given a non-device pointer.
+  bool fail_allocations = false;
+  bool fail_math = false;
+
+ private:
+  void Check(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    auto it = allocations_.upper_bound(const_cast<char*>(c));
+    if (it == allocations_.begin() || c >= std::prev(it)->first +
+                                                std::prev(it)->second) {
+      ++foreign_pointers;
+    }
+  }
+  std::unique_ptr<kernels::Backend> cpu_ = kernels::CreateCpuBackend(1);
+  std::map<char*, size_t> allocations_;
+  absl::Status status_;
+};
+
+TEST_CASE("Mlp: a device backend sees only device buffers, same results",
+          "[mlp]") {
+  auto cpu = kernels::CreateCpuBackend(1);
+  FakeDeviceBackend device;
+  const std::vector<int32_t> layers = {13, 9, 5, 4};
+  Mlp on_cpu(layers, 8, cpu.get());
+  auto on_device_or = Mlp::Create(layers, 8, &device);
+  REQUIRE(on_device_or.ok());
+  Mlp& on_device = **on_device_or;
+  Params p(on_cpu), q(on_cpu);
+  p.Init(on_cpu, 3);
+  q.values = p.values;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(20 * 13);
+  for (float& v : x) v = normal(rng);
+  std::vector<int32_t> labels(20);
+  for (int32_t r = 0; r < 20; ++r) labels[r] = r % 4;
+  // Same kernels on the same values: bitwise the same loss and gradients.
+  const float want =
+      on_cpu.ForwardBackward(p.View(), x.data(), labels.data(), 7, p.GradView());
+  const float got = on_device.ForwardBackward(q.View(), x.data(),
+                                              labels.data(), 7, q.GradView());
+  CHECK(got == want);
+  CHECK(q.grads == p.grads);
+  // 20 rows: chunks of 8, 8 and 4.
+  CHECK(on_device.CountCorrect(q.View(), x.data(), labels.data(), 20) ==
+        on_cpu.CountCorrect(p.View(), x.data(), labels.data(), 20));
+  CHECK(device.foreign_pointers == 0);
+}
+
+TEST_CASE("Mlp: a failed device gives NaN gradients, never stale ones",
+          "[mlp]") {
+  {
+    FakeDeviceBackend device;
+    device.fail_allocations = true;
+    auto mlp = Mlp::Create({4, 3}, 2, &device);
+    CHECK(mlp.status().code() == absl::StatusCode::kResourceExhausted);
+  }
+  FakeDeviceBackend device;
+  Mlp mlp({4, 3, 2}, 2, &device);
+  Params p(mlp);
+  p.Init(mlp, 1);
+  const std::vector<float> x(8, 0.5f);
+  const int32_t labels[] = {0, 1};
+  device.fail_math = true;
+  CHECK(std::isnan(
+      mlp.ForwardBackward(p.View(), x.data(), labels, 2, p.GradView())));
+  for (const auto& g : p.grads) {
+    for (float v : g) CHECK(std::isnan(v));
+  }
+  CHECK(mlp.CountCorrect(p.View(), x.data(), labels, 2) == -1);
 }
 
 TEST_CASE("Mlp: SGD on 1000 Fashion-MNIST examples reduces the loss",

@@ -17,6 +17,7 @@
 #include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/rpc.h"
+#include "kernels/device.h"
 #include "kernels/kernels.h"
 #include "worker/trainer.h"
 
@@ -38,7 +39,9 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Folder holding Fashion-MNIST's gzip IDX files.");
 ABSL_FLAG(std::string, device, "auto",
-          "cpu, or auto (the CPU in this build; CUDA is not built yet).");
+          "auto (the first GPU if this build has CUDA and one is usable, "
+          "else the CPU), cpu, or cuda:N (GPU N; an error if this build "
+          "has no CUDA or there is no such GPU).");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads for the CPU backend.");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
@@ -193,10 +196,13 @@ int Main() {
     Log()->error("--coordinator is required (host:port of psd_coordinator)");
     return 2;
   }
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device != "cpu" && device != "auto") {
-    Log()->error("--device={}: this build has no CUDA backend; use cpu or auto",
-                 device);
+  kernels::DeviceOptions device_options;
+  device_options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  absl::StatusOr<kernels::SelectedBackend> selected =
+      kernels::CreateBackendForDevice(absl::GetFlag(FLAGS_device),
+                                      device_options);
+  if (!selected.ok()) {
+    Log()->error("{}", std::string(selected.status().message()));
     return 2;
   }
   MetricsRegistry metrics;
@@ -211,11 +217,8 @@ int Main() {
                ? 2
                : 1;
   }
-  std::unique_ptr<kernels::Backend> backend =
-      kernels::CreateCpuBackend(absl::GetFlag(FLAGS_blas_threads));
-  Log()->info("device: {} ({})", backend->Name(),
-              device == "auto" ? "auto: no CUDA backend in this build"
-                               : "asked for");
+  std::unique_ptr<kernels::Backend> backend = std::move(selected->backend);
+  Log()->info("device: {} ({})", backend->Name(), selected->reason);
 
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
