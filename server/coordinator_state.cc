@@ -33,6 +33,19 @@ grpc::Status CallServer(ParameterServer::Stub* stub,
   return (stub->*method)(&context, request, response);
 }
 
+// The shards `server_id` holds in the assignment, as primary or backup.
+std::vector<int32_t> ShardsOf(const Assignment& assignment,
+                              const std::string& server_id) {
+  std::vector<int32_t> shards;
+  for (const ShardReplicas& r : assignment.shards()) {
+    if (r.primary() == server_id ||
+        std::count(r.backups().begin(), r.backups().end(), server_id) > 0) {
+      shards.push_back(r.shard());
+    }
+  }
+  return shards;
+}
+
 }  // namespace
 
 CoordinatorState::CoordinatorState(CoordinatorOptions options)
@@ -140,6 +153,29 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
   Log()->info("{} {} joined at {} (view epoch {}){}", server ? "server" : "worker",
               id, request.address(), view_epoch_,
               member.uid.empty() ? "" : absl::StrCat(", uid ", member.uid));
+  if (server) {
+    // A server that holds a running job it has no part in (it was paused or
+    // cut off, and its shards failed over): it drops the job, and may come
+    // back as a backup through a state transfer.
+    for (const std::string& live : member.live_jobs) {
+      auto job = jobs_.find(live);
+      if (job == jobs_.end() || job->second.status.state() != RUNNING) continue;
+      bool in_view = false;
+      for (const ServerInfo& s : job->second.assignment.servers()) {
+        in_view |= !member.uid.empty() && s.uid() == member.uid;
+      }
+      if (in_view) continue;
+      Log()->warn("server {} holds job {}, whose view no longer has it "
+                  "(epoch {}): dropping its copy", id, live,
+                  job->second.assignment.view_epoch());
+      PendingDrop drop;
+      drop.assignment.set_job_id(live);
+      ServerInfo* info = drop.assignment.add_servers();
+      info->set_id(id);
+      info->set_address(member.address);
+      drops_.push_back(std::move(drop));
+    }
+  }
   if (!server && !request.job_id().empty()) {
     // A worker still training a rank (the coordinator restarted): give the
     // rank back to it if nobody else holds it.
@@ -230,6 +266,8 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   }
   *response.mutable_assignment() = job->second.assignment;
   response.mutable_assignment()->set_rank(member.rank);
+  response.mutable_assignment()->set_resume_from_servers(
+      job->second.resume_ranks.count(member.rank) > 0);
   return response;
 }
 
@@ -434,6 +472,9 @@ void CoordinatorState::RecoverJobs() {
         const auto& [member_id, member] = *by_uid[server.uid()];
         for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
           if (shard.primary() == server.id()) shard.set_primary(member_id);
+          for (std::string& backup : *shard.mutable_backups()) {
+            if (backup == server.id()) backup = member_id;
+          }
         }
         server.set_id(member_id);
         server.set_address(member.address);
@@ -447,6 +488,7 @@ void CoordinatorState::RecoverJobs() {
         job.started = absl::Now();
         ++job.version;
         MarkDirty(job);
+        views_to_send_.insert(id);  // the servers' ids changed
         Log()->info("job {}: RUNNING again (its servers still hold it)", id);
         continue;
       }
@@ -459,6 +501,10 @@ void CoordinatorState::RecoverJobs() {
   if (job_id.empty()) return;
 
   absl::StatusOr<int64_t> step = RestoreFromSnapshots(assignment);
+  if (step.ok()) {
+    const std::string error = SendViewTo(assignment);
+    if (!error.empty()) step = absl::UnavailableError(error);
+  }
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
@@ -518,7 +564,9 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
       create.set_job_id(job_id);
       *create.mutable_config() = assignment.config();
       *create.mutable_placement() = assignment.placement();
-      create.add_shards(static_cast<int32_t>(i));
+      for (int32_t shard : ShardsOf(assignment, assignment.servers(i).id())) {
+        create.add_shards(shard);
+      }
       create.set_view_epoch(assignment.view_epoch());
       CreateJobResponse response;
       PSD_RETURN_IF_ERROR(FromGrpcStatus(
@@ -581,9 +629,7 @@ void CoordinatorState::AssignFreeRanks() {
     if (member.job_id.empty()) idle.push_back(id);
   }
   for (auto& [id, job] : jobs_) {
-    // Only ranks freed by a restore from snapshots: a rank of a live job
-    // belongs to its worker, which registers again (worker replacement is
-    // not built yet).
+    // Ranks freed by a restore from snapshots, or by a worker that died.
     if (job.status.state() != RUNNING || !job.ranks_free) continue;
     std::vector<int32_t> free;
     for (int32_t r = 0; r < static_cast<int32_t>(job.worker_ids.size()); ++r) {
@@ -597,8 +643,13 @@ void CoordinatorState::AssignFreeRanks() {
       job.worker_ids[rank] = worker;
       workers_[worker].job_id = id;
       workers_[worker].rank = rank;
-      Log()->info("job {}: rank {} goes to {} at step {}", id, rank, worker,
-                  job.start_step);
+      if (job.resume_ranks.count(rank)) {
+        Log()->info("job {}: rank {} goes to {}, at the step its servers are at",
+                    id, rank, worker);
+      } else {
+        Log()->info("job {}: rank {} goes to {} at step {}", id, rank, worker,
+                    job.start_step);
+      }
     }
   }
 }
@@ -801,8 +852,10 @@ void CoordinatorState::SchedulerLoop() {
   while (!stop_.WaitForNotificationWithTimeout(
       absl::Milliseconds(options_.schedule_interval_ms))) {
     ExpireMembers();
+    RunFailovers();
     RecoverJobs();
     StartPendingJobs();
+    RepairReplicas();
     RunDrops();
     TimedSnapshots();
     SaveDirty();
@@ -827,14 +880,39 @@ void CoordinatorState::ExpireMembers() {
                   options_.heartbeat_timeout_ms, view_epoch_);
       for (auto& [job_id, job] : jobs_) {
         if (job.status.state() != RUNNING) continue;
-        bool uses = false;
-        for (const ServerInfo& s : job.assignment.servers()) uses |= s.id() == id;
-        for (const std::string& w : job.worker_ids) uses |= w == id;
-        if (uses) {
-          FinishJob(&job, FAILED,
-                    absl::StrCat(server ? "server " : "worker ", id,
-                                 " stopped sending heartbeats (failover and "
-                                 "worker replacement are not implemented yet)"));
+        if (!server) {
+          for (size_t r = 0; r < job.worker_ids.size(); ++r) {
+            if (job.worker_ids[r] != id) continue;
+            // Under BSP the step waits for this rank; an idle worker takes
+            // it (AssignFreeRanks) and resumes where the servers are.
+            job.worker_ids[r].clear();
+            job.ranks_free = true;
+            job.resume_ranks.insert(static_cast<int32_t>(r));
+            Log()->warn("job {}: rank {} lost its worker {}; waiting for an "
+                        "idle worker to take it", job_id, r, id);
+          }
+          continue;
+        }
+        bool changed = false;
+        for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
+          auto* backups = shard.mutable_backups();
+          const auto end = std::remove(backups->begin(), backups->end(), id);
+          changed |= end != backups->end();
+          backups->erase(end, backups->end());
+          if (shard.primary() == id) {
+            shard.clear_primary();
+            job.orphaned.insert(shard.shard());
+            changed = true;
+          }
+        }
+        if (!changed) continue;
+        if (job.orphaned.empty()) {
+          NewViewLocked(&job);  // only backups lost
+          Log()->warn("job {}: server {} left its shards' backups; view epoch "
+                      "{}", job_id, id, job.assignment.view_epoch());
+        } else {
+          Log()->warn("job {}: server {} was the primary of {} shard(s); "
+                      "promoting backups", job_id, id, job.orphaned.size());
         }
       }
       it = members.erase(it);
@@ -849,7 +927,10 @@ void CoordinatorState::StartPendingJobs() {
   {
     absl::MutexLock lock(&mu_);
     AssignFreeRanks();
-    if (servers_.empty()) return;
+    if (static_cast<int32_t>(servers_.size()) < options_.replication_factor ||
+        servers_.empty()) {
+      return;
+    }
     std::vector<std::string> idle;
     for (const auto& [id, member] : workers_) {
       if (member.job_id.empty()) idle.push_back(id);
@@ -882,16 +963,22 @@ void CoordinatorState::StartPendingJobs() {
       *a.mutable_config() = config;
       *a.mutable_placement() = *placement;
       a.set_view_epoch(view_epoch_);
-      int32_t shard = 0;
       for (const auto& [server_id, member] : servers_) {
         ServerInfo* info = a.add_servers();
         info->set_id(server_id);
         info->set_address(member.address);
         info->set_uid(member.uid);
-        ShardReplicas* replicas = a.add_shards();
-        replicas->set_shard(shard++);
-        replicas->set_primary(server_id);
         servers.push_back(*info);
+      }
+      // Shard k: primary server k, backups the next R-1 servers.
+      const int32_t n = static_cast<int32_t>(servers.size());
+      for (int32_t shard = 0; shard < n; ++shard) {
+        ShardReplicas* replicas = a.add_shards();
+        replicas->set_shard(shard);
+        replicas->set_primary(servers[shard].id());
+        for (int32_t b = 1; b < options_.replication_factor; ++b) {
+          replicas->add_backups(servers[(shard + b) % n].id());
+        }
       }
       *job.status.mutable_placement() = *placement;
       *job.status.mutable_shards() = a.shards();
@@ -909,20 +996,30 @@ void CoordinatorState::StartPendingJobs() {
 
   // Create the partitions on the servers, with no lock held.
   std::string error;
-  for (size_t shard = 0; shard < servers.size() && error.empty(); ++shard) {
+  Assignment created;
+  {
+    absl::MutexLock lock(&mu_);
+    created = jobs_[job_id].assignment;
+  }
+  for (size_t i = 0; i < servers.size() && error.empty(); ++i) {
     CreateJobRequest request = create;
-    request.add_shards(static_cast<int32_t>(shard));
-    auto stub = ParameterServer::NewStub(MakeChannel(servers[shard].address()));
+    for (int32_t shard : ShardsOf(created, servers[i].id())) {
+      request.add_shards(shard);
+    }
+    auto stub = ParameterServer::NewStub(MakeChannel(servers[i].address()));
     CreateJobResponse response;
     grpc::Status status = CallServer(
         stub.get(), &ParameterServer::Stub::CreateJob, request, &response,
         std::chrono::milliseconds(options_.server_call_timeout_ms));
     if (!status.ok()) {
-      error = absl::StrCat("creating shard ", shard, " on server ",
-                           servers[shard].id(), " (", servers[shard].address(),
+      error = absl::StrCat("creating shards on server ", servers[i].id(), " (",
+                           servers[i].address(),
                            ") failed: ", status.error_message());
     }
   }
+
+  // The servers learn their roles before any worker can push.
+  if (error.empty()) error = SendViewTo(created);
 
   {
     absl::MutexLock lock(&mu_);
@@ -961,6 +1058,272 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
   job.ranks.assign(job.worker_ids.size(), RankProgress());
   Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,
               job.assignment.servers_size(), job.worker_ids.size());
+}
+
+std::string CoordinatorState::SendViewTo(const Assignment& assignment) {
+  SetViewRequest request;
+  request.set_job_id(assignment.job_id());
+  JobView* view = request.mutable_view();
+  view->set_epoch(assignment.view_epoch());
+  *view->mutable_shards() = assignment.shards();
+  *view->mutable_servers() = assignment.servers();
+  std::string error;
+  for (const ServerInfo& server : assignment.servers()) {
+    request.set_server_id(server.id());
+    auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+    SetViewResponse response;
+    grpc::Status status =
+        CallServer(stub.get(), &ParameterServer::Stub::SetView, request,
+                   &response, std::chrono::milliseconds(2000));
+    if (!status.ok() && error.empty()) {
+      error = absl::StrCat("sending view epoch ", assignment.view_epoch(),
+                           " to server ", server.id(), " (", server.address(),
+                           "): ", status.error_message());
+    }
+  }
+  return error;
+}
+
+void CoordinatorState::SendViews() {
+  std::vector<Assignment> views;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& id : views_to_send_) {
+      auto it = jobs_.find(id);
+      if (it != jobs_.end() && it->second.status.state() == RUNNING) {
+        views.push_back(it->second.assignment);
+      }
+    }
+    views_to_send_.clear();
+  }
+  for (const Assignment& view : views) {
+    const std::string error = SendViewTo(view);
+    // A server that missed it is behind: the workers' pushes tell it
+    // (UNAVAILABLE, retried), and a dead one is expired.
+    if (!error.empty()) Log()->warn("job {}: {}", view.job_id(), error);
+  }
+}
+
+void CoordinatorState::NewViewLocked(Job* job) {
+  Assignment& a = job->assignment;
+  a.set_view_epoch(++view_epoch_);
+  std::map<std::string, ServerInfo> known;
+  for (const ServerInfo& s : a.servers()) known[s.id()] = s;
+  for (const auto& [id, member] : servers_) {
+    if (known.count(id)) continue;
+    ServerInfo info;
+    info.set_id(id);
+    info.set_address(member.address);
+    info.set_uid(member.uid);
+    known[id] = info;
+  }
+  std::set<std::string> used;
+  for (const ShardReplicas& r : a.shards()) {
+    if (!r.primary().empty()) used.insert(r.primary());
+    used.insert(r.backups().begin(), r.backups().end());
+  }
+  a.clear_servers();
+  for (const std::string& id : used) {
+    if (known.count(id)) *a.add_servers() = known[id];
+  }
+  *job->status.mutable_shards() = a.shards();
+  *job->status.mutable_servers() = a.servers();
+  job->status.set_view_epoch(a.view_epoch());
+  ++job->version;
+  MarkDirty(*job);
+  views_to_send_.insert(job->status.job_id());
+}
+
+void CoordinatorState::RunFailovers() {
+  struct Orphan {
+    std::string job_id;
+    Assignment assignment;
+    std::set<int32_t> shards;
+  };
+  std::vector<Orphan> orphans;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, job] : jobs_) {
+      if (job.status.state() == RUNNING && !job.orphaned.empty()) {
+        orphans.push_back(Orphan{id, job.assignment, job.orphaned});
+      }
+    }
+  }
+  for (const Orphan& orphan : orphans) {
+    // Ask each backup of an orphaned shard how far it is.
+    std::map<std::string, std::string> address;
+    for (const ServerInfo& s : orphan.assignment.servers()) {
+      address[s.id()] = s.address();
+    }
+    std::map<int32_t, std::pair<std::string, std::vector<std::string>>> chosen;
+    std::string lost;
+    for (const ShardReplicas& r : orphan.assignment.shards()) {
+      if (!orphan.shards.count(r.shard())) continue;
+      std::map<std::string, std::pair<int64_t, int64_t>> steps;
+      for (const std::string& backup : r.backups()) {
+        auto stub = ParameterServer::NewStub(MakeChannel(address[backup]));
+        ServerStatus status;
+        grpc::Status called =
+            CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
+                       GetServerStatusRequest(), &status,
+                       std::chrono::milliseconds(1000));
+        if (!called.ok()) continue;
+        for (const ServerJobStatus& job : status.jobs()) {
+          if (job.job_id() != orphan.job_id) continue;
+          for (const ShardStatus& shard : job.shards()) {
+            if (shard.shard() == r.shard() && shard.role() == "BACKUP") {
+              steps[backup] = {shard.min_step(), shard.max_step()};
+            }
+          }
+        }
+      }
+      if (steps.empty()) {
+        lost = absl::StrCat("shard ", r.shard(),
+                            " lost every replica (its primary died and no "
+                            "backup answered); restart the cluster to resume "
+                            "from the newest snapshot");
+        break;
+      }
+      auto best = std::max_element(
+          steps.begin(), steps.end(),
+          [](const auto& a, const auto& b) { return a.second < b.second; });
+      std::vector<std::string> kept;
+      for (const auto& [backup, step] : steps) {
+        // Backups exactly as far as the new primary stay; the others are
+        // brought back by a state transfer.
+        if (backup != best->first && step == best->second &&
+            step.first == step.second) {
+          kept.push_back(backup);
+        }
+      }
+      chosen[r.shard()] = {best->first, kept};
+    }
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(orphan.job_id);
+    if (it == jobs_.end() || it->second.status.state() != RUNNING) continue;
+    Job& job = it->second;
+    if (!lost.empty()) {
+      FinishJob(&job, FAILED, lost);
+      continue;
+    }
+    for (ShardReplicas& r : *job.assignment.mutable_shards()) {
+      auto c = chosen.find(r.shard());
+      if (c == chosen.end() || !job.orphaned.count(r.shard())) continue;
+      // The chosen backup must still be in the view (not expired meanwhile).
+      if (std::count(r.backups().begin(), r.backups().end(), c->second.first) ==
+          0) {
+        continue;  // retried at the next round
+      }
+      r.set_primary(c->second.first);
+      r.clear_backups();
+      for (const std::string& b : c->second.second) r.add_backups(b);
+      job.orphaned.erase(r.shard());
+      Log()->warn("job {}: shard {}: backup {} promoted to primary", orphan.job_id,
+                  r.shard(), c->second.first);
+    }
+    if (job.orphaned.empty()) {
+      NewViewLocked(&job);
+      Log()->warn("job {}: failover done, view epoch {}", orphan.job_id,
+                  job.assignment.view_epoch());
+    }
+  }
+  SendViews();
+}
+
+void CoordinatorState::RepairReplicas() {
+  std::string job_id, joiner_id, joiner_address, primary_address;
+  int32_t shard = -1;
+  Assignment assignment;
+  {
+    absl::MutexLock lock(&mu_);
+    if (options_.replication_factor < 2) return;
+    for (auto& [id, job] : jobs_) {
+      if (job.repairing) return;  // one state transfer at a time
+    }
+    for (auto& [id, job] : jobs_) {
+      if (job.status.state() != RUNNING || !job.orphaned.empty()) continue;
+      std::map<std::string, int> load;  // shards held in this job
+      for (const auto& [sid, member] : servers_) load[sid] = 0;
+      for (const ShardReplicas& r : job.assignment.shards()) {
+        if (load.count(r.primary())) ++load[r.primary()];
+        for (const std::string& b : r.backups()) {
+          if (load.count(b)) ++load[b];
+        }
+      }
+      for (const ShardReplicas& r : job.assignment.shards()) {
+        if (1 + r.backups_size() >= options_.replication_factor) continue;
+        if (!servers_.count(r.primary())) continue;  // failover first
+        std::string best;
+        for (const auto& [sid, n] : load) {
+          if (sid == r.primary() ||
+              std::count(r.backups().begin(), r.backups().end(), sid) > 0) {
+            continue;
+          }
+          if (best.empty() || n < load[best]) best = sid;
+        }
+        if (best.empty()) continue;  // no server to spare
+        job.repairing = true;
+        job_id = id;
+        shard = r.shard();
+        joiner_id = best;
+        joiner_address = servers_[best].address;
+        primary_address = servers_[r.primary()].address;
+        assignment = job.assignment;
+        break;
+      }
+      if (!job_id.empty()) break;
+    }
+  }
+  if (job_id.empty()) return;
+  Log()->info("job {}: shard {} has fewer than {} replicas: bringing in server "
+              "{} as a backup (state transfer)", job_id, shard,
+              options_.replication_factor, joiner_id);
+  const auto timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
+  CreateJobRequest create;
+  create.set_job_id(job_id);
+  *create.mutable_config() = assignment.config();
+  *create.mutable_placement() = assignment.placement();
+  create.add_shards(shard);
+  create.set_view_epoch(assignment.view_epoch());
+  create.set_joining(true);
+  CreateJobResponse created;
+  auto joiner = ParameterServer::NewStub(MakeChannel(joiner_address));
+  grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,
+                                   create, &created, timeout);
+  SyncBackupResponse synced;
+  if (status.ok()) {
+    SyncBackupRequest sync;
+    sync.set_job_id(job_id);
+    sync.set_shard(shard);
+    sync.set_backup_address(joiner_address);
+    auto primary = ParameterServer::NewStub(MakeChannel(primary_address));
+    status = CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
+                        &synced, std::chrono::milliseconds(120000));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return;
+    Job& job = it->second;
+    job.repairing = false;
+    if (!status.ok()) {
+      Log()->warn("job {}: bringing in {} for shard {} failed: {}", job_id,
+                  joiner_id, shard, status.error_message());
+      return;
+    }
+    if (job.status.state() != RUNNING || !servers_.count(joiner_id)) return;
+    for (ShardReplicas& r : *job.assignment.mutable_shards()) {
+      if (r.shard() != shard) continue;
+      if (r.primary() != assignment.shards(shard).primary()) return;  // moved
+      r.add_backups(joiner_id);
+    }
+    NewViewLocked(&job);
+    Log()->info("job {}: server {} is a backup of shard {} ({} partitions, "
+                "{} bytes transferred); view epoch {}", job_id, joiner_id,
+                shard, synced.partitions(), synced.bytes(),
+                job.assignment.view_epoch());
+  }
+  SendViews();
 }
 
 }  // namespace psd

@@ -24,8 +24,13 @@ namespace psd {
 
 struct CoordinatorOptions {
   // A member that has not sent a heartbeat for this long is removed from the
-  // view, and a running job that used it fails. Default: 3000 ms.
-  int heartbeat_timeout_ms = 3000;
+  // view: a server's shards fail over to their backups (a shard left with no
+  // replica fails its job), a worker's rank goes to an idle worker.
+  // Default: 1500 ms.
+  int heartbeat_timeout_ms = 1500;
+  // Replicas of every shard (primary + backups on distinct servers); jobs
+  // wait for this many servers. Default: 1 (no backups).
+  int replication_factor = 1;
   // How often the scheduler looks for jobs to start and expired members.
   // Default: 100 ms.
   int schedule_interval_ms = 100;
@@ -38,9 +43,19 @@ struct CoordinatorOptions {
 
 // Membership, the cluster view (epoch grows with every change), and the job
 // table. Jobs start in submission order, each once `workers` idle workers
-// and at least one server are registered; jobs that fit run side by side.
-// Every registered server holds one shard of every job started while it was
-// registered (num_shards = number of servers).
+// and replication_factor servers are registered; jobs that fit run side by
+// side. A job has one shard per server registered when it started; shard k's
+// primary is the k-th server and its backups the next R-1 (round robin).
+//
+// Failover: when a server's heartbeats stop, each shard it was primary of
+// gets as primary the backup with the most steps applied (asked with
+// GetServerStatus); backups behind it leave the view; the new view (epoch
+// + 1) goes to the job's servers (SetView) and its workers (heartbeats).
+// Re-join: a shard with fewer than R replicas gets a server that holds none
+// of it (a restarted or new one first): CreateJob (joining), then the
+// primary's SyncBackup (state transfer), then a view with it as a backup.
+// A worker's rank whose heartbeats stop goes to an idle worker, which
+// resumes at the step the servers are at.
 //
 // Thread-safe. Owns a scheduler thread (started by Start(), stopped by the
 // destructor). Never holds its lock across an RPC.
@@ -128,6 +143,13 @@ class CoordinatorState {
     bool ranks_free = false;
     // When the last time-based snapshot was asked for.
     absl::Time last_timed_snapshot;
+    // Shards whose primary died, awaiting RunFailovers.
+    std::set<int32_t> orphaned;
+    // A backup being brought in by RepairReplicas.
+    bool repairing = false;
+    // Ranks whose worker died: their next worker reads its step from the
+    // servers (Assignment.resume_from_servers).
+    std::set<int32_t> resume_ranks;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -166,6 +188,19 @@ class CoordinatorState {
   void SaveDirty() ABSL_LOCKS_EXCLUDED(mu_);
   // Sends the queued DropJob calls (no lock held while calling).
   void RunDrops() ABSL_LOCKS_EXCLUDED(mu_);
+  // Promotes backups of the shards whose primary died (see the class
+  // comment), then sends the new view.
+  void RunFailovers() ABSL_LOCKS_EXCLUDED(mu_);
+  // Brings one shard short of replicas back to R (one per call).
+  void RepairReplicas() ABSL_LOCKS_EXCLUDED(mu_);
+  // A new view for the job: bumps the epoch, keeps assignment.servers to
+  // the servers the shards use, mirrors it in the status, persists it.
+  void NewViewLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends the views of views_to_send_ to their servers (SetView); logs
+  // failures.
+  void SendViews() ABSL_LOCKS_EXCLUDED(mu_);
+  // Sends the assignment's view to its servers; returns the first error.
+  std::string SendViewTo(const Assignment& assignment) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
   const CoordinatorOptions options_;
@@ -183,6 +218,8 @@ class CoordinatorState {
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingDrop> drops_ ABSL_GUARDED_BY(mu_);
+  // Jobs whose view changed and must be sent to their servers.
+  std::set<std::string> views_to_send_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dirty_ ABSL_GUARDED_BY(mu_);
 
   absl::Notification stop_;

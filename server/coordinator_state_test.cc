@@ -134,6 +134,16 @@ class GatedParameterService final
                        DropJobResponse* response) override {
     return inner_->DropJob(context, request, response);
   }
+  grpc::Status SetView(grpc::ServerContext* context,
+                       const SetViewRequest* request,
+                       SetViewResponse* response) override {
+    return inner_->SetView(context, request, response);
+  }
+  grpc::Status GetServerStatus(grpc::ServerContext* context,
+                               const GetServerStatusRequest* request,
+                               ServerStatus* response) override {
+    return inner_->GetServerStatus(context, request, response);
+  }
 
  private:
   ParameterService* const inner_;
@@ -599,8 +609,8 @@ TEST_CASE("CoordinatorState: cancel", "[coordinator]") {
   }
 }
 
-TEST_CASE("CoordinatorState: a worker that stops heartbeating fails its "
-          "running job with a clear reason",
+TEST_CASE("CoordinatorState: a worker that stops heartbeating gives its "
+          "rank to an idle worker, which resumes from the servers",
           "[coordinator]") {
   Cluster cluster(FastOptions(/*heartbeat_timeout_ms=*/300));
   std::vector<std::string> by_rank;
@@ -610,40 +620,43 @@ TEST_CASE("CoordinatorState: a worker that stops heartbeating fails its "
   const int64_t epoch_before = cluster.state.GetClusterView().epoch();
 
   // Only the server and rank 0 keep heartbeating.
-  bool alive_told = false;
-  const bool failed = PollUntil(
-      [&] { return cluster.State(job_id) == FAILED; },
+  const bool expired = PollUntil(
+      [&] { return cluster.ViewOf(silent) == nullptr; },
       [&] {
         cluster.Heartbeat(cluster.server_id);
-        alive_told |= cluster.Heartbeat(alive).cancelled();
+        CHECK_FALSE(cluster.Heartbeat(alive).cancelled());
       });
-  REQUIRE(failed);
-  const JobStatus job = cluster.Job(job_id);
-  INFO(job.error());
-  CHECK(Contains(job.error(), silent));
-  CHECK(Contains(job.error(), "heartbeat"));
-  CHECK_FALSE(Contains(job.error(), alive));
+  REQUIRE(expired);
+  CHECK(cluster.state.GetClusterView().epoch() > epoch_before);
+  CHECK(cluster.State(job_id) == RUNNING);  // the step waits for rank 1
 
-  const ClusterView view = cluster.state.GetClusterView();
-  CHECK(view.epoch() > epoch_before);
-  CHECK(cluster.ViewOf(silent) == nullptr);
-  REQUIRE(view.servers_size() == 1);
-  CHECK(view.servers(0).id() == cluster.server_id);
-
-  // The silent worker must register again; the live one is told to stop
-  // (by the first heartbeat after the failure), then is idle.
+  // The silent worker must register again.
   HeartbeatRequest request;
   request.set_member_id(silent);
   CHECK(cluster.state.Heartbeat(request).status().code() ==
         absl::StatusCode::kNotFound);
-  alive_told |= cluster.Heartbeat(alive).cancelled();
-  CHECK(alive_told);
-  HeartbeatResponse idle = cluster.Heartbeat(alive);
-  CHECK_FALSE(idle.cancelled());
-  CHECK_FALSE(idle.has_assignment());
-  auto info = cluster.ViewOf(alive);
-  REQUIRE(info != nullptr);
-  CHECK(info->job_id().empty());
+
+  // A new worker takes rank 1 and reads its step from the servers; rank 0
+  // keeps its own assignment.
+  const std::string replacement = cluster.AddWorker();
+  HeartbeatResponse given;
+  const bool assigned = PollUntil(
+      [&] {
+        given = cluster.Heartbeat(replacement);
+        return given.has_assignment();
+      },
+      [&] {
+        cluster.Heartbeat(cluster.server_id);
+        cluster.Heartbeat(alive);
+      });
+  REQUIRE(assigned);
+  CHECK(given.assignment().job_id() == job_id);
+  CHECK(given.assignment().rank() == 1);
+  CHECK(given.assignment().resume_from_servers());
+  const HeartbeatResponse first = cluster.Heartbeat(alive);
+  CHECK(first.assignment().rank() == 0);
+  CHECK_FALSE(first.assignment().resume_from_servers());
+  CHECK(cluster.State(job_id) == RUNNING);
 }
 
 TEST_CASE("CoordinatorState: a job cancelled while the server is creating it "

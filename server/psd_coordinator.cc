@@ -25,8 +25,12 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "port 0 lets the OS choose. Empty: no metrics endpoint.");
 ABSL_FLAG(std::string, metrics_port_file, "",
           "If set, write the bound metrics port to this file.");
-ABSL_FLAG(int, heartbeat_timeout_ms, 3000,
-          "Remove a server or worker that sent no heartbeat for this long, ms.");
+ABSL_FLAG(int, heartbeat_timeout_ms, 1500,
+          "Remove a server or worker that sent no heartbeat for this long, ms: "
+          "a primary's backup is promoted, a worker's rank goes to another.");
+ABSL_FLAG(int, replication_factor, 1,
+          "Replicas of every parameter shard (a primary and R-1 backups, on "
+          "distinct servers); a job starts once R servers are registered.");
 ABSL_FLAG(std::string, data_dir, "",
           "The coordinator's own data directory, locked while it runs (a "
           "second process given the same one exits with an error). Jobs "
@@ -105,6 +109,12 @@ int Main() {
   }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  options.replication_factor = absl::GetFlag(FLAGS_replication_factor);
+  if (options.replication_factor < 1 || options.replication_factor > 16) {
+    Log()->error("--replication_factor={}: must be in [1, 16]",
+                 options.replication_factor);
+    return 2;
+  }
   options.db = db.get();
   MetricsRegistry metrics;
   AddProcessMetrics(&metrics);
