@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/placement.h"
+#include "common/process.h"
 #include "common/rpc.h"
 #include "common/status.h"
 #include "common/tensor.h"
@@ -38,23 +39,12 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     const Assignment& assignment, ParameterClientOptions options) {
   std::unique_ptr<ParameterClient> client(
       new ParameterClient(assignment, options));
-  std::map<std::string, const ServerInfo*> servers;
-  for (const ServerInfo& s : assignment.servers()) servers[s.id()] = &s;
-  std::map<int32_t, std::string> primary;
-  for (const ShardReplicas& r : assignment.shards()) primary[r.shard()] = r.primary();
-  std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs;
   const Placement& placement = assignment.placement();
   for (const ParameterSpec& p : placement.parameters()) {
     client->sizes_.push_back(NumElements(p));
     client->names_.push_back(p.name());
   }
   for (const Partition& part : placement.partitions()) {
-    auto shard = primary.find(part.shard());
-    if (shard == primary.end() || !servers.count(shard->second)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "assignment: no server for shard ", part.shard(), " of partition ",
-          part.id()));
-    }
     if (part.parameter() < 0 ||
         part.parameter() >= static_cast<int32_t>(client->sizes_.size()) ||
         part.offset() < 0 ||
@@ -62,26 +52,43 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
       return absl::InvalidArgumentError(
           absl::StrCat("assignment: partition ", part.id(), " out of range"));
     }
-    const ServerInfo& server = *servers[shard->second];
-    auto& stub = stubs[server.id()];
-    if (!stub) stub = ParameterServer::NewStub(MakeChannel(server.address()));
     auto target = std::make_unique<Target>();
     target->partition = part;
-    target->server = absl::StrCat(server.id(), " (", server.address(), ")");
-    target->stub = stub;
-    for (PushRequest* r : {&target->push}) {
-      r->set_job_id(client->job_id_);
-      r->set_worker_rank(client->rank_);
-      r->set_view_epoch(client->view_epoch_);
-      r->add_gradients()->set_partition_id(part.id());
-    }
+    target->push.set_job_id(client->job_id_);
+    target->push.set_worker_rank(client->rank_);
+    target->push.add_gradients()->set_partition_id(part.id());
     target->pull.set_job_id(client->job_id_);
     target->pull.set_worker_rank(client->rank_);
-    target->pull.set_view_epoch(client->view_epoch_);
     target->pull.add_partition_ids(part.id());
     client->targets_.push_back(std::move(target));
   }
+  PSD_RETURN_IF_ERROR(client->Route(assignment));
   return client;
+}
+
+absl::Status ParameterClient::Route(const Assignment& assignment) {
+  std::map<std::string, const ServerInfo*> servers;
+  for (const ServerInfo& s : assignment.servers()) servers[s.id()] = &s;
+  std::map<int32_t, std::string> primary;
+  for (const ShardReplicas& r : assignment.shards()) primary[r.shard()] = r.primary();
+  for (auto& target : targets_) {
+    const Partition& part = target->partition;
+    auto shard = primary.find(part.shard());
+    if (shard == primary.end() || !servers.count(shard->second)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "assignment: no server for shard ", part.shard(), " of partition ",
+          part.id()));
+    }
+    const ServerInfo& server = *servers[shard->second];
+    auto& stub = stubs_[server.address()];
+    if (!stub) stub = ParameterServer::NewStub(MakeChannel(server.address()));
+    target->server = absl::StrCat(server.id(), " (", server.address(), ")");
+    target->stub = stub;
+    target->push.set_view_epoch(assignment.view_epoch());
+    target->pull.set_view_epoch(assignment.view_epoch());
+  }
+  view_epoch_ = assignment.view_epoch();
+  return absl::OkStatus();
 }
 
 std::vector<std::string> ParameterClient::parameter_names() const {
@@ -116,8 +123,8 @@ class InFlight {
 // true, the calls in flight are cancelled. Returns the first error.
 template <typename Start>
 absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
-                    const ParameterClientOptions& options, const char* what,
-                    Start start) {
+                    const ParameterClientOptions& options, int64_t view_epoch,
+                    const char* what, Start start) {
   std::vector<ParameterClient::Target*> pending = targets;
   for (int attempt = 0;; ++attempt) {
     InFlight in_flight(static_cast<int>(pending.size()));
@@ -129,10 +136,20 @@ absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
         in_flight.Done();
       });
     }
+    bool newer_view = false;
     while (!in_flight.WaitFor(absl::Milliseconds(100))) {
       if (options.cancel != nullptr && options.cancel->load()) {
         for (auto& context : contexts) context->TryCancel();
       }
+      if (!newer_view && options.views != nullptr &&
+          options.views->LatestEpoch() > view_epoch) {
+        newer_view = true;  // e.g. waiting on a primary that was replaced
+        for (auto& context : contexts) context->TryCancel();
+      }
+    }
+    if (newer_view && !(options.cancel != nullptr && options.cancel->load())) {
+      return absl::AbortedError(absl::StrCat(
+          what, ": the view changed (epoch ", view_epoch, " is old)"));
     }
     std::vector<ParameterClient::Target*> failed;
     for (ParameterClient::Target* t : pending) {
@@ -161,15 +178,15 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
   const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
-  PSD_RETURN_IF_ERROR(RunAll(
-      all, options_, "pull",
+  PSD_RETURN_IF_ERROR(WithFailover([&] { return RunAll(
+      all, options_, view_epoch_, "pull",
       [&](Target* t, grpc::ClientContext* context, auto done) {
         t->pull.set_step(step);
         t->pull.set_latest(latest);
         context->set_deadline(DeadlineIn(timeout));
         t->stub->async()->Pull(context, &t->pull, &t->pull_response,
                                std::move(done));
-      }));
+      }); }, /*repush=*/true));
   params->resize(sizes_.size());
   for (size_t i = 0; i < sizes_.size(); ++i) (*params)[i].resize(sizes_[i]);
   int64_t lowest = INT64_MAX;
@@ -213,13 +230,57 @@ absl::Status ParameterClient::Push(
     EncodeFloat32(g.data() + part.offset(), part.num_elements(),
                   t->push.mutable_gradients(0)->mutable_tensor());
   }
+  pushed_ = true;
+  return WithFailover([this] { return Repush(); }, /*repush=*/false);
+}
+
+absl::Status ParameterClient::Repush() {
+  std::vector<Target*> all;
+  for (auto& t : targets_) all.push_back(t.get());
   const auto timeout = std::chrono::milliseconds(options_.push_timeout_ms);
-  return RunAll(all, options_, "push",
+  return RunAll(all, options_, view_epoch_, "push",
                 [&](Target* t, grpc::ClientContext* context, auto done) {
                   context->set_deadline(DeadlineIn(timeout));
                   t->stub->async()->Push(context, &t->push, &t->push_response,
                                          std::move(done));
                 });
+}
+
+absl::Status ParameterClient::WithFailover(
+    const std::function<absl::Status()>& call, bool repush) {
+  absl::Time give_up = absl::InfiniteFuture();
+  while (true) {
+    absl::Status status = call();
+    if (status.ok() || options_.views == nullptr) return status;
+    if (options_.cancel != nullptr && options_.cancel->load()) return status;
+    if (status.code() != absl::StatusCode::kAborted &&
+        status.code() != absl::StatusCode::kUnavailable) {
+      return status;
+    }
+    const absl::Time now = absl::Now();
+    if (give_up == absl::InfiniteFuture()) {
+      give_up = now + absl::Milliseconds(options_.failover_timeout_ms);
+    } else if (now > give_up) {
+      return absl::Status(status.code(),
+                          absl::StrCat(status.message(), " (no working view for ",
+                                       options_.failover_timeout_ms, " ms)"));
+    }
+    std::optional<Assignment> next =
+        options_.views->AwaitNewer(view_epoch_, absl::Seconds(1));
+    if (next.has_value()) {
+      const int64_t old = view_epoch_;
+      PSD_RETURN_IF_ERROR(Route(*next));
+      Log()->warn("job {} rank {}: view epoch {} -> {} ({}); retrying on the "
+                  "new primaries", job_id_, rank_, old, view_epoch_,
+                  std::string(status.message()));
+    }
+    // With no new view yet, the same servers are tried again (the view
+    // may not have changed: a server busy or briefly unreachable).
+    if (repush && pushed_) {
+      absl::Status again = Repush();
+      if (!again.ok()) continue;
+    }
+  }
 }
 
 }  // namespace psd

@@ -5,14 +5,31 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/proto.h"
 
 namespace psd {
+
+// Where a client learns that its job's view changed (a primary failed
+// over): the worker's heartbeats. Thread-safe.
+class ViewSource {
+ public:
+  virtual ~ViewSource() = default;
+  // The newest view epoch known for the job; polled while calls wait.
+  virtual int64_t LatestEpoch() = 0;
+  // Waits up to `timeout` for the job's assignment with a view epoch above
+  // `epoch`; nullopt when none came.
+  virtual std::optional<Assignment> AwaitNewer(int64_t epoch,
+                                               absl::Duration timeout) = 0;
+};
 
 struct ParameterClientOptions {
   // Deadline of one Pull, which waits for the slowest worker's push.
@@ -27,6 +44,15 @@ struct ParameterClientOptions {
   // 100 ms and end with CANCELLED (used to stop a worker promptly). Not
   // owned; must outlive the client. Default: none.
   const std::atomic<bool>* cancel = nullptr;
+  // When set, a call that fails because the view changed or a server is
+  // unreachable (ABORTED, UNAVAILABLE), or that waits while a newer view is
+  // known, is retried on the new view's primaries: the last push is sent
+  // again first (the servers drop duplicates), then the call. Not owned.
+  // Default: none (such failures are returned).
+  ViewSource* views = nullptr;
+  // Give up when no call succeeds for this long while failing over.
+  // Default: 60 s.
+  int failover_timeout_ms = 60000;
 };
 
 // One rank's view of a job's parameters. Parameters are whole tensors
@@ -59,11 +85,21 @@ class ParameterClient {
   // Pushes gradients of `step`; grads[i] has parameter_sizes()[i] floats.
   absl::Status Push(int64_t step, const std::vector<std::vector<float>>& grads);
 
+  // The view epoch calls are made in.
+  int64_t view_epoch() const { return view_epoch_; }
+
   // One partition's server stub and reusable messages (defined in the .cc).
   struct Target;
 
  private:
   ParameterClient(const Assignment& assignment, ParameterClientOptions options);
+  // Points every partition at its shard's primary in `assignment`'s view.
+  absl::Status Route(const Assignment& assignment);
+  // Runs `call` and, with options_.views, fails over (see views).
+  absl::Status WithFailover(const std::function<absl::Status()>& call,
+                            bool repush);
+  // Sends the last push again (after a failover).
+  absl::Status Repush();
 
   const ParameterClientOptions options_;
   std::string job_id_;
@@ -72,6 +108,8 @@ class ParameterClient {
   std::vector<int64_t> sizes_;
   std::vector<std::string> names_;
   std::vector<std::unique_ptr<Target>> targets_;
+  std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs_;
+  bool pushed_ = false;  // targets' push requests hold the last push
 };
 
 }  // namespace psd

@@ -54,10 +54,12 @@ namespace {
 
 // Receives assignments from heartbeats and runs them one at a time on its
 // own thread. Thread-safe.
-class WorkerAgent {
+class WorkerAgent : public ViewSource {
  public:
   WorkerAgent(TrainerOptions options, kernels::Backend* backend)
-      : options_(std::move(options)), backend_(backend) {}
+      : options_(std::move(options)), backend_(backend) {
+    options_.views = this;
+  }
 
   ~WorkerAgent() {
     {
@@ -82,8 +84,28 @@ class WorkerAgent {
     request->set_rank(current_rank_);
   }
 
+  // ViewSource: the view of the job being trained, from heartbeats.
+  int64_t LatestEpoch() override { return latest_epoch_.load(); }
+  std::optional<Assignment> AwaitNewer(int64_t epoch,
+                                       absl::Duration timeout) override {
+    absl::MutexLock lock(&mu_);
+    auto newer = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || (view_.has_value() && view_->view_epoch() > epoch);
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&newer), timeout);
+    if (view_.has_value() && view_->view_epoch() > epoch) return view_;
+    return std::nullopt;
+  }
+
   void OnHeartbeat(const HeartbeatResponse& response) {
     absl::MutexLock lock(&mu_);
+    if (response.has_assignment() &&
+        response.assignment().job_id() == current_job_ &&
+        (!view_.has_value() ||
+         response.assignment().view_epoch() > view_->view_epoch())) {
+      view_ = response.assignment();
+      latest_epoch_ = view_->view_epoch();
+    }
     if (response.cancelled() && !current_job_.empty() && !cancel_) {
       Log()->warn("job {}: the coordinator says stop (cancelled, or a job it "
                   "no longer runs)", current_job_);
@@ -112,6 +134,8 @@ class WorkerAgent {
         current_job_ = assignment.job_id();
         current_rank_ = assignment.rank();
         cancel_ = false;
+        view_ = assignment;
+        latest_epoch_ = assignment.view_epoch();
       }
       Log()->info("job {}: assigned rank {}", assignment.job_id(),
                   assignment.rank());
@@ -173,14 +197,17 @@ class WorkerAgent {
     }
   }
 
-  const TrainerOptions options_;
+  TrainerOptions options_;  // constant after construction
   kernels::Backend* const backend_;
+  std::atomic<int64_t> latest_epoch_{0};
   Membership* membership_ = nullptr;
   std::atomic<bool> cancel_{false};
   std::thread thread_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<Assignment> next_ ABSL_GUARDED_BY(mu_);
+  // The newest assignment of current_job_ (its view epoch may grow).
+  std::optional<Assignment> view_ ABSL_GUARDED_BY(mu_);
   std::string current_job_ ABSL_GUARDED_BY(mu_);
   int32_t current_rank_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::string> finished_ ABSL_GUARDED_BY(mu_);

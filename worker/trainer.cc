@@ -104,6 +104,7 @@ absl::Status TrainRank(const Assignment& assignment,
   ParameterClientOptions client_options;
   client_options.pull_timeout_ms = options.pull_timeout_ms;
   client_options.cancel = cancel;
+  client_options.views = options.views;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
                        ParameterClient::Create(assignment, client_options));
   if (client->parameter_sizes() != model->ParameterSizes()) {
@@ -152,11 +153,24 @@ absl::Status TrainRank(const Assignment& assignment,
   // After a recovery the job resumes at start_step: the same batches follow
   // as in a run never stopped, since the order depends on (seed, epoch,
   // rank) only.
-  const int64_t start_step = assignment.start_step();
-  if (start_step < 0 || start_step > steps_per_epoch * config.epochs()) {
+  int64_t start_step = assignment.start_step();
+  const int64_t total_steps = steps_per_epoch * config.epochs();
+  if (assignment.resume_from_servers()) {
+    // A replacement: the slowest partition's step is the one this rank's
+    // predecessor did not finish pushing (BSP waits for it).
+    PSD_RETURN_IF_ERROR(client->Pull(0, /*latest=*/true, &params, &start_step));
+    Log()->info("job {} rank {}: replacing a worker, resuming at step {}",
+                assignment.job_id(), rank, start_step);
+  }
+  if (start_step < 0 || start_step > total_steps) {
     return absl::InvalidArgumentError(absl::StrCat(
         "assignment.start_step: ", start_step, " outside the job's ",
-        steps_per_epoch * config.epochs(), " steps"));
+        total_steps, " steps"));
+  }
+  if (start_step == total_steps) {  // the predecessor pushed every step
+    progress.set_done(true);
+    send(config.epochs() - 1, total_steps);
+    return absl::OkStatus();
   }
   for (int32_t epoch = static_cast<int32_t>(start_step / steps_per_epoch);
        epoch < config.epochs(); ++epoch) {

@@ -10,6 +10,7 @@
 #include "common/metrics.h"
 #include "common/proto.h"
 #include "kernels/kernels.h"
+#include "worker/ps_client.h"
 
 namespace psd {
 
@@ -39,6 +40,9 @@ struct TrainerOptions {
   // Where step counts and timings go. Not owned; must outlive TrainRank.
   // Default: nullptr (none).
   TrainerMetrics* metrics = nullptr;
+  // Where view changes come from (failover of a primary; see
+  // ParameterClientOptions::views). Not owned. Default: none.
+  ViewSource* views = nullptr;
 };
 
 // Where progress goes (the coordinator's ReportProgress). Returns true when
@@ -51,6 +55,8 @@ using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
 // The batches of rank r in epoch e follow EpochOrder(shard r, seed, e, r),
 // so a rank's gradients are a function of (job, rank, step) only (DESIGN
 // invariant 5). Rank 0 evaluates the test set at every epoch end.
+// With assignment.resume_from_servers (this rank's worker died), training
+// starts at the step the rank's partitions are at, read from the servers.
 // Setting `*cancel` stops training within a step (calls in flight to the
 // servers are cancelled). Returns OK when all steps are done, CANCELLED when
 // stopped, or the error that ended it.
