@@ -30,6 +30,22 @@ if [ "$bazel_rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
   grep -E '^ERROR' "$log" | head -20
   failed=1
 fi
+# The CUDA build (issue 5), counted as one test: compile and link the CUDA
+# targets with nvcc and run the kernels' tests from that build (on a machine
+# with no GPU they check the no-GPU path and skip the parity checks).
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  if bazel test --config=cuda --noshow_progress --test_summary=short \
+    //kernels/... //worker:psd_worker //tests/bench:gemm_bench >"$log" 2>&1; then
+    echo "//:cuda_build (bazel test --config=cuda //kernels/... + binaries) PASSED"
+    passed=$((passed + 1))
+  else
+    grep -E '^ERROR|FAILED' "$log" | head -20
+    echo "//:cuda_build (bazel test --config=cuda //kernels/... + binaries) FAILED"
+    failed=$((failed + 1))
+  fi
+else
+  echo "//:cuda_build SKIPPED: /usr/local/cuda/bin/nvcc not found, CUDA targets not compiled"
+fi
 rm -f "$log"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
