@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
@@ -43,6 +46,8 @@ constexpr char kUsage[] =
     "  cancel JOB_ID        cancel a pending or running job\n"
     "  watch JOB_ID         print progress until the job ends; exit 0 only\n"
     "                       if it SUCCEEDED\n"
+    "  replicas JOB_ID      checksum of every replica of the job's shards;\n"
+    "                       fails when they differ\n"
     "  export JOB_ID FILE   pull the job's parameters into a safetensors\n"
     "                       file and print their CRC-32 checksum\n"
     "  delete JOB_ID        forget a finished job and free its parameters\n"
@@ -175,6 +180,72 @@ int Watch(JobService::Stub* jobs, const std::string& id) {
   }
 }
 
+// Pulls the current parameters of a started job; with replica = r, from
+// the r-th replica of every shard (0 = primary, then the backups; a shard
+// with fewer replicas gives its last one).
+absl::StatusOr<std::vector<NamedTensor>> PullParameters(const JobStatus& status,
+                                                        int replica,
+                                                        int64_t* step) {
+  if (status.placement().partitions_size() == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", status.job_id(), " has not started (",
+                     JobState_Name(status.state()), ")"));
+  }
+  Assignment assignment;
+  assignment.set_job_id(status.job_id());
+  *assignment.mutable_placement() = status.placement();
+  *assignment.mutable_shards() = status.shards();
+  *assignment.mutable_servers() = status.servers();
+  assignment.set_view_epoch(status.view_epoch());
+  for (ShardReplicas& shard : *assignment.mutable_shards()) {
+    if (replica > 0 && shard.backups_size() > 0) {
+      shard.set_primary(shard.backups(std::min(replica, shard.backups_size()) - 1));
+    }
+  }
+  ParameterClientOptions options;
+  options.pull_timeout_ms = absl::GetFlag(FLAGS_timeout_s) * 1000;
+  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
+                       ParameterClient::Create(assignment, options));
+  std::vector<std::vector<float>> params;
+  PSD_RETURN_IF_ERROR(client->Pull(0, /*latest=*/true, &params, step));
+  std::vector<NamedTensor> tensors;
+  for (int i = 0; i < status.placement().parameters_size(); ++i) {
+    const ParameterSpec& spec = status.placement().parameters(i);
+    tensors.push_back(NamedTensor{
+        spec.name(), {spec.shape().begin(), spec.shape().end()},
+        std::move(params[i])});
+  }
+  return tensors;
+}
+
+// Prints the parameter checksum of every replica set; 1 when they differ.
+int Replicas(JobService::Stub* jobs, const std::string& id) {
+  auto status = GetJob(jobs, id);
+  if (!status.ok()) return Fail("replicas", ToGrpcStatus(status.status()));
+  int replicas = 1;
+  for (const ShardReplicas& shard : status->shards()) {
+    replicas = std::max(replicas, 1 + shard.backups_size());
+  }
+  std::set<uint32_t> sums;
+  for (int r = 0; r < replicas; ++r) {
+    int64_t step = 0;
+    auto tensors = PullParameters(*status, r, &step);
+    if (!tensors.ok()) return Fail("replicas", ToGrpcStatus(tensors.status()));
+    const uint32_t sum = ParameterChecksum(*tensors);
+    sums.insert(sum);
+    std::printf("%s %d: step %lld checksum crc32:%08x\n",
+                r == 0 ? "primaries" : "backups", r,
+                static_cast<long long>(step), sum);
+  }
+  if (sums.size() != 1) {
+    std::fprintf(stderr, "psd_ctl: replicas: the replicas of job %s differ\n",
+                 id.c_str());
+    return 1;
+  }
+  std::printf("all %d replica sets agree\n", replicas);
+  return 0;
+}
+
 int Export(JobService::Stub* jobs, const std::string& id,
            const std::string& path) {
   auto status = GetJob(jobs, id);
@@ -182,38 +253,13 @@ int Export(JobService::Stub* jobs, const std::string& id,
     std::fprintf(stderr, "psd_ctl: export: %s\n", status.status().ToString().c_str());
     return 1;
   }
-  if (status->placement().partitions_size() == 0) {
-    std::fprintf(stderr, "psd_ctl: export: job %s has not started (%s)\n",
-                 id.c_str(), JobState_Name(status->state()).c_str());
-    return 1;
-  }
-  Assignment assignment;
-  assignment.set_job_id(id);
-  *assignment.mutable_placement() = status->placement();
-  *assignment.mutable_shards() = status->shards();
-  *assignment.mutable_servers() = status->servers();
-  assignment.set_view_epoch(status->view_epoch());
-  ParameterClientOptions options;
-  options.pull_timeout_ms = absl::GetFlag(FLAGS_timeout_s) * 1000;
-  auto client = ParameterClient::Create(assignment, options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "psd_ctl: export: %s\n", client.status().ToString().c_str());
-    return 1;
-  }
-  std::vector<std::vector<float>> params;
   int64_t step = 0;
-  absl::Status pulled = (*client)->Pull(0, /*latest=*/true, &params, &step);
+  auto pulled = PullParameters(*status, 0, &step);
   if (!pulled.ok()) {
-    std::fprintf(stderr, "psd_ctl: export: %s\n", pulled.ToString().c_str());
+    std::fprintf(stderr, "psd_ctl: export: %s\n", pulled.status().ToString().c_str());
     return 1;
   }
-  std::vector<NamedTensor> tensors;
-  for (int i = 0; i < status->placement().parameters_size(); ++i) {
-    const ParameterSpec& spec = status->placement().parameters(i);
-    tensors.push_back(NamedTensor{
-        spec.name(), {spec.shape().begin(), spec.shape().end()},
-        std::move(params[i])});
-  }
+  std::vector<NamedTensor> tensors = *std::move(pulled);
   absl::Status written = WriteSafetensors(
       path, tensors,
       {{"job_id", id}, {"step", std::to_string(step)}, {"format", "pt"}});
@@ -323,6 +369,10 @@ int Main(const std::vector<std::string>& args) {
   if (command == "export") {
     if (!need(2)) return 2;
     return Export(jobs.get(), args[1], args[2]);
+  }
+  if (command == "replicas") {
+    if (!need(1)) return 2;
+    return Replicas(jobs.get(), args[1]);
   }
   if (command == "delete") {
     if (!need(1)) return 2;

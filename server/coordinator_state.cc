@@ -894,6 +894,10 @@ void CoordinatorState::ExpireMembers() {
           continue;
         }
         bool changed = false;
+        auto* servers = job.assignment.mutable_servers();
+        servers->erase(std::remove_if(servers->begin(), servers->end(),
+                                      [&](const ServerInfo& s) { return s.id() == id; }),
+                       servers->end());
         for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
           auto* backups = shard.mutable_backups();
           const auto end = std::remove(backups->begin(), backups->end(), id);
@@ -901,7 +905,7 @@ void CoordinatorState::ExpireMembers() {
           backups->erase(end, backups->end());
           if (shard.primary() == id) {
             shard.clear_primary();
-            job.orphaned.insert(shard.shard());
+            job.orphaned[shard.shard()] = id;
             changed = true;
           }
         }
@@ -1138,7 +1142,7 @@ void CoordinatorState::RunFailovers() {
   struct Orphan {
     std::string job_id;
     Assignment assignment;
-    std::set<int32_t> shards;
+    std::map<int32_t, std::string> shards;  // shard -> the dead primary
   };
   std::vector<Orphan> orphans;
   {
@@ -1178,10 +1182,12 @@ void CoordinatorState::RunFailovers() {
         }
       }
       if (steps.empty()) {
-        lost = absl::StrCat("shard ", r.shard(),
-                            " lost every replica (its primary died and no "
-                            "backup answered); restart the cluster to resume "
-                            "from the newest snapshot");
+        lost = absl::StrCat(
+            "shard ", r.shard(), " lost every replica: its primary, server ",
+            orphan.shards.at(r.shard()), ", stopped sending heartbeats and ",
+            r.backups_size() == 0 ? "it has no backup (replication_factor 1)"
+                                  : "no backup answered",
+            "; restart the cluster to resume from the newest snapshot");
         break;
       }
       auto best = std::max_element(

@@ -143,8 +143,9 @@ class CoordinatorState {
     bool ranks_free = false;
     // When the last time-based snapshot was asked for.
     absl::Time last_timed_snapshot;
-    // Shards whose primary died, awaiting RunFailovers.
-    std::set<int32_t> orphaned;
+    // Shards whose primary died (shard -> its server id), awaiting
+    // RunFailovers.
+    std::map<int32_t, std::string> orphaned;
     // A backup being brought in by RepairReplicas.
     bool repairing = false;
     // Ranks whose worker died: their next worker reads its step from the

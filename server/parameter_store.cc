@@ -1128,4 +1128,37 @@ void ParameterStore::RemoveJoiner(const std::string& job_id, int32_t shard,
   Settle(&completions, &snapshots, &tasks);
 }
 
+void ParameterStore::FenceAll() {
+  std::vector<std::shared_ptr<Job>> jobs;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : jobs_) jobs.push_back(job);
+  }
+  for (const std::shared_ptr<Job>& job : jobs) {
+    Completions completions;
+    {
+      absl::MutexLock lock(&job->mu);
+      for (auto& [shard, role] : job->roles) {
+        role.role = Role::kNone;
+        role.backups.clear();
+        role.joiners.clear();
+      }
+      for (auto& [id, state] : job->partitions) {
+        state.replicating = false;
+        state.awaiting.clear();
+        state.received.assign(state.received.size(), false);
+        state.received_count = 0;
+      }
+      for (auto& [id, waiter] : job->waiters) {
+        completions.emplace_back(
+            std::move(waiter.done),
+            absl::AbortedError("this server registered again with the "
+                               "coordinator: it waits for a new view"));
+      }
+      job->waiters.clear();
+    }
+    RunCompletions(&completions);
+  }
+}
+
 }  // namespace psd

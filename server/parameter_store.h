@@ -122,6 +122,12 @@ class ParameterStore {
   absl::StatusOr<ReplicateResponse> Replicate(const ReplicateRequest& request);
   absl::Status InstallPartition(const InstallPartitionRequest& request);
 
+  // The coordinator forgot this server (it was expelled after missing
+  // heartbeats, or the coordinator restarted): every shard of every job
+  // loses its role (NONE) until a SetView gives it one again, so a replaced
+  // primary takes no push; pulls waiting end with ABORTED.
+  void FenceAll();
+
   // The outcome of a ReplicationTask's call. Returns true when the call must
   // be made again (the backup is still awaited: it failed, and no view has
   // removed the backup since); false when it is settled.

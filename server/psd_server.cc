@@ -138,7 +138,16 @@ int Main() {
   options.role = MembershipOptions::Role::kServer;
   options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
   options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
-  options.fill_register = [&store, &server_uid](RegisterRequest* request) {
+  bool registered_before = false;  // only touched by Membership's thread
+  options.fill_register = [&store, &server_uid,
+                           &registered_before](RegisterRequest* request) {
+    // Registering again means the coordinator forgot us: our roles may
+    // have moved to other servers (fencing), until it sends a view.
+    if (registered_before) {
+      store.FenceAll();
+      Log()->warn("registering again: every shard held waits for a new view");
+    }
+    registered_before = true;
     request->set_server_uid(server_uid);
     for (const std::string& job : store.JobIds()) request->add_live_jobs(job);
   };

@@ -83,8 +83,8 @@ ShardSnapshot MakeSnapshot(int64_t mib, bool velocity, uint32_t seed) {
       w = static_cast<float>(static_cast<int32_t>(seed)) * 1e-9f;
     }
     if (velocity) {
-      ps.velocity = ps.weights;
-      for (float& v : ps.velocity) v *= 0.5f;
+      ps.slots = ps.weights;
+      for (float& v : ps.slots) v *= 0.5f;
     }
     s.partitions.push_back(std::move(ps));
   }
