@@ -1,0 +1,435 @@
+#include "server/embedding_store.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/embedding_rows.h"
+#include "server/optimizer.h"
+
+namespace psd {
+namespace {
+
+constexpr int kStripeBits = 3;
+constexpr int kStripes = 1 << kStripeBits;
+// Target size of one arena chunk.
+constexpr int64_t kChunkBytes = 16 << 10;
+// Bytes per map slot: the (uint64, uint32) pair padded to 16, plus one
+// control byte (absl's SwissTable).
+constexpr int64_t kMapSlotBytes =
+    sizeof(std::pair<const uint64_t, uint32_t>) + 1;
+
+inline int StripeOf(uint64_t mixed) {
+  return static_cast<int>(mixed >> (64 - kStripeBits));
+}
+
+}  // namespace
+
+struct EmbeddingStore::Table {
+  // One eighth of the rows: its map and its arena.
+  struct Stripe {
+    mutable absl::Mutex mu;
+    absl::flat_hash_map<uint64_t, uint32_t> index ABSL_GUARDED_BY(mu);
+    std::vector<std::unique_ptr<float[]>> chunks ABSL_GUARDED_BY(mu);
+    int64_t rows ABSL_GUARDED_BY(mu) = 0;
+    // What this stripe last added to the accounting.
+    int64_t accounted ABSL_GUARDED_BY(mu) = 0;
+  };
+
+  Table(EmbeddingTableSpec s, std::vector<int32_t> sh,
+        std::shared_ptr<std::atomic<int64_t>> store_total,
+        std::shared_ptr<std::atomic<int64_t>> store_arena)
+      : spec(std::move(s)),
+        shards(std::move(sh)),
+        dim(spec.dim()),
+        slots(OptimizerSlots(spec.optimizer())),
+        row_floats(2 + static_cast<int64_t>(dim) * (1 + slots)),
+        rows_per_chunk(std::max<int64_t>(1, kChunkBytes / (row_floats * 4))),
+        holds(spec.num_shards(), false),
+        total(std::move(store_total)),
+        arena(std::move(store_arena)) {
+    for (int32_t s : shards) holds[s] = true;
+  }
+
+  ~Table() {
+    int64_t all = 0, chunk_bytes = 0;
+    for (Stripe& s : stripes) {
+      absl::MutexLock lock(&s.mu);
+      all += s.accounted;
+      chunk_bytes += static_cast<int64_t>(s.chunks.size()) * ChunkBytes();
+    }
+    total->fetch_sub(all);
+    arena->fetch_sub(chunk_bytes);
+  }
+
+  int64_t ChunkBytes() const { return rows_per_chunk * row_floats * 4; }
+  int64_t RowBytes() const { return row_floats * 4; }
+
+  // The record of slot `slot`. REQUIRES: s.mu held.
+  float* Record(const Stripe& s, uint32_t slot) const {
+    return s.chunks[slot / rows_per_chunk].get() +
+           (slot % rows_per_chunk) * row_floats;
+  }
+
+  // Brings the accounting up to date with the stripe's arrays.
+  void Account(Stripe& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    const int64_t now =
+        static_cast<int64_t>(s.chunks.size()) * ChunkBytes() +
+        static_cast<int64_t>(s.index.capacity()) * kMapSlotBytes;
+    total->fetch_add(now - s.accounted);
+    table_bytes.fetch_add(now - s.accounted);
+    s.accounted = now;
+  }
+
+  // Constant after construction.
+  const EmbeddingTableSpec spec;  // with defaults
+  const std::vector<int32_t> shards;
+  const int32_t dim;
+  const int slots;
+  const int64_t row_floats;  // count (2 floats) + weights + slots
+  const int64_t rows_per_chunk;
+  std::vector<bool> holds;  // by shard; constant after construction
+  const std::shared_ptr<std::atomic<int64_t>> total;
+  const std::shared_ptr<std::atomic<int64_t>> arena;
+
+  std::array<Stripe, kStripes> stripes;
+  std::atomic<int64_t> table_bytes{0};
+  std::atomic<int64_t> rows{0};
+  std::atomic<int64_t> pulls{0};
+  std::atomic<int64_t> pushes{0};
+};
+
+namespace {
+
+// Checks the ids against the table; fills mixed[i] = SplitMix64Mix(ids[i])
+// and `by_stripe` with the request indices grouped by stripe (request order
+// within a stripe), `starts[s]` the first of stripe s (starts[kStripes] =
+// n).
+absl::Status RouteIds(const EmbeddingStore::Table& t,
+                      absl::Span<const uint64_t> ids,
+                      std::vector<uint32_t>* by_stripe,
+                      std::array<uint32_t, kStripes + 1>* starts) {
+  const uint64_t num_rows = t.spec.num_rows();
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  std::array<uint32_t, kStripes + 1> count{};
+  std::vector<uint8_t> stripe(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t id = ids[i];
+    if (id >= num_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_ids[", i, "]: ", id, " is out of range [0, ",
+                       num_rows, ") of table \"", t.spec.name(), "\""));
+    }
+    const uint64_t mixed = SplitMix64Mix(id);
+    const int32_t shard = static_cast<int32_t>(mixed % num_shards);
+    if (!t.holds[shard]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "row_ids[", i, "]: row ", id, " is on shard ", shard, " of ",
+          num_shards, "; this server holds shards [",
+          absl::StrJoin(t.shards, ", "), "] of table \"", t.spec.name(),
+          "\""));
+    }
+    stripe[i] = static_cast<uint8_t>(StripeOf(mixed));
+    ++count[stripe[i] + 1];
+  }
+  for (int s = 0; s < kStripes; ++s) count[s + 1] += count[s];
+  *starts = count;
+  by_stripe->resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    (*by_stripe)[count[stripe[i]]++] = static_cast<uint32_t>(i);
+  }
+  return absl::OkStatus();
+}
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
+}
+
+absl::Status CheckGradients(const EmbeddingStore::Table& t,
+                            absl::Span<const uint64_t> ids,
+                            const Tensor& gradients) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (gradients.dtype() != FLOAT32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradients.dtype: must be FLOAT32, got ",
+                     DType_Name(gradients.dtype())));
+  }
+  if (gradients.shape_size() != 2 || gradients.shape(0) != n ||
+      gradients.shape(1) != t.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradients.shape: must be [len(row_ids), dim] = [", n, ", ", t.dim,
+        "], got ", ShapeString(gradients)));
+  }
+  const int64_t want = n * t.dim * 4;
+  if (static_cast<int64_t>(gradients.data().size()) != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradients.data: must hold ", want, " bytes ([", n, ", ",
+                     t.dim, "] float32), got ", gradients.data().size()));
+  }
+  const char* data = gradients.data().data();
+  for (int64_t e = 0; e < n * t.dim; ++e) {
+    float v;
+    std::memcpy(&v, data + e * 4, 4);
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradients.data: element ", e, " (row_ids[", e / t.dim, "] = ",
+          ids[e / t.dim], ", column ", e % t.dim, ") is ", v,
+          "; gradients must be finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+EmbeddingStore::EmbeddingStore(EmbeddingStoreOptions options)
+    : options_(options),
+      bytes_(std::make_shared<std::atomic<int64_t>>(0)),
+      arena_bytes_(std::make_shared<std::atomic<int64_t>>(0)) {}
+
+EmbeddingStore::~EmbeddingStore() = default;
+
+absl::StatusOr<bool> EmbeddingStore::CreateTable(
+    const std::string& job_id, const EmbeddingTableSpec& spec,
+    const std::vector<int32_t>& shards) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  absl::Status valid = ValidateTableSpec(spec, "spec");
+  if (!valid.ok()) return valid;
+  if (shards.empty()) {
+    return absl::InvalidArgumentError("shards: at least one shard required");
+  }
+  std::vector<bool> seen(spec.num_shards(), false);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards[i] < 0 || shards[i] >= spec.num_shards()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shards[", i, "]: must be in [0, ", spec.num_shards(),
+                       "), got ", shards[i]));
+    }
+    if (seen[shards[i]]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shards[", i, "]: shard ", shards[i], " listed twice"));
+    }
+    seen[shards[i]] = true;
+  }
+  std::vector<int32_t> sorted = shards;
+  std::sort(sorted.begin(), sorted.end());
+  EmbeddingTableSpec full = WithTableDefaults(spec);
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_pair(job_id, spec.name());
+  auto it = tables_.find(key);
+  if (it != tables_.end()) {
+    const Table& old = *it->second;
+    if (old.spec.SerializeAsString() == full.SerializeAsString() &&
+        old.shards == sorted) {
+      return false;
+    }
+    return absl::AlreadyExistsError(absl::StrCat(
+        "table \"", spec.name(), "\" of job ", job_id,
+        " exists with another spec or other shards (drop it first)"));
+  }
+  tables_[key] = std::make_shared<Table>(std::move(full), std::move(sorted),
+                                         bytes_, arena_bytes_);
+  return true;
+}
+
+absl::StatusOr<std::shared_ptr<EmbeddingStore::Table>> EmbeddingStore::Find(
+    const std::string& job_id, const std::string& table) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tables_.find(std::make_pair(job_id, table));
+  if (it != tables_.end()) return it->second;
+  for (const auto& [key, unused] : tables_) {
+    if (key.first == job_id) {
+      return absl::NotFoundError(absl::StrCat("table: no table \"", table,
+                                              "\" in job ", job_id,
+                                              " on this server"));
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "job_id: no embedding table of job \"", job_id, "\" on this server"));
+}
+
+absl::Status EmbeddingStore::Pull(const std::string& job_id,
+                                  const std::string& table,
+                                  absl::Span<const uint64_t> ids,
+                                  std::string* out, int32_t* dim) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  if (dim != nullptr) *dim = t.dim;
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  absl::Status routed = RouteIds(t, ids, &order, &starts);
+  if (!routed.ok()) return routed;
+  const int64_t row_bytes = static_cast<int64_t>(t.dim) * 4;
+  out->resize(ids.size() * row_bytes);
+  char* dst = out->data();
+  for (int s = 0; s < kStripes; ++s) {
+    if (starts[s] == starts[s + 1]) continue;
+    const Table::Stripe& stripe = t.stripes[s];
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (uint32_t k = starts[s]; k < starts[s + 1]; ++k) {
+      const uint32_t i = order[k];
+      float* row = reinterpret_cast<float*>(dst + i * row_bytes);
+      auto it = stripe.index.find(ids[i]);
+      if (it == stripe.index.end()) {
+        InitialRow(t.spec.initializer(), t.dim, ids[i], row);
+      } else {
+        std::memcpy(row, t.Record(stripe, it->second) + 2, row_bytes);
+      }
+    }
+  }
+  t.pulls.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
+    const std::string& job_id, const std::string& table,
+    absl::Span<const uint64_t> ids, const Tensor& gradients) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  absl::Status checked = RouteIds(t, ids, &order, &starts);
+  if (!checked.ok()) return checked;
+  checked = CheckGradients(t, ids, gradients);
+  if (!checked.ok()) return checked;
+  // Within each stripe, equal ids become adjacent, in request order
+  // (stable), so duplicates are summed in request order.
+  for (int s = 0; s < kStripes; ++s) {
+    std::stable_sort(order.begin() + starts[s], order.begin() + starts[s + 1],
+                     [&ids](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
+  }
+  const int64_t dim = t.dim;
+  const char* grad_bytes = gradients.data().data();
+  // Lock every stripe the push touches, in ascending order.
+  std::array<bool, kStripes> locked{};
+  for (int s = 0; s < kStripes; ++s) {
+    if (starts[s] == starts[s + 1]) continue;
+    t.stripes[s].mu.Lock();
+    locked[s] = true;
+  }
+  auto unlock_all = [&]() {
+    for (int s = kStripes - 1; s >= 0; --s) {
+      if (locked[s]) t.stripes[s].mu.Unlock();
+    }
+  };
+  // Reserve the arena chunks the new rows need (max_bytes), before any
+  // row changes.
+  std::array<int64_t, kStripes> new_chunks{};
+  int64_t reserve = 0;
+  for (int s = 0; s < kStripes; ++s) {
+    if (!locked[s]) continue;
+    Table::Stripe& stripe = t.stripes[s];
+    int64_t fresh = 0;
+    for (uint32_t k = starts[s]; k < starts[s + 1]; ++k) {
+      if (k > starts[s] && ids[order[k]] == ids[order[k - 1]]) continue;
+      if (!stripe.index.contains(ids[order[k]])) ++fresh;
+    }
+    const int64_t capacity =
+        static_cast<int64_t>(stripe.chunks.size()) * t.rows_per_chunk;
+    const int64_t needed = stripe.rows + fresh - capacity;
+    new_chunks[s] =
+        needed > 0 ? (needed + t.rows_per_chunk - 1) / t.rows_per_chunk : 0;
+    reserve += new_chunks[s] * t.ChunkBytes();
+  }
+  if (reserve > 0) {
+    const int64_t before = arena_bytes_->fetch_add(reserve);
+    if (options_.max_bytes > 0 && before + reserve > options_.max_bytes) {
+      arena_bytes_->fetch_sub(reserve);
+      unlock_all();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "push to table \"", table, "\" needs ", reserve,
+          " more bytes of rows; the server holds ", before, " of its limit ",
+          options_.max_bytes));
+    }
+  }
+  EmbeddingPushResult result;
+  std::vector<float> sum(dim);
+  for (int s = 0; s < kStripes; ++s) {
+    if (!locked[s]) continue;
+    Table::Stripe& stripe = t.stripes[s];
+    for (int64_t c = 0; c < new_chunks[s]; ++c) {
+      stripe.chunks.emplace_back(new float[t.rows_per_chunk * t.row_floats]);
+    }
+    uint32_t k = starts[s];
+    while (k < starts[s + 1]) {
+      const uint64_t id = ids[order[k]];
+      // Sum the group of equal ids (request order).
+      std::memcpy(sum.data(), grad_bytes + int64_t{order[k]} * dim * 4,
+                  dim * 4);
+      uint32_t end = k + 1;
+      for (; end < starts[s + 1] && ids[order[end]] == id; ++end) {
+        const char* g = grad_bytes + int64_t{order[end]} * dim * 4;
+        for (int64_t c = 0; c < dim; ++c) {
+          float v;
+          std::memcpy(&v, g + c * 4, 4);
+          sum[c] += v;
+        }
+      }
+      k = end;
+      auto [it, inserted] =
+          stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows));
+      float* record = nullptr;
+      if (inserted) {
+        record = t.Record(stripe, it->second);
+        ++stripe.rows;
+        ++result.rows_created;
+        std::memset(record, 0, t.row_floats * 4);  // count 0, slots 0
+        InitialRow(t.spec.initializer(), t.dim, id, record + 2);
+      } else {
+        record = t.Record(stripe, it->second);
+      }
+      int64_t step;
+      std::memcpy(&step, record, 8);
+      ApplyOptimizer(t.spec.optimizer(), step, sum.data(), dim, record + 2,
+                     t.slots > 0 ? record + 2 + dim : nullptr);
+      ++step;
+      std::memcpy(record, &step, 8);
+      ++result.rows_updated;
+    }
+    t.Account(stripe);
+  }
+  unlock_all();
+  t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
+  t.pushes.fetch_add(1, std::memory_order_relaxed);
+  return result;
+}
+
+absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
+    const std::string& job_id, const std::string& table) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  const Table& t = **found;
+  TableStatusResponse status;
+  *status.mutable_spec() = t.spec;
+  for (int32_t s : t.shards) status.add_shards(s);
+  status.set_rows(t.rows.load());
+  status.set_bytes(t.table_bytes.load());
+  status.set_row_bytes(t.RowBytes());
+  status.set_pulls(t.pulls.load());
+  status.set_pushes(t.pushes.load());
+  return status;
+}
+
+absl::Status EmbeddingStore::DropTable(const std::string& job_id,
+                                       const std::string& table) {
+  std::shared_ptr<Table> dropped;  // freed outside the lock
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tables_.find(std::make_pair(job_id, table));
+    if (it == tables_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "table: no table \"", table, "\" in job ", job_id, " on this server"));
+    }
+    dropped = std::move(it->second);
+    tables_.erase(it);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace psd

@@ -1,0 +1,140 @@
+// Sparse embedding tables held by a parameter server (issue 7): the server
+// side of psd.v1.EmbeddingServer (proto/embedding.proto).
+//
+// A table is num_rows (V) x dim (d) float32, split over num_shards shards by
+// ShardOfRow (server/embedding_rows.h); a server holds some of its shards.
+// Memory follows the rows touched, never V:
+//   * a row is created by its first push: its weights get the seeded
+//     initial values (InitialRow), its optimizer slots zero, its update
+//     count 0;
+//   * a pull of a row never pushed computes the initial values on the fly
+//     and stores nothing.
+// Storage per table: 8 stripes (by the top 3 bits of SplitMix64Mix(row)),
+// each an absl::flat_hash_map<uint64_t row id, uint32_t slot> plus an arena
+// of fixed-size chunks (about 16 KiB each) of row records
+//   [int64 update count][d weights][OptimizerSlots x d slots]   (float32)
+// so one row costs row_bytes = 8 + 4 d (1 + k) bytes of arena, plus about
+// 17 / load-factor bytes of map (16 B slot + 1 control byte; the map's load
+// factor is between 7/16 and 7/8), plus a partly filled last chunk per
+// stripe. bytes() below counts exactly that: chunks allocated x chunk bytes
+// + map capacity x 17 B. See docs/ARCHITECTURE.md for measured figures.
+//
+// Push: duplicate row ids of one request are summed first (in request
+// order; TensorFlow's IndexedSlices and PyTorch's sparse embedding gradients
+// coalesce the same way), then each distinct row gets one optimizer update,
+// server/optimizer.h's ApplyOptimizer on that row alone, with the row's own
+// slots and its own update count as `step`. Rows not in the push are not
+// touched (no weight decay, no slot decay). Consistency is ASP: a push is
+// applied when it arrives; there is no step, no barrier and no dedup.
+//
+// Thread-safe: any number of pulls, pushes and table calls may run at once.
+// A push holds the write locks of the stripes it touches (ascending order)
+// while it applies; a pull holds read locks, one stripe at a time.
+#ifndef PSD_SERVER_EMBEDDING_STORE_H_
+#define PSD_SERVER_EMBEDDING_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "common/proto.h"
+#include "proto/embedding.pb.h"
+
+namespace psd {
+
+struct EmbeddingStoreOptions {
+  // Upper bound on the bytes of row storage (arena chunks) over all tables;
+  // a push that needs new chunks beyond it fails with RESOURCE_EXHAUSTED
+  // and applies nothing. The hash maps' arrays are counted in bytes() but
+  // not reserved against this bound. 0 = no bound. Default: 0.
+  int64_t max_bytes = 0;
+};
+
+// What a push did.
+struct EmbeddingPushResult {
+  // Distinct rows updated, and how many of them the push created.
+  int64_t rows_updated = 0;
+  int64_t rows_created = 0;
+};
+
+class EmbeddingStore {
+ public:
+  explicit EmbeddingStore(EmbeddingStoreOptions options = {});
+  ~EmbeddingStore();
+  EmbeddingStore(const EmbeddingStore&) = delete;
+  EmbeddingStore& operator=(const EmbeddingStore&) = delete;
+
+  // Creates table spec.name() of `job_id` holding `shards`. Returns true
+  // when created, false when the same table (same spec after defaults,
+  // same shards) was there already.
+  // Errors: INVALID_ARGUMENT naming the field ("job_id", "spec.<field>",
+  // "shards[i]"); ALREADY_EXISTS (another spec or other shards).
+  absl::StatusOr<bool> CreateTable(const std::string& job_id,
+                                   const EmbeddingTableSpec& spec,
+                                   const std::vector<int32_t>& shards);
+
+  // Writes rows `ids` (in that order) to *out: ids.size() x dim float32,
+  // little-endian, row-major (out is resized), and the table's dim to *dim
+  // when not null. Allocates no rows.
+  // Errors: NOT_FOUND (job or table); INVALID_ARGUMENT "row_ids[i]: ..."
+  // for an id >= num_rows; FAILED_PRECONDITION "row_ids[i]: ..." for a row
+  // of a shard not held here.
+  absl::Status Pull(const std::string& job_id, const std::string& table,
+                    absl::Span<const uint64_t> ids, std::string* out,
+                    int32_t* dim = nullptr) const;
+
+  // Applies `gradients` ([ids.size(), dim] FLOAT32, finite) to rows `ids`
+  // (see the file comment). The whole request is checked before any row
+  // changes. Errors: those of Pull, plus INVALID_ARGUMENT naming
+  // gradients.dtype / gradients.shape / gradients.data (size, or the first
+  // NaN/Inf element with its row), RESOURCE_EXHAUSTED (max_bytes).
+  absl::StatusOr<EmbeddingPushResult> Push(const std::string& job_id,
+                                           const std::string& table,
+                                           absl::Span<const uint64_t> ids,
+                                           const Tensor& gradients);
+
+  // The table's spec (with defaults), shards, rows, bytes and call counts.
+  // Errors: NOT_FOUND.
+  absl::StatusOr<TableStatusResponse> Status(const std::string& job_id,
+                                             const std::string& table) const;
+
+  // Frees the table (calls in flight on it finish first on their own copy
+  // of its handle). Errors: NOT_FOUND.
+  absl::Status DropTable(const std::string& job_id, const std::string& table);
+
+  // Bytes held over all tables (as TableStatusResponse.bytes).
+  int64_t bytes() const { return bytes_->load(std::memory_order_relaxed); }
+
+  // One table (defined in the .cc).
+  struct Table;
+
+ private:
+  absl::StatusOr<std::shared_ptr<Table>> Find(const std::string& job_id,
+                                              const std::string& table) const;
+
+  // Constant after construction.
+  const EmbeddingStoreOptions options_;
+  // Bytes over all tables (bytes()), and of their arenas alone
+  // (max_bytes); shared with the tables, which may outlive a DropTable
+  // while calls on them finish.
+  const std::shared_ptr<std::atomic<int64_t>> bytes_;
+  const std::shared_ptr<std::atomic<int64_t>> arena_bytes_;
+
+  mutable absl::Mutex mu_;
+  // (job id, table name) -> table.
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<Table>>
+      tables_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_EMBEDDING_STORE_H_
