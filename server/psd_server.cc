@@ -12,6 +12,8 @@
 #include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/rpc.h"
+#include "server/embedding_service.h"
+#include "server/embedding_store.h"
 #include "server/parameter_service.h"
 #include "server/replicator.h"
 #include "server/parameter_store.h"
@@ -110,6 +112,9 @@ int Main() {
       },
       &metrics);
   ParameterService service(&store, &metrics, snapshots.get());
+  // Sparse embedding tables (psd.v1.EmbeddingServer, ASP), on the same port.
+  EmbeddingStore embedding_store;
+  EmbeddingService embedding_service(&embedding_store, &metrics);
   auto metrics_server =
       StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
                            absl::GetFlag(FLAGS_metrics_port_file), &metrics);
@@ -121,7 +126,7 @@ int Main() {
   }
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
-  auto rpc = StartRpcServer(rpc_options, {&service});
+  auto rpc = StartRpcServer(rpc_options, {&service, &embedding_service});
   if (!rpc.ok()) {
     Log()->error("{}", rpc.status().ToString());
     return 1;

@@ -1,0 +1,178 @@
+// Sparse embedding tables over real gRPC on 127.0.0.1 (in-process servers
+// on OS-chosen ports): EmbeddingService + EmbeddingStore, EmbeddingClient.
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include "common/rpc.h"
+#include "server/embedding_rows.h"
+#include "server/embedding_service.h"
+#include "server/embedding_store.h"
+#include "worker/embedding_client.h"
+
+namespace psd {
+namespace {
+
+// One server process's worth: a store, its service, a gRPC server.
+struct Server {
+  Server() : service(&store) {
+    auto started = StartRpcServer(RpcServerOptions(), {&service});
+    REQUIRE(started.ok());
+    rpc = *std::move(started);
+    address = "127.0.0.1:" + std::to_string(rpc.port);
+  }
+  ~Server() { rpc.server->Shutdown(); }
+  EmbeddingStore store;
+  EmbeddingService service;
+  RpcServer rpc;
+  std::string address;
+};
+
+EmbeddingTableSpec Spec(OptimizerSpec::Kind kind, float lr,
+                        EmbeddingInitializer::Kind init) {
+  EmbeddingTableSpec spec;
+  spec.set_name("emb");
+  spec.set_num_rows(100000000);
+  spec.set_dim(4);
+  spec.mutable_initializer()->set_kind(init);
+  spec.mutable_initializer()->set_seed(99);
+  spec.mutable_optimizer()->set_kind(kind);
+  spec.mutable_optimizer()->set_learning_rate(lr);
+  return spec;
+}
+
+std::unique_ptr<EmbeddingClient> Client(const std::vector<std::string>& servers,
+                                        int64_t max_call_bytes = 1 << 20) {
+  EmbeddingClientOptions options;
+  options.max_call_bytes = max_call_bytes;
+  auto client = EmbeddingClient::Create("job", servers, options);
+  REQUIRE(client.ok());
+  return *std::move(client);
+}
+
+TEST_CASE("EmbeddingServer: untouched rows are the seeded values on 1 and "
+          "2 servers",
+          "[embedding][rpc]") {
+  Server a, b, c;
+  auto one = Client({a.address});
+  auto two = Client({b.address, c.address}, /*max_call_bytes=*/64);
+  const EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::ADAGRAD, 0.1f, EmbeddingInitializer::NORMAL);
+  REQUIRE(one->CreateTable(spec).ok());
+  REQUIRE(two->CreateTable(spec).ok());
+  REQUIRE(two->CreateTable(spec).ok());  // idempotent
+  std::vector<uint64_t> ids;
+  for (uint64_t i = 0; i < 500; ++i) ids.push_back(i * 200003 % 100000000);
+  ids.push_back(ids[3]);  // a duplicate
+  std::vector<float> r1, r2;
+  REQUIRE(one->Pull("emb", ids, &r1).ok());
+  REQUIRE(two->Pull("emb", ids, &r2).ok());
+  CHECK(r1 == r2);
+  const EmbeddingTableSpec full = WithTableDefaults(spec);
+  std::vector<float> want(4);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    InitialRow(full.initializer(), 4, ids[i], want.data());
+    REQUIRE(std::vector<float>(r1.begin() + 4 * i, r1.begin() + 4 * i + 4) ==
+            want);
+  }
+  // Both shards got rows, and nothing was stored by the pulls.
+  auto status = two->Status("emb");
+  REQUIRE(status.ok());
+  CHECK((*status)[0].pulls() > 0);
+  CHECK((*status)[1].pulls() > 0);
+  CHECK((*status)[0].rows() + (*status)[1].rows() == 0);
+}
+
+TEST_CASE("EmbeddingServer: pushes to disjoint rows from two clients both "
+          "land",
+          "[embedding][rpc]") {
+  Server a, b;
+  auto c1 = Client({a.address, b.address});
+  auto c2 = Client({a.address, b.address}, /*max_call_bytes=*/48);
+  REQUIRE(c1->CreateTable(
+                Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO))
+              .ok());
+  std::vector<uint64_t> even, odd;
+  for (uint64_t i = 0; i < 300; ++i) (i % 2 ? odd : even).push_back(i * 7919);
+  std::vector<float> g_even(even.size() * 4, 1.0f), g_odd(odd.size() * 4, 2.0f);
+  for (int round = 0; round < 3; ++round) {
+    REQUIRE(c1->Push("emb", even, g_even).ok());
+    REQUIRE(c2->Push("emb", odd, g_odd).ok());
+  }
+  std::vector<float> rows;
+  REQUIRE(c1->Pull("emb", even, &rows).ok());
+  for (float v : rows) REQUIRE(v == -3.0f);
+  REQUIRE(c2->Pull("emb", odd, &rows).ok());
+  for (float v : rows) REQUIRE(v == -6.0f);
+  auto status = c1->Status("emb");
+  REQUIRE(status.ok());
+  CHECK((*status)[0].rows() + (*status)[1].rows() == 300);
+  CHECK((*status)[0].rows() > 100);
+  CHECK((*status)[1].rows() > 100);
+  // Duplicates in one push are summed (client and server alike): one step
+  // of the summed gradient.
+  REQUIRE(c1->Push("emb", {even[0], even[0]}, std::vector<float>(8, 0.5f)).ok());
+  REQUIRE(c1->Pull("emb", {even[0]}, &rows).ok());
+  CHECK(rows[0] == -4.0f);
+}
+
+TEST_CASE("EmbeddingServer: bad input gets clear gRPC errors",
+          "[embedding][rpc]") {
+  Server a, b;
+  auto client = Client({a.address, b.address});
+  REQUIRE(client
+              ->CreateTable(Spec(OptimizerSpec::ADAM, 0.01f,
+                                 EmbeddingInitializer::UNIFORM))
+              .ok());
+  std::vector<float> rows;
+  absl::Status s = client->Pull("emb", {100000000}, &rows);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(s.message().find("row_ids[0]: 100000000 is out of range") !=
+        std::string::npos);
+  s = client->Push("emb", {5}, {1.0f, NAN, 0.0f, 0.0f});
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(s.message().find("gradients.data: element 1") != std::string::npos);
+  s = client->Pull("nope", {5}, &rows);
+  CHECK(s.code() == absl::StatusCode::kNotFound);
+  auto other_job = EmbeddingClient::Create("other", {a.address});
+  REQUIRE(other_job.ok());
+  s = (*other_job)->Pull("emb", {5}, &rows);
+  CHECK(s.code() == absl::StatusCode::kNotFound);
+  CHECK(s.message().find("job_id") != std::string::npos);
+  // A bad spec names the field.
+  EmbeddingTableSpec bad =
+      Spec(OptimizerSpec::ADAM, 0.01f, EmbeddingInitializer::UNIFORM);
+  bad.set_name("bad");
+  bad.set_dim(0);
+  s = client->CreateTable(bad);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(s.message().find("spec.dim:") != std::string::npos);
+  // A raw request for a row of the other shard, to shard 0's server.
+  uint64_t row = 0;
+  while (ShardOfRow(row, 2) != 1) ++row;
+  auto stub = EmbeddingServer::NewStub(MakeChannel(a.address));
+  PushRowsRequest request;
+  request.set_job_id("job");
+  request.set_table("emb");
+  request.add_row_ids(row);
+  request.mutable_gradients()->set_dtype(FLOAT32);
+  request.mutable_gradients()->add_shape(1);
+  request.mutable_gradients()->add_shape(4);
+  request.mutable_gradients()->set_data(std::string(16, '\0'));
+  PushRowsResponse response;
+  grpc::ClientContext context;
+  grpc::Status g = stub->PushRows(&context, request, &response);
+  CHECK(g.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(g.error_message().find("is on shard 1 of 2") != std::string::npos);
+  // Nothing of the refused pushes was applied.
+  auto status = client->Status("emb");
+  REQUIRE(status.ok());
+  CHECK((*status)[0].rows() + (*status)[1].rows() == 0);
+}
+
+}  // namespace
+}  // namespace psd

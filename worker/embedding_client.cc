@@ -1,0 +1,291 @@
+#include "worker/embedding_client.h"
+
+#include <cstring>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "server/embedding_rows.h"
+
+namespace psd {
+
+struct EmbeddingClient::Call {
+  int32_t shard = 0;
+  // Indices into unique_ of the rows this call carries, in order.
+  std::vector<uint32_t> rows;
+  std::unique_ptr<grpc::ClientContext> context;
+  PullRowsRequest pull_request;
+  PullRowsResponse pull_response;
+  PushRowsRequest push_request;
+  PushRowsResponse push_response;
+  grpc::Status status;
+};
+
+namespace {
+
+absl::Status Prefixed(const std::string& server, int32_t shard,
+                      const grpc::Status& status) {
+  absl::Status s = FromGrpcStatus(status);
+  return absl::Status(s.code(), absl::StrCat("server ", server, " (shard ",
+                                             shard, "): ", s.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmbeddingClient>> EmbeddingClient::Create(
+    const std::string& job_id, const std::vector<std::string>& servers,
+    EmbeddingClientOptions options) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  if (servers.empty() ||
+      servers.size() > static_cast<size_t>(kMaxEmbeddingShards)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("servers: need 1 to ", kMaxEmbeddingShards,
+                     " addresses, got ", servers.size()));
+  }
+  return std::unique_ptr<EmbeddingClient>(
+      new EmbeddingClient(job_id, servers, options));
+}
+
+EmbeddingClient::EmbeddingClient(std::string job_id,
+                                 std::vector<std::string> servers,
+                                 EmbeddingClientOptions options)
+    : job_id_(std::move(job_id)),
+      servers_(std::move(servers)),
+      options_(options) {
+  for (const std::string& address : servers_) {
+    stubs_.push_back(EmbeddingServer::NewStub(MakeChannel(address)));
+  }
+}
+
+EmbeddingClient::~EmbeddingClient() = default;
+
+absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
+  if (spec.num_shards() == 0) spec.set_num_shards(num_shards());
+  if (spec.num_shards() != num_shards()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.num_shards: this client has ", num_shards(),
+                     " servers, got ", spec.num_shards()));
+  }
+  for (int32_t s = 0; s < num_shards(); ++s) {
+    CreateTableRequest request;
+    request.set_job_id(job_id_);
+    *request.mutable_spec() = spec;
+    request.add_shards(s);
+    CreateTableResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    grpc::Status status = stubs_[s]->CreateTable(&context, request, &response);
+    if (!status.ok()) return Prefixed(servers_[s], s, status);
+  }
+  dims_[spec.name()] = spec.dim();
+  return absl::OkStatus();
+}
+
+absl::Status EmbeddingClient::DropTable(const std::string& table) {
+  dims_.erase(table);
+  for (int32_t s = 0; s < num_shards(); ++s) {
+    DropTableRequest request;
+    request.set_job_id(job_id_);
+    request.set_table(table);
+    DropTableResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    grpc::Status status = stubs_[s]->DropTable(&context, request, &response);
+    if (!status.ok()) return Prefixed(servers_[s], s, status);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<TableStatusResponse>> EmbeddingClient::Status(
+    const std::string& table) {
+  std::vector<TableStatusResponse> all(num_shards());
+  for (int32_t s = 0; s < num_shards(); ++s) {
+    TableStatusRequest request;
+    request.set_job_id(job_id_);
+    request.set_table(table);
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    grpc::Status status = stubs_[s]->TableStatus(&context, request, &all[s]);
+    if (!status.ok()) return Prefixed(servers_[s], s, status);
+  }
+  return all;
+}
+
+absl::StatusOr<int32_t> EmbeddingClient::Dim(const std::string& table) {
+  auto it = dims_.find(table);
+  if (it != dims_.end()) return it->second;
+  TableStatusRequest request;
+  request.set_job_id(job_id_);
+  request.set_table(table);
+  TableStatusResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+  grpc::Status status = stubs_[0]->TableStatus(&context, request, &response);
+  if (!status.ok()) return Prefixed(servers_[0], 0, status);
+  dims_[table] = response.spec().dim();
+  return response.spec().dim();
+}
+
+size_t EmbeddingClient::Plan(absl::Span<const uint64_t> ids,
+                             int64_t rows_per_call) {
+  unique_.clear();
+  position_.resize(ids.size());
+  absl::flat_hash_map<uint64_t, uint32_t> seen;
+  seen.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto [it, inserted] =
+        seen.try_emplace(ids[i], static_cast<uint32_t>(unique_.size()));
+    if (inserted) unique_.push_back(ids[i]);
+    position_[i] = it->second;
+  }
+  // Per shard, the open call (index into calls_), or -1.
+  std::vector<int64_t> open(num_shards(), -1);
+  size_t n = 0;
+  for (uint32_t u = 0; u < unique_.size(); ++u) {
+    const int32_t shard = ShardOfRow(unique_[u], num_shards());
+    if (open[shard] < 0 ||
+        static_cast<int64_t>(calls_[open[shard]]->rows.size()) >=
+            rows_per_call) {
+      if (n == calls_.size()) calls_.push_back(std::make_unique<Call>());
+      calls_[n]->shard = shard;
+      calls_[n]->rows.clear();
+      open[shard] = static_cast<int64_t>(n++);
+    }
+    calls_[open[shard]]->rows.push_back(u);
+  }
+  return n;
+}
+
+absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
+  absl::Mutex mu;
+  size_t pending = n;
+  for (size_t c = 0; c < n; ++c) {
+    Call& call = *calls_[c];
+    call.context = std::make_unique<grpc::ClientContext>();
+    call.context->set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    auto done = [&mu, &pending, &call](grpc::Status status) {
+      absl::MutexLock lock(&mu);
+      call.status = std::move(status);
+      --pending;
+    };
+    if (pull) {
+      stubs_[call.shard]->async()->PullRows(call.context.get(),
+                                            &call.pull_request,
+                                            &call.pull_response, done);
+    } else {
+      stubs_[call.shard]->async()->PushRows(call.context.get(),
+                                            &call.push_request,
+                                            &call.push_response, done);
+    }
+  }
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](size_t* p) { return *p == 0; }, &pending));
+  }
+  for (size_t c = 0; c < n; ++c) {
+    if (!calls_[c]->status.ok()) {
+      return Prefixed(servers_[calls_[c]->shard], calls_[c]->shard,
+                      calls_[c]->status);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EmbeddingClient::Pull(const std::string& table,
+                                   absl::Span<const uint64_t> ids,
+                                   std::vector<float>* rows) {
+  auto dim_or = Dim(table);
+  if (!dim_or.ok()) return dim_or.status();
+  const int64_t dim = *dim_or;
+  const int64_t rows_per_call =
+      std::max<int64_t>(1, options_.max_call_bytes / (dim * 4));
+  const size_t n = Plan(ids, rows_per_call);
+  for (size_t c = 0; c < n; ++c) {
+    Call& call = *calls_[c];
+    call.pull_request.set_job_id(job_id_);
+    call.pull_request.set_table(table);
+    auto* row_ids = call.pull_request.mutable_row_ids();
+    row_ids->Clear();
+    row_ids->Reserve(static_cast<int>(call.rows.size()));
+    for (uint32_t u : call.rows) row_ids->AddAlreadyReserved(unique_[u]);
+    call.pull_response.Clear();
+  }
+  absl::Status status = RunCalls(n, /*pull=*/true);
+  if (!status.ok()) return status;
+  unique_rows_.resize(unique_.size() * dim);
+  for (size_t c = 0; c < n; ++c) {
+    Call& call = *calls_[c];
+    const Tensor& t = call.pull_response.rows();
+    const size_t want = call.rows.size() * dim * 4;
+    if (t.data().size() != want) {
+      return absl::InternalError(absl::StrCat(
+          "server ", servers_[call.shard], " returned ", t.data().size(),
+          " bytes of rows, expected ", want));
+    }
+    const char* src = t.data().data();
+    for (size_t k = 0; k < call.rows.size(); ++k) {
+      std::memcpy(unique_rows_.data() + call.rows[k] * dim, src + k * dim * 4,
+                  dim * 4);
+    }
+  }
+  rows->resize(ids.size() * dim);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::memcpy(rows->data() + i * dim, unique_rows_.data() + position_[i] * dim,
+                dim * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EmbeddingClient::Push(const std::string& table,
+                                   absl::Span<const uint64_t> ids,
+                                   absl::Span<const float> grads) {
+  auto dim_or = Dim(table);
+  if (!dim_or.ok()) return dim_or.status();
+  const int64_t dim = *dim_or;
+  if (static_cast<int64_t>(grads.size()) !=
+      static_cast<int64_t>(ids.size()) * dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grads: need len(ids) x dim = ", ids.size() * dim,
+                     " floats, got ", grads.size()));
+  }
+  const int64_t rows_per_call =
+      std::max<int64_t>(1, options_.max_call_bytes / (dim * 4));
+  const size_t n = Plan(ids, rows_per_call);
+  // Sum duplicates, in request order.
+  unique_rows_.assign(unique_.size() * dim, 0.0f);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    float* dst = unique_rows_.data() + position_[i] * dim;
+    const float* src = grads.data() + i * dim;
+    for (int64_t c = 0; c < dim; ++c) dst[c] += src[c];
+  }
+  for (size_t c = 0; c < n; ++c) {
+    Call& call = *calls_[c];
+    call.push_request.set_job_id(job_id_);
+    call.push_request.set_table(table);
+    auto* row_ids = call.push_request.mutable_row_ids();
+    row_ids->Clear();
+    row_ids->Reserve(static_cast<int>(call.rows.size()));
+    for (uint32_t u : call.rows) row_ids->AddAlreadyReserved(unique_[u]);
+    Tensor* t = call.push_request.mutable_gradients();
+    t->set_dtype(FLOAT32);
+    t->clear_shape();
+    t->add_shape(static_cast<int64_t>(call.rows.size()));
+    t->add_shape(dim);
+    std::string* data = t->mutable_data();
+    data->resize(call.rows.size() * dim * 4);
+    for (size_t k = 0; k < call.rows.size(); ++k) {
+      std::memcpy(data->data() + k * dim * 4,
+                  unique_rows_.data() + call.rows[k] * dim, dim * 4);
+    }
+    call.push_response.Clear();
+  }
+  return RunCalls(n, /*pull=*/false);
+}
+
+}  // namespace psd

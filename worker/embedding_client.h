@@ -1,0 +1,109 @@
+// The client side of sparse embedding tables (proto/embedding.proto): routes
+// row ids to the parameter servers that hold their shards, and pulls and
+// pushes rows over psd.v1.EmbeddingServer.
+#ifndef PSD_WORKER_EMBEDDING_CLIENT_H_
+#define PSD_WORKER_EMBEDDING_CLIENT_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/proto.h"
+#include "proto/embedding.grpc.pb.h"
+
+namespace psd {
+
+struct EmbeddingClientOptions {
+  // Largest row payload of one call, in bytes (rows x dim x 4): a larger
+  // pull or push is cut into calls of at most this size, all in flight at
+  // once (STYLE 7: bounded messages). At least one row per call.
+  // Default: 1 MiB.
+  int64_t max_call_bytes = 1 << 20;
+  // Deadline of one call, ms. Default: 30 s.
+  int timeout_ms = 30000;
+};
+
+// One job's view of its embedding tables. servers[s] is the host:port of
+// the psd_server holding shard s of every table made by this client
+// (num_shards = servers.size()); row r goes to servers[ShardOfRow(r, S)]
+// (server/embedding_rows.h). The table layout is not taken from the
+// coordinator: the caller names the servers (see docs/ARCHITECTURE.md,
+// "Sparse embedding tables").
+//
+// Pushes are never retried (the server does not deduplicate them, so a
+// retry could apply twice); a failed call returns its error.
+//
+// Not thread-safe: one caller at a time (request buffers are reused). Use
+// one client per thread.
+class EmbeddingClient {
+ public:
+  // Errors: INVALID_ARGUMENT for an empty job id or server list.
+  static absl::StatusOr<std::unique_ptr<EmbeddingClient>> Create(
+      const std::string& job_id, const std::vector<std::string>& servers,
+      EmbeddingClientOptions options = {});
+  ~EmbeddingClient();
+
+  int32_t num_shards() const { return static_cast<int32_t>(servers_.size()); }
+
+  // Creates the table on every server, server s holding shard s.
+  // spec.num_shards 0 means num_shards(); another value than num_shards()
+  // is INVALID_ARGUMENT. Succeeds when the same table exists already.
+  // Errors: the first server's error, prefixed with its address.
+  absl::Status CreateTable(EmbeddingTableSpec spec);
+
+  // Drops the table on every server. Errors: as CreateTable (NOT_FOUND).
+  absl::Status DropTable(const std::string& table);
+
+  // Each server's TableStatus, by shard.
+  absl::StatusOr<std::vector<TableStatusResponse>> Status(
+      const std::string& table);
+
+  // Fills *rows (resized to ids.size() x dim, row-major) with rows `ids`.
+  // Duplicate ids are fetched once. Errors: the first failing call's,
+  // prefixed with the server's address.
+  absl::Status Pull(const std::string& table, absl::Span<const uint64_t> ids,
+                    std::vector<float>* rows);
+
+  // Pushes gradients (ids.size() x dim, row-major) for rows `ids`.
+  // Duplicate ids are summed here (in request order) before sending, as
+  // the server would. Errors: as Pull; INVALID_ARGUMENT when grads.size()
+  // is not ids.size() x dim.
+  absl::Status Push(const std::string& table, absl::Span<const uint64_t> ids,
+                    absl::Span<const float> grads);
+
+  // One in-flight call's context and reusable messages (in the .cc).
+  struct Call;
+
+ private:
+  EmbeddingClient(std::string job_id, std::vector<std::string> servers,
+                  EmbeddingClientOptions options);
+  // The table's dim: remembered from CreateTable, else asked of shard 0.
+  absl::StatusOr<int32_t> Dim(const std::string& table);
+  // Groups `ids` into distinct ids (unique_, in first-seen order) and
+  // position_[i] = index of ids[i] in unique_; then routes the distinct
+  // ids to calls of at most rows_per_call rows per shard (calls_[0..n)).
+  // Returns the number of calls.
+  size_t Plan(absl::Span<const uint64_t> ids, int64_t rows_per_call);
+  // Runs calls_[0..n) at once; PullRows when `pull`, else PushRows.
+  absl::Status RunCalls(size_t n, bool pull);
+
+  const std::string job_id_;
+  const std::vector<std::string> servers_;
+  const EmbeddingClientOptions options_;
+  std::vector<std::unique_ptr<EmbeddingServer::Stub>> stubs_;
+  std::map<std::string, int32_t> dims_;
+  // Reused across calls.
+  std::vector<uint64_t> unique_;
+  std::vector<uint32_t> position_;
+  std::vector<float> unique_rows_;
+  std::vector<std::unique_ptr<Call>> calls_;
+};
+
+}  // namespace psd
+
+#endif  // PSD_WORKER_EMBEDDING_CLIENT_H_
