@@ -225,6 +225,28 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   auto server = servers_.find(request.member_id());
   if (server != servers_.end()) {
     server->second.last_seen = absl::Now();
+    for (const BackupFailure& failure : request.backup_failures()) {
+      auto job = jobs_.find(failure.job_id());
+      if (job == jobs_.end() || job->second.status.state() != RUNNING) continue;
+      std::string backup_id;
+      for (const ServerInfo& s : job->second.assignment.servers()) {
+        if (s.address() == failure.address()) backup_id = s.id();
+      }
+      for (ShardReplicas& r : *job->second.assignment.mutable_shards()) {
+        if (r.shard() != failure.shard() || r.primary() != request.member_id()) {
+          continue;
+        }
+        auto* backups = r.mutable_backups();
+        const auto end = std::remove(backups->begin(), backups->end(), backup_id);
+        if (end == backups->end()) continue;
+        backups->erase(end, backups->end());
+        NewViewLocked(&job->second);
+        Log()->warn("job {}: shard {}: backup {} refuses replication ({}): "
+                    "out of the view (epoch {}) until a state transfer",
+                    failure.job_id(), failure.shard(), backup_id,
+                    failure.error(), job->second.assignment.view_epoch());
+      }
+    }
     for (const SnapshotFailure& failure : request.snapshot_failures()) {
       auto job = jobs_.find(failure.job_id());
       if (job == jobs_.end()) continue;
@@ -853,6 +875,7 @@ void CoordinatorState::SchedulerLoop() {
       absl::Milliseconds(options_.schedule_interval_ms))) {
     ExpireMembers();
     RunFailovers();
+    RunDrops();  // before a server dropping a job can be a joiner of it
     RecoverJobs();
     StartPendingJobs();
     RepairReplicas();
@@ -1265,6 +1288,14 @@ void CoordinatorState::RepairReplicas() {
               std::count(r.backups().begin(), r.backups().end(), sid) > 0) {
             continue;
           }
+          bool dropping = false;  // a DropJob of this job is queued for it
+          for (const PendingDrop& drop : drops_) {
+            if (drop.assignment.job_id() != id) continue;
+            for (const ServerInfo& s : drop.assignment.servers()) {
+              dropping |= s.id() == sid;
+            }
+          }
+          if (dropping) continue;
           if (best.empty() || n < load[best]) best = sid;
         }
         if (best.empty()) continue;  // no server to spare

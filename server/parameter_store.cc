@@ -1027,6 +1027,15 @@ bool ParameterStore::OnReplicated(const ReplicationTask& task,
       }
       if (!status.ok()) {
         retry = true;
+        if (status.code() == absl::StatusCode::kFailedPrecondition) {
+          BackupFailure failure;
+          failure.set_job_id(job->id);
+          failure.set_shard(state.shard);
+          failure.set_address(task.address);
+          failure.set_error(std::string(status.message()));
+          absl::MutexLock failures_lock(&mu_);
+          if (backup_failures_.size() < 100) backup_failures_.push_back(failure);
+        }
         continue;
       }
       state.awaiting.erase(task.address);
@@ -1159,6 +1168,13 @@ void ParameterStore::FenceAll() {
     }
     RunCompletions(&completions);
   }
+}
+
+std::vector<BackupFailure> ParameterStore::TakeBackupFailures() {
+  absl::MutexLock lock(&mu_);
+  std::vector<BackupFailure> failures;
+  failures.swap(backup_failures_);
+  return failures;
 }
 
 }  // namespace psd

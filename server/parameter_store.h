@@ -128,6 +128,10 @@ class ParameterStore {
   // primary takes no push; pulls waiting end with ABORTED.
   void FenceAll();
 
+  // Backups that refused replication with FAILED_PRECONDITION since the
+  // last call (for the coordinator, in the next heartbeat).
+  std::vector<BackupFailure> TakeBackupFailures();
+
   // The outcome of a ReplicationTask's call. Returns true when the call must
   // be made again (the backup is still awaited: it failed, and no view has
   // removed the backup since); false when it is settled.
@@ -210,6 +214,7 @@ class ParameterStore {
   std::atomic<uint64_t> next_pull_id_{1};
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<BackupFailure> backup_failures_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace psd

@@ -156,7 +156,10 @@ int Main() {
     request->set_server_uid(server_uid);
     for (const std::string& job : store.JobIds()) request->add_live_jobs(job);
   };
-  options.fill_heartbeat = [w = writer.get()](HeartbeatRequest* request) {
+  options.fill_heartbeat = [w = writer.get(), &store](HeartbeatRequest* request) {
+    for (BackupFailure& f : store.TakeBackupFailures()) {
+      *request->add_backup_failures() = std::move(f);
+    }
     if (w == nullptr) return;
     for (SnapshotFailure& f : w->TakeFailures()) {
       *request->add_snapshot_failures() = std::move(f);

@@ -249,9 +249,19 @@ absl::Status ParameterClient::Repush() {
 absl::Status ParameterClient::WithFailover(
     const std::function<absl::Status()>& call, bool repush) {
   absl::Time give_up = absl::InfiniteFuture();
+  absl::Time first_failure;
   while (true) {
     absl::Status status = call();
+    if (status.ok() && first_failure != absl::Time()) {
+      // The time a failover cost this rank: from its first failed call to
+      // the call that succeeded on the new view (replication_bench.sh).
+      Log()->warn("job {} rank {}: failed over after {} ms (view epoch {})",
+                  job_id_, rank_,
+                  absl::ToInt64Milliseconds(absl::Now() - first_failure),
+                  view_epoch_);
+    }
     if (status.ok() || options_.views == nullptr) return status;
+    if (first_failure == absl::Time()) first_failure = absl::Now();
     if (options_.cancel != nullptr && options_.cancel->load()) return status;
     if (status.code() != absl::StatusCode::kAborted &&
         status.code() != absl::StatusCode::kUnavailable) {

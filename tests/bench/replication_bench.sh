@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Replication (issue 3), measured on a local cluster of 3 servers and 2
+# workers:
+#  - cost: the quick-start job's steps/s and push+pull GB/s at R = 1, 2 and
+#    3 (the coordinator restarted with --replication_factor=R), RUNS runs
+#    each, interleaved; medians and ratios against R=1 of the same run;
+#  - failover time: KILLS times, the primary of shard 0 is SIGKILLed mid-job
+#    (R=2, default heartbeat timeout); the time from the SIGKILL to the
+#    first completed step after it, as each worker observes it (its first
+#    failed call to the call that succeeded on the new primary: the
+#    "failed over after N ms" line). Median and max.
+# Usage: tests/bench/replication_bench.sh [RUNS] [KILLS]
+# (build first: bazel build -c opt //server:all //worker:psd_worker //deploy:psd_ctl)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-3}
+KILLS=${2:-5}
+BIN=bazel-bin
+source deploy/processes.sh
+WORK=$(mktemp -d /tmp/psd-replbench.XXXXXX)
+PIDS=()
+trap 'stop_processes "${PIDS[@]}" 2>/dev/null || true' EXIT
+
+# cluster R: a coordinator with --replication_factor=R, 3 servers, 2 workers.
+declare -A SERVER_PID
+cluster() {
+  stop_processes "${PIDS[@]}" 2>/dev/null || true
+  PIDS=()
+  "$BIN/server/psd_coordinator" --replication_factor="$1" \
+    --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
+  PIDS+=($!)
+  C=127.0.0.1:$(wait_port $! "$WORK/c.port")
+  for i in 1 2 3; do
+    "$BIN/server/psd_server" --coordinator="$C" --port_file="$WORK/s$i.port" \
+      2>>"$WORK/s$i.log" &
+    PIDS+=($!)
+    SERVER_PID[$(wait_port $! "$WORK/s$i.port")]=$!
+  done
+  for i in 1 2; do
+    "$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/w$i.log" &
+    PIDS+=($!)
+  done
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$C")
+  "${CTL[@]}" --servers=3 --workers=2 wait-ready >/dev/null
+}
+
+JOB=deploy/jobs/fashion_mnist_mlp.textproto
+# run -> "seconds steps bytes_per_step"
+run() {
+  local id
+  id=$("${CTL[@]}" submit "$JOB")
+  "${CTL[@]}" watch "$id" >/dev/null
+  "${CTL[@]}" get "$id" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+floats = sum(int(p["numElements"]) for p in j["placement"]["partitions"])
+# Per step every worker pushes and pulls every parameter (float32).
+print(j["elapsedSeconds"], j["totalSteps"], 2 * 4 * floats * j["config"]["workers"])'
+  "${CTL[@]}" delete "$id" >/dev/null
+}
+
+declare -A RESULTS
+for r in $(seq "$RUNS"); do
+  for R in 1 2 3; do
+    cluster "$R"
+    RESULTS[$R]+="$(run) "
+    echo "run $r, R=$R: $(echo "${RESULTS[$R]}" | awk '{print $(NF-2)" s for "$(NF-1)" steps"}')"
+  done
+done
+python3 - "${RESULTS[1]}" "${RESULTS[2]}" "${RESULTS[3]}" <<'PY'
+import statistics, sys
+base = None
+for R, text in enumerate(sys.argv[1:], 1):
+    v = [float(x) for x in text.split()]
+    runs = [v[i:i + 3] for i in range(0, len(v), 3)]
+    sps = statistics.median(s / t for t, s, _ in runs)
+    gbs = statistics.median(s * b / t / 1e9 for t, s, b in runs)
+    base = base or sps
+    print(f"R={R}: median {sps:.1f} steps/s, push+pull {gbs:.3f} GB/s, "
+          f"{sps / base:.2f}x of R=1")
+PY
+
+# Failover time.
+times=()
+for k in $(seq "$KILLS"); do
+  cluster 2
+  : >"$WORK/w1.log"; : >"$WORK/w2.log"
+  id=$("${CTL[@]}" submit "$JOB")
+  port=""
+  for _ in $(seq 200); do
+    port=$("${CTL[@]}" get "$id" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+if j.get("state") == "RUNNING" and j.get("shards"):
+    a = {s["id"]: s["address"] for s in j["servers"]}
+    print(a[j["shards"][0]["primary"]].rsplit(":", 1)[1])' 2>/dev/null || true)
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  sleep 3  # mid-job
+  kill -KILL "${SERVER_PID[$port]}"
+  ms=""
+  for _ in $(seq 300); do
+    ms=$(grep -ho "failed over after [0-9]* ms" "$WORK/w1.log" "$WORK/w2.log" | grep -o "[0-9]*" | sort -n | tail -1 || true)
+    [ -n "$ms" ] && [ "$(grep -c "failed over after" "$WORK/w1.log" "$WORK/w2.log" | awk -F: '{s+=($2>0)} END {print s}')" -eq 2 ] && break
+    sleep 0.1
+  done
+  echo "kill $k: the primary of shard 0 (port $port) SIGKILLed; steps resumed after ${ms:-?} ms"
+  times+=("${ms:-nan}")
+  "${CTL[@]}" cancel "$id" >/dev/null || true
+done
+python3 - "${times[@]}" <<'PY'
+import statistics, sys
+v = [float(x) for x in sys.argv[1:] if x != "nan"]
+print(f"failover: median {statistics.median(v):.0f} ms, max {max(v):.0f} ms over {len(v)} kills")
+PY

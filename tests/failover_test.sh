@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Replicated shards, failover and worker replacement (issue 3), asserting the
+# oracle of DESIGN invariant 4 after every disturbance: the final parameters'
+# checksum equals that of the same job run undisturbed, and every replica of
+# every shard holds the same parameters (psd_ctl replicas).
+#  1. SIGKILL the primary of a shard mid-job.
+#  2. SIGKILL a backup; a server started again rejoins by state transfer.
+#  3. SIGSTOP a primary past the heartbeat timeout, then SIGCONT it: it is
+#     fenced (no role in the job any more) and rejoins as a backup.
+#  4. SIGKILL a worker; a new worker takes its rank.
+#  5. R=3: SIGKILL a primary, wait for the shard to have 3 replicas again,
+#     then SIGKILL the newly promoted primary.
+# Every wait is on observable state (view epoch, roles, steps), bounded.
+source tests/cluster_lib.sh
+
+# The short job, over 6 epochs (558 steps): long enough for failovers to
+# happen mid-job.
+write_short_job "$WORK/short.textproto"
+sed 's/^epochs: 2$/epochs: 6/' "$WORK/short.textproto" >"$WORK/job.textproto"
+grep -q '^epochs: 6$' "$WORK/job.textproto" || fail "sed did not set epochs"
+
+# The undisturbed reference, without replication.
+start_cluster ref 2 2
+reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
+stop_cluster
+echo "undisturbed run (R=1): $reference"
+
+declare -A SERVER_PID SERVER_PORT
+NEXT_SERVER=1
+
+# start_server NAME: one psd_server; records its pid and port by NAME.
+start_server() {
+  "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+    --port_file="$WORK/$1.port" 2>>"$WORK/$1.log" &
+  PIDS+=($!)
+  SERVER_PID[$1]=$!
+  SERVER_PORT[$1]=$(wait_port $! "$WORK/$1.port") || fail "server $1 did not start"
+}
+
+start_worker() {
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>>"$WORK/$1.log" &
+  PIDS+=($!)
+  WORKER_PID[$1]=$!
+}
+declare -A WORKER_PID
+
+# start_replicated NAME SERVERS WORKERS R
+start_replicated() {
+  local name=$1 servers=$2 workers=$3 r=$4
+  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+    --replication_factor="$r" 2>"$WORK/$name.coordinator.log" &
+  PIDS+=($!)
+  COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
+    fail "coordinator $name did not start"
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  for i in $(seq "$servers"); do start_server "$name.s$i"; done
+  for i in $(seq "$workers"); do start_worker "$name.w$i"; done
+  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
+}
+
+# q JOB PYTHON_EXPR: evaluates the expression over the job's status `j`.
+q() {
+  "${CTL[@]}" get "$1" >"$WORK/q.json" 2>/dev/null || return 1
+  python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+addr = {s["id"]: s["address"] for s in j.get("servers", [])}
+shards = {s.get("shard", 0): s for s in j.get("shards", [])}
+def port(i): return addr.get(i, ":").rsplit(":", 1)[1]
+print(eval(sys.argv[2]))' "$WORK/q.json" "$2"
+}
+
+# name_of_port PORT: the NAME of the server listening there.
+name_of_port() {
+  local n
+  for n in "${!SERVER_PORT[@]}"; do
+    [ "${SERVER_PORT[$n]}" = "$1" ] && { echo "$n"; return 0; }
+  done
+  return 1
+}
+
+primary_of() { name_of_port "$(q "$1" "port(shards[$2]['primary'])")"; }
+backup_of() { name_of_port "$(q "$1" "port(shards[$2]['backups'][0])")"; }
+epoch_of() { q "$1" 'int(j.get("viewEpoch", 0))'; }
+
+# wait_until JOB EXPR WHAT: polls up to 60 s for EXPR to print True.
+wait_until() {
+  local give_up=$((SECONDS + 60))
+  while [ $SECONDS -lt $give_up ]; do
+    [ "$(q "$1" "$2" 2>/dev/null)" = True ] && return 0
+    sleep 0.1
+  done
+  q "$1" 'j' >&2 || true
+  fail "$3"
+}
+
+wait_step() { wait_until "$1" "int(j.get('step', 0)) >= $2" "job $1 did not reach step $2"; }
+
+# finish JOB LABEL: waits for SUCCEEDED, checks the checksum against the
+# reference and that every replica agrees.
+finish() {
+  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { tail -5 "$WORK/$1.watch"; fail "$2: job $1 did not succeed"; }
+  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" >"$WORK/$1.export" || fail "$2: export $1"
+  local sum
+  sum=$(grep -o 'crc32:[0-9a-f]*' "$WORK/$1.export")
+  [ "$sum" = "$reference" ] || fail "$2: checksum $sum, undisturbed $reference"
+  "${CTL[@]}" replicas "$1" >"$WORK/$1.replicas" || { cat "$WORK/$1.replicas"; fail "$2: replicas differ"; }
+  echo "$2: $sum, $(tail -1 "$WORK/$1.replicas")"
+}
+
+# submit: submits the job and waits until it runs (its view is known).
+submit() {
+  local id
+  id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
+  wait_until "$id" "j.get('state') == 'RUNNING' and len(j.get('shards', [])) > 0" "job $id did not start" >&2
+  echo "$id"
+}
+
+# --- R=2 undisturbed: replication does not change the math.
+start_replicated r2 3 2 2
+job=$(submit)
+finish "$job" "R=2 undisturbed"
+[ "$(q "$job" 'all(len(s.get("backups", [])) == 1 for s in j["shards"])')" = True ] ||
+  fail "R=2: a shard without its backup"
+stop_cluster
+
+# --- 1. SIGKILL a primary.
+start_replicated k1 3 2 2
+job=$(submit)
+victim=$(primary_of "$job" 0)
+epoch=$(epoch_of "$job")
+wait_step "$job" 20
+kill -KILL "${SERVER_PID[$victim]}"
+echo "scenario 1: killed $victim, the primary of shard 0 (view epoch $epoch)"
+wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$victim]}'" \
+  "scenario 1: no failover of shard 0"
+finish "$job" "scenario 1 (primary killed)"
+stop_cluster
+
+# --- 2. SIGKILL a backup; a server started again joins. With two servers
+# and R=2 every server holds every shard, so the killed one (a backup of
+# shard 0, the primary of shard 1) leaves both shards one replica short
+# until the restarted server rejoins by state transfer.
+start_replicated k2 2 2 2
+job=$(submit)
+victim=$(backup_of "$job" 0)
+wait_step "$job" 20
+kill -KILL "${SERVER_PID[$victim]}"
+echo "scenario 2: killed $victim, a backup of shard 0"
+wait_until "$job" "len(shards[0].get('backups', [])) == 0 or port(shards[0]['backups'][0]) != '${SERVER_PORT[$victim]}'" \
+  "scenario 2: the dead backup stayed in the view"
+start_server k2.s3
+wait_until "$job" "all(len(s.get('backups', [])) == 1 for s in j['shards']) and '${SERVER_PORT[k2.s3]}' in [port(b) for s in j['shards'] for b in s.get('backups', [])]" \
+  "scenario 2: the new server never became a backup"
+finish "$job" "scenario 2 (backup killed, new server joined)"
+stop_cluster
+
+# --- 3. SIGSTOP a primary, then SIGCONT it. Two servers (R=2), so the
+# stopped one is the only server that can bring the shards back to R.
+start_replicated k3 2 2 2
+job=$(submit)
+victim=$(primary_of "$job" 0)
+epoch=$(epoch_of "$job")
+wait_step "$job" 20
+kill -STOP "${SERVER_PID[$victim]}"
+echo "scenario 3: stopped $victim, the primary of shard 0"
+wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$victim]}'" \
+  "scenario 3: no failover of shard 0"
+step_at_failover=$(q "$job" 'int(j.get("step", 0))')
+kill -CONT "${SERVER_PID[$victim]}"
+# Fenced: once it has heard from the coordinator again it holds no role for
+# shard 0 other than a backup's.
+give_up=$((SECONDS + 60))
+while [ $SECONDS -lt $give_up ]; do
+  "${CTL[@]}" servers >"$WORK/servers.json" 2>/dev/null || true
+  # psd_ctl servers prints "ID (ADDRESS): JSON" per server.
+  role=$(python3 -c '
+import json, re, sys
+text, port, job = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
+for k, m in enumerate(starts):
+  if not m.group(1).endswith(":" + port): continue
+  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
+  for jj in json.loads(text[m.end():end]).get("jobs", []):
+    if jj["jobId"] != job: continue
+    for sh in jj.get("shards", []):
+      if sh.get("shard", 0) == 0: print(sh.get("role", "?"))
+' "$WORK/servers.json" "${SERVER_PORT[$victim]}" "$job" 2>/dev/null | head -1)
+  [ -n "$role" ] && [ "$role" != PRIMARY ] && break
+  [ -z "$role" ] && grep -q "registering again" "$WORK/$victim.log" && break
+  sleep 0.1
+done
+[ "${role:-}" != PRIMARY ] || fail "scenario 3: the stopped primary still leads shard 0"
+grep -q "registering again" "$WORK/$victim.log" || fail "scenario 3: $victim never registered again"
+echo "scenario 3: $victim resumed (step $step_at_failover at failover), role for shard 0 now: ${role:-none}"
+wait_until "$job" "'${SERVER_PORT[$victim]}' in [port(b) for s in j['shards'] for b in s.get('backups', [])]" \
+  "scenario 3: the fenced server never rejoined as a backup"
+finish "$job" "scenario 3 (primary stopped, fenced, rejoined)"
+stop_cluster
+
+# --- 4. SIGKILL a worker; a new one takes its rank.
+start_replicated k4 3 2 2
+job=$(submit)
+wait_step "$job" 20
+kill -KILL "${WORKER_PID[k4.w2]}"
+echo "scenario 4: killed worker k4.w2"
+start_worker k4.w3
+finish "$job" "scenario 4 (worker killed, replaced)"
+grep -q "replacing a worker, resuming at step" "$WORK/k4.w3.log" || fail "scenario 4: the new worker did not take over a rank"
+stop_cluster
+
+# --- 5. R=3: kill a primary, then the newly promoted one.
+start_replicated k5 4 2 3
+job=$(submit)
+first=$(primary_of "$job" 0)
+epoch=$(epoch_of "$job")
+wait_step "$job" 20
+kill -KILL "${SERVER_PID[$first]}"
+echo "scenario 5: killed $first, the primary of shard 0"
+wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$first]}' and len(shards[0].get('backups', [])) == 2" \
+  "scenario 5: shard 0 did not get back to 3 replicas"
+second=$(primary_of "$job" 0)
+epoch=$(epoch_of "$job")
+kill -KILL "${SERVER_PID[$second]}"
+echo "scenario 5: killed $second, the promoted primary of shard 0"
+wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) not in ('${SERVER_PORT[$first]}', '${SERVER_PORT[$second]}')" \
+  "scenario 5: no second failover of shard 0"
+finish "$job" "scenario 5 (two primaries killed, R=3)"
+stop_cluster
+
+echo "failover_test: all scenarios passed"
