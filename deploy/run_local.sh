@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # Quick start: builds psd, starts a local cluster on loopback (1 coordinator,
-# 2 parameter servers, 2 workers, each its own process), trains the job,
-# prints its test accuracy, exports the parameters, and shuts everything
-# down (also on Ctrl-C).
+# 3 parameter servers, 2 workers, each its own process; every parameter
+# shard on 2 servers, a primary and a backup), trains the job, prints its
+# test accuracy, exports the parameters, and shuts everything down (also on
+# Ctrl-C).
 #
-#   deploy/run_local.sh [--job FILE] [--servers N] [--workers N] [--out FILE]
+#   deploy/run_local.sh [--job FILE] [--servers N] [--workers N]
+#                       [--replication R] [--out FILE]
 #
 # Logs go to a fresh folder under /tmp (printed at the start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOB=deploy/jobs/fashion_mnist_mlp.textproto
-SERVERS=2
+SERVERS=3
 WORKERS=2
+REPLICATION=2
 OUT=out/fashion_mnist_mlp.safetensors
 while [ $# -gt 0 ]; do
   case "$1" in
     --job) JOB="$2"; shift 2 ;;
     --servers) SERVERS="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
+    --replication) REPLICATION="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,13 +53,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; echo "==> interrupted"; exit 130' INT TERM
 
-echo "==> starting 1 coordinator, $SERVERS servers, $WORKERS workers (logs: $RUN_DIR)"
+echo "==> starting 1 coordinator, $SERVERS servers (R=$REPLICATION), $WORKERS workers (logs: $RUN_DIR)"
 # metrics_flags NAME: every process serves Prometheus metrics on a free port.
 metrics_flags() {
   echo "--metrics_listen=127.0.0.1:0 --metrics_port_file=$RUN_DIR/$1.metrics.port"
 }
 "$BIN/server/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
-  $(metrics_flags coordinator) 2>"$RUN_DIR/coordinator.log" &
+  --replication_factor="$REPLICATION" $(metrics_flags coordinator) 2>"$RUN_DIR/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
   { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })

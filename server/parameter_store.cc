@@ -1004,11 +1004,11 @@ absl::Status ParameterStore::InstallPartition(
   return absl::OkStatus();
 }
 
-bool ParameterStore::OnReplicated(const ReplicationTask& task,
-                                  const absl::Status& status) {
+std::optional<int64_t> ParameterStore::OnReplicated(
+    const ReplicationTask& task, const absl::Status& status) {
   const ReplicateRequest& request = *task.request;
   absl::StatusOr<std::shared_ptr<Job>> found = FindJob(request.job_id());
-  if (!found.ok()) return false;
+  if (!found.ok()) return std::nullopt;
   Job* job = found->get();
   Completions completions;
   std::vector<ShardSnapshot> snapshots;
@@ -1045,10 +1045,10 @@ bool ParameterStore::OnReplicated(const ReplicationTask& task,
       }
     }
     if (advanced) AnswerWaiters(job, &completions);
-    if (retry) return true;
+    if (retry) return job->view_epoch;
   }
   Settle(&completions, &snapshots, &tasks);
-  return false;
+  return std::nullopt;
 }
 
 absl::StatusOr<std::vector<int32_t>> ParameterStore::AddJoiner(

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -132,10 +133,13 @@ class ParameterStore {
   // last call (for the coordinator, in the next heartbeat).
   std::vector<BackupFailure> TakeBackupFailures();
 
-  // The outcome of a ReplicationTask's call. Returns true when the call must
-  // be made again (the backup is still awaited: it failed, and no view has
-  // removed the backup since); false when it is settled.
-  bool OnReplicated(const ReplicationTask& task, const absl::Status& status);
+  // The outcome of a ReplicationTask's call. Returns the view epoch to make
+  // the call again in when it must be (the backup is still awaited: it
+  // failed, and no view has removed the backup since; the epoch is this
+  // server's current one, which may have grown since the call was made);
+  // nullopt when it is settled.
+  std::optional<int64_t> OnReplicated(const ReplicationTask& task,
+                                      const absl::Status& status);
 
   // State transfer to a joining backup, run by the shard's primary (see
   // SyncBackup in server/parameter_service.h): AddJoiner makes every later

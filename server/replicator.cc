@@ -95,7 +95,14 @@ void Replicator::Loop() {
       if (!status.ok()) errors_->Increment();
     }
     const absl::Status result = FromGrpcStatus(status);
-    if (!settle_(pending.task, result)) continue;
+    const std::optional<int64_t> again = settle_(pending.task, result);
+    if (!again.has_value()) continue;
+    if (*again != pending.task.request->view_epoch()) {
+      // The primary moved to a newer view and still leads the shard.
+      auto request = std::make_shared<ReplicateRequest>(*pending.task.request);
+      request->set_view_epoch(*again);
+      pending.task.request = std::move(request);
+    }
     if (pending.attempts % 50 == 0) {
       Log()->warn("job {}: replicating step {} to {} failed (attempt {}), "
                   "retrying while it is in the view: {}",

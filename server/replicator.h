@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,14 +34,15 @@ struct ReplicatorOptions {
 };
 
 // Thread-safe. Calls `settle(task, status)` after every call, from one of its
-// threads; when it returns true the call is made again after a backoff (a
+// threads; when it returns an epoch the call is made again, in that view
+// epoch, after a backoff (a
 // backup that is down is retried until the coordinator's next view drops it
 // from the shard, which settles the task). Counts calls, bytes and errors in
 // psd_server_replicate_* metrics.
 class Replicator {
  public:
-  using Settle =
-      std::function<bool(const ReplicationTask&, const absl::Status&)>;
+  using Settle = std::function<std::optional<int64_t>(const ReplicationTask&,
+                                                       const absl::Status&)>;
 
   // `metrics` (not owned) may be null.
   Replicator(ReplicatorOptions options, Settle settle,
