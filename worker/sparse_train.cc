@@ -44,6 +44,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
+#include "common/process.h"
 #include "server/embedding_rows.h"
 #include "worker/embedding_client.h"
 
@@ -399,6 +400,7 @@ int Main() {
 }  // namespace psd
 
 int main(int argc, char** argv) {
+  psd::TuneAllocator();  // reused buffers, no fresh mmaps (BUILDING.md)
   absl::SetProgramUsageMessage(
       "Trains an embedding-bag + linear model on generated click-like data\n"
       "against psd_servers' sparse embedding tables.\n"
