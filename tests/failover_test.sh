@@ -13,11 +13,11 @@
 # Every wait is on observable state (view epoch, roles, steps), bounded.
 source tests/cluster_lib.sh
 
-# The short job, over 6 epochs (558 steps): long enough for failovers to
+# The short job, over 16 epochs (1488 steps): long enough for failovers to
 # happen mid-job.
 write_short_job "$WORK/short.textproto"
-sed 's/^epochs: 2$/epochs: 6/' "$WORK/short.textproto" >"$WORK/job.textproto"
-grep -q '^epochs: 6$' "$WORK/job.textproto" || fail "sed did not set epochs"
+sed 's/^epochs: 2$/epochs: 16/' "$WORK/short.textproto" >"$WORK/job.textproto"
+grep -q '^epochs: 16$' "$WORK/job.textproto" || fail "sed did not set epochs"
 
 # The undisturbed reference, without replication.
 start_cluster ref 2 2
