@@ -10,7 +10,7 @@
 #    failed call to the call that succeeded on the new primary: the
 #    "failed over after N ms" line). Median and max.
 # Usage: tests/bench/replication_bench.sh [RUNS] [KILLS]
-# (build first: bazel build -c opt //server:all //worker:psd_worker //deploy:psd_ctl)
+# (build first: bazel build //server:all //worker:psd_worker //deploy:psd_ctl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
@@ -26,6 +26,7 @@ declare -A SERVER_PID
 cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
+  rm -f "$WORK"/*.port  # the last cluster's ports
   "$BIN/server/psd_coordinator" --replication_factor="$1" \
     --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
   PIDS+=($!)
