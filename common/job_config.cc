@@ -264,8 +264,10 @@ void ApplyJobConfigDefaults(JobConfig* config) {
       if (s->kind() == LearningRateSchedule::COSINE && s->decay_steps() == 0 &&
           config->workers() > 0 && config->batch_size() > 0 &&
           config->epochs() > 0) {
+        // ASP/SSP: every worker's push is one update.
         const int64_t total =
-            StepsPerEpoch(*config, TrainExamples(*config)) * config->epochs();
+            StepsPerEpoch(*config, TrainExamples(*config)) * config->epochs() *
+            (config->consistency() == BSP ? 1 : config->workers());
         if (total > 0) s->set_decay_steps(total);
       }
     }
@@ -336,8 +338,36 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (absl::Status status = ValidateOptimizer(c.optimizer()); !status.ok()) {
     return status;
   }
+  if (c.consistency() != BSP && c.consistency() != ASP &&
+      c.consistency() != SSP) {
+    return Invalid("consistency",
+                   absl::StrCat("must be BSP, ASP or SSP, got ",
+                                static_cast<int>(c.consistency())));
+  }
+  if (c.consistency() == SSP) {
+    if (c.staleness() < 0 || c.staleness() > kMaxStaleness) {
+      return Invalid("staleness",
+                     absl::StrCat("must be in [0, ", kMaxStaleness,
+                                  "] for SSP, got ", c.staleness()));
+    }
+  } else if (c.staleness() != 0) {
+    return Invalid("staleness",
+                   absl::StrCat("only for SSP, got ", c.staleness(), " with ",
+                                c.consistency() == ASP ? "ASP" : "BSP"));
+  }
   if (c.consistency() != BSP) {
-    return Invalid("consistency", "only BSP is supported");
+    // Snapshots are taken at a step boundary common to every partition,
+    // which ASP/SSP partitions (each updated as pushes arrive) do not have.
+    if (c.snapshot().every_steps() != 0) {
+      return Invalid("snapshot.every_steps",
+                     absl::StrCat("snapshots are supported with BSP only, got ",
+                                  c.snapshot().every_steps()));
+    }
+    if (c.snapshot().every_seconds() != 0) {
+      return Invalid("snapshot.every_seconds",
+                     absl::StrCat("snapshots are supported with BSP only, got ",
+                                  c.snapshot().every_seconds()));
+    }
   }
   if (c.batch_size() <= 0 || c.batch_size() > 65536) {
     return Invalid("batch_size",

@@ -12,6 +12,9 @@
 
 namespace psd {
 
+// Largest JobConfig.staleness (SSP).
+inline constexpr int32_t kMaxStaleness = 1000;
+
 // Default of JobConfig.partition_bytes: 1 MiB.
 inline constexpr int64_t kDefaultPartitionBytes = 1 << 20;
 
@@ -35,15 +38,18 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 // model MLP, dataset "fashion-mnist", partition_bytes 1 MiB. For the
 // optimizer, only the fields its kind uses: ADAM/ADAMW beta1 0.9, beta2
 // 0.999, epsilon 1e-8; ADAGRAD epsilon 1e-10; schedule STEP gamma 0.1;
-// schedule COSINE decay_steps = the job's total steps (epochs x
-// StepsPerEpoch), when workers, batch_size and epochs are >= 1. An SGD config
+// schedule COSINE decay_steps = the job's total updates (epochs x
+// StepsPerEpoch, times workers under ASP/SSP, where each push is one
+// update), when workers, batch_size and epochs are >= 1. An SGD config
 // without the new fields is left as it was. Idempotent.
 void ApplyJobConfigDefaults(JobConfig* config);
 
 // Checks every field. Returns INVALID_ARGUMENT whose message starts with the
 // field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0". Optimizer
 // fields that the kind does not use are refused (e.g. optimizer.momentum
-// with ADAM), so that a misplaced setting is not silently ignored.
+// with ADAM), so that a misplaced setting is not silently ignored; so is
+// staleness unless consistency is SSP, and a snapshot policy with ASP/SSP
+// (snapshots need a step boundary common to all partitions: BSP only).
 absl::Status ValidateJobConfig(const JobConfig& config);
 
 // The parameter tensors of the config's model, in order (see

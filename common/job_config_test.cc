@@ -373,5 +373,63 @@ TEST_CASE(
   CHECK(Problem(config).rfind("optimizer.schedule.decay_steps:", 0) == 0);
 }
 
+TEST_CASE("JobConfig: ASP and SSP are accepted; staleness is validated and "
+          "named",
+          "[config][consistency]") {
+  JobConfig config = ValidConfig();
+  config.clear_snapshot();
+  config.set_consistency(ASP);
+  CHECK(Problem(config).empty());
+  config.set_consistency(SSP);
+  config.set_staleness(2);
+  CHECK(Problem(config).empty());
+  config.set_staleness(0);  // SSP with bound 0 is allowed
+  CHECK(Problem(config).empty());
+  config.set_staleness(-1);
+  CHECK(Problem(config) == "staleness: must be in [0, 1000] for SSP, got -1");
+  config.set_staleness(1001);
+  CHECK(Problem(config) == "staleness: must be in [0, 1000] for SSP, got 1001");
+  config.set_consistency(ASP);
+  config.set_staleness(3);
+  CHECK(Problem(config) == "staleness: only for SSP, got 3 with ASP");
+  config.set_consistency(BSP);
+  CHECK(Problem(config) == "staleness: only for SSP, got 3 with BSP");
+  config.set_staleness(0);
+  config.set_consistency(static_cast<Consistency>(7));
+  CHECK(Problem(config) == "consistency: must be BSP, ASP or SSP, got 7");
+  // Snapshots need a common step boundary: BSP only.
+  config.set_consistency(ASP);
+  config.mutable_snapshot()->set_every_steps(100);
+  CHECK(Problem(config) ==
+        "snapshot.every_steps: snapshots are supported with BSP only, got 100");
+  config.clear_snapshot();
+  config.mutable_snapshot()->set_every_seconds(5);
+  CHECK(Problem(config) ==
+        "snapshot.every_seconds: snapshots are supported with BSP only, got 5");
+  // Text format.
+  auto parsed = ParseJobConfig("consistency: SSP staleness: 4", "inline");
+  REQUIRE(parsed.ok());
+  CHECK(parsed->consistency() == SSP);
+  CHECK(parsed->staleness() == 4);
+}
+
+TEST_CASE("JobConfig: under ASP/SSP the cosine horizon counts every worker's "
+          "push as an update",
+          "[config][consistency]") {
+  JobConfig config = ValidConfig();
+  config.clear_snapshot();
+  config.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  config.mutable_optimizer()->mutable_schedule()->set_decay_steps(0);
+  JobConfig asp = config;
+  asp.set_consistency(ASP);
+  ApplyJobConfigDefaults(&config);
+  ApplyJobConfigDefaults(&asp);
+  const int64_t bsp_total =
+      StepsPerEpoch(config, TrainExamples(config)) * config.epochs();
+  CHECK(config.optimizer().schedule().decay_steps() == bsp_total);
+  CHECK(asp.optimizer().schedule().decay_steps() == bsp_total * config.workers());
+}
+
 }  // namespace
 }  // namespace psd

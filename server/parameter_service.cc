@@ -1,6 +1,9 @@
 #include "server/parameter_service.h"
 
+#include <algorithm>
 #include <chrono>
+
+#include <grpcpp/alarm.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
@@ -98,6 +101,7 @@ namespace {
 class PullReactor final : public grpc::ServerUnaryReactor {
  public:
   PullReactor(ParameterStore* store, const ParameterService::Metrics* metrics,
+              std::chrono::system_clock::time_point deadline,
               const PullRequest* request, PullResponse* response)
       : store_(store),
         metrics_(metrics),
@@ -105,6 +109,18 @@ class PullReactor final : public grpc::ServerUnaryReactor {
         job_id_(request->job_id()),
         id_(store->NewPullId()) {
     metrics_->pull_requests->Increment();
+    // A pull still waiting shortly before the client's deadline ends with
+    // DEADLINE_EXCEEDED and the store's account of what it waited for (e.g.
+    // the SSP bound and the slowest rank), instead of the bare gRPC one.
+    const auto now = std::chrono::system_clock::now();
+    if (deadline - now < std::chrono::hours(24 * 365)) {
+      const auto margin = std::min<std::chrono::system_clock::duration>(
+          std::chrono::milliseconds(200), (deadline - now) / 10);
+      alarm_.Set(deadline - margin,
+                 [store = store_, job_id = job_id_, id = id_](bool fired) {
+                   if (fired) store->ExpirePull(job_id, id);
+                 });
+    }
     store_->PullAsync(
         id_, *request, response, [this, response](absl::Status status) {
           metrics_->pull_latency->Observe(SecondsSince(start_));
@@ -130,14 +146,16 @@ class PullReactor final : public grpc::ServerUnaryReactor {
   const std::chrono::steady_clock::time_point start_;
   const std::string job_id_;
   const uint64_t id_;
+  grpc::Alarm alarm_;  // cancelled when the reactor is destroyed
 };
 
 }  // namespace
 
 grpc::ServerUnaryReactor* ParameterService::Pull(
-    grpc::CallbackServerContext*, const PullRequest* request,
+    grpc::CallbackServerContext* context, const PullRequest* request,
     PullResponse* response) {
-  return new PullReactor(store_, metrics_.get(), request, response);
+  return new PullReactor(store_, metrics_.get(), context->deadline(), request,
+                         response);
 }
 
 grpc::Status ParameterService::CreateJob(grpc::ServerContext*,

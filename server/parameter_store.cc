@@ -44,6 +44,19 @@ struct PartitionState {
   // pull of that step can still be answered; previous_step -1: none.
   std::vector<float> previous;
   int64_t previous_step = -1;
+  // ASP/SSP only (empty under BSP). Per worker rank: its pushes applied to
+  // `weights` (the rank's clock on this partition; the dedup table).
+  std::vector<int64_t> clocks;
+  // Primary: per rank, its pushes taken (applied, in flight or queued);
+  // elsewhere equal to `clocks`.
+  std::vector<int64_t> accepted;
+  // Primary, while replicating: `clocks` once the update in flight is
+  // applied (a backup: those of the update being applied).
+  std::vector<int64_t> update_clocks;
+  // Primary: pushes taken while an update was being replicated, each scaled
+  // by 1/workers and summed in arrival order: the next update.
+  std::vector<float> queued;
+  int32_t queued_count = 0;
 };
 
 // The role of a server for one shard of a job, from the coordinator's view.
@@ -77,6 +90,17 @@ struct Waiter {
   ParameterStore::PullDone done;
 };
 
+// Buckets of ServerJobStatus.staleness_counts.
+constexpr int kStalenessBuckets = 16;
+
+const char* ConsistencyName(Consistency c) {
+  switch (c) {
+    case ASP: return "ASP";
+    case SSP: return "SSP";
+    default: return "BSP";
+  }
+}
+
 // Callbacks to run once the job's lock is released.
 using Completions = std::vector<std::pair<ParameterStore::PullDone, absl::Status>>;
 
@@ -93,8 +117,17 @@ struct ParameterStore::Job {
   JobConfig config;
   std::string config_bytes;  // serialized config, to compare re-creates
   Placement placement;
+  // ASP or SSP: pushes are applied as they arrive (see the class comment).
+  bool async = false;
+  // SSP: the staleness bound; ASP: no bound (-1); BSP: unused.
+  int64_t staleness = -1;
 
   absl::Mutex mu;
+  // ASP/SSP: the largest staleness seen by an answered pull, and pulls
+  // answered by staleness (the last bucket: that or more).
+  int64_t max_staleness ABSL_GUARDED_BY(mu) = 0;
+  std::vector<int64_t> staleness_counts ABSL_GUARDED_BY(mu) =
+      std::vector<int64_t>(kStalenessBuckets);
   int64_t view_epoch ABSL_GUARDED_BY(mu) = 0;
   // Shards held, ascending, and this server's role for each.
   std::vector<int32_t> shards ABSL_GUARDED_BY(mu);
@@ -175,6 +208,8 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   job->config = config;
   job->config_bytes = config.SerializeAsString();
   job->placement = placement;
+  job->async = config.consistency() != BSP;
+  job->staleness = config.consistency() == SSP ? config.staleness() : -1;
   {
     absl::MutexLock lock(&job->mu);
     job->view_epoch = request.view_epoch();
@@ -216,10 +251,17 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
                                part.num_elements());
       state.slots.assign(
           OptimizerSlots(config.optimizer()) * part.num_elements(), 0.0f);
-      state.pending.assign(config.workers(),
-                           std::vector<float>(part.num_elements()));
       state.received.assign(config.workers(), false);
       state.sum.resize(part.num_elements());
+      if (job->async) {
+        state.clocks.assign(config.workers(), 0);
+        state.accepted.assign(config.workers(), 0);
+        state.update_clocks.assign(config.workers(), 0);
+        state.queued.resize(part.num_elements());
+      } else {
+        state.pending.assign(config.workers(),
+                             std::vector<float>(part.num_elements()));
+      }
     }
   }
   return job;
@@ -302,6 +344,9 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
         std::vector<float>().swap(state.sum);
         std::vector<std::vector<float>>().swap(state.pending);
         std::vector<float>().swap(state.previous);
+        std::vector<float>().swap(state.queued);
+        state.queued_count = 0;
+        state.accepted = state.clocks;
         state.previous_step = -1;
         state.replicating = false;
         state.awaiting.clear();
@@ -350,6 +395,32 @@ ServerStatus ParameterStore::Status() {
     out->set_state_bytes(floats * static_cast<int64_t>(sizeof(float)));
     out->set_step(step);
     out->set_view_epoch(job->view_epoch);
+    out->set_consistency(ConsistencyName(job->config.consistency()));
+    // Clocks over the partitions this server leads (all held when none).
+    const int32_t workers = job->config.workers();
+    std::vector<int64_t> clocks(workers, INT64_MAX);
+    bool any_primary = false;
+    for (const auto& [id, state] : job->partitions) {
+      any_primary |= job->roles[state.shard].role == Role::kPrimary;
+    }
+    for (const auto& [id, state] : job->partitions) {
+      if (any_primary && job->roles[state.shard].role != Role::kPrimary) continue;
+      for (int32_t r = 0; r < workers; ++r) {
+        const int64_t c =
+            job->async ? (r < static_cast<int32_t>(state.clocks.size())
+                              ? state.clocks[r]
+                              : 0)
+                       : state.step + (r < static_cast<int32_t>(
+                                               state.received.size()) &&
+                                       state.received[r]);
+        clocks[r] = std::min(clocks[r], c);
+      }
+    }
+    for (int64_t c : clocks) out->add_worker_clocks(c == INT64_MAX ? 0 : c);
+    if (job->async) {
+      out->set_max_staleness(job->max_staleness);
+      for (int64_t n : job->staleness_counts) out->add_staleness_counts(n);
+    }
     for (int32_t shard : job->shards) {
       ShardStatus* s = out->add_shards();
       s->set_shard(shard);
@@ -429,6 +500,18 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
     PSD_RETURN_IF_ERROR(CheckFloat32(
         g.tensor(), state.num_elements,
         absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")")));
+    if (job->async) {
+      // A rank's pushes are taken in order, each once.
+      const int64_t next = state.accepted[rank];
+      if (request.step() > next) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "step: ", request.step(), " from rank ", rank,
+            " is ahead: partition ", g.partition_id(), " has taken ", next,
+            " of its pushes (a rank pushes steps in order, from 0)"));
+      }
+      all_duplicate = all_duplicate && request.step() < next;
+      continue;
+    }
     if (request.step() > state.step) {
       return absl::FailedPreconditionError(absl::StrCat(
           "step: ", request.step(), " is ahead of partition ", g.partition_id(),
@@ -443,6 +526,30 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   for (int i = 0; i < request.gradients_size(); ++i) {
     const PartitionTensor& g = request.gradients(i);
     PartitionState& state = job->partitions[g.partition_id()];
+    if (job->async) {
+      if (request.step() == state.accepted[rank]) {
+        ++state.accepted[rank];
+        const float scale = 1.0f / static_cast<float>(job->config.workers());
+        const float* data = Float32Data(g.tensor());
+        if (!state.replicating) {
+          for (int64_t k = 0; k < state.num_elements; ++k) {
+            state.sum[k] = data[k] * scale;
+          }
+          advanced |= StartUpdate(job.get(), g.partition_id(), &state,
+                                  &snapshots, &tasks);
+        } else if (state.queued_count++ == 0) {
+          for (int64_t k = 0; k < state.num_elements; ++k) {
+            state.queued[k] = data[k] * scale;
+          }
+        } else {
+          for (int64_t k = 0; k < state.num_elements; ++k) {
+            state.queued[k] += data[k] * scale;
+          }
+        }
+      }
+      applied_step = std::min(applied_step, state.step);
+      continue;
+    }
     if (request.step() == state.step && !state.received[rank]) {
       const float* data = Float32Data(g.tensor());
       std::copy(data, data + state.num_elements, state.pending[rank].begin());
@@ -508,8 +615,16 @@ void ParameterStore::Settle(std::vector<std::pair<PullDone, absl::Status>>* comp
 void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
                                PartitionState* state,
                                std::vector<ShardSnapshot>* snapshots) {
-  state->previous = state->weights;
-  state->previous_step = state->step;
+  if (job->async) {
+    // No previous weights: ASP/SSP pulls are of the current ones.
+    state->clocks = state->update_clocks;
+    for (size_t r = 0; r < state->clocks.size(); ++r) {
+      state->accepted[r] = std::max(state->accepted[r], state->clocks[r]);
+    }
+  } else {
+    state->previous = state->weights;
+    state->previous_step = state->step;
+  }
   ApplyOptimizer(job->config.optimizer(), state->step, state->sum.data(),
                  state->num_elements, state->weights.data(),
                  state->slots.data());
@@ -519,6 +634,64 @@ void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
   state->replicating = false;
   state->awaiting.clear();
   CaptureIfDue(job, partition_id, *state, snapshots);
+}
+
+namespace {
+
+// The replication of the update in state.sum (the partition's next update).
+std::shared_ptr<ReplicateRequest> MakeReplicate(
+    const ParameterStore::Job& job, int32_t partition_id,
+    const PartitionState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  auto replicate = std::make_shared<ReplicateRequest>();
+  replicate->set_job_id(job.id);
+  replicate->set_view_epoch(job.view_epoch);
+  replicate->set_step(state.step);
+  PartitionTensor* out = replicate->add_gradients();
+  out->set_partition_id(partition_id);
+  EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
+  if (job.async) {
+    for (int64_t c : state.update_clocks) replicate->add_clocks(c);
+  }
+  return replicate;
+}
+
+}  // namespace
+
+bool ParameterStore::StartUpdate(Job* job, int32_t partition_id,
+                                 PartitionState* state,
+                                 std::vector<ShardSnapshot>* snapshots,
+                                 std::vector<ReplicationTask>* tasks) {
+  // Every push taken so far is in the update in flight or applied.
+  state->update_clocks = state->accepted;
+  const ShardRole& role = job->roles[state->shard];
+  std::set<std::string> targets(role.backups.begin(), role.backups.end());
+  targets.insert(role.joiners.begin(), role.joiners.end());
+  if (targets.empty()) {
+    ApplyStep(job, partition_id, state, snapshots);
+    return true;
+  }
+  // Applied once every backup has it (OnReplicated).
+  state->replicating = true;
+  state->awaiting = targets;
+  std::shared_ptr<ReplicateRequest> replicate =
+      MakeReplicate(*job, partition_id, *state);
+  for (const std::string& target : targets) {
+    tasks->push_back(ReplicationTask{target, replicate});
+  }
+  return false;
+}
+
+bool ParameterStore::StartQueued(Job* job, int32_t partition_id,
+                                 PartitionState* state,
+                                 std::vector<ShardSnapshot>* snapshots,
+                                 std::vector<ReplicationTask>* tasks) {
+  if (!job->async || state->queued_count == 0 || state->replicating ||
+      job->roles[state->shard].role != Role::kPrimary) {
+    return false;
+  }
+  state->sum.swap(state->queued);
+  state->queued_count = 0;
+  return StartUpdate(job, partition_id, state, snapshots, tasks);
 }
 
 void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
@@ -563,6 +736,12 @@ absl::Status ParameterStore::RequestSnapshot(const std::string& job_id,
         "this server has no --data_dir, so no snapshots");
   }
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
+  if (job->async) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job_id: job \"", job_id, "\" is ",
+        ConsistencyName(job->config.consistency()),
+        "; snapshots are supported with BSP only"));
+  }
   absl::MutexLock lock(&job->mu);
   if (job->finished || job->dropped) {
     return absl::FailedPreconditionError(
@@ -638,12 +817,116 @@ absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
 // Answers `request` from the job's current state if it can. Returns true
 // when *response is filled, false when the step is not reached yet, or the
 // error that ends the pull.
-static absl::StatusOr<bool> TryAnswer(const ParameterStore::Job& job,
+// The slowest rank's clock on an ASP/SSP partition, and that rank.
+static int64_t MinClock(const PartitionState& state, int32_t* slowest) {
+  int64_t lowest = INT64_MAX;
+  for (size_t r = 0; r < state.clocks.size(); ++r) {
+    if (state.clocks[r] < lowest) {
+      lowest = state.clocks[r];
+      if (slowest != nullptr) *slowest = static_cast<int32_t>(r);
+    }
+  }
+  return lowest == INT64_MAX ? 0 : lowest;
+}
+
+// ASP/SSP: whether a pull of clock request.step() by request.worker_rank()
+// may read `state` now; when not, *why says what it waits for.
+static bool AsyncReady(const ParameterStore::Job& job, int32_t partition_id,
+                       const PartitionState& state, const PullRequest& request,
+                       std::string* why) {
+  const int32_t rank = request.worker_rank();
+  const int64_t c = request.step();
+  if (state.clocks[rank] < c) {
+    if (why != nullptr) {
+      *why = absl::StrCat("rank ", rank, "'s own push of step ", c - 1,
+                          " is not applied yet to partition ", partition_id,
+                          " (", state.clocks[rank], " of its pushes applied, ",
+                          state.accepted[rank], " received)");
+    }
+    return false;
+  }
+  if (job.staleness < 0) return true;  // ASP
+  int32_t slowest = 0;
+  const int64_t min_clock = MinClock(state, &slowest);
+  if (min_clock >= c - job.staleness) return true;
+  if (why != nullptr) {
+    *why = absl::StrCat("SSP staleness bound ", job.staleness, ": rank ", rank,
+                        " at clock ", c, " may read partition ", partition_id,
+                        " once every rank's clock is >= ", c - job.staleness,
+                        "; the slowest is rank ", slowest, " at clock ",
+                        min_clock);
+  }
+  return false;
+}
+
+static absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
                                       const PullRequest& request,
                                       PullResponse* response)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
   if (job.dropped) {
     return absl::CancelledError(absl::StrCat("job \"", job.id, "\" was dropped"));
+  }
+  if (job.async && !request.latest()) {
+    const int32_t rank = request.worker_rank();
+    if (rank < 0 || rank >= job.config.workers()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("worker_rank: ", rank, " outside [0, ",
+                       job.config.workers(), ")"));
+    }
+    bool ready = true;
+    for (int i = 0; i < request.partition_ids_size(); ++i) {
+      auto it = job.partitions.find(request.partition_ids(i));
+      if (it == job.partitions.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "partition_ids[", i, "]: partition ", request.partition_ids(i),
+            " is not held by this server"));
+      }
+      PSD_RETURN_IF_ERROR(CheckPrimary(job, it->second, it->first));
+      ready = ready && AsyncReady(job, it->first, it->second, request, nullptr);
+    }
+    if (!ready) {
+      if (job.finished) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "step: clock ", request.step(), " of rank ", rank,
+            " will never be readable: job \"", job.id, "\" finished"));
+      }
+      return false;
+    }
+  }
+  if (job.async) {
+    // The current weights; step = the fewest updates, clock = the fewest of
+    // this rank's pushes applied.
+    int64_t lowest = INT64_MAX;
+    int64_t clock = INT64_MAX;
+    int64_t staleness = 0;
+    const int32_t rank = request.worker_rank();
+    response->clear_parameters();
+    for (int i = 0; i < request.partition_ids_size(); ++i) {
+      auto it = job.partitions.find(request.partition_ids(i));
+      if (it == job.partitions.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "partition_ids[", i, "]: partition ", request.partition_ids(i),
+            " is not held by this server"));
+      }
+      const PartitionState& state = it->second;
+      lowest = std::min(lowest, state.step);
+      if (rank >= 0 && rank < static_cast<int32_t>(state.clocks.size())) {
+        clock = std::min(clock, state.clocks[rank]);
+      }
+      staleness = std::max(staleness, request.step() - MinClock(state, nullptr));
+      PartitionTensor* out = response->add_parameters();
+      out->set_partition_id(it->first);
+      EncodeFloat32(state.weights.data(), state.num_elements,
+                    out->mutable_tensor());
+    }
+    response->set_step(lowest == INT64_MAX ? 0 : lowest);
+    response->set_clock(clock == INT64_MAX ? 0 : clock);
+    if (!request.latest()) {
+      job.max_staleness = std::max(job.max_staleness, staleness);
+      ++job.staleness_counts[std::min<int64_t>(staleness,
+                                               kStalenessBuckets - 1)];
+    }
+    return true;
   }
   int64_t lowest = INT64_MAX;
   for (int i = 0; i < request.partition_ids_size(); ++i) {
@@ -726,6 +1009,38 @@ void ParameterStore::PullAsync(uint64_t pull_id, const PullRequest& request,
   done(answered.status());
 }
 
+void ParameterStore::ExpirePull(const std::string& job_id, uint64_t pull_id) {
+  absl::StatusOr<std::shared_ptr<Job>> job = FindJob(job_id);
+  if (!job.ok()) return;
+  PullDone done;
+  std::string why;
+  int64_t step = 0;
+  {
+    absl::MutexLock lock(&(*job)->mu);
+    auto it = (*job)->waiters.find(pull_id);
+    if (it == (*job)->waiters.end()) return;  // answered already
+    const PullRequest& request = it->second.request;
+    step = request.step();
+    for (int32_t id : request.partition_ids()) {
+      auto part = (*job)->partitions.find(id);
+      if (part == (*job)->partitions.end()) continue;
+      const PartitionState& state = part->second;
+      if ((*job)->async) {
+        if (!AsyncReady(**job, id, state, request, &why)) break;
+      } else if (state.step < request.step()) {
+        why = absl::StrCat("partition ", id, " is at step ", state.step,
+                           " (waiting for other workers' pushes)");
+        break;
+      }
+    }
+    done = std::move(it->second.done);
+    (*job)->waiters.erase(it);
+  }
+  done(absl::DeadlineExceededError(
+      absl::StrCat("pull of step ", step, " not answered before the deadline: ",
+                   why.empty() ? "still waiting" : why)));
+}
+
 void ParameterStore::CancelPull(const std::string& job_id, uint64_t pull_id,
                                 absl::Status status) {
   absl::StatusOr<std::shared_ptr<Job>> job = FindJob(job_id);
@@ -755,11 +1070,7 @@ absl::Status ParameterStore::Pull(const PullRequest& request,
   while (!finished.WaitForNotificationWithDeadline(
       std::min(deadline, absl::Now() + absl::Milliseconds(100)))) {
     if (absl::Now() >= deadline) {
-      CancelPull(request.job_id(), id,
-                 absl::DeadlineExceededError(absl::StrCat(
-                     "step ", request.step(),
-                     " not reached before the deadline (waiting for other "
-                     "workers' pushes)")));
+      ExpirePull(request.job_id(), id);
     } else if (is_cancelled()) {
       CancelPull(request.job_id(), id,
                  absl::CancelledError("pull cancelled by client"));
@@ -840,6 +1151,8 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
         state.awaiting.clear();
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
+        state.queued_count = 0;
+        state.accepted = state.clocks;
         continue;
       }
       if (!state.replicating) continue;
@@ -850,6 +1163,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
       }
       if (state.awaiting.empty()) {
         ApplyStep(job.get(), id, &state, &snapshots);
+        StartQueued(job.get(), id, &state, &snapshots, &tasks);
         advanced = true;
       }
     }
@@ -942,6 +1256,12 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
       }
       all_duplicate &= request.step() < state.step;
     }
+    if (job->async && request.gradients_size() > 0 &&
+        request.clocks_size() != job->config.workers()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "clocks: ", request.clocks_size(), " given, the job has ",
+          job->config.workers(), " worker ranks"));
+    }
     // A view newer than ours: its SetView is on its way.
     job->view_epoch = std::max(job->view_epoch, request.view_epoch());
     bool advanced = false;
@@ -950,6 +1270,10 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
       if (request.step() != state.step) continue;
       const float* data = Float32Data(g.tensor());
       std::copy(data, data + state.num_elements, state.sum.begin());
+      if (job->async) {
+        state.update_clocks.assign(request.clocks().begin(),
+                                   request.clocks().end());
+      }
       ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
       advanced = true;
     }
@@ -988,6 +1312,16 @@ absl::Status ParameterStore::InstallPartition(
       request.slots(), static_cast<int64_t>(state.slots.size()), "slots"));
   if (request.step() < 0) {
     return absl::InvalidArgumentError("step: must be >= 0");
+  }
+  if (job->async && request.clocks_size() != job->config.workers()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "clocks: ", request.clocks_size(), " given, the job has ",
+        job->config.workers(), " worker ranks"));
+  }
+  if (job->async) {
+    state.clocks.assign(request.clocks().begin(), request.clocks().end());
+    state.accepted = state.clocks;
+    state.queued_count = 0;
   }
   const float* w = Float32Data(request.weights());
   state.weights.assign(w, w + state.num_elements);
@@ -1041,6 +1375,7 @@ std::optional<int64_t> ParameterStore::OnReplicated(
       state.awaiting.erase(task.address);
       if (state.awaiting.empty()) {
         ApplyStep(job, g.partition_id(), &state, &snapshots);
+        StartQueued(job, g.partition_id(), &state, &snapshots, &tasks);
         advanced = true;
       }
     }
@@ -1072,14 +1407,8 @@ absl::StatusOr<std::vector<int32_t>> ParameterStore::AddJoiner(
       // The step in flight goes to the joiner too, after its state (at this
       // step) is installed there.
       state.awaiting.insert(address);
-      auto replicate = std::make_shared<ReplicateRequest>();
-      replicate->set_job_id(job->id);
-      replicate->set_view_epoch(job->view_epoch);
-      replicate->set_step(state.step);
-      PartitionTensor* out = replicate->add_gradients();
-      out->set_partition_id(id);
-      EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
-      tasks.push_back(ReplicationTask{address, std::move(replicate)});
+      tasks.push_back(
+          ReplicationTask{address, MakeReplicate(*job, id, state)});
     }
   }
   Completions completions;
@@ -1109,6 +1438,7 @@ absl::StatusOr<InstallPartitionRequest> ParameterStore::CopyPartition(
                 request.mutable_weights());
   EncodeFloat32(state.slots.data(), static_cast<int64_t>(state.slots.size()),
                 request.mutable_slots());
+  for (int64_t c : state.clocks) request.add_clocks(c);  // ASP/SSP only
   return request;
 }
 
@@ -1129,6 +1459,7 @@ void ParameterStore::RemoveJoiner(const std::string& job_id, int32_t shard,
       if (state.shard != shard || !state.replicating) continue;
       if (state.awaiting.erase(address) && state.awaiting.empty()) {
         ApplyStep(job->get(), id, &state, &snapshots);
+        StartQueued(job->get(), id, &state, &snapshots, &tasks);
         advanced = true;
       }
     }
@@ -1157,6 +1488,8 @@ void ParameterStore::FenceAll() {
         state.awaiting.clear();
         state.received.assign(state.received.size(), false);
         state.received_count = 0;
+        state.queued_count = 0;
+        state.accepted = state.clocks;
       }
       for (auto& [id, waiter] : job->waiters) {
         completions.emplace_back(

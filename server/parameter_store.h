@@ -1,5 +1,5 @@
 // The parameter store of one psd_server: the partitions it holds for each
-// job, their optimizer state, and the BSP step logic.
+// job, their optimizer state, and the BSP, ASP and SSP update logic.
 #ifndef PSD_SERVER_PARAMETER_STORE_H_
 #define PSD_SERVER_PARAMETER_STORE_H_
 
@@ -47,6 +47,27 @@ namespace psd {
 // cannot complete a step. A partition also keeps its previous step's
 // weights, so that a replacement worker can recompute a step that some
 // partitions applied already (its dead predecessor pushed part of it).
+//
+// ASP and SSP (JobConfig.consistency; see "Consistency models" in
+// docs/ARCHITECTURE.md). Each partition keeps, per worker rank, its clock:
+// the number of that rank's pushes applied (committed: replicated to every
+// backup and applied). A rank's push of step c is taken only when c is the
+// next step of that rank (c < that: a duplicate, acknowledged and ignored;
+// c > that: FAILED_PRECONDITION), so no push is applied twice. A taken push
+// is scaled by 1/workers and becomes one optimizer update at once when the
+// partition is not replicating one; otherwise it is added (in arrival
+// order) to the queued update, which starts when the one in flight is
+// applied. An update is replicated (ReplicateRequest with the update's
+// float bits, its step = the partition's update count before it, and the
+// clocks it brings) and applied by the primary only once every backup
+// acknowledged it, exactly as a BSP step, so backups stay bitwise equal to
+// the primary and nothing a pull sees can be lost in a failover.
+// A pull of clock c by rank r (PullRequest.step) is answered with the
+// current weights once r's own c pushes are applied (read-my-writes: a
+// rank has at most one push not yet applied, the one its client sends
+// again after a failover) and, under SSP, once the slowest rank's clock on
+// the partition is >= c - staleness (Ho et al., NIPS 2013). The staleness
+// c - min_clock of each answered pull is recorded (Status()).
 //
 // Thread-safe: any method may be called from any thread. A pull waiting for
 // a step holds no thread (PullAsync), so any number of pulls can wait.
@@ -178,8 +199,15 @@ class ParameterStore {
   void CancelPull(const std::string& job_id, uint64_t pull_id,
                   absl::Status status);
 
+  // Ends a waiting pull whose deadline passed with DEADLINE_EXCEEDED and a
+  // message saying what it waited for (BSP: the step and the partition
+  // behind; SSP: the bound, the pulling rank's clock and the slowest rank
+  // and its clock; ASP: the rank's own push not yet applied). Does nothing
+  // when the pull was answered already.
+  void ExpirePull(const std::string& job_id, uint64_t pull_id);
+
   // Blocking form of PullAsync, for callers with a thread to spare (tests):
-  // waits until `deadline` (then DEADLINE_EXCEEDED) or until
+  // waits until `deadline` (then DEADLINE_EXCEEDED, as ExpirePull) or until
   // `is_cancelled()` returns true (polled every 100 ms; then CANCELLED).
   absl::Status Pull(const PullRequest& request, absl::Time deadline,
                     const std::function<bool()>& is_cancelled,
@@ -213,6 +241,17 @@ class ParameterStore {
   // moves to the next step. REQUIRES: job->mu held.
   void ApplyStep(Job* job, int32_t partition_id, PartitionState* state,
                  std::vector<ShardSnapshot>* snapshots);
+  // ASP/SSP primary: makes state.sum the partition's next update: applies
+  // it at once when the shard has no backups (returns true), else sends it
+  // to them (into *tasks). REQUIRES: job->mu held, not replicating.
+  bool StartUpdate(Job* job, int32_t partition_id, PartitionState* state,
+                   std::vector<ShardSnapshot>* snapshots,
+                   std::vector<ReplicationTask>* tasks);
+  // ASP/SSP primary, after an update was applied: starts the queued one,
+  // if any. Returns true when it was applied at once. REQUIRES: job->mu.
+  bool StartQueued(Job* job, int32_t partition_id, PartitionState* state,
+                   std::vector<ShardSnapshot>* snapshots,
+                   std::vector<ReplicationTask>* tasks);
 
   const ParameterStoreOptions options_;
   std::atomic<uint64_t> next_pull_id_{1};

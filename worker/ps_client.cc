@@ -166,7 +166,16 @@ absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
     }
     if (failed.empty()) return absl::OkStatus();
     pending = std::move(failed);
-    absl::SleepFor(absl::Milliseconds(200 << attempt));
+    // Back off, but stop waiting as soon as a newer view is known (a
+    // failover: the caller moves to the new primaries).
+    const absl::Time retry_at = absl::Now() + absl::Milliseconds(200 << attempt);
+    while (absl::Now() < retry_at) {
+      if (options.views != nullptr && options.views->LatestEpoch() > view_epoch) {
+        return absl::AbortedError(absl::StrCat(
+            what, ": the view changed (epoch ", view_epoch, " is old)"));
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
   }
 }
 
@@ -174,7 +183,7 @@ absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
 
 absl::Status ParameterClient::Pull(int64_t step, bool latest,
                                    std::vector<std::vector<float>>* params,
-                                   int64_t* step_out) {
+                                   int64_t* step_out, int64_t* clock_out) {
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
   const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
@@ -190,6 +199,7 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
   params->resize(sizes_.size());
   for (size_t i = 0; i < sizes_.size(); ++i) (*params)[i].resize(sizes_[i]);
   int64_t lowest = INT64_MAX;
+  int64_t lowest_clock = INT64_MAX;
   for (Target* t : all) {
     const Partition& part = t->partition;
     if (t->pull_response.parameters_size() != 1) {
@@ -205,8 +215,12 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
     std::memcpy((*params)[part.parameter()].data() + part.offset(),
                 Float32Data(tensor), part.num_elements() * sizeof(float));
     lowest = std::min(lowest, t->pull_response.step());
+    lowest_clock = std::min(lowest_clock, t->pull_response.clock());
   }
   if (step_out != nullptr) *step_out = lowest == INT64_MAX ? step : lowest;
+  if (clock_out != nullptr) {
+    *clock_out = lowest_clock == INT64_MAX ? 0 : lowest_clock;
+  }
   return absl::OkStatus();
 }
 

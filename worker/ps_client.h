@@ -77,10 +77,13 @@ class ParameterClient {
   // Fills params[i] (resized to parameter_sizes()[i]) with the parameters
   // after `step` updates, waiting for them. With latest = true, returns the
   // current parameters without waiting, and *step_out gets their step.
+  // Under ASP/SSP `step` is this rank's clock (see PullRequest.step), and
+  // *clock_out gets PullResponse.clock (the fewest of this rank's pushes
+  // applied to any partition).
   // Errors: the first failing call's status, prefixed with the server.
   absl::Status Pull(int64_t step, bool latest,
                     std::vector<std::vector<float>>* params,
-                    int64_t* step_out = nullptr);
+                    int64_t* step_out = nullptr, int64_t* clock_out = nullptr);
 
   // Pushes gradients of `step`; grads[i] has parameter_sizes()[i] floats.
   absl::Status Push(int64_t step, const std::vector<std::vector<float>>& grads);

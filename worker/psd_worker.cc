@@ -48,6 +48,9 @@ ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
+ABSL_FLAG(int, test_slow_ms_per_step, 0,
+          "FOR TESTS ONLY: sleep this many ms in every training step, to make "
+          "this worker artificially slow (the SSP test). Default 0.");
 
 namespace psd {
 namespace {
@@ -262,6 +265,7 @@ int Main() {
   TrainerOptions trainer;
   trainer.data_dir = absl::GetFlag(FLAGS_data_dir);
   trainer.metrics = &trainer_metrics;
+  trainer.test_slow_ms_per_step = absl::GetFlag(FLAGS_test_slow_ms_per_step);
   WorkerAgent agent(trainer, backend.get());
   MembershipOptions options;
   options.coordinator = absl::GetFlag(FLAGS_coordinator);

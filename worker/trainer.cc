@@ -158,7 +158,12 @@ absl::Status TrainRank(const Assignment& assignment,
   if (assignment.resume_from_servers()) {
     // A replacement: the slowest partition's step is the one this rank's
     // predecessor did not finish pushing (BSP waits for it).
-    PSD_RETURN_IF_ERROR(client->Pull(0, /*latest=*/true, &params, &start_step));
+    int64_t clock = 0;
+    PSD_RETURN_IF_ERROR(
+        client->Pull(0, /*latest=*/true, &params, &start_step, &clock));
+    // ASP/SSP: the partitions' step counts updates; the rank's own progress
+    // is its clock (its pushes applied everywhere).
+    if (config.consistency() != BSP) start_step = clock;
     Log()->info("job {} rank {}: replacing a worker, resuming at step {}",
                 assignment.job_id(), rank, start_step);
   }
@@ -172,6 +177,7 @@ absl::Status TrainRank(const Assignment& assignment,
     send(config.epochs() - 1, total_steps);
     return absl::OkStatus();
   }
+  const absl::Time train_start = absl::Now();
   for (int32_t epoch = static_cast<int32_t>(start_step / steps_per_epoch);
        epoch < config.epochs(); ++epoch) {
     const std::vector<int32_t> order =
@@ -197,6 +203,9 @@ absl::Status TrainRank(const Assignment& assignment,
                                                 y.data(), batch, grad_ptrs);
       const auto computed = std::chrono::steady_clock::now();
       PSD_RETURN_IF_ERROR(client->Push(step, grads));
+      if (options.test_slow_ms_per_step > 0) {
+        absl::SleepFor(absl::Milliseconds(options.test_slow_ms_per_step));
+      }
       if (TrainerMetrics* m = options.metrics) {
         const auto pushed = std::chrono::steady_clock::now();
         if (pulled_step != step) {
@@ -236,6 +245,10 @@ absl::Status TrainRank(const Assignment& assignment,
       return absl::CancelledError("job cancelled");
     }
   }
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - train_start);
+  Log()->info("job {} rank {}: trained {} steps in {:.3f} s ({:.2f} steps/s)",
+              assignment.job_id(), rank, total_steps - start_step, seconds,
+              seconds > 0 ? (total_steps - start_step) / seconds : 0.0);
   return absl::OkStatus();
 }
 

@@ -1,4 +1,4 @@
-// Training one rank of a job: the worker's BSP loop.
+// Training one rank of a job: the worker's loop (BSP, ASP or SSP).
 #ifndef PSD_WORKER_TRAINER_H_
 #define PSD_WORKER_TRAINER_H_
 
@@ -43,20 +43,28 @@ struct TrainerOptions {
   // Where view changes come from (failover of a primary; see
   // ParameterClientOptions::views). Not owned. Default: none.
   ViewSource* views = nullptr;
+  // FOR TESTS ONLY: sleep this long in every step (after its push), to make
+  // this worker artificially slow (tests/consistency_test.sh, SSP).
+  // Default: 0 (no delay).
+  int test_slow_ms_per_step = 0;
 };
 
 // Where progress goes (the coordinator's ReportProgress). Returns true when
 // the job was cancelled and training must stop.
 using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
 
-// Trains `assignment.rank()` of the job, step by step under BSP:
-//   for step s: pull the parameters after s updates; compute the gradient of
-//   the mean loss over this rank's next batch; push it for step s.
+// Trains `assignment.rank()` of the job, step by step:
+//   for step s: pull the parameters for step s (BSP: after s updates; ASP:
+//   the current ones, once this rank's s pushes are applied; SSP: the same,
+//   once every rank has pushed >= s - staleness steps; see PullRequest.step
+//   in proto/parameter_server.proto); compute the gradient of the mean loss
+//   over this rank's next batch; push it for step s.
 // The batches of rank r in epoch e follow EpochOrder(shard r, seed, e, r),
 // so a rank's gradients are a function of (job, rank, step) only (DESIGN
 // invariant 5). Rank 0 evaluates the test set at every epoch end.
 // With assignment.resume_from_servers (this rank's worker died), training
-// starts at the step the rank's partitions are at, read from the servers.
+// starts at the step the rank's partitions are at, read from the servers
+// (ASP/SSP: the rank's clock there).
 // Setting `*cancel` stops training within a step (calls in flight to the
 // servers are cancelled). Returns OK when all steps are done, CANCELLED when
 // stopped, or the error that ended it.
