@@ -6,10 +6,11 @@
 #    each, interleaved; medians and ratios against R=1 of the same run;
 #  - failover time: KILLS times, the primary of shard 0 is SIGKILLed mid-job
 #    (R=2, default heartbeat timeout); the time from the SIGKILL to the
-#    first completed step after it, as each worker observes it (its first
-#    failed call to the call that succeeded on the new primary: the
-#    "failed over after N ms" line). Median and max.
-# Usage: tests/bench/replication_bench.sh [RUNS] [KILLS]
+#    first completed step after it: the later of the two workers' log lines
+#    "failed over after …", written when a call succeeds on the new primary
+#    (log timestamps are UTC wall clock, like `date`). Median and max.
+# Usage: tests/bench/replication_bench.sh [RUNS] [KILLS] (RUNS 0: failover
+# time only)
 # (build first: bazel build //server:all //worker:psd_worker //deploy:psd_ctl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -68,7 +69,7 @@ for r in $(seq "$RUNS"); do
     echo "run $r, R=$R: $(echo "${RESULTS[$R]}" | awk '{print $(NF-2)" s for "$(NF-1)" steps"}')"
   done
 done
-python3 - "${RESULTS[1]}" "${RESULTS[2]}" "${RESULTS[3]}" <<'PY'
+[ "$RUNS" -gt 0 ] && python3 - "${RESULTS[1]}" "${RESULTS[2]}" "${RESULTS[3]}" <<'PY'
 import statistics, sys
 base = None
 for R, text in enumerate(sys.argv[1:], 1):
@@ -84,8 +85,7 @@ PY
 # Failover time.
 times=()
 for k in $(seq "$KILLS"); do
-  cluster 2
-  : >"$WORK/w1.log"; : >"$WORK/w2.log"
+  cluster 2  # fresh worker logs
   id=$("${CTL[@]}" submit "$JOB")
   port=""
   for _ in $(seq 200); do
@@ -99,14 +99,23 @@ if j.get("state") == "RUNNING" and j.get("shards"):
     sleep 0.1
   done
   sleep 3  # mid-job
+  killed_at=$(date '+%s.%N')
   kill -KILL "${SERVER_PID[$port]}"
   ms=""
   for _ in $(seq 300); do
-    ms=$(grep -ho "failed over after [0-9]* ms" "$WORK/w1.log" "$WORK/w2.log" | grep -o "[0-9]*" | sort -n | tail -1 || true)
-    [ -n "$ms" ] && [ "$(grep -c "failed over after" "$WORK/w1.log" "$WORK/w2.log" | awk -F: '{s+=($2>0)} END {print s}')" -eq 2 ] && break
+    # Both workers have logged the call that succeeded on the new primary.
+    if [ "$(grep -alc "failed over after" "$WORK/w1.log" "$WORK/w2.log" | wc -l)" -eq 2 ]; then
+      ms=$(grep -ah "failed over after" "$WORK/w1.log" "$WORK/w2.log" | python3 -c '
+import datetime, sys
+killed = float(sys.argv[1])
+stamps = [datetime.datetime.strptime(" ".join(l.split()[:2]), "%Y-%m-%d %H:%M:%S.%f")
+          .replace(tzinfo=datetime.timezone.utc).timestamp() for l in sys.stdin]
+print(round((max(stamps) - killed) * 1000))' "$killed_at")
+      break
+    fi
     sleep 0.1
   done
-  echo "kill $k: the primary of shard 0 (port $port) SIGKILLed; steps resumed after ${ms:-?} ms"
+  echo "kill $k: the primary of shard 0 (port $port) SIGKILLed; both workers stepping again after ${ms:-?} ms"
   times+=("${ms:-nan}")
   "${CTL[@]}" cancel "$id" >/dev/null || true
 done
