@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Consistency models (issue 7): ASP and SSP jobs on the short Fashion-MNIST
+# job reach BSP's accuracy band, and under SSP with one worker slowed down
+# (psd_worker --test_slow_ms_per_step, a test-only flag) no worker ever reads
+# beyond the staleness bound: every server records the largest staleness
+# c - min_clock it answered a pull with (GetServerStatus), and it must be
+# <= s. The same slowed cluster under ASP shows a staleness above s, so the
+# bound is what holds SSP back.
+source tests/cluster_lib.sh
+
+BAND=0.03      # ASP/SSP final test accuracy within this of BSP's
+STALENESS=2
+SLOW_MS=30
+
+write_short_job "$WORK/bsp.textproto"
+sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/bsp.textproto" >"$WORK/asp.textproto"
+sed "s/^consistency: BSP\$/consistency: SSP\nstaleness: $STALENESS/" \
+  "$WORK/bsp.textproto" >"$WORK/ssp.textproto"
+grep -q '^consistency: ASP$' "$WORK/asp.textproto" || fail "sed did not set ASP"
+grep -q "^staleness: $STALENESS\$" "$WORK/ssp.textproto" || fail "sed did not set SSP"
+
+# final_accuracy: the job's test accuracy from its watch output.
+final_accuracy() {
+  local id
+  id=$(cat "$WORK/last_job")
+  grep -o 'SUCCEEDED.*test accuracy [0-9.]*' "$WORK/$id.watch" | awk '{print $NF}'
+}
+
+# server_staleness: "MAX PULLS" over every server's status of the cluster's
+# (only) job: the largest max_staleness and the pulls counted.
+server_staleness() {
+  "${CTL[@]}" servers >"$WORK/servers.json" || fail "psd_ctl servers"
+  python3 - "$WORK/servers.json" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+most = max([int(v) for v in re.findall(r'"maxStaleness": "(\d+)"', text)] + [0])
+pulls = 0
+for block in re.findall(r'"stalenessCounts": \[([^\]]*)\]', text):
+    pulls += sum(int(v) for v in re.findall(r'"(\d+)"', block))
+print(most, pulls)
+PY
+}
+
+start_cluster a 2 2
+run_job "$WORK/bsp.textproto" "$WORK/bsp.safetensors" >/dev/null
+bsp=$(final_accuracy)
+run_job "$WORK/asp.textproto" "$WORK/asp.safetensors" >/dev/null
+asp=$(final_accuracy)
+run_job "$WORK/ssp.textproto" "$WORK/ssp.safetensors" >/dev/null
+ssp=$(final_accuracy)
+stop_cluster
+echo "final test accuracy: BSP $bsp, ASP $asp, SSP(s=$STALENESS) $ssp"
+for pair in "ASP $asp" "SSP $ssp"; do
+  set -- $pair
+  awk -v a="$2" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
+    fail "$1 accuracy $2 is more than $BAND below BSP's $bsp"
+done
+
+# start_slow_cluster NAME: coordinator, 2 servers, 1 normal worker and 1
+# worker slowed by SLOW_MS per step.
+start_slow_cluster() {
+  local name=$1
+  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+    2>"$WORK/$name.coordinator.log" &
+  PIDS+=($!)
+  COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
+    fail "coordinator $name did not start"
+  for i in 1 2; do
+    "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+      2>"$WORK/$name.server$i.log" &
+    PIDS+=($!)
+  done
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+    2>"$WORK/$name.worker1.log" &
+  PIDS+=($!)
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+    --test_slow_ms_per_step="$SLOW_MS" 2>"$WORK/$name.worker2-slow.log" &
+  PIDS+=($!)
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  "${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready
+}
+
+start_slow_cluster ssp_slow
+run_job "$WORK/ssp.textproto" "$WORK/ssp_slow.safetensors" >/dev/null
+read -r ssp_max ssp_pulls < <(server_staleness)
+stop_cluster
+echo "SSP(s=$STALENESS), one worker +${SLOW_MS} ms/step: max staleness $ssp_max over $ssp_pulls pulls"
+[ "$ssp_pulls" -gt 0 ] || fail "the servers recorded no SSP pulls"
+[ "$ssp_max" -le "$STALENESS" ] || fail "SSP read beyond the bound: staleness $ssp_max > $STALENESS"
+# The slow worker held the fast one at the bound.
+[ "$ssp_max" -eq "$STALENESS" ] || fail "the slowed run never reached the bound (max $ssp_max)"
+
+start_slow_cluster asp_slow
+run_job "$WORK/asp.textproto" "$WORK/asp_slow.safetensors" >/dev/null
+read -r asp_max asp_pulls < <(server_staleness)
+stop_cluster
+echo "ASP, one worker +${SLOW_MS} ms/step: max staleness $asp_max over $asp_pulls pulls"
+[ "$asp_max" -gt "$STALENESS" ] || fail "ASP with a slow worker stayed within $STALENESS (max $asp_max)"
+echo PASS
