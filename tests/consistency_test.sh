@@ -5,7 +5,8 @@
 # beyond the staleness bound: every server records the largest staleness
 # c - min_clock it answered a pull with (GetServerStatus), and it must be
 # <= s. The same slowed cluster under ASP shows a staleness above s, so the
-# bound is what holds SSP back.
+# bound is what holds SSP back. With R=2, ASP and SSP replicas end bitwise
+# equal.
 source tests/cluster_lib.sh
 
 BAND=0.03      # ASP/SSP final test accuracy within this of BSP's
@@ -96,4 +97,34 @@ read -r asp_max asp_pulls < <(server_staleness)
 stop_cluster
 echo "ASP, one worker +${SLOW_MS} ms/step: max staleness $asp_max over $asp_pulls pulls"
 [ "$asp_max" -gt "$STALENESS" ] || fail "ASP with a slow worker stayed within $STALENESS (max $asp_max)"
+
+# Replication (R=2): every ASP/SSP update reaches the backup before it is
+# visible, pushes arriving meanwhile are aggregated, and the backups end
+# bitwise equal to their primaries (psd_ctl replicas compares checksums).
+"$BIN/server/psd_coordinator" --port_file="$WORK/r2.coordinator.port" \
+  --replication_factor=2 2>"$WORK/r2.coordinator.log" &
+PIDS+=($!)
+COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/r2.coordinator.port") ||
+  fail "coordinator r2 did not start"
+for i in 1 2; do
+  "$BIN/server/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/r2.server$i.log" &
+  PIDS+=($!)
+done
+for i in 1 2; do
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>"$WORK/r2.worker$i.log" &
+  PIDS+=($!)
+done
+CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+"${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready
+for mode in asp ssp; do
+  run_job "$WORK/$mode.textproto" "$WORK/$mode.r2.safetensors" >/dev/null
+  id=$(cat "$WORK/last_job")
+  acc=$(final_accuracy)
+  "${CTL[@]}" replicas "$id" >"$WORK/$id.replicas" ||
+    { cat "$WORK/$id.replicas"; fail "$mode R=2: replicas differ"; }
+  echo "$mode R=2: test accuracy $acc, $(tail -1 "$WORK/$id.replicas")"
+  awk -v a="$acc" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
+    fail "$mode R=2 accuracy $acc is more than $BAND below BSP's $bsp"
+done
+stop_cluster
 echo PASS
