@@ -1,0 +1,302 @@
+// Replication between two ParameterStores wired by hand (no processes): a
+// primary's step becomes pullable only once its backup applied it, both end
+// bitwise equal, and every message from an older view is fenced.
+#include <cmath>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/placement.h"
+#include "common/tensor.h"
+#include "server/parameter_store.h"
+
+namespace psd {
+namespace {
+
+constexpr char kJob[] = "repl-1";
+constexpr int kWorkers = 2;
+
+JobConfig Config() {
+  JobConfig config;
+  config.set_name("repl");
+  config.mutable_model()->set_kind(ModelSpec::MLP);
+  config.mutable_model()->set_input_dim(784);
+  config.mutable_model()->add_hidden_sizes(8);
+  config.mutable_model()->set_num_classes(10);
+  config.mutable_model()->set_init_seed(3);
+  config.mutable_dataset()->set_name("fashion-mnist");
+  config.mutable_optimizer()->set_kind(OptimizerSpec::SGD);
+  config.mutable_optimizer()->set_learning_rate(0.1f);
+  config.mutable_optimizer()->set_momentum(0.9f);
+  config.set_consistency(BSP);
+  config.set_batch_size(4);
+  config.set_epochs(1);
+  config.set_workers(kWorkers);
+  config.set_seed(1);
+  config.set_partition_bytes(8192);
+  return config;
+}
+
+// A primary ("p" at addr-p) and its backup ("b" at addr-b) of shard 0; the
+// primary's replication calls queue up in `sent` until delivered.
+struct Pair {
+  Pair() : primary(Options()) {
+    auto placement_or = BuildPlacement(ModelParameters(config.model()),
+                                       config.partition_bytes(), 1);
+    REQUIRE(placement_or.ok());
+    placement = *placement_or;
+    CreateJobRequest create;
+    create.set_job_id(kJob);
+    *create.mutable_config() = config;
+    *create.mutable_placement() = placement;
+    create.add_shards(0);
+    create.set_view_epoch(2);
+    auto created = primary.CreateJob(create);
+    INFO(created.status().ToString());
+    REQUIRE(created.ok());
+    REQUIRE(backup.CreateJob(create).ok());
+    REQUIRE(SetView(&primary, "p", 2, {"b"}).ok());
+    REQUIRE(SetView(&backup, "b", 2, {"b"}).ok());
+  }
+
+  ParameterStoreOptions Options() {
+    ParameterStoreOptions options;
+    options.replicate = [this](ReplicationTask task) {
+      sent.push_back(std::move(task));
+    };
+    return options;
+  }
+
+  static absl::Status SetView(ParameterStore* store, const std::string& self,
+                              int64_t epoch, std::vector<std::string> backups) {
+    SetViewRequest request;
+    request.set_job_id(kJob);
+    request.set_server_id(self);
+    JobView* view = request.mutable_view();
+    view->set_epoch(epoch);
+    ShardReplicas* shard = view->add_shards();
+    shard->set_shard(0);
+    shard->set_primary("p");
+    for (const std::string& b : backups) shard->add_backups(b);
+    for (const char* id : {"p", "b"}) {
+      ServerInfo* info = view->add_servers();
+      info->set_id(id);
+      info->set_address(std::string("addr-") + id);
+    }
+    return store->SetView(request);
+  }
+
+  PushRequest MakePush(int rank, int64_t step, int64_t epoch) {
+    PushRequest push;
+    push.set_job_id(kJob);
+    push.set_worker_rank(rank);
+    push.set_step(step);
+    push.set_view_epoch(epoch);
+    for (const Partition& part : placement.partitions()) {
+      std::vector<float> g(part.num_elements());
+      for (size_t k = 0; k < g.size(); ++k) {
+        g[k] = 0.01f * std::sin(static_cast<float>(k + 5 * rank + 11 * step));
+      }
+      PartitionTensor* out = push.add_gradients();
+      out->set_partition_id(part.id());
+      EncodeFloat32(g.data(), part.num_elements(), out->mutable_tensor());
+    }
+    return push;
+  }
+
+  // Delivers every queued replication call to the backup.
+  void Deliver() {
+    while (!sent.empty()) {
+      ReplicationTask task = std::move(sent.front());
+      sent.pop_front();
+      absl::Status status = backup.Replicate(*task.request).status();
+      REQUIRE_FALSE(primary.OnReplicated(task, status).has_value());
+    }
+  }
+
+  // The job's parameters on `store` (any role), by partition.
+  std::map<int32_t, std::string> Latest(ParameterStore* store) {
+    PullRequest pull;
+    pull.set_job_id(kJob);
+    pull.set_latest(true);
+    for (const Partition& part : placement.partitions()) {
+      pull.add_partition_ids(part.id());
+    }
+    PullResponse response;
+    REQUIRE(store->Pull(pull, absl::Now() + absl::Seconds(5), [] { return false; },
+                        &response)
+                .ok());
+    std::map<int32_t, std::string> bytes;
+    for (const PartitionTensor& p : response.parameters()) {
+      bytes[p.partition_id()] = p.tensor().data();
+    }
+    return bytes;
+  }
+
+  // A pull of `step` on the primary answered at once?
+  absl::Status PullNow(int64_t step, int64_t epoch) {
+    PullRequest pull;
+    pull.set_job_id(kJob);
+    pull.set_step(step);
+    pull.set_view_epoch(epoch);
+    for (const Partition& part : placement.partitions()) {
+      pull.add_partition_ids(part.id());
+    }
+    PullResponse response;
+    return primary.Pull(pull, absl::Now() + absl::Milliseconds(50),
+                        [] { return false; }, &response);
+  }
+
+  JobConfig config = Config();
+  Placement placement;
+  std::deque<ReplicationTask> sent;
+  ParameterStore primary;
+  ParameterStore backup;
+};
+
+TEST_CASE("Replication: a step is pullable only once the backup has it, "
+          "and the replicas end bitwise equal",
+          "[replication]") {
+  Pair pair;
+  for (int64_t step = 0; step < 3; ++step) {
+    for (int rank = 0; rank < kWorkers; ++rank) {
+      REQUIRE(pair.primary.Push(pair.MakePush(rank, step, 2)).ok());
+    }
+    // One call per partition to the backup; the step waits for them.
+    CHECK(pair.sent.size() ==
+          static_cast<size_t>(pair.placement.partitions_size()));
+    CHECK(pair.PullNow(step + 1, 2).code() ==
+          absl::StatusCode::kDeadlineExceeded);
+    // A retried push while the step is replicated changes nothing.
+    auto again = pair.primary.Push(pair.MakePush(0, step, 2));
+    REQUIRE(again.ok());
+    CHECK(again->duplicate());
+    pair.Deliver();
+    CHECK(pair.PullNow(step + 1, 2).ok());
+    CHECK(pair.Latest(&pair.primary) == pair.Latest(&pair.backup));
+  }
+  // A replication call delivered twice is acknowledged as a duplicate.
+  REQUIRE(pair.primary.Push(pair.MakePush(0, 3, 2)).ok());
+  REQUIRE(pair.primary.Push(pair.MakePush(1, 3, 2)).ok());
+  ReplicationTask first = pair.sent.front();
+  pair.Deliver();
+  auto duplicate = pair.backup.Replicate(*first.request);
+  REQUIRE(duplicate.ok());
+  CHECK(duplicate->duplicate());
+  CHECK(pair.Latest(&pair.primary) == pair.Latest(&pair.backup));
+}
+
+TEST_CASE("Replication: messages of an older view are fenced", "[replication]") {
+  Pair pair;
+  // Pushes go to the primary only, in its epoch.
+  CHECK(pair.backup.Push(pair.MakePush(0, 0, 2)).status().code() ==
+        absl::StatusCode::kAborted);
+  CHECK(pair.primary.Push(pair.MakePush(0, 0, 1)).status().code() ==
+        absl::StatusCode::kAborted);
+  CHECK(pair.primary.Push(pair.MakePush(0, 0, 3)).status().code() ==
+        absl::StatusCode::kUnavailable);
+
+  // The backup moves to epoch 3 (say it was promoted elsewhere): the old
+  // primary's replication is refused, so its step never completes.
+  REQUIRE(Pair::SetView(&pair.backup, "b", 3, {}).ok());
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 0, 2)).ok());
+  }
+  ReplicationTask task = pair.sent.front();
+  absl::Status refused = pair.backup.Replicate(*task.request).status();
+  CHECK(refused.code() == absl::StatusCode::kAborted);
+  // Still awaited: the caller retries, in the primary's (old) epoch.
+  auto retry = pair.primary.OnReplicated(task, refused);
+  REQUIRE(retry.has_value());
+  CHECK(*retry == 2);
+  CHECK(pair.PullNow(1, 2).code() == absl::StatusCode::kDeadlineExceeded);
+  // An older view is refused too.
+  CHECK(Pair::SetView(&pair.primary, "p", 1, {"b"}).code() ==
+        absl::StatusCode::kAborted);
+
+  // A server the coordinator forgot takes nothing until a view says so.
+  pair.primary.FenceAll();
+  CHECK(pair.primary.Push(pair.MakePush(0, 0, 2)).status().code() ==
+        absl::StatusCode::kAborted);
+}
+
+TEST_CASE("Replication: a view without the backup completes the step",
+          "[replication]") {
+  Pair pair;
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 0, 2)).ok());
+  }
+  REQUIRE_FALSE(pair.sent.empty());
+  // The backup died: the coordinator's next view has no backup.
+  REQUIRE(Pair::SetView(&pair.primary, "p", 4, {}).ok());
+  CHECK(pair.PullNow(1, 4).ok());
+  // The calls still queued are settled: no retry.
+  for (const ReplicationTask& task : pair.sent) {
+    CHECK_FALSE(pair.primary
+                    .OnReplicated(task, absl::UnavailableError("backup down"))
+                    .has_value());
+  }
+}
+
+TEST_CASE("Replication: a joining backup catches up by state transfer while "
+          "steps go on",
+          "[replication]") {
+  Pair pair;
+  // Step 0 with no backup in the view.
+  REQUIRE(Pair::SetView(&pair.primary, "p", 3, {}).ok());
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 0, 3)).ok());
+  }
+  REQUIRE(pair.sent.empty());
+
+  // A new server joins: created joining, so it serves and takes nothing.
+  ParameterStore joiner;
+  CreateJobRequest create;
+  create.set_job_id(kJob);
+  *create.mutable_config() = pair.config;
+  *create.mutable_placement() = pair.placement;
+  create.add_shards(0);
+  create.set_view_epoch(3);
+  create.set_joining(true);
+  REQUIRE(joiner.CreateJob(create).ok());
+
+  // Step 1's pushes arrive; the joiner is added before the step completes.
+  REQUIRE(pair.primary.Push(pair.MakePush(0, 1, 3)).ok());
+  auto ids = pair.primary.AddJoiner(kJob, 0, "addr-j");
+  REQUIRE(ids.ok());
+  REQUIRE(pair.primary.Push(pair.MakePush(1, 1, 3)).ok());
+  // Replication reaching the joiner before its state is retried.
+  REQUIRE_FALSE(pair.sent.empty());
+  CHECK(joiner.Replicate(*pair.sent.front().request).status().code() ==
+        absl::StatusCode::kUnavailable);
+  // The transfer: each partition's state (at step 1, the step in flight not
+  // applied yet), then the replication of step 1.
+  for (int32_t id : *ids) {
+    auto copy = pair.primary.CopyPartition(kJob, id);
+    REQUIRE(copy.ok());
+    CHECK(copy->step() == 1);
+    REQUIRE(joiner.InstallPartition(*copy).ok());
+  }
+  while (!pair.sent.empty()) {
+    ReplicationTask task = std::move(pair.sent.front());
+    pair.sent.pop_front();
+    REQUIRE_FALSE(
+        pair.primary.OnReplicated(task, joiner.Replicate(*task.request).status())
+            .has_value());
+  }
+  CHECK(pair.PullNow(2, 3).ok());
+  CHECK(pair.Latest(&pair.primary) == pair.Latest(&joiner));
+  // The state of a primary is never replaced by a transfer.
+  auto copy = pair.primary.CopyPartition(kJob, ids->front());
+  REQUIRE(copy.ok());
+  CHECK(pair.primary.InstallPartition(*copy).code() ==
+        absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace psd
