@@ -16,9 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 KILLS=${2:-5}
-BIN=bazel-bin
 source deploy/processes.sh
 WORK=$(mktemp -d /tmp/psd-replbench.XXXXXX)
+# A private copy of the binaries: a build running meanwhile cannot swap them.
+BIN=$WORK/bin
+for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_ctl; do
+  mkdir -p "$BIN/$(dirname $b)" && cp "bazel-bin/$b" "$BIN/$b"
+done
 PIDS=()
 trap 'stop_processes "${PIDS[@]}" 2>/dev/null || true' EXIT
 
