@@ -1097,8 +1097,14 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
           job->view_epoch));
     }
     // Validate first: every shard the view gives this server must be held.
+    // A shard the view gives this server no role in: NONE, except one still
+    // joining (its state transfer runs before the view takes it in).
     std::map<int32_t, ShardRole> roles;
-    for (int32_t shard : job->shards) roles[shard].role = Role::kNone;
+    for (int32_t shard : job->shards) {
+      roles[shard].role = job->roles[shard].role == Role::kJoining
+                              ? Role::kJoining
+                              : Role::kNone;
+    }
     for (const ShardReplicas& replicas : view.shards()) {
       const bool primary = replicas.primary() == request.server_id();
       const bool backup =

@@ -276,7 +276,12 @@ absl::Status ParameterClient::WithFailover(
     }
     if (status.ok() || options_.views == nullptr) return status;
     if (first_failure == absl::Time()) first_failure = absl::Now();
-    if (options_.cancel != nullptr && options_.cancel->load()) return status;
+    if (options_.cancel != nullptr && options_.cancel->load()) {
+      return status.code() == absl::StatusCode::kCancelled
+                 ? status
+                 : absl::CancelledError(absl::StrCat(
+                       "job cancelled (and: ", status.message(), ")"));
+    }
     if (status.code() != absl::StatusCode::kAborted &&
         status.code() != absl::StatusCode::kUnavailable) {
       return status;
