@@ -1,5 +1,6 @@
 // psd_server: a parameter server. Holds parameter partitions of jobs, serves
 // push and pull, and applies the optimizer (see server/parameter_store.h).
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -112,6 +113,42 @@ int Main() {
       },
       &metrics);
   ParameterService service(&store, &metrics, snapshots.get());
+  // Per job: the ranks' clocks and the staleness seen (GetServerStatus has
+  // them per rank).
+  using JobValue = double (*)(const ServerJobStatus&);
+  const auto per_job = [&store](JobValue value) {
+    return [&store, value]() {
+      LabeledValues values;
+      const ServerStatus status = store.Status();
+      for (const ServerJobStatus& job : status.jobs()) {
+        if (job.worker_clocks_size() > 0) {
+          values.emplace_back(job.job_id(), value(job));
+        }
+      }
+      return values;
+    };
+  };
+  metrics.AddGaugeFamilyCallback(
+      "psd_server_max_staleness_steps",
+      "The largest staleness seen at pull time on this server (the pulling "
+      "rank's clock minus the slowest rank's; ASP/SSP), steps.",
+      "job", per_job([](const ServerJobStatus& j) {
+        return static_cast<double>(j.max_staleness());
+      }));
+  metrics.AddGaugeFamilyCallback(
+      "psd_server_min_worker_clock",
+      "The slowest rank's clock: steps it pushed that this server applied.",
+      "job", per_job([](const ServerJobStatus& j) {
+        return static_cast<double>(*std::min_element(j.worker_clocks().begin(),
+                                                     j.worker_clocks().end()));
+      }));
+  metrics.AddGaugeFamilyCallback(
+      "psd_server_max_worker_clock",
+      "The fastest rank's clock: steps it pushed that this server applied.",
+      "job", per_job([](const ServerJobStatus& j) {
+        return static_cast<double>(*std::max_element(j.worker_clocks().begin(),
+                                                     j.worker_clocks().end()));
+      }));
   // Sparse embedding tables (psd.v1.EmbeddingServer, ASP), on the same port.
   EmbeddingStore embedding_store;
   EmbeddingService embedding_service(&embedding_store, &metrics);
