@@ -9,7 +9,11 @@
 # equal.
 source tests/cluster_lib.sh
 
-BAND=0.03      # ASP/SSP final test accuracy within this of BSP's
+# ASP/SSP final test accuracy within this of BSP's. ASP's result depends on
+# the order pushes arrive in; on a loaded machine (a CI run with other
+# cluster tests beside it) one rank runs ahead, and this 2-epoch job has
+# measured 0.79-0.85 under ASP against BSP's 0.8425.
+BAND=0.06
 STALENESS=2
 SLOW_MS=30
 
