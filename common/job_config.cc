@@ -355,6 +355,11 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
                    absl::StrCat("only for SSP, got ", c.staleness(), " with ",
                                 c.consistency() == ASP ? "ASP" : "BSP"));
   }
+  if (c.gradient_dtype() != DTYPE_UNSPECIFIED && c.gradient_dtype() != FLOAT32 &&
+      c.gradient_dtype() != BFLOAT16) {
+    return Invalid("gradient_dtype",
+                   absl::StrCat("FLOAT32 or BFLOAT16, got ", c.gradient_dtype()));
+  }
   if (c.consistency() != BSP) {
     // Snapshots are taken at a step boundary common to every partition,
     // which ASP/SSP partitions (each updated as pushes arrive) do not have.

@@ -431,5 +431,15 @@ TEST_CASE("JobConfig: under ASP/SSP the cosine horizon counts every worker's "
   CHECK(asp.optimizer().schedule().decay_steps() == bsp_total * config.workers());
 }
 
+TEST_CASE("JobConfig: gradient_dtype is FLOAT32 or BFLOAT16", "[config]") {
+  JobConfig config = ValidConfig();
+  for (DType ok : {DTYPE_UNSPECIFIED, FLOAT32, BFLOAT16}) {
+    config.set_gradient_dtype(ok);
+    CHECK(Problem(config).empty());
+  }
+  config.set_gradient_dtype(static_cast<DType>(9));
+  CHECK(Problem(config).rfind("gradient_dtype: ", 0) == 0);
+}
+
 }  // namespace
 }  // namespace psd

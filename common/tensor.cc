@@ -40,6 +40,50 @@ absl::Status CheckFloat32(const Tensor& tensor, int64_t expected_elements,
   return absl::OkStatus();
 }
 
+void EncodeBfloat16(const float* data, int64_t n, Tensor* out) {
+  out->set_dtype(BFLOAT16);
+  out->clear_shape();
+  out->add_shape(n);
+  std::string* bytes = out->mutable_data();
+  bytes->resize(static_cast<size_t>(n) * 2);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &data[i], 4);
+    uint16_t half;
+    if (std::isnan(data[i])) {
+      half = static_cast<uint16_t>((bits >> 16) | 0x0040);  // stays a NaN
+    } else {
+      // Round to nearest, ties to even: add 0x7fff plus the lowest kept bit.
+      half = static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    }
+    std::memcpy(bytes->data() + 2 * i, &half, 2);
+  }
+}
+
+absl::Status WidenToFloat32(Tensor* tensor, const std::string& what) {
+  if (tensor->dtype() == FLOAT32) return absl::OkStatus();
+  if (tensor->dtype() != BFLOAT16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ".dtype: want FLOAT32 or BFLOAT16, got ",
+                     DType_Name(tensor->dtype())));
+  }
+  const std::string& in = tensor->data();
+  if (in.size() % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ".data: ", in.size(), " bytes is not a whole number of BFLOAT16"));
+  }
+  std::string out(in.size() * 2, '\0');
+  for (size_t i = 0; i < in.size() / 2; ++i) {
+    uint16_t half;
+    std::memcpy(&half, in.data() + 2 * i, 2);
+    const uint32_t bits = static_cast<uint32_t>(half) << 16;
+    std::memcpy(out.data() + 4 * i, &bits, 4);
+  }
+  tensor->set_dtype(FLOAT32);
+  *tensor->mutable_data() = std::move(out);
+  return absl::OkStatus();
+}
+
 int64_t FindNonFinite(const float* data, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(data[i])) return i;

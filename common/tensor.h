@@ -25,6 +25,16 @@ inline const float* Float32Data(const Tensor& tensor) {
   return reinterpret_cast<const float*>(tensor.data().data());
 }
 
+// Writes n floats as a 1-D BFLOAT16 tensor of shape [n] (2 bytes each,
+// rounded to nearest even as in Intel's BF16 spec and PyTorch's
+// float -> bfloat16 cast; NaN stays NaN), reusing out's buffer.
+void EncodeBfloat16(const float* data, int64_t n, Tensor* out);
+
+// Rewrites a BFLOAT16 tensor as FLOAT32 in place (exact: every bfloat16 is
+// a float32); a FLOAT32 one is left as it is. Errors: INVALID_ARGUMENT (an
+// odd number of bytes, another dtype) naming `what`.
+absl::Status WidenToFloat32(Tensor* tensor, const std::string& what);
+
 // Index of the first NaN or Inf of data[0, n), or -1 when all are finite.
 int64_t FindNonFinite(const float* data, int64_t n);
 

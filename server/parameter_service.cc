@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include <grpcpp/alarm.h>
 
@@ -9,6 +10,7 @@
 #include "common/process.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "common/tensor.h"
 
 namespace psd {
 
@@ -78,7 +80,24 @@ grpc::ServerUnaryReactor* ParameterService::Push(
   const auto start = std::chrono::steady_clock::now();
   metrics_->push_requests->Increment();
   metrics_->push_bytes->Increment(request->ByteSizeLong());
-  auto result = store_->Push(*request);
+  // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to float32
+  // here, exactly; the store sums and applies float32 only.
+  std::optional<PushRequest> widened;
+  for (int i = 0; i < request->gradients_size(); ++i) {
+    if (request->gradients(i).tensor().dtype() != BFLOAT16) continue;
+    if (!widened.has_value()) widened = *request;
+    absl::Status ok = WidenToFloat32(
+        widened->mutable_gradients(i)->mutable_tensor(),
+        absl::StrCat("gradients[", i, "] (partition ",
+                     request->gradients(i).partition_id(), ")"));
+    if (!ok.ok()) {
+      metrics_->push_latency->Observe(SecondsSince(start));
+      metrics_->push_errors->Increment();
+      reactor->Finish(ToGrpcStatus(ok));
+      return reactor;
+    }
+  }
+  auto result = store_->Push(widened.has_value() ? *widened : *request);
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();

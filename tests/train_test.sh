@@ -34,4 +34,18 @@ assert len(data) == 8 + n + end, (len(data), n, end)
 assert header["__metadata__"]["step"] == "186", header["__metadata__"]
 print("safetensors OK:", shapes)
 PY
+
+# The same job with bfloat16 gradients on the wire (JobConfig.gradient_dtype):
+# it reaches the same floor, its parameters differ from the float32 run's
+# (the gradients were rounded), and two runs agree bit for bit (BSP stays
+# deterministic: the rounding is).
+echo "gradient_dtype: BFLOAT16" >>"$WORK/short.textproto"
+bf16_a=$(run_job "$WORK/short.textproto" "$WORK/bf16a.safetensors")
+accuracy=$("${CTL[@]}" get "$(cat "$WORK/last_job")" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk '{print $2}')
+bf16_b=$(run_job "$WORK/short.textproto" "$WORK/bf16b.safetensors")
+echo "bfloat16 gradients: test accuracy $accuracy, checksums $bf16_a $bf16_b (float32: $checksum)"
+awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||
+  fail "bfloat16 gradients: test accuracy $accuracy below the floor $FLOOR"
+[ "$bf16_a" != "$checksum" ] || fail "bfloat16 gradients gave the float32 run's parameters"
+[ "$bf16_a" = "$bf16_b" ] || fail "bfloat16 gradients: two runs differ ($bf16_a, $bf16_b)"
 echo PASS

@@ -31,6 +31,7 @@ ParameterClient::ParameterClient(const Assignment& assignment,
     : options_(options),
       job_id_(assignment.job_id()),
       rank_(assignment.rank()),
+      bfloat16_(assignment.config().gradient_dtype() == BFLOAT16),
       view_epoch_(assignment.view_epoch()) {}
 
 ParameterClient::~ParameterClient() = default;
@@ -241,8 +242,12 @@ absl::Status ParameterClient::Push(
           " elements, want ", sizes_[part.parameter()]));
     }
     t->push.set_step(step);
-    EncodeFloat32(g.data() + part.offset(), part.num_elements(),
-                  t->push.mutable_gradients(0)->mutable_tensor());
+    Tensor* tensor = t->push.mutable_gradients(0)->mutable_tensor();
+    if (bfloat16_) {
+      EncodeBfloat16(g.data() + part.offset(), part.num_elements(), tensor);
+    } else {
+      EncodeFloat32(g.data() + part.offset(), part.num_elements(), tensor);
+    }
   }
   pushed_ = true;
   return WithFailover([this] { return Repush(); }, /*repush=*/false);

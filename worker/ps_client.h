@@ -85,7 +85,8 @@ class ParameterClient {
                     std::vector<std::vector<float>>* params,
                     int64_t* step_out = nullptr, int64_t* clock_out = nullptr);
 
-  // Pushes gradients of `step`; grads[i] has parameter_sizes()[i] floats.
+  // Pushes gradients of `step`; grads[i] has parameter_sizes()[i] floats,
+  // sent as the job's gradient_dtype (FLOAT32, or BFLOAT16: half the bytes).
   absl::Status Push(int64_t step, const std::vector<std::vector<float>>& grads);
 
   // The view epoch calls are made in.
@@ -107,6 +108,8 @@ class ParameterClient {
   const ParameterClientOptions options_;
   std::string job_id_;
   int32_t rank_ = 0;
+  // Gradients go as BFLOAT16 (JobConfig.gradient_dtype), else FLOAT32.
+  bool bfloat16_ = false;
   int64_t view_epoch_ = 0;
   std::vector<int64_t> sizes_;
   std::vector<std::string> names_;
