@@ -109,6 +109,22 @@ finish() {
 }
 
 # submit: submits the job and waits until it runs (its view is known).
+# hit_primary JOB SIGNAL: once the job has done 20 steps, sends SIGNAL to
+# shard 0's primary; sets VICTIM (its name) and EPOCH (the view before).
+hit_primary() {
+  VICTIM=$(primary_of "$1" 0)
+  EPOCH=$(epoch_of "$1")
+  wait_step "$1" 20
+  kill -"$2" "${SERVER_PID[$VICTIM]}"
+}
+
+# failed_over JOB LABEL [CONDITION]: waits for a newer view in which shard 0
+# has another primary (and CONDITION, a Python expression, holds).
+failed_over() {
+  wait_until "$1" "int(j['viewEpoch']) > $EPOCH and port(shards[0]['primary']) != '${SERVER_PORT[$VICTIM]}'${3:+ and $3}" \
+    "$2: no failover of shard 0${3:+ with $3}"
+}
+
 submit() {
   local id
   id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
@@ -127,13 +143,9 @@ stop_cluster
 # --- 1. SIGKILL a primary.
 start_replicated k1 3 2 2
 job=$(submit)
-victim=$(primary_of "$job" 0)
-epoch=$(epoch_of "$job")
-wait_step "$job" 20
-kill -KILL "${SERVER_PID[$victim]}"
-echo "scenario 1: killed $victim, the primary of shard 0 (view epoch $epoch)"
-wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$victim]}'" \
-  "scenario 1: no failover of shard 0"
+hit_primary "$job" KILL
+echo "scenario 1: killed $VICTIM, the primary of shard 0 (view epoch $EPOCH)"
+failed_over "$job" "scenario 1"
 finish "$job" "scenario 1 (primary killed)"
 stop_cluster
 
@@ -159,13 +171,10 @@ stop_cluster
 # stopped one is the only server that can bring the shards back to R.
 start_replicated k3 2 2 2
 job=$(submit)
-victim=$(primary_of "$job" 0)
-epoch=$(epoch_of "$job")
-wait_step "$job" 20
-kill -STOP "${SERVER_PID[$victim]}"
+hit_primary "$job" STOP
+victim=$VICTIM
 echo "scenario 3: stopped $victim, the primary of shard 0"
-wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$victim]}'" \
-  "scenario 3: no failover of shard 0"
+failed_over "$job" "scenario 3"
 step_at_failover=$(q "$job" 'int(j.get("step", 0))')
 kill -CONT "${SERVER_PID[$victim]}"
 # Fenced: once it has heard from the coordinator again it holds no role for
@@ -212,19 +221,13 @@ stop_cluster
 # --- 5. R=3: kill a primary, then the newly promoted one.
 start_replicated k5 4 2 3
 job=$(submit)
-first=$(primary_of "$job" 0)
-epoch=$(epoch_of "$job")
-wait_step "$job" 20
-kill -KILL "${SERVER_PID[$first]}"
+hit_primary "$job" KILL
+first=$VICTIM
 echo "scenario 5: killed $first, the primary of shard 0"
-wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) != '${SERVER_PORT[$first]}' and len(shards[0].get('backups', [])) == 2" \
-  "scenario 5: shard 0 did not get back to 3 replicas"
-second=$(primary_of "$job" 0)
-epoch=$(epoch_of "$job")
-kill -KILL "${SERVER_PID[$second]}"
-echo "scenario 5: killed $second, the promoted primary of shard 0"
-wait_until "$job" "int(j['viewEpoch']) > $epoch and port(shards[0]['primary']) not in ('${SERVER_PORT[$first]}', '${SERVER_PORT[$second]}')" \
-  "scenario 5: no second failover of shard 0"
+failed_over "$job" "scenario 5" "len(shards[0].get('backups', [])) == 2"
+hit_primary "$job" KILL
+echo "scenario 5: killed $VICTIM, the promoted primary of shard 0"
+failed_over "$job" "scenario 5 (second)" "port(shards[0]['primary']) != '${SERVER_PORT[$first]}'"
 finish "$job" "scenario 5 (two primaries killed, R=3)"
 stop_cluster
 
