@@ -59,6 +59,18 @@ struct PartitionState {
   int32_t queued_count = 0;
 };
 
+// Voids what the partition collected as a primary (received pushes, the
+// update being replicated, queued ASP/SSP pushes): the shard's next primary
+// gets the workers' pushes again.
+static void DiscardPending(PartitionState* state) {
+  state->replicating = false;
+  state->awaiting.clear();
+  state->received.assign(state->received.size(), false);
+  state->received_count = 0;
+  state->queued_count = 0;
+  state->accepted = state->clocks;
+}
+
 // The role of a server for one shard of a job, from the coordinator's view.
 enum class Role { kPrimary, kBackup, kJoining, kNone };
 
@@ -345,13 +357,8 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
         std::vector<std::vector<float>>().swap(state.pending);
         std::vector<float>().swap(state.previous);
         std::vector<float>().swap(state.queued);
-        state.queued_count = 0;
-        state.accepted = state.clocks;
         state.previous_step = -1;
-        state.replicating = false;
-        state.awaiting.clear();
-        state.received.assign(state.received.size(), false);
-        state.received_count = 0;
+        DiscardPending(&state);
       }
     } else {
       job->dropped = true;
@@ -564,28 +571,8 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
         }
         const float scale = 1.0f / static_cast<float>(job->config.workers());
         for (float& v : state.sum) v *= scale;
-        const ShardRole& role = job->roles[state.shard];
-        std::set<std::string> targets(role.backups.begin(), role.backups.end());
-        targets.insert(role.joiners.begin(), role.joiners.end());
-        if (targets.empty()) {
-          ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
-          advanced = true;
-        } else {
-          // Applied once every backup has it (OnReplicated).
-          state.replicating = true;
-          state.awaiting = targets;
-          auto replicate = std::make_shared<ReplicateRequest>();
-          replicate->set_job_id(job->id);
-          replicate->set_view_epoch(job->view_epoch);
-          replicate->set_step(state.step);
-          PartitionTensor* out = replicate->add_gradients();
-          out->set_partition_id(g.partition_id());
-          EncodeFloat32(state.sum.data(), state.num_elements,
-                        out->mutable_tensor());
-          for (const std::string& target : targets) {
-            tasks.push_back(ReplicationTask{target, replicate});
-          }
-        }
+        advanced |= StartUpdate(job.get(), g.partition_id(), &state,
+                                &snapshots, &tasks);
       }
     }
     applied_step = std::min(applied_step, state.step);
@@ -1151,14 +1138,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
     for (auto& [id, state] : job->partitions) {
       const ShardRole& role = job->roles[state.shard];
       if (role.role != Role::kPrimary) {
-        // Whatever this server collected as a primary is void: the new
-        // primary gets the workers' pushes again.
-        state.replicating = false;
-        state.awaiting.clear();
-        state.received.assign(state.received.size(), false);
-        state.received_count = 0;
-        state.queued_count = 0;
-        state.accepted = state.clocks;
+        DiscardPending(&state);
         continue;
       }
       if (!state.replicating) continue;
@@ -1489,14 +1469,7 @@ void ParameterStore::FenceAll() {
         role.backups.clear();
         role.joiners.clear();
       }
-      for (auto& [id, state] : job->partitions) {
-        state.replicating = false;
-        state.awaiting.clear();
-        state.received.assign(state.received.size(), false);
-        state.received_count = 0;
-        state.queued_count = 0;
-        state.accepted = state.clocks;
-      }
+      for (auto& [id, state] : job->partitions) DiscardPending(&state);
       for (auto& [id, waiter] : job->waiters) {
         completions.emplace_back(
             std::move(waiter.done),
