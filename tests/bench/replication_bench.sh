@@ -5,7 +5,8 @@
 #    3 (the coordinator restarted with --replication_factor=R), RUNS runs
 #    each, interleaved; medians and ratios against R=1 of the same run;
 #  - failover time: KILLS times, the primary of shard 0 is SIGKILLed mid-job
-#    (R=2, default heartbeat timeout); the time from the SIGKILL to the
+#    (R=2, default heartbeat timeout) once the job reported step 500; the
+#    time from the SIGKILL to the
 #    first completed step after it: the later of the two workers' log lines
 #    "failed over after …", written when a call succeeds on the new primary
 #    (log timestamps are UTC wall clock, like `date`). Median and max.
@@ -102,7 +103,14 @@ if j.get("state") == "RUNNING" and j.get("shards"):
     [ -n "$port" ] && break
     sleep 0.1
   done
-  sleep 3  # mid-job
+  [ -n "$port" ] || { echo "job $id did not start" >&2; exit 1; }
+  # Mid-job: wait until the slowest rank has reported step 500 (of 3744).
+  for _ in $(seq 600); do
+    step=$("${CTL[@]}" get "$id" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("step", 0))')
+    [ "$step" -ge 500 ] && break
+    sleep 0.05
+  done
+  [ "$step" -ge 500 ] || { echo "job $id did not reach step 500" >&2; exit 1; }
   killed_at=$(date '+%s.%N')
   kill -KILL "${SERVER_PID[$port]}"
   ms=""
