@@ -60,28 +60,41 @@ void EncodeBfloat16(const float* data, int64_t n, Tensor* out) {
   }
 }
 
-absl::Status WidenToFloat32(Tensor* tensor, const std::string& what) {
-  if (tensor->dtype() == FLOAT32) return absl::OkStatus();
-  if (tensor->dtype() != BFLOAT16) {
+absl::Status WidenToFloat32(const Tensor& in, Tensor* out,
+                            const std::string& what) {
+  if (in.dtype() == FLOAT32) {
+    *out = in;
+    return absl::OkStatus();
+  }
+  if (in.dtype() != BFLOAT16) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ".dtype: want FLOAT32 or BFLOAT16, got ",
-                     DType_Name(tensor->dtype())));
+                     DType_Name(in.dtype())));
   }
-  const std::string& in = tensor->data();
-  if (in.size() % 2 != 0) {
+  const std::string& half = in.data();
+  if (half.size() % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ".data: ", in.size(), " bytes is not a whole number of BFLOAT16"));
+        what, ".data: ", half.size(), " bytes is not a whole number of BFLOAT16"));
   }
-  std::string out(in.size() * 2, '\0');
-  for (size_t i = 0; i < in.size() / 2; ++i) {
-    uint16_t half;
-    std::memcpy(&half, in.data() + 2 * i, 2);
-    const uint32_t bits = static_cast<uint32_t>(half) << 16;
-    std::memcpy(out.data() + 4 * i, &bits, 4);
+  out->set_dtype(FLOAT32);
+  *out->mutable_shape() = in.shape();
+  std::string* wide = out->mutable_data();
+  wide->resize(half.size() * 2);
+  for (size_t i = 0; i < half.size() / 2; ++i) {
+    uint16_t h;
+    std::memcpy(&h, half.data() + 2 * i, 2);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    std::memcpy(wide->data() + 4 * i, &bits, 4);
   }
-  tensor->set_dtype(FLOAT32);
-  *tensor->mutable_data() = std::move(out);
   return absl::OkStatus();
+}
+
+absl::Status WidenToFloat32(Tensor* tensor, const std::string& what) {
+  if (tensor->dtype() == FLOAT32) return absl::OkStatus();
+  Tensor wide;
+  absl::Status status = WidenToFloat32(*tensor, &wide, what);
+  if (status.ok()) *tensor = std::move(wide);
+  return status;
 }
 
 int64_t FindNonFinite(const float* data, int64_t n) {

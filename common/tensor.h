@@ -30,9 +30,12 @@ inline const float* Float32Data(const Tensor& tensor) {
 // float -> bfloat16 cast; NaN stays NaN), reusing out's buffer.
 void EncodeBfloat16(const float* data, int64_t n, Tensor* out);
 
-// Rewrites a BFLOAT16 tensor as FLOAT32 in place (exact: every bfloat16 is
-// a float32); a FLOAT32 one is left as it is. Errors: INVALID_ARGUMENT (an
-// odd number of bytes, another dtype) naming `what`.
+// Writes a BFLOAT16 or FLOAT32 tensor as FLOAT32 into *out (exact: every
+// bfloat16 is a float32). Errors: INVALID_ARGUMENT (an odd number of
+// bytes, another dtype) naming `what`; *out is then unspecified.
+absl::Status WidenToFloat32(const Tensor& in, Tensor* out,
+                            const std::string& what);
+// The same, in place.
 absl::Status WidenToFloat32(Tensor* tensor, const std::string& what);
 
 // Index of the first NaN or Inf of data[0, n), or -1 when all are finite.

@@ -83,13 +83,23 @@ grpc::ServerUnaryReactor* ParameterService::Push(
   // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to float32
   // here, exactly; the store sums and applies float32 only.
   std::optional<PushRequest> widened;
-  for (int i = 0; i < request->gradients_size(); ++i) {
-    if (request->gradients(i).tensor().dtype() != BFLOAT16) continue;
-    if (!widened.has_value()) widened = *request;
+  const bool bfloat16 = std::any_of(
+      request->gradients().begin(), request->gradients().end(),
+      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
+  for (int i = 0; bfloat16 && i < request->gradients_size(); ++i) {
+    if (!widened.has_value()) {  // everything but the gradients
+      widened.emplace();
+      widened->set_job_id(request->job_id());
+      widened->set_worker_rank(request->worker_rank());
+      widened->set_step(request->step());
+      widened->set_view_epoch(request->view_epoch());
+    }
+    const PartitionTensor& g = request->gradients(i);
+    PartitionTensor* out = widened->add_gradients();
+    out->set_partition_id(g.partition_id());
     absl::Status ok = WidenToFloat32(
-        widened->mutable_gradients(i)->mutable_tensor(),
-        absl::StrCat("gradients[", i, "] (partition ",
-                     request->gradients(i).partition_id(), ")"));
+        g.tensor(), out->mutable_tensor(),
+        absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")"));
     if (!ok.ok()) {
       metrics_->push_latency->Observe(SecondsSince(start));
       metrics_->push_errors->Increment();
