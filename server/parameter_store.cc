@@ -956,6 +956,7 @@ static absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
                   state.num_elements, out->mutable_tensor());
   }
   response->set_step(lowest == INT64_MAX ? request.step() : lowest);
+  response->set_clock(response->step());
   return true;
 }
 

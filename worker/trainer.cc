@@ -161,9 +161,10 @@ absl::Status TrainRank(const Assignment& assignment,
     int64_t clock = 0;
     PSD_RETURN_IF_ERROR(
         client->Pull(0, /*latest=*/true, &params, &start_step, &clock));
-    // ASP/SSP: the partitions' step counts updates; the rank's own progress
-    // is its clock (its pushes applied everywhere).
-    if (config.consistency() != BSP) start_step = clock;
+    // The rank's own progress is its clock (PullResponse.clock): under BSP
+    // the partitions' step, under ASP/SSP its pushes applied everywhere
+    // (there the step counts updates from every rank).
+    start_step = clock;
     Log()->info("job {} rank {}: replacing a worker, resuming at step {}",
                 assignment.job_id(), rank, start_step);
   }
