@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include <google/protobuf/io/tokenizer.h>
@@ -11,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace psd {
 namespace {
@@ -176,8 +179,10 @@ absl::Status ValidateSchedule(const OptimizerSpec& o) {
       return Invalid(
           "optimizer.schedule.decay_steps",
           absl::StrCat("must be >= 1, got ", s.decay_steps(),
-                       " (0 = the job's total steps, filled in by "
-                       "ApplyJobConfigDefaults; is the job empty?)"));
+                       " (0 = the job's total updates, filled in by "
+                       "ApplyJobConfigDefaults; is the job empty, or do its "
+                       "parameter_groups mix BSP with ASP/SSP, which make "
+                       "updates at different rates? Then set it)"));
     }
     if (!std::isfinite(s.min_learning_rate()) || s.min_learning_rate() < 0 ||
         s.min_learning_rate() > o.learning_rate()) {
@@ -199,6 +204,7 @@ absl::Status ValidateSchedule(const OptimizerSpec& o) {
   }
   return absl::OkStatus();
 }
+
 
 }  // namespace
 
@@ -230,6 +236,105 @@ absl::StatusOr<JobConfig> LoadJobConfigFile(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   return ParseJobConfig(text.str(), path);
+}
+
+namespace {
+
+// A consistency model and its staleness; `field` is the path of the message
+// holding them ("" for the job, "parameter_groups[i]." for a group).
+absl::Status ValidateConsistency(const std::string& field,
+                                 Consistency consistency, int32_t staleness) {
+  if (consistency != BSP && consistency != ASP && consistency != SSP) {
+    return Invalid(absl::StrCat(field, "consistency"),
+                   absl::StrCat("must be BSP, ASP or SSP, got ",
+                                static_cast<int>(consistency)));
+  }
+  if (consistency == SSP) {
+    if (staleness < 0 || staleness > kMaxStaleness) {
+      return Invalid(absl::StrCat(field, "staleness"),
+                     absl::StrCat("must be in [0, ", kMaxStaleness,
+                                  "] for SSP, got ", staleness));
+    }
+  } else if (staleness != 0) {
+    return Invalid(absl::StrCat(field, "staleness"),
+                   absl::StrCat("only for SSP, got ", staleness, " with ",
+                                consistency == ASP ? "ASP" : "BSP"));
+  }
+  return absl::OkStatus();
+}
+
+// Every group names parameters of the model, each parameter at most once.
+// REQUIRES: the model is valid.
+absl::Status ValidateParameterGroups(const JobConfig& c) {
+  std::map<std::string, int> group_of;  // parameter name -> group index
+  std::vector<std::string> names;
+  for (const ParameterSpec& p : ModelParameters(c.model())) {
+    group_of[p.name()] = -1;
+    names.push_back(p.name());
+  }
+  for (int i = 0; i < c.parameter_groups_size(); ++i) {
+    const ParameterGroup& g = c.parameter_groups(i);
+    const std::string field = absl::StrCat("parameter_groups[", i, "].");
+    if (g.parameters().empty()) {
+      return Invalid(absl::StrCat(field, "parameters"),
+                     "at least one parameter name required");
+    }
+    for (int j = 0; j < g.parameters_size(); ++j) {
+      const std::string path = absl::StrCat(field, "parameters[", j, "]");
+      auto it = group_of.find(g.parameters(j));
+      if (it == group_of.end()) {
+        return Invalid(path, absl::StrCat("the model has no parameter \"",
+                                          g.parameters(j), "\" (it has ",
+                                          absl::StrJoin(names, ", "), ")"));
+      }
+      if (it->second >= 0) {
+        return Invalid(path, absl::StrCat("\"", g.parameters(j),
+                                          "\" is already in parameter_groups[",
+                                          it->second, "]"));
+      }
+      it->second = i;
+    }
+    if (g.consistency() == CONSISTENCY_UNSPECIFIED) {
+      return Invalid(absl::StrCat(field, "consistency"),
+                     "required: BSP, ASP or SSP");
+    }
+    if (absl::Status status =
+            ValidateConsistency(field, g.consistency(), g.staleness());
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+ParameterConsistency ConsistencyOf(const JobConfig& config,
+                                   const std::string& parameter) {
+  for (const ParameterGroup& g : config.parameter_groups()) {
+    for (const std::string& name : g.parameters()) {
+      if (name == parameter) return {g.consistency(), g.staleness()};
+    }
+  }
+  return {config.consistency() == CONSISTENCY_UNSPECIFIED ? BSP
+                                                          : config.consistency(),
+          config.staleness()};
+}
+
+bool HasAsyncParameters(const JobConfig& config) {
+  for (const ParameterSpec& p : ModelParameters(config.model())) {
+    if (ConsistencyOf(config, p.name()).consistency != BSP) return true;
+  }
+  return false;
+}
+
+std::optional<int64_t> UpdatesPerStep(const JobConfig& config) {
+  bool bsp = false, async = false;
+  for (const ParameterSpec& p : ModelParameters(config.model())) {
+    (ConsistencyOf(config, p.name()).consistency == BSP ? bsp : async) = true;
+  }
+  if (bsp && async) return std::nullopt;
+  return async ? config.workers() : 1;
 }
 
 void ApplyJobConfigDefaults(JobConfig* config) {
@@ -264,10 +369,12 @@ void ApplyJobConfigDefaults(JobConfig* config) {
       if (s->kind() == LearningRateSchedule::COSINE && s->decay_steps() == 0 &&
           config->workers() > 0 && config->batch_size() > 0 &&
           config->epochs() > 0) {
-        // ASP/SSP: every worker's push is one update.
+        // ASP/SSP: every worker's push is one update. Parameter groups that
+        // mix BSP with ASP/SSP make updates at different rates: no default.
+        const std::optional<int64_t> per_step = UpdatesPerStep(*config);
         const int64_t total =
             StepsPerEpoch(*config, TrainExamples(*config)) * config->epochs() *
-            (config->consistency() == BSP ? 1 : config->workers());
+            per_step.value_or(0);
         if (total > 0) s->set_decay_steps(total);
       }
     }
@@ -338,39 +445,32 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (absl::Status status = ValidateOptimizer(c.optimizer()); !status.ok()) {
     return status;
   }
-  if (c.consistency() != BSP && c.consistency() != ASP &&
-      c.consistency() != SSP) {
-    return Invalid("consistency",
-                   absl::StrCat("must be BSP, ASP or SSP, got ",
-                                static_cast<int>(c.consistency())));
+  if (absl::Status status = ValidateConsistency("", c.consistency(),
+                                                c.staleness());
+      !status.ok()) {
+    return status;
   }
-  if (c.consistency() == SSP) {
-    if (c.staleness() < 0 || c.staleness() > kMaxStaleness) {
-      return Invalid("staleness",
-                     absl::StrCat("must be in [0, ", kMaxStaleness,
-                                  "] for SSP, got ", c.staleness()));
-    }
-  } else if (c.staleness() != 0) {
-    return Invalid("staleness",
-                   absl::StrCat("only for SSP, got ", c.staleness(), " with ",
-                                c.consistency() == ASP ? "ASP" : "BSP"));
+  if (absl::Status status = ValidateParameterGroups(c); !status.ok()) {
+    return status;
   }
   if (c.gradient_dtype() != DTYPE_UNSPECIFIED && c.gradient_dtype() != FLOAT32 &&
       c.gradient_dtype() != BFLOAT16) {
     return Invalid("gradient_dtype",
                    absl::StrCat("FLOAT32 or BFLOAT16, got ", c.gradient_dtype()));
   }
-  if (c.consistency() != BSP) {
+  if (HasAsyncParameters(c)) {
     // Snapshots are taken at a step boundary common to every partition,
     // which ASP/SSP partitions (each updated as pushes arrive) do not have.
     if (c.snapshot().every_steps() != 0) {
       return Invalid("snapshot.every_steps",
-                     absl::StrCat("snapshots are supported with BSP only, got ",
+                     absl::StrCat("snapshots are supported with BSP only (in "
+                                  "every parameter group too), got ",
                                   c.snapshot().every_steps()));
     }
     if (c.snapshot().every_seconds() != 0) {
       return Invalid("snapshot.every_seconds",
-                     absl::StrCat("snapshots are supported with BSP only, got ",
+                     absl::StrCat("snapshots are supported with BSP only (in "
+                                  "every parameter group too), got ",
                                   c.snapshot().every_seconds()));
     }
   }

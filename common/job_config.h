@@ -3,6 +3,7 @@
 #define PSD_COMMON_JOB_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,7 +41,8 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 // 0.999, epsilon 1e-8; ADAGRAD epsilon 1e-10; schedule STEP gamma 0.1;
 // schedule COSINE decay_steps = the job's total updates (epochs x
 // StepsPerEpoch, times workers under ASP/SSP, where each push is one
-// update), when workers, batch_size and epochs are >= 1. An SGD config
+// update), when workers, batch_size and epochs are >= 1 and the parameter
+// groups do not mix BSP with ASP/SSP (UpdatesPerStep). An SGD config
 // without the new fields is left as it was. Idempotent.
 void ApplyJobConfigDefaults(JobConfig* config);
 
@@ -48,9 +50,29 @@ void ApplyJobConfigDefaults(JobConfig* config);
 // field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0". Optimizer
 // fields that the kind does not use are refused (e.g. optimizer.momentum
 // with ADAM), so that a misplaced setting is not silently ignored; so is
-// staleness unless consistency is SSP, and a snapshot policy with ASP/SSP
-// (snapshots need a step boundary common to all partitions: BSP only).
+// staleness unless consistency is SSP (job or group), a parameter group
+// naming a parameter the model lacks or one already grouped, and a snapshot
+// policy when any parameter is under ASP/SSP (snapshots need a step
+// boundary common to all partitions: BSP only).
 absl::Status ValidateJobConfig(const JobConfig& config);
+
+// The consistency model of one parameter, by name: its parameter group's
+// (JobConfig.parameter_groups), else the job's (consistency, staleness).
+// Staleness is the SSP bound in steps (0 for BSP and ASP).
+struct ParameterConsistency {
+  Consistency consistency = BSP;
+  int32_t staleness = 0;
+};
+ParameterConsistency ConsistencyOf(const JobConfig& config,
+                                   const std::string& parameter);
+
+// True when some parameter of the model is trained under ASP or SSP.
+bool HasAsyncParameters(const JobConfig& config);
+
+// Optimizer updates each partition makes per training step: 1 when every
+// parameter is under BSP, `workers` when every one is under ASP/SSP (each
+// push is an update); nullopt when the parameter groups mix them.
+std::optional<int64_t> UpdatesPerStep(const JobConfig& config);
 
 // The parameter tensors of the config's model, in order (see
 // ModelSpec in proto/job.proto for names and shapes).

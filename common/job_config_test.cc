@@ -324,7 +324,9 @@ TEST_CASE("JobConfig: bad optimizer values are rejected with the field",
          o->mutable_schedule()->set_decay_steps(-5);
        },
        "optimizer.schedule.decay_steps: must be >= 1, got -5 (0 = the job's "
-       "total steps, filled in by ApplyJobConfigDefaults; is the job empty?)"},
+       "total updates, filled in by ApplyJobConfigDefaults; is the job empty, "
+       "or do its parameter_groups mix BSP with ASP/SSP, which make updates "
+       "at different rates? Then set it)"},
       {OptimizerSpec::ADAM,
        [](OptimizerSpec* o) {
          o->mutable_schedule()->set_kind(LearningRateSchedule::COSINE);
@@ -401,11 +403,13 @@ TEST_CASE("JobConfig: ASP and SSP are accepted; staleness is validated and "
   config.set_consistency(ASP);
   config.mutable_snapshot()->set_every_steps(100);
   CHECK(Problem(config) ==
-        "snapshot.every_steps: snapshots are supported with BSP only, got 100");
+        "snapshot.every_steps: snapshots are supported with BSP only (in "
+        "every parameter group too), got 100");
   config.clear_snapshot();
   config.mutable_snapshot()->set_every_seconds(5);
   CHECK(Problem(config) ==
-        "snapshot.every_seconds: snapshots are supported with BSP only, got 5");
+        "snapshot.every_seconds: snapshots are supported with BSP only (in "
+        "every parameter group too), got 5");
   // Text format.
   auto parsed = ParseJobConfig("consistency: SSP staleness: 4", "inline");
   REQUIRE(parsed.ok());
@@ -429,6 +433,82 @@ TEST_CASE("JobConfig: under ASP/SSP the cosine horizon counts every worker's "
       StepsPerEpoch(config, TrainExamples(config)) * config.epochs();
   CHECK(config.optimizer().schedule().decay_steps() == bsp_total);
   CHECK(asp.optimizer().schedule().decay_steps() == bsp_total * config.workers());
+}
+
+TEST_CASE("JobConfig: parameter groups set a consistency model per "
+          "parameter; bad groups are named",
+          "[config][consistency]") {
+  JobConfig config = ValidConfig();  // BSP, layers 0 to 2
+  config.clear_snapshot();
+  auto parsed = ParseJobConfig(
+      "parameter_groups { parameters: \"layer1.weight\" "
+      "parameters: \"layer1.bias\" consistency: SSP staleness: 3 }",
+      "inline");
+  REQUIRE(parsed.ok());
+  config.MergeFrom(*parsed);
+  CHECK(Problem(config).empty());
+  CHECK(ConsistencyOf(config, "layer0.weight").consistency == BSP);
+  CHECK(ConsistencyOf(config, "layer1.bias").consistency == SSP);
+  CHECK(ConsistencyOf(config, "layer1.bias").staleness == 3);
+  CHECK(HasAsyncParameters(config));
+  CHECK(!UpdatesPerStep(config).has_value());
+
+  // A group covering every parameter decides for the whole model.
+  JobConfig all_asp = ValidConfig();
+  all_asp.clear_snapshot();
+  ParameterGroup* g = all_asp.add_parameter_groups();
+  for (const ParameterSpec& p : ModelParameters(all_asp.model())) {
+    g->add_parameters(p.name());
+  }
+  g->set_consistency(ASP);
+  CHECK(Problem(all_asp).empty());
+  CHECK(UpdatesPerStep(all_asp) == all_asp.workers());
+  g->set_consistency(BSP);
+  all_asp.set_consistency(ASP);  // applies to no parameter
+  CHECK(!HasAsyncParameters(all_asp));
+  CHECK(UpdatesPerStep(all_asp) == 1);
+
+  // Snapshots need BSP everywhere.
+  JobConfig snap = config;
+  snap.mutable_snapshot()->set_every_steps(10);
+  CHECK(Problem(snap).rfind("snapshot.every_steps: snapshots are supported "
+                            "with BSP only", 0) == 0);
+  // Cosine's default horizon: none when the groups mix update rates.
+  JobConfig cosine = config;
+  cosine.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  ApplyJobConfigDefaults(&cosine);
+  CHECK(cosine.optimizer().schedule().decay_steps() == 0);
+  CHECK(Problem(cosine).rfind("optimizer.schedule.decay_steps: must be >= 1",
+                              0) == 0);
+
+  JobConfig bad = config;
+  bad.mutable_parameter_groups(0)->add_parameters("layer9.weight");
+  CHECK(Problem(bad) ==
+        "parameter_groups[0].parameters[2]: the model has no parameter "
+        "\"layer9.weight\" (it has layer0.weight, layer0.bias, "
+        "layer1.weight, layer1.bias, layer2.weight, layer2.bias)");
+  bad = config;
+  bad.add_parameter_groups()->add_parameters("layer1.bias");
+  bad.mutable_parameter_groups(1)->set_consistency(ASP);
+  CHECK(Problem(bad) ==
+        "parameter_groups[1].parameters[0]: \"layer1.bias\" is already in "
+        "parameter_groups[0]");
+  bad = config;
+  bad.add_parameter_groups()->set_consistency(ASP);
+  CHECK(Problem(bad) ==
+        "parameter_groups[1].parameters: at least one parameter name required");
+  bad = config;
+  bad.mutable_parameter_groups(0)->clear_consistency();
+  CHECK(Problem(bad) ==
+        "parameter_groups[0].consistency: required: BSP, ASP or SSP");
+  bad = config;
+  bad.mutable_parameter_groups(0)->set_staleness(1001);
+  CHECK(Problem(bad) ==
+        "parameter_groups[0].staleness: must be in [0, 1000] for SSP, got 1001");
+  bad.mutable_parameter_groups(0)->set_consistency(ASP);
+  CHECK(Problem(bad) ==
+        "parameter_groups[0].staleness: only for SSP, got 1001 with ASP");
 }
 
 TEST_CASE("JobConfig: gradient_dtype is FLOAT32 or BFLOAT16", "[config]") {

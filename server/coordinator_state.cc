@@ -247,6 +247,12 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
                     failure.error(), job->second.assignment.view_epoch());
       }
     }
+    for (const JobClocks& clocks : request.job_clocks()) {
+      auto job = jobs_.find(clocks.job_id());
+      if (job == jobs_.end() || job->second.status.state() != RUNNING) continue;
+      job->second.clocks[request.member_id()] = {clocks, absl::Now()};
+      UpdateClocks(&job->second);
+    }
     for (const SnapshotFailure& failure : request.snapshot_failures()) {
       auto job = jobs_.find(failure.job_id());
       if (job == jobs_.end()) continue;
@@ -291,6 +297,40 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
   response.mutable_assignment()->set_resume_from_servers(
       job->second.resume_ranks.count(member.rank) > 0);
   return response;
+}
+
+void CoordinatorState::UpdateClocks(Job* job) {
+  const absl::Time fresh =
+      absl::Now() - absl::Milliseconds(options_.heartbeat_timeout_ms);
+  const int32_t workers = job->status.config().workers();
+  std::vector<int64_t> clocks(workers, INT64_MAX);
+  std::vector<int64_t> counts;
+  int64_t max_staleness = job->status.max_staleness();
+  for (auto it = job->clocks.begin(); it != job->clocks.end();) {
+    const auto& [report, at] = it->second;
+    // A server that stopped reporting (dead, or no longer a primary).
+    if (at < fresh || report.worker_clocks_size() != workers) {
+      it = job->clocks.erase(it);
+      continue;
+    }
+    for (int32_t r = 0; r < workers; ++r) {
+      clocks[r] = std::min(clocks[r], report.worker_clocks(r));
+    }
+    max_staleness = std::max(max_staleness, report.max_staleness());
+    counts.resize(std::max<size_t>(counts.size(), report.staleness_counts_size()));
+    for (int k = 0; k < report.staleness_counts_size(); ++k) {
+      counts[k] += report.staleness_counts(k);
+    }
+    ++it;
+  }
+  JobStatus& status = job->status;
+  status.clear_worker_clocks();
+  if (!job->clocks.empty()) {
+    for (int64_t c : clocks) status.add_worker_clocks(c);
+  }
+  status.set_max_staleness(max_staleness);
+  status.clear_staleness_counts();
+  for (int64_t n : counts) status.add_staleness_counts(n);
 }
 
 absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(

@@ -151,6 +151,8 @@ class CoordinatorState {
     // Ranks whose worker died: their next worker reads its step from the
     // servers (Assignment.resume_from_servers).
     std::set<int32_t> resume_ranks;
+    // The latest clocks each server reported (by server id), and when.
+    std::map<std::string, std::pair<JobClocks, absl::Time>> clocks;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -172,6 +174,9 @@ class CoordinatorState {
   void FinishJob(Job* job, JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the status's worker_clocks, max_staleness and staleness_counts
+  // from the servers' reports of the last heartbeat timeout.
+  void UpdateClocks(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Brings RECOVERING jobs back once their servers are registered.
   void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
   // Restores the job's shards from the servers' newest common snapshot (no

@@ -503,6 +503,46 @@ TEST_CASE("CoordinatorState: progress aggregates over ranks and the job "
   }
 }
 
+TEST_CASE("CoordinatorState: the job status shows the clocks and staleness "
+          "the servers report",
+          "[coordinator][consistency]") {
+  Cluster cluster(FastOptions());
+  std::vector<std::string> by_rank;
+  const std::string job_id = cluster.StartJob(2, &by_rank);
+  CHECK(cluster.Job(job_id).worker_clocks().empty());  // none reported yet
+
+  auto report = [&](std::vector<int64_t> clocks, int64_t max_staleness,
+                    std::vector<int64_t> counts) {
+    HeartbeatRequest request;
+    request.set_member_id(cluster.server_id);
+    JobClocks* job = request.add_job_clocks();
+    job->set_job_id(job_id);
+    for (int64_t c : clocks) job->add_worker_clocks(c);
+    job->set_max_staleness(max_staleness);
+    for (int64_t n : counts) job->add_staleness_counts(n);
+    JobClocks* unknown = request.add_job_clocks();  // ignored
+    unknown->set_job_id("no-such-job");
+    REQUIRE(cluster.state.Heartbeat(request).ok());
+  };
+  report({7, 5}, 2, {3, 4, 1});
+  JobStatus job = cluster.Job(job_id);
+  REQUIRE(job.worker_clocks_size() == 2);
+  CHECK(job.worker_clocks(0) == 7);
+  CHECK(job.worker_clocks(1) == 5);
+  CHECK(job.max_staleness() == 2);
+  REQUIRE(job.staleness_counts_size() == 3);
+  CHECK(job.staleness_counts(1) == 4);
+  // The largest staleness seen is kept; the clocks are the latest.
+  report({9, 9}, 1, {5, 5, 1});
+  job = cluster.Job(job_id);
+  CHECK(job.worker_clocks(0) == 9);
+  CHECK(job.max_staleness() == 2);
+  CHECK(job.staleness_counts(0) == 5);
+  // A report with the wrong number of ranks is not used.
+  report({1, 1, 1}, 0, {});
+  CHECK(cluster.Job(job_id).worker_clocks().empty());
+}
+
 TEST_CASE("CoordinatorState: a rank's error fails the job with its reason",
           "[coordinator]") {
   Cluster cluster(FastOptions());

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
@@ -19,6 +20,11 @@ namespace psd {
 
 // One partition's state. Protected by its Job's mu.
 struct PartitionState {
+  // Constant after construction: the consistency model of the partition's
+  // parameter (ConsistencyOf). async: ASP or SSP, pushes applied as they
+  // arrive; staleness: SSP's bound, -1 for ASP (unused under BSP).
+  bool async = false;
+  int64_t staleness = -1;
   int64_t num_elements = 0;
   std::vector<float> weights;
   // Optimizer slots: OptimizerSlots(config.optimizer()) * num_elements.
@@ -105,12 +111,23 @@ struct Waiter {
 // Buckets of ServerJobStatus.staleness_counts.
 constexpr int kStalenessBuckets = 16;
 
-const char* ConsistencyName(Consistency c) {
+std::string ConsistencyName(Consistency c, int32_t staleness) {
   switch (c) {
     case ASP: return "ASP";
-    case SSP: return "SSP";
+    case SSP: return absl::StrCat("SSP(s=", staleness, ")");
     default: return "BSP";
   }
+}
+
+// The job's consistency model, then each parameter group's, e.g.
+// "BSP; SSP(s=2): layer1.weight, layer1.bias".
+std::string ConsistencyDescription(const JobConfig& config) {
+  std::string out = ConsistencyName(config.consistency(), config.staleness());
+  for (const ParameterGroup& g : config.parameter_groups()) {
+    absl::StrAppend(&out, "; ", ConsistencyName(g.consistency(), g.staleness()),
+                    ": ", absl::StrJoin(g.parameters(), ", "));
+  }
+  return out;
 }
 
 // Callbacks to run once the job's lock is released.
@@ -129,10 +146,8 @@ struct ParameterStore::Job {
   JobConfig config;
   std::string config_bytes;  // serialized config, to compare re-creates
   Placement placement;
-  // ASP or SSP: pushes are applied as they arrive (see the class comment).
-  bool async = false;
-  // SSP: the staleness bound; ASP: no bound (-1); BSP: unused.
-  int64_t staleness = -1;
+  // Some parameter is under ASP or SSP (HasAsyncParameters).
+  bool any_async = false;
 
   absl::Mutex mu;
   // ASP/SSP: the largest staleness seen by an answered pull, and pulls
@@ -220,8 +235,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   job->config = config;
   job->config_bytes = config.SerializeAsString();
   job->placement = placement;
-  job->async = config.consistency() != BSP;
-  job->staleness = config.consistency() == SSP ? config.staleness() : -1;
+  job->any_async = HasAsyncParameters(config);
   {
     absl::MutexLock lock(&job->mu);
     job->view_epoch = request.view_epoch();
@@ -255,6 +269,11 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
                  .first;
       }
       PartitionState& state = job->partitions[part.id()];
+      const ParameterConsistency consistency =
+          ConsistencyOf(config, spec.name());
+      state.async = consistency.consistency != BSP;
+      state.staleness =
+          consistency.consistency == SSP ? consistency.staleness : -1;
       state.num_elements = part.num_elements();
       state.shard = part.shard();
       state.installing = request.joining();
@@ -265,7 +284,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
           OptimizerSlots(config.optimizer()) * part.num_elements(), 0.0f);
       state.received.assign(config.workers(), false);
       state.sum.resize(part.num_elements());
-      if (job->async) {
+      if (state.async) {
         state.clocks.assign(config.workers(), 0);
         state.accepted.assign(config.workers(), 0);
         state.update_clocks.assign(config.workers(), 0);
@@ -402,7 +421,7 @@ ServerStatus ParameterStore::Status() {
     out->set_state_bytes(floats * static_cast<int64_t>(sizeof(float)));
     out->set_step(step);
     out->set_view_epoch(job->view_epoch);
-    out->set_consistency(ConsistencyName(job->config.consistency()));
+    out->set_consistency(ConsistencyDescription(job->config));
     // Clocks over the partitions this server leads (all held when none).
     const int32_t workers = job->config.workers();
     std::vector<int64_t> clocks(workers, INT64_MAX);
@@ -414,7 +433,7 @@ ServerStatus ParameterStore::Status() {
       if (any_primary && job->roles[state.shard].role != Role::kPrimary) continue;
       for (int32_t r = 0; r < workers; ++r) {
         const int64_t c =
-            job->async ? (r < static_cast<int32_t>(state.clocks.size())
+            state.async ? (r < static_cast<int32_t>(state.clocks.size())
                               ? state.clocks[r]
                               : 0)
                        : state.step + (r < static_cast<int32_t>(
@@ -424,7 +443,7 @@ ServerStatus ParameterStore::Status() {
       }
     }
     for (int64_t c : clocks) out->add_worker_clocks(c == INT64_MAX ? 0 : c);
-    if (job->async) {
+    if (job->any_async) {
       out->set_max_staleness(job->max_staleness);
       for (int64_t n : job->staleness_counts) out->add_staleness_counts(n);
     }
@@ -507,7 +526,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
     PSD_RETURN_IF_ERROR(CheckFloat32(
         g.tensor(), state.num_elements,
         absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")")));
-    if (job->async) {
+    if (state.async) {
       // A rank's pushes are taken in order, each once.
       const int64_t next = state.accepted[rank];
       if (request.step() > next) {
@@ -533,7 +552,7 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   for (int i = 0; i < request.gradients_size(); ++i) {
     const PartitionTensor& g = request.gradients(i);
     PartitionState& state = job->partitions[g.partition_id()];
-    if (job->async) {
+    if (state.async) {
       if (request.step() == state.accepted[rank]) {
         ++state.accepted[rank];
         const float scale = 1.0f / static_cast<float>(job->config.workers());
@@ -602,7 +621,7 @@ void ParameterStore::Settle(std::vector<std::pair<PullDone, absl::Status>>* comp
 void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
                                PartitionState* state,
                                std::vector<ShardSnapshot>* snapshots) {
-  if (job->async) {
+  if (state->async) {
     // No previous weights: ASP/SSP pulls are of the current ones.
     state->clocks = state->update_clocks;
     for (size_t r = 0; r < state->clocks.size(); ++r) {
@@ -636,7 +655,7 @@ std::shared_ptr<ReplicateRequest> MakeReplicate(
   PartitionTensor* out = replicate->add_gradients();
   out->set_partition_id(partition_id);
   EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
-  if (job.async) {
+  if (state.async) {
     for (int64_t c : state.update_clocks) replicate->add_clocks(c);
   }
   return replicate;
@@ -672,7 +691,7 @@ bool ParameterStore::StartQueued(Job* job, int32_t partition_id,
                                  PartitionState* state,
                                  std::vector<ShardSnapshot>* snapshots,
                                  std::vector<ReplicationTask>* tasks) {
-  if (!job->async || state->queued_count == 0 || state->replicating ||
+  if (!state->async || state->queued_count == 0 || state->replicating ||
       job->roles[state->shard].role != Role::kPrimary) {
     return false;
   }
@@ -723,11 +742,11 @@ absl::Status ParameterStore::RequestSnapshot(const std::string& job_id,
         "this server has no --data_dir, so no snapshots");
   }
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
-  if (job->async) {
+  if (job->any_async) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "job_id: job \"", job_id, "\" is ",
-        ConsistencyName(job->config.consistency()),
-        "; snapshots are supported with BSP only"));
+        "job_id: job \"", job_id, "\" trains parameters under ASP/SSP (",
+        ConsistencyDescription(job->config),
+        "); snapshots are supported with BSP only"));
   }
   absl::MutexLock lock(&job->mu);
   if (job->finished || job->dropped) {
@@ -818,9 +837,8 @@ static int64_t MinClock(const PartitionState& state, int32_t* slowest) {
 
 // ASP/SSP: whether a pull of clock request.step() by request.worker_rank()
 // may read `state` now; when not, *why says what it waits for.
-static bool AsyncReady(const ParameterStore::Job& job, int32_t partition_id,
-                       const PartitionState& state, const PullRequest& request,
-                       std::string* why) {
+static bool AsyncReady(int32_t partition_id, const PartitionState& state,
+                       const PullRequest& request, std::string* why) {
   const int32_t rank = request.worker_rank();
   const int64_t c = request.step();
   if (state.clocks[rank] < c) {
@@ -832,20 +850,24 @@ static bool AsyncReady(const ParameterStore::Job& job, int32_t partition_id,
     }
     return false;
   }
-  if (job.staleness < 0) return true;  // ASP
+  if (state.staleness < 0) return true;  // ASP
   int32_t slowest = 0;
   const int64_t min_clock = MinClock(state, &slowest);
-  if (min_clock >= c - job.staleness) return true;
+  if (min_clock >= c - state.staleness) return true;
   if (why != nullptr) {
-    *why = absl::StrCat("SSP staleness bound ", job.staleness, ": rank ", rank,
-                        " at clock ", c, " may read partition ", partition_id,
-                        " once every rank's clock is >= ", c - job.staleness,
-                        "; the slowest is rank ", slowest, " at clock ",
-                        min_clock);
+    *why = absl::StrCat("SSP staleness bound ", state.staleness, ": rank ",
+                        rank, " at clock ", c, " may read partition ",
+                        partition_id, " once every rank's clock is >= ",
+                        c - state.staleness, "; the slowest is rank ", slowest,
+                        " at clock ", min_clock);
   }
   return false;
 }
 
+// Answers the pull into *response when every partition it reads is
+// readable by its consistency model (BSP: the partition reached the step,
+// or keeps it as its previous one; ASP/SSP: AsyncReady), or latest is set.
+// Returns false when it must wait, an error when it never can.
 static absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
                                       const PullRequest& request,
                                       PullResponse* response)
@@ -853,110 +875,76 @@ static absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
   if (job.dropped) {
     return absl::CancelledError(absl::StrCat("job \"", job.id, "\" was dropped"));
   }
-  if (job.async && !request.latest()) {
-    const int32_t rank = request.worker_rank();
-    if (rank < 0 || rank >= job.config.workers()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("worker_rank: ", rank, " outside [0, ",
-                       job.config.workers(), ")"));
-    }
-    bool ready = true;
-    for (int i = 0; i < request.partition_ids_size(); ++i) {
-      auto it = job.partitions.find(request.partition_ids(i));
-      if (it == job.partitions.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "partition_ids[", i, "]: partition ", request.partition_ids(i),
-            " is not held by this server"));
-      }
-      PSD_RETURN_IF_ERROR(CheckPrimary(job, it->second, it->first));
-      ready = ready && AsyncReady(job, it->first, it->second, request, nullptr);
-    }
-    if (!ready) {
-      if (job.finished) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "step: clock ", request.step(), " of rank ", rank,
-            " will never be readable: job \"", job.id, "\" finished"));
-      }
-      return false;
-    }
+  const int32_t rank = request.worker_rank();
+  const bool rank_valid = rank >= 0 && rank < job.config.workers();
+  if (job.any_async && !request.latest() && !rank_valid) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker_rank: ", rank, " outside [0, ", job.config.workers(), ")"));
   }
-  if (job.async) {
-    // The current weights; step = the fewest updates, clock = the fewest of
-    // this rank's pushes applied.
-    int64_t lowest = INT64_MAX;
-    int64_t clock = INT64_MAX;
-    int64_t staleness = 0;
-    const int32_t rank = request.worker_rank();
-    response->clear_parameters();
-    for (int i = 0; i < request.partition_ids_size(); ++i) {
-      auto it = job.partitions.find(request.partition_ids(i));
-      if (it == job.partitions.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "partition_ids[", i, "]: partition ", request.partition_ids(i),
-            " is not held by this server"));
-      }
-      const PartitionState& state = it->second;
-      lowest = std::min(lowest, state.step);
-      if (rank >= 0 && rank < static_cast<int32_t>(state.clocks.size())) {
-        clock = std::min(clock, state.clocks[rank]);
-      }
-      staleness = std::max(staleness, request.step() - MinClock(state, nullptr));
-      PartitionTensor* out = response->add_parameters();
-      out->set_partition_id(it->first);
-      EncodeFloat32(state.weights.data(), state.num_elements,
-                    out->mutable_tensor());
-    }
-    response->set_step(lowest == INT64_MAX ? 0 : lowest);
-    response->set_clock(clock == INT64_MAX ? 0 : clock);
-    if (!request.latest()) {
-      job.max_staleness = std::max(job.max_staleness, staleness);
-      ++job.staleness_counts[std::min<int64_t>(staleness,
-                                               kStalenessBuckets - 1)];
-    }
-    return true;
-  }
-  int64_t lowest = INT64_MAX;
+  // Every partition: held, led here, readable.
+  bool ready = true;
   for (int i = 0; i < request.partition_ids_size(); ++i) {
     auto it = job.partitions.find(request.partition_ids(i));
     if (it == job.partitions.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("partition_ids[", i, "]: partition ",
-                       request.partition_ids(i), " is not held by this server"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "partition_ids[", i, "]: partition ", request.partition_ids(i),
+          " is not held by this server"));
     }
-    if (request.latest()) {
-      lowest = std::min(lowest, it->second.step);
+    if (request.latest()) continue;
+    const PartitionState& state = it->second;
+    PSD_RETURN_IF_ERROR(CheckPrimary(job, state, it->first));
+    if (state.async) {
+      ready = ready && AsyncReady(it->first, state, request, nullptr);
       continue;
     }
-    PSD_RETURN_IF_ERROR(CheckPrimary(job, it->second, it->first));
-    const bool previous = it->second.previous_step == request.step();
-    if (it->second.step > request.step() && !previous) {
+    if (state.step > request.step() && state.previous_step != request.step()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "step: ", request.step(), " is no longer held: partition ",
-          it->first, " is at step ", it->second.step));
+          it->first, " is at step ", state.step));
     }
-    lowest = std::min(lowest, previous ? request.step() : it->second.step);
+    ready = ready && state.step >= request.step();
   }
-  if (!request.latest() && lowest != INT64_MAX && lowest < request.step()) {
+  if (!ready) {
     if (job.finished) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "step: ", request.step(), " will never be reached: job \"", job.id,
-          "\" finished at step ", lowest));
+          "step: ", request.step(), " of rank ", rank,
+          " will never be readable: job \"", job.id, "\" finished"));
     }
     return false;
   }
+  // step: the fewest updates of a returned partition; clock: the fewest of
+  // this rank's pushes applied (BSP: the step returned); staleness: over
+  // the ASP/SSP partitions, c - the slowest rank's clock.
+  int64_t lowest = INT64_MAX;
+  int64_t clock = INT64_MAX;
+  int64_t staleness = -1;
   response->clear_parameters();
   for (int32_t id : request.partition_ids()) {
     const PartitionState& state = job.partitions.at(id);
+    // A BSP pull of the step before the partition's (a replacement worker
+    // recomputing it) gets the previous weights.
+    const bool previous =
+        !state.async && !request.latest() && state.step > request.step();
+    const int64_t step = previous ? request.step() : state.step;
+    lowest = std::min(lowest, step);
+    if (!state.async) {
+      clock = std::min(clock, step);
+    } else {
+      if (rank_valid) clock = std::min(clock, state.clocks[rank]);
+      staleness = std::max(staleness, request.step() - MinClock(state, nullptr));
+    }
     PartitionTensor* out = response->add_parameters();
     out->set_partition_id(id);
-    // A pull of the step before the partition's (a replacement worker
-    // recomputing it) gets the previous weights.
-    const bool previous = !request.latest() && state.step > request.step();
     EncodeFloat32(previous ? state.previous.data() : state.weights.data(),
                   state.num_elements, out->mutable_tensor());
   }
   response->set_step(lowest == INT64_MAX ? request.step() : lowest);
-  response->set_clock(response->step());
+  response->set_clock(clock == INT64_MAX ? response->step() : clock);
+  if (!request.latest() && staleness >= 0) {
+    staleness = std::max<int64_t>(staleness, 0);
+    job.max_staleness = std::max(job.max_staleness, staleness);
+    ++job.staleness_counts[std::min<int64_t>(staleness, kStalenessBuckets - 1)];
+  }
   return true;
 }
 
@@ -1013,8 +1001,8 @@ void ParameterStore::ExpirePull(const std::string& job_id, uint64_t pull_id) {
       auto part = (*job)->partitions.find(id);
       if (part == (*job)->partitions.end()) continue;
       const PartitionState& state = part->second;
-      if ((*job)->async) {
-        if (!AsyncReady(**job, id, state, request, &why)) break;
+      if (state.async) {
+        if (!AsyncReady(id, state, request, &why)) break;
       } else if (state.step < request.step()) {
         why = absl::StrCat("partition ", id, " is at step ", state.step,
                            " (waiting for other workers' pushes)");
@@ -1243,11 +1231,14 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
       }
       all_duplicate &= request.step() < state.step;
     }
-    if (job->async && request.gradients_size() > 0 &&
-        request.clocks_size() != job->config.workers()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "clocks: ", request.clocks_size(), " given, the job has ",
-          job->config.workers(), " worker ranks"));
+    for (const PartitionTensor& g : request.gradients()) {
+      if (job->partitions[g.partition_id()].async &&
+          request.clocks_size() != job->config.workers()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "clocks: ", request.clocks_size(), " given, the job has ",
+            job->config.workers(), " worker ranks (partition ",
+            g.partition_id(), " is under ASP/SSP)"));
+      }
     }
     // A view newer than ours: its SetView is on its way.
     job->view_epoch = std::max(job->view_epoch, request.view_epoch());
@@ -1257,7 +1248,7 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
       if (request.step() != state.step) continue;
       const float* data = Float32Data(g.tensor());
       std::copy(data, data + state.num_elements, state.sum.begin());
-      if (job->async) {
+      if (state.async) {
         state.update_clocks.assign(request.clocks().begin(),
                                    request.clocks().end());
       }
@@ -1300,12 +1291,12 @@ absl::Status ParameterStore::InstallPartition(
   if (request.step() < 0) {
     return absl::InvalidArgumentError("step: must be >= 0");
   }
-  if (job->async && request.clocks_size() != job->config.workers()) {
+  if (state.async && request.clocks_size() != job->config.workers()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "clocks: ", request.clocks_size(), " given, the job has ",
         job->config.workers(), " worker ranks"));
   }
-  if (job->async) {
+  if (state.async) {
     state.clocks.assign(request.clocks().begin(), request.clocks().end());
     state.accepted = state.clocks;
     state.queued_count = 0;

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -813,6 +814,80 @@ TEST_CASE("ParameterStore: ASP applies each push on arrival, scaled by "
   CHECK(status.staleness_counts(1) == 1);
 }
 
+TEST_CASE("ParameterStore: parameter groups: each partition follows its "
+          "parameter's consistency model",
+          "[store][asp][groups]") {
+  // The job is BSP; layer1.weight and layer1.bias form an ASP group.
+  Fixture bsp(2);  // the same job all under BSP, for reference
+  JobConfig config = Config(2);
+  ParameterGroup* group = config.add_parameter_groups();
+  group->add_parameters("layer1.weight");
+  group->add_parameters("layer1.bias");
+  group->set_consistency(ASP);
+  ParameterStore store;
+  REQUIRE(store.CreateJob(CreateRequest(config)).ok());
+  const std::vector<ParameterSpec> specs = ModelParameters(config.model());
+  std::set<int32_t> asp_ids;
+  for (const Partition& part : bsp.placement.partitions()) {
+    if (specs[part.parameter()].name().rfind("layer1.", 0) == 0) {
+      asp_ids.insert(part.id());
+    }
+  }
+  REQUIRE(!asp_ids.empty());
+  REQUIRE(asp_ids.size() < static_cast<size_t>(bsp.placement.partitions_size()));
+  auto latest = [&] {
+    PullResponse response;
+    REQUIRE(store
+                .Pull(bsp.MakePull(0, /*latest=*/true),
+                      absl::Now() + absl::Seconds(60), [] { return false; },
+                      &response)
+                .ok());
+    return Fixture::Decode(response);
+  };
+  const Params initial = Initial(config, bsp.placement);
+
+  // Rank 0's push: applied at once to the ASP partitions only.
+  REQUIRE(store.Push(bsp.MakePush(0, 0)).ok());
+  Params got = latest();
+  for (const auto& [id, values] : got) {
+    const bool changed =
+        std::memcmp(values.data(), initial.at(id).data(),
+                    values.size() * sizeof(float)) != 0;
+    CHECK(changed == (asp_ids.count(id) > 0));
+  }
+  // Its pull of step 1 waits for the BSP partitions (rank 1's push).
+  PullResponse response;
+  absl::Status waited = store.Pull(bsp.MakePull(1), absl::Now(),
+                                   [] { return false; }, &response);
+  CHECK(waited.code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(Contains(waited.message(), "waiting for other workers' pushes"));
+
+  REQUIRE(store.Push(bsp.MakePush(1, 0)).ok());
+  REQUIRE(store.Pull(bsp.MakePull(1), absl::Now() + absl::Seconds(5),
+                     [] { return false; }, &response)
+              .ok());
+  CHECK(response.clock() == 1);
+  CHECK(response.step() == 1);  // BSP partitions: 1 step; ASP ones: 2 updates
+  // BSP partitions as in the all-BSP job; ASP ones as two ASP updates.
+  bsp.PushOk(0, 0);
+  bsp.PushOk(1, 0);
+  const Params all_bsp = bsp.Latest();
+  AsyncFixture reference(ASP, 2);
+  const Params asp = AspReference(reference, {{0, 0}, {1, 0}});
+  got = Fixture::Decode(response);
+  for (const auto& [id, values] : got) {
+    const Params& want = asp_ids.count(id) ? asp : all_bsp;
+    CHECK(Bitwise({{id, values}}, {{id, want.at(id)}}));
+  }
+  ServerStatus status = store.Status();
+  REQUIRE(status.jobs_size() == 1);
+  CHECK(status.jobs(0).consistency() == "BSP; ASP: layer1.weight, layer1.bias");
+  REQUIRE(status.jobs(0).worker_clocks_size() == 2);
+  CHECK(status.jobs(0).worker_clocks(0) == 1);
+  CHECK(status.jobs(0).worker_clocks(1) == 1);
+  CHECK(status.jobs(0).staleness_counts_size() == 16);
+}
+
 TEST_CASE("ParameterStore: an ASP pull waits for the rank's own previous "
           "push only (read-my-writes)",
           "[store][asp]") {
@@ -880,7 +955,7 @@ TEST_CASE("ParameterStore: an SSP pull waits until the slowest rank is "
   CHECK(waited.clock() == 2);
   CHECK(waited.step() == 4);  // 4 pushes applied
   ServerJobStatus status = f.JobStatus();
-  CHECK(status.consistency() == "SSP");
+  CHECK(status.consistency() == "SSP(s=1)");
   CHECK(status.max_staleness() == 1);
   REQUIRE(status.worker_clocks_size() == 3);
   CHECK(status.worker_clocks(0) == 2);

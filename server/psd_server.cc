@@ -197,6 +197,19 @@ int Main() {
     for (BackupFailure& f : store.TakeBackupFailures()) {
       *request->add_backup_failures() = std::move(f);
     }
+    // The clocks of the jobs this server leads a shard of.
+    const ServerStatus status = store.Status();
+    for (const ServerJobStatus& job : status.jobs()) {
+      const bool primary =
+          std::any_of(job.shards().begin(), job.shards().end(),
+                      [](const ShardStatus& s) { return s.role() == "PRIMARY"; });
+      if (job.finished() || !primary || job.worker_clocks().empty()) continue;
+      JobClocks* clocks = request->add_job_clocks();
+      clocks->set_job_id(job.job_id());
+      *clocks->mutable_worker_clocks() = job.worker_clocks();
+      clocks->set_max_staleness(job.max_staleness());
+      *clocks->mutable_staleness_counts() = job.staleness_counts();
+    }
     if (w == nullptr) return;
     for (SnapshotFailure& f : w->TakeFailures()) {
       *request->add_snapshot_failures() = std::move(f);

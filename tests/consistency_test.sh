@@ -5,8 +5,10 @@
 # beyond the staleness bound: every server records the largest staleness
 # c - min_clock it answered a pull with (GetServerStatus), and it must be
 # <= s. The same slowed cluster under ASP shows a staleness above s, so the
-# bound is what holds SSP back. With R=2, ASP and SSP replicas end bitwise
-# equal.
+# bound is what holds SSP back, and the coordinator's job status shows the
+# same staleness and the ranks' clocks. A BSP job with an SSP parameter
+# group (its first layer) reaches the band too. With R=2, ASP and SSP
+# replicas end bitwise equal.
 source tests/cluster_lib.sh
 
 # ASP/SSP final test accuracy within this of BSP's. ASP's result depends on
@@ -21,6 +23,10 @@ write_short_job "$WORK/bsp.textproto"
 sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/bsp.textproto" >"$WORK/asp.textproto"
 sed "s/^consistency: BSP\$/consistency: SSP\nstaleness: $STALENESS/" \
   "$WORK/bsp.textproto" >"$WORK/ssp.textproto"
+# Per parameter group: the job is BSP, its first layer SSP.
+cat "$WORK/bsp.textproto" - >"$WORK/groups.textproto" <<JOB
+parameter_groups { parameters: ["layer0.weight", "layer0.bias"] consistency: SSP staleness: $STALENESS }
+JOB
 grep -q '^consistency: ASP$' "$WORK/asp.textproto" || fail "sed did not set ASP"
 grep -q "^staleness: $STALENESS\$" "$WORK/ssp.textproto" || fail "sed did not set SSP"
 
@@ -47,15 +53,24 @@ PY
 }
 
 start_cluster a 2 2
-run_job "$WORK/bsp.textproto" "$WORK/bsp.safetensors" >/dev/null
+bsp_crc=$(run_job "$WORK/bsp.textproto" "$WORK/bsp.safetensors")
 bsp=$(final_accuracy)
 run_job "$WORK/asp.textproto" "$WORK/asp.safetensors" >/dev/null
 asp=$(final_accuracy)
 run_job "$WORK/ssp.textproto" "$WORK/ssp.safetensors" >/dev/null
 ssp=$(final_accuracy)
+groups_crc=$(run_job "$WORK/groups.textproto" "$WORK/groups.safetensors")
+groups=$(final_accuracy)
+# The group's updates are applied per push (ASP/SSP rule), not as BSP's
+# one averaged step: the trained parameters differ.
+[ "$groups_crc" != "$bsp_crc" ] || fail "the SSP group trained exactly as BSP ($bsp_crc)"
+"${CTL[@]}" servers >"$WORK/groups.servers.json" || fail "psd_ctl servers"
+grep -q "\"consistency\": \"BSP; SSP(s=$STALENESS): layer0.weight, layer0.bias\"" \
+  "$WORK/groups.servers.json" ||
+  { cat "$WORK/groups.servers.json"; fail "the servers do not show the parameter group"; }
 stop_cluster
-echo "final test accuracy: BSP $bsp, ASP $asp, SSP(s=$STALENESS) $ssp"
-for pair in "ASP $asp" "SSP $ssp"; do
+echo "final test accuracy: BSP $bsp, ASP $asp, SSP(s=$STALENESS) $ssp, BSP + SSP group $groups"
+for pair in "ASP $asp" "SSP $ssp" "groups $groups"; do
   set -- $pair
   awk -v a="$2" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
     fail "$1 accuracy $2 is more than $BAND below BSP's $bsp"
@@ -85,10 +100,27 @@ start_slow_cluster() {
   "${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready
 }
 
+# job_staleness: "MAX CLOCKS" from the last job's status at the coordinator
+# (JobStatus.max_staleness and worker_clocks, reported by the servers).
+job_staleness() {
+  "${CTL[@]}" get "$(cat "$WORK/last_job")" >"$WORK/job.json" || fail "psd_ctl get"
+  python3 - "$WORK/job.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))
+print(int(job.get("maxStaleness", "0")),
+      ",".join(job.get("workerClocks", [])) or "none")
+PY
+}
+
 start_slow_cluster ssp_slow
 run_job "$WORK/ssp.textproto" "$WORK/ssp_slow.safetensors" >/dev/null
 read -r ssp_max ssp_pulls < <(server_staleness)
+read -r job_max job_clocks < <(job_staleness)
 stop_cluster
+echo "SSP job status: max staleness $job_max, worker clocks $job_clocks"
+[ "$job_clocks" != none ] || fail "the job status has no worker clocks"
+[ "$job_max" -eq "$ssp_max" ] ||
+  fail "the job status says max staleness $job_max, the servers $ssp_max"
 echo "SSP(s=$STALENESS), one worker +${SLOW_MS} ms/step: max staleness $ssp_max over $ssp_pulls pulls"
 [ "$ssp_pulls" -gt 0 ] || fail "the servers recorded no SSP pulls"
 [ "$ssp_max" -le "$STALENESS" ] || fail "SSP read beyond the bound: staleness $ssp_max > $STALENESS"
