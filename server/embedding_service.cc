@@ -107,8 +107,15 @@ grpc::ServerUnaryReactor* EmbeddingService::PushRows(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = std::chrono::steady_clock::now();
   metrics_->push_requests->Increment();
+  if (request->client_id().size() > 128) {
+    metrics_->push_errors->Increment();
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "client_id: at most 128 bytes"));
+    return reactor;
+  }
   auto result = store_->Push(request->job_id(), request->table(),
-                             Ids(request->row_ids()), request->gradients());
+                             Ids(request->row_ids()), request->gradients(),
+                             {request->client_id(), request->sequence()});
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();
@@ -117,6 +124,7 @@ grpc::ServerUnaryReactor* EmbeddingService::PushRows(
   }
   response->set_rows_updated(result->rows_updated);
   response->set_rows_created(result->rows_created);
+  response->set_duplicate(result->duplicate);
   metrics_->push_rows->Increment(result->rows_updated);
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -4,10 +4,13 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <optional>
+#include <set>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "server/embedding_rows.h"
 #include "server/optimizer.h"
 
@@ -22,6 +25,11 @@ constexpr int64_t kChunkBytes = 16 << 10;
 // control byte (absl's SwissTable).
 constexpr int64_t kMapSlotBytes =
     sizeof(std::pair<const uint64_t, uint32_t>) + 1;
+
+// Pushes remembered per client and table for dedup, and how long a client
+// with no push is remembered (see EmbeddingPushKey).
+constexpr size_t kDedupWindow = 1024;
+constexpr absl::Duration kDedupIdle = absl::Minutes(10);
 
 inline int StripeOf(uint64_t mixed) {
   return static_cast<int>(mixed >> (64 - kStripeBits));
@@ -96,7 +104,37 @@ struct EmbeddingStore::Table {
   const std::shared_ptr<std::atomic<int64_t>> total;
   const std::shared_ptr<std::atomic<int64_t>> arena;
 
+  // The dedup state of one client (EmbeddingPushKey): the sequence numbers
+  // of its last kDedupWindow pushes applied here. mu is held while the
+  // client's push applies, so a retry waits for the original.
+  struct ClientLog {
+    absl::Mutex mu;
+    std::set<uint64_t> applied ABSL_GUARDED_BY(mu);
+    absl::Time last_used ABSL_GUARDED_BY(mu);
+  };
+  // The client's log (created on first use); drops the logs idle for
+  // kDedupIdle, at most once a minute.
+  std::shared_ptr<ClientLog> LogOf(const std::string& client_id) {
+    absl::MutexLock lock(&clients_mu);
+    const absl::Time now = absl::Now();
+    if (now - last_sweep > absl::Minutes(1)) {
+      last_sweep = now;
+      for (auto it = clients.begin(); it != clients.end();) {
+        absl::MutexLock log_lock(&it->second->mu);
+        it = now - it->second->last_used > kDedupIdle ? clients.erase(it)
+                                                      : std::next(it);
+      }
+    }
+    std::shared_ptr<ClientLog>& log = clients[client_id];
+    if (log == nullptr) log = std::make_shared<ClientLog>();
+    return log;
+  }
+
   std::array<Stripe, kStripes> stripes;
+  absl::Mutex clients_mu;
+  std::map<std::string, std::shared_ptr<ClientLog>> clients
+      ABSL_GUARDED_BY(clients_mu);
+  absl::Time last_sweep ABSL_GUARDED_BY(clients_mu) = absl::Now();
   std::atomic<int64_t> table_bytes{0};
   std::atomic<int64_t> rows{0};
   std::atomic<int64_t> pulls{0};
@@ -288,7 +326,8 @@ absl::Status EmbeddingStore::Pull(const std::string& job_id,
 
 absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     const std::string& job_id, const std::string& table,
-    absl::Span<const uint64_t> ids, const Tensor& gradients) {
+    absl::Span<const uint64_t> ids, const Tensor& gradients,
+    const EmbeddingPushKey& key) {
   auto found = Find(job_id, table);
   if (!found.ok()) return found.status();
   Table& t = **found;
@@ -298,6 +337,27 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
   if (!checked.ok()) return checked;
   checked = CheckGradients(t, ids, gradients);
   if (!checked.ok()) return checked;
+  // Exactly once per (client, sequence): held until the push is applied.
+  std::shared_ptr<Table::ClientLog> log;
+  std::optional<absl::ReleasableMutexLock> log_lock;
+  if (!key.client_id.empty()) {
+    log = t.LogOf(key.client_id);
+    log_lock.emplace(&log->mu);
+    log->last_used = absl::Now();
+    if (log->applied.count(key.sequence)) {
+      EmbeddingPushResult duplicate;
+      duplicate.duplicate = true;
+      return duplicate;
+    }
+    if (log->applied.size() >= kDedupWindow &&
+        key.sequence < *log->applied.begin()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence: ", key.sequence, " of client \"", key.client_id,
+          "\" is older than the ", kDedupWindow,
+          " pushes this server remembers for it: cannot tell whether it "
+          "was applied, so it is refused"));
+    }
+  }
   // Within each stripe, equal ids become adjacent, in request order
   // (stable), so duplicates are summed in request order.
   for (int s = 0; s < kStripes; ++s) {
@@ -395,6 +455,12 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     t.Account(stripe);
   }
   unlock_all();
+  if (log != nullptr) {
+    log->applied.insert(key.sequence);
+    if (log->applied.size() > kDedupWindow) {
+      log->applied.erase(log->applied.begin());
+    }
+  }
   t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
   t.pushes.fetch_add(1, std::memory_order_relaxed);
   return result;

@@ -25,7 +25,8 @@
 // server/optimizer.h's ApplyOptimizer on that row alone, with the row's own
 // slots and its own update count as `step`. Rows not in the push are not
 // touched (no weight decay, no slot decay). Consistency is ASP: a push is
-// applied when it arrives; there is no step, no barrier and no dedup.
+// applied when it arrives; there is no step and no barrier. Pushes with an
+// EmbeddingPushKey are applied once each (dedup).
 //
 // Thread-safe: any number of pulls, pushes and table calls may run at once.
 // A push holds the write locks of the stripes it touches (ascending order)
@@ -64,6 +65,23 @@ struct EmbeddingPushResult {
   // Distinct rows updated, and how many of them the push created.
   int64_t rows_updated = 0;
   int64_t rows_created = 0;
+  // The push's key was applied already: nothing was done.
+  bool duplicate = false;
+};
+
+// Makes a push exactly-once (DESIGN invariant 1): a client (client_id,
+// unique per client process, e.g. random) numbers its push calls
+// (sequence, unique per call of that client, increasing), and a server
+// applies each (client_id, sequence) once per table: a retry of a call
+// that was applied is acknowledged as a duplicate and changes nothing, and
+// a retry that arrives while the original applies waits for it. A server
+// remembers, per table and client, the last 1024 sequences applied, and a
+// client for 10 minutes after its last push; a sequence older than the
+// 1024 remembered is refused (FAILED_PRECONDITION) rather than risk a
+// second application. Empty client_id: no dedup (each call is applied).
+struct EmbeddingPushKey {
+  std::string client_id;
+  uint64_t sequence = 0;
 };
 
 class EmbeddingStore {
@@ -93,14 +111,17 @@ class EmbeddingStore {
                     int32_t* dim = nullptr) const;
 
   // Applies `gradients` ([ids.size(), dim] FLOAT32, finite) to rows `ids`
-  // (see the file comment). The whole request is checked before any row
-  // changes. Errors: those of Pull, plus INVALID_ARGUMENT naming
-  // gradients.dtype / gradients.shape / gradients.data (size, or the first
-  // NaN/Inf element with its row), RESOURCE_EXHAUSTED (max_bytes).
+  // (see the file comment), once per `key` (EmbeddingPushKey). The whole
+  // request is checked before any row changes. Errors: those of Pull, plus
+  // INVALID_ARGUMENT naming gradients.dtype / gradients.shape /
+  // gradients.data (size, or the first NaN/Inf element with its row),
+  // RESOURCE_EXHAUSTED (max_bytes), FAILED_PRECONDITION naming sequence
+  // (a key too old to tell whether it was applied).
   absl::StatusOr<EmbeddingPushResult> Push(const std::string& job_id,
                                            const std::string& table,
                                            absl::Span<const uint64_t> ids,
-                                           const Tensor& gradients);
+                                           const Tensor& gradients,
+                                           const EmbeddingPushKey& key = {});
 
   // The table's spec (with defaults), shards, rows, bytes and call counts.
   // Errors: NOT_FOUND.

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -297,6 +298,67 @@ TEST_CASE("Push: concurrent pushes to disjoint rows all land",
   for (int i = 0; i < 200; ++i) all[i] = i;
   for (float v : PullRows(store, all)) CHECK(v == -50.0f);
   CHECK(store.Status(kJob, "emb")->rows() == 200);
+}
+
+TEST_CASE("Push: a keyed push is applied once per (client, sequence)",
+          "[embedding][dedup]") {
+  EmbeddingTableSpec spec = Spec(100, 2, 1, OptimizerSpec::SGD, 1.0f);
+  spec.mutable_initializer()->set_kind(EmbeddingInitializer::ZERO);
+  EmbeddingStore store;
+  REQUIRE(*store.CreateTable(kJob, spec, {0}));
+  const Tensor g = Grads({1, 2}, 1, 2);
+  auto first = store.Push(kJob, "emb", {7}, g, {"client-a", 0});
+  REQUIRE(first.ok());
+  CHECK_FALSE(first->duplicate);
+  // The retry: acknowledged, not applied.
+  auto retry = store.Push(kJob, "emb", {7}, g, {"client-a", 0});
+  REQUIRE(retry.ok());
+  CHECK(retry->duplicate);
+  CHECK(retry->rows_updated == 0);
+  CHECK(PullRows(store, {7}) == std::vector<float>{-1, -2});
+  // Another sequence, another client, or no key: applied.
+  REQUIRE(!store.Push(kJob, "emb", {7}, g, {"client-a", 1})->duplicate);
+  REQUIRE(!store.Push(kJob, "emb", {7}, g, {"client-b", 0})->duplicate);
+  REQUIRE(!store.Push(kJob, "emb", {7}, g)->duplicate);
+  REQUIRE(!store.Push(kJob, "emb", {7}, g)->duplicate);
+  CHECK(PullRows(store, {7}) == std::vector<float>{-5, -10});
+  // A refused push is not remembered: sent again valid, it applies.
+  EmbeddingPushKey key{"client-c", 0};
+  CHECK(store.Push(kJob, "emb", {500}, g, key).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  REQUIRE(!store.Push(kJob, "emb", {8}, g, key)->duplicate);
+  // Past the window of 1024 sequences a client's oldest are forgotten, and
+  // a retry of one is refused rather than applied again.
+  for (uint64_t seq = 2; seq < 1030; ++seq) {
+    REQUIRE(!store.Push(kJob, "emb", {9}, g, {"client-a", seq})->duplicate);
+  }
+  auto old = store.Push(kJob, "emb", {9}, g, {"client-a", 1});
+  CHECK(old.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(old.status().message().rfind("sequence: 1 of client \"client-a\"", 0) ==
+        0);
+  CHECK(store.Push(kJob, "emb", {9}, g, {"client-a", 1029})->duplicate);
+}
+
+TEST_CASE("Push: concurrent retries of one keyed push apply it once",
+          "[embedding][dedup]") {
+  EmbeddingTableSpec spec = Spec(100, 1, 1, OptimizerSpec::SGD, 1.0f);
+  spec.mutable_initializer()->set_kind(EmbeddingInitializer::ZERO);
+  EmbeddingStore store;
+  REQUIRE(*store.CreateTable(kJob, spec, {0}));
+  std::vector<std::thread> threads;
+  std::atomic<int> applied{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      for (uint64_t seq = 0; seq < 200; ++seq) {
+        auto r = store.Push(kJob, "emb", {3}, Grads({1}, 1, 1), {"c", seq});
+        REQUIRE(r.ok());
+        if (!r->duplicate) ++applied;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  CHECK(applied == 200);
+  CHECK(PullRows(store, {3}) == std::vector<float>{-200});
 }
 
 TEST_CASE("Bad input: clear errors, nothing applied", "[embedding]") {

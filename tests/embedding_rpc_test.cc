@@ -120,6 +120,50 @@ TEST_CASE("EmbeddingServer: pushes to disjoint rows from two clients both "
   CHECK(rows[0] == -4.0f);
 }
 
+TEST_CASE("EmbeddingServer: a retried PushRows with the same client_id and "
+          "sequence is acknowledged and applied once",
+          "[embedding][rpc][dedup]") {
+  Server a;
+  auto client = Client({a.address});
+  REQUIRE(client->CreateTable(
+                    Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO))
+              .ok());
+  auto stub = EmbeddingServer::NewStub(MakeChannel(a.address));
+  PushRowsRequest request;
+  request.set_job_id("job");
+  request.set_table("emb");
+  request.add_row_ids(42);
+  request.mutable_gradients()->set_dtype(FLOAT32);
+  request.mutable_gradients()->add_shape(1);
+  request.mutable_gradients()->add_shape(4);
+  const std::vector<float> ones(4, 1.0f);
+  request.mutable_gradients()->set_data(ones.data(), 16);
+  request.set_client_id("worker-7");
+  request.set_sequence(5);
+  for (bool duplicate : {false, true, true}) {
+    PushRowsResponse response;
+    grpc::ClientContext context;
+    REQUIRE(stub->PushRows(&context, request, &response).ok());
+    CHECK(response.duplicate() == duplicate);
+  }
+  std::vector<float> rows;
+  REQUIRE(client->Pull("emb", {42}, &rows).ok());
+  CHECK(rows == std::vector<float>(4, -1.0f));
+  // The client numbers its own calls: its pushes are never taken for
+  // another's, and each applies.
+  CHECK(client->client_id().size() == 32);
+  REQUIRE(client->Push("emb", {42}, ones).ok());
+  REQUIRE(client->Push("emb", {42}, ones).ok());
+  REQUIRE(client->Pull("emb", {42}, &rows).ok());
+  CHECK(rows == std::vector<float>(4, -3.0f));
+  request.set_client_id(std::string(129, 'x'));
+  PushRowsResponse response;
+  grpc::ClientContext context;
+  grpc::Status g = stub->PushRows(&context, request, &response);
+  CHECK(g.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(g.error_message() == "client_id: at most 128 bytes");
+}
+
 TEST_CASE("EmbeddingServer: bad input gets clear gRPC errors",
           "[embedding][rpc]") {
   Server a, b;

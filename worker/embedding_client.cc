@@ -1,12 +1,14 @@
 #include "worker/embedding_client.h"
 
 #include <cstring>
+#include <random>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/rpc.h"
 #include "common/status.h"
 #include "server/embedding_rows.h"
@@ -34,6 +36,16 @@ absl::Status Prefixed(const std::string& server, int32_t shard,
                                              shard, "): ", s.message()));
 }
 
+// 128 random bits from the OS, as 32 hex digits.
+std::string RandomClientId() {
+  std::random_device device;
+  std::string id;
+  for (int i = 0; i < 4; ++i) {
+    absl::StrAppend(&id, absl::Hex(device(), absl::kZeroPad8));
+  }
+  return id;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddingClient>> EmbeddingClient::Create(
@@ -55,7 +67,9 @@ EmbeddingClient::EmbeddingClient(std::string job_id,
                                  EmbeddingClientOptions options)
     : job_id_(std::move(job_id)),
       servers_(std::move(servers)),
-      options_(options) {
+      options_(std::move(options)),
+      client_id_(options_.client_id.empty() ? RandomClientId()
+                                            : options_.client_id) {
   for (const std::string& address : servers_) {
     stubs_.push_back(EmbeddingServer::NewStub(MakeChannel(address)));
   }
@@ -161,40 +175,57 @@ size_t EmbeddingClient::Plan(absl::Span<const uint64_t> ids,
 }
 
 absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
-  absl::Mutex mu;
-  size_t pending = n;
-  for (size_t c = 0; c < n; ++c) {
-    Call& call = *calls_[c];
-    call.context = std::make_unique<grpc::ClientContext>();
-    call.context->set_deadline(
-        DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
-    auto done = [&mu, &pending, &call](grpc::Status status) {
+  // Indices of the calls to (re)send; a call that failed with UNAVAILABLE or
+  // DEADLINE_EXCEEDED goes again, the same request (a push keeps its
+  // sequence, so the server applies it once).
+  std::vector<size_t> todo(n);
+  for (size_t c = 0; c < n; ++c) todo[c] = c;
+  for (int attempt = 0;; ++attempt) {
+    absl::Mutex mu;
+    size_t pending = todo.size();
+    for (size_t c : todo) {
+      Call& call = *calls_[c];
+      call.context = std::make_unique<grpc::ClientContext>();
+      call.context->set_deadline(
+          DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+      auto done = [&mu, &pending, &call](grpc::Status status) {
+        absl::MutexLock lock(&mu);
+        call.status = std::move(status);
+        --pending;
+      };
+      if (pull) {
+        stubs_[call.shard]->async()->PullRows(call.context.get(),
+                                              &call.pull_request,
+                                              &call.pull_response, done);
+      } else {
+        call.push_response.Clear();
+        stubs_[call.shard]->async()->PushRows(call.context.get(),
+                                              &call.push_request,
+                                              &call.push_response, done);
+      }
+    }
+    {
       absl::MutexLock lock(&mu);
-      call.status = std::move(status);
-      --pending;
-    };
-    if (pull) {
-      stubs_[call.shard]->async()->PullRows(call.context.get(),
-                                            &call.pull_request,
-                                            &call.pull_response, done);
-    } else {
-      stubs_[call.shard]->async()->PushRows(call.context.get(),
-                                            &call.push_request,
-                                            &call.push_response, done);
+      mu.Await(absl::Condition(
+          +[](size_t* p) { return *p == 0; }, &pending));
     }
-  }
-  {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(
-        +[](size_t* p) { return *p == 0; }, &pending));
-  }
-  for (size_t c = 0; c < n; ++c) {
-    if (!calls_[c]->status.ok()) {
-      return Prefixed(servers_[calls_[c]->shard], calls_[c]->shard,
-                      calls_[c]->status);
+    std::vector<size_t> again;
+    for (size_t c : todo) {
+      const grpc::Status& status = calls_[c]->status;
+      if (status.ok()) continue;
+      const bool retryable =
+          status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+      if (!retryable || attempt >= options_.retries) {
+        return Prefixed(servers_[calls_[c]->shard], calls_[c]->shard, status);
+      }
+      again.push_back(c);
     }
+    if (again.empty()) return absl::OkStatus();
+    ++retried_calls_;
+    todo = std::move(again);
+    absl::SleepFor(absl::Milliseconds(100) * (attempt + 1));
   }
-  return absl::OkStatus();
 }
 
 absl::Status EmbeddingClient::Pull(const std::string& table,
@@ -268,6 +299,8 @@ absl::Status EmbeddingClient::Push(const std::string& table,
     Call& call = *calls_[c];
     call.push_request.set_job_id(job_id_);
     call.push_request.set_table(table);
+    call.push_request.set_client_id(client_id_);
+    call.push_request.set_sequence(next_sequence_++);
     auto* row_ids = call.push_request.mutable_row_ids();
     row_ids->Clear();
     row_ids->Reserve(static_cast<int>(call.rows.size()));
@@ -283,7 +316,6 @@ absl::Status EmbeddingClient::Push(const std::string& table,
       std::memcpy(data->data() + k * dim * 4,
                   unique_rows_.data() + call.rows[k] * dim, dim * 4);
     }
-    call.push_response.Clear();
   }
   return RunCalls(n, /*pull=*/false);
 }

@@ -26,6 +26,15 @@ struct EmbeddingClientOptions {
   int64_t max_call_bytes = 1 << 20;
   // Deadline of one call, ms. Default: 30 s.
   int timeout_ms = 30000;
+  // Times a call that failed with UNAVAILABLE or DEADLINE_EXCEEDED is sent
+  // again (after 100 ms, 200 ms, ...). Safe for pushes: each carries this
+  // client's id and its own sequence number, and a server applies each
+  // once (PushRowsRequest.client_id). Default: 3.
+  int retries = 3;
+  // The dedup identity of this client's pushes; unique per client (two
+  // clients with one id would drop each other's pushes). Default: empty,
+  // for 128 random bits.
+  std::string client_id;
 };
 
 // One job's view of its embedding tables. servers[s] is the host:port of
@@ -35,8 +44,8 @@ struct EmbeddingClientOptions {
 // coordinator: the caller names the servers (see docs/ARCHITECTURE.md,
 // "Sparse embedding tables").
 //
-// Pushes are never retried (the server does not deduplicate them, so a
-// retry could apply twice); a failed call returns its error.
+// Pushes are exactly-once: each call carries (client_id, sequence), so a
+// retried call is applied once (see EmbeddingClientOptions.retries).
 //
 // Not thread-safe: one caller at a time (request buffers are reused). Use
 // one client per thread.
@@ -49,6 +58,10 @@ class EmbeddingClient {
   ~EmbeddingClient();
 
   int32_t num_shards() const { return static_cast<int32_t>(servers_.size()); }
+  // This client's dedup identity (EmbeddingClientOptions.client_id).
+  const std::string& client_id() const { return client_id_; }
+  // Rounds of calls sent again after UNAVAILABLE/DEADLINE_EXCEEDED.
+  int64_t retried_calls() const { return retried_calls_; }
 
   // Creates the table on every server, server s holding shard s.
   // spec.num_shards 0 means num_shards(); another value than num_shards()
@@ -95,6 +108,10 @@ class EmbeddingClient {
   const std::string job_id_;
   const std::vector<std::string> servers_;
   const EmbeddingClientOptions options_;
+  const std::string client_id_;
+  // The next push call's sequence number.
+  uint64_t next_sequence_ = 0;
+  int64_t retried_calls_ = 0;
   std::vector<std::unique_ptr<EmbeddingServer::Stub>> stubs_;
   std::map<std::string, int32_t> dims_;
   // Reused across calls.
