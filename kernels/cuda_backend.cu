@@ -9,9 +9,11 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -202,6 +204,8 @@ class CudaBackend : public Backend {
     if (!Cuda(cudaSetDevice(device_), "cudaSetDevice") ||
         !Cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
               "cudaStreamCreate") ||
+        !Cuda(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking),
+              "cudaStreamCreate(copies)") ||
         !Blas(cublasCreate(&blas_), "cublasCreate") ||
         !Blas(cublasSetStream(blas_, stream_), "cublasSetStream") ||
         !Blas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH),
@@ -215,12 +219,16 @@ class CudaBackend : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (copy_stream_ != nullptr) cudaStreamSynchronize(copy_stream_);
+    for (const PendingCopy& c : pending_copies_) cudaEventDestroy(c.done);
+    for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
     cudaFree(bf16_a_);
     cudaFree(bf16_b_);
     cudaFree(row_loss_);
     cudaFree(loss_total_);
     if (blas_ != nullptr) cublasDestroy(blas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (copy_stream_ != nullptr) cudaStreamDestroy(copy_stream_);
   }
 
   std::string Name() const override {
@@ -266,8 +274,88 @@ class CudaBackend : public Backend {
         Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
+  void* AllocateHost(size_t bytes) override {
+    if (!Begin() || bytes == 0) return nullptr;
+    void* p = nullptr;
+    if (!Cuda(cudaMallocHost(&p, bytes),
+              absl::StrCat("cudaMallocHost(", bytes, " bytes)"))) {
+      return nullptr;
+    }
+    return p;
+  }
+
+  void FreeHost(void* p) override {
+    if (p == nullptr) return;
+    cudaSetDevice(device_);
+    // Freed even after an error; waits for copies that may still use it.
+    const cudaError_t e = cudaFreeHost(p);
+    if (status_.ok()) Cuda(e, "cudaFreeHost");
+  }
+
+  // The copy stream waits (on the GPU, not the host) for an event recorded
+  // on the compute stream, then copies; an event recorded after the copy
+  // marks the ticket done. Copies complete in ticket order (one stream).
+  uint64_t CopyToHostAsync(const void* src, void* host_dst,
+                           size_t bytes) override {
+    if (!Begin()) return 0;
+    cudaEvent_t produced = NewEvent();
+    if (produced == nullptr) return 0;
+    cudaEvent_t copied = NewEvent();
+    if (copied == nullptr) {
+      free_events_.push_back(produced);
+      return 0;
+    }
+    // `produced` may be reused at once: a wait binds to the record before it.
+    const bool ok =
+        Cuda(cudaEventRecord(produced, stream_), "cudaEventRecord") &&
+        Cuda(cudaStreamWaitEvent(copy_stream_, produced, 0),
+             "cudaStreamWaitEvent") &&
+        (bytes == 0 ||
+         Cuda(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost,
+                              copy_stream_),
+              "cudaMemcpyAsync(device to host, copy stream)")) &&
+        Cuda(cudaEventRecord(copied, copy_stream_), "cudaEventRecord");
+    free_events_.push_back(produced);
+    if (!ok) {
+      free_events_.push_back(copied);
+      return 0;
+    }
+    pending_copies_.push_back({++last_ticket_, copied});
+    return last_ticket_;
+  }
+
+  bool CopyDone(uint64_t ticket) override {
+    while (!pending_copies_.empty() &&
+           pending_copies_.front().ticket <= ticket) {
+      if (!status_.ok()) return true;
+      const cudaError_t e = cudaEventQuery(pending_copies_.front().done);
+      if (e == cudaErrorNotReady) return false;
+      if (!Cuda(e, "cudaEventQuery")) return true;
+      free_events_.push_back(pending_copies_.front().done);
+      pending_copies_.pop_front();
+    }
+    return true;
+  }
+
+  void WaitCopy(uint64_t ticket) override {
+    while (status_.ok() && !pending_copies_.empty() &&
+           pending_copies_.front().ticket <= ticket) {
+      if (!Cuda(cudaEventSynchronize(pending_copies_.front().done),
+                "cudaEventSynchronize")) {
+        return;
+      }
+      free_events_.push_back(pending_copies_.front().done);
+      pending_copies_.pop_front();
+    }
+  }
+
   absl::Status Synchronize() override {
-    if (Begin()) Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    if (Begin()) {
+      Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize") &&
+          Cuda(cudaStreamSynchronize(copy_stream_),
+               "cudaStreamSynchronize(copies)");
+    }
+    if (status_.ok()) WaitCopy(last_ticket_);  // Recycles their events.
     return status_;
   }
 
@@ -366,6 +454,21 @@ class CudaBackend : public Backend {
     return Cuda(cudaSetDevice(device_), "cudaSetDevice");
   }
 
+  // An event from the pool (or a new one); nullptr after an error.
+  cudaEvent_t NewEvent() {
+    if (!free_events_.empty()) {
+      cudaEvent_t e = free_events_.back();
+      free_events_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    if (!Cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+              "cudaEventCreate")) {
+      return nullptr;
+    }
+    return e;
+  }
+
   // Records the first error; returns whether `e` was success.
   bool Cuda(cudaError_t e, const std::string& what) {
     if (e == cudaSuccess) return true;
@@ -411,6 +514,7 @@ class CudaBackend : public Backend {
   const GemmPrecision gemm_;
   const std::string gpu_name_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;  // CopyToHostAsync only.
   cublasHandle_t blas_ = nullptr;
 
   absl::Status status_;  // First error; OK until then.
@@ -422,6 +526,15 @@ class CudaBackend : public Backend {
   double* row_loss_ = nullptr;  // [rows] per-row losses.
   int64_t row_loss_size_ = 0;
   double* loss_total_ = nullptr;  // One double.
+  // CopyToHostAsync: copies not yet seen done, in ticket order, each with
+  // the event recorded after it on copy_stream_; events to reuse.
+  struct PendingCopy {
+    uint64_t ticket;
+    cudaEvent_t done;
+  };
+  std::deque<PendingCopy> pending_copies_;
+  std::vector<cudaEvent_t> free_events_;
+  uint64_t last_ticket_ = 0;
 };
 
 }  // namespace

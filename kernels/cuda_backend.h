@@ -14,7 +14,12 @@
 // Execution: all work goes on one CUDA stream owned by the backend, in call
 // order. Gemm, AddBias, BiasGrad, Relu* are asynchronous;
 // SoftmaxCrossEntropy (returns the loss), CopyToHost and Synchronize wait
-// for the stream. Each call first makes the backend's GPU current on the
+// for the stream. CopyToHostAsync puts its device-to-host copy on a second
+// stream that waits (on the GPU) for an event recorded on the first, so the
+// math queued after it runs while the copy goes on; each copy's completion
+// is an event behind it (CopyDone queries, WaitCopy synchronizes on it).
+// AllocateHost gives pinned memory (cudaMallocHost), which such copies need
+// to be truly asynchronous. Each call first makes the backend's GPU current on the
 // calling thread, so the backend may be created on one thread and used on
 // another (one thread at a time).
 //

@@ -13,7 +13,10 @@
 //     [-2, 2], in another order).
 //   - SoftmaxCrossEntropy: loss within 1e-5 relative, dlogits within 1e-6.
 //   - MLP step: loss within 1e-4 relative; each gradient tensor within
-//     1e-3 * max|cpu gradient| + 1e-6; CountCorrect equal.
+//     1e-3 * max|cpu gradient| + 1e-6; CountCorrect equal. The same step
+//     with a GradientReady callback (per-layer asynchronous copies) gives
+//     bitwise the GPU's gradients without one, announced in CPU order.
+//   - CopyToHostAsync: bitwise copies, done in ticket order.
 //
 // Without --config=cuda, or with it on a machine with no usable GPU, every
 // case passes after the warning "no GPU: CUDA parity tests skipped (...)"
@@ -296,6 +299,43 @@ std::vector<std::vector<float>> InitParams(const Mlp& mlp, uint32_t seed) {
   return values;
 }
 
+TEST_CASE("CUDA parity: CopyToHostAsync into pinned memory, in ticket order",
+          "[cuda]") {
+  auto gpu = GpuOrSkip();
+  if (!gpu) return;
+  const std::vector<size_t> sizes = {1, 37, 1000, 65537};
+  std::vector<Buffer<float>> src;
+  std::vector<float*> dst;
+  std::vector<uint64_t> tickets;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    src.push_back(ToDevice(gpu.get(), Random(sizes[i], 40 + i)));
+    dst.push_back(
+        static_cast<float*>(gpu->AllocateHost(sizes[i] * sizeof(float))));
+    REQUIRE(dst.back() != nullptr);
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    // Math queued after a copy does not change what it copies.
+    tickets.push_back(gpu->CopyToHostAsync(src[i].data(), dst[i],
+                                           sizes[i] * sizeof(float)));
+    gpu->ReluForward(static_cast<int>(sizes[i]), src[i].data());
+  }
+  for (size_t i = 1; i < tickets.size(); ++i) {
+    CHECK(tickets[i] > tickets[i - 1]);
+  }
+  gpu->WaitCopy(tickets[1]);
+  CHECK(gpu->CopyDone(tickets[0]));
+  CHECK(gpu->CopyDone(tickets[1]));
+  gpu->WaitCopy(tickets.back());
+  CHECK(gpu->CopyDone(tickets.back()));
+  REQUIRE(gpu->status().ok());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<float> want = Random(sizes[i], 40 + i);
+    CHECK(std::memcmp(dst[i], want.data(), sizes[i] * sizeof(float)) == 0);
+    gpu->FreeHost(dst[i]);
+  }
+  REQUIRE(gpu->Synchronize().ok());
+}
+
 TEST_CASE("CUDA parity: one MLP training step and an evaluation", "[cuda]") {
   auto gpu = GpuOrSkip();
   if (!gpu) return;
@@ -340,6 +380,32 @@ TEST_CASE("CUDA parity: one MLP training step and an evaluation", "[cuda]") {
         REQUIRE(std::fabs(g_gpu[t][i] - g_cpu[t][i]) <= tol);
       }
     }
+    // The overlapped path (GradientReady: per-layer copies on the copy
+    // stream into pinned staging): the same order as on the CPU, and
+    // bitwise the GPU's own gradients without a callback.
+    std::vector<std::vector<float>> g_seen(g_gpu.size());
+    std::vector<std::vector<float>> g_cb(g_gpu.size());
+    std::vector<float*> gp_cb;
+    for (size_t i = 0; i < g_gpu.size(); ++i) {
+      g_cb[i].resize(g_gpu[i].size());
+      gp_cb.push_back(g_cb[i].data());
+    }
+    std::vector<int32_t> order;
+    const float loss_cb = on_gpu.ForwardBackward(
+        pv, x.data(), labels.data(), batch, gp_cb, [&](int32_t t) {
+          order.push_back(t);
+          g_seen[t] = g_cb[t];
+        });
+    REQUIRE(gpu->status().ok());
+    std::vector<int32_t> want_order;
+    for (int32_t l = on_cpu.num_layers() - 1; l >= 0; --l) {
+      want_order.push_back(2 * l);
+      want_order.push_back(2 * l + 1);
+    }
+    CHECK(order == want_order);
+    CHECK(loss_cb == loss_gpu);
+    CHECK(g_seen == g_gpu);
+    CHECK(g_cb == g_gpu);
     // Evaluation over more rows than max_batch (chunks of 64).
     const int64_t n_eval = 200;
     const auto x_eval = Random(size_t(n_eval) * input, 9);

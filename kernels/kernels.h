@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
@@ -56,6 +57,42 @@ class Backend {
   // Copies `bytes` from the backend's memory to host memory; returns when
   // the data is there (waits for the queued work that produces it).
   virtual void CopyToHost(const void* src, void* host_dst, size_t bytes) = 0;
+
+  // ---- Asynchronous copies to host (overlapping transfers with math) ----
+  // Allocates `bytes` (> 0) of host memory that asynchronous copies from
+  // this backend are fastest with: page-locked ("pinned") memory for a
+  // device backend (CUDA: cudaMallocHost), plain malloc for a host backend
+  // (the default). Returns nullptr on failure (a device backend's status()
+  // says why). Free it with FreeHost(); nullptr is a no-op there.
+  virtual void* AllocateHost(size_t bytes) {
+    return bytes == 0 ? nullptr : std::malloc(bytes);
+  }
+  virtual void FreeHost(void* p) { std::free(p); }
+
+  // Starts copying `bytes` from the backend's memory to host memory once
+  // the work queued so far has produced them, on a copy queue of its own:
+  // math queued after this call does not wait for the copy (CUDA: a second
+  // stream that waits on an event recorded after the queued work). Returns
+  // a ticket, increasing from 1, for CopyDone() / WaitCopy(); until the
+  // copy is done, `host_dst` must not be read and `src` must not be
+  // overwritten. `host_dst` should come from AllocateHost() (a pageable
+  // destination works, but CUDA may then copy synchronously). The default
+  // (a host backend) copies at once with CopyToHost() and returns 0, a
+  // ticket that is always done. After a failure the copy does not happen:
+  // check status() before reading `host_dst`.
+  virtual uint64_t CopyToHostAsync(const void* src, void* host_dst,
+                                   size_t bytes) {
+    CopyToHost(src, host_dst, bytes);
+    return 0;
+  }
+  // True when the copy with this ticket and every earlier one is complete,
+  // or the backend failed (see status()). Never blocks.
+  virtual bool CopyDone(uint64_t ticket) {
+    (void)ticket;
+    return true;
+  }
+  // Waits until CopyDone(ticket) would be true.
+  virtual void WaitCopy(uint64_t ticket) { (void)ticket; }
 
   // Waits for all queued work; returns status().
   virtual absl::Status Synchronize() = 0;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Coordinator + 2 servers + 2 workers, each a real process on loopback, train
 # a short job on real Fashion-MNIST data and reach an accuracy floor; the
-# exported parameters are a valid safetensors file.
+# exported parameters are a valid safetensors file. The workers overlap
+# their pushes with the backward pass (the default); one run without the
+# overlap gives bitwise the same parameters.
 source tests/cluster_lib.sh
 
 FLOOR=0.80  # measured: 0.8425 for this job (docs/PERFORMANCE.md)
@@ -48,4 +50,26 @@ awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||
   fail "bfloat16 gradients: test accuracy $accuracy below the floor $FLOOR"
 [ "$bf16_a" != "$checksum" ] || fail "bfloat16 gradients gave the float32 run's parameters"
 [ "$bf16_a" = "$bf16_b" ] || fail "bfloat16 gradients: two runs differ ($bf16_a, $bf16_b)"
+
+# The runs above used the workers' default, --overlap_push=true (each
+# layer's gradients pushed while the backward pass goes on). With the
+# overlap off (the whole push after the backward pass) the pushed bytes are
+# the same, so the parameters are bitwise the same.
+grep -q "push overlapped with backward: yes" "$WORK"/a.worker*.log ||
+  fail "the default run did not overlap its pushes"
+stop_cluster
+start_cluster b 2 0
+for i in 1 2; do
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" --overlap_push=false \
+    2>"$WORK/b.worker$i.log" &
+  PIDS+=($!)
+done
+"${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready
+sed -i '/gradient_dtype/d' "$WORK/short.textproto"
+no_overlap=$(run_job "$WORK/short.textproto" "$WORK/no_overlap.safetensors")
+echo "--overlap_push=false: checksum $no_overlap (overlapped: $checksum)"
+grep -q "push overlapped with backward: no" "$WORK"/b.worker*.log ||
+  fail "the --overlap_push=false run overlapped its pushes"
+[ "$no_overlap" = "$checksum" ] ||
+  fail "--overlap_push=false gave other parameters ($no_overlap, overlapped $checksum)"
 echo PASS

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -31,6 +32,9 @@ Mlp::Mlp(std::vector<int32_t> layer_sizes, int32_t max_batch,
     for (int64_t n : ParameterSizes()) {
       params_dev_.emplace_back(backend_, n);
       grads_dev_.emplace_back(backend_, n);
+      grads_staging_.emplace_back(
+          static_cast<float*>(backend_->AllocateHost(n * sizeof(float))),
+          HostFree{backend_});
     }
     x_dev_ = kernels::Buffer<float>(backend_,
                                     size_t(max_batch_) * layer_sizes_[0]);
@@ -112,7 +116,9 @@ void Mlp::Forward(const std::vector<const float*>& params, const float* x,
 float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
                            const float* host_x, const int32_t* host_labels,
                            int32_t batch,
-                           const std::vector<float*>& host_grads) {
+                           const std::vector<float*>& host_grads,
+                           const GradientReady& on_ready) {
+  const std::vector<int64_t> sizes = ParameterSizes();
   // The pointers the kernels see: the caller's (host backend) or the device
   // copies (device backend).
   std::vector<const float*> params = StageParams(host_params);
@@ -128,6 +134,25 @@ float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
       grads[i] = grads_dev_[i].data();
     }
   }
+  // Announces layer i's two tensors; for a device backend, once their
+  // copies to the staging buffers are done (REQUIRES: they are).
+  auto announce = [&](int32_t layer) {
+    for (int32_t t = 2 * layer; t <= 2 * layer + 1; ++t) {
+      if (!backend_->status().ok()) {  // Never push what a failed device left.
+        std::fill(host_grads[t], host_grads[t] + sizes[t],
+                  std::numeric_limits<float>::quiet_NaN());
+      } else if (staged_) {
+        std::memcpy(host_grads[t], grads_staging_[t].get(),
+                    sizes[t] * sizeof(float));
+      }
+      if (on_ready) on_ready(t);
+    }
+  };
+  // Device backend: layers whose gradients are being copied, last first,
+  // each with the ticket of its bias copy (copies complete in order).
+  std::vector<std::pair<int32_t, uint64_t>> copying;
+  size_t announced = 0;  // Prefix of `copying` already announced.
+
   Forward(params, x, batch);
   const int32_t last = num_layers() - 1;
   const float loss = backend_->SoftmaxCrossEntropy(
@@ -141,19 +166,32 @@ float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
     backend_->Gemm(true, false, fan_in, fan_out, batch, 1.0f, in, dz, 0.0f,
                    grads[2 * i]);
     backend_->BiasGrad(batch, fan_out, dz, grads[2 * i + 1]);
+    if (staged_) {
+      backend_->CopyToHostAsync(grads[2 * i], grads_staging_[2 * i].get(),
+                                sizes[2 * i] * sizeof(float));
+      copying.emplace_back(
+          i, backend_->CopyToHostAsync(grads[2 * i + 1],
+                                       grads_staging_[2 * i + 1].get(),
+                                       sizes[2 * i + 1] * sizeof(float)));
+      // Announce, without waiting, the layers whose copies have landed.
+      while (announced < copying.size() &&
+             backend_->CopyDone(copying[announced].second)) {
+        announce(copying[announced++].first);
+      }
+    } else {
+      announce(i);
+    }
     // dX[batch, fan_in] = dZ W^T, the previous layer's output gradient.
     if (i > 0) {
       backend_->Gemm(false, true, batch, fan_in, fan_out, 1.0f, dz,
                      params[2 * i], 0.0f, dacts_[i - 1].data());
     }
   }
-  if (staged_) {
-    for (size_t i = 0; i < grads_dev_.size(); ++i) {
-      grads_dev_[i].CopyToHost(host_grads[i], grads_dev_[i].size());
-    }
+  for (; announced < copying.size(); ++announced) {
+    backend_->WaitCopy(copying[announced].second);
+    announce(copying[announced].first);
   }
   if (!backend_->status().ok()) {  // Never push what a failed device left.
-    const std::vector<int64_t> sizes = ParameterSizes();
     for (size_t i = 0; i < host_grads.size(); ++i) {
       std::fill(host_grads[i], host_grads[i] + sizes[i],
                 std::numeric_limits<float>::quiet_NaN());

@@ -6,6 +6,7 @@
 #define PSD_WORKER_MLP_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,22 @@ namespace psd {
 //   dZ_last = (softmax - onehot) / batch, dW = X^T dZ, db = colsum(dZ),
 //   dX = dZ W^T, and dZ = dX * [Y > 0] through each ReLU.
 //
+// Gradients as they become final (overlapping communication with the
+// backward pass, the way PyTorch DDP and BytePS do): ForwardBackward may be
+// given a GradientReady callback, called once per parameter tensor, in
+// backward order (layer last first; in a layer the weight, then the bias),
+// as soon as that tensor's gradient in grads[i] is final, while the
+// gradients of the layers before it are still to be computed. A caller can
+// start sending tensor i from inside the callback. With a host backend the
+// callback follows the layer's dW and db kernels directly. With a device
+// backend each layer's dW and db are copied to pinned host staging
+// (Backend::AllocateHost) with Backend::CopyToHostAsync, so the next
+// layer's backward runs on the device while they travel, then copied into
+// grads[i] on the calling thread just before the callback; all layers'
+// work is queued first and the callbacks follow their copies' completion
+// in order. The gradients, and so the bytes a caller pushes, are the same
+// with or without a callback.
+//
 // Activation buffers for max_batch rows (and, for a device backend, the
 // device copies of parameters, inputs and gradients) are allocated once, in
 // the constructor, in the backend's memory; steps allocate nothing. Not thread-safe (the buffers are
@@ -72,14 +89,26 @@ class Mlp {
   // Names of the same tensors: "layer0.weight", "layer0.bias", ...
   std::vector<std::string> ParameterNames() const;
 
+  // Called with the index (ParameterSizes() order) of a parameter tensor
+  // whose gradient is final; see "Gradients as they become final" above.
+  // It runs on the thread that called ForwardBackward and must not call
+  // the Mlp; grads[tensor] may be read until ForwardBackward returns, and
+  // stays unchanged after that unless the backend failed (then it is NaN).
+  using GradientReady = std::function<void(int32_t tensor)>;
+
   // One training step on a batch. params[i] points at tensor i (read-only);
   // grads[i] gets the gradient of the MEAN loss over the batch w.r.t. tensor
-  // i (overwritten). Returns the mean loss.
+  // i (overwritten). Returns the mean loss. When `on_ready` is set it is
+  // called exactly once for every tensor before this returns, in the order
+  // 2L-2, 2L-1, 2L-4, 2L-3, ..., 0, 1 for L layers; a tensor announced
+  // after a backend failure was seen holds NaN (the device-error contract
+  // above), one announced before holds its computed gradient.
   // REQUIRES: 0 < batch <= max_batch, params.size() == grads.size() ==
   // ParameterSizes().size(), labels in [0, num_classes).
   float ForwardBackward(const std::vector<const float*>& params,
                         const float* x, const int32_t* labels, int32_t batch,
-                        const std::vector<float*>& grads);
+                        const std::vector<float*>& grads,
+                        const GradientReady& on_ready = nullptr);
 
   // Number of the n examples x [n, input_dim] whose argmax prediction equals
   // their label, evaluated in chunks of max_batch rows. REQUIRES: n >= 0.
@@ -122,6 +151,13 @@ class Mlp {
   std::vector<kernels::Buffer<float>> grads_dev_;
   kernels::Buffer<float> x_dev_;          // [max_batch, input_dim]
   kernels::Buffer<int32_t> labels_dev_;   // [max_batch]
+  // Only when staged_: pinned host staging of each gradient tensor
+  // (Backend::AllocateHost), the target of the asynchronous copies.
+  struct HostFree {
+    kernels::Backend* backend;
+    void operator()(float* p) const { backend->FreeHost(p); }
+  };
+  std::vector<std::unique_ptr<float, HostFree>> grads_staging_;
 };
 
 }  // namespace psd

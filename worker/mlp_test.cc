@@ -281,6 +281,81 @@ TEST_CASE("Mlp: a failed device gives NaN gradients, never stale ones",
   CHECK(mlp.CountCorrect(p.View(), x.data(), labels, 2) == -1);
 }
 
+// Runs one step with a GradientReady callback that snapshots each tensor's
+// gradient when announced; returns the announcement order.
+std::vector<int32_t> StepWithCallback(Mlp* mlp, Params* p,
+                                      const std::vector<float>& x,
+                                      const std::vector<int32_t>& labels,
+                                      int32_t batch, float* loss,
+                                      std::vector<std::vector<float>>* seen) {
+  std::vector<int32_t> order;
+  seen->assign(p->grads.size(), {});
+  *loss = mlp->ForwardBackward(p->View(), x.data(), labels.data(), batch,
+                               p->GradView(), [&](int32_t t) {
+                                 order.push_back(t);
+                                 (*seen)[t] = p->grads[t];
+                               });
+  return order;
+}
+
+TEST_CASE("Mlp: GradientReady announces each tensor once, last layer first, "
+          "with its final gradient",
+          "[mlp]") {
+  auto cpu = kernels::CreateCpuBackend(1);
+  FakeDeviceBackend device;
+  const std::vector<int32_t> layers = {13, 9, 5, 4};  // 3 layers, 6 tensors
+  Mlp plain(layers, 8, cpu.get());
+  Params want(plain);
+  want.Init(plain, 11);
+  std::mt19937 rng(12);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(8 * 13);
+  for (float& v : x) v = normal(rng);
+  std::vector<int32_t> labels(8);
+  for (int32_t r = 0; r < 8; ++r) labels[r] = (3 * r) % 4;
+  const float want_loss = plain.ForwardBackward(
+      want.View(), x.data(), labels.data(), 8, want.GradView());
+
+  Mlp on_cpu(layers, 8, cpu.get());
+  Mlp on_device(layers, 8, &device);  // The staged (device) path.
+  for (Mlp* mlp : {&on_cpu, &on_device}) {
+    Params p(*mlp);
+    p.values = want.values;
+    float loss = 0;
+    std::vector<std::vector<float>> seen;
+    const std::vector<int32_t> order =
+        StepWithCallback(mlp, &p, x, labels, 8, &loss, &seen);
+    CHECK(order == std::vector<int32_t>{4, 5, 2, 3, 0, 1});
+    // Bitwise what ForwardBackward without a callback gives, both when
+    // announced and on return.
+    CHECK(loss == want_loss);
+    CHECK(seen == want.grads);
+    CHECK(p.grads == want.grads);
+  }
+  CHECK(device.foreign_pointers == 0);
+}
+
+TEST_CASE("Mlp: after a device failure every announced gradient is NaN",
+          "[mlp]") {
+  FakeDeviceBackend device;
+  Mlp mlp({4, 3, 2}, 2, &device);
+  Params p(mlp);
+  p.Init(mlp, 1);
+  const std::vector<float> x(8, 0.5f);
+  const std::vector<int32_t> labels = {0, 1};
+  device.fail_math = true;  // Fails at the first Gemm (forward).
+  float loss = 0;
+  std::vector<std::vector<float>> seen;
+  const std::vector<int32_t> order =
+      StepWithCallback(&mlp, &p, x, labels, 2, &loss, &seen);
+  CHECK(std::isnan(loss));
+  CHECK(order == std::vector<int32_t>{2, 3, 0, 1});
+  for (const auto& g : seen) {
+    REQUIRE(!g.empty());
+    for (float v : g) CHECK(std::isnan(v));
+  }
+}
+
 TEST_CASE("Mlp: SGD on 1000 Fashion-MNIST examples reduces the loss",
           "[mlp][real]") {
   const std::string dir = "/usr/share/datasets/fashion-mnist";

@@ -34,8 +34,6 @@ ParameterClient::ParameterClient(const Assignment& assignment,
       bfloat16_(assignment.config().gradient_dtype() == BFLOAT16),
       view_epoch_(assignment.view_epoch()) {}
 
-ParameterClient::~ParameterClient() = default;
-
 absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     const Assignment& assignment, ParameterClientOptions options) {
   std::unique_ptr<ParameterClient> client(
@@ -45,6 +43,7 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     client->sizes_.push_back(NumElements(p));
     client->names_.push_back(p.name());
   }
+  client->tensor_targets_.resize(client->sizes_.size());
   for (const Partition& part : placement.partitions()) {
     if (part.parameter() < 0 ||
         part.parameter() >= static_cast<int32_t>(client->sizes_.size()) ||
@@ -61,6 +60,7 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     target->pull.set_job_id(client->job_id_);
     target->pull.set_worker_rank(client->rank_);
     target->pull.add_partition_ids(part.id());
+    client->tensor_targets_[part.parameter()].push_back(target.get());
     client->targets_.push_back(std::move(target));
   }
   PSD_RETURN_IF_ERROR(client->Route(assignment));
@@ -98,86 +98,152 @@ std::vector<std::string> ParameterClient::parameter_names() const {
 
 namespace {
 
-// Counts calls still in flight.
-class InFlight {
+using Target = ParameterClient::Target;
+// Starts the call of one target: (target, its context, the callback).
+using StartCall = std::function<void(Target*, grpc::ClientContext*,
+                                     std::function<void(grpc::Status)>)>;
+
+}  // namespace
+
+// Calls of one kind (push or pull), one per target, started one at a time
+// (Start: the call is in flight at once) and waited for together (Wait).
+// The caller's thread owns it; the gRPC callbacks only store a target's
+// status and count down. Destroying it cancels the calls still in flight
+// and waits for them.
+class ParameterClient::Calls {
  public:
-  explicit InFlight(int n) : left_(n) {}
-  void Done() {
+  Calls(const ParameterClientOptions& options, int64_t view_epoch,
+        const char* what, StartCall start)
+      : options_(options),
+        view_epoch_(view_epoch),
+        what_(what),
+        start_(std::move(start)) {}
+
+  ~Calls() {
+    for (auto& context : contexts_) context->TryCancel();
     absl::MutexLock lock(&mu_);
-    --left_;
+    mu_.Await(absl::Condition(this, &Calls::AllDone));
+  }
+
+  // Starts `t`'s call. REQUIRES: t has no call of this set in flight.
+  void Start(Target* t) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++in_flight_;
+    }
+    started_.push_back(t);
+    contexts_.push_back(std::make_unique<grpc::ClientContext>());
+    start_(t, contexts_.back().get(), [this, t](grpc::Status s) {
+      t->status = std::move(s);
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+    });
+  }
+
+  // Waits for every call started; retries the ones that failed with
+  // UNAVAILABLE (options.retries times, backing off). When options.cancel
+  // becomes true, or a newer view is known (options.views), the calls in
+  // flight are cancelled (the latter returns ABORTED). Returns the first
+  // error, prefixed with the partition and server.
+  absl::Status Wait() {
+    for (int attempt = 0;; ++attempt) {
+      bool newer_view = false;
+      while (!WaitFor(absl::Milliseconds(100))) {
+        if (options_.cancel != nullptr && options_.cancel->load()) {
+          for (auto& context : contexts_) context->TryCancel();
+        }
+        if (!newer_view && NewerView()) {
+          newer_view = true;  // e.g. waiting on a primary that was replaced
+          for (auto& context : contexts_) context->TryCancel();
+        }
+      }
+      if (newer_view &&
+          !(options_.cancel != nullptr && options_.cancel->load())) {
+        return ViewChanged();
+      }
+      std::vector<Target*> failed;
+      for (Target* t : started_) {
+        if (t->status.ok()) continue;
+        if (t->status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+            attempt < options_.retries) {
+          failed.push_back(t);
+          continue;
+        }
+        return absl::Status(
+            static_cast<absl::StatusCode>(t->status.error_code()),
+            absl::StrCat(what_, " partition ", t->partition.id(),
+                         " on server ", t->server, ": ",
+                         t->status.error_message()));
+      }
+      if (failed.empty()) return absl::OkStatus();
+      started_.clear();  // Every call has ended.
+      contexts_.clear();
+      // Back off, but stop waiting as soon as a newer view is known (a
+      // failover: the caller moves to the new primaries).
+      const absl::Time retry_at =
+          absl::Now() + absl::Milliseconds(200 << attempt);
+      while (absl::Now() < retry_at) {
+        if (NewerView()) return ViewChanged();
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+      for (Target* t : failed) Start(t);
+    }
+  }
+
+ private:
+  bool AllDone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return in_flight_ == 0;
   }
   // Waits until no call is in flight or `timeout` passed; true if none is.
   bool WaitFor(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(this, &InFlight::AllDone),
+    return mu_.AwaitWithTimeout(absl::Condition(this, &Calls::AllDone),
                                 timeout);
   }
+  bool NewerView() const {
+    return options_.views != nullptr &&
+           options_.views->LatestEpoch() > view_epoch_;
+  }
+  absl::Status ViewChanged() const {
+    return absl::AbortedError(absl::StrCat(
+        what_, ": the view changed (epoch ", view_epoch_, " is old)"));
+  }
 
- private:
-  bool AllDone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return left_ == 0; }
+  // Constant after construction.
+  const ParameterClientOptions& options_;
+  const int64_t view_epoch_;
+  const char* const what_;
+  const StartCall start_;
+  // The current attempt's calls; the caller's thread only.
+  std::vector<Target*> started_;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts_;
+
   absl::Mutex mu_;
-  int left_ ABSL_GUARDED_BY(mu_);
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Runs `start(target, context, done)` for every target at once and waits for
-// all; retries the ones that failed with UNAVAILABLE. When `cancel` becomes
-// true, the calls in flight are cancelled. Returns the first error.
-template <typename Start>
-absl::Status RunAll(const std::vector<ParameterClient::Target*>& targets,
+ParameterClient::~ParameterClient() = default;  // Calls is complete here.
+
+namespace {
+
+// Starts a target's push (its request as it is), with a deadline.
+StartCall PushCall(int timeout_ms) {
+  const auto timeout = std::chrono::milliseconds(timeout_ms);
+  return [timeout](Target* t, grpc::ClientContext* context,
+                   std::function<void(grpc::Status)> done) {
+    context->set_deadline(DeadlineIn(timeout));
+    t->stub->async()->Push(context, &t->push, &t->push_response,
+                           std::move(done));
+  };
+}
+
+// Runs the call of every target at once and waits for all (Calls::Wait).
+absl::Status RunAll(const std::vector<Target*>& targets,
                     const ParameterClientOptions& options, int64_t view_epoch,
-                    const char* what, Start start) {
-  std::vector<ParameterClient::Target*> pending = targets;
-  for (int attempt = 0;; ++attempt) {
-    InFlight in_flight(static_cast<int>(pending.size()));
-    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-    for (ParameterClient::Target* t : pending) {
-      contexts.push_back(std::make_unique<grpc::ClientContext>());
-      start(t, contexts.back().get(), [t, &in_flight](grpc::Status s) {
-        t->status = std::move(s);
-        in_flight.Done();
-      });
-    }
-    bool newer_view = false;
-    while (!in_flight.WaitFor(absl::Milliseconds(100))) {
-      if (options.cancel != nullptr && options.cancel->load()) {
-        for (auto& context : contexts) context->TryCancel();
-      }
-      if (!newer_view && options.views != nullptr &&
-          options.views->LatestEpoch() > view_epoch) {
-        newer_view = true;  // e.g. waiting on a primary that was replaced
-        for (auto& context : contexts) context->TryCancel();
-      }
-    }
-    if (newer_view && !(options.cancel != nullptr && options.cancel->load())) {
-      return absl::AbortedError(absl::StrCat(
-          what, ": the view changed (epoch ", view_epoch, " is old)"));
-    }
-    std::vector<ParameterClient::Target*> failed;
-    for (ParameterClient::Target* t : pending) {
-      if (t->status.ok()) continue;
-      if (t->status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-          attempt < options.retries) {
-        failed.push_back(t);
-        continue;
-      }
-      return absl::Status(
-          static_cast<absl::StatusCode>(t->status.error_code()),
-          absl::StrCat(what, " partition ", t->partition.id(), " on server ",
-                       t->server, ": ", t->status.error_message()));
-    }
-    if (failed.empty()) return absl::OkStatus();
-    pending = std::move(failed);
-    // Back off, but stop waiting as soon as a newer view is known (a
-    // failover: the caller moves to the new primaries).
-    const absl::Time retry_at = absl::Now() + absl::Milliseconds(200 << attempt);
-    while (absl::Now() < retry_at) {
-      if (options.views != nullptr && options.views->LatestEpoch() > view_epoch) {
-        return absl::AbortedError(absl::StrCat(
-            what, ": the view changed (epoch ", view_epoch, " is old)"));
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
+                    const char* what, StartCall start) {
+  ParameterClient::Calls calls(options, view_epoch, what, std::move(start));
+  for (Target* t : targets) calls.Start(t);
+  return calls.Wait();
 }
 
 }  // namespace
@@ -231,38 +297,118 @@ absl::Status ParameterClient::Push(
     return absl::InvalidArgumentError(absl::StrCat(
         "push: ", grads.size(), " gradient tensors, want ", sizes_.size()));
   }
-  std::vector<Target*> all;
-  for (auto& t : targets_) all.push_back(t.get());
-  for (Target* t : all) {
+  for (size_t i = 0; i < grads.size(); ++i) {
+    PSD_RETURN_IF_ERROR(CheckTensorSize(i, grads[i].size()));
+  }
+  PSD_RETURN_IF_ERROR(BeginPush(step));
+  for (size_t i = 0; i < grads.size(); ++i) {
+    // An error here is kept and returned by FinishPush.
+    PushTensor(static_cast<int32_t>(i), grads[i].data(), grads[i].size())
+        .IgnoreError();
+  }
+  return FinishPush();
+}
+
+absl::Status ParameterClient::CheckTensorSize(size_t tensor,
+                                              size_t elements) const {
+  if (static_cast<int64_t>(elements) != sizes_[tensor]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push: gradient of ", names_[tensor], " has ", elements,
+        " elements, want ", sizes_[tensor]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParameterClient::BeginPush(int64_t step) {
+  if (push_calls_ != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "push: BeginPush(", step, ") while the push of step ", push_step_,
+        " is open (FinishPush it first)"));
+  }
+  push_calls_ = std::make_unique<Calls>(options_, view_epoch_, "push",
+                                        PushCall(options_.push_timeout_ms));
+  push_step_ = step;
+  push_given_.assign(sizes_.size(), false);
+  push_error_ = absl::OkStatus();
+  pushed_ = false;  // The requests are being overwritten.
+  return absl::OkStatus();
+}
+
+absl::Status ParameterClient::PushTensor(int32_t tensor, const float* grad,
+                                         size_t elements) {
+  absl::Status status;
+  if (push_calls_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("push: PushTensor(", tensor, ") without BeginPush"));
+  } else if (tensor < 0 || tensor >= static_cast<int32_t>(sizes_.size())) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("push: tensor ", tensor, " outside [0, ", sizes_.size(),
+                     ")"));
+  } else if (push_given_[tensor]) {
+    status = absl::FailedPreconditionError(
+        absl::StrCat("push: gradient of ", names_[tensor],
+                     " given twice for step ", push_step_));
+  } else {
+    status = CheckTensorSize(tensor, elements);
+  }
+  if (!status.ok()) {
+    if (push_error_.ok()) push_error_ = status;
+    return status;
+  }
+  push_given_[tensor] = true;
+  for (Target* t : tensor_targets_[tensor]) {
     const Partition& part = t->partition;
-    const std::vector<float>& g = grads[part.parameter()];
-    if (static_cast<int64_t>(g.size()) != sizes_[part.parameter()]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push: gradient of ", names_[part.parameter()], " has ", g.size(),
-          " elements, want ", sizes_[part.parameter()]));
-    }
-    t->push.set_step(step);
-    Tensor* tensor = t->push.mutable_gradients(0)->mutable_tensor();
+    t->push.set_step(push_step_);
+    Tensor* encoded = t->push.mutable_gradients(0)->mutable_tensor();
     if (bfloat16_) {
-      EncodeBfloat16(g.data() + part.offset(), part.num_elements(), tensor);
+      EncodeBfloat16(grad + part.offset(), part.num_elements(), encoded);
     } else {
-      EncodeFloat32(g.data() + part.offset(), part.num_elements(), tensor);
+      EncodeFloat32(grad + part.offset(), part.num_elements(), encoded);
+    }
+    push_calls_->Start(t);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParameterClient::FinishPush() {
+  if (push_calls_ == nullptr) {
+    return absl::FailedPreconditionError("push: FinishPush without BeginPush");
+  }
+  // Ends the open push whatever happens below (cancelling calls on error).
+  std::unique_ptr<Calls> calls = std::move(push_calls_);
+  if (push_error_.ok()) {
+    for (size_t i = 0; i < sizes_.size(); ++i) {
+      if (!push_given_[i]) {
+        push_error_ = absl::FailedPreconditionError(
+            absl::StrCat("push: step ", push_step_, " finished without the "
+                         "gradient of ", names_[i]));
+        break;
+      }
     }
   }
+  if (!push_error_.ok()) return push_error_;
+  absl::Status first = calls->Wait();
+  calls.reset();
   pushed_ = true;
-  return WithFailover([this] { return Repush(); }, /*repush=*/false);
+  // A failure of these calls goes through the failover like any push: on
+  // the new view, the whole push is sent again (Repush).
+  bool waited = false;
+  return WithFailover(
+      [&] {
+        if (!waited) {
+          waited = true;
+          return first;
+        }
+        return Repush();
+      },
+      /*repush=*/false);
 }
 
 absl::Status ParameterClient::Repush() {
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
-  const auto timeout = std::chrono::milliseconds(options_.push_timeout_ms);
   return RunAll(all, options_, view_epoch_, "push",
-                [&](Target* t, grpc::ClientContext* context, auto done) {
-                  context->set_deadline(DeadlineIn(timeout));
-                  t->stub->async()->Push(context, &t->push, &t->push_response,
-                                         std::move(done));
-                });
+                PushCall(options_.push_timeout_ms));
 }
 
 absl::Status ParameterClient::WithFailover(

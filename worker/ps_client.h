@@ -60,6 +60,16 @@ struct ParameterClientOptions {
 // into partitions and issues one RPC per partition, all in flight at once
 // (gRPC callback API). Request buffers are reused across steps.
 //
+// A push can overlap with the backward pass that computes it (as in
+// PyTorch DDP and BytePS): BeginPush(step), then PushTensor(i, ...) for each
+// tensor as soon as its gradient is final (its partitions' RPCs start at
+// once, while the caller goes on computing), then FinishPush() waits for
+// all of them. The servers take each partition's push on its own, so the
+// partitions of a step may arrive in any order and at any time; the bytes
+// of each partition's request are the same as Push's, so BSP results stay
+// bitwise the same. Push(step, grads) is BeginPush, PushTensor for every
+// tensor in order, FinishPush.
+//
 // Not thread-safe: one caller at a time.
 class ParameterClient {
  public:
@@ -87,13 +97,37 @@ class ParameterClient {
 
   // Pushes gradients of `step`; grads[i] has parameter_sizes()[i] floats,
   // sent as the job's gradient_dtype (FLOAT32, or BFLOAT16: half the bytes).
+  // Errors: INVALID_ARGUMENT for a wrong tensor count or size; else as
+  // FinishPush.
   absl::Status Push(int64_t step, const std::vector<std::vector<float>>& grads);
+
+  // Opens the push of `step`, to be filled tensor by tensor. Errors:
+  // FAILED_PRECONDITION when a push is open already.
+  absl::Status BeginPush(int64_t step);
+  // Encodes tensor `tensor`'s gradient (`elements` floats at `grad`, host
+  // memory, read only during the call) into its partitions' requests, as
+  // the job's gradient_dtype, and starts their RPCs; returns without
+  // waiting for them. Errors (also kept, and returned by FinishPush):
+  // FAILED_PRECONDITION without an open push or for a tensor given twice
+  // in it, INVALID_ARGUMENT for a tensor index outside
+  // [0, parameter_sizes().size()) or elements != parameter_sizes()[tensor].
+  absl::Status PushTensor(int32_t tensor, const float* grad, size_t elements);
+  // Waits for every RPC of the open push and closes it. Retries, failover
+  // (the whole push is sent again on the new view's primaries; the servers
+  // drop what they already have) and cancellation are Push's. Errors: the
+  // first PushTensor error; FAILED_PRECONDITION without an open push or
+  // when a tensor was never given (its calls in flight are cancelled and
+  // nothing is re-sent); else the first failing call's status, prefixed
+  // with the partition and server.
+  absl::Status FinishPush();
 
   // The view epoch calls are made in.
   int64_t view_epoch() const { return view_epoch_; }
 
   // One partition's server stub and reusable messages (defined in the .cc).
   struct Target;
+  // A set of RPCs in flight (defined in the .cc).
+  class Calls;
 
  private:
   ParameterClient(const Assignment& assignment, ParameterClientOptions options);
@@ -104,6 +138,8 @@ class ParameterClient {
                             bool repush);
   // Sends the last push again (after a failover).
   absl::Status Repush();
+  // INVALID_ARGUMENT unless `elements` == sizes_[tensor].
+  absl::Status CheckTensorSize(size_t tensor, size_t elements) const;
 
   const ParameterClientOptions options_;
   std::string job_id_;
@@ -114,8 +150,15 @@ class ParameterClient {
   std::vector<int64_t> sizes_;
   std::vector<std::string> names_;
   std::vector<std::unique_ptr<Target>> targets_;
+  // targets_ of each parameter tensor's partitions (not owned).
+  std::vector<std::vector<Target*>> tensor_targets_;
   std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs_;
   bool pushed_ = false;  // targets' push requests hold the last push
+  // The open push (BeginPush .. FinishPush); push_calls_ null when none.
+  std::unique_ptr<Calls> push_calls_;
+  int64_t push_step_ = 0;
+  std::vector<bool> push_given_;  // Per tensor: PushTensor done.
+  absl::Status push_error_;       // The first PushTensor error.
 };
 
 }  // namespace psd

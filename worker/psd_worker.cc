@@ -43,6 +43,12 @@ ABSL_FLAG(std::string, device, "auto",
           "else the CPU), cpu, or cuda:N (GPU N; an error if this build "
           "has no CUDA or there is no such GPU).");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads for the CPU backend.");
+ABSL_FLAG(bool, overlap_push, true,
+          "Push each layer's gradients as soon as the backward pass has "
+          "computed them, overlapping communication with the rest of the "
+          "backward pass (same pushed bytes, same results). false: push all "
+          "of a step's gradients after its backward pass (for measuring the "
+          "overlap, or debugging).");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
@@ -266,6 +272,7 @@ int Main() {
   trainer.data_dir = absl::GetFlag(FLAGS_data_dir);
   trainer.metrics = &trainer_metrics;
   trainer.test_slow_ms_per_step = absl::GetFlag(FLAGS_test_slow_ms_per_step);
+  trainer.overlap_push = absl::GetFlag(FLAGS_overlap_push);
   WorkerAgent agent(trainer, backend.get());
   MembershipOptions options;
   options.coordinator = absl::GetFlag(FLAGS_coordinator);

@@ -26,6 +26,10 @@ struct TrainerMetrics {
   Histogram* const pull_seconds;     // psd_worker_pull_seconds
   Histogram* const compute_seconds;  // psd_worker_compute_seconds
   Histogram* const push_seconds;     // psd_worker_push_seconds
+  // Per step: the pull's time plus the push's wait after the backward pass
+  // (psd_worker_network_wait_seconds); its sum over psd_worker_step_seconds'
+  // sum is the share of step time spent waiting on the network.
+  Histogram* const network_wait_seconds;
 };
 
 struct TrainerOptions {
@@ -40,6 +44,14 @@ struct TrainerOptions {
   // Where step counts and timings go. Not owned; must outlive TrainRank.
   // Default: nullptr (none).
   TrainerMetrics* metrics = nullptr;
+  // Overlap the push with the backward pass: tensor i's partitions are sent
+  // as soon as its gradient is final (Mlp::GradientReady,
+  // ParameterClient::PushTensor), layer by layer from the last, instead of
+  // all after the backward pass. Any consistency model allows it (a push is
+  // applied only once a partition has it whole, as before), and the pushed
+  // bytes are the same, so a BSP result is bitwise the same either way.
+  // Default: true.
+  bool overlap_push = true;
   // Where view changes come from (failover of a primary; see
   // ParameterClientOptions::views). Not owned. Default: none.
   ViewSource* views = nullptr;

@@ -1,0 +1,196 @@
+// ParameterClient's push paths against in-process fake parameter servers on
+// 127.0.0.1:0 that record every PushRequest: the overlapped push
+// (BeginPush / PushTensor / FinishPush) sends byte for byte the requests of
+// a plain Push, whatever order the tensors come in.
+#include "worker/ps_client.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/synchronization/mutex.h"
+#include "common/placement.h"
+#include "common/proto.h"
+#include "common/rpc.h"
+
+namespace psd {
+namespace {
+
+// Records each push's serialized request by partition id; can refuse the
+// first push of each partition with UNAVAILABLE. Thread-safe.
+class RecordingServer : public ParameterServer::Service {
+ public:
+  grpc::Status Push(grpc::ServerContext*, const PushRequest* request,
+                    PushResponse*) override {
+    absl::MutexLock lock(&mu_);
+    const int32_t partition = request->gradients(0).partition_id();
+    if (fail_first_ && !refused_[partition]++) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "try again");
+    }
+    pushes_[partition] = request->SerializeAsString();
+    ++calls_;
+    return grpc::Status::OK;
+  }
+
+  // Partition id -> the last request taken; clears them.
+  std::map<int32_t, std::string> Take() {
+    absl::MutexLock lock(&mu_);
+    calls_ = 0;
+    return std::move(pushes_);
+  }
+  int calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  void FailFirstPushes() {
+    absl::MutexLock lock(&mu_);
+    fail_first_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<int32_t, std::string> pushes_ ABSL_GUARDED_BY(mu_);
+  std::map<int32_t, int> refused_ ABSL_GUARDED_BY(mu_);
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  bool fail_first_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Two recording servers, each the primary of one shard of a job with three
+// tensors cut into 64-float partitions, and a client of rank 1.
+struct Cluster {
+  explicit Cluster(DType dtype = FLOAT32) {
+    std::vector<ParameterSpec> specs(3);
+    specs[0].set_name("layer0.weight");
+    specs[0].add_shape(20);
+    specs[0].add_shape(30);  // 600 floats: 10 partitions
+    specs[1].set_name("layer0.bias");
+    specs[1].add_shape(30);
+    specs[2].set_name("layer1.weight");
+    specs[2].add_shape(130);
+    auto placement = BuildPlacement(specs, 64 * sizeof(float), 2);
+    REQUIRE(placement.ok());
+    num_partitions = placement->partitions_size();
+    Assignment assignment;
+    assignment.set_job_id("j");
+    assignment.set_rank(1);
+    assignment.mutable_config()->set_gradient_dtype(dtype);
+    *assignment.mutable_placement() = *placement;
+    assignment.set_view_epoch(3);
+    for (int s = 0; s < 2; ++s) {
+      auto rpc = StartRpcServer(RpcServerOptions(), {&servers[s]});
+      REQUIRE(rpc.ok());
+      rpcs.push_back(std::move(rpc->server));
+      ShardReplicas* shard = assignment.add_shards();
+      shard->set_shard(s);
+      shard->set_primary("ps" + std::to_string(s));
+      ServerInfo* server = assignment.add_servers();
+      server->set_id("ps" + std::to_string(s));
+      server->set_address("127.0.0.1:" + std::to_string(rpc->port));
+    }
+    ParameterClientOptions options;
+    options.retries = 2;
+    auto c = ParameterClient::Create(assignment, options);
+    REQUIRE(c.ok());
+    client = std::move(*c);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal;
+    for (int64_t n : client->parameter_sizes()) {
+      grads.emplace_back(n);
+      for (float& g : grads.back()) g = normal(rng);
+    }
+  }
+  ~Cluster() {
+    for (auto& rpc : rpcs) rpc->Shutdown();
+  }
+
+  // Every request taken by both servers, by partition id.
+  std::map<int32_t, std::string> Take() {
+    std::map<int32_t, std::string> all = servers[0].Take();
+    for (auto& [id, bytes] : servers[1].Take()) all[id] = bytes;
+    return all;
+  }
+
+  absl::Status PushOverlapped(int64_t step, const std::vector<int32_t>& order) {
+    if (absl::Status s = client->BeginPush(step); !s.ok()) return s;
+    for (int32_t t : order) {
+      // An error is also returned by FinishPush.
+      client->PushTensor(t, grads[t].data(), grads[t].size()).IgnoreError();
+    }
+    return client->FinishPush();
+  }
+
+  RecordingServer servers[2];
+  std::vector<std::unique_ptr<grpc::Server>> rpcs;
+  std::unique_ptr<ParameterClient> client;
+  std::vector<std::vector<float>> grads;
+  int num_partitions = 0;
+};
+
+TEST_CASE("ParameterClient: an overlapped push sends a plain push's bytes",
+          "[ps_client]") {
+  for (DType dtype : {FLOAT32, BFLOAT16}) {
+    Cluster cluster(dtype);
+    REQUIRE(cluster.client->Push(5, cluster.grads).ok());
+    const std::map<int32_t, std::string> plain = cluster.Take();
+    REQUIRE(static_cast<int>(plain.size()) == cluster.num_partitions);
+    // Backward order (last tensor first), then another order.
+    for (const std::vector<int32_t>& order :
+         {std::vector<int32_t>{2, 0, 1}, std::vector<int32_t>{1, 2, 0}}) {
+      REQUIRE(cluster.PushOverlapped(5, order).ok());
+      CHECK(cluster.Take() == plain);
+    }
+  }
+}
+
+TEST_CASE("ParameterClient: an overlapped push retries UNAVAILABLE calls",
+          "[ps_client]") {
+  Cluster cluster;
+  REQUIRE(cluster.client->Push(2, cluster.grads).ok());
+  const std::map<int32_t, std::string> plain = cluster.Take();
+  Cluster refusing;
+  refusing.servers[0].FailFirstPushes();
+  refusing.servers[1].FailFirstPushes();
+  REQUIRE(refusing.PushOverlapped(2, {2, 1, 0}).ok());
+  // Every partition was refused once, then taken: the same bytes.
+  CHECK(refusing.Take() == plain);
+}
+
+TEST_CASE("ParameterClient: misuse of the overlapped push is refused",
+          "[ps_client]") {
+  Cluster cluster;
+  ParameterClient& client = *cluster.client;
+  const std::vector<float>& g0 = cluster.grads[0];
+  CHECK(client.PushTensor(0, g0.data(), g0.size()).code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(client.FinishPush().code() == absl::StatusCode::kFailedPrecondition);
+
+  REQUIRE(client.BeginPush(1).ok());
+  CHECK(client.BeginPush(1).code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(client.PushTensor(3, g0.data(), g0.size()).code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(client.FinishPush().code() == absl::StatusCode::kInvalidArgument);
+
+  // A tensor missing: nothing is re-sent, and the push is closed.
+  REQUIRE(client.BeginPush(1).ok());
+  REQUIRE(client.PushTensor(0, g0.data(), g0.size()).ok());
+  CHECK(client.PushTensor(0, g0.data(), g0.size()).code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(client.FinishPush().code() == absl::StatusCode::kFailedPrecondition);
+
+  REQUIRE(client.BeginPush(1).ok());
+  CHECK(client.PushTensor(1, g0.data(), g0.size()).code() ==
+        absl::StatusCode::kInvalidArgument);  // 600 floats for a 30-float bias
+  CHECK(client.FinishPush().code() == absl::StatusCode::kInvalidArgument);
+
+  cluster.Take();
+  REQUIRE(cluster.PushOverlapped(1, {2, 1, 0}).ok());
+  CHECK(static_cast<int>(cluster.Take().size()) == cluster.num_partitions);
+}
+
+}  // namespace
+}  // namespace psd
