@@ -70,6 +70,8 @@ EmbeddingTableSpec WithTableDefaults(EmbeddingTableSpec spec);
 // Largest dim and num_shards accepted, and the largest num_rows (2^62).
 inline constexpr int32_t kMaxEmbeddingDim = 65536;
 inline constexpr int32_t kMaxEmbeddingShards = 65536;
+// Most replicas of one shard (ShardReplicas.replicas).
+inline constexpr int32_t kMaxShardReplicas = 16;
 inline constexpr uint64_t kMaxEmbeddingRows = uint64_t{1} << 62;
 
 }  // namespace psd

@@ -1,8 +1,13 @@
 #include "server/embedding_service.h"
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/process.h"
+#include "common/rpc.h"
 #include "common/status.h"
 
 namespace psd {
@@ -31,7 +36,23 @@ struct EmbeddingService::Metrics {
             "PushRows calls answered with an error.")),
         push_latency(registry->AddHistogram(
             "psd_server_embedding_push_latency_seconds",
-            "Time to validate and apply one PushRows, seconds.",
+            "Time to validate and apply one PushRows, seconds (forwards to "
+            "backups not included).",
+            LatencyBuckets())),
+        replicate_requests(registry->AddCounter(
+            "psd_server_embedding_replicate_requests_total",
+            "ReplicateRows calls received (pushes forwarded by a primary).")),
+        forwards(registry->AddCounter(
+            "psd_server_embedding_forwards_total",
+            "ReplicateRows calls made to backups.")),
+        forward_errors(registry->AddCounter(
+            "psd_server_embedding_forward_errors_total",
+            "Forwards that failed (after gRPC's retries); each drops its "
+            "backup.")),
+        forward_latency(registry->AddHistogram(
+            "psd_server_embedding_forward_latency_seconds",
+            "From a replicated push applied to every forward of it "
+            "completed, seconds.",
             LatencyBuckets())) {
     registry->AddGaugeCallback(
         "psd_server_embedding_bytes",
@@ -47,6 +68,23 @@ struct EmbeddingService::Metrics {
   Counter* const push_rows;
   Counter* const push_errors;
   Histogram* const push_latency;
+  Counter* const replicate_requests;
+  Counter* const forwards;
+  Counter* const forward_errors;
+  Histogram* const forward_latency;
+};
+
+// One client push's forwards to the shard's backups, in flight.
+struct EmbeddingService::Forward {
+  grpc::ServerUnaryReactor* reactor = nullptr;
+  const PushRowsRequest* request = nullptr;  // the client's; lives until Finish
+  int32_t shard = 0;
+  std::chrono::steady_clock::time_point start;
+  std::vector<std::string> targets;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<PushRowsResponse> responses;
+  std::vector<grpc::Status> statuses;
+  std::atomic<size_t> pending{0};
 };
 
 namespace {
@@ -62,11 +100,39 @@ absl::Span<const uint64_t> Ids(
   return absl::Span<const uint64_t>(ids.data(), ids.size());
 }
 
+// A channel to a backup: MakeChannel's tuning plus gRPC's retry policy for
+// ReplicateRows (UNAVAILABLE only: a re-sent forward is a duplicate on the
+// backup, so retrying is safe), with a retry buffer that holds a whole
+// push.
+std::shared_ptr<grpc::Channel> ForwardChannel(const std::string& address,
+                                              int attempts) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  args.SetInt("grpc.http2.lookahead_bytes", 64 << 20);
+  args.SetInt("grpc.http2.write_buffer_size", 64 << 20);
+  args.SetInt("grpc.http2.max_frame_size", 16777215);
+  args.SetInt("grpc.http2.bdp_probe", 0);
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, 64 << 20);
+  args.SetServiceConfigJSON(absl::StrCat(
+      R"({"methodConfig": [{"name": [{"service": "psd.v1.EmbeddingServer", )",
+      R"("method": "ReplicateRows"}], "retryPolicy": {"maxAttempts": )",
+      std::clamp(attempts, 2, 5),
+      R"(, "initialBackoff": "0.1s", "maxBackoff": "1s", )",
+      R"("backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})"));
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
 }  // namespace
 
 EmbeddingService::EmbeddingService(EmbeddingStore* store,
-                                   MetricsRegistry* metrics)
+                                   MetricsRegistry* metrics,
+                                   EmbeddingServiceOptions options)
     : store_(store),
+      options_(options),
       own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
                                        : nullptr),
       metrics_(std::make_unique<Metrics>(
@@ -101,33 +167,127 @@ grpc::ServerUnaryReactor* EmbeddingService::PullRows(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* EmbeddingService::PushRows(
-    grpc::CallbackServerContext* context, const PushRowsRequest* request,
+absl::StatusOr<EmbeddingPushResult> EmbeddingService::Apply(
+    const PushRowsRequest& request, EmbeddingPushSource source,
     PushRowsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = std::chrono::steady_clock::now();
   metrics_->push_requests->Increment();
-  if (request->client_id().size() > 128) {
+  if (request.client_id().size() > 128) {
     metrics_->push_errors->Increment();
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "client_id: at most 128 bytes"));
-    return reactor;
+    return absl::InvalidArgumentError("client_id: at most 128 bytes");
   }
-  auto result = store_->Push(request->job_id(), request->table(),
-                             Ids(request->row_ids()), request->gradients(),
-                             {request->client_id(), request->sequence()});
+  auto result = store_->Push(request.job_id(), request.table(),
+                             Ids(request.row_ids()), request.gradients(),
+                             {request.client_id(), request.sequence()},
+                             source);
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();
-    reactor->Finish(ToGrpcStatus(result.status()));
-    return reactor;
+    return result.status();
   }
   response->set_rows_updated(result->rows_updated);
   response->set_rows_created(result->rows_created);
   response->set_duplicate(result->duplicate);
   metrics_->push_rows->Increment(result->rows_updated);
+  if (result->promoted) {
+    Log()->warn(
+        "embedding table {} of job {}: shard {} promoted to primary by a push "
+        "from client {}; forwarding to {} replica(s)",
+        request.table(), request.job_id(), result->shard,
+        request.client_id(), result->forward_to.size());
+  }
+  return result;
+}
+
+grpc::ServerUnaryReactor* EmbeddingService::PushRows(
+    grpc::CallbackServerContext* context, const PushRowsRequest* request,
+    PushRowsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto result = Apply(*request, EmbeddingPushSource::kClient, response);
+  if (!result.ok()) {
+    response->Clear();
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+  if (result->forward_to.empty()) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  // Forward the request as it came (same dedup key) to every backup; the
+  // client is answered once all of them completed (FinishForward).
+  const size_t n = result->forward_to.size();
+  auto* forward = new Forward;
+  forward->reactor = reactor;
+  forward->request = request;
+  forward->shard = result->shard;
+  forward->start = std::chrono::steady_clock::now();
+  forward->targets = std::move(result->forward_to);
+  forward->responses.resize(n);
+  forward->statuses.resize(n);
+  forward->pending.store(n);
+  for (size_t i = 0; i < n; ++i) {
+    EmbeddingServer::Stub* stub = StubFor(forward->targets[i]);
+    forward->contexts.push_back(std::make_unique<grpc::ClientContext>());
+    forward->contexts[i]->set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.forward_timeout_ms)));
+    metrics_->forwards->Increment();
+    stub->async()->ReplicateRows(
+        forward->contexts[i].get(), request, &forward->responses[i],
+        [this, forward, i](grpc::Status status) {
+          forward->statuses[i] = std::move(status);
+          if (forward->pending.fetch_sub(1) == 1) FinishForward(forward);
+        });
+  }
+  return reactor;
+}
+
+void EmbeddingService::FinishForward(Forward* forward) {
+  metrics_->forward_latency->Observe(SecondsSince(forward->start));
+  const PushRowsRequest& request = *forward->request;
+  for (size_t i = 0; i < forward->targets.size(); ++i) {
+    const grpc::Status& status = forward->statuses[i];
+    if (status.ok()) continue;
+    metrics_->forward_errors->Increment();
+    const std::string reason =
+        absl::StrCat(FromGrpcStatus(status).ToString());
+    if (store_->DropReplica(request.job_id(), request.table(), forward->shard,
+                            forward->targets[i], reason)) {
+      Log()->error(
+          "embedding table {} of job {}: dropped backup {} of shard {}: "
+          "forwarding push ({}, {}) failed: {}; this server no longer "
+          "forwards this shard's pushes to it (for the table's lifetime)",
+          request.table(), request.job_id(), forward->targets[i],
+          forward->shard, request.client_id(), request.sequence(), reason);
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = forward->reactor;
+  delete forward;
+  reactor->Finish(grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* EmbeddingService::ReplicateRows(
+    grpc::CallbackServerContext* context, const PushRowsRequest* request,
+    PushRowsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  metrics_->replicate_requests->Increment();
+  auto result = Apply(*request, EmbeddingPushSource::kReplica, response);
+  if (!result.ok()) {
+    response->Clear();
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+EmbeddingServer::Stub* EmbeddingService::StubFor(const std::string& address) {
+  absl::MutexLock lock(&stubs_mu_);
+  std::unique_ptr<EmbeddingServer::Stub>& stub = stubs_[address];
+  if (stub == nullptr) {
+    stub = EmbeddingServer::NewStub(
+        ForwardChannel(address, options_.forward_attempts));
+  }
+  return stub.get();
 }
 
 grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
@@ -135,7 +295,10 @@ grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
                                            CreateTableResponse* response) {
   std::vector<int32_t> shards(request->shards().begin(),
                               request->shards().end());
-  auto created = store_->CreateTable(request->job_id(), request->spec(), shards);
+  std::vector<TableShardReplicas> replicas(request->replicas().begin(),
+                                      request->replicas().end());
+  auto created = store_->CreateTable(request->job_id(), request->spec(),
+                                     shards, replicas);
   if (!created.ok()) return ToGrpcStatus(created.status());
   response->set_created(*created);
   return grpc::Status::OK;
@@ -144,7 +307,8 @@ grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
 grpc::Status EmbeddingService::TableStatus(grpc::ServerContext*,
                                            const TableStatusRequest* request,
                                            TableStatusResponse* response) {
-  auto status = store_->Status(request->job_id(), request->table());
+  auto status = store_->Status(request->job_id(), request->table(),
+                               request->checksum());
   if (!status.ok()) return ToGrpcStatus(status.status());
   *response = *std::move(status);
   return grpc::Status::OK;

@@ -4,17 +4,39 @@
 #ifndef PSD_SERVER_EMBEDDING_SERVICE_H_
 #define PSD_SERVER_EMBEDDING_SERVICE_H_
 
+#include <map>
 #include <memory>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
 #include "proto/embedding.grpc.pb.h"
 #include "server/embedding_store.h"
 
 namespace psd {
 
-// PullRows and PushRows use the callback API and run on the callback
-// thread: CPU work on the rows requested under the stripes' locks, no I/O,
-// no waiting. CreateTable, TableStatus and DropTable use the sync API.
+struct EmbeddingServiceOptions {
+  // Deadline of one forward (ReplicateRows to one backup), gRPC's retries
+  // included, ms. Keep it well under the clients' call deadline
+  // (EmbeddingClientOptions.timeout_ms), so that a primary drops a hung
+  // backup before its clients give up on the primary. Default: 5000.
+  int forward_timeout_ms = 5000;
+  // Attempts of one forward that fails with UNAVAILABLE (gRPC's retry
+  // policy: backoff 100 ms doubling up to 1 s, jittered), 1 to 5; then the
+  // backup is dropped. Default: 4.
+  int forward_attempts = 4;
+};
+
+// PullRows, PushRows and ReplicateRows use the callback API and run on the
+// callback thread: CPU work on the rows requested under the stripes' locks,
+// no I/O, no waiting. A PushRows to a replicated shard then forwards the
+// request to the shard's backups with asynchronous ReplicateRows calls and
+// finishes when all of them completed (EmbeddingPushResult.forward_to); a
+// backup whose forward failed is dropped (EmbeddingStore::DropReplica) and
+// logged, and the push is acknowledged: it is on this server and on every
+// backup still listed. CreateTable, TableStatus and DropTable use the sync
+// API.
 // Store errors become gRPC statuses with the same code and message
 // (common/status.h). Counts calls, rows, errors and latency in the
 // psd_server_embedding_* metrics (atomics only on the hot path; nothing is
@@ -24,12 +46,14 @@ namespace psd {
 class EmbeddingService final
     : public EmbeddingServer::WithCallbackMethod_PullRows<
           EmbeddingServer::WithCallbackMethod_PushRows<
-              EmbeddingServer::Service>> {
+              EmbeddingServer::WithCallbackMethod_ReplicateRows<
+                  EmbeddingServer::Service>>> {
  public:
   // Registers the metrics in `metrics`, which must outlive the service;
   // with nullptr they go to a private registry (tests).
   explicit EmbeddingService(EmbeddingStore* store,
-                            MetricsRegistry* metrics = nullptr);
+                            MetricsRegistry* metrics = nullptr,
+                            EmbeddingServiceOptions options = {});
   ~EmbeddingService() override;
 
   grpc::ServerUnaryReactor* PullRows(grpc::CallbackServerContext* context,
@@ -38,6 +62,9 @@ class EmbeddingService final
   grpc::ServerUnaryReactor* PushRows(grpc::CallbackServerContext* context,
                                      const PushRowsRequest* request,
                                      PushRowsResponse* response) override;
+  grpc::ServerUnaryReactor* ReplicateRows(
+      grpc::CallbackServerContext* context, const PushRowsRequest* request,
+      PushRowsResponse* response) override;
   grpc::Status CreateTable(grpc::ServerContext* context,
                            const CreateTableRequest* request,
                            CreateTableResponse* response) override;
@@ -48,13 +75,32 @@ class EmbeddingService final
                          const DropTableRequest* request,
                          DropTableResponse* response) override;
 
-  // The metrics (defined in the .cc).
+  // The metrics, and one push's forwards in flight (defined in the .cc).
   struct Metrics;
+  struct Forward;
 
  private:
+  // Applies a PushRows or ReplicateRows; fills *response. Returns the
+  // store's result (forward targets) or its error.
+  absl::StatusOr<EmbeddingPushResult> Apply(const PushRowsRequest& request,
+                                            EmbeddingPushSource source,
+                                            PushRowsResponse* response);
+  // The stub for a backup (created on first use; never freed before the
+  // service).
+  EmbeddingServer::Stub* StubFor(const std::string& address);
+  // Called once every forward of `forward` completed: drops the backups
+  // that failed, finishes the client's call, frees `forward`.
+  void FinishForward(Forward* forward);
+
+  // Constant after construction.
   EmbeddingStore* const store_;
+  const EmbeddingServiceOptions options_;
   std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
   std::unique_ptr<const Metrics> metrics_;
+
+  absl::Mutex stubs_mu_;
+  std::map<std::string, std::unique_ptr<EmbeddingServer::Stub>> stubs_
+      ABSL_GUARDED_BY(stubs_mu_);
 };
 
 }  // namespace psd

@@ -48,11 +48,22 @@ struct EmbeddingStore::Table {
     int64_t accounted ABSL_GUARDED_BY(mu) = 0;
   };
 
+  // Replication state of one replicated shard.
+  struct Replication {
+    std::vector<std::string> replicas;  // primary first
+    int32_t self = 0;                   // this server's index in replicas
+    bool primary = false;
+    std::vector<std::string> forward_to;  // replicas - self - dropped
+    std::vector<std::string> dropped;     // "address: reason"
+  };
+
   Table(EmbeddingTableSpec s, std::vector<int32_t> sh,
+        std::vector<TableShardReplicas> repl,
         std::shared_ptr<std::atomic<int64_t>> store_total,
         std::shared_ptr<std::atomic<int64_t>> store_arena)
       : spec(std::move(s)),
         shards(std::move(sh)),
+        replica_sets(std::move(repl)),
         dim(spec.dim()),
         slots(OptimizerSlots(spec.optimizer())),
         row_floats(2 + static_cast<int64_t>(dim) * (1 + slots)),
@@ -61,6 +72,17 @@ struct EmbeddingStore::Table {
         total(std::move(store_total)),
         arena(std::move(store_arena)) {
     for (int32_t s : shards) holds[s] = true;
+    for (const TableShardReplicas& r : replica_sets) {
+      Replication& state = replication[r.shard()];
+      state.replicas.assign(r.replicas().begin(), r.replicas().end());
+      state.self = r.self();
+      state.primary = r.self() == 0;
+      if (state.primary) {
+        for (int32_t i = 0; i < r.replicas_size(); ++i) {
+          if (i != r.self()) state.forward_to.push_back(r.replicas(i));
+        }
+      }
+    }
   }
 
   ~Table() {
@@ -96,6 +118,8 @@ struct EmbeddingStore::Table {
   // Constant after construction.
   const EmbeddingTableSpec spec;  // with defaults
   const std::vector<int32_t> shards;
+  // As created (sorted by shard), for the idempotency check.
+  const std::vector<TableShardReplicas> replica_sets;
   const int32_t dim;
   const int slots;
   const int64_t row_floats;  // count (2 floats) + weights + slots
@@ -131,6 +155,10 @@ struct EmbeddingStore::Table {
   }
 
   std::array<Stripe, kStripes> stripes;
+  mutable absl::Mutex replication_mu;
+  // Shard -> its replication; only replicated shards are here. The keys
+  // are constant after construction.
+  std::map<int32_t, Replication> replication ABSL_GUARDED_BY(replication_mu);
   absl::Mutex clients_mu;
   std::map<std::string, std::shared_ptr<ClientLog>> clients
       ABSL_GUARDED_BY(clients_mu);
@@ -139,6 +167,7 @@ struct EmbeddingStore::Table {
   std::atomic<int64_t> rows{0};
   std::atomic<int64_t> pulls{0};
   std::atomic<int64_t> pushes{0};
+  std::atomic<int64_t> replicated{0};
 };
 
 namespace {
@@ -147,10 +176,15 @@ namespace {
 // and `by_stripe` with the request indices grouped by stripe (request order
 // within a stripe), `starts[s]` the first of stripe s (starts[kStripes] =
 // n).
+// *shard (when not null) gets the shard of the rows when they are all of
+// one, else -1; with `one_shard`, rows of two shards are INVALID_ARGUMENT.
 absl::Status RouteIds(const EmbeddingStore::Table& t,
                       absl::Span<const uint64_t> ids,
                       std::vector<uint32_t>* by_stripe,
-                      std::array<uint32_t, kStripes + 1>* starts) {
+                      std::array<uint32_t, kStripes + 1>* starts,
+                      bool one_shard = false, int32_t* shard_out = nullptr) {
+  int32_t first_shard = -1;
+  bool mixed = false;
   const uint64_t num_rows = t.spec.num_rows();
   const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
   std::array<uint32_t, kStripes + 1> count{};
@@ -162,8 +196,8 @@ absl::Status RouteIds(const EmbeddingStore::Table& t,
           absl::StrCat("row_ids[", i, "]: ", id, " is out of range [0, ",
                        num_rows, ") of table \"", t.spec.name(), "\""));
     }
-    const uint64_t mixed = SplitMix64Mix(id);
-    const int32_t shard = static_cast<int32_t>(mixed % num_shards);
+    const uint64_t mixed_bits = SplitMix64Mix(id);
+    const int32_t shard = static_cast<int32_t>(mixed_bits % num_shards);
     if (!t.holds[shard]) {
       return absl::FailedPreconditionError(absl::StrCat(
           "row_ids[", i, "]: row ", id, " is on shard ", shard, " of ",
@@ -171,9 +205,22 @@ absl::Status RouteIds(const EmbeddingStore::Table& t,
           absl::StrJoin(t.shards, ", "), "] of table \"", t.spec.name(),
           "\""));
     }
-    stripe[i] = static_cast<uint8_t>(StripeOf(mixed));
+    if (i == 0) {
+      first_shard = shard;
+    } else if (shard != first_shard) {
+      if (one_shard) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row_ids[", i, "]: row ", id, " is on shard ", shard,
+            " but row_ids[0] is on shard ", first_shard, "; a push to table \"",
+            t.spec.name(),
+            "\" (it has replicated shards) must hold rows of one shard"));
+      }
+      mixed = true;
+    }
+    stripe[i] = static_cast<uint8_t>(StripeOf(mixed_bits));
     ++count[stripe[i] + 1];
   }
+  if (shard_out != nullptr) *shard_out = mixed ? -1 : first_shard;
   for (int s = 0; s < kStripes; ++s) count[s + 1] += count[s];
   *starts = count;
   by_stripe->resize(ids.size());
@@ -233,7 +280,8 @@ EmbeddingStore::~EmbeddingStore() = default;
 
 absl::StatusOr<bool> EmbeddingStore::CreateTable(
     const std::string& job_id, const EmbeddingTableSpec& spec,
-    const std::vector<int32_t>& shards) {
+    const std::vector<int32_t>& shards,
+    const std::vector<TableShardReplicas>& replicas) {
   if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
   absl::Status valid = ValidateTableSpec(spec, "spec");
   if (!valid.ok()) return valid;
@@ -253,6 +301,50 @@ absl::StatusOr<bool> EmbeddingStore::CreateTable(
     }
     seen[shards[i]] = true;
   }
+  std::vector<bool> has_replicas(spec.num_shards(), false);
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    const TableShardReplicas& r = replicas[i];
+    const std::string field = absl::StrCat("replicas[", i, "]");
+    if (r.shard() < 0 || r.shard() >= spec.num_shards() || !seen[r.shard()]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shard: ", r.shard(),
+                       " is not one of the shards this server holds"));
+    }
+    if (has_replicas[r.shard()]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shard: shard ", r.shard(), " has two replica sets"));
+    }
+    has_replicas[r.shard()] = true;
+    if (r.replicas_size() < 2 || r.replicas_size() > kMaxShardReplicas) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".replicas: need 2 to ", kMaxShardReplicas,
+                       " addresses, got ", r.replicas_size()));
+    }
+    for (int j = 0; j < r.replicas_size(); ++j) {
+      const std::string& address = r.replicas(j);
+      if (address.empty() || address.size() > 256) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".replicas[", j, "]: must be host:port of 1 to 256 bytes"));
+      }
+      for (int k = 0; k < j; ++k) {
+        if (r.replicas(k) == address) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, ".replicas[", j, "]: ", address,
+                           " is listed twice"));
+        }
+      }
+    }
+    if (r.self() < 0 || r.self() >= r.replicas_size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".self: must be in [0, ", r.replicas_size(),
+                       "), got ", r.self()));
+    }
+  }
+  std::vector<TableShardReplicas> sorted_replicas = replicas;
+  std::sort(sorted_replicas.begin(), sorted_replicas.end(),
+            [](const TableShardReplicas& a, const TableShardReplicas& b) {
+              return a.shard() < b.shard();
+            });
   std::vector<int32_t> sorted = shards;
   std::sort(sorted.begin(), sorted.end());
   EmbeddingTableSpec full = WithTableDefaults(spec);
@@ -261,16 +353,23 @@ absl::StatusOr<bool> EmbeddingStore::CreateTable(
   auto it = tables_.find(key);
   if (it != tables_.end()) {
     const Table& old = *it->second;
+    bool same_replicas = old.replica_sets.size() == sorted_replicas.size();
+    for (size_t i = 0; same_replicas && i < sorted_replicas.size(); ++i) {
+      same_replicas = old.replica_sets[i].SerializeAsString() ==
+                      sorted_replicas[i].SerializeAsString();
+    }
     if (old.spec.SerializeAsString() == full.SerializeAsString() &&
-        old.shards == sorted) {
+        old.shards == sorted && same_replicas) {
       return false;
     }
     return absl::AlreadyExistsError(absl::StrCat(
         "table \"", spec.name(), "\" of job ", job_id,
-        " exists with another spec or other shards (drop it first)"));
+        " exists with another spec, other shards or other replicas (drop it "
+        "first)"));
   }
-  tables_[key] = std::make_shared<Table>(std::move(full), std::move(sorted),
-                                         bytes_, arena_bytes_);
+  tables_[key] = std::make_shared<Table>(
+      std::move(full), std::move(sorted), std::move(sorted_replicas), bytes_,
+      arena_bytes_);
   return true;
 }
 
@@ -327,16 +426,50 @@ absl::Status EmbeddingStore::Pull(const std::string& job_id,
 absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     const std::string& job_id, const std::string& table,
     absl::Span<const uint64_t> ids, const Tensor& gradients,
-    const EmbeddingPushKey& key) {
+    const EmbeddingPushKey& key, EmbeddingPushSource source) {
   auto found = Find(job_id, table);
   if (!found.ok()) return found.status();
   Table& t = **found;
   std::vector<uint32_t> order;
   std::array<uint32_t, kStripes + 1> starts;
-  absl::Status checked = RouteIds(t, ids, &order, &starts);
+  const bool replicated = !t.replica_sets.empty();
+  int32_t shard = -1;
+  absl::Status checked =
+      RouteIds(t, ids, &order, &starts, /*one_shard=*/replicated, &shard);
   if (!checked.ok()) return checked;
   checked = CheckGradients(t, ids, gradients);
   if (!checked.ok()) return checked;
+  // A client push to a replicated shard: who to forward to (and a backup
+  // becomes the primary). Decided before applying; the caller forwards
+  // after.
+  EmbeddingPushResult result;
+  result.shard = shard;
+  if (replicated && shard >= 0 && source == EmbeddingPushSource::kClient) {
+    absl::MutexLock lock(&t.replication_mu);
+    auto it = t.replication.find(shard);
+    if (it != t.replication.end()) {
+      if (key.client_id.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "client_id: required for a push to shard ", shard, " of table \"",
+            t.spec.name(), "\", which has backups (forwards are exactly-once)"));
+      }
+      Table::Replication& r = it->second;
+      if (!r.primary) {
+        r.primary = true;
+        result.promoted = true;
+        // Every other replica, the earlier ones included (the old primary
+        // may be alive for other clients: it then gets these pushes too).
+        // Nothing is dropped yet: only a primary forwards, so only a
+        // primary drops.
+        for (size_t i = 0; i < r.replicas.size(); ++i) {
+          if (static_cast<int32_t>(i) != r.self) {
+            r.forward_to.push_back(r.replicas[i]);
+          }
+        }
+      }
+      result.forward_to = r.forward_to;
+    }
+  }
   // Exactly once per (client, sequence): held until the push is applied.
   std::shared_ptr<Table::ClientLog> log;
   std::optional<absl::ReleasableMutexLock> log_lock;
@@ -345,9 +478,8 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     log_lock.emplace(&log->mu);
     log->last_used = absl::Now();
     if (log->applied.count(key.sequence)) {
-      EmbeddingPushResult duplicate;
-      duplicate.duplicate = true;
-      return duplicate;
+      result.duplicate = true;
+      return result;
     }
     if (log->applied.size() >= kDedupWindow &&
         key.sequence < *log->applied.begin()) {
@@ -408,7 +540,6 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
           options_.max_bytes));
     }
   }
-  EmbeddingPushResult result;
   std::vector<float> sum(dim);
   for (int s = 0; s < kStripes; ++s) {
     if (!locked[s]) continue;
@@ -463,11 +594,32 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
   }
   t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
   t.pushes.fetch_add(1, std::memory_order_relaxed);
+  if (source == EmbeddingPushSource::kReplica) {
+    t.replicated.fetch_add(1, std::memory_order_relaxed);
+  }
   return result;
 }
 
+bool EmbeddingStore::DropReplica(const std::string& job_id,
+                                 const std::string& table, int32_t shard,
+                                 const std::string& address,
+                                 const std::string& reason) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return false;
+  Table& t = **found;
+  absl::MutexLock lock(&t.replication_mu);
+  auto it = t.replication.find(shard);
+  if (it == t.replication.end()) return false;
+  std::vector<std::string>& targets = it->second.forward_to;
+  auto target = std::find(targets.begin(), targets.end(), address);
+  if (target == targets.end()) return false;
+  targets.erase(target);
+  it->second.dropped.push_back(absl::StrCat(address, ": ", reason));
+  return true;
+}
+
 absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
-    const std::string& job_id, const std::string& table) const {
+    const std::string& job_id, const std::string& table, bool checksum) const {
   auto found = Find(job_id, table);
   if (!found.ok()) return found.status();
   const Table& t = **found;
@@ -479,6 +631,48 @@ absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
   status.set_row_bytes(t.RowBytes());
   status.set_pulls(t.pulls.load());
   status.set_pushes(t.pushes.load());
+  status.set_replicated(t.replicated.load());
+  std::map<int32_t, TableShardStatus*> by_shard;
+  {
+    absl::MutexLock lock(&t.replication_mu);
+    for (int32_t s : t.shards) {
+      TableShardStatus* shard = status.add_shard_status();
+      by_shard[s] = shard;
+      shard->set_shard(s);
+      shard->set_role(TableShardStatus::PRIMARY);
+      auto it = t.replication.find(s);
+      if (it == t.replication.end()) continue;
+      const Table::Replication& r = it->second;
+      shard->set_role(r.primary ? TableShardStatus::PRIMARY : TableShardStatus::BACKUP);
+      for (const std::string& a : r.replicas) shard->add_replicas(a);
+      for (const std::string& a : r.forward_to) shard->add_forward_to(a);
+      for (const std::string& d : r.dropped) shard->add_dropped(d);
+    }
+  }
+  if (!checksum) return status;
+  // Per row: a SplitMix64 chain over (row id, record words); per shard the
+  // wrapping sum, so the order rows are visited in does not matter.
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  const int64_t words = t.row_floats;  // 32-bit words of a record
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, slot] : stripe.index) {
+      const float* record = t.Record(stripe, slot);
+      uint64_t h = SplitMix64Mix(row ^ 0x9e3779b97f4a7c15ULL);
+      for (int64_t w = 0; w < words; ++w) {
+        uint32_t bits;
+        std::memcpy(&bits, record + w, 4);
+        h = SplitMix64Mix(h + bits);
+      }
+      int64_t updates;
+      std::memcpy(&updates, record, 8);
+      TableShardStatus* shard =
+          by_shard[static_cast<int32_t>(SplitMix64Mix(row) % num_shards)];
+      shard->set_rows(shard->rows() + 1);
+      shard->set_updates(shard->updates() + updates);
+      shard->set_checksum(shard->checksum() + h);
+    }
+  }
   return status;
 }
 

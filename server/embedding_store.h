@@ -28,6 +28,13 @@
 // applied when it arrives; there is no step and no barrier. Pushes with an
 // EmbeddingPushKey are applied once each (dedup).
 //
+// Replication: a held shard may have replicas on other servers
+// (TableShardReplicas in proto/embedding.proto). The store keeps, per such shard,
+// its replica list, its role (primary or backup), and the replicas dropped
+// after a failed forward; Push says where a client push must be forwarded
+// (EmbeddingPushResult.forward_to) and promotes a backup that receives one.
+// The forwarding itself is EmbeddingService's.
+//
 // Thread-safe: any number of pulls, pushes and table calls may run at once.
 // A push holds the write locks of the stripes it touches (ascending order)
 // while it applies; a pull holds read locks, one stripe at a time.
@@ -67,6 +74,22 @@ struct EmbeddingPushResult {
   int64_t rows_created = 0;
   // The push's key was applied already: nothing was done.
   bool duplicate = false;
+  // The shard of the push's rows when they are all of one shard, else -1.
+  int32_t shard = -1;
+  // kClient pushes to a replicated shard: the backups to forward the push
+  // to (host:port; its replicas minus this server minus dropped ones), also
+  // for a duplicate (a retry must wait for its forward). Empty otherwise.
+  std::vector<std::string> forward_to;
+  // This push made this server the shard's primary (it was a backup).
+  bool promoted = false;
+};
+
+// Where a push comes from.
+enum class EmbeddingPushSource {
+  // A client's PushRows: promotes a backup, gets forward targets.
+  kClient,
+  // A primary's ReplicateRows: applied only.
+  kReplica,
 };
 
 // Makes a push exactly-once (DESIGN invariant 1): a client (client_id,
@@ -91,14 +114,19 @@ class EmbeddingStore {
   EmbeddingStore(const EmbeddingStore&) = delete;
   EmbeddingStore& operator=(const EmbeddingStore&) = delete;
 
-  // Creates table spec.name() of `job_id` holding `shards`. Returns true
-  // when created, false when the same table (same spec after defaults,
-  // same shards) was there already.
+  // Creates table spec.name() of `job_id` holding `shards`, with the
+  // replica sets of those that have backups (`replicas`: at most one per
+  // held shard; a shard without one is unreplicated). Returns true when
+  // created, false when the same table (same spec after defaults, same
+  // shards, same replicas) was there already.
   // Errors: INVALID_ARGUMENT naming the field ("job_id", "spec.<field>",
-  // "shards[i]"); ALREADY_EXISTS (another spec or other shards).
+  // "shards[i]", "replicas[i].<field>"); ALREADY_EXISTS (another spec,
+  // other shards or other replicas).
   absl::StatusOr<bool> CreateTable(const std::string& job_id,
                                    const EmbeddingTableSpec& spec,
-                                   const std::vector<int32_t>& shards);
+                                   const std::vector<int32_t>& shards,
+                                   const std::vector<TableShardReplicas>& replicas =
+                                       {});
 
   // Writes rows `ids` (in that order) to *out: ids.size() x dim float32,
   // little-endian, row-major (out is resized), and the table's dim to *dim
@@ -116,17 +144,31 @@ class EmbeddingStore {
   // INVALID_ARGUMENT naming gradients.dtype / gradients.shape /
   // gradients.data (size, or the first NaN/Inf element with its row),
   // RESOURCE_EXHAUSTED (max_bytes), FAILED_PRECONDITION naming sequence
-  // (a key too old to tell whether it was applied).
-  absl::StatusOr<EmbeddingPushResult> Push(const std::string& job_id,
-                                           const std::string& table,
-                                           absl::Span<const uint64_t> ids,
-                                           const Tensor& gradients,
-                                           const EmbeddingPushKey& key = {});
+  // (a key too old to tell whether it was applied). For a table with a
+  // replicated shard: INVALID_ARGUMENT naming row_ids[i] when the rows
+  // are of more than one shard, and, from kClient on a replicated shard,
+  // naming client_id when the key is empty (a forward must be
+  // exactly-once).
+  absl::StatusOr<EmbeddingPushResult> Push(
+      const std::string& job_id, const std::string& table,
+      absl::Span<const uint64_t> ids, const Tensor& gradients,
+      const EmbeddingPushKey& key = {},
+      EmbeddingPushSource source = EmbeddingPushSource::kClient);
 
-  // The table's spec (with defaults), shards, rows, bytes and call counts.
+  // Takes backup `address` of `shard` out of the forward list for good,
+  // recording `reason` (shown in TableStatus). Returns false when it was
+  // not listed (already dropped, or the table is gone).
+  bool DropReplica(const std::string& job_id, const std::string& table,
+                   int32_t shard, const std::string& address,
+                   const std::string& reason);
+
+  // The table's spec (with defaults), shards, rows, bytes, call counts and
+  // per-shard status (role, replicas; with `checksum` also rows, updates
+  // and checksum, which reads every row: O(rows held)).
   // Errors: NOT_FOUND.
   absl::StatusOr<TableStatusResponse> Status(const std::string& job_id,
-                                             const std::string& table) const;
+                                             const std::string& table,
+                                             bool checksum = false) const;
 
   // Frees the table (calls in flight on it finish first on their own copy
   // of its handle). Errors: NOT_FOUND.

@@ -1,5 +1,6 @@
 #include "worker/embedding_client.h"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -17,6 +18,10 @@ namespace psd {
 
 struct EmbeddingClient::Call {
   int32_t shard = 0;
+  // The replica (index in replicas_[shard]) it was last sent to, and the
+  // attempts made there.
+  size_t replica = 0;
+  int attempts = 0;
   // Indices into unique_ of the rows this call carries, in order.
   std::vector<uint32_t> rows;
   std::unique_ptr<grpc::ClientContext> context;
@@ -46,33 +51,88 @@ std::string RandomClientId() {
   return id;
 }
 
+bool Retryable(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddingClient>> EmbeddingClient::Create(
     const std::string& job_id, const std::vector<std::string>& servers,
     EmbeddingClientOptions options) {
-  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
   if (servers.empty() ||
       servers.size() > static_cast<size_t>(kMaxEmbeddingShards)) {
     return absl::InvalidArgumentError(
         absl::StrCat("servers: need 1 to ", kMaxEmbeddingShards,
                      " addresses, got ", servers.size()));
   }
-  return std::unique_ptr<EmbeddingClient>(
-      new EmbeddingClient(job_id, servers, options));
+  std::vector<std::vector<std::string>> replicas;
+  for (const std::string& address : servers) replicas.push_back({address});
+  return Create(job_id, replicas, std::move(options));
 }
 
-EmbeddingClient::EmbeddingClient(std::string job_id,
-                                 std::vector<std::string> servers,
-                                 EmbeddingClientOptions options)
+absl::StatusOr<std::unique_ptr<EmbeddingClient>> EmbeddingClient::Create(
+    const std::string& job_id,
+    const std::vector<std::vector<std::string>>& replicas,
+    EmbeddingClientOptions options) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  if (replicas.empty() ||
+      replicas.size() > static_cast<size_t>(kMaxEmbeddingShards)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicas: need 1 to ", kMaxEmbeddingShards,
+                     " shards, got ", replicas.size()));
+  }
+  for (size_t s = 0; s < replicas.size(); ++s) {
+    if (replicas[s].empty() ||
+        replicas[s].size() > static_cast<size_t>(kMaxShardReplicas)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("replicas[", s, "]: need 1 to ", kMaxShardReplicas,
+                       " addresses, got ", replicas[s].size()));
+    }
+    for (size_t j = 0; j < replicas[s].size(); ++j) {
+      if (replicas[s][j].empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("replicas[", s, "][", j, "]: empty address"));
+      }
+      for (size_t k = 0; k < j; ++k) {
+        if (replicas[s][k] == replicas[s][j]) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("replicas[", s, "][", j, "]: ", replicas[s][j],
+                           " is listed twice for shard ", s));
+        }
+      }
+    }
+  }
+  return std::unique_ptr<EmbeddingClient>(
+      new EmbeddingClient(job_id, replicas, options));
+}
+
+EmbeddingClient::EmbeddingClient(
+    std::string job_id, std::vector<std::vector<std::string>> replicas,
+    EmbeddingClientOptions options)
     : job_id_(std::move(job_id)),
-      servers_(std::move(servers)),
+      replicas_(std::move(replicas)),
       options_(std::move(options)),
       client_id_(options_.client_id.empty() ? RandomClientId()
-                                            : options_.client_id) {
-  for (const std::string& address : servers_) {
-    stubs_.push_back(EmbeddingServer::NewStub(MakeChannel(address)));
+                                            : options_.client_id),
+      current_(replicas_.size(), 0) {
+  for (const auto& shard : replicas_) {
+    for (const std::string& address : shard) {
+      std::unique_ptr<EmbeddingServer::Stub>& stub = stubs_[address];
+      if (stub == nullptr) {
+        stub = EmbeddingServer::NewStub(MakeChannel(address));
+      }
+    }
   }
+}
+
+bool EmbeddingClient::FailOver(int32_t shard, size_t from) {
+  if (current_[shard] == from && from + 1 < replicas_[shard].size()) {
+    ++current_[shard];
+    ++failovers_;
+  }
+  return current_[shard] > from;
 }
 
 EmbeddingClient::~EmbeddingClient() = default;
@@ -82,18 +142,38 @@ absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
   if (spec.num_shards() != num_shards()) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.num_shards: this client has ", num_shards(),
-                     " servers, got ", spec.num_shards()));
+                     " shards, got ", spec.num_shards()));
   }
+  // One request per server: the shards it holds, and where it holds a
+  // replicated shard, the shard's replicas and its own index in them.
+  std::map<std::string, CreateTableRequest> requests;
   for (int32_t s = 0; s < num_shards(); ++s) {
-    CreateTableRequest request;
-    request.set_job_id(job_id_);
-    *request.mutable_spec() = spec;
-    request.add_shards(s);
+    const std::vector<std::string>& replicas = replicas_[s];
+    for (size_t j = 0; j < replicas.size(); ++j) {
+      CreateTableRequest& request = requests[replicas[j]];
+      if (!request.has_spec()) {
+        request.set_job_id(job_id_);
+        *request.mutable_spec() = spec;
+      }
+      request.add_shards(s);
+      if (replicas.size() > 1) {
+        TableShardReplicas* r = request.add_replicas();
+        r->set_shard(s);
+        for (const std::string& a : replicas) r->add_replicas(a);
+        r->set_self(static_cast<int32_t>(j));
+      }
+    }
+  }
+  for (const auto& [address, request] : requests) {
     CreateTableResponse response;
     grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
-    grpc::Status status = stubs_[s]->CreateTable(&context, request, &response);
-    if (!status.ok()) return Prefixed(servers_[s], s, status);
+    context.set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    grpc::Status status =
+        StubOf(address)->CreateTable(&context, request, &response);
+    if (!status.ok()) {
+      return Prefixed(address, request.shards(0), status);
+    }
   }
   dims_[spec.name()] = spec.dim();
   return absl::OkStatus();
@@ -101,30 +181,89 @@ absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
 
 absl::Status EmbeddingClient::DropTable(const std::string& table) {
   dims_.erase(table);
+  absl::Status first;
   for (int32_t s = 0; s < num_shards(); ++s) {
-    DropTableRequest request;
+    for (const std::string& address : replicas_[s]) {
+      bool earlier = false;  // a server holding an earlier shard too
+      for (int32_t e = 0; e < s && !earlier; ++e) {
+        earlier = std::find(replicas_[e].begin(), replicas_[e].end(),
+                            address) != replicas_[e].end();
+      }
+      if (earlier) continue;
+      DropTableRequest request;
+      request.set_job_id(job_id_);
+      request.set_table(table);
+      DropTableResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(
+          DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+      grpc::Status status =
+          StubOf(address)->DropTable(&context, request, &response);
+      if (!status.ok() && first.ok()) first = Prefixed(address, s, status);
+    }
+  }
+  return first;
+}
+
+absl::Status EmbeddingClient::StatusOf(int32_t shard, const std::string& table,
+                                       TableStatusResponse* response) {
+  for (int attempt = 0;; ++attempt) {
+    const size_t replica = current_[shard];
+    const std::string& address = replicas_[shard][replica];
+    TableStatusRequest request;
     request.set_job_id(job_id_);
     request.set_table(table);
-    DropTableResponse response;
     grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
-    grpc::Status status = stubs_[s]->DropTable(&context, request, &response);
-    if (!status.ok()) return Prefixed(servers_[s], s, status);
+    context.set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+    grpc::Status status =
+        StubOf(address)->TableStatus(&context, request, response);
+    if (status.ok()) return absl::OkStatus();
+    if (!Retryable(status)) return Prefixed(address, shard, status);
+    const bool give_up_here =
+        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+        attempt >= options_.retries;
+    if (give_up_here && FailOver(shard, replica)) {
+      attempt = -1;
+      continue;
+    }
+    if (attempt >= options_.retries) return Prefixed(address, shard, status);
+    absl::SleepFor(absl::Milliseconds(100) * (attempt + 1));
   }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<TableStatusResponse>> EmbeddingClient::Status(
     const std::string& table) {
   std::vector<TableStatusResponse> all(num_shards());
   for (int32_t s = 0; s < num_shards(); ++s) {
-    TableStatusRequest request;
-    request.set_job_id(job_id_);
-    request.set_table(table);
-    grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
-    grpc::Status status = stubs_[s]->TableStatus(&context, request, &all[s]);
-    if (!status.ok()) return Prefixed(servers_[s], s, status);
+    absl::Status status = StatusOf(s, table, &all[s]);
+    if (!status.ok()) return status;
+  }
+  return all;
+}
+
+std::vector<std::vector<absl::StatusOr<TableStatusResponse>>>
+EmbeddingClient::ReplicaStatus(const std::string& table, bool checksum) {
+  std::vector<std::vector<absl::StatusOr<TableStatusResponse>>> all(
+      num_shards());
+  for (int32_t s = 0; s < num_shards(); ++s) {
+    for (const std::string& address : replicas_[s]) {
+      TableStatusRequest request;
+      request.set_job_id(job_id_);
+      request.set_table(table);
+      request.set_checksum(checksum);
+      TableStatusResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(
+          DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
+      grpc::Status status =
+          StubOf(address)->TableStatus(&context, request, &response);
+      if (status.ok()) {
+        all[s].push_back(std::move(response));
+      } else {
+        all[s].push_back(Prefixed(address, s, status));
+      }
+    }
   }
   return all;
 }
@@ -132,14 +271,9 @@ absl::StatusOr<std::vector<TableStatusResponse>> EmbeddingClient::Status(
 absl::StatusOr<int32_t> EmbeddingClient::Dim(const std::string& table) {
   auto it = dims_.find(table);
   if (it != dims_.end()) return it->second;
-  TableStatusRequest request;
-  request.set_job_id(job_id_);
-  request.set_table(table);
   TableStatusResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
-  grpc::Status status = stubs_[0]->TableStatus(&context, request, &response);
-  if (!status.ok()) return Prefixed(servers_[0], 0, status);
+  absl::Status status = StatusOf(0, table, &response);
+  if (!status.ok()) return status;
   dims_[table] = response.spec().dim();
   return response.spec().dim();
 }
@@ -175,16 +309,23 @@ size_t EmbeddingClient::Plan(absl::Span<const uint64_t> ids,
 }
 
 absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
-  // Indices of the calls to (re)send; a call that failed with UNAVAILABLE or
-  // DEADLINE_EXCEEDED goes again, the same request (a push keeps its
-  // sequence, so the server applies it once).
+  // Indices of the calls to (re)send. A call that failed with UNAVAILABLE
+  // goes again to the same replica up to `retries` times; after that, or
+  // after DEADLINE_EXCEEDED, its shard fails over to the next replica and
+  // it goes there. It is the same request each time: a push keeps its
+  // sequence, so each replica applies it once.
   std::vector<size_t> todo(n);
-  for (size_t c = 0; c < n; ++c) todo[c] = c;
-  for (int attempt = 0;; ++attempt) {
+  for (size_t c = 0; c < n; ++c) {
+    todo[c] = c;
+    calls_[c]->attempts = 0;
+  }
+  while (true) {
     absl::Mutex mu;
     size_t pending = todo.size();
     for (size_t c : todo) {
       Call& call = *calls_[c];
+      call.replica = current_[call.shard];
+      ++call.attempts;
       call.context = std::make_unique<grpc::ClientContext>();
       call.context->set_deadline(
           DeadlineIn(std::chrono::milliseconds(options_.timeout_ms)));
@@ -193,15 +334,15 @@ absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
         call.status = std::move(status);
         --pending;
       };
+      EmbeddingServer::Stub* stub =
+          StubOf(replicas_[call.shard][call.replica]);
       if (pull) {
-        stubs_[call.shard]->async()->PullRows(call.context.get(),
-                                              &call.pull_request,
-                                              &call.pull_response, done);
+        stub->async()->PullRows(call.context.get(), &call.pull_request,
+                                &call.pull_response, done);
       } else {
         call.push_response.Clear();
-        stubs_[call.shard]->async()->PushRows(call.context.get(),
-                                              &call.push_request,
-                                              &call.push_response, done);
+        stub->async()->PushRows(call.context.get(), &call.push_request,
+                                &call.push_response, done);
       }
     }
     {
@@ -210,21 +351,29 @@ absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
           +[](size_t* p) { return *p == 0; }, &pending));
     }
     std::vector<size_t> again;
+    int backoff = 0;  // the most attempts of a call retried in place
     for (size_t c : todo) {
-      const grpc::Status& status = calls_[c]->status;
+      Call& call = *calls_[c];
+      const grpc::Status& status = call.status;
       if (status.ok()) continue;
-      const bool retryable =
-          status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-      if (!retryable || attempt >= options_.retries) {
-        return Prefixed(servers_[calls_[c]->shard], calls_[c]->shard, status);
+      const std::string& address = replicas_[call.shard][call.replica];
+      if (!Retryable(status)) return Prefixed(address, call.shard, status);
+      const bool give_up_here =
+          status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+          call.attempts > options_.retries;
+      if (give_up_here && FailOver(call.shard, call.replica)) {
+        call.attempts = 0;  // a fresh replica
+      } else if (call.attempts > options_.retries) {
+        return Prefixed(address, call.shard, status);
+      } else {
+        backoff = std::max(backoff, call.attempts);
       }
       again.push_back(c);
     }
     if (again.empty()) return absl::OkStatus();
     ++retried_calls_;
     todo = std::move(again);
-    absl::SleepFor(absl::Milliseconds(100) * (attempt + 1));
+    if (backoff > 0) absl::SleepFor(absl::Milliseconds(100) * backoff);
   }
 }
 
@@ -256,7 +405,8 @@ absl::Status EmbeddingClient::Pull(const std::string& table,
     const size_t want = call.rows.size() * dim * 4;
     if (t.data().size() != want) {
       return absl::InternalError(absl::StrCat(
-          "server ", servers_[call.shard], " returned ", t.data().size(),
+          "server ", replicas_[call.shard][call.replica], " returned ",
+          t.data().size(),
           " bytes of rows, expected ", want));
     }
     const char* src = t.data().data();

@@ -26,8 +26,11 @@ struct EmbeddingClientOptions {
   int64_t max_call_bytes = 1 << 20;
   // Deadline of one call, ms. Default: 30 s.
   int timeout_ms = 30000;
-  // Times a call that failed with UNAVAILABLE or DEADLINE_EXCEEDED is sent
-  // again (after 100 ms, 200 ms, ...). Safe for pushes: each carries this
+  // Times a call that failed with UNAVAILABLE is sent again to the same
+  // server (after 100 ms, 200 ms, ...), and one that failed with
+  // DEADLINE_EXCEEDED when its shard has no further replica. Then, or at
+  // once after DEADLINE_EXCEEDED, a shard with a further replica fails
+  // over to it (see EmbeddingClient). Safe for pushes: each carries this
   // client's id and its own sequence number, and a server applies each
   // once (PushRowsRequest.client_id). Default: 3.
   int retries = 3;
@@ -37,44 +40,82 @@ struct EmbeddingClientOptions {
   std::string client_id;
 };
 
-// One job's view of its embedding tables. servers[s] is the host:port of
-// the psd_server holding shard s of every table made by this client
-// (num_shards = servers.size()); row r goes to servers[ShardOfRow(r, S)]
-// (server/embedding_rows.h). The table layout is not taken from the
-// coordinator: the caller names the servers (see docs/ARCHITECTURE.md,
-// "Sparse embedding tables").
+// One job's view of its embedding tables. replicas[s] lists the host:port
+// of the psd_servers holding shard s of every table made by this client,
+// the primary first (num_shards = replicas.size()); row r goes to shard
+// ShardOfRow(r, S) (server/embedding_rows.h). The table layout is not taken
+// from the coordinator: the caller names the servers (see
+// docs/ARCHITECTURE.md, "Sparse embedding tables").
 //
 // Pushes are exactly-once: each call carries (client_id, sequence), so a
 // retried call is applied once (see EmbeddingClientOptions.retries).
+//
+// Replication and failover: pulls and pushes go to a shard's current
+// replica, at first the primary. The primary forwards each push to the
+// backups and answers once they have it (proto/embedding.proto). When the
+// current replica fails a call with UNAVAILABLE `retries` times, or with
+// DEADLINE_EXCEEDED, the client moves that shard to the next replica in
+// its list, for good (failovers() counts the moves), and sends the calls
+// that had not succeeded there again, with the same dedup keys: a push the
+// old primary had forwarded is a duplicate there, one it had not is
+// applied. The first push a backup receives makes it the shard's primary.
+// A shard with no replica left fails the call with the last error. Each
+// client fails over on its own: there is no fencing (see
+// docs/ARCHITECTURE.md for what that allows).
 //
 // Not thread-safe: one caller at a time (request buffers are reused). Use
 // one client per thread.
 class EmbeddingClient {
  public:
+  // One replica per shard: servers[s] holds shard s.
   // Errors: INVALID_ARGUMENT for an empty job id or server list.
   static absl::StatusOr<std::unique_ptr<EmbeddingClient>> Create(
       const std::string& job_id, const std::vector<std::string>& servers,
       EmbeddingClientOptions options = {});
+  // replicas[s]: the replicas of shard s, primary first (1 to 16 distinct
+  // addresses; one server may hold several shards). Errors:
+  // INVALID_ARGUMENT naming replicas[s] or replicas[s][j].
+  static absl::StatusOr<std::unique_ptr<EmbeddingClient>> Create(
+      const std::string& job_id,
+      const std::vector<std::vector<std::string>>& replicas,
+      EmbeddingClientOptions options = {});
   ~EmbeddingClient();
 
-  int32_t num_shards() const { return static_cast<int32_t>(servers_.size()); }
+  int32_t num_shards() const { return static_cast<int32_t>(replicas_.size()); }
+  // The replica shard s's calls go to now (its primary until a failover).
+  const std::string& current_replica(int32_t shard) const {
+    return replicas_[shard][current_[shard]];
+  }
+  // Shards moved to their next replica so far.
+  int64_t failovers() const { return failovers_; }
   // This client's dedup identity (EmbeddingClientOptions.client_id).
   const std::string& client_id() const { return client_id_; }
   // Rounds of calls sent again after UNAVAILABLE/DEADLINE_EXCEEDED.
   int64_t retried_calls() const { return retried_calls_; }
 
-  // Creates the table on every server, server s holding shard s.
-  // spec.num_shards 0 means num_shards(); another value than num_shards()
-  // is INVALID_ARGUMENT. Succeeds when the same table exists already.
+  // Creates the table on every server: one CreateTable per server, with
+  // the shards it holds and, for replicated shards, their replica lists
+  // and its index in them (CreateTableRequest.replicas). spec.num_shards 0
+  // means num_shards(); another value than num_shards() is
+  // INVALID_ARGUMENT. Succeeds when the same table exists already.
   // Errors: the first server's error, prefixed with its address.
   absl::Status CreateTable(EmbeddingTableSpec spec);
 
-  // Drops the table on every server. Errors: as CreateTable (NOT_FOUND).
+  // Drops the table on every server (all are tried). Errors: the first
+  // server's, as CreateTable (NOT_FOUND; UNAVAILABLE for a dead one).
   absl::Status DropTable(const std::string& table);
 
-  // Each server's TableStatus, by shard.
+  // TableStatus of each shard's current replica, by shard (failing over
+  // like a pull). One server holding several shards answers for each.
   absl::StatusOr<std::vector<TableStatusResponse>> Status(
       const std::string& table);
+
+  // TableStatus of every replica: [shard][replica] in the order given at
+  // Create, each the replica's answer or its error (e.g. UNAVAILABLE for a
+  // dead one). With `checksum`, per-shard rows, updates and checksums
+  // (TableStatusRequest.checksum). Makes no failover.
+  std::vector<std::vector<absl::StatusOr<TableStatusResponse>>>
+  ReplicaStatus(const std::string& table, bool checksum);
 
   // Fills *rows (resized to ids.size() x dim, row-major) with rows `ids`.
   // Duplicate ids are fetched once. Errors: the first failing call's,
@@ -93,8 +134,19 @@ class EmbeddingClient {
   struct Call;
 
  private:
-  EmbeddingClient(std::string job_id, std::vector<std::string> servers,
+  EmbeddingClient(std::string job_id,
+                  std::vector<std::vector<std::string>> replicas,
                   EmbeddingClientOptions options);
+  EmbeddingServer::Stub* StubOf(const std::string& address) {
+    return stubs_.at(address).get();
+  }
+  // A unary TableStatus on shard `shard`, failing over like RunCalls.
+  absl::Status StatusOf(int32_t shard, const std::string& table,
+                        TableStatusResponse* response);
+  // Moves `shard` past replica `from` (when it is still there and has a
+  // next one). Returns whether the shard's current replica is now after
+  // `from`.
+  bool FailOver(int32_t shard, size_t from);
   // The table's dim: remembered from CreateTable, else asked of shard 0.
   absl::StatusOr<int32_t> Dim(const std::string& table);
   // Groups `ids` into distinct ids (unique_, in first-seen order) and
@@ -106,13 +158,17 @@ class EmbeddingClient {
   absl::Status RunCalls(size_t n, bool pull);
 
   const std::string job_id_;
-  const std::vector<std::string> servers_;
+  const std::vector<std::vector<std::string>> replicas_;
   const EmbeddingClientOptions options_;
   const std::string client_id_;
+  // Per shard, the index in replicas_[s] of the replica in use.
+  std::vector<size_t> current_;
   // The next push call's sequence number.
   uint64_t next_sequence_ = 0;
   int64_t retried_calls_ = 0;
-  std::vector<std::unique_ptr<EmbeddingServer::Stub>> stubs_;
+  int64_t failovers_ = 0;
+  // By address, one per server.
+  std::map<std::string, std::unique_ptr<EmbeddingServer::Stub>> stubs_;
   std::map<std::string, int32_t> dims_;
   // Reused across calls.
   std::vector<uint64_t> unique_;

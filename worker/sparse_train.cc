@@ -2,7 +2,20 @@
 // over psd.v1.EmbeddingServer (proto/embedding.proto), and prints its loss
 // and accuracy. A driver for sparse embedding tables (issue 7); it does not
 // go through the coordinator's job scheduler: it is given the servers'
-// addresses and makes its tables itself (server s holds shard s).
+// addresses and makes its tables itself:
+//   --servers=a,b             shard 0 on a, shard 1 on b (one replica each);
+//   --servers=a,b --replication=2
+//                             shard s on servers s, s+1, ... (mod N), the
+//                             first the primary: here shard 0 on [a, b],
+//                             shard 1 on [b, a];
+//   --servers='a,b;c,d'       one group per shard, replicas primary first:
+//                             shard 0 on [a, b], shard 1 on [c, d].
+// With replicas, each client fails over on its own when a primary dies
+// (worker/embedding_client.h); at the end, every replica's per-shard rows,
+// update counts and checksums are printed ("replica ..." lines) and the
+// failovers made ("failovers: N"), so a test can compare them with an
+// undisturbed run: with --workers=1 the pushes come in a fixed order and
+// the final rows are bitwise the same on every run.
 //
 // Data: no click or text-classification data set is packaged for Debian
 // (the package lists were searched), so the data are GENERATED, with a
@@ -43,14 +56,23 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/process.h"
 #include "server/embedding_rows.h"
 #include "worker/embedding_client.h"
 
 ABSL_FLAG(std::string, servers, "",
-          "Comma-separated host:port of the psd_servers; server s holds shard "
-          "s of both tables (required).");
+          "host:port of the psd_servers (required): comma-separated, server s "
+          "holding shard s (see --replication); or one group per shard, "
+          "groups separated by ';', replicas in a group by ',', primary "
+          "first.");
+ABSL_FLAG(int, replication, 1,
+          "With a comma-separated --servers: replicas per shard R; shard s "
+          "lives on servers s, s+1, ..., s+R-1 (mod N), the first the "
+          "primary. 1 <= R <= N.");
 ABSL_FLAG(std::string, job_id, "sparse-train", "Job id the tables belong to.");
 ABSL_FLAG(int, fields, 8, "Categorical fields per example.");
 ABSL_FLAG(int, dim, 8, "Embedding width d.");
@@ -223,10 +245,75 @@ absl::StatusOr<double> TrainEpoch(EmbeddingClient* client, const Data& data,
   return seen > 0 ? loss / seen : 0.0;
 }
 
-int Main() {
+// --servers and --replication as the replicas of each shard.
+absl::StatusOr<std::vector<std::vector<std::string>>> ParseServers(
+    const std::string& text, int replication) {
+  std::vector<std::vector<std::string>> shards;
+  if (absl::StrContains(text, ';')) {
+    if (replication != 1) {
+      return absl::InvalidArgumentError(
+          "--replication: only with a comma-separated --servers");
+    }
+    for (absl::string_view group : absl::StrSplit(text, ';', absl::SkipEmpty())) {
+      shards.push_back(absl::StrSplit(group, ',', absl::SkipEmpty()));
+    }
+    return shards;
+  }
   const std::vector<std::string> servers =
-      absl::StrSplit(absl::GetFlag(FLAGS_servers), ',', absl::SkipEmpty());
-  if (servers.empty()) {
+      absl::StrSplit(text, ',', absl::SkipEmpty());
+  if (replication < 1 || replication > static_cast<int>(servers.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replication: must be in [1, ", servers.size(),
+                     "] (the number of servers), got ", replication));
+  }
+  for (size_t s = 0; s < servers.size(); ++s) {
+    shards.emplace_back();
+    for (int r = 0; r < replication; ++r) {
+      shards.back().push_back(servers[(s + r) % servers.size()]);
+    }
+  }
+  return shards;
+}
+
+// Prints every replica's status of `table`: role, rows, updates, checksum
+// per shard it holds, and the backups it dropped.
+void PrintReplicas(EmbeddingClient* client, const std::string& table,
+                   const std::vector<std::vector<std::string>>& shards) {
+  auto all = client->ReplicaStatus(table, /*checksum=*/true);
+  for (size_t s = 0; s < all.size(); ++s) {
+    for (size_t r = 0; r < all[s].size(); ++r) {
+      const std::string& address = shards[s][r];
+      if (!all[s][r].ok()) {
+        std::printf("replica %s shard %zu %s: unreachable (%s)\n",
+                    table.c_str(), s, address.c_str(),
+                    std::string(all[s][r].status().message()).c_str());
+        continue;
+      }
+      for (const TableShardStatus& st : all[s][r]->shard_status()) {
+        if (st.shard() != static_cast<int32_t>(s)) continue;
+        std::printf("replica %s shard %zu %s: %s rows %lld updates %lld "
+                    "checksum %016llx dropped [%s]\n",
+                    table.c_str(), s, address.c_str(),
+                    TableShardStatus::Role_Name(st.role()).c_str(),
+                    static_cast<long long>(st.rows()),
+                    static_cast<long long>(st.updates()),
+                    static_cast<unsigned long long>(st.checksum()),
+                    absl::StrJoin(st.dropped(), "; ").c_str());
+      }
+    }
+  }
+}
+
+int Main() {
+  auto parsed = ParseServers(absl::GetFlag(FLAGS_servers),
+                             absl::GetFlag(FLAGS_replication));
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "sparse_train: %s\n",
+                 std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  const std::vector<std::vector<std::string>> shards = *std::move(parsed);
+  if (shards.empty()) {
     std::fprintf(stderr, "sparse_train: --servers is required\n");
     return 2;
   }
@@ -253,7 +340,7 @@ int Main() {
   const std::string job = absl::GetFlag(FLAGS_job_id);
   std::vector<std::unique_ptr<EmbeddingClient>> clients;
   for (int w = 0; w < workers; ++w) {
-    auto client = EmbeddingClient::Create(job, servers);
+    auto client = EmbeddingClient::Create(job, shards);
     if (!client.ok()) {
       std::fprintf(stderr, "sparse_train: %s\n",
                    client.status().ToString().c_str());
@@ -306,7 +393,7 @@ int Main() {
     }
     std::printf("init check: %zu untouched rows pulled from %zu server(s), "
                 "%lld differ from the seeded values\n",
-                sample.size(), servers.size(),
+                sample.size(), shards.size(),
                 static_cast<long long>(mismatches));
     if (mismatches != 0) return 1;
   }
@@ -379,11 +466,21 @@ int Main() {
     }
     std::printf("table emb: %lld rows held over %zu server(s), %lld bytes "
                 "(%.1f B/row; row record %lld B)\n",
-                static_cast<long long>(rows), servers.size(),
+                static_cast<long long>(rows), shards.size(),
                 static_cast<long long>(bytes),
                 rows > 0 ? static_cast<double>(bytes) / rows : 0.0,
                 static_cast<long long>((*status)[0].row_bytes()));
   }
+  int64_t failovers = 0;
+  for (const auto& client : clients) failovers += client->failovers();
+  std::printf("failovers: %lld\n", static_cast<long long>(failovers));
+  bool replicated = false;
+  for (const auto& replicas : shards) replicated |= replicas.size() > 1;
+  if (replicated) {
+    PrintReplicas(clients[0].get(), "emb", shards);
+    PrintReplicas(clients[0].get(), "dense", shards);
+  }
+  std::fflush(stdout);
   if (absl::GetFlag(FLAGS_drop_tables)) {
     (void)clients[0]->DropTable("emb");
     (void)clients[0]->DropTable("dense");
@@ -404,7 +501,9 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Trains an embedding-bag + linear model on generated click-like data\n"
       "against psd_servers' sparse embedding tables.\n"
-      "  sparse_train --servers=HOST:PORT[,HOST:PORT...] [--epochs=3]");
+      "  sparse_train --servers=HOST:PORT[,HOST:PORT...] [--replication=R]\n"
+      "  sparse_train --servers='A1,A2;B1,B2' (replicas per shard)\n"
+      "  [--epochs=3]");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
 }
