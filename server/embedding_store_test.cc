@@ -483,5 +483,170 @@ TEST_CASE("max_bytes: a push that needs more refuses and applies nothing",
   REQUIRE(store.Push(kJob, "emb", {1, 2}, Grads(std::vector<float>(128, 1.0f), 2, 64)).ok());
 }
 
+TableShardReplicas Replicas(int32_t shard, std::vector<std::string> addresses,
+                            int32_t self) {
+  TableShardReplicas r;
+  r.set_shard(shard);
+  for (const std::string& a : addresses) r.add_replicas(a);
+  r.set_self(self);
+  return r;
+}
+
+// The first row id >= from on `shard` of `shards`.
+uint64_t RowOnShard(int32_t shard, int32_t shards, uint64_t from = 0) {
+  while (ShardOfRow(from, shards) != shard) ++from;
+  return from;
+}
+
+TEST_CASE("EmbeddingStore: a client push to a primary names its backups; a "
+          "forwarded one applies once and names none",
+          "[embedding][replication]") {
+  EmbeddingStore primary, backup;
+  const EmbeddingTableSpec spec = Spec(1000, 2, 1, OptimizerSpec::SGD, 1.0f);
+  REQUIRE(*primary.CreateTable(kJob, spec, {0},
+                               {Replicas(0, {"p:1", "b:2", "c:3"}, 0)}));
+  REQUIRE(*backup.CreateTable(kJob, spec, {0},
+                              {Replicas(0, {"p:1", "b:2", "c:3"}, 1)}));
+  const Tensor g = Grads({1, 1}, 1, 2);
+  auto pushed = primary.Push(kJob, "emb", {7}, g, {"client", 0});
+  REQUIRE(pushed.ok());
+  CHECK(pushed->shard == 0);
+  CHECK(pushed->forward_to == std::vector<std::string>{"b:2", "c:3"});
+  CHECK_FALSE(pushed->promoted);
+  // The forward, twice (a re-forward): applied once, no targets, no
+  // promotion.
+  for (bool duplicate : {false, true}) {
+    auto forwarded = backup.Push(kJob, "emb", {7}, g, {"client", 0},
+                                 EmbeddingPushSource::kReplica);
+    REQUIRE(forwarded.ok());
+    CHECK(forwarded->duplicate == duplicate);
+    CHECK(forwarded->forward_to.empty());
+  }
+  CHECK(PullRows(backup, {7}) == PullRows(primary, {7}));
+  auto status = backup.Status(kJob, "emb", /*checksum=*/true);
+  REQUIRE(status.ok());
+  REQUIRE(status->shard_status_size() == 1);
+  CHECK(status->shard_status(0).role() == TableShardStatus::BACKUP);
+  CHECK(status->shard_status(0).forward_to_size() == 0);
+  CHECK(status->shard_status(0).updates() == 1);
+  CHECK(status->replicated() == 1);
+  auto primary_status = primary.Status(kJob, "emb", /*checksum=*/true);
+  REQUIRE(primary_status.ok());
+  CHECK(primary_status->shard_status(0).role() == TableShardStatus::PRIMARY);
+  CHECK(primary_status->shard_status(0).checksum() ==
+        status->shard_status(0).checksum());
+  CHECK(primary_status->shard_status(0).checksum() != 0);
+  // A retry of the client's push on the primary: a duplicate, still with
+  // its targets (it must wait for the forward).
+  pushed = primary.Push(kJob, "emb", {7}, g, {"client", 0});
+  REQUIRE(pushed.ok());
+  CHECK(pushed->duplicate);
+  CHECK(pushed->forward_to.size() == 2);
+}
+
+TEST_CASE("EmbeddingStore: a client push promotes a backup, which then "
+          "forwards to every other replica",
+          "[embedding][replication]") {
+  EmbeddingStore backup;
+  const EmbeddingTableSpec spec = Spec(1000, 2, 1, OptimizerSpec::SGD, 1.0f);
+  REQUIRE(*backup.CreateTable(kJob, spec, {0},
+                              {Replicas(0, {"p:1", "b:2", "c:3"}, 1)}));
+  auto pushed =
+      backup.Push(kJob, "emb", {7}, Grads({1, 1}, 1, 2), {"client", 3});
+  REQUIRE(pushed.ok());
+  CHECK(pushed->promoted);
+  CHECK(pushed->forward_to == std::vector<std::string>{"p:1", "c:3"});
+  // A backup that fails a forward is dropped for good and reported.
+  CHECK(backup.DropReplica(kJob, "emb", 0, "p:1", "UNAVAILABLE: down"));
+  CHECK_FALSE(backup.DropReplica(kJob, "emb", 0, "p:1", "again"));
+  pushed = backup.Push(kJob, "emb", {7}, Grads({1, 1}, 1, 2), {"client", 4});
+  REQUIRE(pushed.ok());
+  CHECK_FALSE(pushed->promoted);
+  CHECK(pushed->forward_to == std::vector<std::string>{"c:3"});
+  auto status = backup.Status(kJob, "emb");
+  REQUIRE(status.ok());
+  const TableShardStatus& shard = status->shard_status(0);
+  CHECK(shard.role() == TableShardStatus::PRIMARY);
+  CHECK(std::vector<std::string>(shard.forward_to().begin(),
+                                 shard.forward_to().end()) ==
+        std::vector<std::string>{"c:3"});
+  REQUIRE(shard.dropped_size() == 1);
+  CHECK(shard.dropped(0) == "p:1: UNAVAILABLE: down");
+}
+
+TEST_CASE("EmbeddingStore: replicated tables refuse bad replica sets, "
+          "keyless client pushes and pushes over two shards",
+          "[embedding][replication]") {
+  EmbeddingStore store;
+  const EmbeddingTableSpec spec = Spec(1000, 2, 2);
+  auto bad = [&](std::vector<TableShardReplicas> replicas) {
+    auto created = store.CreateTable(kJob, spec, {0}, replicas);
+    REQUIRE_FALSE(created.ok());
+    CHECK(created.status().code() == absl::StatusCode::kInvalidArgument);
+    return std::string(created.status().message());
+  };
+  CHECK(bad({Replicas(1, {"a:1", "b:1"}, 0)}).rfind("replicas[0].shard:", 0) ==
+        0);
+  CHECK(bad({Replicas(0, {"a:1"}, 0)}).rfind("replicas[0].replicas: need 2",
+                                             0) == 0);
+  CHECK(bad({Replicas(0, {"a:1", "a:1"}, 0)})
+            .rfind("replicas[0].replicas[1]: a:1 is listed twice", 0) == 0);
+  CHECK(bad({Replicas(0, {"a:1", "b:1"}, 2)}).rfind("replicas[0].self:", 0) ==
+        0);
+  CHECK(bad({Replicas(0, {"a:1", "b:1"}, 0), Replicas(0, {"a:1", "b:1"}, 0)})
+            .rfind("replicas[1].shard: shard 0 has two", 0) == 0);
+  REQUIRE(*store.CreateTable(kJob, spec, {0, 1},
+                             {Replicas(0, {"a:1", "b:1"}, 0)}));
+  CHECK_FALSE(*store.CreateTable(kJob, spec, {0, 1},
+                                 {Replicas(0, {"a:1", "b:1"}, 0)}));
+  auto other = store.CreateTable(kJob, spec, {0, 1},
+                                 {Replicas(0, {"a:1", "c:1"}, 0)});
+  CHECK(other.status().code() == absl::StatusCode::kAlreadyExists);
+  const uint64_t r0 = RowOnShard(0, 2), r1 = RowOnShard(1, 2);
+  auto keyless = store.Push(kJob, "emb", {r0}, Grads({1, 1}, 1, 2));
+  CHECK(keyless.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(keyless.status().message().rfind("client_id: required", 0) == 0);
+  auto mixed =
+      store.Push(kJob, "emb", {r0, r1}, Grads({1, 1, 1, 1}, 2, 2), {"c", 0});
+  CHECK(mixed.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(mixed.status().message().rfind("row_ids[1]:", 0) == 0);
+  // The unreplicated shard 1 takes a keyless push, and forwards nothing.
+  auto plain = store.Push(kJob, "emb", {r1}, Grads({1, 1}, 1, 2));
+  REQUIRE(plain.ok());
+  CHECK(plain->forward_to.empty());
+  auto status = store.Status(kJob, "emb", /*checksum=*/true);
+  REQUIRE(status.ok());
+  REQUIRE(status->shard_status_size() == 2);
+  CHECK(status->shard_status(0).rows() == 0);
+  CHECK(status->shard_status(1).rows() == 1);
+  CHECK(status->shard_status(1).replicas_size() == 0);
+}
+
+TEST_CASE("EmbeddingStore: shard checksums match when the same pushes "
+          "applied, and differ when one is missing or doubled",
+          "[embedding][replication]") {
+  const EmbeddingTableSpec spec = Spec(100000, 4, 1, OptimizerSpec::ADAGRAD);
+  EmbeddingStore a, b, missing, doubled;
+  for (EmbeddingStore* s : {&a, &b, &missing, &doubled}) {
+    REQUIRE(*s->CreateTable(kJob, spec, {0}));
+  }
+  const Tensor g = Grads(std::vector<float>(3 * 4, 0.5f), 3, 4);
+  for (int k = 0; k < 5; ++k) {
+    const std::vector<uint64_t> ids = {uint64_t(k), uint64_t(k + 10),
+                                       uint64_t(k + 20)};
+    for (EmbeddingStore* s : {&a, &b, &missing, &doubled}) {
+      if (s == &missing && k == 3) continue;
+      REQUIRE(s->Push(kJob, "emb", ids, g).ok());
+      if (s == &doubled && k == 3) REQUIRE(s->Push(kJob, "emb", ids, g).ok());
+    }
+  }
+  auto sum = [](EmbeddingStore& s) {
+    return s.Status(kJob, "emb", true)->shard_status(0).checksum();
+  };
+  CHECK(sum(a) == sum(b));
+  CHECK(sum(a) != sum(missing));
+  CHECK(sum(a) != sum(doubled));
+}
+
 }  // namespace
 }  // namespace psd

@@ -1,6 +1,7 @@
 // Sparse embedding tables over real gRPC on 127.0.0.1 (in-process servers
 // on OS-chosen ports): EmbeddingService + EmbeddingStore, EmbeddingClient.
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -216,6 +217,171 @@ TEST_CASE("EmbeddingServer: bad input gets clear gRPC errors",
   auto status = client->Status("emb");
   REQUIRE(status.ok());
   CHECK((*status)[0].rows() + (*status)[1].rows() == 0);
+}
+
+std::unique_ptr<EmbeddingClient> ReplicatedClient(
+    const std::vector<std::vector<std::string>>& replicas,
+    const std::string& client_id = "") {
+  EmbeddingClientOptions options;
+  options.retries = 1;
+  options.client_id = client_id;
+  auto client = EmbeddingClient::Create("job", replicas, options);
+  REQUIRE(client.ok());
+  return *std::move(client);
+}
+
+std::vector<float> StoreRows(const EmbeddingStore& store,
+                             const std::vector<uint64_t>& ids) {
+  std::string out;
+  REQUIRE(store.Pull("job", "emb", ids, &out).ok());
+  std::vector<float> rows(out.size() / 4);
+  std::memcpy(rows.data(), out.data(), out.size());
+  return rows;
+}
+
+TEST_CASE("EmbeddingServer: a replicated push is on every backup when it is "
+          "acknowledged (2 shards x 2 replicas, crossed)",
+          "[embedding][rpc][replication]") {
+  Server a, b;
+  // Shard 0 on [a, b], shard 1 on [b, a]: each server a primary and a
+  // backup.
+  auto client = ReplicatedClient({{a.address, b.address},
+                                  {b.address, a.address}});
+  REQUIRE(client->CreateTable(
+                    Spec(OptimizerSpec::ADAGRAD, 0.1f,
+                         EmbeddingInitializer::UNIFORM))
+              .ok());
+  std::vector<uint64_t> ids;
+  for (uint64_t i = 0; i < 400; ++i) ids.push_back(i * 7919);
+  std::vector<float> grads(ids.size() * 4, 0.25f);
+  for (int round = 0; round < 3; ++round) {
+    REQUIRE(client->Push("emb", ids, grads).ok());
+    // Acknowledged: both servers hold every row (each holds both shards).
+    REQUIRE(StoreRows(a.store, ids) == StoreRows(b.store, ids));
+  }
+  auto all = client->ReplicaStatus("emb", /*checksum=*/true);
+  REQUIRE(all.size() == 2);
+  for (int s = 0; s < 2; ++s) {
+    REQUIRE(all[s].size() == 2);
+    REQUIRE(all[s][0].ok());
+    REQUIRE(all[s][1].ok());
+    const TableShardStatus& primary = all[s][0]->shard_status(s);
+    const TableShardStatus& backup = all[s][1]->shard_status(s);
+    CHECK(primary.role() == TableShardStatus::PRIMARY);
+    CHECK(backup.role() == TableShardStatus::BACKUP);
+    CHECK(primary.updates() == 3 * primary.rows());
+    CHECK(primary.rows() > 100);
+    CHECK(primary.checksum() == backup.checksum());
+    CHECK(primary.dropped_size() == 0);
+  }
+  CHECK(all[0][0]->replicated() > 0);  // a is shard 1's backup
+  CHECK(client->failovers() == 0);
+}
+
+TEST_CASE("EmbeddingServer: after its primary dies, a client re-sends to the "
+          "backup: a push already forwarded is a duplicate, the next one "
+          "promotes it",
+          "[embedding][rpc][replication][failover]") {
+  auto a = std::make_unique<Server>();
+  Server b;
+  const std::string a_address = a->address;
+  auto client = ReplicatedClient({{a_address, b.address}}, "client-1");
+  REQUIRE(client->CreateTable(
+                    Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO))
+              .ok());
+  const std::vector<float> ones(4, 1.0f);
+  // The client's first push (sequence 0) as the primary would have
+  // forwarded it just before dying, unacknowledged to the client.
+  PushRowsRequest request;
+  request.set_job_id("job");
+  request.set_table("emb");
+  request.add_row_ids(42);
+  request.mutable_gradients()->set_dtype(FLOAT32);
+  request.mutable_gradients()->add_shape(1);
+  request.mutable_gradients()->add_shape(4);
+  request.mutable_gradients()->set_data(ones.data(), 16);
+  request.set_client_id("client-1");
+  request.set_sequence(0);
+  {
+    auto stub = EmbeddingServer::NewStub(MakeChannel(b.address));
+    PushRowsResponse response;
+    grpc::ClientContext context;
+    REQUIRE(stub->ReplicateRows(&context, request, &response).ok());
+    CHECK_FALSE(response.duplicate());
+  }
+  a.reset();  // the primary dies
+  REQUIRE(client->Push("emb", {42}, ones).ok());  // sequence 0: duplicate
+  CHECK(client->failovers() == 1);
+  CHECK(client->current_replica(0) == b.address);
+  CHECK(StoreRows(b.store, {42}) == std::vector<float>(4, -1.0f));
+  REQUIRE(client->Push("emb", {42}, ones).ok());  // sequence 1: applied
+  std::vector<float> rows;
+  REQUIRE(client->Pull("emb", {42}, &rows).ok());
+  CHECK(rows == std::vector<float>(4, -2.0f));
+  auto status = b.store.Status("job", "emb", /*checksum=*/true);
+  REQUIRE(status.ok());
+  const TableShardStatus& shard = status->shard_status(0);
+  CHECK(shard.role() == TableShardStatus::PRIMARY);
+  CHECK(shard.updates() == 2);
+  // Promoted, it forwarded to the dead old primary, failed, and dropped it.
+  REQUIRE(shard.dropped_size() == 1);
+  CHECK(shard.dropped(0).rfind(a_address + ": UNAVAILABLE", 0) == 0);
+  CHECK(shard.forward_to_size() == 0);
+}
+
+TEST_CASE("EmbeddingServer: a primary drops a backup that is down, reports "
+          "it, and goes on acknowledging pushes",
+          "[embedding][rpc][replication]") {
+  Server a;
+  auto b = std::make_unique<Server>();
+  const std::string b_address = b->address;
+  auto client = ReplicatedClient({{a.address, b_address}});
+  REQUIRE(client->CreateTable(
+                    Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO))
+              .ok());
+  const std::vector<float> ones(4, 1.0f);
+  REQUIRE(client->Push("emb", {5}, ones).ok());
+  b.reset();  // the backup dies
+  REQUIRE(client->Push("emb", {5}, ones).ok());
+  REQUIRE(client->Push("emb", {5}, ones).ok());
+  CHECK(client->failovers() == 0);
+  CHECK(StoreRows(a.store, {5}) == std::vector<float>(4, -3.0f));
+  auto status = client->Status("emb");
+  REQUIRE(status.ok());
+  const TableShardStatus& shard = (*status)[0].shard_status(0);
+  CHECK(shard.role() == TableShardStatus::PRIMARY);
+  CHECK(shard.forward_to_size() == 0);
+  REQUIRE(shard.dropped_size() == 1);
+  CHECK(shard.dropped(0).rfind(b_address + ": UNAVAILABLE", 0) == 0);
+  // A push without a client_id to a replicated shard is refused.
+  auto stub = EmbeddingServer::NewStub(MakeChannel(a.address));
+  PushRowsRequest request;
+  request.set_job_id("job");
+  request.set_table("emb");
+  request.add_row_ids(5);
+  request.mutable_gradients()->set_dtype(FLOAT32);
+  request.mutable_gradients()->add_shape(1);
+  request.mutable_gradients()->add_shape(4);
+  request.mutable_gradients()->set_data(ones.data(), 16);
+  PushRowsResponse response;
+  grpc::ClientContext context;
+  grpc::Status g = stub->PushRows(&context, request, &response);
+  CHECK(g.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(g.error_message().rfind("client_id: required", 0) == 0);
+}
+
+TEST_CASE("EmbeddingClient: bad replica lists are INVALID_ARGUMENT naming "
+          "the entry",
+          "[embedding][replication]") {
+  auto empty = EmbeddingClient::Create(
+      "job", std::vector<std::vector<std::string>>{{"a:1"}, {}});
+  CHECK(empty.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(empty.status().message().rfind("replicas[1]:", 0) == 0);
+  auto twice = EmbeddingClient::Create(
+      "job", std::vector<std::vector<std::string>>{{"a:1", "a:1"}});
+  CHECK(twice.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(twice.status().message().rfind("replicas[0][1]: a:1 is listed twice",
+                                       0) == 0);
 }
 
 }  // namespace
