@@ -37,7 +37,7 @@ absl::StatusOr<RpcServer> StartRpcServer(
   return result;
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+grpc::ChannelArguments ChannelArguments() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -49,6 +49,11 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   // A distinct channel per call site: no sharing of one TCP connection
   // between unrelated clients in one process.
   args.SetInt("grpc.use_local_subchannel_pool", 1);
+  return args;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& address, const grpc::ChannelArguments& args) {
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
                                    args);
 }

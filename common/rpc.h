@@ -40,9 +40,15 @@ absl::StatusOr<RpcServer> StartRpcServer(
     const RpcServerOptions& options,
     const std::vector<grpc::Service*>& services);
 
-// An insecure channel to host:port with message limits and HTTP/2 windows
-// raised for tensor traffic.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+// Channel arguments for tensor traffic: no message size limits, HTTP/2
+// windows and frames raised, a subchannel pool per channel. Add to them
+// (e.g. a retry policy) and pass them to MakeChannel.
+grpc::ChannelArguments ChannelArguments();
+
+// An insecure channel to host:port with `args` (default: ChannelArguments()).
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& address,
+    const grpc::ChannelArguments& args = ChannelArguments());
 
 // now + timeout, for ClientContext::set_deadline.
 inline std::chrono::system_clock::time_point DeadlineIn(

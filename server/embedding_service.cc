@@ -106,14 +106,7 @@ absl::Span<const uint64_t> Ids(
 // push.
 std::shared_ptr<grpc::Channel> ForwardChannel(const std::string& address,
                                               int attempts) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  args.SetMaxSendMessageSize(-1);
-  args.SetInt("grpc.http2.lookahead_bytes", 64 << 20);
-  args.SetInt("grpc.http2.write_buffer_size", 64 << 20);
-  args.SetInt("grpc.http2.max_frame_size", 16777215);
-  args.SetInt("grpc.http2.bdp_probe", 0);
-  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  grpc::ChannelArguments args = ChannelArguments();
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
   args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, 64 << 20);
   args.SetServiceConfigJSON(absl::StrCat(
@@ -122,8 +115,7 @@ std::shared_ptr<grpc::Channel> ForwardChannel(const std::string& address,
       std::clamp(attempts, 2, 5),
       R"(, "initialBackoff": "0.1s", "maxBackoff": "1s", )",
       R"("backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})"));
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                   args);
+  return MakeChannel(address, args);
 }
 
 }  // namespace
