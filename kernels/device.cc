@@ -61,8 +61,11 @@ bool CudaBuilt() {
 #endif
 }
 
-absl::StatusOr<SelectedBackend> CreateBackendForDevice(
-    absl::string_view device, const DeviceOptions& options) {
+namespace {
+
+// CreateBackendForDevice without the check of cuda_bf16_gemm.
+absl::StatusOr<SelectedBackend> Select(absl::string_view device,
+                                       const DeviceOptions& options) {
   if (device == "cpu") return Cpu(options, "asked for");
   const bool is_auto = device == "auto";
   const int ordinal = is_auto ? 0 : ParseCudaOrdinal(device);
@@ -99,6 +102,22 @@ absl::StatusOr<SelectedBackend> CreateBackendForDevice(
                                 "with bazel build --config=cuda); use cpu "
                                 "or auto"));
 #endif
+}
+
+}  // namespace
+
+absl::StatusOr<SelectedBackend> CreateBackendForDevice(
+    absl::string_view device, const DeviceOptions& options) {
+  absl::StatusOr<SelectedBackend> selected = Select(device, options);
+  if (selected.ok() && options.cuda_bf16_gemm &&
+      selected->backend->UsesHostMemory()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--bf16_gemm: the selected backend ", selected->backend->Name(),
+        " (--device=", device, ": ", selected->reason,
+        ") computes gemm in fp32 only; bf16 tensor-core gemm needs a GPU "
+        "(--device=cuda:N in a --config=cuda build)"));
+  }
+  return selected;
 }
 
 }  // namespace psd::kernels

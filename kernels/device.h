@@ -47,6 +47,8 @@ bool CudaBuilt();
 // FAILED_PRECONDITION or NOT_FOUND for cuda:N when the build has no CUDA
 // backend, no GPU is usable, there is no GPU N, or it fails to start. The
 // message starts with "--device=<value>: " and says why.
+// FAILED_PRECONDITION starting "--bf16_gemm: " when options.cuda_bf16_gemm
+// is set and the backend selected is not a GPU (never a silent fp32).
 absl::StatusOr<SelectedBackend> CreateBackendForDevice(
     absl::string_view device, const DeviceOptions& options);
 

@@ -21,6 +21,26 @@ TEST_CASE("Device: cpu gives the CPU backend", "[device]") {
   CHECK(selected->reason == "asked for");
 }
 
+TEST_CASE("Device: bf16 gemm on the CPU is an error, not a silent fp32",
+          "[device]") {
+  DeviceOptions options;
+  options.cuda_bf16_gemm = true;
+  auto selected = CreateBackendForDevice("cpu", options);
+  REQUIRE_FALSE(selected.ok());
+  CHECK(selected.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(selected.status().message().rfind(
+            "--bf16_gemm: the selected backend cpu-openblas (--device=cpu: "
+            "asked for) computes gemm in fp32 only",
+            0) == 0);
+  // auto: a GPU when there is one, else the same error.
+  auto automatic = CreateBackendForDevice("auto", options);
+  if (automatic.ok()) {
+    CHECK_FALSE(automatic->backend->UsesHostMemory());
+  } else {
+    CHECK(automatic.status().code() == absl::StatusCode::kFailedPrecondition);
+  }
+}
+
 TEST_CASE("Device: auto picks a backend and says why", "[device]") {
   auto selected = CreateBackendForDevice("auto", {});
   REQUIRE(selected.ok());

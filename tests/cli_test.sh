@@ -13,7 +13,7 @@ for f in --coordinator --listen --advertise --port_file --connect_timeout_ms; do
   grep -q -- "$f" "$WORK/help" || fail "psd_server --help lacks $f"
 done
 "$BIN/worker/psd_worker" --help >"$WORK/help" 2>&1 || true
-for f in --coordinator --data_dir --device --blas_threads --port_file; do
+for f in --coordinator --data_dir --device --blas_threads --bf16_gemm --port_file; do
   grep -q -- "$f" "$WORK/help" || fail "psd_worker --help lacks $f"
 done
 "$BIN/deploy/psd_ctl" --help >"$WORK/help" 2>&1 || true
@@ -39,6 +39,8 @@ PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
 PATTERN="coordinator is required" expect_error "$BIN/server/psd_server"
 PATTERN="no CUDA backend" expect_error \
   "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cuda:0
+PATTERN="bf16_gemm: the selected backend cpu-openblas" expect_error \
+  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cpu --bf16_gemm
 PATTERN="unknown level" expect_error "$BIN/server/psd_coordinator" --log_level=loud
 
 start_cluster a 1 0

@@ -43,6 +43,11 @@ ABSL_FLAG(std::string, device, "auto",
           "else the CPU), cpu, or cuda:N (GPU N; an error if this build "
           "has no CUDA or there is no such GPU).");
 ABSL_FLAG(int, blas_threads, 1, "OpenBLAS threads for the CPU backend.");
+ABSL_FLAG(bool, bf16_gemm, false,
+          "GPU only: matrix products on tensor cores with bfloat16 inputs "
+          "and float32 accumulation (cublasGemmEx; see "
+          "kernels/cuda_backend.h for the tolerance against fp32). An error "
+          "when the device is the CPU. Default: fp32 gemm.");
 ABSL_FLAG(bool, overlap_push, true,
           "Push each layer's gradients as soon as the backward pass has "
           "computed them, overlapping communication with the rest of the "
@@ -234,6 +239,7 @@ int Main() {
   }
   kernels::DeviceOptions device_options;
   device_options.blas_threads = absl::GetFlag(FLAGS_blas_threads);
+  device_options.cuda_bf16_gemm = absl::GetFlag(FLAGS_bf16_gemm);
   absl::StatusOr<kernels::SelectedBackend> selected =
       kernels::CreateBackendForDevice(absl::GetFlag(FLAGS_device),
                                       device_options);
