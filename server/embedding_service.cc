@@ -6,9 +6,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "server/embedding_rows.h"
 
 namespace psd {
 
@@ -122,8 +124,10 @@ std::shared_ptr<grpc::Channel> ForwardChannel(const std::string& address,
 
 EmbeddingService::EmbeddingService(EmbeddingStore* store,
                                    MetricsRegistry* metrics,
-                                   EmbeddingServiceOptions options)
+                                   EmbeddingServiceOptions options,
+                                   EmbeddingSnapshotStore* snapshots)
     : store_(store),
+      snapshots_(snapshots),
       options_(options),
       own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
                                        : nullptr),
@@ -289,6 +293,52 @@ grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
                               request->shards().end());
   std::vector<TableShardReplicas> replicas(request->replicas().begin(),
                                       request->replicas().end());
+  if (request->restore()) {
+    if (snapshots_ == nullptr) {
+      return ToGrpcStatus(absl::FailedPreconditionError(
+          "restore: this server has no --data_dir, so it has no snapshots of "
+          "embedding tables"));
+    }
+    if (request->job_id().empty()) {
+      return ToGrpcStatus(absl::InvalidArgumentError("job_id: required"));
+    }
+    if (absl::Status valid = ValidateTableSpec(request->spec(), "spec");
+        !valid.ok()) {
+      return ToGrpcStatus(valid);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::pair<int64_t, absl::Status>> skipped;
+    auto snapshot = snapshots_->ReadNewestValid(
+        request->job_id(), request->spec().name(), &skipped);
+    for (const auto& [generation, error] : skipped) {
+      Log()->error("embedding table {} of job {}: snapshot generation {} "
+                   "skipped: {}",
+                   request->spec().name(), request->job_id(), generation,
+                   error.ToString());
+    }
+    if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+    if (WithTableDefaults(request->spec()).SerializeAsString() !=
+        snapshot->capture.spec.SerializeAsString()) {
+      return ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+          "restore: spec differs from the snapshot's (generation ",
+          snapshot->manifest.generation(), "): snapshot ",
+          snapshot->capture.spec.ShortDebugString(), "; request ",
+          WithTableDefaults(request->spec()).ShortDebugString())));
+    }
+    auto loaded = store_->Restore(snapshot->capture, shards, replicas);
+    if (!loaded.ok()) return ToGrpcStatus(loaded.status());
+    response->set_created(true);
+    response->set_restored_generation(snapshot->manifest.generation());
+    response->set_restored_rows(*loaded);
+    *response->mutable_restored_metadata() = snapshot->manifest.metadata();
+    Log()->info("embedding table {} of job {}: restored generation {} ({} "
+                "rows of shards [{}], {} dedup entries) in {:.3f} s",
+                request->spec().name(), request->job_id(),
+                snapshot->manifest.generation(), *loaded,
+                absl::StrJoin(shards, ", "),
+                snapshot->manifest.dedup_entries(), SecondsSince(start));
+    return grpc::Status::OK;
+  }
   auto created = store_->CreateTable(request->job_id(), request->spec(),
                                      shards, replicas);
   if (!created.ok()) return ToGrpcStatus(created.status());
@@ -310,6 +360,41 @@ grpc::Status EmbeddingService::DropTable(grpc::ServerContext*,
                                          const DropTableRequest* request,
                                          DropTableResponse*) {
   return ToGrpcStatus(store_->DropTable(request->job_id(), request->table()));
+}
+
+grpc::Status EmbeddingService::SnapshotTable(
+    grpc::ServerContext*, const SnapshotTableRequest* request,
+    SnapshotTableResponse* response) {
+  if (snapshots_ == nullptr) {
+    return ToGrpcStatus(absl::FailedPreconditionError(
+        "SnapshotTable: this server has no --data_dir; start psd_server with "
+        "--data_dir=DIR to snapshot embedding tables"));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto capture = store_->Capture(request->job_id(), request->table());
+  if (!capture.ok()) return ToGrpcStatus(capture.status());
+  const double captured = SecondsSince(start);
+  std::map<std::string, std::string> metadata(request->metadata().begin(),
+                                              request->metadata().end());
+  auto written = snapshots_->Write(*capture, metadata);
+  if (!written.ok()) {
+    Log()->error("embedding table {} of job {}: snapshot failed: {}",
+                 request->table(), request->job_id(),
+                 written.status().ToString());
+    return ToGrpcStatus(written.status());
+  }
+  response->set_generation(written->generation());
+  response->set_rows(written->rows());
+  response->set_dedup_entries(written->dedup_entries());
+  response->set_bytes(written->total_bytes());
+  response->set_capture_seconds(captured);
+  response->set_seconds(SecondsSince(start));
+  Log()->info("embedding table {} of job {}: snapshot generation {} ({} rows, "
+              "{} bytes) in {:.3f} s (pushes blocked {:.3f} s)",
+              request->table(), request->job_id(), written->generation(),
+              written->rows(), written->total_bytes(), response->seconds(),
+              captured);
+  return grpc::Status::OK;
 }
 
 }  // namespace psd

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
 #include "proto/embedding.grpc.pb.h"
+#include "server/embedding_snapshot.h"
 #include "server/embedding_store.h"
 
 namespace psd {
@@ -36,13 +37,16 @@ struct EmbeddingServiceOptions {
 // backup whose forward failed is dropped (EmbeddingStore::DropReplica) and
 // logged, and the push is acknowledged: it is on this server and on every
 // backup still listed. CreateTable, TableStatus and DropTable use the sync
-// API.
+// API, and so does SnapshotTable (an in-memory copy while the table's
+// pushes wait, then RocksDB writes, on a sync-API thread) and CreateTable
+// with restore (RocksDB reads, then the table is built before it is
+// listed).
 // Store errors become gRPC statuses with the same code and message
 // (common/status.h). Counts calls, rows, errors and latency in the
 // psd_server_embedding_* metrics (atomics only on the hot path; nothing is
 // logged per call), and psd_server_embedding_bytes (EmbeddingStore::bytes)
 // at scrape time.
-// Thread-safe. Does not own `store` or `metrics`.
+// Thread-safe. Does not own `store`, `snapshots` or `metrics`.
 class EmbeddingService final
     : public EmbeddingServer::WithCallbackMethod_PullRows<
           EmbeddingServer::WithCallbackMethod_PushRows<
@@ -51,9 +55,13 @@ class EmbeddingService final
  public:
   // Registers the metrics in `metrics`, which must outlive the service;
   // with nullptr they go to a private registry (tests).
+  // `snapshots`: where SnapshotTable writes and restore reads (psd_server:
+  // <data_dir>/embeddings); nullptr (no --data_dir) makes both
+  // FAILED_PRECONDITION.
   explicit EmbeddingService(EmbeddingStore* store,
                             MetricsRegistry* metrics = nullptr,
-                            EmbeddingServiceOptions options = {});
+                            EmbeddingServiceOptions options = {},
+                            EmbeddingSnapshotStore* snapshots = nullptr);
   ~EmbeddingService() override;
 
   grpc::ServerUnaryReactor* PullRows(grpc::CallbackServerContext* context,
@@ -74,6 +82,9 @@ class EmbeddingService final
   grpc::Status DropTable(grpc::ServerContext* context,
                          const DropTableRequest* request,
                          DropTableResponse* response) override;
+  grpc::Status SnapshotTable(grpc::ServerContext* context,
+                             const SnapshotTableRequest* request,
+                             SnapshotTableResponse* response) override;
 
   // The metrics, and one push's forwards in flight (defined in the .cc).
   struct Metrics;
@@ -94,6 +105,7 @@ class EmbeddingService final
 
   // Constant after construction.
   EmbeddingStore* const store_;
+  EmbeddingSnapshotStore* const snapshots_;  // may be null
   const EmbeddingServiceOptions options_;
   std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
   std::unique_ptr<const Metrics> metrics_;

@@ -35,6 +35,13 @@
 // (EmbeddingPushResult.forward_to) and promotes a backup that receives one.
 // The forwarding itself is EmbeddingService's.
 //
+// Snapshots (Capture, Restore): Capture copies a table's rows and dedup
+// logs while the table's pushes wait (each push holds the table's capture
+// lock in shared mode from its dedup check to its log entry, Capture holds
+// it exclusively), so the copy is a cut between pushes: every push is in it
+// wholly, with its dedup key, or not at all. Pulls do not wait. Writing
+// the copy to disk is EmbeddingSnapshotStore's (server/embedding_snapshot.h).
+//
 // Thread-safe: any number of pulls, pushes and table calls may run at once.
 // A push holds the write locks of the stripes it touches (ascending order)
 // while it applies; a pull holds read locks, one stripe at a time.
@@ -82,6 +89,25 @@ struct EmbeddingPushResult {
   std::vector<std::string> forward_to;
   // This push made this server the shard's primary (it was a backup).
   bool promoted = false;
+};
+
+// A table's state copied at one instant (EmbeddingStore::Capture), and
+// what EmbeddingStore::Restore loads.
+struct EmbeddingTableCapture {
+  std::string job_id;
+  EmbeddingTableSpec spec;  // with defaults
+  // The shards held, ascending.
+  std::vector<int32_t> shards;
+  // Floats per row record: 2 (the int64 update count, its 8 bytes as they
+  // are in memory, little-endian) + dim (weights) + dim x OptimizerSlots
+  // (slots, one after the other).
+  int64_t record_floats = 0;
+  // Row i has id ids[i] and record records[i * record_floats, ...); ids
+  // distinct, in no particular order.
+  std::vector<uint64_t> ids;
+  std::vector<float> records;
+  // Dedup logs: per client id, the sequences remembered, ascending.
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> dedup;
 };
 
 // Where a push comes from.
@@ -170,6 +196,25 @@ class EmbeddingStore {
                                              const std::string& table,
                                              bool checksum = false) const;
 
+  // Copies the table's rows and dedup logs (see the file comment:
+  // pushes to the table wait meanwhile; pulls do not). O(rows held) time
+  // and memory (row_bytes + 8 per row). Errors: NOT_FOUND.
+  absl::StatusOr<EmbeddingTableCapture> Capture(const std::string& job_id,
+                                                const std::string& table) const;
+
+  // Creates table capture.spec of capture.job_id holding `shards` (each
+  // one of capture.shards) with `replicas` (as CreateTable), loaded with
+  // the captured rows of those shards (bitwise: update counts, weights,
+  // slots) and the captured dedup logs (each client remembered as if it
+  // had just pushed). The table is visible only once loaded. Returns the
+  // rows loaded. Errors: as CreateTable; NOT_FOUND "shards[i]: ..." for a
+  // shard not in the capture; ALREADY_EXISTS when the table exists;
+  // DATA_LOSS when the capture is inconsistent (sizes, duplicate or
+  // out-of-range ids); RESOURCE_EXHAUSTED (max_bytes).
+  absl::StatusOr<int64_t> Restore(
+      const EmbeddingTableCapture& capture, const std::vector<int32_t>& shards,
+      const std::vector<TableShardReplicas>& replicas = {});
+
   // Frees the table (calls in flight on it finish first on their own copy
   // of its handle). Errors: NOT_FOUND.
   absl::Status DropTable(const std::string& job_id, const std::string& table);
@@ -181,6 +226,12 @@ class EmbeddingStore {
   struct Table;
 
  private:
+  // Validates a CreateTable request and builds its (empty, unlisted)
+  // table.
+  absl::StatusOr<std::shared_ptr<Table>> NewTable(
+      const std::string& job_id, const EmbeddingTableSpec& spec,
+      const std::vector<int32_t>& shards,
+      const std::vector<TableShardReplicas>& replicas) const;
   absl::StatusOr<std::shared_ptr<Table>> Find(const std::string& job_id,
                                               const std::string& table) const;
 

@@ -14,6 +14,7 @@
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/embedding_service.h"
+#include "server/embedding_snapshot.h"
 #include "server/embedding_store.h"
 #include "server/parameter_service.h"
 #include "server/replicator.h"
@@ -38,7 +39,8 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 ABSL_FLAG(std::string, data_dir, "",
           "This server's own data directory, locked while it runs (a second "
           "process given the same one exits with an error). Snapshots are "
-          "written here (RocksDB, <data_dir>/snapshots), and found again "
+          "written here (RocksDB, <data_dir>/snapshots; sparse embedding "
+          "tables' in <data_dir>/embeddings), and found again "
           "after a restart; empty = no snapshots.");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
@@ -150,8 +152,21 @@ int Main() {
                                                      j.worker_clocks().end()));
       }));
   // Sparse embedding tables (psd.v1.EmbeddingServer, ASP), on the same port.
+  // Their snapshots: a RocksDB of their own in <data_dir>/embeddings
+  // (server/embedding_snapshot.h); none without --data_dir.
+  std::unique_ptr<EmbeddingSnapshotStore> embedding_snapshots;
+  if (data_dir != nullptr) {
+    auto opened =
+        EmbeddingSnapshotStore::Open(data_dir->path() + "/embeddings");
+    if (!opened.ok()) {
+      Log()->error("--data_dir: {}", opened.status().ToString());
+      return 1;
+    }
+    embedding_snapshots = *std::move(opened);
+  }
   EmbeddingStore embedding_store;
-  EmbeddingService embedding_service(&embedding_store, &metrics);
+  EmbeddingService embedding_service(&embedding_store, &metrics, {},
+                                     embedding_snapshots.get());
   auto metrics_server =
       StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
                            absl::GetFlag(FLAGS_metrics_port_file), &metrics);
