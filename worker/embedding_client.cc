@@ -137,13 +137,8 @@ bool EmbeddingClient::FailOver(int32_t shard, size_t from) {
 
 EmbeddingClient::~EmbeddingClient() = default;
 
-absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
-  if (spec.num_shards() == 0) spec.set_num_shards(num_shards());
-  if (spec.num_shards() != num_shards()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.num_shards: this client has ", num_shards(),
-                     " shards, got ", spec.num_shards()));
-  }
+std::map<std::string, CreateTableRequest> EmbeddingClient::CreateRequests(
+    const EmbeddingTableSpec& spec) const {
   // One request per server: the shards it holds, and where it holds a
   // replicated shard, the shard's replicas and its own index in them.
   std::map<std::string, CreateTableRequest> requests;
@@ -164,7 +159,17 @@ absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
       }
     }
   }
-  for (const auto& [address, request] : requests) {
+  return requests;
+}
+
+absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
+  if (spec.num_shards() == 0) spec.set_num_shards(num_shards());
+  if (spec.num_shards() != num_shards()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.num_shards: this client has ", num_shards(),
+                     " shards, got ", spec.num_shards()));
+  }
+  for (const auto& [address, request] : CreateRequests(spec)) {
     CreateTableResponse response;
     grpc::ClientContext context;
     context.set_deadline(
@@ -177,6 +182,68 @@ absl::Status EmbeddingClient::CreateTable(EmbeddingTableSpec spec) {
   }
   dims_[spec.name()] = spec.dim();
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> EmbeddingClient::Restore(
+    EmbeddingTableSpec spec) {
+  if (spec.num_shards() == 0) spec.set_num_shards(num_shards());
+  if (spec.num_shards() != num_shards()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.num_shards: this client has ", num_shards(),
+                     " shards, got ", spec.num_shards()));
+  }
+  std::map<std::string, std::string> metadata;
+  std::string first_address;
+  int64_t first_generation = 0;
+  for (auto& [address, request] : CreateRequests(spec)) {
+    request.set_restore(true);
+    CreateTableResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.snapshot_timeout_ms)));
+    grpc::Status status =
+        StubOf(address)->CreateTable(&context, request, &response);
+    if (!status.ok()) return Prefixed(address, request.shards(0), status);
+    std::map<std::string, std::string> got(
+        response.restored_metadata().begin(),
+        response.restored_metadata().end());
+    if (first_address.empty()) {
+      first_address = address;
+      first_generation = response.restored_generation();
+      metadata = std::move(got);
+    } else if (got != metadata) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "table \"", spec.name(), "\": server ", address,
+          " restored a snapshot (generation ", response.restored_generation(),
+          ") with other metadata than server ", first_address,
+          " (generation ", first_generation,
+          "): their newest snapshots were not taken together"));
+    }
+  }
+  dims_[spec.name()] = spec.dim();
+  return metadata;
+}
+
+absl::StatusOr<std::map<std::string, SnapshotTableResponse>>
+EmbeddingClient::Snapshot(const std::string& table,
+                          const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, SnapshotTableResponse> responses;
+  for (int32_t s = 0; s < num_shards(); ++s) {
+    for (const std::string& address : replicas_[s]) {
+      if (responses.count(address)) continue;
+      SnapshotTableRequest request;
+      request.set_job_id(job_id_);
+      request.set_table(table);
+      request.mutable_metadata()->insert(metadata.begin(), metadata.end());
+      grpc::ClientContext context;
+      context.set_deadline(
+          DeadlineIn(std::chrono::milliseconds(options_.snapshot_timeout_ms)));
+      grpc::Status status = StubOf(address)->SnapshotTable(
+          &context, request, &responses[address]);
+      if (!status.ok()) return Prefixed(address, s, status);
+    }
+  }
+  return responses;
 }
 
 absl::Status EmbeddingClient::DropTable(const std::string& table) {

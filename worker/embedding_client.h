@@ -38,6 +38,9 @@ struct EmbeddingClientOptions {
   // clients with one id would drop each other's pushes). Default: empty,
   // for 128 random bits.
   std::string client_id;
+  // Deadline of one SnapshotTable or restoring CreateTable call (they
+  // read or write a server's whole share of a table), ms. Default: 10 min.
+  int snapshot_timeout_ms = 600000;
 };
 
 // One job's view of its embedding tables. replicas[s] lists the host:port
@@ -101,6 +104,29 @@ class EmbeddingClient {
   // Errors: the first server's error, prefixed with its address.
   absl::Status CreateTable(EmbeddingTableSpec spec);
 
+  // Snapshots the table on every server holding a shard of it (every
+  // replica, each once), one after the other, with `metadata` (e.g. the
+  // training epoch; SnapshotTableRequest.metadata). Call it when no push
+  // is in flight for the snapshots to hold the same pushes on every
+  // server. Returns the servers' responses, by address. Errors: the first
+  // failing server's, prefixed with its address (the servers before it
+  // wrote theirs; the previous snapshots of the others stay as they were).
+  absl::StatusOr<std::map<std::string, SnapshotTableResponse>> Snapshot(
+      const std::string& table,
+      const std::map<std::string, std::string>& metadata = {});
+
+  // Restores the table on every server from that server's newest snapshot
+  // (CreateTable with restore: same shards and replica lists as
+  // CreateTable, so the addresses may differ from the snapshot's time).
+  // Returns the snapshots' metadata, which must be the same on every
+  // server. Errors: the first server's, prefixed with its address
+  // (NOT_FOUND: no snapshot; DATA_LOSS: none verifies; ALREADY_EXISTS);
+  // FAILED_PRECONDITION when two servers restored snapshots with different
+  // metadata (a crash between their snapshots; the table is then left
+  // restored, for the caller to drop).
+  absl::StatusOr<std::map<std::string, std::string>> Restore(
+      EmbeddingTableSpec spec);
+
   // Drops the table on every server (all are tried). Errors: the first
   // server's, as CreateTable (NOT_FOUND; UNAVAILABLE for a dead one).
   absl::Status DropTable(const std::string& table);
@@ -137,6 +163,10 @@ class EmbeddingClient {
   EmbeddingClient(std::string job_id,
                   std::vector<std::vector<std::string>> replicas,
                   EmbeddingClientOptions options);
+  // One CreateTableRequest per server: the shards it holds and their
+  // replica lists. REQUIRES: spec.num_shards() == num_shards().
+  std::map<std::string, CreateTableRequest> CreateRequests(
+      const EmbeddingTableSpec& spec) const;
   EmbeddingServer::Stub* StubOf(const std::string& address) {
     return stubs_.at(address).get();
   }

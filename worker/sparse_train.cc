@@ -43,12 +43,21 @@
 // each with its own EmbeddingClient, on examples i = worker (mod workers):
 // asynchronous (ASP), as the servers apply each push when it arrives.
 //
+// Snapshots: --snapshot_every_epochs=N snapshots both tables on every
+// server after every N-th epoch (metadata: the epoch and the untrained test
+// log-loss, printed "snapshot: epoch E ..."); --resume restores them (each
+// server its newest complete snapshot) and trains on from epoch E + 1.
+// With --workers=1 the pushes come in a fixed order, so a resumed run
+// ends with bitwise the rows of a run never stopped
+// (tests/sparse_snapshot_test.sh).
+//
 // Exit status: 0 when the final test accuracy is at least --min_accuracy
 // and the test log-loss went down; 1 otherwise; 2 for bad flags.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,7 +66,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/process.h"
@@ -89,6 +100,16 @@ ABSL_FLAG(uint64_t, seed, 1, "Seed of the data and of the tables' init.");
 ABSL_FLAG(double, min_accuracy, 0.0,
           "Exit 1 when the final test accuracy is below this.");
 ABSL_FLAG(bool, drop_tables, true, "Drop the tables at the end.");
+ABSL_FLAG(int, snapshot_every_epochs, 0,
+          "After every N-th epoch, snapshot both tables on every server "
+          "(SnapshotTable: needs psd_server --data_dir), recording the epoch "
+          "in the snapshots; 0 = never.");
+ABSL_FLAG(bool, resume, false,
+          "Restore both tables from the servers' newest snapshots "
+          "(CreateTable restore) instead of creating them, and continue "
+          "with the epoch after the one the snapshots were taken after, up "
+          "to --epochs. The other flags must be those of the run that took "
+          "the snapshots.");
 
 namespace psd {
 namespace {
@@ -363,7 +384,49 @@ int Main() {
   dense.set_dim(dim + 1);
   dense.mutable_initializer()->set_scale(
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim))));
+  const bool resume = absl::GetFlag(FLAGS_resume);
+  // With --resume: the epoch the snapshots were taken after, and the
+  // untrained test log-loss of the run that took them.
+  int resumed_epoch = 0;
+  double resumed_first_loss = 0;
   for (const EmbeddingTableSpec& spec : {emb, dense}) {
+    if (resume) {
+      auto metadata = clients[0]->Restore(spec);
+      if (!metadata.ok()) {
+        std::fprintf(stderr, "sparse_train: restore table %s: %s\n",
+                     spec.name().c_str(), metadata.status().ToString().c_str());
+        return 1;
+      }
+      int epoch = -1;
+      double first_loss = 0;
+      auto e = metadata->find("epoch");
+      auto l = metadata->find("first_test_logloss");
+      if (e == metadata->end() || l == metadata->end() ||
+          !absl::SimpleAtoi(e->second, &epoch) ||
+          !absl::SimpleAtod(l->second, &first_loss) || epoch < 0 ||
+          (spec.name() == "dense" && epoch != resumed_epoch)) {
+        std::fprintf(stderr,
+                     "sparse_train: restore table %s: its snapshot's metadata "
+                     "(epoch \"%s\") is not from sparse_train or not from "
+                     "the same epoch as table emb's (%d)\n",
+                     spec.name().c_str(),
+                     e == metadata->end() ? "" : e->second.c_str(),
+                     resumed_epoch);
+        return 1;
+      }
+      resumed_epoch = epoch;
+      resumed_first_loss = first_loss;
+      // The other clients learn the table's dim.
+      for (size_t w = 1; w < clients.size(); ++w) {
+        absl::Status s = clients[w]->CreateTable(spec);
+        if (!s.ok()) {
+          std::fprintf(stderr, "sparse_train: table %s: %s\n",
+                       spec.name().c_str(), s.ToString().c_str());
+          return 1;
+        }
+      }
+      continue;
+    }
     for (auto& client : clients) {
       absl::Status s = client->CreateTable(spec);
       if (!s.ok()) {
@@ -373,8 +436,13 @@ int Main() {
       }
     }
   }
+  if (resume) {
+    std::printf("resumed: tables emb and dense restored from the snapshots "
+                "taken after epoch %d\n",
+                resumed_epoch);
+  }
   // The servers' untouched rows are the seeded values computed here.
-  {
+  if (!resume) {
     std::vector<uint64_t> sample;
     for (int64_t i = 0; i < 64; ++i) sample.push_back(data.Feature(train + i, 0));
     std::vector<float> rows, want(dim);
@@ -420,10 +488,18 @@ int Main() {
     std::fprintf(stderr, "sparse_train: %s\n", first.status().ToString().c_str());
     return 1;
   }
-  std::printf("epoch 0 (untrained): test logloss %.4f accuracy %.4f\n",
-              first->loss, first->accuracy);
+  if (resume) {
+    std::printf("epoch %d (restored): test logloss %.4f accuracy %.4f\n",
+                resumed_epoch, first->loss, first->accuracy);
+  } else {
+    std::printf("epoch 0 (untrained): test logloss %.4f accuracy %.4f\n",
+                first->loss, first->accuracy);
+  }
   Eval last = *first;
-  for (int epoch = 1; epoch <= absl::GetFlag(FLAGS_epochs); ++epoch) {
+  if (resume) first->loss = resumed_first_loss;
+  const int snapshot_every = absl::GetFlag(FLAGS_snapshot_every_epochs);
+  for (int epoch = resumed_epoch + 1; epoch <= absl::GetFlag(FLAGS_epochs);
+       ++epoch) {
     const auto start = std::chrono::steady_clock::now();
     std::vector<absl::StatusOr<double>> losses(workers, 0.0);
     std::vector<std::thread> threads;
@@ -456,6 +532,33 @@ int Main() {
                 epoch, train_loss, last.loss, last.accuracy, seconds,
                 train / seconds);
     std::fflush(stdout);
+    if (snapshot_every > 0 && epoch % snapshot_every == 0) {
+      // No push is in flight between epochs: every server's snapshot
+      // holds the same pushes.
+      const std::map<std::string, std::string> metadata = {
+          {"epoch", absl::StrCat(epoch)},
+          {"first_test_logloss", absl::StrFormat("%.17g", first->loss)}};
+      for (const char* table : {"emb", "dense"}) {
+        auto written = clients[0]->Snapshot(table, metadata);
+        if (!written.ok()) {
+          std::fprintf(stderr, "sparse_train: snapshot of table %s: %s\n",
+                       table, written.status().ToString().c_str());
+          return 1;
+        }
+        int64_t rows = 0, bytes = 0;
+        double slowest = 0;
+        for (const auto& [address, r] : *written) {
+          rows += r.rows();
+          bytes += r.bytes();
+          slowest = std::max(slowest, r.seconds());
+        }
+        std::printf("snapshot: epoch %d, table %s: %lld rows, %lld bytes on "
+                    "%zu server(s), slowest %.3f s\n",
+                    epoch, table, static_cast<long long>(rows),
+                    static_cast<long long>(bytes), written->size(), slowest);
+      }
+      std::fflush(stdout);
+    }
   }
   auto status = clients[0]->Status("emb");
   if (status.ok()) {
@@ -503,7 +606,7 @@ int main(int argc, char** argv) {
       "against psd_servers' sparse embedding tables.\n"
       "  sparse_train --servers=HOST:PORT[,HOST:PORT...] [--replication=R]\n"
       "  sparse_train --servers='A1,A2;B1,B2' (replicas per shard)\n"
-      "  [--epochs=3]");
+      "  [--epochs=3] [--snapshot_every_epochs=N] [--resume]");
   absl::ParseCommandLine(argc, argv);
   return psd::Main();
 }
