@@ -1,6 +1,8 @@
 // Sparse embedding tables over real gRPC on 127.0.0.1 (in-process servers
 // on OS-chosen ports): EmbeddingService + EmbeddingStore, EmbeddingClient.
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -12,6 +14,7 @@
 #include "common/rpc.h"
 #include "server/embedding_rows.h"
 #include "server/embedding_service.h"
+#include "server/embedding_snapshot.h"
 #include "server/embedding_store.h"
 #include "worker/embedding_client.h"
 
@@ -20,7 +23,8 @@ namespace {
 
 // One server process's worth: a store, its service, a gRPC server.
 struct Server {
-  Server() : service(&store) {
+  explicit Server(EmbeddingSnapshotStore* snapshots = nullptr)
+      : service(&store, nullptr, {}, snapshots) {
     auto started = StartRpcServer(RpcServerOptions(), {&service});
     REQUIRE(started.ok());
     rpc = *std::move(started);
@@ -382,6 +386,126 @@ TEST_CASE("EmbeddingClient: bad replica lists are INVALID_ARGUMENT naming "
   CHECK(twice.status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(twice.status().message().rfind("replicas[0][1]: a:1 is listed twice",
                                        0) == 0);
+}
+
+}  // namespace
+}  // namespace psd
+
+namespace psd {
+namespace {
+
+grpc::Status RawPush(const std::string& address, const std::string& client_id,
+                     uint64_t sequence, PushRowsResponse* response) {
+  auto stub = EmbeddingServer::NewStub(MakeChannel(address));
+  PushRowsRequest request;
+  request.set_job_id("job");
+  request.set_table("emb");
+  request.add_row_ids(12345);
+  Tensor* g = request.mutable_gradients();
+  g->set_dtype(FLOAT32);
+  g->add_shape(1);
+  g->add_shape(4);
+  const float values[4] = {0.5f, -0.25f, 1.0f, 2.0f};
+  g->set_data(values, sizeof(values));
+  request.set_client_id(client_id);
+  request.set_sequence(sequence);
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(std::chrono::milliseconds(10000)));
+  return stub->PushRows(&context, request, response);
+}
+
+TEST_CASE("EmbeddingServer: SnapshotTable and restore over gRPC keep rows "
+          "and exactly-once",
+          "[embedding][rpc][snapshot]") {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir =
+      std::string(tmp != nullptr ? tmp : "/tmp") + "/embedding_rpc_snapshots";
+  std::filesystem::remove_all(dir);
+  auto opened = EmbeddingSnapshotStore::Open(dir);
+  REQUIRE(opened.ok());
+  std::unique_ptr<EmbeddingSnapshotStore> snapshots = *std::move(opened);
+  const EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::ADAM, 0.01f, EmbeddingInitializer::UNIFORM);
+  std::vector<uint64_t> ids = {1, 2, 3, 12345, 99999999};
+  std::vector<float> before;
+  {
+    Server a(snapshots.get());
+    auto client = Client({a.address});
+    REQUIRE(client->CreateTable(spec).ok());
+    std::vector<float> grads(ids.size() * 4, 0.125f);
+    REQUIRE(client->Push("emb", ids, grads).ok());
+    PushRowsResponse r;
+    REQUIRE(RawPush(a.address, "x", 7, &r).ok());
+    REQUIRE(client->Pull("emb", ids, &before).ok());
+    auto written = client->Snapshot("emb", {{"epoch", "4"}});
+    REQUIRE(written.ok());
+    REQUIRE(written->size() == 1);
+    CHECK(written->begin()->second.generation() == 1);
+    CHECK(written->begin()->second.rows() == 5);
+    CHECK(written->begin()->second.dedup_entries() == 2);
+    // Unknown table: NOT_FOUND naming it.
+    auto unknown = client->Snapshot("nope");
+    CHECK(unknown.status().code() == absl::StatusCode::kNotFound);
+    CHECK(std::string(unknown.status().message()).find("\"nope\"") !=
+          std::string::npos);
+    // Restoring a table that exists: ALREADY_EXISTS.
+    CHECK(client->Restore(spec).status().code() ==
+          absl::StatusCode::kAlreadyExists);
+  }
+  // "Restarted": a fresh server on the same snapshots.
+  Server b(snapshots.get());
+  auto client = Client({b.address});
+  EmbeddingTableSpec bad = spec;
+  bad.set_dim(0);
+  auto invalid = client->Restore(bad);
+  CHECK(invalid.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(invalid.status().message()).find("spec.dim") !=
+        std::string::npos);
+  EmbeddingTableSpec other = spec;
+  other.set_name("other");
+  auto missing = client->Restore(other);
+  CHECK(missing.status().code() == absl::StatusCode::kNotFound);
+  CHECK(std::string(missing.status().message()).find("\"other\"") !=
+        std::string::npos);
+  EmbeddingTableSpec changed = spec;
+  changed.mutable_optimizer()->set_learning_rate(0.5f);
+  auto differs = client->Restore(changed);
+  CHECK(differs.status().code() == absl::StatusCode::kFailedPrecondition);
+  auto restored = client->Restore(spec);
+  REQUIRE(restored.ok());
+  CHECK(restored->at("epoch") == "4");
+  std::vector<float> after;
+  REQUIRE(client->Pull("emb", ids, &after).ok());
+  CHECK(after == before);
+  PushRowsResponse r;
+  REQUIRE(RawPush(b.address, "x", 7, &r).ok());
+  CHECK(r.duplicate());  // in the snapshot: not applied again
+  std::vector<float> same;
+  REQUIRE(client->Pull("emb", ids, &same).ok());
+  CHECK(same == before);
+  REQUIRE(RawPush(b.address, "x", 8, &r).ok());
+  CHECK_FALSE(r.duplicate());  // not in it: applied
+  REQUIRE(client->Pull("emb", ids, &same).ok());
+  CHECK(same != before);
+}
+
+TEST_CASE("EmbeddingServer: without a data dir, SnapshotTable and restore "
+          "are FAILED_PRECONDITION saying so",
+          "[embedding][rpc][snapshot]") {
+  Server a;
+  auto client = Client({a.address});
+  const EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::SGD, 0.1f, EmbeddingInitializer::ZERO);
+  REQUIRE(client->CreateTable(spec).ok());
+  auto written = client->Snapshot("emb");
+  CHECK(written.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(std::string(written.status().message()).find("--data_dir") !=
+        std::string::npos);
+  REQUIRE(client->DropTable("emb").ok());
+  auto restored = client->Restore(spec);
+  CHECK(restored.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(std::string(restored.status().message()).find("--data_dir") !=
+        std::string::npos);
 }
 
 }  // namespace
