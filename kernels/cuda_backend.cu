@@ -266,6 +266,17 @@ class CudaBackend : public Backend {
         Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
+  // On the compute stream, so the math queued after it sees the data; the
+  // host source must stay unchanged until the stream passed it (see the
+  // reuse rule in kernels.h). From pinned memory the call returns at once.
+  void CopyFromHostAsync(const void* host_src, void* dst,
+                         size_t bytes) override {
+    if (!Begin() || bytes == 0) return;
+    Cuda(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice,
+                         stream_),
+         "cudaMemcpyAsync(host to device, async)");
+  }
+
   void CopyToHost(const void* src, void* host_dst, size_t bytes) override {
     if (!Begin() || bytes == 0) return;
     Cuda(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost,
@@ -354,6 +365,13 @@ class CudaBackend : public Backend {
       Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize") &&
           Cuda(cudaStreamSynchronize(copy_stream_),
                "cudaStreamSynchronize(copies)");
+    } else {
+      // After a failure, still wait for what was queued before it (e.g. an
+      // asynchronous upload still reading its host source); errors are
+      // ignored, the first one is kept.
+      cudaSetDevice(device_);
+      if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+      if (copy_stream_ != nullptr) cudaStreamSynchronize(copy_stream_);
     }
     if (status_.ok()) WaitCopy(last_ticket_);  // Recycles their events.
     return status_;

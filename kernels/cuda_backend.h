@@ -8,13 +8,17 @@
 // Memory: UsesHostMemory() is false. Every pointer given to the math
 // methods must point into memory from Allocate() (or a Buffer<T>) of this
 // backend: activations and gradients stay on the GPU between calls, and
-// only CopyFromHost / CopyToHost move data (see worker/mlp.h for who does
-// that during training).
+// only the copy methods move data (see worker/mlp.h for who does that
+// during training).
 //
 // Execution: all work goes on one CUDA stream owned by the backend, in call
-// order. Gemm, AddBias, BiasGrad, Relu* are asynchronous;
-// SoftmaxCrossEntropy (returns the loss), CopyToHost and Synchronize wait
-// for the stream. CopyToHostAsync puts its device-to-host copy on a second
+// order. Gemm, AddBias, BiasGrad, Relu* and CopyFromHostAsync (a
+// host-to-device cudaMemcpyAsync on that stream: the kernels queued after
+// it see the data without a wait; its host source must not change until
+// Synchronize(), see kernels.h) are asynchronous;
+// SoftmaxCrossEntropy (returns the loss), CopyFromHost, CopyToHost and
+// Synchronize wait for the stream (Synchronize for the copy stream too,
+// also after an error). CopyToHostAsync puts its device-to-host copy on a second
 // stream that waits (on the GPU) for an event recorded on the first, so the
 // math queued after it runs while the copy goes on; each copy's completion
 // is an event behind it (CopyDone queries, WaitCopy synchronizes on it).

@@ -15,12 +15,17 @@
 //   - MLP step: loss within 1e-4 relative; each gradient tensor within
 //     1e-3 * max|cpu gradient| + 1e-6; CountCorrect equal. The same step
 //     with a GradientReady callback (per-layer asynchronous copies) gives
-//     bitwise the GPU's gradients without one, announced in CPU order.
+//     bitwise the GPU's gradients without one, announced in CPU order; so
+//     does the step with its parameters in pinned memory.
 //   - CopyToHostAsync: bitwise copies, done in ticket order.
+//   - CopyFromHostAsync (pinned and pageable sources): bitwise copies,
+//     visible to the math queued after it without a wait; the source may
+//     be overwritten after Synchronize() without changing the device data.
 //
 // Without --config=cuda, or with it on a machine with no usable GPU, every
 // case passes after the warning "no GPU: CUDA parity tests skipped (...)"
 // (Catch2 2.13 has no SKIP).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -336,6 +341,34 @@ TEST_CASE("CUDA parity: CopyToHostAsync into pinned memory, in ticket order",
   REQUIRE(gpu->Synchronize().ok());
 }
 
+TEST_CASE("CUDA parity: CopyFromHostAsync from pinned and pageable memory",
+          "[cuda]") {
+  auto gpu = GpuOrSkip();
+  if (!gpu) return;
+  auto cpu = CreateCpuBackend(1);
+  for (const size_t n : {size_t{1}, size_t{37}, size_t{65537}}) {
+    const std::vector<float> values = Random(n, 50 + n);
+    HostBuffer<float> pinned(gpu.get(), n);
+    REQUIRE(pinned.data() != nullptr);
+    std::memcpy(pinned.data(), values.data(), n * sizeof(float));
+    std::vector<float> pageable = values;
+    Buffer<float> from_pinned(gpu.get(), n), from_pageable(gpu.get(), n);
+    from_pinned.CopyFromHostAsync(pinned.data(), n);
+    from_pageable.CopyFromHostAsync(pageable.data(), n);
+    // Queued after the uploads on the same stream: sees their data.
+    gpu->ReluForward(static_cast<int>(n), from_pinned.data());
+    REQUIRE(gpu->Synchronize().ok());
+    // The reuse rule: after Synchronize the sources may change.
+    std::memset(pinned.data(), 0, n * sizeof(float));
+    std::fill(pageable.begin(), pageable.end(), 0.0f);
+    std::vector<float> want_relu = values;
+    cpu->ReluForward(static_cast<int>(n), want_relu.data());
+    CHECK(ToHost(gpu.get(), from_pinned) == want_relu);
+    CHECK(ToHost(gpu.get(), from_pageable) == values);
+  }
+  CHECK(gpu->status().ok());
+}
+
 TEST_CASE("CUDA parity: one MLP training step and an evaluation", "[cuda]") {
   auto gpu = GpuOrSkip();
   if (!gpu) return;
@@ -406,6 +439,29 @@ TEST_CASE("CUDA parity: one MLP training step and an evaluation", "[cuda]") {
     CHECK(loss_cb == loss_gpu);
     CHECK(g_seen == g_gpu);
     CHECK(g_cb == g_gpu);
+    // Parameters in pinned memory (the trainer's pull buffers), uploaded
+    // asynchronously: bitwise the gradients from pageable ones; and the
+    // buffers may be overwritten once the call returned.
+    std::vector<HostBuffer<float>> pinned;
+    std::vector<const float*> pv_pinned;
+    for (const auto& p : params) {
+      pinned.emplace_back(gpu.get(), p.size());
+      REQUIRE(pinned.back().data() != nullptr);
+      std::memcpy(pinned.back().data(), p.data(), p.size() * sizeof(float));
+      pv_pinned.push_back(pinned.back().data());
+    }
+    std::vector<std::vector<float>> g_pin(g_gpu.size());
+    std::vector<float*> gp_pin;
+    for (size_t i = 0; i < g_gpu.size(); ++i) {
+      g_pin[i].resize(g_gpu[i].size());
+      gp_pin.push_back(g_pin[i].data());
+    }
+    const float loss_pin = on_gpu.ForwardBackward(pv_pinned, x.data(),
+                                                  labels.data(), batch, gp_pin);
+    for (auto& b : pinned) std::memset(b.data(), 0, b.size() * sizeof(float));
+    REQUIRE(gpu->status().ok());
+    CHECK(loss_pin == loss_gpu);
+    CHECK(g_pin == g_gpu);
     // Evaluation over more rows than max_batch (chunks of 64).
     const int64_t n_eval = 200;
     const auto x_eval = Random(size_t(n_eval) * input, 9);

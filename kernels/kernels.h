@@ -54,6 +54,24 @@ class Backend {
   // Copies `bytes` from host memory into the backend's memory. Ordered with
   // the math methods; the host source may be reused when this returns.
   virtual void CopyFromHost(const void* host_src, void* dst, size_t bytes) = 0;
+  // Starts copying `bytes` from host memory into the backend's memory and
+  // returns without waiting for it. The copy is queued in order with the
+  // math methods (CUDA: cudaMemcpyAsync on the compute stream), so math
+  // queued after it reads the copied data: no wait is needed before using
+  // `dst` in math.
+  // REQUIRES (the reuse rule): `host_src` is neither written nor freed
+  // until the copy is complete, i.e. until Synchronize() returned, or
+  // another call that waits for all work queued before it (CopyToHost,
+  // SoftmaxCrossEntropy, WaitCopy of a later ticket). Writing it earlier
+  // (e.g. pulling the next step's parameters into it) may change what
+  // arrives on the device. `host_src` should come from AllocateHost(): from
+  // pageable memory CUDA may copy synchronously. After a failure the copy
+  // does not happen (see status()). The default (a host backend) copies at
+  // once with CopyFromHost(), so there the source may be reused at once.
+  virtual void CopyFromHostAsync(const void* host_src, void* dst,
+                                 size_t bytes) {
+    CopyFromHost(host_src, dst, bytes);
+  }
   // Copies `bytes` from the backend's memory to host memory; returns when
   // the data is there (waits for the queued work that produces it).
   virtual void CopyToHost(const void* src, void* host_dst, size_t bytes) = 0;
@@ -63,7 +81,8 @@ class Backend {
   // this backend are fastest with: page-locked ("pinned") memory for a
   // device backend (CUDA: cudaMallocHost), plain malloc for a host backend
   // (the default). Returns nullptr on failure (a device backend's status()
-  // says why). Free it with FreeHost(); nullptr is a no-op there.
+  // says why). Free it with FreeHost(); nullptr is a no-op there. Prefer
+  // HostBuffer<T>, which does both.
   virtual void* AllocateHost(size_t bytes) {
     return bytes == 0 ? nullptr : std::malloc(bytes);
   }
@@ -94,7 +113,9 @@ class Backend {
   // Waits until CopyDone(ticket) would be true.
   virtual void WaitCopy(uint64_t ticket) { (void)ticket; }
 
-  // Waits for all queued work; returns status().
+  // Waits for all queued work, copies included (also after a failure, for
+  // what was queued before it); returns status(). When it returns, the
+  // host sources of CopyFromHostAsync may be reused.
   virtual absl::Status Synchronize() = 0;
   // OK, or the backend's first error (after which it does nothing).
   virtual absl::Status status() const = 0;
@@ -179,10 +200,61 @@ class Buffer {
   void CopyToHost(T* host, size_t n) const {
     if (n > 0) backend_->CopyToHost(data_, host, n * sizeof(T));
   }
+  // Backend::CopyFromHostAsync of n elements (its reuse rule applies to
+  // `host`). REQUIRES: n <= size().
+  void CopyFromHostAsync(const T* host, size_t n) {
+    if (n > 0) backend_->CopyFromHostAsync(host, data_, n * sizeof(T));
+  }
 
  private:
   void Reset() {
     if (data_ != nullptr) backend_->Free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+  Backend* backend_ = nullptr;
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// An array of n elements of T in host memory from a backend's
+// AllocateHost() (pinned for a device backend, malloc for a host backend),
+// freed with its FreeHost() on destruction: the source and destination of
+// the asynchronous copies. Move-only. Its backend is not owned and must
+// outlive it. An allocation failure leaves data() == nullptr (check it;
+// a device backend's status() then says why). The contents start
+// uninitialised. T must be trivially copyable (float, int32_t).
+template <typename T>
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  HostBuffer(Backend* backend, size_t n)
+      : backend_(backend),
+        data_(n == 0 ? nullptr
+                     : static_cast<T*>(backend->AllocateHost(n * sizeof(T)))),
+        size_(data_ == nullptr ? 0 : n) {}
+  ~HostBuffer() { Reset(); }
+  HostBuffer(HostBuffer&& o) noexcept { *this = std::move(o); }
+  HostBuffer& operator=(HostBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      backend_ = std::exchange(o.backend_, nullptr);
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void Reset() {
+    if (data_ != nullptr) backend_->FreeHost(data_);
     data_ = nullptr;
     size_ = 0;
   }

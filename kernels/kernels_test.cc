@@ -1,5 +1,7 @@
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <utility>
 #include <random>
 #include <vector>
 
@@ -169,6 +171,32 @@ TEST_CASE("ArgmaxRows: first maximum of each row", "[kernels]") {
   CHECK(out[0] == 1);
   CHECK(out[1] == 0);
   CHECK(out[2] == 1);
+}
+
+TEST_CASE("CpuBackend: CopyFromHostAsync copies at once, HostBuffer frees "
+          "what AllocateHost gave",
+          "[kernels]") {
+  auto be = CreateCpuBackend();
+  HostBuffer<float> host(be.get(), 1000);
+  REQUIRE(host.data() != nullptr);
+  CHECK(host.size() == 1000);
+  const std::vector<float> values = RandomVector(1000, 5);
+  std::memcpy(host.data(), values.data(), 1000 * sizeof(float));
+  Buffer<float> dev(be.get(), 1000);
+  dev.CopyFromHostAsync(host.data(), 1000);
+  // A host backend's upload is done on return: the source may be reused.
+  std::memset(host.data(), 0, 1000 * sizeof(float));
+  CHECK(std::memcmp(dev.data(), values.data(), 1000 * sizeof(float)) == 0);
+  be->CopyFromHostAsync(values.data(), dev.data(), 0);  // A no-op.
+  CHECK(be->Synchronize().ok());
+
+  HostBuffer<float> moved = std::move(host);
+  CHECK(host.data() == nullptr);
+  CHECK(host.size() == 0);
+  CHECK(moved.size() == 1000);
+  HostBuffer<int32_t> empty(be.get(), 0);
+  CHECK(empty.data() == nullptr);
+  CHECK(empty.size() == 0);
 }
 
 }  // namespace

@@ -32,9 +32,7 @@ Mlp::Mlp(std::vector<int32_t> layer_sizes, int32_t max_batch,
     for (int64_t n : ParameterSizes()) {
       params_dev_.emplace_back(backend_, n);
       grads_dev_.emplace_back(backend_, n);
-      grads_staging_.emplace_back(
-          static_cast<float*>(backend_->AllocateHost(n * sizeof(float))),
-          HostFree{backend_});
+      grads_staging_.emplace_back(backend_, n);
     }
     x_dev_ = kernels::Buffer<float>(backend_,
                                     size_t(max_batch_) * layer_sizes_[0]);
@@ -93,10 +91,19 @@ std::vector<const float*> Mlp::StageParams(
   if (!staged_) return params;
   std::vector<const float*> out;
   for (size_t i = 0; i < params_dev_.size(); ++i) {
-    params_dev_[i].CopyFromHost(params[i], params_dev_[i].size());
+    // Queued before the kernels that read it (no wait needed); the caller's
+    // host copy stays untouched until EndOfCall() synchronized.
+    params_dev_[i].CopyFromHostAsync(params[i], params_dev_[i].size());
     out.push_back(params_dev_[i].data());
   }
   return out;
+}
+
+void Mlp::EndOfCall() {
+  // Waits for the parameter uploads (and everything else queued): the
+  // caller may overwrite its host parameters once the call returned. Also
+  // after a failure (see Backend::Synchronize); status() is checked after.
+  if (staged_) backend_->Synchronize().IgnoreError();
 }
 
 void Mlp::Forward(const std::vector<const float*>& params, const float* x,
@@ -142,7 +149,7 @@ float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
         std::fill(host_grads[t], host_grads[t] + sizes[t],
                   std::numeric_limits<float>::quiet_NaN());
       } else if (staged_) {
-        std::memcpy(host_grads[t], grads_staging_[t].get(),
+        std::memcpy(host_grads[t], grads_staging_[t].data(),
                     sizes[t] * sizeof(float));
       }
       if (on_ready) on_ready(t);
@@ -167,11 +174,11 @@ float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
                    grads[2 * i]);
     backend_->BiasGrad(batch, fan_out, dz, grads[2 * i + 1]);
     if (staged_) {
-      backend_->CopyToHostAsync(grads[2 * i], grads_staging_[2 * i].get(),
+      backend_->CopyToHostAsync(grads[2 * i], grads_staging_[2 * i].data(),
                                 sizes[2 * i] * sizeof(float));
       copying.emplace_back(
           i, backend_->CopyToHostAsync(grads[2 * i + 1],
-                                       grads_staging_[2 * i + 1].get(),
+                                       grads_staging_[2 * i + 1].data(),
                                        sizes[2 * i + 1] * sizeof(float)));
       // Announce, without waiting, the layers whose copies have landed.
       while (announced < copying.size() &&
@@ -191,6 +198,7 @@ float Mlp::ForwardBackward(const std::vector<const float*>& host_params,
     backend_->WaitCopy(copying[announced].second);
     announce(copying[announced].first);
   }
+  EndOfCall();
   if (!backend_->status().ok()) {  // Never push what a failed device left.
     for (size_t i = 0; i < host_grads.size(); ++i) {
       std::fill(host_grads[i], host_grads[i] + sizes[i],
@@ -222,6 +230,7 @@ int64_t Mlp::CountCorrect(const std::vector<const float*>& host_params,
       correct += host_predictions_[r] == labels[start + r];
     }
   }
+  EndOfCall();
   if (!backend_->status().ok()) return -1;
   return correct;
 }

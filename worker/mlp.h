@@ -33,6 +33,17 @@ namespace psd {
 // their gradients never leave the device), and downloads the gradients
 // (ForwardBackward) or the predictions (CountCorrect).
 //
+// Parameter upload (device backend): each tensor goes with
+// Backend::CopyFromHostAsync, queued on the device in order before the
+// kernels that read it, so the call does not wait for it; it is truly
+// asynchronous when the parameters are in memory from
+// Backend::AllocateHost() (pinned), which is what the trainer pulls into.
+// The reuse rule: the caller must not write the parameters while a call
+// runs (GradientReady callbacks included); every call synchronizes the
+// backend (Backend::Synchronize) before it returns, also after a device
+// failure, so the parameters may be overwritten (e.g. by the next step's
+// pull) as soon as ForwardBackward or CountCorrect has returned.
+//
 // Device errors: if the backend fails (Backend::status() not OK, e.g. a
 // CUDA error), ForwardBackward returns NaN and fills every gradient with
 // NaN, so the push is refused by the servers' finite-gradient check rather
@@ -96,9 +107,10 @@ class Mlp {
   // stays unchanged after that unless the backend failed (then it is NaN).
   using GradientReady = std::function<void(int32_t tensor)>;
 
-  // One training step on a batch. params[i] points at tensor i (read-only);
-  // grads[i] gets the gradient of the MEAN loss over the batch w.r.t. tensor
-  // i (overwritten). Returns the mean loss. When `on_ready` is set it is
+  // One training step on a batch. params[i] points at tensor i (host
+  // memory, read-only, not to be written until this returns: "Parameter
+  // upload" above); grads[i] gets the gradient of the MEAN loss over the
+  // batch w.r.t. tensor i (overwritten). Returns the mean loss. When `on_ready` is set it is
   // called exactly once for every tensor before this returns, in the order
   // 2L-2, 2L-1, 2L-4, 2L-3, ..., 0, 1 for L layers; a tensor announced
   // after a backend failure was seen holds NaN (the device-error contract
@@ -131,6 +143,9 @@ class Mlp {
   // returns pointers to those; for a host backend returns `params` as is.
   std::vector<const float*> StageParams(
       const std::vector<const float*>& params);
+  // Before a public call returns: waits for the backend's queued work (the
+  // parameter uploads still reading the caller's memory among it).
+  void EndOfCall();
 
   // Constant after construction.
   const std::vector<int32_t> layer_sizes_;
@@ -153,11 +168,7 @@ class Mlp {
   kernels::Buffer<int32_t> labels_dev_;   // [max_batch]
   // Only when staged_: pinned host staging of each gradient tensor
   // (Backend::AllocateHost), the target of the asynchronous copies.
-  struct HostFree {
-    kernels::Backend* backend;
-    void operator()(float* p) const { backend->FreeHost(p); }
-  };
-  std::vector<std::unique_ptr<float, HostFree>> grads_staging_;
+  std::vector<kernels::HostBuffer<float>> grads_staging_;
 };
 
 }  // namespace psd

@@ -149,8 +149,28 @@ TEST_CASE("Mlp: CountCorrect chunks by max_batch", "[mlp]") {
 // its allocations apart from the caller's, and records any math call given a
 // pointer it did not allocate (a host pointer leaking to the device). It
 // checks the Mlp's staging logic on machines without a GPU.
+//
+// With async_uploads, CopyFromHostAsync behaves like a copy queued on a
+// stream: it returns at once and the bytes move only when a later call runs
+// (as the GPU would run the copy before the work queued after it); at that
+// moment it checks that the host source still holds what it held at the
+// call (the reuse rule). An upload counts as unsynchronized until a call
+// that waits for the queue (Synchronize, CopyToHost, SoftmaxCrossEntropy)
+// follows it. Without async_uploads the base class's synchronous default
+// runs.
 class FakeDeviceBackend : public kernels::Backend {
  public:
+  void CopyFromHostAsync(const void* src, void* dst, size_t bytes) override {
+    if (!async_uploads) return Backend::CopyFromHostAsync(src, dst, bytes);
+    Check(dst);
+    Land();  // Earlier uploads first, in order.
+    const char* from = static_cast<const char*>(src);
+    pending_.push_back({from, static_cast<char*>(dst),
+                        std::string(from, from + bytes)});
+    ++async_uploads_started;
+    ++unsynchronized_uploads;
+  }
+
   std::string Name() const override { return "fake-device"; }
   bool UsesHostMemory() const override { return false; }
   void* Allocate(size_t bytes) override {
@@ -164,47 +184,60 @@ class FakeDeviceBackend : public kernels::Backend {
     return p;
   }
   void Free(void* p) override {
+    Land();
     allocations_.erase(static_cast<char*>(p));
     cpu_->Free(p);
   }
   void CopyFromHost(const void* src, void* dst, size_t bytes) override {
+    Wait();
     Check(dst);
     std::memcpy(dst, src, bytes);
   }
   void CopyToHost(const void* src, void* dst, size_t bytes) override {
+    Wait();
     Check(src);
     std::memcpy(dst, src, bytes);
   }
-  absl::Status Synchronize() override { return status_; }
+  absl::Status Synchronize() override {
+    Wait();
+    return status_;
+  }
   absl::Status status() const override { return status_; }
   void Gemm(bool ta, bool tb, int m, int n, int k, float alpha,
             const float* a, const float* b, float beta, float* c) override {
+    Land();
     Check(a), Check(b), Check(c);
     cpu_->Gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
     if (fail_math) status_ = absl::InternalError("fake device fault");
   }
   void AddBias(int rows, int cols, const float* bias, float* y) override {
+    Land();
     Check(bias), Check(y);
     cpu_->AddBias(rows, cols, bias, y);
   }
   void BiasGrad(int rows, int cols, const float* dy, float* g) override {
+    Land();
     Check(dy), Check(g);
     cpu_->BiasGrad(rows, cols, dy, g);
   }
   void ReluForward(int n, float* x) override {
+    Land();
     Check(x);
     cpu_->ReluForward(n, x);
   }
   void ReluBackward(int n, const float* y, float* dy) override {
+    Land();
     Check(y), Check(dy);
     cpu_->ReluBackward(n, y, dy);
   }
   float SoftmaxCrossEntropy(int rows, int cols, const float* z,
                             const int32_t* labels, float* dz) override {
+    Wait();  // Returns the loss: waits for the queue.
     Check(z), Check(labels), Check(dz);
     return cpu_->SoftmaxCrossEntropy(rows, cols, z, labels, dz);
   }
   void ArgmaxRows(int rows, int cols, const float* x, int32_t* out) override {
+    Land();
     Check(x), Check(out);
     cpu_->ArgmaxRows(rows, cols, x, out);
   }
@@ -212,8 +245,35 @@ class FakeDeviceBackend : public kernels::Backend {
   int foreign_pointers = 0;  // Math/copy calls given a non-device pointer.
   bool fail_allocations = false;
   bool fail_math = false;
+  bool async_uploads = false;
+  int async_uploads_started = 0;
+  // Uploads not yet followed by a call that waits for the queue.
+  int unsynchronized_uploads = 0;
+  // Uploads whose host source changed between the call and the copy.
+  int sources_changed = 0;
 
  private:
+  struct Upload {
+    const char* src;
+    char* dst;
+    std::string at_call;  // The source's bytes when the upload was queued.
+  };
+  // Runs the queued uploads (the "stream" reached them).
+  void Land() {
+    for (const Upload& u : pending_) {
+      if (std::memcmp(u.src, u.at_call.data(), u.at_call.size()) != 0) {
+        ++sources_changed;
+      }
+      std::memcpy(u.dst, u.src, u.at_call.size());
+    }
+    pending_.clear();
+  }
+  // A call that waits for everything queued.
+  void Wait() {
+    Land();
+    unsynchronized_uploads = 0;
+  }
+
   void Check(const void* p) {
     const char* c = static_cast<const char*>(p);
     auto it = allocations_.upper_bound(const_cast<char*>(c));
@@ -225,6 +285,7 @@ class FakeDeviceBackend : public kernels::Backend {
   std::unique_ptr<kernels::Backend> cpu_ = kernels::CreateCpuBackend(1);
   std::map<char*, size_t> allocations_;
   absl::Status status_;
+  std::vector<Upload> pending_;
 };
 
 TEST_CASE("Mlp: a device backend sees only device buffers, same results",
@@ -256,6 +317,62 @@ TEST_CASE("Mlp: a device backend sees only device buffers, same results",
   CHECK(on_device.CountCorrect(q.View(), x.data(), labels.data(), 20) ==
         on_cpu.CountCorrect(p.View(), x.data(), labels.data(), 20));
   CHECK(device.foreign_pointers == 0);
+}
+
+TEST_CASE("Mlp: asynchronous parameter uploads from host buffers give the "
+          "CPU's gradients, and are complete when a call returns",
+          "[mlp]") {
+  auto cpu = kernels::CreateCpuBackend(1);
+  FakeDeviceBackend device;
+  device.async_uploads = true;
+  const std::vector<int32_t> layers = {13, 9, 5, 4};
+  Mlp on_cpu(layers, 8, cpu.get());
+  Mlp on_device(layers, 8, &device);
+  const size_t tensors = on_cpu.ParameterSizes().size();
+  // The trainer's layout: parameters in the backend's AllocateHost memory.
+  std::vector<kernels::HostBuffer<float>> host;
+  std::vector<const float*> host_view;
+  for (int64_t n : on_device.ParameterSizes()) {
+    host.emplace_back(&device, n);
+    REQUIRE(host.back().data() != nullptr);
+    host_view.push_back(host.back().data());
+  }
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(8 * 13);
+  for (float& v : x) v = normal(rng);
+  std::vector<int32_t> labels(8);
+  for (int32_t r = 0; r < 8; ++r) labels[r] = (5 * r + 1) % 4;
+  // Two steps, the second's parameters written ("pulled") into the same
+  // buffers once the first call returned, as the trainer does.
+  for (uint32_t step = 0; step < 2; ++step) {
+    Params want(on_cpu), got(on_cpu);
+    want.Init(on_cpu, 30 + step);
+    for (size_t t = 0; t < tensors; ++t) {
+      std::memcpy(host[t].data(), want.values[t].data(),
+                  want.values[t].size() * sizeof(float));
+    }
+    const float want_loss = on_cpu.ForwardBackward(
+        want.View(), x.data(), labels.data(), 8, want.GradView());
+    std::vector<int32_t> order;
+    const float got_loss = on_device.ForwardBackward(
+        host_view, x.data(), labels.data(), 8, got.GradView(),
+        [&](int32_t t) { order.push_back(t); });
+    CHECK(device.unsynchronized_uploads == 0);
+    CHECK(got_loss == want_loss);  // Bitwise: the same kernels and values.
+    CHECK(got.grads == want.grads);
+    CHECK(order == std::vector<int32_t>{4, 5, 2, 3, 0, 1});
+    CHECK(device.async_uploads_started ==
+          static_cast<int>((step + 1) * tensors));
+  }
+  // An evaluation with no rows still waits for its uploads before it
+  // returns (nothing else would).
+  CHECK(on_device.CountCorrect(host_view, x.data(), labels.data(), 0) == 0);
+  CHECK(device.async_uploads_started == static_cast<int>(3 * tensors));
+  CHECK(device.unsynchronized_uploads == 0);
+  CHECK(device.sources_changed == 0);
+  CHECK(device.foreign_pointers == 0);
+  CHECK(device.status().ok());
 }
 
 TEST_CASE("Mlp: a failed device gives NaN gradients, never stale ones",

@@ -255,6 +255,29 @@ absl::Status RunAll(const std::vector<Target*>& targets,
 absl::Status ParameterClient::Pull(int64_t step, bool latest,
                                    std::vector<std::vector<float>>* params,
                                    int64_t* step_out, int64_t* clock_out) {
+  params->resize(sizes_.size());
+  std::vector<float*> out(sizes_.size());
+  for (size_t i = 0; i < sizes_.size(); ++i) {
+    (*params)[i].resize(sizes_[i]);
+    out[i] = (*params)[i].data();
+  }
+  return Pull(step, latest, out, step_out, clock_out);
+}
+
+absl::Status ParameterClient::Pull(int64_t step, bool latest,
+                                   const std::vector<float*>& out,
+                                   int64_t* step_out, int64_t* clock_out) {
+  if (out.size() != sizes_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pull: ", out.size(), " output buffers, want ", sizes_.size()));
+  }
+  for (size_t i = 0; i < sizes_.size(); ++i) {
+    if (out[i] == nullptr && sizes_[i] > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pull: the output buffer of ", names_[i], " (", sizes_[i],
+          " floats) is null"));
+    }
+  }
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
   const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
@@ -267,8 +290,6 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
         t->stub->async()->Pull(context, &t->pull, &t->pull_response,
                                std::move(done));
       }); }, /*repush=*/true));
-  params->resize(sizes_.size());
-  for (size_t i = 0; i < sizes_.size(); ++i) (*params)[i].resize(sizes_[i]);
   int64_t lowest = INT64_MAX;
   int64_t lowest_clock = INT64_MAX;
   for (Target* t : all) {
@@ -283,8 +304,11 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
     PSD_RETURN_IF_ERROR(CheckFloat32(
         tensor, part.num_elements(),
         absl::StrCat("pull response of partition ", part.id())));
-    std::memcpy((*params)[part.parameter()].data() + part.offset(),
-                Float32Data(tensor), part.num_elements() * sizeof(float));
+    // Straight from the response's bytes into the caller's slice.
+    if (part.num_elements() > 0) {
+      std::memcpy(out[part.parameter()] + part.offset(), Float32Data(tensor),
+                  part.num_elements() * sizeof(float));
+    }
     lowest = std::min(lowest, t->pull_response.step());
     lowest_clock = std::min(lowest_clock, t->pull_response.clock());
   }

@@ -84,13 +84,28 @@ class ParameterClient {
   // Name of each parameter tensor.
   std::vector<std::string> parameter_names() const;
 
-  // Fills params[i] (resized to parameter_sizes()[i]) with the parameters
-  // after `step` updates, waiting for them. With latest = true, returns the
-  // current parameters without waiting, and *step_out gets their step.
-  // Under ASP/SSP `step` is this rank's clock (see PullRequest.step), and
-  // *clock_out gets PullResponse.clock (the fewest of this rank's pushes
-  // applied to any partition).
-  // Errors: the first failing call's status, prefixed with the server.
+  // Writes the parameters after `step` updates into caller-provided
+  // buffers, waiting for them: out[i] (host memory, e.g. pinned memory from
+  // kernels::Backend::AllocateHost, owned by the caller) receives
+  // parameter_sizes()[i] floats. Each partition's response is copied
+  // straight into its slice of out[i]; nothing else is allocated per call.
+  // With latest = true, returns the current parameters without waiting,
+  // and *step_out gets their step. Under ASP/SSP `step` is this rank's
+  // clock (see PullRequest.step), and *clock_out gets PullResponse.clock
+  // (the fewest of this rank's pushes applied to any partition).
+  // REQUIRES: out[i] has room for parameter_sizes()[i] floats, and nothing
+  // reads or writes it during the call (e.g. a device's asynchronous
+  // upload from it must be complete: see Backend::CopyFromHostAsync).
+  // Errors: INVALID_ARGUMENT for out.size() != parameter_sizes().size() or
+  // a null out[i] of a non-empty tensor (nothing is written then); else
+  // the first failing call's status, prefixed with the server, or
+  // DATA_LOSS for a malformed response. On an error the contents of the
+  // buffers are unspecified (some partitions may have been written).
+  absl::Status Pull(int64_t step, bool latest, const std::vector<float*>& out,
+                    int64_t* step_out = nullptr, int64_t* clock_out = nullptr);
+
+  // The same into vectors: params[i] is resized to parameter_sizes()[i]
+  // (also when an error follows) and filled as above.
   absl::Status Pull(int64_t step, bool latest,
                     std::vector<std::vector<float>>* params,
                     int64_t* step_out = nullptr, int64_t* clock_out = nullptr);

@@ -1,10 +1,14 @@
-// ParameterClient's push paths against in-process fake parameter servers on
-// 127.0.0.1:0 that record every PushRequest: the overlapped push
-// (BeginPush / PushTensor / FinishPush) sends byte for byte the requests of
-// a plain Push, whatever order the tensors come in.
+// ParameterClient's push and pull paths against in-process fake parameter
+// servers on 127.0.0.1:0 that record every PushRequest and answer pulls:
+// the overlapped push (BeginPush / PushTensor / FinishPush) sends byte for
+// byte the requests of a plain Push, whatever order the tensors come in,
+// and a pull into caller buffers gives exactly the vector pull's values.
 #include "worker/ps_client.h"
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -17,14 +21,56 @@
 #include "common/placement.h"
 #include "common/proto.h"
 #include "common/rpc.h"
+#include "common/tensor.h"
 
 namespace psd {
 namespace {
 
 // Records each push's serialized request by partition id; can refuse the
-// first push of each partition with UNAVAILABLE. Thread-safe.
+// first push of each partition with UNAVAILABLE. Answers a pull of a
+// partition p of n floats (SetPartitionSizes) with the values
+// PullValue(p, 0..n), at step kPullStep and clock kPullClock + p.
+// Thread-safe.
+constexpr int64_t kPullStep = 41;
+constexpr int64_t kPullClock = 17;
+
+// Distinct, non-round values (sign, fraction and exponent all vary), so a
+// slice copied to the wrong place or truncated shows.
+float PullValue(int32_t partition, int64_t j) {
+  return static_cast<float>(std::sin(0.37 * partition + 0.011 * j) *
+                            std::pow(2.0, j % 7 - 3));
+}
+
 class RecordingServer : public ParameterServer::Service {
  public:
+  grpc::Status Pull(grpc::ServerContext*, const PullRequest* request,
+                    PullResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    ++pulls_;
+    response->set_step(kPullStep);
+    response->set_clock(kPullClock + request->partition_ids(0));
+    for (int32_t id : request->partition_ids()) {
+      auto size = sizes_.find(id);
+      if (size == sizes_.end()) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such partition");
+      }
+      std::vector<float> values(size->second);
+      for (int64_t j = 0; j < size->second; ++j) values[j] = PullValue(id, j);
+      PartitionTensor* out = response->add_parameters();
+      out->set_partition_id(id);
+      EncodeFloat32(values.data(), size->second, out->mutable_tensor());
+    }
+    return grpc::Status::OK;
+  }
+  void SetPartitionSizes(std::map<int32_t, int64_t> sizes) {
+    absl::MutexLock lock(&mu_);
+    sizes_ = std::move(sizes);
+  }
+  int pulls() {
+    absl::MutexLock lock(&mu_);
+    return pulls_;
+  }
+
   grpc::Status Push(grpc::ServerContext*, const PushRequest* request,
                     PushResponse*) override {
     absl::MutexLock lock(&mu_);
@@ -58,6 +104,8 @@ class RecordingServer : public ParameterServer::Service {
   std::map<int32_t, int> refused_ ABSL_GUARDED_BY(mu_);
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool fail_first_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<int32_t, int64_t> sizes_ ABSL_GUARDED_BY(mu_);
+  int pulls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Two recording servers, each the primary of one shard of a job with three
@@ -75,6 +123,15 @@ struct Cluster {
     auto placement = BuildPlacement(specs, 64 * sizeof(float), 2);
     REQUIRE(placement.ok());
     num_partitions = placement->partitions_size();
+    partitions.assign(placement->partitions().begin(),
+                      placement->partitions().end());
+    std::map<int32_t, int64_t> partition_sizes;
+    for (const Partition& part : placement->partitions()) {
+      partition_sizes[part.id()] = part.num_elements();
+    }
+    for (RecordingServer& server : servers) {
+      server.SetPartitionSizes(partition_sizes);
+    }
     Assignment assignment;
     assignment.set_job_id("j");
     assignment.set_rank(1);
@@ -129,6 +186,7 @@ struct Cluster {
   std::unique_ptr<ParameterClient> client;
   std::vector<std::vector<float>> grads;
   int num_partitions = 0;
+  std::vector<Partition> partitions;
 };
 
 TEST_CASE("ParameterClient: an overlapped push sends a plain push's bytes",
@@ -190,6 +248,81 @@ TEST_CASE("ParameterClient: misuse of the overlapped push is refused",
   cluster.Take();
   REQUIRE(cluster.PushOverlapped(1, {2, 1, 0}).ok());
   CHECK(static_cast<int>(cluster.Take().size()) == cluster.num_partitions);
+}
+
+TEST_CASE("ParameterClient: a pull into caller buffers gives the vector "
+          "pull's values",
+          "[ps_client]") {
+  Cluster cluster;
+  ParameterClient& client = *cluster.client;
+  std::vector<std::vector<float>> want;
+  int64_t want_step = -1, want_clock = -1;
+  REQUIRE(client.Pull(3, /*latest=*/false, &want, &want_step, &want_clock)
+              .ok());
+  REQUIRE(want.size() == client.parameter_sizes().size());
+  CHECK(want_step == kPullStep);
+  CHECK(want_clock == kPullClock);  // The lowest partition's: id 0.
+  // The vector pull put each partition's values at its offset.
+  for (const Partition& part : cluster.partitions) {
+    for (int64_t j = 0; j < part.num_elements(); ++j) {
+      REQUIRE(want[part.parameter()][part.offset() + j] ==
+              PullValue(part.id(), j));
+    }
+  }
+
+  // Caller buffers: one allocation cut into the tensors, each with a guard
+  // element after it; everything starts as NaN, so any float left
+  // unwritten or written past its tensor shows.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  size_t total = 0;
+  for (int64_t n : client.parameter_sizes()) total += n + 1;
+  std::vector<float> storage(total, nan);
+  std::vector<float*> out;
+  size_t at = 0;
+  for (int64_t n : client.parameter_sizes()) {
+    out.push_back(storage.data() + at);
+    at += n + 1;
+  }
+  for (bool latest : {false, true}) {
+    int64_t step = -1, clock = -1;
+    REQUIRE(client.Pull(3, latest, out, &step, &clock).ok());
+    CHECK(step == want_step);
+    CHECK(clock == want_clock);
+    for (size_t t = 0; t < want.size(); ++t) {
+      INFO("tensor " << t);
+      const size_t n = want[t].size();
+      CHECK(std::memcmp(out[t], want[t].data(), n * sizeof(float)) == 0);
+      CHECK(std::isnan(out[t][n]));  // The guard is untouched.
+    }
+  }
+  // The vector pull is unchanged by the pointer pull and vice versa: pull
+  // into vectors again (resized from empty) and compare.
+  std::vector<std::vector<float>> again;
+  REQUIRE(client.Pull(3, false, &again).ok());
+  CHECK(again == want);
+}
+
+TEST_CASE("ParameterClient: a pull into caller buffers refuses a wrong "
+          "buffer count or a null buffer before calling",
+          "[ps_client]") {
+  Cluster cluster;
+  ParameterClient& client = *cluster.client;
+  std::vector<std::vector<float>> vectors;
+  REQUIRE(client.Pull(0, false, &vectors).ok());
+  const int pulls = cluster.servers[0].pulls() + cluster.servers[1].pulls();
+  std::vector<float*> out;
+  for (auto& v : vectors) out.push_back(v.data());
+
+  std::vector<float*> too_few(out.begin(), out.end() - 1);
+  CHECK(client.Pull(0, false, too_few).code() ==
+        absl::StatusCode::kInvalidArgument);
+  std::vector<float*> with_null = out;
+  with_null[1] = nullptr;
+  const absl::Status s = client.Pull(0, false, with_null);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("layer0.bias") != std::string::npos);
+  // Refused before any RPC.
+  CHECK(cluster.servers[0].pulls() + cluster.servers[1].pulls() == pulls);
 }
 
 }  // namespace

@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/process.h"
 #include "common/status.h"
+#include "kernels/kernels.h"
 #include "worker/dataset.h"
 #include "worker/mlp.h"
 #include "worker/ps_client.h"
@@ -82,9 +85,33 @@ absl::StatusOr<Split> LoadFashionMnist(const std::string& dir,
   return split;
 }
 
-std::vector<const float*> Pointers(const std::vector<std::vector<float>>& v) {
-  std::vector<const float*> p;
-  for (const auto& t : v) p.push_back(t.data());
+// The pulled parameters, one buffer per tensor, in the backend's
+// AllocateHost() memory: pinned under CUDA, so the Mlp's uploads from them
+// are asynchronous; malloc on the CPU backend, whose kernels read them in
+// place.
+struct ParamBuffers {
+  std::vector<kernels::HostBuffer<float>> buffers;
+  std::vector<float*> out;       // For ParameterClient::Pull.
+  std::vector<const float*> in;  // For the Mlp.
+};
+
+absl::StatusOr<ParamBuffers> AllocateParams(kernels::Backend* backend,
+                                            const Mlp& model) {
+  ParamBuffers p;
+  const std::vector<int64_t> sizes = model.ParameterSizes();
+  const std::vector<std::string> names = model.ParameterNames();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    p.buffers.emplace_back(backend, sizes[i]);
+    if (p.buffers.back().data() == nullptr) {
+      const absl::Status why = backend->status();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate host memory for ", names[i], " (", sizes[i],
+          " floats) on backend ", backend->Name(),
+          why.ok() ? "" : absl::StrCat(": ", why.ToString())));
+    }
+    p.out.push_back(p.buffers.back().data());
+    p.in.push_back(p.buffers.back().data());
+  }
   return p;
 }
 
@@ -125,7 +152,12 @@ absl::Status TrainRank(const Assignment& assignment,
   const std::vector<int32_t> shard =
       ShardIndices(data.train.size, rank, workers);
   const int32_t batch = config.batch_size();
-  std::vector<std::vector<float>> params;
+  // The reuse rule of asynchronous uploads (Backend::CopyFromHostAsync):
+  // a Pull may overwrite these only once the Mlp call that read them
+  // returned, which synchronizes the backend (worker/mlp.h, "Parameter
+  // upload"). Every Pull below follows the previous Mlp call's return on
+  // this thread.
+  PSD_ASSIGN_OR_RETURN(ParamBuffers params, AllocateParams(backend, *model));
   std::vector<std::vector<float>> grads(model->ParameterSizes().size());
   for (size_t i = 0; i < grads.size(); ++i) {
     grads[i].resize(model->ParameterSizes()[i]);
@@ -169,7 +201,7 @@ absl::Status TrainRank(const Assignment& assignment,
     // predecessor did not finish pushing (BSP waits for it).
     int64_t clock = 0;
     PSD_RETURN_IF_ERROR(
-        client->Pull(0, /*latest=*/true, &params, &start_step, &clock));
+        client->Pull(0, /*latest=*/true, params.out, &start_step, &clock));
     // The rank's own progress is its clock (PullResponse.clock): under BSP
     // the partitions' step, under ASP/SSP its pushes applied everywhere
     // (there the step counts updates from every rank).
@@ -205,7 +237,7 @@ absl::Status TrainRank(const Assignment& assignment,
       const int64_t step = epoch * steps_per_epoch + i;
       const auto start = std::chrono::steady_clock::now();
       if (pulled_step != step) {
-        PSD_RETURN_IF_ERROR(client->Pull(step, false, &params));
+        PSD_RETURN_IF_ERROR(client->Pull(step, false, params.out));
       }
       const auto pulled = std::chrono::steady_clock::now();
       GatherBatch(data.train, order.data() + i * batch, batch, x.data(),
@@ -216,14 +248,14 @@ absl::Status TrainRank(const Assignment& assignment,
       if (options.overlap_push) {
         PSD_RETURN_IF_ERROR(client->BeginPush(step));
         loss = model->ForwardBackward(
-            Pointers(params), x.data(), y.data(), batch, grad_ptrs,
+            params.in, x.data(), y.data(), batch, grad_ptrs,
             [&](int32_t t) {
               // An error is kept and returned by FinishPush.
               client->PushTensor(t, grads[t].data(), grads[t].size())
                   .IgnoreError();
             });
       } else {
-        loss = model->ForwardBackward(Pointers(params), x.data(), y.data(),
+        loss = model->ForwardBackward(params.in, x.data(), y.data(),
                                       batch, grad_ptrs);
       }
       const auto computed = std::chrono::steady_clock::now();
@@ -258,10 +290,10 @@ absl::Status TrainRank(const Assignment& assignment,
     const int64_t end_step = (epoch + 1) * steps_per_epoch;
     if (rank == 0) {
       // Parameters after the whole epoch: also the next step's pull.
-      PSD_RETURN_IF_ERROR(client->Pull(end_step, false, &params));
+      PSD_RETURN_IF_ERROR(client->Pull(end_step, false, params.out));
       pulled_step = end_step;
       const int64_t correct =
-          model->CountCorrect(Pointers(params), data.test.features.data(),
+          model->CountCorrect(params.in, data.test.features.data(),
                               data.test.labels.data(), data.test.size);
       progress.set_has_test_accuracy(true);
       progress.set_test_accuracy(static_cast<float>(correct) /

@@ -77,6 +77,10 @@ using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
 // With assignment.resume_from_servers (this rank's worker died), training
 // starts at the step the rank's partitions are at, read from the servers
 // (ASP/SSP: the rank's clock there).
+// Memory: the parameters are pulled straight into buffers from
+// backend->AllocateHost() (pinned under CUDA), which the Mlp uploads from
+// asynchronously; a pull overwrites them only after the previous Mlp call
+// returned (it synchronizes the backend first: worker/mlp.h).
 // Setting `*cancel` stops training within a step (calls in flight to the
 // servers are cancelled). Returns OK when all steps are done, CANCELLED when
 // stopped, or the error that ended it.
