@@ -161,22 +161,27 @@ class Backend {
                           int32_t* out) = 0;
 };
 
-// An array of n elements of T in a backend's memory space, freed on
-// destruction. Move-only. Its backend is not owned and must outlive it.
-// An allocation failure leaves data() == nullptr and the backend's status()
-// not OK. T must be trivially copyable (float, int32_t).
-template <typename T>
-class Buffer {
+namespace internal {
+
+// An array of n elements of T, allocated with (backend->*Allocate)(bytes)
+// and freed with (backend->*Release)(p) on destruction: the common part of
+// Buffer and HostBuffer below. Move-only. The backend is not owned and
+// must outlive it. An allocation failure leaves data() == nullptr (the
+// backend's status() then says why). The contents start uninitialised.
+// T must be trivially copyable (float, int32_t).
+template <typename T, void* (Backend::*Allocate)(size_t),
+          void (Backend::*Release)(void*)>
+class BackendArray {
  public:
-  Buffer() = default;
-  Buffer(Backend* backend, size_t n)
+  BackendArray() = default;
+  BackendArray(Backend* backend, size_t n)
       : backend_(backend),
         data_(n == 0 ? nullptr
-                     : static_cast<T*>(backend->Allocate(n * sizeof(T)))),
+                     : static_cast<T*>((backend->*Allocate)(n * sizeof(T)))),
         size_(data_ == nullptr ? 0 : n) {}
-  ~Buffer() { Reset(); }
-  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
-  Buffer& operator=(Buffer&& o) noexcept {
+  ~BackendArray() { Reset(); }
+  BackendArray(BackendArray&& o) noexcept { *this = std::move(o); }
+  BackendArray& operator=(BackendArray&& o) noexcept {
     if (this != &o) {
       Reset();
       backend_ = std::exchange(o.backend_, nullptr);
@@ -185,84 +190,63 @@ class Buffer {
     }
     return *this;
   }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
 
   T* data() { return data_; }
   const T* data() const { return data_; }
   size_t size() const { return size_; }
+
+ protected:
+  Backend* backend() const { return backend_; }
+
+ private:
+  void Reset() {
+    if (data_ != nullptr) (backend_->*Release)(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+  Backend* backend_ = nullptr;
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace internal
+
+// An array of n elements of T in a backend's memory space (Allocate/Free),
+// with copies to and from host memory. See internal::BackendArray.
+template <typename T>
+class Buffer
+    : public internal::BackendArray<T, &Backend::Allocate, &Backend::Free> {
+ public:
+  using internal::BackendArray<T, &Backend::Allocate,
+                               &Backend::Free>::BackendArray;
 
   // Copies n elements between host memory and the start of this buffer.
   // REQUIRES: n <= size().
   void CopyFromHost(const T* host, size_t n) {
-    if (n > 0) backend_->CopyFromHost(host, data_, n * sizeof(T));
+    if (n > 0) this->backend()->CopyFromHost(host, this->data(), n * sizeof(T));
   }
   void CopyToHost(T* host, size_t n) const {
-    if (n > 0) backend_->CopyToHost(data_, host, n * sizeof(T));
+    if (n > 0) this->backend()->CopyToHost(this->data(), host, n * sizeof(T));
   }
   // Backend::CopyFromHostAsync of n elements (its reuse rule applies to
   // `host`). REQUIRES: n <= size().
   void CopyFromHostAsync(const T* host, size_t n) {
-    if (n > 0) backend_->CopyFromHostAsync(host, data_, n * sizeof(T));
+    if (n > 0) {
+      this->backend()->CopyFromHostAsync(host, this->data(), n * sizeof(T));
+    }
   }
-
- private:
-  void Reset() {
-    if (data_ != nullptr) backend_->Free(data_);
-    data_ = nullptr;
-    size_ = 0;
-  }
-
-  Backend* backend_ = nullptr;
-  T* data_ = nullptr;
-  size_t size_ = 0;
 };
 
 // An array of n elements of T in host memory from a backend's
 // AllocateHost() (pinned for a device backend, malloc for a host backend),
-// freed with its FreeHost() on destruction: the source and destination of
-// the asynchronous copies. Move-only. Its backend is not owned and must
-// outlive it. An allocation failure leaves data() == nullptr (check it;
-// a device backend's status() then says why). The contents start
-// uninitialised. T must be trivially copyable (float, int32_t).
+// freed with its FreeHost(): the source and destination of the
+// asynchronous copies. See internal::BackendArray.
 template <typename T>
-class HostBuffer {
- public:
-  HostBuffer() = default;
-  HostBuffer(Backend* backend, size_t n)
-      : backend_(backend),
-        data_(n == 0 ? nullptr
-                     : static_cast<T*>(backend->AllocateHost(n * sizeof(T)))),
-        size_(data_ == nullptr ? 0 : n) {}
-  ~HostBuffer() { Reset(); }
-  HostBuffer(HostBuffer&& o) noexcept { *this = std::move(o); }
-  HostBuffer& operator=(HostBuffer&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      backend_ = std::exchange(o.backend_, nullptr);
-      data_ = std::exchange(o.data_, nullptr);
-      size_ = std::exchange(o.size_, 0);
-    }
-    return *this;
-  }
-  HostBuffer(const HostBuffer&) = delete;
-  HostBuffer& operator=(const HostBuffer&) = delete;
-
-  T* data() { return data_; }
-  const T* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  void Reset() {
-    if (data_ != nullptr) backend_->FreeHost(data_);
-    data_ = nullptr;
-    size_ = 0;
-  }
-
-  Backend* backend_ = nullptr;
-  T* data_ = nullptr;
-  size_t size_ = 0;
-};
+using HostBuffer =
+    internal::BackendArray<T, &Backend::AllocateHost, &Backend::FreeHost>;
 
 // The CPU backend: Gemm on OpenBLAS cblas_sgemm, the rest plain loops.
 // `threads` sets OpenBLAS's thread count (openblas_set_num_threads, a

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "server/rocksdb_util.h"
 #include "server/optimizer.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -53,12 +54,6 @@ std::string TablePrefix(char kind, const std::string& job,
                         const std::string& table) {
   return absl::StrCat(std::string(1, kind), "/", job, "/", table, "/");
 }
-// The end of [prefix, PrefixEnd(prefix)): every prefix here ends in '/',
-// and '0' is the byte after '/'.
-std::string PrefixEnd(std::string prefix) {
-  prefix.back() = '0';
-  return prefix;
-}
 
 absl::Status CheckNames(const std::string& job_id, const std::string& table) {
   if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
@@ -74,25 +69,6 @@ absl::Status CheckNames(const std::string& job_id, const std::string& table) {
   return absl::OkStatus();
 }
 
-// RocksDB's status as ours, with `context` first (as snapshot_store.cc).
-absl::Status FromRocks(const rocksdb::Status& s, const std::string& context) {
-  if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat(context, ": ", s.ToString());
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsInvalidArgument() || s.IsNotSupported()) {
-    return absl::FailedPreconditionError(msg);
-  }
-  if (s.IsIOError() &&
-      (s.IsPathNotFound() ||
-       s.ToString().find("Permission denied") != std::string::npos ||
-       s.ToString().find("Not a directory") != std::string::npos ||
-       s.ToString().find("Read-only file system") != std::string::npos)) {
-    return absl::FailedPreconditionError(msg);
-  }
-  return absl::UnavailableError(msg);
-}
 
 int64_t ParseGen(rocksdb::Slice s) {
   if (s.size() != 20) return -1;

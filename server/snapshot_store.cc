@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status.h"
+#include "server/rocksdb_util.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "snapshot records are little-endian; this code copies floats "
@@ -54,11 +55,6 @@ std::string ManifestPrefix(const std::string& job_id) {
 std::string PartitionPrefix(const std::string& job_id, int64_t step) {
   return absl::StrCat("p/", job_id, "/", StepKeyPart(step), "/");
 }
-std::string PrefixEnd(std::string prefix) {
-  // Every prefix used here ends in '/'.
-  prefix.back() = '0';
-  return prefix;
-}
 
 absl::Status CheckJobId(const std::string& job_id) {
   if (job_id.empty()) {
@@ -72,31 +68,6 @@ absl::Status CheckJobId(const std::string& job_id) {
   return absl::OkStatus();
 }
 
-// RocksDB's status as ours, with `context` before RocksDB's message.
-absl::Status FromRocks(const rocksdb::Status& s, const std::string& context) {
-  if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat(context, ": ", s.ToString());
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsInvalidArgument() || s.IsNotSupported()) {
-    return absl::FailedPreconditionError(msg);
-  }
-  if (s.IsIOError()) {
-    if (s.IsPathNotFound() ||
-        s.ToString().find("Permission denied") != std::string::npos ||
-        s.ToString().find("Not a directory") != std::string::npos ||
-        s.ToString().find("Read-only file system") != std::string::npos) {
-      return absl::FailedPreconditionError(msg);
-    }
-    return absl::UnavailableError(msg);
-  }
-  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain() || s.IsAborted() ||
-      s.IsIncomplete() || s.IsShutdownInProgress()) {
-    return absl::UnavailableError(msg);
-  }
-  return absl::InternalError(msg);
-}
 
 // Parses "<20 digits>" into a step; -1 if malformed.
 int64_t ParseStep(rocksdb::Slice s) {
