@@ -10,6 +10,10 @@
 #  4. SIGKILL a worker; a new worker takes its rank.
 #  5. R=3: SIGKILL a primary, wait for the shard to have 3 replicas again,
 #     then SIGKILL the newly promoted primary.
+#  6. ASP (issue 7), R=2: SIGKILL a primary. ASP results depend on arrival
+#     order, so the oracle is exactly-once instead of a checksum: every
+#     surviving replica has applied every rank's every push (its clocks),
+#     and the replicas agree bitwise.
 # Every wait is on observable state (view epoch, roles, steps), bounded.
 source tests/cluster_lib.sh
 
@@ -127,7 +131,7 @@ failed_over() {
 
 submit() {
   local id
-  id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
+  id=$("${CTL[@]}" submit "${1:-$WORK/job.textproto}") || fail "submit"
   wait_until "$id" "j.get('state') == 'RUNNING' and len(j.get('shards', [])) > 0" "job $id did not start" >&2
   echo "$id"
 }
@@ -229,6 +233,38 @@ hit_primary "$job" KILL
 echo "scenario 5: killed $VICTIM, the promoted primary of shard 0"
 failed_over "$job" "scenario 5 (second)" "port(shards[0]['primary']) != '${SERVER_PORT[$first]}'"
 finish "$job" "scenario 5 (two primaries killed, R=3)"
+stop_cluster
+
+# --- 6. ASP, R=2: kill a primary.
+sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/job.textproto" >"$WORK/asp.textproto"
+grep -q '^consistency: ASP$' "$WORK/asp.textproto" || fail "sed did not set ASP"
+start_replicated k6 3 2 2
+job=$(submit "$WORK/asp.textproto")
+hit_primary "$job" KILL
+echo "scenario 6: killed $VICTIM, the primary of shard 0 of an ASP job"
+failed_over "$job" "scenario 6"
+"${CTL[@]}" watch "$job" >"$WORK/$job.watch" || { tail -5 "$WORK/$job.watch"; fail "scenario 6: job $job did not succeed"; }
+"${CTL[@]}" replicas "$job" >"$WORK/$job.replicas" || { cat "$WORK/$job.replicas"; fail "scenario 6: replicas differ"; }
+total=$(q "$job" 'int(j["totalSteps"])')
+"${CTL[@]}" servers >"$WORK/k6.servers.json" || fail "scenario 6: psd_ctl servers"
+# Every live server's replicas of the job: each rank's clock (its pushes
+# applied) is the job's total steps; prints the servers checked.
+checked=$(python3 -c '
+import json, re, sys
+text, job, total = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
+n = 0
+for k, m in enumerate(starts):
+  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
+  for jj in json.loads(text[m.end():end]).get("jobs", []):
+    if jj["jobId"] != job: continue
+    clocks = jj.get("workerClocks", [])
+    if clocks != [total] * 2:
+      sys.exit("server %s: worker clocks %s, want %s for both ranks" % (m.group(1), clocks, total))
+    n += 1
+print(n)' "$WORK/k6.servers.json" "$job" "$total") || fail "scenario 6: a push was lost: $checked"
+[ "$checked" -ge 2 ] || fail "scenario 6: only $checked servers hold the job"
+echo "scenario 6 (ASP, primary killed): $(grep -o 'test accuracy [0-9.]*' "$WORK/$job.watch" | tail -1), every rank's $total pushes applied on $checked servers, $(tail -1 "$WORK/$job.replicas")"
 stop_cluster
 
 echo "failover_test: all scenarios passed"
