@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Consistency models (issue 7): training throughput under BSP, ASP and
-# SSP(s=2) on one local cluster (coordinator, 2 servers, R=1) with 2
+# Consistency models (issue 7): training throughput under BSP, ASP,
+# SSP(s=2), and BSP with an SSP(s=2) parameter group (the first layer), on
+# one local cluster (coordinator, 2 servers, R=1) with 2
 # workers, one of them slowed down by SLOW_MS per step
 # (psd_worker --test_slow_ms_per_step, a test-only flag). The job is
 # tests/cluster_lib.sh's short job (12,000 examples, 2 epochs, 186 steps
-# per rank). Each run submits the three modes one after the other on the
-# same cluster (interleaved, so machine noise hits all three); RUNS runs;
+# per rank). Each run submits the four modes one after the other on the
+# same cluster (interleaved, so machine noise hits them all); RUNS runs;
 # medians. Per job, from the workers' "trained N steps in S s" log lines:
 #   fast  steps/s of the normal worker (its own training loop),
 #   slow  steps/s of the slowed worker,
@@ -41,6 +42,9 @@ CTL=("$BIN/deploy/psd_ctl" --coordinator="$C")
 job() {  # job MODE -> textproto on stdout
   local consistency=$1 extra=""
   [ "$1" = SSP2 ] && consistency=SSP && extra="staleness: 2"
+  # GROUPS: BSP, with the first layer as an SSP(s=2) parameter group.
+  [ "$1" = GROUPS ] && consistency=BSP &&
+    extra='parameter_groups { parameters: ["layer0.weight", "layer0.bias"] consistency: SSP staleness: 2 }'
   cat <<JOB
 name: "bench-$1"
 model { kind: MLP input_dim: 784 hidden_sizes: [256, 128] num_classes: 10 init_seed: 1 }
@@ -61,7 +65,7 @@ rate() {
     sed -E 's/.*trained ([0-9]+) steps in ([0-9.]+) s.*/\1 \2/'
 }
 
-MODES=(BSP ASP SSP2)
+MODES=(BSP ASP SSP2 GROUPS)
 echo "mode run fast_steps_s slow_steps_s all_steps_s accuracy" >"$WORK/results"
 for run in $(seq "$RUNS"); do
   for mode in "${MODES[@]}"; do
@@ -85,10 +89,11 @@ echo "medians over $RUNS runs (one worker +${SLOW_MS} ms/step; steps/s):"
 python3 - "$WORK/results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
-print(f"{'mode':8} {'fast':>7} {'slow':>7} {'all':>7} {'accuracy':>9}")
-for mode in ["BSP", "ASP", "SSP2"]:
+print(f"{'mode':16} {'fast':>7} {'slow':>7} {'all':>7} {'accuracy':>9}")
+names = {"SSP2": "SSP s=2", "GROUPS": "BSP+SSP2 layer0"}
+for mode in ["BSP", "ASP", "SSP2", "GROUPS"]:
     r = [x for x in rows if x[0] == mode]
     med = lambda i: statistics.median(float(x[i]) for x in r)
-    name = "SSP s=2" if mode == "SSP2" else mode
-    print(f"{name:8} {med(2):7.1f} {med(3):7.1f} {med(4):7.1f} {med(5):9.4f}")
+    name = names.get(mode, mode)
+    print(f"{name:16} {med(2):7.1f} {med(3):7.1f} {med(4):7.1f} {med(5):9.4f}")
 PY
