@@ -458,22 +458,6 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("gradient_dtype",
                    absl::StrCat("FLOAT32 or BFLOAT16, got ", c.gradient_dtype()));
   }
-  if (HasAsyncParameters(c)) {
-    // Snapshots are taken at a step boundary common to every partition,
-    // which ASP/SSP partitions (each updated as pushes arrive) do not have.
-    if (c.snapshot().every_steps() != 0) {
-      return Invalid("snapshot.every_steps",
-                     absl::StrCat("snapshots are supported with BSP only (in "
-                                  "every parameter group too), got ",
-                                  c.snapshot().every_steps()));
-    }
-    if (c.snapshot().every_seconds() != 0) {
-      return Invalid("snapshot.every_seconds",
-                     absl::StrCat("snapshots are supported with BSP only (in "
-                                  "every parameter group too), got ",
-                                  c.snapshot().every_seconds()));
-    }
-  }
   if (c.batch_size() <= 0 || c.batch_size() > 65536) {
     return Invalid("batch_size",
                    absl::StrCat("must be in [1, 65536], got ", c.batch_size()));

@@ -51,9 +51,8 @@ void ApplyJobConfigDefaults(JobConfig* config);
 // fields that the kind does not use are refused (e.g. optimizer.momentum
 // with ADAM), so that a misplaced setting is not silently ignored; so is
 // staleness unless consistency is SSP (job or group), a parameter group
-// naming a parameter the model lacks or one already grouped, and a snapshot
-// policy when any parameter is under ASP/SSP (snapshots need a step
-// boundary common to all partitions: BSP only).
+// naming a parameter the model lacks or one already grouped. A snapshot
+// policy is valid with any consistency model (see SnapshotPolicy).
 absl::Status ValidateJobConfig(const JobConfig& config);
 
 // The consistency model of one parameter, by name: its parameter group's

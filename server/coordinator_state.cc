@@ -754,6 +754,7 @@ absl::StatusOr<JobStatus> CoordinatorState::CancelJob(const std::string& job_id)
 absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id) {
   Assignment assignment;
   int64_t total_steps = 0;
+  bool async = false;  // some parameter under ASP/SSP
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
@@ -767,6 +768,7 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
     }
     assignment = it->second.assignment;
     total_steps = it->second.status.total_steps();
+    async = HasAsyncParameters(it->second.status.config());
   }
   const auto timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
   std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
@@ -775,6 +777,10 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
   }
   // The step: ahead of every partition now, with a margin for the steps
   // taken while we ask; if one got there first, try again further ahead.
+  // ServerJobStatus.step counts updates, which under ASP/SSP are one per
+  // push, not one per step: there the ranks' clocks say how far the job is
+  // (an ASP/SSP partition reaches snapshot step k when its slowest rank's
+  // clock does, see SnapshotManifest.step).
   absl::Status last;
   for (int64_t margin : {10, 50, 200}) {
     int64_t highest = 0;
@@ -784,7 +790,14 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
           CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
                      GetServerStatusRequest(), &status, timeout)));
       for (const ServerJobStatus& job : status.jobs()) {
-        if (job.job_id() == job_id) highest = std::max(highest, job.step());
+        if (job.job_id() != job_id) continue;
+        if (!async) {
+          highest = std::max(highest, job.step());
+          continue;
+        }
+        for (int64_t clock : job.worker_clocks()) {
+          highest = std::max(highest, clock);
+        }
       }
     }
     const int64_t step = highest + margin;

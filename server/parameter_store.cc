@@ -65,6 +65,18 @@ struct PartitionState {
   int32_t queued_count = 0;
 };
 
+// The slowest rank's clock on an ASP/SSP partition, and that rank.
+static int64_t MinClock(const PartitionState& state, int32_t* slowest) {
+  int64_t lowest = INT64_MAX;
+  for (size_t r = 0; r < state.clocks.size(); ++r) {
+    if (state.clocks[r] < lowest) {
+      lowest = state.clocks[r];
+      if (slowest != nullptr) *slowest = static_cast<int32_t>(r);
+    }
+  }
+  return lowest == INT64_MAX ? 0 : lowest;
+}
+
 // Voids what the partition collected as a primary (received pushes, the
 // update being replicated, queued ASP/SSP pushes): the shard's next primary
 // gets the workers' pushes again.
@@ -621,6 +633,9 @@ void ParameterStore::Settle(std::vector<std::pair<PullDone, absl::Status>>* comp
 void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
                                PartitionState* state,
                                std::vector<ShardSnapshot>* snapshots) {
+  // ASP/SSP: the slowest rank's clock before this update (snapshot steps
+  // in (that, the one after] are due now).
+  const int64_t min_before = state->async ? MinClock(*state, nullptr) : 0;
   if (state->async) {
     // No previous weights: ASP/SSP pulls are of the current ones.
     state->clocks = state->update_clocks;
@@ -639,7 +654,29 @@ void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
   state->received_count = 0;
   state->replicating = false;
   state->awaiting.clear();
-  CaptureIfDue(job, partition_id, *state, snapshots);
+  if (!state->async) {
+    CaptureIfDue(job, partition_id, *state, state->step, snapshots);
+    return;
+  }
+  // Snapshot step k of an ASP/SSP partition: captured by the update that
+  // makes its slowest rank's clock reach k (on primaries and backups alike,
+  // which apply the same updates in the same order). An update moves each
+  // rank's clock by at most one (read-my-writes), so normally there is at
+  // most one such k; a larger jump (a peer's bad clocks) captures only the
+  // newest due step in it.
+  const int64_t min_after = MinClock(*state, nullptr);
+  if (min_after <= min_before) return;
+  int64_t due = -1;
+  const int64_t every = job->config.snapshot().every_steps();
+  if (every > 0) {
+    const int64_t k = min_after - min_after % every;
+    if (k > min_before) due = k;
+  }
+  auto req = job->requested_snapshots.upper_bound(min_after);
+  if (req != job->requested_snapshots.begin() && *std::prev(req) > min_before) {
+    due = std::max(due, *std::prev(req));
+  }
+  if (due > 0) CaptureIfDue(job, partition_id, *state, due, snapshots);
 }
 
 namespace {
@@ -701,19 +738,19 @@ bool ParameterStore::StartQueued(Job* job, int32_t partition_id,
 }
 
 void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
-                                  const PartitionState& state,
+                                  const PartitionState& state, int64_t step,
                                   std::vector<ShardSnapshot>* complete) {
   const int64_t every = job->config.snapshot().every_steps();
-  const bool by_policy = every > 0 && state.step % every == 0;
+  const bool by_policy = every > 0 && step % every == 0;
   if (!options_.snapshot_sink ||
-      !(by_policy || job->requested_snapshots.count(state.step))) {
+      !(by_policy || job->requested_snapshots.count(step))) {
     return;
   }
-  ShardSnapshot& capture = job->captures[state.step];
+  ShardSnapshot& capture = job->captures[step];
   if (capture.partitions.empty()) {
     SnapshotManifest& m = capture.manifest;
     m.set_job_id(job->id);
-    m.set_step(state.step);
+    m.set_step(step);
     m.set_view_epoch(job->view_epoch);
     *m.mutable_config() = job->config;
     *m.mutable_placement() = job->placement;
@@ -723,6 +760,10 @@ void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
   part.id = partition_id;
   part.weights = state.weights;
   part.slots = state.slots;
+  if (state.async) {
+    part.clocks = state.clocks;
+    part.updates = state.step;
+  }
   capture.partitions.push_back(std::move(part));
   if (capture.partitions.size() == job->partitions.size()) {
     std::sort(capture.partitions.begin(), capture.partitions.end(),
@@ -730,8 +771,8 @@ void ParameterStore::CaptureIfDue(Job* job, int32_t partition_id,
                 return a.id < b.id;
               });
     complete->push_back(std::move(capture));
-    job->captures.erase(state.step);
-    job->requested_snapshots.erase(state.step);
+    job->captures.erase(step);
+    job->requested_snapshots.erase(step);
   }
 }
 
@@ -742,21 +783,19 @@ absl::Status ParameterStore::RequestSnapshot(const std::string& job_id,
         "this server has no --data_dir, so no snapshots");
   }
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
-  if (job->any_async) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job_id: job \"", job_id, "\" trains parameters under ASP/SSP (",
-        ConsistencyDescription(job->config),
-        "); snapshots are supported with BSP only"));
-  }
   absl::MutexLock lock(&job->mu);
   if (job->finished || job->dropped) {
     return absl::FailedPreconditionError(
         absl::StrCat("job_id: job \"", job_id, "\" has finished"));
   }
   for (const auto& [id, state] : job->partitions) {
-    if (state.step >= step) {
+    // An ASP/SSP partition reaches snapshot step k when its slowest rank's
+    // clock does (see SnapshotManifest.step).
+    const int64_t at = state.async ? MinClock(state, nullptr) : state.step;
+    if (at >= step) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "step: partition ", id, " is at step ", state.step,
+          "step: partition ", id, " is at step ", at,
+          state.async ? " (its slowest rank's clock)" : "",
           " already; a snapshot at step ", step, " cannot be taken"));
     }
   }
@@ -806,9 +845,29 @@ absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
             "snapshot of ", m.job_id(), " at step ", m.step(), ": partition ",
             part.id, " does not match the placement"));
       }
-      it->second.weights = part.weights;
-      it->second.slots = part.slots;
-      it->second.step = m.step();
+      PartitionState& state = it->second;
+      if (state.async != !part.clocks.empty() ||
+          (state.async &&
+           static_cast<int64_t>(part.clocks.size()) !=
+               (*job)->config.workers())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "snapshot of ", m.job_id(), " at step ", m.step(), ": partition ",
+            part.id, state.async ? " is under ASP/SSP but has "
+                                 : " is under BSP but has ",
+            part.clocks.size(), " worker clocks"));
+      }
+      state.weights = part.weights;
+      state.slots = part.slots;
+      if (state.async) {
+        // Its update count and dedup table: a rank's pushes of steps it
+        // holds already are acknowledged as duplicates when sent again.
+        state.step = part.updates;
+        state.clocks = part.clocks;
+        state.accepted = part.clocks;
+        state.update_clocks = part.clocks;
+      } else {
+        state.step = m.step();
+      }
     }
   }
   absl::MutexLock lock(&mu_);
@@ -823,17 +882,6 @@ absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
 // Answers `request` from the job's current state if it can. Returns true
 // when *response is filled, false when the step is not reached yet, or the
 // error that ends the pull.
-// The slowest rank's clock on an ASP/SSP partition, and that rank.
-static int64_t MinClock(const PartitionState& state, int32_t* slowest) {
-  int64_t lowest = INT64_MAX;
-  for (size_t r = 0; r < state.clocks.size(); ++r) {
-    if (state.clocks[r] < lowest) {
-      lowest = state.clocks[r];
-      if (slowest != nullptr) *slowest = static_cast<int32_t>(r);
-    }
-  }
-  return lowest == INT64_MAX ? 0 : lowest;
-}
 
 // ASP/SSP: whether a pull of clock request.step() by request.worker_rank()
 // may read `state` now; when not, *why says what it waits for.

@@ -71,7 +71,13 @@ namespace psd {
 //
 // Thread-safe: any method may be called from any thread. A pull waiting for
 // a step holds no thread (PullAsync), so any number of pulls can wait.
-// A consistent copy of one server's state of one job at a step boundary,
+// Snapshots: the partitions are captured at snapshot step k, one meaning for
+// every model: every rank's pushes of steps < k are applied. A BSP partition
+// is captured by the update that completes step k - 1; an ASP/SSP partition
+// by the update that makes its slowest rank's clock reach k, with its
+// clocks (ApplyStep, on primaries and backups alike).
+//
+// A consistent copy of one server's state of one job at one snapshot step,
 // for the snapshot writer (server/snapshot_store.h).
 struct ShardSnapshot;
 // One partition's state (defined in the .cc).
@@ -120,13 +126,16 @@ class ParameterStore {
   // Ids of the jobs held now (live, not dropped).
   std::vector<std::string> JobIds();
 
-  // Captures a snapshot of the job when its partitions reach `step`, as if
-  // the policy asked for it. Errors: NOT_FOUND, FAILED_PRECONDITION (a
-  // partition already reached the step, or the store has no snapshot sink).
+  // Captures a snapshot of the job when its partitions reach `step` (a BSP
+  // partition its step boundary, an ASP/SSP one its slowest rank's clock;
+  // see SnapshotManifest.step in proto/snapshot.proto), as if the policy
+  // asked for it. Errors: NOT_FOUND, FAILED_PRECONDITION (a partition
+  // already reached the step, or the store has no snapshot sink).
   absl::Status RequestSnapshot(const std::string& job_id, int64_t step);
 
   // Holds the job as `snapshot` recorded it: its config, placement, shards,
-  // parameters, optimizer slots and step, serving in `view_epoch`.
+  // parameters, optimizer slots and step (ASP/SSP partitions: their update
+  // count and per-rank clocks, the dedup table), serving in `view_epoch`.
   // Errors: ALREADY_EXISTS (the job is held already), INVALID_ARGUMENT (a
   // snapshot inconsistent with its placement).
   absl::Status Restore(const ShardSnapshot& snapshot, int64_t view_epoch);
@@ -220,11 +229,14 @@ class ParameterStore {
   absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& job_id);
   // Validates the request and builds the job's partitions at step 0.
   absl::StatusOr<std::shared_ptr<Job>> BuildJob(const CreateJobRequest& request);
-  // When the job's policy wants a snapshot at state.step, copies the
-  // partition into the capture of that step; a capture that has every
-  // partition moves to *complete. REQUIRES: job->mu held.
+  // When the job's policy (or RequestSnapshot) wants a snapshot at `step`,
+  // copies the partition into the capture of that step (with its clocks
+  // and update count under ASP/SSP); a capture that has every partition
+  // moves to *complete. `step` is the BSP partition's new step, or the
+  // ASP/SSP partition's slowest rank's new clock (SnapshotManifest.step).
+  // REQUIRES: job->mu held.
   void CaptureIfDue(Job* job, int32_t partition_id, const PartitionState& state,
-                    std::vector<ShardSnapshot>* complete);
+                    int64_t step, std::vector<ShardSnapshot>* complete);
   // Moves every waiter whose step is reached (or whose pull failed) into
   // `completions`, with its response filled. REQUIRES: job->mu held.
   void AnswerWaiters(Job* job,

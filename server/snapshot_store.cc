@@ -246,6 +246,31 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
           " elements, not a multiple of the weights' ",
           p.weights.size()));
     }
+    if (!p.clocks.empty()) {
+      if (static_cast<int64_t>(p.clocks.size()) != m.config().workers()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            pwhat, ": ", p.clocks.size(), " clocks, the job has ",
+            m.config().workers(), " worker ranks"));
+      }
+      for (int64_t c : p.clocks) {
+        if (c < step) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              pwhat, ": a rank's clock ", c, " is below the step"));
+        }
+      }
+      if (p.updates < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(pwhat, ": updates < 0"));
+      }
+    }
+  }
+  m.clear_async_partitions();
+  for (const PartitionSnapshot& p : snapshot.partitions) {
+    if (p.clocks.empty()) continue;
+    AsyncPartitionClocks* a = m.add_async_partitions();
+    a->set_partition_id(p.id);
+    a->set_updates(p.updates);
+    for (int64_t c : p.clocks) a->add_clocks(c);
   }
 
   // The batch: partition records, then the manifest (its checksums are
@@ -456,6 +481,35 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
   for (const Partition& p : m.placement().partitions()) {
     num_elements[p.id()] = p.num_elements();
   }
+  // The ASP/SSP partitions' clocks, by partition id.
+  std::map<int32_t, const AsyncPartitionClocks*> async;
+  for (const AsyncPartitionClocks& a : m.async_partitions()) {
+    const std::string awhat =
+        absl::StrCat(what, " partition ", a.partition_id(), ": clocks");
+    if (std::find(m.partition_ids().begin(), m.partition_ids().end(),
+                  a.partition_id()) == m.partition_ids().end()) {
+      return absl::DataLossError(
+          absl::StrCat(awhat, " of a partition not in the snapshot"));
+    }
+    if (!async.emplace(a.partition_id(), &a).second) {
+      return absl::DataLossError(absl::StrCat(awhat, " given twice"));
+    }
+    if (a.clocks_size() != m.config().workers()) {
+      return absl::DataLossError(
+          absl::StrCat(awhat, ": ", a.clocks_size(), " of them, the job has ",
+                       m.config().workers(), " worker ranks"));
+    }
+    for (int64_t c : a.clocks()) {
+      if (c < step) {
+        return absl::DataLossError(absl::StrCat(
+            awhat, ": a rank's clock ", c, " is below the snapshot's step"));
+      }
+    }
+    if (a.updates() < 0) {
+      return absl::DataLossError(
+          absl::StrCat(awhat, ": update count ", a.updates(), " < 0"));
+    }
+  }
 
   // The partitions.
   out.partitions.reserve(m.partition_ids_size());
@@ -516,6 +570,11 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
     std::memcpy(p.slots.data(),
                 v.data() + kRecordHeaderBytes + sizeof(float) * h.num_weights,
                 sizeof(float) * h.num_slot_elements);
+    auto a = async.find(id);
+    if (a != async.end()) {
+      p.clocks.assign(a->second->clocks().begin(), a->second->clocks().end());
+      p.updates = a->second->updates();
+    }
     out.partitions.push_back(std::move(p));
   }
   return out;

@@ -18,7 +18,7 @@
 
 namespace psd {
 
-// One partition's state at the snapshot's step.
+// One partition's state at the snapshot's step (SnapshotManifest.step).
 struct PartitionSnapshot {
   // Partition id (Partition.id in the placement).
   int32_t id = 0;
@@ -27,13 +27,20 @@ struct PartitionSnapshot {
   // The optimizer slots (OptimizerSlots() of them, in server/optimizer.h),
   // one after the other: k * weights.size() floats, k >= 0.
   std::vector<float> slots;
+  // ASP/SSP partitions only (empty for BSP ones, which are at the step):
+  // per worker rank, its pushes applied (each >= the snapshot's step), and
+  // the partition's update count. Stored in the manifest
+  // (SnapshotManifest.async_partitions).
+  std::vector<int64_t> clocks;
+  int64_t updates = 0;
 };
 
-// One server's whole state of one job at one step boundary.
+// One server's whole state of one job at one step (SnapshotManifest.step).
 struct ShardSnapshot {
   // The caller fills job_id, step, view_epoch, config, placement and shards.
-  // Write fills partition_ids, partition_crc32, created_unix_ms and
-  // total_bytes (whatever the caller put there is replaced).
+  // Write fills partition_ids, partition_crc32, created_unix_ms,
+  // total_bytes and async_partitions (from the partitions' clocks; whatever
+  // the caller put there is replaced).
   SnapshotManifest manifest;
   // Any order in Write; ascending id from Read.
   std::vector<PartitionSnapshot> partitions;
@@ -61,6 +68,10 @@ struct SnapshotStoreOptions {
 // uint64 number of optimizer-slot elements V (a multiple of W); then W float32
 // weights and V float32 slot elements. Its CRC-32 (zlib crc32) covers the whole
 // record. Manifests sort before partitions, so listing reads manifests only.
+// The clocks and update count of ASP/SSP partitions are in the manifest
+// (async_partitions, covered by its CRC-32), not in the records: so the
+// record format is unchanged, and snapshots written before (BSP only, no
+// async_partitions) read as before.
 //
 // Timelines: writing a snapshot at step s also deletes the job's snapshots
 // at steps > s. They can only come from a timeline that was abandoned (the
@@ -93,7 +104,8 @@ class SnapshotStore {
   // REQUIRES: manifest.job_id non-empty, without '/' or NUL;
   // manifest.step >= 0; partition ids distinct, each in manifest.placement
   // with weights.size() == its num_elements; slots a multiple
-  // of weights in size. Errors: INVALID_ARGUMENT (a requirement broken; nothing
+  // of weights in size; clocks, when given, as many as config.workers(),
+  // each >= manifest.step, and updates >= 0. Errors: INVALID_ARGUMENT (a requirement broken; nothing
   // written), and RocksDB's failure naming the job and step:
   // RESOURCE_EXHAUSTED (disk full), UNAVAILABLE (other I/O errors; a later
   // Write tries again), FAILED_PRECONDITION, DATA_LOSS. A failed Write leaves
@@ -114,7 +126,9 @@ class SnapshotStore {
   // parses and names this job and step; every partition record present,
   // its checksum equal to the manifest's, its id, and its sizes consistent
   // with the placement (weights == num_elements, slots a
-  // multiple of it). Errors: NOT_FOUND (no such snapshot), DATA_LOSS naming the job,
+  // multiple of it); each async_partitions entry of a stored partition, at
+  // most one per partition, with config.workers() clocks each >= the step,
+  // and updates >= 0 (copied into the partitions' clocks and updates). Errors: NOT_FOUND (no such snapshot), DATA_LOSS naming the job,
   // step, partition and what is wrong, e.g. "snapshot j-1 step 200
   // partition 3: checksum mismatch (stored 0x1234abcd, computed
   // 0x89ab0123)" (RocksDB's own block checksum failures are DATA_LOSS too),

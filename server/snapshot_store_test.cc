@@ -392,6 +392,138 @@ TEST_CASE("SnapshotStore: a damaged record is DATA_LOSS and is skipped",
   CHECK(absl::IsNotFound(store->Read("j-1", 150).status()));
 }
 
+// An ASP/SSP snapshot: partitions 1 and 3 of MakeSnapshot's carry clocks
+// (3 worker ranks) and update counts; 0 and 2 are BSP.
+ShardSnapshot MakeAsyncSnapshot(const std::string& job_id, int64_t step) {
+  ShardSnapshot s = MakeSnapshot(job_id, step, 4, 64, true);
+  s.manifest.mutable_config()->set_workers(3);
+  s.partitions[1].clocks = {step, step + 1, step + 2};
+  s.partitions[1].updates = 3 * step + 2;
+  s.partitions[3].clocks = {step + 1, step, step};
+  s.partitions[3].updates = 3 * step + 1;
+  return s;
+}
+
+TEST_CASE("SnapshotStore: ASP/SSP partitions' clocks and update counts "
+          "round-trip, and snapshots without them read as BSP",
+          "[snapshot][asp]") {
+  const std::string dir = TempDir("clocks");
+  auto store = OpenStore(dir);
+  const ShardSnapshot written = MakeAsyncSnapshot("j-1", 10);
+  REQUIRE(store->Write(written).ok());
+  auto read = store->Read("j-1", 10);
+  REQUIRE(read.ok());
+  CHECK(SameData(*read, written));
+  REQUIRE(read->partitions.size() == 4);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(read->partitions[i].clocks == written.partitions[i].clocks);
+    if (!written.partitions[i].clocks.empty()) {
+      CHECK(read->partitions[i].updates == written.partitions[i].updates);
+    }
+  }
+  REQUIRE(read->manifest.async_partitions_size() == 2);
+  CHECK(read->manifest.async_partitions(0).partition_id() == 1);
+  CHECK(read->manifest.async_partitions(1).partition_id() == 3);
+  // A BSP snapshot has none.
+  REQUIRE(store->Write(MakeSnapshot("j-2", 5, 2, 8, false)).ok());
+  auto bsp = store->Read("j-2", 5);
+  REQUIRE(bsp.ok());
+  CHECK(bsp->manifest.async_partitions_size() == 0);
+  for (const PartitionSnapshot& p : bsp->partitions) CHECK(p.clocks.empty());
+
+  // Write refuses clocks that break the step's meaning or the rank count.
+  ShardSnapshot below = MakeAsyncSnapshot("j-1", 20);
+  below.partitions[1].clocks[0] = 19;
+  absl::Status refused = store->Write(below);
+  CHECK(absl::IsInvalidArgument(refused));
+  CHECK(Contains(refused, "partition 1: a rank's clock 19 is below the step"));
+  ShardSnapshot ranks = MakeAsyncSnapshot("j-1", 20);
+  ranks.partitions[3].clocks.pop_back();
+  refused = store->Write(ranks);
+  CHECK(absl::IsInvalidArgument(refused));
+  CHECK(Contains(refused, "partition 3: 2 clocks, the job has 3"));
+  CHECK(ListedSteps(*store, "j-1") == std::vector<int64_t>{10});
+}
+
+TEST_CASE("SnapshotStore: damaged or inconsistent clocks are DATA_LOSS",
+          "[snapshot][asp]") {
+  const std::string dir = TempDir("clocks_damage");
+  {
+    auto store = OpenStore(dir);
+    REQUIRE(store->Write(MakeAsyncSnapshot("j-1", 10)).ok());
+    REQUIRE(store->Write(MakeAsyncSnapshot("j-1", 20)).ok());
+  }
+  std::string expect;
+  {
+    auto db = OpenRaw(dir);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    const std::string key = SnapshotManifestKey("j-1", 20);
+    std::string value;
+    REQUIRE(db->Get(rocksdb::ReadOptions(), key, &value).ok());
+    SnapshotManifest m;
+    REQUIRE(m.ParseFromArray(value.data() + 4,
+                             static_cast<int>(value.size() - 4)));
+    REQUIRE(m.async_partitions_size() == 2);
+    // Re-encodes the manifest with a valid checksum.
+    auto put = [&](const SnapshotManifest& changed) {
+      std::string out(4, '\0');
+      REQUIRE(changed.AppendToString(&out));
+      uint32_t crc = static_cast<uint32_t>(crc32_z(
+          0, reinterpret_cast<const Bytef*>(out.data() + 4), out.size() - 4));
+      std::memcpy(&out[0], &crc, 4);
+      REQUIRE(db->Put(wo, key, out).ok());
+    };
+    SECTION("a flipped bit in a clock (the manifest's CRC covers them)") {
+      // The clocks are serialized last (field 11); flip a bit of the last
+      // clock's varint.
+      value[value.size() - 1] ^= 0x01;
+      REQUIRE(db->Put(wo, key, value).ok());
+      expect = "snapshot j-1 step 20: manifest checksum mismatch";
+    }
+    SECTION("a clock below the step") {
+      m.mutable_async_partitions(1)->set_clocks(2, 19);
+      put(m);
+      expect = "snapshot j-1 step 20 partition 3: clocks: a rank's clock 19 "
+               "is below the snapshot's step";
+    }
+    SECTION("too few clocks") {
+      m.mutable_async_partitions(0)->mutable_clocks()->RemoveLast();
+      put(m);
+      expect = "snapshot j-1 step 20 partition 1: clocks: 2 of them, the job "
+               "has 3 worker ranks";
+    }
+    SECTION("clocks of a partition not in the snapshot") {
+      m.mutable_async_partitions(0)->set_partition_id(9);
+      put(m);
+      expect = "snapshot j-1 step 20 partition 9: clocks of a partition not "
+               "in the snapshot";
+    }
+    SECTION("clocks given twice") {
+      *m.add_async_partitions() = m.async_partitions(0);
+      put(m);
+      expect = "snapshot j-1 step 20 partition 1: clocks given twice";
+    }
+    SECTION("a negative update count") {
+      m.mutable_async_partitions(1)->set_updates(-4);
+      put(m);
+      expect = "snapshot j-1 step 20 partition 3: clocks: update count -4 < 0";
+    }
+  }
+  auto store = OpenStore(dir);
+  auto read = store->Read("j-1", 20);
+  CHECK(absl::IsDataLoss(read.status()));
+  INFO(read.status().message());
+  CHECK(Contains(read.status(), expect));
+  // Recovery falls back to the older snapshot, clocks and all.
+  std::vector<std::pair<int64_t, absl::Status>> skipped;
+  auto newest = store->ReadNewestValid("j-1", &skipped);
+  REQUIRE(newest.ok());
+  CHECK(newest->manifest.step() == 10);
+  CHECK(newest->partitions[1].clocks == std::vector<int64_t>{10, 11, 12});
+  CHECK(skipped.size() == 1);
+}
+
 TEST_CASE("SnapshotStore: NOT_FOUND when no snapshot verifies", "[snapshot]") {
   const std::string dir = TempDir("none_valid");
   {
