@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Snapshots and whole-cluster recovery of an ASP job (issue 7; DESIGN
+# invariant 6). Snapshot step k means, for every consistency model, that
+# every rank's pushes of steps < k are applied; an ASP partition is captured
+# when its slowest rank's clock reaches k, with its per-rank clocks, so the
+# ranks restarted at k have the pushes a partition holds already
+# acknowledged as duplicates (docs/ARCHITECTURE.md, "Snapshots and
+# recovery"). With R=2 on 2 servers (every shard on both):
+#  1. the BSP short job, for the reference accuracy (BSP is deterministic);
+#  2. an ASP job with snapshot.every_steps: SIGKILL every process mid-job,
+#     restart them on the same data directories; the job resumes from a
+#     snapshot and SUCCEEDs within consistency_test.sh's band of BSP's
+#     accuracy, every rank's clock on every server is the job's total steps
+#     (each push applied exactly once: a push applied twice cannot show, but
+#     one lost leaves a clock behind and the rank's next push is refused as
+#     a gap), and the replicas agree bitwise.
+source tests/cluster_lib.sh
+
+BAND=0.06  # as tests/consistency_test.sh
+# One worker is slowed down (a test-only flag): the job then lasts long
+# enough to be killed mid-way however fast the machine, and under ASP the
+# other rank runs far ahead, so a snapshot (taken at the slow rank's clock)
+# holds many pushes of the fast rank past its step, which the restarted
+# fast rank sends again and must see acknowledged as duplicates.
+SLOW_MS=25
+
+write_short_job "$WORK/bsp.textproto"
+sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/bsp.textproto" >"$WORK/asp.textproto"
+grep -q '^consistency: ASP$' "$WORK/asp.textproto" || fail "sed did not set ASP"
+echo 'snapshot { every_steps: 20 keep_last: 3 }' >>"$WORK/asp.textproto"
+
+start_node() {
+  local name=$1 role=$2
+  shift 2
+  case $role in
+    coordinator) "$BIN/server/psd_coordinator" "$@" 2>>"$WORK/$name.log" & ;;
+    server) "$BIN/server/psd_server" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    worker) "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+  esac
+  PIDS+=($!)
+}
+
+# start_persistent: coordinator (R=2), 2 servers and 2 workers, with data
+# directories under $WORK (worker2 slowed by SLOW_MS per step); the
+# coordinator keeps its port across restarts.
+PORT=
+start_persistent() {
+  if [ -z "$PORT" ]; then
+    start_node coordinator coordinator --data_dir="$WORK/coordinator" \
+      --replication_factor=2 --port_file="$WORK/coordinator.port"
+    PORT=$(wait_port "${PIDS[-1]}" "$WORK/coordinator.port") || fail "coordinator did not start"
+  else
+    start_node coordinator coordinator --data_dir="$WORK/coordinator" \
+      --replication_factor=2 --listen="127.0.0.1:$PORT"
+  fi
+  COORDINATOR=127.0.0.1:$PORT
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  start_node server1 server --data_dir="$WORK/server1"
+  start_node server2 server --data_dir="$WORK/server2"
+  start_node worker1 worker
+  start_node worker2 worker --test_slow_ms_per_step="$SLOW_MS"
+}
+
+kill_all() {
+  kill -KILL "${PIDS[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+# snapshot_steps JOB: the steps of the job's snapshots on every server, one
+# line per server.
+snapshot_steps() {
+  "${CTL[@]}" snapshots "$1" 2>/dev/null | python3 -c '
+import json, re, sys
+for chunk in re.split(r"^server-\S+ \(\S+\): ", sys.stdin.read(), flags=re.M)[1:]:
+    print(" ".join(s["step"] for s in json.loads(chunk).get("snapshots", [])))'
+}
+
+start_persistent
+"${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready >/dev/null
+
+# 1. BSP reference.
+id=$("${CTL[@]}" submit "$WORK/bsp.textproto") || fail "submit BSP"
+"${CTL[@]}" watch "$id" >"$WORK/bsp.watch" || { cat "$WORK/bsp.watch"; fail "BSP job failed"; }
+bsp=$(grep -o 'SUCCEEDED.*test accuracy [0-9.]*' "$WORK/bsp.watch" | awk '{print $NF}')
+
+# 2. ASP with snapshots: kill everything once both servers hold snapshots
+#    at a common step >= 40.
+job=$("${CTL[@]}" submit "$WORK/asp.textproto") || fail "submit ASP"
+common=0
+for _ in $(seq 600); do
+  common=$(snapshot_steps "$job" | python3 -c '
+import sys
+sets = [set(int(s) for s in l.split()) for l in sys.stdin if l.strip()]
+print(max(set.intersection(*sets)) if len(sets) == 2 and set.intersection(*sets) else 0)')
+  [ "$common" -ge 40 ] && break
+  sleep 0.05
+done
+[ "$common" -ge 40 ] || fail "no common snapshot at step >= 40: $(snapshot_steps "$job" | tr '\n' '|')"
+kill_all
+start_persistent
+"${CTL[@]}" --servers=2 --workers=0 --timeout_s=30 wait-ready >/dev/null ||
+  fail "the restarted cluster did not come up"
+"${CTL[@]}" watch "$job" >"$WORK/asp.watch" || { tail -5 "$WORK/asp.watch"; fail "ASP job $job did not succeed"; }
+"${CTL[@]}" get "$job" >"$WORK/asp.json" || fail "psd_ctl get"
+read -r resumed total < <(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+print((j.get("resumedFromSteps") or ["none"])[0], j["totalSteps"])' "$WORK/asp.json")
+asp=$(grep -o 'SUCCEEDED.*test accuracy [0-9.]*' "$WORK/asp.watch" | awk '{print $NF}')
+echo "ASP: snapshots at a common step $common before the kill, resumed from step $resumed of $total, accuracy $asp (BSP $bsp)"
+[ "$resumed" != none ] && [ "$resumed" -gt 0 ] || fail "the ASP job did not resume from a snapshot ($resumed)"
+awk -v a="$asp" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
+  fail "ASP accuracy $asp is more than $BAND below BSP's $bsp"
+"${CTL[@]}" replicas "$job" >"$WORK/asp.replicas" || { cat "$WORK/asp.replicas"; fail "replicas differ"; }
+"${CTL[@]}" servers >"$WORK/servers.json" || fail "psd_ctl servers"
+checked=$(python3 -c '
+import json, re, sys
+text, job, total = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
+n = 0
+for k, m in enumerate(starts):
+  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
+  for jj in json.loads(text[m.end():end]).get("jobs", []):
+    if jj["jobId"] != job: continue
+    clocks = jj.get("workerClocks", [])
+    if clocks != [total] * 2:
+      sys.exit("server %s: worker clocks %s, want %s for both ranks" % (m.group(1), clocks, total))
+    n += 1
+print(n)' "$WORK/servers.json" "$job" "$total") || fail "a push was lost or applied twice: $checked"
+[ "$checked" -eq 2 ] || fail "only $checked servers hold the job"
+echo "ASP: every rank's $total pushes applied on $checked servers, $(tail -1 "$WORK/asp.replicas")"
+echo PASS
