@@ -778,9 +778,9 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
   // The step: ahead of every partition now, with a margin for the steps
   // taken while we ask; if one got there first, try again further ahead.
   // ServerJobStatus.step counts updates, which under ASP/SSP are one per
-  // push, not one per step: there the ranks' clocks say how far the job is
-  // (an ASP/SSP partition reaches snapshot step k when its slowest rank's
-  // clock does, see SnapshotManifest.step).
+  // push, not one per step: there the slowest rank's clock says how far the
+  // job is (an ASP/SSP partition reaches snapshot step k when its slowest
+  // rank's clock does, see SnapshotManifest.step).
   absl::Status last;
   for (int64_t margin : {10, 50, 200}) {
     int64_t highest = 0;
@@ -795,8 +795,12 @@ absl::StatusOr<int64_t> CoordinatorState::SnapshotJob(const std::string& job_id)
           highest = std::max(highest, job.step());
           continue;
         }
-        for (int64_t clock : job.worker_clocks()) {
-          highest = std::max(highest, clock);
+        // The slowest rank: an ASP/SSP partition captures step k when its
+        // slowest rank's clock reaches k (a faster rank may be at the end).
+        if (job.worker_clocks_size() > 0) {
+          highest = std::max(highest, *std::min_element(
+                                          job.worker_clocks().begin(),
+                                          job.worker_clocks().end()));
         }
       }
     }

@@ -7,7 +7,9 @@
 # acknowledged as duplicates (docs/ARCHITECTURE.md, "Snapshots and
 # recovery"). With R=2 on 2 servers (every shard on both):
 #  1. the BSP short job, for the reference accuracy (BSP is deterministic);
-#  2. an ASP job with snapshot.every_steps: SIGKILL every process mid-job,
+#  2. an ASP job with snapshot.every_steps, and one snapshot on demand (the
+#     coordinator picks its step from the slowest rank's clock): SIGKILL
+#     every process mid-job once both servers hold that one,
 #     restart them on the same data directories; the job resumes from a
 #     snapshot and SUCCEEDs within consistency_test.sh's band of BSP's
 #     accuracy, every rank's clock on every server is the job's total steps
@@ -22,7 +24,7 @@ BAND=0.06  # as tests/consistency_test.sh
 # other rank runs far ahead, so a snapshot (taken at the slow rank's clock)
 # holds many pushes of the fast rank past its step, which the restarted
 # fast rank sends again and must see acknowledged as duplicates.
-SLOW_MS=25
+SLOW_MS=40
 
 write_short_job "$WORK/bsp.textproto"
 sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/bsp.textproto" >"$WORK/asp.textproto"
@@ -84,19 +86,35 @@ id=$("${CTL[@]}" submit "$WORK/bsp.textproto") || fail "submit BSP"
 "${CTL[@]}" watch "$id" >"$WORK/bsp.watch" || { cat "$WORK/bsp.watch"; fail "BSP job failed"; }
 bsp=$(grep -o 'SUCCEEDED.*test accuracy [0-9.]*' "$WORK/bsp.watch" | awk '{print $NF}')
 
-# 2. ASP with snapshots: kill everything once both servers hold snapshots
-#    at a common step >= 40.
+# common_step JOB: the newest step both servers hold a snapshot of, or 0.
+common_step() {
+  snapshot_steps "$1" | python3 -c '
+import sys
+sets = [set(int(s) for s in l.split()) for l in sys.stdin if l.strip()]
+common = set.intersection(*sets) if len(sets) == 2 else set()
+print(max(common) if common else 0)'
+}
+
+# 2. ASP with snapshots: once both servers hold one (every_steps), ask for
+#    one on demand (the coordinator picks a step ahead of the slowest
+#    rank's clock), and kill everything once both servers hold it.
 job=$("${CTL[@]}" submit "$WORK/asp.textproto") || fail "submit ASP"
 common=0
 for _ in $(seq 600); do
-  common=$(snapshot_steps "$job" | python3 -c '
-import sys
-sets = [set(int(s) for s in l.split()) for l in sys.stdin if l.strip()]
-print(max(set.intersection(*sets)) if len(sets) == 2 and set.intersection(*sets) else 0)')
-  [ "$common" -ge 40 ] && break
+  common=$(common_step "$job")
+  [ "$common" -ge 20 ] && break
   sleep 0.05
 done
-[ "$common" -ge 40 ] || fail "no common snapshot at step >= 40: $(snapshot_steps "$job" | tr '\n' '|')"
+[ "$common" -ge 20 ] || fail "no common snapshot: $(snapshot_steps "$job" | tr '\n' '|')"
+on_demand=$("${CTL[@]}" snapshot "$job" | grep -o 'step [0-9]*' | grep -o '[0-9]*') ||
+  fail "the on-demand snapshot of the ASP job was refused"
+for _ in $(seq 600); do
+  common=$(common_step "$job")
+  [ "$common" -ge "$on_demand" ] && break
+  sleep 0.05
+done
+[ "$common" -ge "$on_demand" ] ||
+  fail "the on-demand snapshot at step $on_demand is not on both servers: $(snapshot_steps "$job" | tr '\n' '|')"
 kill_all
 start_persistent
 "${CTL[@]}" --servers=2 --workers=0 --timeout_s=30 wait-ready >/dev/null ||
@@ -108,8 +126,9 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 print((j.get("resumedFromSteps") or ["none"])[0], j["totalSteps"])' "$WORK/asp.json")
 asp=$(grep -o 'SUCCEEDED.*test accuracy [0-9.]*' "$WORK/asp.watch" | awk '{print $NF}')
-echo "ASP: snapshots at a common step $common before the kill, resumed from step $resumed of $total, accuracy $asp (BSP $bsp)"
-[ "$resumed" != none ] && [ "$resumed" -gt 0 ] || fail "the ASP job did not resume from a snapshot ($resumed)"
+echo "ASP: on-demand snapshot at step $on_demand, snapshots at a common step $common before the kill, resumed from step $resumed of $total, accuracy $asp (BSP $bsp)"
+[ "$resumed" != none ] && [ "$resumed" -ge "$on_demand" ] ||
+  fail "the ASP job did not resume from a snapshot at or after step $on_demand ($resumed)"
 awk -v a="$asp" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
   fail "ASP accuracy $asp is more than $BAND below BSP's $bsp"
 "${CTL[@]}" replicas "$job" >"$WORK/asp.replicas" || { cat "$WORK/asp.replicas"; fail "replicas differ"; }
