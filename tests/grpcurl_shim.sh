@@ -37,8 +37,13 @@ case "${1:-}" in
     # once, and fails on the health service (reflection cannot describe it).
     # So: check the server's reflection lists the service, then print its
     # methods from our .proto files (PSD_PROTO_DIR).
-    "$PSD_BUF" "${args[@]}" --list-services "http://$address" | grep -qx "$2" ||
-      { echo "grpcurl shim: $address does not serve $2" >&2; exit 1; }
+    # Up to 3 tries: on a loaded machine a reflection listing can come back
+    # short (seen once in CI).
+    for try in 1 2 3; do
+      "$PSD_BUF" "${args[@]}" --list-services "http://$address" | grep -qx "$2" && break
+      [ "$try" = 3 ] && { echo "grpcurl shim: $address does not serve $2" >&2; exit 1; }
+      sleep 0.5
+    done
     "$PSD_BUF" curl --schema "$PSD_PROTO_DIR" --list-methods | grep "^$2/"
     exit 0 ;;
   "") echo "grpcurl shim: no method" >&2; exit 64 ;;
