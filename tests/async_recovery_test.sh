@@ -132,21 +132,7 @@ echo "ASP: on-demand snapshot at step $on_demand, snapshots at a common step $co
 awk -v a="$asp" -v b="$bsp" -v d="$BAND" 'BEGIN { exit !(a >= b - d) }' ||
   fail "ASP accuracy $asp is more than $BAND below BSP's $bsp"
 "${CTL[@]}" replicas "$job" >"$WORK/asp.replicas" || { cat "$WORK/asp.replicas"; fail "replicas differ"; }
-"${CTL[@]}" servers >"$WORK/servers.json" || fail "psd_ctl servers"
-checked=$(python3 -c '
-import json, re, sys
-text, job, total = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
-starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
-n = 0
-for k, m in enumerate(starts):
-  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
-  for jj in json.loads(text[m.end():end]).get("jobs", []):
-    if jj["jobId"] != job: continue
-    clocks = jj.get("workerClocks", [])
-    if clocks != [total] * 2:
-      sys.exit("server %s: worker clocks %s, want %s for both ranks" % (m.group(1), clocks, total))
-    n += 1
-print(n)' "$WORK/servers.json" "$job" "$total") || fail "a push was lost or applied twice: $checked"
+checked=$(servers_with_all_pushes "$job" "$total") || fail "a push was lost or applied twice: $checked"
 [ "$checked" -eq 2 ] || fail "only $checked servers hold the job"
 echo "ASP: every rank's $total pushes applied on $checked servers, $(tail -1 "$WORK/asp.replicas")"
 echo PASS

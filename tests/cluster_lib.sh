@@ -79,3 +79,25 @@ workers: 2
 seed: 42
 JOB
 }
+
+# servers_with_all_pushes JOB TOTAL: checks, over `psd_ctl servers`, that on
+# every live server holding JOB each of its 2 ranks' clocks (pushes
+# applied) is TOTAL; prints the number of servers checked, or exits
+# non-zero naming the first server that falls short.
+servers_with_all_pushes() {
+  "${CTL[@]}" servers >"$WORK/clocks.servers.json" || { echo "psd_ctl servers failed"; return 1; }
+  python3 -c '
+import json, re, sys
+text, job, total = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
+n = 0
+for k, m in enumerate(starts):
+  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
+  for jj in json.loads(text[m.end():end]).get("jobs", []):
+    if jj["jobId"] != job: continue
+    clocks = jj.get("workerClocks", [])
+    if clocks != [total] * 2:
+      sys.exit("server %s: worker clocks %s, want %s for both ranks" % (m.group(1), clocks, total))
+    n += 1
+print(n)' "$WORK/clocks.servers.json" "$1" "$2"
+}

@@ -246,23 +246,7 @@ failed_over "$job" "scenario 6"
 "${CTL[@]}" watch "$job" >"$WORK/$job.watch" || { tail -5 "$WORK/$job.watch"; fail "scenario 6: job $job did not succeed"; }
 "${CTL[@]}" replicas "$job" >"$WORK/$job.replicas" || { cat "$WORK/$job.replicas"; fail "scenario 6: replicas differ"; }
 total=$(q "$job" 'int(j["totalSteps"])')
-"${CTL[@]}" servers >"$WORK/k6.servers.json" || fail "scenario 6: psd_ctl servers"
-# Every live server's replicas of the job: each rank's clock (its pushes
-# applied) is the job's total steps; prints the servers checked.
-checked=$(python3 -c '
-import json, re, sys
-text, job, total = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
-starts = list(re.finditer(r"^\S+ \(([^)]*)\): ", text, re.M))
-n = 0
-for k, m in enumerate(starts):
-  end = starts[k + 1].start() if k + 1 < len(starts) else len(text)
-  for jj in json.loads(text[m.end():end]).get("jobs", []):
-    if jj["jobId"] != job: continue
-    clocks = jj.get("workerClocks", [])
-    if clocks != [total] * 2:
-      sys.exit("server %s: worker clocks %s, want %s for both ranks" % (m.group(1), clocks, total))
-    n += 1
-print(n)' "$WORK/k6.servers.json" "$job" "$total") || fail "scenario 6: a push was lost: $checked"
+checked=$(servers_with_all_pushes "$job" "$total") || fail "scenario 6: a push was lost: $checked"
 [ "$checked" -ge 2 ] || fail "scenario 6: only $checked servers hold the job"
 echo "scenario 6 (ASP, primary killed): $(grep -o 'test accuracy [0-9.]*' "$WORK/$job.watch" | tail -1), every rank's $total pushes applied on $checked servers, $(tail -1 "$WORK/$job.replicas")"
 stop_cluster
