@@ -1,6 +1,7 @@
 #include "server/parameter_store.h"
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -46,10 +47,11 @@ struct PartitionState {
   std::set<std::string> awaiting;
   // Joining backup: the state transfer has not arrived yet.
   bool installing = false;
-  // The weights before the last update (after previous_step updates), so a
-  // pull of that step can still be answered; previous_step -1: none.
+  // The weights before the last update (after *previous_step updates), so
+  // a pull of that step can still be answered; no value: none kept. (Not a
+  // -1 sentinel: a pull's step is a peer's number, and -1 must match nothing.)
   std::vector<float> previous;
-  int64_t previous_step = -1;
+  std::optional<int64_t> previous_step;
   // ASP/SSP only (empty under BSP). Per worker rank: its pushes applied to
   // `weights` (the rank's clock on this partition; the dedup table).
   std::vector<int64_t> clocks;
@@ -228,6 +230,65 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
   return it->second;
 }
 
+// Bounds what BuildJob will allocate for the partitions of `shards` before
+// any of it is: the partitions' state (weights, optimizer slots, the sum,
+// and per rank a gradient buffer under BSP or the queue under ASP/SSP) and
+// each parameter's initial values, computed whole once. Every dimension
+// must be >= 1; products are checked against the bound as they grow, so a
+// peer's shape cannot overflow them.
+static absl::Status CheckJobBytes(const JobConfig& config,
+                                  const Placement& placement,
+                                  const std::set<int32_t>& shards,
+                                  int64_t max_bytes) {
+  const int64_t max_floats = max_bytes / static_cast<int64_t>(sizeof(float));
+  auto too_big = [&](absl::string_view what) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": this server would allocate more than ", max_bytes,
+        " bytes for the job (--max_job_bytes); use more servers or a "
+        "smaller model"));
+  };
+  std::vector<int64_t> elements(placement.parameters_size(), 0);
+  for (int p = 0; p < placement.parameters_size(); ++p) {
+    const ParameterSpec& spec = placement.parameters(p);
+    int64_t n = 1;
+    for (int d = 0; d < spec.shape_size(); ++d) {
+      const int64_t dim = spec.shape(d);
+      if (dim < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "placement.parameters[", p, "].shape[", d, "]: must be >= 1, got ",
+            dim));
+      }
+      if (dim > max_floats || n > max_floats / dim) {
+        return too_big(absl::StrCat("placement.parameters[", p, "].shape"));
+      }
+      n *= dim;
+    }
+    elements[p] = n;
+  }
+  const int64_t per_element =
+      2 + OptimizerSlots(config.optimizer()) + config.workers();
+  int64_t floats = 0;
+  std::set<int32_t> initialised;
+  for (int i = 0; i < placement.partitions_size(); ++i) {
+    const Partition& part = placement.partitions(i);
+    if (!shards.count(part.shard())) continue;
+    if (part.parameter() < 0 || part.parameter() >= placement.parameters_size()) {
+      continue;  // BuildJob names it
+    }
+    if (part.num_elements() < 0 || part.num_elements() > max_floats) {
+      return too_big(absl::StrCat("placement.partitions[", i, "].num_elements"));
+    }
+    floats += part.num_elements() * per_element;
+    if (initialised.insert(part.parameter()).second) {
+      floats += elements[part.parameter()];
+    }
+    if (floats > max_floats) {
+      return too_big(absl::StrCat("placement.partitions[", i, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
     const CreateJobRequest& request) {
   if (request.job_id().empty()) {
@@ -242,6 +303,8 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   }
   const Placement& placement = request.placement();
   std::set<int32_t> shards(request.shards().begin(), request.shards().end());
+  PSD_RETURN_IF_ERROR(CheckJobBytes(config, placement, shards,
+                                    options_.max_job_bytes));
   auto job = std::make_shared<Job>();
   job->id = request.job_id();
   job->config = config;
@@ -388,7 +451,7 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
         std::vector<std::vector<float>>().swap(state.pending);
         std::vector<float>().swap(state.previous);
         std::vector<float>().swap(state.queued);
-        state.previous_step = -1;
+        state.previous_step.reset();
         DiscardPending(&state);
       }
     } else {
@@ -946,6 +1009,7 @@ static absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
       continue;
     }
     if (state.step > request.step() && state.previous_step != request.step()) {
+      // Also a step < 0, which no partition keeps.
       return absl::FailedPreconditionError(absl::StrCat(
           "step: ", request.step(), " is no longer held: partition ",
           it->first, " is at step ", state.step));
@@ -1010,6 +1074,42 @@ void ParameterStore::AnswerWaiters(Job* job, Completions* completions) {
   }
 }
 
+// Checks what a pull asks for before any work is done for it: a step that
+// can exist, each partition named once, and an answer within
+// max_bytes (bounded before anything is allocated).
+static absl::Status CheckPullRequest(const ParameterStore::Job& job,
+                                     const PullRequest& request,
+                                     int64_t max_bytes)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  if (request.partition_ids_size() == 0) {
+    return absl::InvalidArgumentError(
+        "partition_ids: empty; name the partitions to pull");
+  }
+  if (!request.latest() && request.step() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: must be >= 0, got ", request.step()));
+  }
+  std::set<int32_t> seen;
+  int64_t bytes = 0;
+  for (int i = 0; i < request.partition_ids_size(); ++i) {
+    const int32_t id = request.partition_ids(i);
+    if (!seen.insert(id).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "partition_ids[", i, "]: partition ", id, " appears twice"));
+    }
+    auto it = job.partitions.find(id);
+    if (it == job.partitions.end()) continue;  // TryAnswer names it
+    bytes += static_cast<int64_t>(sizeof(float)) * it->second.num_elements;
+    if (bytes > max_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "partition_ids: the answer would exceed ", max_bytes,
+          " bytes at partition_ids[", i,
+          "]; pull fewer partitions per call"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 void ParameterStore::PullAsync(uint64_t pull_id, const PullRequest& request,
                                PullResponse* response, PullDone done) {
   absl::StatusOr<std::shared_ptr<Job>> job = FindJob(request.job_id());
@@ -1017,11 +1117,12 @@ void ParameterStore::PullAsync(uint64_t pull_id, const PullRequest& request,
   absl::StatusOr<bool> answered;
   {
     absl::MutexLock lock(&(*job)->mu);
-    absl::Status epoch = request.latest()
-                             ? absl::OkStatus()
-                             : CheckEpoch(**job, request.view_epoch(), "pull");
-    if (!epoch.ok()) {
-      answered = epoch;
+    absl::Status checked = CheckPullRequest(**job, request, options_.max_pull_bytes);
+    if (checked.ok() && !request.latest()) {
+      checked = CheckEpoch(**job, request.view_epoch(), "pull");
+    }
+    if (!checked.ok()) {
+      answered = checked;
     } else {
       answered = TryAnswer(**job, request, response);
     }
@@ -1354,7 +1455,7 @@ absl::Status ParameterStore::InstallPartition(
   const float* v = Float32Data(request.slots());
   state.slots.assign(v, v + state.slots.size());
   state.step = request.step();
-  state.previous_step = -1;
+  state.previous_step.reset();
   state.replicating = false;
   state.awaiting.clear();
   state.received.assign(state.received.size(), false);

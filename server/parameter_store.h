@@ -100,6 +100,15 @@ struct ParameterStoreOptions {
   // proto/job.proto), on the thread whose push completed the step; it must
   // not block (queue it and write elsewhere). Unset = never capture.
   std::function<void(ShardSnapshot)> snapshot_sink;
+  // The most memory one job's partitions may take on this server (bytes of
+  // float32 state, see CreateJob); a CreateJob or RestoreJob asking for
+  // more is refused with RESOURCE_EXHAUSTED before anything is allocated.
+  // Default: 16 GiB.
+  int64_t max_job_bytes = int64_t{16} << 30;
+  // The largest Pull answer (tensor bytes) built: a pull asking for more is
+  // refused with RESOURCE_EXHAUSTED before anything is allocated. Default:
+  // 64 MiB, the gRPC message limit of psd's servers (common/rpc.h).
+  int64_t max_pull_bytes = 64 << 20;
 };
 
 class ParameterStore {
@@ -198,8 +207,11 @@ class ParameterStore {
   // returns; otherwise the pull waits, holding no thread, and `done` runs
   // later on the thread whose push completes the step, or in DropJob (with
   // CANCELLED) or CancelPull. `response` must stay valid until `done`.
-  // Errors: NOT_FOUND, FAILED_PRECONDITION (wrong epoch, partition not held,
-  // a step no longer held), CANCELLED.
+  // Errors: NOT_FOUND, INVALID_ARGUMENT (no partition ids, one named twice,
+  // a step < 0), RESOURCE_EXHAUSTED (an answer over
+  // options.max_pull_bytes),
+  // FAILED_PRECONDITION (wrong epoch, partition not held, a step no longer
+  // held), CANCELLED.
   void PullAsync(uint64_t pull_id, const PullRequest& request,
                  PullResponse* response, PullDone done);
 

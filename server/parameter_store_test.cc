@@ -615,6 +615,109 @@ TEST_CASE("ParameterStore: CreateJob rejects a placement that does not fit "
   CHECK(StartsWith(created.status().message(), "placement.partitions[1]"));
 }
 
+// Issue 23 item 7: what a CreateJob would allocate is bounded before any of
+// it is, and a shape that would overflow is refused, never UNKNOWN.
+TEST_CASE("ParameterStore: CreateJob refuses a job bigger than max_job_bytes "
+          "before allocating it",
+          "[store][create][bounds]") {
+  ParameterStoreOptions options;
+  options.max_job_bytes = 1 << 20;
+  ParameterStore store(options);
+  CreateJobRequest request = CreateRequest(Config(2));
+  // 2^40 elements in one parameter.
+  request.mutable_placement()->mutable_parameters(0)->set_shape(0, 1 << 20);
+  request.mutable_placement()->mutable_parameters(0)->set_shape(1, 1 << 20);
+  auto created = store.CreateJob(request);
+  CHECK(created.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(StartsWith(created.status().message(), "placement.parameters[0].shape"));
+
+  // Dimensions whose product overflows int64.
+  request = CreateRequest(Config(2));
+  auto* shape = request.mutable_placement()->mutable_parameters(0);
+  shape->set_shape(0, int64_t{1} << 40);
+  shape->set_shape(1, int64_t{1} << 40);
+  created = store.CreateJob(request);
+  CHECK(created.status().code() == absl::StatusCode::kResourceExhausted);
+
+  request = CreateRequest(Config(2));
+  request.mutable_placement()->mutable_parameters(0)->set_shape(1, -8);
+  created = store.CreateJob(request);
+  CHECK(created.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(created.status().message(),
+                   "placement.parameters[0].shape[1]"));
+
+  // The same job fits a bigger bound, and the store kept serving.
+  ParameterStore roomy;
+  CHECK(roomy.CreateJob(CreateRequest(Config(2))).ok());
+}
+
+// Issue 23 item 1: a pull's step is a peer's number; -1 once matched the
+// "no previous weights" sentinel and read an empty vector (SIGSEGV).
+TEST_CASE("ParameterStore: pulls of a negative step, of no partition, of a "
+          "partition twice or of too much are refused",
+          "[store][pull][bounds]") {
+  Fixture f(2);
+  PullResponse response;
+  auto pull = [&](const PullRequest& request) {
+    return f.store.Pull(request, absl::Now() + absl::Seconds(5),
+                        [] { return false; }, &response);
+  };
+  absl::Status status = pull(f.MakePull(-1));
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(status.message(), "step: must be >= 0, got -1"));
+
+  PullRequest empty = f.MakePull(0);
+  empty.clear_partition_ids();
+  status = pull(empty);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(status.message(), "partition_ids: empty"));
+
+  PullRequest twice = f.MakePull(0);
+  twice.add_partition_ids(0);
+  status = pull(twice);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(status.message(),
+                   absl::StrCat("partition_ids[", twice.partition_ids_size() - 1,
+                                "]: partition 0 appears twice")));
+
+  // After a step is applied the previous weights are kept; -1 still matches
+  // nothing, and the finished job's (dropped training state) neither.
+  f.PushOk(0, 0);
+  f.PushOk(1, 0);
+  CHECK(pull(f.MakePull(-1)).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(pull(f.MakePull(0)).ok());
+  CHECK(pull(f.MakePull(1)).ok());
+  REQUIRE(f.store.DropJob(kJob, /*keep_parameters=*/true).ok());
+  CHECK(pull(f.MakePull(-1)).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(pull(f.MakePull(0)).code() == absl::StatusCode::kFailedPrecondition);
+  f.Latest();
+}
+
+TEST_CASE("ParameterStore: a pull whose answer would exceed "
+          "max_pull_bytes is refused before it is built",
+          "[store][pull][bounds]") {
+  ParameterStoreOptions options;
+  options.max_pull_bytes = 8192;  // two of the test job's 4096-byte partitions
+  ParameterStore store(options);
+  REQUIRE(store.CreateJob(CreateRequest(Config(1))).ok());
+  PullRequest pull;
+  pull.set_job_id(kJob);
+  pull.set_view_epoch(kEpoch);
+  pull.add_partition_ids(0);
+  pull.add_partition_ids(1);
+  PullResponse response;
+  auto run = [&] {
+    return store.Pull(pull, absl::Now() + absl::Seconds(5),
+                      [] { return false; }, &response);
+  };
+  CHECK(run().ok());
+  pull.add_partition_ids(2);
+  absl::Status status = run();
+  CHECK(status.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(StartsWith(status.message(), "partition_ids: the answer would exceed "
+                                     "8192 bytes at partition_ids[2]"));
+}
+
 // Issue 7: each optimizer keeps BSP deterministic. The same multi-rank
 // pushes, arriving in different orders, give bit-identical parameters.
 TEST_CASE(

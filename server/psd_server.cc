@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, data_dir, "",
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
+ABSL_FLAG(int64_t, max_job_bytes, int64_t{16} << 30,
+          "The most memory one job's parameter state may take on this "
+          "server, bytes; a job needing more is refused with "
+          "RESOURCE_EXHAUSTED before anything is allocated.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -96,6 +100,7 @@ int Main() {
     Log()->info("data directory {} (server uid {})", data_dir->path(), server_uid);
   }
   ParameterStoreOptions store_options;
+  store_options.max_job_bytes = absl::GetFlag(FLAGS_max_job_bytes);
   if (writer != nullptr) {
     store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {
       w->Enqueue(std::move(snapshot));
