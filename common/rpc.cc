@@ -4,11 +4,52 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
 
 namespace psd {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// Request bytes that do not parse as the method's message: gRPC answers
+// INTERNAL "" (sync methods) or UNIMPLEMENTED "" (callback methods: Push,
+// Pull, PushRows, PullRows, ReplicateRows), though the method exists. This
+// makes it what the caller needs to know, as the health service answers:
+// INVALID_ARGUMENT "could not parse request".
+class ParseErrorInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() == nullptr) {
+      unparsed_ = true;
+    }
+    if (unparsed_ && methods->QueryInterceptionHookPoint(
+                         InterceptionHookPoints::PRE_SEND_STATUS)) {
+      methods->ModifySendStatus(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          "could not parse request: its bytes are not the method's message"));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  bool unparsed_ = false;
+};
+
+class ParseErrorInterceptorFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo*) override {
+    return new ParseErrorInterceptor;
+  }
+};
+
+}  // namespace
 
 absl::StatusOr<RpcServer> StartRpcServer(
     const RpcServerOptions& options,
@@ -27,6 +68,11 @@ absl::StatusOr<RpcServer> StartRpcServer(
   grpc::ResourceQuota quota("psd");
   quota.SetMaxThreads(options.max_threads);
   builder.SetResourceQuota(quota);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<ParseErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   for (grpc::Service* service : services) builder.RegisterService(service);
   result.server = builder.BuildAndStart();
   if (result.server == nullptr || result.port == 0) {
