@@ -135,11 +135,18 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
   }
   absl::MutexLock lock(&mu_);
   if (server && !request.server_uid().empty()) {
-    // The same data directory registering again (the server restarted, or
-    // the coordinator did): the old membership is over.
-    for (auto it = servers_.begin(); it != servers_.end();) {
-      it = it->second.uid == request.server_uid() ? servers_.erase(it)
-                                                  : std::next(it);
+    // The same data directory registering again (the server restarted
+    // within the heartbeat timeout, or the coordinator restarted): the old
+    // member failed. It is removed as an expired one is, so its shards fail
+    // over to their backups first; the new member then comes back as a
+    // backup by state transfer (RepairReplicas), never as the old one.
+    std::vector<std::string> old;
+    for (const auto& [id, member] : servers_) {
+      if (member.uid == request.server_uid()) old.push_back(id);
+    }
+    for (const std::string& id : old) {
+      RemoveMemberLocked(/*server=*/true, id,
+                         "registered again from the same data directory");
     }
   }
   const std::string id = absl::StrFormat(
@@ -954,54 +961,66 @@ void CoordinatorState::ExpireMembers() {
         continue;
       }
       const std::string id = it->first;
-      ++view_epoch_;
-      Log()->warn("{} {} at {} missed heartbeats for {} ms: removed (view epoch {})",
-                  server ? "server" : "worker", id, it->second.address,
-                  options_.heartbeat_timeout_ms, view_epoch_);
-      for (auto& [job_id, job] : jobs_) {
-        if (job.status.state() != RUNNING) continue;
-        if (!server) {
-          for (size_t r = 0; r < job.worker_ids.size(); ++r) {
-            if (job.worker_ids[r] != id) continue;
-            // Under BSP the step waits for this rank; an idle worker takes
-            // it (AssignFreeRanks) and resumes where the servers are.
-            job.worker_ids[r].clear();
-            job.ranks_free = true;
-            job.resume_ranks.insert(static_cast<int32_t>(r));
-            Log()->warn("job {}: rank {} lost its worker {}; waiting for an "
-                        "idle worker to take it", job_id, r, id);
-          }
-          continue;
-        }
-        bool changed = false;
-        auto* servers = job.assignment.mutable_servers();
-        servers->erase(std::remove_if(servers->begin(), servers->end(),
-                                      [&](const ServerInfo& s) { return s.id() == id; }),
-                       servers->end());
-        for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
-          auto* backups = shard.mutable_backups();
-          const auto end = std::remove(backups->begin(), backups->end(), id);
-          changed |= end != backups->end();
-          backups->erase(end, backups->end());
-          if (shard.primary() == id) {
-            shard.clear_primary();
-            job.orphaned[shard.shard()] = id;
-            changed = true;
-          }
-        }
-        if (!changed) continue;
-        if (job.orphaned.empty()) {
-          NewViewLocked(&job);  // only backups lost
-          Log()->warn("job {}: server {} left its shards' backups; view epoch "
-                      "{}", job_id, id, job.assignment.view_epoch());
-        } else {
-          Log()->warn("job {}: server {} was the primary of {} shard(s); "
-                      "promoting backups", job_id, id, job.orphaned.size());
-        }
-      }
-      it = members.erase(it);
+      ++it;
+      RemoveMemberLocked(
+          server, id,
+          absl::StrCat("missed heartbeats for ", options_.heartbeat_timeout_ms,
+                       " ms"));
     }
   }
+}
+
+void CoordinatorState::RemoveMemberLocked(bool server, const std::string& id,
+                                          const std::string& why) {
+  auto& members = server ? servers_ : workers_;
+  auto member = members.find(id);
+  if (member == members.end()) return;
+  ++view_epoch_;
+  Log()->warn("{} {} at {} {}: removed (view epoch {})",
+              server ? "server" : "worker", id, member->second.address, why,
+              view_epoch_);
+  for (auto& [job_id, job] : jobs_) {
+    if (job.status.state() != RUNNING) continue;
+    if (!server) {
+      for (size_t r = 0; r < job.worker_ids.size(); ++r) {
+        if (job.worker_ids[r] != id) continue;
+        // Under BSP the step waits for this rank; an idle worker takes
+        // it (AssignFreeRanks) and resumes where the servers are.
+        job.worker_ids[r].clear();
+        job.ranks_free = true;
+        job.resume_ranks.insert(static_cast<int32_t>(r));
+        Log()->warn("job {}: rank {} lost its worker {}; waiting for an "
+                    "idle worker to take it", job_id, r, id);
+      }
+      continue;
+    }
+    bool changed = false;
+    auto* servers = job.assignment.mutable_servers();
+    servers->erase(std::remove_if(servers->begin(), servers->end(),
+                                  [&](const ServerInfo& s) { return s.id() == id; }),
+                   servers->end());
+    for (ShardReplicas& shard : *job.assignment.mutable_shards()) {
+      auto* backups = shard.mutable_backups();
+      const auto end = std::remove(backups->begin(), backups->end(), id);
+      changed |= end != backups->end();
+      backups->erase(end, backups->end());
+      if (shard.primary() == id) {
+        shard.clear_primary();
+        job.orphaned[shard.shard()] = id;
+        changed = true;
+      }
+    }
+    if (!changed) continue;
+    if (job.orphaned.empty()) {
+      NewViewLocked(&job);  // only backups lost
+      Log()->warn("job {}: server {} left its shards' backups; view epoch "
+                  "{}", job_id, id, job.assignment.view_epoch());
+    } else {
+      Log()->warn("job {}: server {} was the primary of {} shard(s); "
+                  "promoting backups", job_id, id, job.orphaned.size());
+    }
+  }
+  members.erase(member);
 }
 
 void CoordinatorState::StartPendingJobs() {

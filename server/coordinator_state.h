@@ -165,6 +165,12 @@ class CoordinatorState {
                                             bool server);
   void SchedulerLoop();
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
+  // A member failed (`why`, for the log): a server's shards lose it (the
+  // primaries' fail over, RunFailovers), a worker's ranks are freed for
+  // idle workers. Removes it from the members. No-op for an unknown id.
+  void RemoveMemberLocked(bool server, const std::string& id,
+                          const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartPendingJobs() ABSL_LOCKS_EXCLUDED(mu_);
   // After the servers' CreateJob calls: marks the job RUNNING, or FAILED
   // with `error` when one failed.

@@ -16,6 +16,7 @@
 #     and the replicas agree bitwise.
 # Every wait is on observable state (view epoch, roles, steps), bounded.
 source tests/cluster_lib.sh
+source tests/replicated_lib.sh
 
 # The short job, over 16 epochs (1488 steps): long enough for failovers to
 # happen mid-job.
@@ -28,113 +29,6 @@ start_cluster ref 2 2
 reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
 stop_cluster
 echo "undisturbed run (R=1): $reference"
-
-declare -A SERVER_PID SERVER_PORT
-NEXT_SERVER=1
-
-# start_server NAME: one psd_server; records its pid and port by NAME.
-start_server() {
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
-    --port_file="$WORK/$1.port" 2>>"$WORK/$1.log" &
-  PIDS+=($!)
-  SERVER_PID[$1]=$!
-  SERVER_PORT[$1]=$(wait_port $! "$WORK/$1.port") || fail "server $1 did not start"
-}
-
-start_worker() {
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>>"$WORK/$1.log" &
-  PIDS+=($!)
-  WORKER_PID[$1]=$!
-}
-declare -A WORKER_PID
-
-# start_replicated NAME SERVERS WORKERS R
-start_replicated() {
-  local name=$1 servers=$2 workers=$3 r=$4
-  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
-    --replication_factor="$r" 2>"$WORK/$name.coordinator.log" &
-  PIDS+=($!)
-  COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
-    fail "coordinator $name did not start"
-  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
-  for i in $(seq "$servers"); do start_server "$name.s$i"; done
-  for i in $(seq "$workers"); do start_worker "$name.w$i"; done
-  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
-}
-
-# q JOB PYTHON_EXPR: evaluates the expression over the job's status `j`.
-q() {
-  "${CTL[@]}" get "$1" >"$WORK/q.json" 2>/dev/null || return 1
-  python3 -c '
-import json, sys
-j = json.load(open(sys.argv[1]))
-addr = {s["id"]: s["address"] for s in j.get("servers", [])}
-shards = {s.get("shard", 0): s for s in j.get("shards", [])}
-def port(i): return addr.get(i, ":").rsplit(":", 1)[1]
-print(eval(sys.argv[2]))' "$WORK/q.json" "$2"
-}
-
-# name_of_port PORT: the NAME of the server listening there.
-name_of_port() {
-  local n
-  for n in "${!SERVER_PORT[@]}"; do
-    [ "${SERVER_PORT[$n]}" = "$1" ] && { echo "$n"; return 0; }
-  done
-  return 1
-}
-
-primary_of() { name_of_port "$(q "$1" "port(shards[$2]['primary'])")"; }
-backup_of() { name_of_port "$(q "$1" "port(shards[$2]['backups'][0])")"; }
-epoch_of() { q "$1" 'int(j.get("viewEpoch", 0))'; }
-
-# wait_until JOB EXPR WHAT: polls up to 60 s for EXPR to print True.
-wait_until() {
-  local give_up=$((SECONDS + 60))
-  while [ $SECONDS -lt $give_up ]; do
-    [ "$(q "$1" "$2" 2>/dev/null)" = True ] && return 0
-    sleep 0.1
-  done
-  q "$1" 'j' >&2 || true
-  fail "$3"
-}
-
-wait_step() { wait_until "$1" "int(j.get('step', 0)) >= $2" "job $1 did not reach step $2"; }
-
-# finish JOB LABEL: waits for SUCCEEDED, checks the checksum against the
-# reference and that every replica agrees.
-finish() {
-  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { tail -5 "$WORK/$1.watch"; fail "$2: job $1 did not succeed"; }
-  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" >"$WORK/$1.export" || fail "$2: export $1"
-  local sum
-  sum=$(grep -o 'crc32:[0-9a-f]*' "$WORK/$1.export")
-  [ "$sum" = "$reference" ] || fail "$2: checksum $sum, undisturbed $reference"
-  "${CTL[@]}" replicas "$1" >"$WORK/$1.replicas" || { cat "$WORK/$1.replicas"; fail "$2: replicas differ"; }
-  echo "$2: $sum, $(tail -1 "$WORK/$1.replicas")"
-}
-
-# submit: submits the job and waits until it runs (its view is known).
-# hit_primary JOB SIGNAL: once the job has done 20 steps, sends SIGNAL to
-# shard 0's primary; sets VICTIM (its name) and EPOCH (the view before).
-hit_primary() {
-  VICTIM=$(primary_of "$1" 0)
-  EPOCH=$(epoch_of "$1")
-  wait_step "$1" 20
-  kill -"$2" "${SERVER_PID[$VICTIM]}"
-}
-
-# failed_over JOB LABEL [CONDITION]: waits for a newer view in which shard 0
-# has another primary (and CONDITION, a Python expression, holds).
-failed_over() {
-  wait_until "$1" "int(j['viewEpoch']) > $EPOCH and port(shards[0]['primary']) != '${SERVER_PORT[$VICTIM]}'${3:+ and $3}" \
-    "$2: no failover of shard 0${3:+ with $3}"
-}
-
-submit() {
-  local id
-  id=$("${CTL[@]}" submit "${1:-$WORK/job.textproto}") || fail "submit"
-  wait_until "$id" "j.get('state') == 'RUNNING' and len(j.get('shards', [])) > 0" "job $id did not start" >&2
-  echo "$id"
-}
 
 # --- R=2 undisturbed: replication does not change the math.
 start_replicated r2 3 2 2

@@ -461,8 +461,13 @@ absl::Status ParameterClient::WithFailover(
                  : absl::CancelledError(absl::StrCat(
                        "job cancelled (and: ", status.message(), ")"));
     }
+    // ABORTED: not the primary (any more); UNAVAILABLE: unreachable or its
+    // view is on its way; NOT_FOUND: a server without the job, one
+    // restarted in place on the address of a primary the view still names
+    // until the failover is published. All wait for a newer view, bounded.
     if (status.code() != absl::StatusCode::kAborted &&
-        status.code() != absl::StatusCode::kUnavailable) {
+        status.code() != absl::StatusCode::kUnavailable &&
+        status.code() != absl::StatusCode::kNotFound) {
       return status;
     }
     const absl::Time now = absl::Now();

@@ -45,7 +45,9 @@ struct ParameterClientOptions {
   // owned; must outlive the client. Default: none.
   const std::atomic<bool>* cancel = nullptr;
   // When set, a call that fails because the view changed or a server is
-  // unreachable (ABORTED, UNAVAILABLE), or that waits while a newer view is
+  // unreachable (ABORTED, UNAVAILABLE), or reaches a server that does not
+  // hold the job (NOT_FOUND: one restarted in place on a primary's address
+  // before the view names the failover), or that waits while a newer view is
   // known, is retried on the new view's primaries: the last push is sent
   // again first (the servers drop duplicates), then the call. Not owned.
   // Default: none (such failures are returned).
