@@ -27,8 +27,15 @@ class ParseErrorInterceptor final : public grpc::experimental::Interceptor {
         methods->GetRecvMessage() == nullptr) {
       unparsed_ = true;
     }
-    if (unparsed_ && methods->QueryInterceptionHookPoint(
-                         InterceptionHookPoints::PRE_SEND_STATUS)) {
+    // Only the statuses gRPC gives an unparsed request: a request never
+    // read for another reason (RESOURCE_EXHAUSTED "Server Threadpool
+    // Exhausted", a deadline, a cancellation) keeps its own.
+    if (unparsed_ &&
+        methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_STATUS) &&
+        (methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL ||
+         methods->GetSendStatus().error_code() ==
+             grpc::StatusCode::UNIMPLEMENTED)) {
       methods->ModifySendStatus(grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           "could not parse request: its bytes are not the method's message"));

@@ -15,37 +15,46 @@ grpc::Status Reply(absl::StatusOr<T> result, T* out) {
   return grpc::Status::OK;
 }
 
+// Finishes a callback call at once with `result` (copied into *out when OK).
+template <typename T>
+grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
+                                 absl::StatusOr<T> result, T* out) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(Reply(std::move(result), out));
+  return reactor;
+}
+
 }  // namespace
 
-grpc::Status MembershipService::RegisterServer(grpc::ServerContext*,
-                                               const RegisterRequest* request,
-                                               RegisterResponse* response) {
-  return Reply(state_->RegisterServer(*request), response);
+grpc::ServerUnaryReactor* MembershipService::RegisterServer(
+    grpc::CallbackServerContext* context, const RegisterRequest* request,
+    RegisterResponse* response) {
+  return Finish(context, state_->RegisterServer(*request), response);
 }
 
-grpc::Status MembershipService::RegisterWorker(grpc::ServerContext*,
-                                               const RegisterRequest* request,
-                                               RegisterResponse* response) {
-  return Reply(state_->RegisterWorker(*request), response);
+grpc::ServerUnaryReactor* MembershipService::RegisterWorker(
+    grpc::CallbackServerContext* context, const RegisterRequest* request,
+    RegisterResponse* response) {
+  return Finish(context, state_->RegisterWorker(*request), response);
 }
 
-grpc::Status MembershipService::Heartbeat(grpc::ServerContext*,
-                                          const HeartbeatRequest* request,
-                                          HeartbeatResponse* response) {
-  return Reply(state_->Heartbeat(*request), response);
+grpc::ServerUnaryReactor* MembershipService::Heartbeat(
+    grpc::CallbackServerContext* context, const HeartbeatRequest* request,
+    HeartbeatResponse* response) {
+  return Finish(context, state_->Heartbeat(*request), response);
 }
 
-grpc::Status MembershipService::ReportProgress(
-    grpc::ServerContext*, const ReportProgressRequest* request,
+grpc::ServerUnaryReactor* MembershipService::ReportProgress(
+    grpc::CallbackServerContext* context, const ReportProgressRequest* request,
     ReportProgressResponse* response) {
-  return Reply(state_->ReportProgress(*request), response);
+  return Finish(context, state_->ReportProgress(*request), response);
 }
 
-grpc::Status MembershipService::GetClusterView(grpc::ServerContext*,
-                                               const GetClusterViewRequest*,
-                                               ClusterView* response) {
-  *response = state_->GetClusterView();
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* MembershipService::GetClusterView(
+    grpc::CallbackServerContext* context, const GetClusterViewRequest*,
+    ClusterView* response) {
+  return Finish(context, absl::StatusOr<ClusterView>(state_->GetClusterView()),
+                response);
 }
 
 grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,

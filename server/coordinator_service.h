@@ -10,22 +10,31 @@
 
 namespace psd {
 
+// The control plane: registration, heartbeats, progress and the cluster
+// view. Served with gRPC's callback API, so these calls never wait for a
+// thread of the sync pool that JobService's calls (user traffic) use: a
+// burst of job-API calls that exhausts that pool (RESOURCE_EXHAUSTED
+// "Server Threadpool Exhausted") cannot make a member miss its heartbeats.
+// Each handler only takes CoordinatorState's lock (no I/O, no RPC).
 // Thread-safe; does not own `state`.
-class MembershipService final : public Coordinator::Service {
+class MembershipService final : public Coordinator::CallbackService {
  public:
   explicit MembershipService(CoordinatorState* state) : state_(state) {}
-  grpc::Status RegisterServer(grpc::ServerContext*, const RegisterRequest*,
-                              RegisterResponse*) override;
-  grpc::Status RegisterWorker(grpc::ServerContext*, const RegisterRequest*,
-                              RegisterResponse*) override;
-  grpc::Status Heartbeat(grpc::ServerContext*, const HeartbeatRequest*,
-                         HeartbeatResponse*) override;
-  grpc::Status ReportProgress(grpc::ServerContext*,
-                              const ReportProgressRequest*,
-                              ReportProgressResponse*) override;
-  grpc::Status GetClusterView(grpc::ServerContext*,
-                              const GetClusterViewRequest*,
-                              ClusterView*) override;
+  grpc::ServerUnaryReactor* RegisterServer(grpc::CallbackServerContext*,
+                                           const RegisterRequest*,
+                                           RegisterResponse*) override;
+  grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext*,
+                                           const RegisterRequest*,
+                                           RegisterResponse*) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext*,
+                                      const HeartbeatRequest*,
+                                      HeartbeatResponse*) override;
+  grpc::ServerUnaryReactor* ReportProgress(grpc::CallbackServerContext*,
+                                           const ReportProgressRequest*,
+                                           ReportProgressResponse*) override;
+  grpc::ServerUnaryReactor* GetClusterView(grpc::CallbackServerContext*,
+                                           const GetClusterViewRequest*,
+                                           ClusterView*) override;
 
  private:
   CoordinatorState* const state_;

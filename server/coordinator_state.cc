@@ -55,6 +55,7 @@ CoordinatorState::CoordinatorState(CoordinatorOptions options)
 CoordinatorState::~CoordinatorState() {
   stop_.Notify();
   if (scheduler_.joinable()) scheduler_.join();
+  if (pause_monitor_.joinable()) pause_monitor_.join();
 }
 
 absl::Status CoordinatorState::Start() {
@@ -90,6 +91,7 @@ absl::Status CoordinatorState::Start() {
               });
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
+  pause_monitor_ = std::thread([this] { PauseMonitorLoop(); });
   return absl::OkStatus();
 }
 
@@ -967,6 +969,30 @@ void CoordinatorState::ExpireMembers() {
           absl::StrCat("missed heartbeats for ", options_.heartbeat_timeout_ms,
                        " ms"));
     }
+  }
+}
+
+void CoordinatorState::PauseMonitorLoop() {
+  const absl::Duration tick = absl::Milliseconds(options_.pause_tick_ms);
+  absl::Time before = absl::Now();
+  while (!stop_.WaitForNotificationWithTimeout(tick)) {
+    const absl::Time now = absl::Now();
+    const absl::Duration stalled = now - before - tick;
+    before = now;
+    if (stalled <= absl::Milliseconds(options_.pause_threshold_ms)) continue;
+    // This thread did not run for `stalled`: neither did the heartbeat
+    // handlers, most likely, so the members' silence over that time is the
+    // coordinator's, not theirs (as Cassandra's failure detector ignores a
+    // local pause).
+    absl::MutexLock lock(&mu_);
+    for (auto* members : {&servers_, &workers_}) {
+      for (auto& [id, member] : *members) {
+        member.last_seen = std::min(now, member.last_seen + stalled);
+      }
+    }
+    Log()->warn("coordinator stalled for {} ms (busy or paused host): not "
+                "counted against members' heartbeats",
+                absl::ToInt64Milliseconds(stalled));
   }
 }
 

@@ -34,6 +34,14 @@ struct CoordinatorOptions {
   // How often the scheduler looks for jobs to start and expired members.
   // Default: 100 ms.
   int schedule_interval_ms = 100;
+  // Pause detection (docs/OPERATIONS.md, "Failure detection"): a thread
+  // wakes every pause_tick_ms; when it wakes later than that by more than
+  // pause_threshold_ms, the coordinator itself was stalled (a busy or
+  // paused host), heartbeats may have waited unread meanwhile, and every
+  // member's silence is shortened by the stall before expiry is judged.
+  // Defaults: 50 ms and 200 ms.
+  int pause_tick_ms = 50;
+  int pause_threshold_ms = 200;
   // Deadline of CreateJob/DropJob calls to parameter servers. Default: 10 s.
   int server_call_timeout_ms = 10000;
   // Where jobs persist (not owned; must outlive the state). Null: in memory
@@ -165,6 +173,8 @@ class CoordinatorState {
                                             bool server);
   void SchedulerLoop();
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
+  // The pause monitor's loop (see CoordinatorOptions.pause_threshold_ms).
+  void PauseMonitorLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // A member failed (`why`, for the log): a server's shards lose it (the
   // primaries' fail over, RunFailovers), a worker's ranks are freed for
   // idle workers. Removes it from the members. No-op for an unknown id.
@@ -236,6 +246,7 @@ class CoordinatorState {
 
   absl::Notification stop_;
   std::thread scheduler_;
+  std::thread pause_monitor_;
 };
 
 }  // namespace psd

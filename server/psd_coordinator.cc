@@ -28,6 +28,14 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 ABSL_FLAG(int, heartbeat_timeout_ms, 1500,
           "Remove a server or worker that sent no heartbeat for this long, ms: "
           "a primary's backup is promoted, a worker's rank goes to another.");
+ABSL_FLAG(int, pause_threshold_ms, 200,
+          "When the coordinator itself is stalled longer than this (a busy "
+          "or paused host), the stall is not counted against members' "
+          "heartbeats, ms (docs/OPERATIONS.md, \"Failure detection\").");
+ABSL_FLAG(int, max_api_threads, 64,
+          "Threads serving the job API (psd.v1.JobService) and reflection; "
+          "calls past them get RESOURCE_EXHAUSTED. Membership calls "
+          "(registration, heartbeats) never wait for these threads.");
 ABSL_FLAG(int, replication_factor, 1,
           "Replicas of every parameter shard (a primary and R-1 backups, on "
           "distinct servers); a job starts once R servers are registered.");
@@ -109,6 +117,7 @@ int Main() {
   }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  options.pause_threshold_ms = absl::GetFlag(FLAGS_pause_threshold_ms);
   options.replication_factor = absl::GetFlag(FLAGS_replication_factor);
   if (options.replication_factor < 1 || options.replication_factor > 16) {
     Log()->error("--replication_factor={}: must be in [1, 16]",
@@ -133,6 +142,7 @@ int Main() {
   JobControlService jobs(&state);
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
+  rpc_options.max_threads = absl::GetFlag(FLAGS_max_api_threads);
   auto rpc = StartRpcServer(rpc_options, {&membership, &jobs});
   if (!rpc.ok()) {
     Log()->error("{}", rpc.status().ToString());

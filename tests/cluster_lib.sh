@@ -30,11 +30,13 @@ trap on_exit EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# start_cluster NAME SERVERS WORKERS: starts a coordinator, servers and
-# workers; sets COORDINATOR and CTL (psd_ctl with --coordinator).
+# start_cluster NAME SERVERS WORKERS: starts a coordinator (with the flags
+# in the array COORDINATOR_ARGS, if set), servers and workers; sets
+# COORDINATOR and CTL (psd_ctl with --coordinator).
 start_cluster() {
   local name=$1 servers=$2 workers=$3
   "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+    ${COORDINATOR_ARGS[@]+"${COORDINATOR_ARGS[@]}"} \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
