@@ -1,6 +1,7 @@
 #include "server/coordinator_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/job_config.h"
 #include "common/status.h"
 
 namespace psd {
@@ -15,6 +16,15 @@ grpc::Status Reply(absl::StatusOr<T> result, T* out) {
   return grpc::Status::OK;
 }
 
+// Runs `call` when `job_id` passes CheckJobId; otherwise answers
+// INVALID_ARGUMENT, so that no unbounded id reaches the state or its logs.
+template <typename Call>
+grpc::Status WithJobId(const std::string& job_id, Call call) {
+  absl::Status valid = CheckJobId("job_id", job_id);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  return call();
+}
+
 }  // namespace
 
 grpc::Status MembershipService::RegisterServer(grpc::ServerContext*,
@@ -26,7 +36,9 @@ grpc::Status MembershipService::RegisterServer(grpc::ServerContext*,
 grpc::Status MembershipService::RegisterWorker(grpc::ServerContext*,
                                                const RegisterRequest* request,
                                                RegisterResponse* response) {
-  return Reply(state_->RegisterWorker(*request), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->RegisterWorker(*request), response);
+  });
 }
 
 grpc::Status MembershipService::Heartbeat(grpc::ServerContext*,
@@ -38,7 +50,9 @@ grpc::Status MembershipService::Heartbeat(grpc::ServerContext*,
 grpc::Status MembershipService::ReportProgress(
     grpc::ServerContext*, const ReportProgressRequest* request,
     ReportProgressResponse* response) {
-  return Reply(state_->ReportProgress(*request), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->ReportProgress(*request), response);
+  });
 }
 
 grpc::Status MembershipService::GetClusterView(grpc::ServerContext*,
@@ -60,7 +74,9 @@ grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,
 grpc::Status JobControlService::GetJob(grpc::ServerContext*,
                                        const GetJobRequest* request,
                                        JobStatus* response) {
-  return Reply(state_->GetJob(request->job_id()), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->GetJob(request->job_id()), response);
+  });
 }
 
 grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
@@ -75,12 +91,18 @@ grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
 grpc::Status JobControlService::CancelJob(grpc::ServerContext*,
                                           const CancelJobRequest* request,
                                           JobStatus* response) {
-  return Reply(state_->CancelJob(request->job_id()), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->CancelJob(request->job_id()), response);
+  });
 }
 
 grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
                                          const GetJobRequest* request,
                                          grpc::ServerWriter<JobStatus>* writer) {
+  if (absl::Status valid = CheckJobId("job_id", request->job_id());
+      !valid.ok()) {
+    return ToGrpcStatus(valid);
+  }
   if (watches_.fetch_add(1) >= kMaxWatches) {
     watches_.fetch_sub(1);
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -111,16 +133,20 @@ grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
 grpc::Status JobControlService::DeleteJob(grpc::ServerContext*,
                                           const DeleteJobRequest* request,
                                           DeleteJobResponse*) {
-  return ToGrpcStatus(state_->DeleteJob(request->job_id()));
+  return WithJobId(request->job_id(), [&] {
+    return ToGrpcStatus(state_->DeleteJob(request->job_id()));
+  });
 }
 
 grpc::Status JobControlService::SnapshotJob(grpc::ServerContext*,
                                             const SnapshotJobRequest* request,
                                             SnapshotJobResponse* response) {
-  auto step = state_->SnapshotJob(request->job_id());
-  if (!step.ok()) return ToGrpcStatus(step.status());
-  response->set_step(*step);
-  return grpc::Status::OK;
+  return WithJobId(request->job_id(), [&] {
+    auto step = state_->SnapshotJob(request->job_id());
+    if (!step.ok()) return ToGrpcStatus(step.status());
+    response->set_step(*step);
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace psd
