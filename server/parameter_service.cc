@@ -138,6 +138,12 @@ class PullReactor final : public grpc::ServerUnaryReactor {
         job_id_(request->job_id()),
         id_(store->NewPullId()) {
     metrics_->pull_requests->Increment();
+    if (request->partition_ids().empty()) {  // nothing to wait for or return
+      metrics_->pull_errors->Increment();
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "partition_ids: empty"));
+      return;
+    }
     // A pull still waiting shortly before the client's deadline ends with
     // DEADLINE_EXCEEDED and the store's account of what it waited for (e.g.
     // the SSP bound and the slowest rank), instead of the bare gRPC one.

@@ -554,6 +554,12 @@ TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
     status = client.Pull(unknown, &response);
     CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
 
+    PullRequest no_partitions = client.MakePull(1, false);
+    no_partitions.clear_partition_ids();
+    status = client.Pull(no_partitions, &response);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message() == "partition_ids: empty");
+
     PullRequest not_held = client.MakePull(1, false);
     not_held.add_partition_ids(10000);
     status = client.Pull(not_held, &response);
