@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/quote.h"
 
 namespace psd {
 namespace {
@@ -51,9 +52,38 @@ const char* OptimizerKindName(OptimizerSpec::Kind kind) {
   }
 }
 
+// INVALID_ARGUMENT "<field>: must be finite, got inf" for inf and nan.
+absl::Status CheckFinite(const std::string& field, float value) {
+  if (!std::isfinite(value)) {
+    return Invalid(field, absl::StrCat("must be finite, got ", value));
+  }
+  return absl::OkStatus();
+}
+
+// Checks that `value` is at most `max_length` characters of
+// [A-Za-z0-9_-]; "" passes.
+absl::Status CheckIdentifier(const std::string& field, const std::string& value,
+                             size_t max_length) {
+  if (value.size() > max_length) {
+    return Invalid(field, absl::StrCat("at most ", max_length,
+                                       " characters, got ", value.size(), ": ",
+                                       Quote(value)));
+  }
+  for (char ch : value) {
+    if (!absl::ascii_isalnum(ch) && ch != '-' && ch != '_') {
+      return Invalid(field, absl::StrCat("only [A-Za-z0-9_-] allowed, got ",
+                                         Quote(value)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Checks that `value` is finite and in [0, 1).
 absl::Status CheckUnitInterval(const std::string& field, float value) {
-  if (!std::isfinite(value) || value < 0 || value >= 1) {
+  if (absl::Status finite = CheckFinite(field, value); !finite.ok()) {
+    return finite;
+  }
+  if (value < 0 || value >= 1) {
     return Invalid(field, absl::StrCat("must be in [0, 1), got ", value));
   }
   return absl::OkStatus();
@@ -72,15 +102,27 @@ absl::Status ValidateOptimizer(const OptimizerSpec& o) {
   const bool sgd = kind == OptimizerSpec::SGD;
   const bool adam = kind == OptimizerSpec::ADAM || kind == OptimizerSpec::ADAMW;
   const bool adagrad = kind == OptimizerSpec::ADAGRAD;
-  if (!std::isfinite(o.learning_rate()) || o.learning_rate() <= 0) {
+  for (const auto& [field, value] :
+       {std::pair<const char*, float>{"optimizer.learning_rate",
+                                      o.learning_rate()},
+        {"optimizer.weight_decay", o.weight_decay()},
+        {"optimizer.clip_value", o.clip_value()},
+        {"optimizer.epsilon", o.epsilon()},
+        {"optimizer.initial_accumulator_value",
+         o.initial_accumulator_value()}}) {
+    if (absl::Status finite = CheckFinite(field, value); !finite.ok()) {
+      return finite;
+    }
+  }
+  if (o.learning_rate() <= 0) {
     return Invalid("optimizer.learning_rate",
                    absl::StrCat("must be > 0, got ", o.learning_rate()));
   }
-  if (!std::isfinite(o.weight_decay()) || o.weight_decay() < 0) {
+  if (o.weight_decay() < 0) {
     return Invalid("optimizer.weight_decay",
                    absl::StrCat("must be >= 0, got ", o.weight_decay()));
   }
-  if (!std::isfinite(o.clip_value()) || o.clip_value() < 0) {
+  if (o.clip_value() < 0) {
     return Invalid(
         "optimizer.clip_value",
         absl::StrCat("must be >= 0 (0 = off), got ", o.clip_value()));
@@ -124,13 +166,12 @@ absl::Status ValidateOptimizer(const OptimizerSpec& o) {
       return Invalid("optimizer.epsilon",
                      absl::StrCat("not used by SGD, got ", o.epsilon()));
     }
-  } else if (!std::isfinite(o.epsilon()) || o.epsilon() <= 0) {
+  } else if (o.epsilon() <= 0) {
     return Invalid("optimizer.epsilon",
                    absl::StrCat("must be > 0, got ", o.epsilon()));
   }
   if (adagrad) {
-    if (!std::isfinite(o.initial_accumulator_value()) ||
-        o.initial_accumulator_value() < 0) {
+    if (o.initial_accumulator_value() < 0) {
       return Invalid(
           "optimizer.initial_accumulator_value",
           absl::StrCat("must be >= 0, got ", o.initial_accumulator_value()));
@@ -146,6 +187,13 @@ absl::Status ValidateOptimizer(const OptimizerSpec& o) {
 absl::Status ValidateSchedule(const OptimizerSpec& o) {
   const LearningRateSchedule& s = o.schedule();
   const LearningRateSchedule::Kind kind = s.kind();
+  for (const auto& [field, value] :
+       {std::pair<const char*, float>{"optimizer.schedule.gamma", s.gamma()},
+        {"optimizer.schedule.min_learning_rate", s.min_learning_rate()}}) {
+    if (absl::Status finite = CheckFinite(field, value); !finite.ok()) {
+      return finite;
+    }
+  }
   if (kind != LearningRateSchedule::KIND_UNSPECIFIED &&
       kind != LearningRateSchedule::CONSTANT &&
       kind != LearningRateSchedule::STEP &&
@@ -160,7 +208,7 @@ absl::Status ValidateSchedule(const OptimizerSpec& o) {
           "optimizer.schedule.step_size",
           absl::StrCat("must be >= 1 for STEP, got ", s.step_size()));
     }
-    if (!std::isfinite(s.gamma()) || s.gamma() <= 0 || s.gamma() > 1) {
+    if (s.gamma() <= 0 || s.gamma() > 1) {
       return Invalid("optimizer.schedule.gamma",
                      absl::StrCat("must be in (0, 1], got ", s.gamma()));
     }
@@ -184,7 +232,7 @@ absl::Status ValidateSchedule(const OptimizerSpec& o) {
                        "parameter_groups mix BSP with ASP/SSP, which make "
                        "updates at different rates? Then set it)"));
     }
-    if (!std::isfinite(s.min_learning_rate()) || s.min_learning_rate() < 0 ||
+    if (s.min_learning_rate() < 0 ||
         s.min_learning_rate() > o.learning_rate()) {
       return Invalid(
           "optimizer.schedule.min_learning_rate",
@@ -366,9 +414,12 @@ void ApplyJobConfigDefaults(JobConfig* config) {
       // the config so that servers (which see only the OptimizerSpec) use
       // the same T. Left 0 when the job's sizes are invalid (reported by
       // ValidateJobConfig).
+      // A model past kMaxHiddenLayers is left to ValidateJobConfig, before
+      // UpdatesPerStep allocates its parameter list.
       if (s->kind() == LearningRateSchedule::COSINE && s->decay_steps() == 0 &&
           config->workers() > 0 && config->batch_size() > 0 &&
-          config->epochs() > 0) {
+          config->epochs() > 0 &&
+          config->model().hidden_sizes_size() <= kMaxHiddenLayers) {
         // ASP/SSP: every worker's push is one update. Parameter groups that
         // mix BSP with ASP/SSP make updates at different rates: no default.
         const std::optional<int64_t> per_step = UpdatesPerStep(*config);
@@ -393,16 +444,16 @@ void ApplyJobConfigDefaults(JobConfig* config) {
 
 absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.name().empty()) return Invalid("name", "required");
-  for (char ch : c.name()) {
-    if (!absl::ascii_isalnum(ch) && ch != '-' && ch != '_') {
-      return Invalid("name", absl::StrCat("only [A-Za-z0-9_-] allowed, got \"",
-                                          c.name(), "\""));
-    }
+  if (absl::Status status = CheckIdentifier("name", c.name(), kMaxJobNameLength);
+      !status.ok()) {
+    return status;
   }
   if (!c.has_model()) return Invalid("model", "required");
   const ModelSpec& m = c.model();
   if (m.kind() != ModelSpec::MLP) {
-    return Invalid("model.kind", "only MLP is supported");
+    return Invalid("model.kind",
+                   absl::StrCat("only MLP is supported, got ",
+                                static_cast<int>(m.kind())));
   }
   if (m.input_dim() <= 0) {
     return Invalid("model.input_dim",
@@ -412,12 +463,29 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("model.num_classes",
                    absl::StrCat("must be >= 2, got ", m.num_classes()));
   }
+  if (m.hidden_sizes_size() > kMaxHiddenLayers) {
+    return Invalid("model.hidden_sizes",
+                   absl::StrCat("at most ", kMaxHiddenLayers, " layers, got ",
+                                m.hidden_sizes_size()));
+  }
+  // Widths <= 2^16 and <= 64 layers: the count below cannot overflow.
+  int64_t parameters = 0;
+  int64_t fan_in = m.input_dim();
   for (int i = 0; i < m.hidden_sizes_size(); ++i) {
-    if (m.hidden_sizes(i) <= 0 || m.hidden_sizes(i) > (1 << 16)) {
+    if (m.hidden_sizes(i) <= 0 || m.hidden_sizes(i) > kMaxLayerWidth) {
       return Invalid(absl::StrCat("model.hidden_sizes[", i, "]"),
-                     absl::StrCat("must be in [1, 65536], got ",
+                     absl::StrCat("must be in [1, ", kMaxLayerWidth, "], got ",
                                   m.hidden_sizes(i)));
     }
+    parameters += (fan_in + 1) * m.hidden_sizes(i);
+    fan_in = m.hidden_sizes(i);
+  }
+  parameters += (fan_in + 1) * m.num_classes();
+  if (parameters > kMaxModelParameters) {
+    return Invalid("model.hidden_sizes",
+                   absl::StrCat("the model has ", parameters,
+                                " parameters, more than the limit of ",
+                                kMaxModelParameters));
   }
   if (!c.has_dataset()) return Invalid("dataset", "required");
   if (c.dataset().name() != "fashion-mnist") {
@@ -462,12 +530,24 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("batch_size",
                    absl::StrCat("must be in [1, 65536], got ", c.batch_size()));
   }
-  if (c.epochs() <= 0) {
-    return Invalid("epochs", absl::StrCat("must be >= 1, got ", c.epochs()));
+  if (c.epochs() <= 0 || c.epochs() > kMaxEpochs) {
+    return Invalid("epochs", absl::StrCat("must be in [1, ", kMaxEpochs,
+                                          "], got ", c.epochs()));
   }
   if (c.workers() <= 0 || c.workers() > 1024) {
     return Invalid("workers",
                    absl::StrCat("must be in [1, 1024], got ", c.workers()));
+  }
+  // At most 60000 steps an epoch: no overflow.
+  const int64_t total_steps =
+      StepsPerEpoch(c, TrainExamples(c)) * int64_t{c.epochs()};
+  if (total_steps > kMaxTotalSteps) {
+    return Invalid("epochs",
+                   absl::StrCat(c.epochs(), " epochs of ",
+                                StepsPerEpoch(c, TrainExamples(c)),
+                                " steps are ", total_steps,
+                                " steps per worker, more than the limit of ",
+                                kMaxTotalSteps));
   }
   // After the job's sizes, since COSINE's default horizon is made of them.
   if (absl::Status status = ValidateSchedule(c.optimizer()); !status.ok()) {
@@ -490,6 +570,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
                    absl::StrCat("must be >= 4096, got ", c.partition_bytes()));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckJobId(const std::string& field, const std::string& id) {
+  return CheckIdentifier(field, id, kMaxJobIdLength);
 }
 
 std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {

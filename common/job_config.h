@@ -13,6 +13,24 @@
 
 namespace psd {
 
+// Bounds of a job, so that one submission cannot take the cluster (or the
+// coordinator's memory and logs) for itself. ValidateJobConfig refuses a
+// config past any of them with INVALID_ARGUMENT naming the field.
+// JobConfig.name: 1 to 128 characters of [A-Za-z0-9_-].
+inline constexpr size_t kMaxJobNameLength = 128;
+// A job id is "<name>-<n>" with n a decimal int64: at most 148 characters.
+inline constexpr size_t kMaxJobIdLength = kMaxJobNameLength + 20;
+// JobConfig.epochs: 1 to 10000.
+inline constexpr int32_t kMaxEpochs = 10000;
+// Training steps of each rank, epochs x StepsPerEpoch: at most 10 million.
+inline constexpr int64_t kMaxTotalSteps = 10'000'000;
+// ModelSpec.hidden_sizes: at most 64 layers, each 1 to 65536 wide.
+inline constexpr int kMaxHiddenLayers = 64;
+inline constexpr int32_t kMaxLayerWidth = 1 << 16;
+// Parameters of the model (weights and biases of every layer): at most 100
+// million (400 MB of float32, before optimizer slots and replicas).
+inline constexpr int64_t kMaxModelParameters = 100'000'000;
+
 // Largest JobConfig.staleness (SSP).
 inline constexpr int32_t kMaxStaleness = 1000;
 
@@ -54,6 +72,12 @@ void ApplyJobConfigDefaults(JobConfig* config);
 // naming a parameter the model lacks or one already grouped. A snapshot
 // policy is valid with any consistency model (see SnapshotPolicy).
 absl::Status ValidateJobConfig(const JobConfig& config);
+
+// Checks a job id sent in a request (`field` names it, e.g. "job_id"):
+// empty (left to the caller, which answers NOT_FOUND), or at most
+// kMaxJobIdLength characters of [A-Za-z0-9_-]. Errors: INVALID_ARGUMENT
+// "<field>: ...", quoting at most the start of the id.
+absl::Status CheckJobId(const std::string& field, const std::string& id);
 
 // The consistency model of one parameter, by name: its parameter group's
 // (JobConfig.parameter_groups), else the job's (consistency, staleness).

@@ -98,6 +98,77 @@ TEST_CASE("JobConfig: bad sizes and values are rejected with the field",
   CHECK(Problem(config) == "snapshot.keep_last: must be >= 0, got -2");
 }
 
+TEST_CASE("JobConfig: names, epochs, steps and the model's size are bounded",
+          "[config]") {
+  JobConfig config = ValidConfig();
+  config.set_name(std::string(kMaxJobNameLength, 'a'));
+  CHECK(Problem(config).empty());
+  config.set_name(std::string(10 << 20, 'a'));
+  const std::string long_name = Problem(config);
+  CHECK(long_name.rfind("name: at most 128 characters, got 10485760: \"aaa",
+                        0) == 0);
+  CHECK(long_name.size() < 200);  // the name itself is not echoed
+  config.set_name("line\nbreak");
+  CHECK(Problem(config) ==
+        "name: only [A-Za-z0-9_-] allowed, got \"line\\nbreak\"");
+
+  config = ValidConfig();
+  config.set_epochs(2147483647);
+  CHECK(Problem(config) == "epochs: must be in [1, 10000], got 2147483647");
+  // 10000 epochs of the whole set at batch 1 on one worker: 600 million
+  // steps, past kMaxTotalSteps.
+  config.set_epochs(10000);
+  config.set_batch_size(1);
+  config.set_workers(1);
+  CHECK(Problem(config).rfind("epochs: 10000 epochs of 60000 steps are "
+                              "600000000 steps per worker, more than",
+                              0) == 0);
+
+  // A million layers (a 1 MB request) is refused by its count, before any
+  // per-layer work.
+  config = ValidConfig();
+  config.mutable_optimizer()->mutable_schedule()->set_kind(
+      LearningRateSchedule::COSINE);
+  config.mutable_model()->mutable_hidden_sizes()->Resize(1000000, 1);
+  ApplyJobConfigDefaults(&config);
+  CHECK(Problem(config) == "model.hidden_sizes: at most 64 layers, got 1000000");
+  // 64 layers of 65536 are each allowed, but not together.
+  config = ValidConfig();
+  config.mutable_model()->mutable_hidden_sizes()->Resize(kMaxHiddenLayers,
+                                                         kMaxLayerWidth);
+  CHECK(Problem(config).rfind("model.hidden_sizes: the model has ", 0) == 0);
+}
+
+TEST_CASE("JobConfig: inf and nan are refused as not finite, naming the field",
+          "[config]") {
+  JobConfig config = ValidConfig();
+  config.mutable_optimizer()->set_learning_rate(INFINITY);
+  CHECK(Problem(config) == "optimizer.learning_rate: must be finite, got inf");
+  config = ValidConfig();
+  config.mutable_optimizer()->set_weight_decay(-INFINITY);
+  CHECK(Problem(config) == "optimizer.weight_decay: must be finite, got -inf");
+  config = ValidConfig();
+  config.mutable_optimizer()->set_momentum(NAN);
+  CHECK(Problem(config) == "optimizer.momentum: must be finite, got nan");
+  // An enum value psd does not know names the field and the number.
+  config = ValidConfig();
+  config.mutable_model()->set_kind(static_cast<ModelSpec::Kind>(7));
+  CHECK(Problem(config) == "model.kind: only MLP is supported, got 7");
+}
+
+TEST_CASE("JobConfig: a job id in a request is bounded and quoted",
+          "[config]") {
+  CHECK(CheckJobId("job_id", "").ok());
+  CHECK(CheckJobId("job_id", "fashion-mnist-mlp-12").ok());
+  absl::Status status = CheckJobId("job_id", std::string(1 << 20, 'j'));
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(status.message())
+            .rfind("job_id: at most 148 characters, got 1048576", 0) == 0);
+  CHECK(status.message().size() < 200);
+  CHECK(CheckJobId("job_id", "a/b").message() ==
+        "job_id: only [A-Za-z0-9_-] allowed, got \"a/b\"");
+}
+
 TEST_CASE("JobConfig: a syntax error points at its line", "[config]") {
   auto config = ParseJobConfig("name: \"x\"\nbatch_size: \"many\"\n", "job.txt");
   REQUIRE_FALSE(config.ok());
@@ -247,7 +318,7 @@ TEST_CASE("JobConfig: bad optimizer values are rejected with the field",
        "optimizer.epsilon: must be > 0, got 0"},
       {OptimizerSpec::ADAGRAD,
        [](OptimizerSpec* o) { o->set_epsilon(std::nanf("")); },
-       "optimizer.epsilon: must be > 0, got nan"},
+       "optimizer.epsilon: must be finite, got nan"},
       {OptimizerSpec::ADAGRAD,
        [](OptimizerSpec* o) { o->set_initial_accumulator_value(-1.0f); },
        "optimizer.initial_accumulator_value: must be >= 0, got -1"},

@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
 
 #include "absl/strings/str_cat.h"
@@ -61,10 +60,12 @@ class ParseErrorInterceptorFactory final
 absl::StatusOr<RpcServer> StartRpcServer(
     const RpcServerOptions& options,
     const std::vector<grpc::Service*>& services) {
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   RpcServer result;
+  result.health = std::make_unique<HealthService>();
+  builder.RegisterService(result.health.get());
+  builder.SetOption(result.health->ServiceListOption());
   builder.AddListeningPort(options.listen_address,
                            grpc::InsecureServerCredentials(), &result.port);
   // No SO_REUSEPORT: a second process on a port in use must fail, not
@@ -124,6 +125,7 @@ int ServeUntilShutdownSignal(RpcServer* rpc, const std::string& port_file,
   }
   const int sig = WaitForShutdownSignal();
   Log()->info("signal {}: draining in-flight calls and shutting down", sig);
+  rpc->health->Shutdown();
   rpc->server->Shutdown(DeadlineIn(drain));
   return 0;
 }

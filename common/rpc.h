@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "common/health.h"
 
 namespace psd {
 
@@ -26,8 +27,11 @@ struct RpcServerOptions {
 };
 
 // A started gRPC server that always serves grpc.health.v1.Health (status
-// SERVING for "" and every registered service) and server reflection.
+// SERVING for "" and every registered service, described by reflection) and
+// server reflection.
 struct RpcServer {
+  // Declared first: it outlives `server`.
+  std::unique_ptr<HealthService> health;
   std::unique_ptr<grpc::Server> server;
   // The bound port.
   int port = 0;

@@ -7,7 +7,7 @@ PACKAGES=(
   bazel-bootstrap g++ libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler librocksdb-dev libspdlog-dev catch2 zlib1g-dev grpc-proto
   dataset-fashion-mnist libopenblas-dev libbenchmark-dev python3-numpy
-  libcpp-httplib-dev python3-yaml
+  libcpp-httplib-dev python3-yaml python3-protobuf
 )
 
 missing=()

@@ -1,6 +1,7 @@
 #include "server/coordinator_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/job_config.h"
 #include "common/status.h"
 
 namespace psd {
@@ -15,13 +16,21 @@ grpc::Status Reply(absl::StatusOr<T> result, T* out) {
   return grpc::Status::OK;
 }
 
-// Finishes a callback call at once with `result` (copied into *out when OK).
-template <typename T>
+// Finishes a callback call at once with `status`.
 grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                 absl::StatusOr<T> result, T* out) {
+                                 const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(Reply(std::move(result), out));
+  reactor->Finish(status);
   return reactor;
+}
+
+// Runs `call` when `job_id` passes CheckJobId; otherwise answers
+// INVALID_ARGUMENT, so that no unbounded id reaches the state or its logs.
+template <typename Call>
+grpc::Status WithJobId(const std::string& job_id, Call call) {
+  absl::Status valid = CheckJobId("job_id", job_id);
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  return call();
 }
 
 }  // namespace
@@ -29,32 +38,36 @@ grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* MembershipService::RegisterServer(
     grpc::CallbackServerContext* context, const RegisterRequest* request,
     RegisterResponse* response) {
-  return Finish(context, state_->RegisterServer(*request), response);
+  return Finish(context, Reply(state_->RegisterServer(*request), response));
 }
 
 grpc::ServerUnaryReactor* MembershipService::RegisterWorker(
     grpc::CallbackServerContext* context, const RegisterRequest* request,
     RegisterResponse* response) {
-  return Finish(context, state_->RegisterWorker(*request), response);
+  return Finish(context, WithJobId(request->job_id(), [&] {
+                  return Reply(state_->RegisterWorker(*request), response);
+                }));
 }
 
 grpc::ServerUnaryReactor* MembershipService::Heartbeat(
     grpc::CallbackServerContext* context, const HeartbeatRequest* request,
     HeartbeatResponse* response) {
-  return Finish(context, state_->Heartbeat(*request), response);
+  return Finish(context, Reply(state_->Heartbeat(*request), response));
 }
 
 grpc::ServerUnaryReactor* MembershipService::ReportProgress(
     grpc::CallbackServerContext* context, const ReportProgressRequest* request,
     ReportProgressResponse* response) {
-  return Finish(context, state_->ReportProgress(*request), response);
+  return Finish(context, WithJobId(request->job_id(), [&] {
+                  return Reply(state_->ReportProgress(*request), response);
+                }));
 }
 
 grpc::ServerUnaryReactor* MembershipService::GetClusterView(
     grpc::CallbackServerContext* context, const GetClusterViewRequest*,
     ClusterView* response) {
-  return Finish(context, absl::StatusOr<ClusterView>(state_->GetClusterView()),
-                response);
+  *response = state_->GetClusterView();
+  return Finish(context, grpc::Status::OK);
 }
 
 grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,
@@ -69,7 +82,9 @@ grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,
 grpc::Status JobControlService::GetJob(grpc::ServerContext*,
                                        const GetJobRequest* request,
                                        JobStatus* response) {
-  return Reply(state_->GetJob(request->job_id()), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->GetJob(request->job_id()), response);
+  });
 }
 
 grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
@@ -84,12 +99,18 @@ grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
 grpc::Status JobControlService::CancelJob(grpc::ServerContext*,
                                           const CancelJobRequest* request,
                                           JobStatus* response) {
-  return Reply(state_->CancelJob(request->job_id()), response);
+  return WithJobId(request->job_id(), [&] {
+    return Reply(state_->CancelJob(request->job_id()), response);
+  });
 }
 
 grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
                                          const GetJobRequest* request,
                                          grpc::ServerWriter<JobStatus>* writer) {
+  if (absl::Status valid = CheckJobId("job_id", request->job_id());
+      !valid.ok()) {
+    return ToGrpcStatus(valid);
+  }
   if (watches_.fetch_add(1) >= kMaxWatches) {
     watches_.fetch_sub(1);
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -120,16 +141,20 @@ grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
 grpc::Status JobControlService::DeleteJob(grpc::ServerContext*,
                                           const DeleteJobRequest* request,
                                           DeleteJobResponse*) {
-  return ToGrpcStatus(state_->DeleteJob(request->job_id()));
+  return WithJobId(request->job_id(), [&] {
+    return ToGrpcStatus(state_->DeleteJob(request->job_id()));
+  });
 }
 
 grpc::Status JobControlService::SnapshotJob(grpc::ServerContext*,
                                             const SnapshotJobRequest* request,
                                             SnapshotJobResponse* response) {
-  auto step = state_->SnapshotJob(request->job_id());
-  if (!step.ok()) return ToGrpcStatus(step.status());
-  response->set_step(*step);
-  return grpc::Status::OK;
+  return WithJobId(request->job_id(), [&] {
+    auto step = state_->SnapshotJob(request->job_id());
+    if (!step.ok()) return ToGrpcStatus(step.status());
+    response->set_step(*step);
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace psd

@@ -159,6 +159,19 @@ TEST_CASE("JobService: a bad config is refused with INVALID_ARGUMENT naming "
       {"workers:", [](JobConfig* c) { c->set_workers(0); }},
       {"workers:", [](JobConfig* c) { c->set_workers(5000); }},
       {"partition_bytes:", [](JobConfig* c) { c->set_partition_bytes(100); }},
+      {"epochs:", [](JobConfig* c) { c->set_epochs(2147483647); }},
+      {"optimizer.learning_rate: must be finite, got inf",
+       [](JobConfig* c) {
+         c->mutable_optimizer()->set_learning_rate(
+             std::numeric_limits<float>::infinity());
+       }},
+      // A 1 MB request of a million layers.
+      {"model.hidden_sizes: at most 64 layers",
+       [](JobConfig* c) {
+         c->mutable_model()->mutable_hidden_sizes()->Resize(1000000, 1);
+       }},
+      {"consistency: must be BSP, ASP or SSP, got 9",
+       [](JobConfig* c) { c->set_consistency(static_cast<Consistency>(9)); }},
   };
   for (const Case& c : cases) {
     JobConfig config = ValidConfig();
@@ -194,6 +207,40 @@ TEST_CASE("JobService: a bad config is refused with INVALID_ARGUMENT naming "
   JobStatus job;
   REQUIRE(cluster.jobs->GetJob(&context, get, &job).ok());
   CHECK(job.state() == PENDING);
+}
+
+TEST_CASE("JobService: a 10 MB name or job id is refused with INVALID_ARGUMENT "
+          "naming the field, and the coordinator keeps serving",
+          "[bad_input][coordinator]") {
+  Cluster cluster;
+  const std::string huge(10 << 20, 'n');
+  JobConfig config = ValidConfig();
+  config.set_name(huge);
+  SubmitJobResponse submitted;
+  grpc::Status status = Submit(cluster, config, &submitted);
+  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(StartsWith(status.error_message(),
+                   "name: at most 128 characters, got 10485760"));
+  CHECK(status.error_message().size() < 1000);  // not echoed back whole
+  {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    GetJobRequest request;
+    request.set_job_id(huge);
+    JobStatus job;
+    status = cluster.jobs->GetJob(&context, request, &job);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(StartsWith(status.error_message(), "job_id: at most 148 characters"));
+    CHECK(status.error_message().size() < 1000);
+  }
+  // Nothing was queued, and ListJobs answers within a standard client's
+  // 4 MB limit.
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  ListJobsResponse listed;
+  REQUIRE(cluster.jobs->ListJobs(&context, ListJobsRequest(), &listed).ok());
+  CHECK(listed.jobs_size() == 0);
+  REQUIRE(Submit(cluster, ValidConfig(), &submitted).ok());
 }
 
 TEST_CASE("JobService: GetJob and CancelJob of an unknown job are NOT_FOUND",
@@ -506,6 +553,12 @@ TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
     unknown.set_job_id("no-such-job");
     status = client.Pull(unknown, &response);
     CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
+
+    PullRequest no_partitions = client.MakePull(1, false);
+    no_partitions.clear_partition_ids();
+    status = client.Pull(no_partitions, &response);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message().rfind("partition_ids: empty", 0) == 0);
 
     PullRequest not_held = client.MakePull(1, false);
     not_held.add_partition_ids(10000);

@@ -54,7 +54,7 @@ PATTERN="line 2" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
 PATTERN="batch_sise" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
 # A config that parses but is invalid: INVALID_ARGUMENT naming the field.
 printf 'name: "x"\nmodel { input_dim: 784 num_classes: 10 }\ndataset {}\noptimizer { learning_rate: 0.1 }\nbatch_size: 8\nepochs: 0\nworkers: 1\n' >"$WORK/bad.textproto"
-PATTERN="INVALID_ARGUMENT: epochs: must be >= 1, got 0" expect_error "${CTL[@]}" submit "$WORK/bad.textproto"
+PATTERN="INVALID_ARGUMENT: epochs: must be in \[1, 10000\], got 0" expect_error "${CTL[@]}" submit "$WORK/bad.textproto"
 PATTERN="NOT_FOUND" expect_error "${CTL[@]}" get no-such-job
 
 # A worker whose data folder is wrong fails the job with the file's name.

@@ -2,15 +2,19 @@
 # A stand-in for grpcurl, for tests: translates the grpcurl command lines of
 # docs/OPERATIONS.md and README.md into `buf curl` (grpcurl is not packaged
 # for Debian; buf curl speaks the same protocol and takes the same JSON).
-# Supports: -plaintext, -d DATA (or -d @ for stdin), -import-path DIR,
-# -proto FILE, -max-time S, then ADDRESS and list [SERVICE] | describe X |
-# METHOD. Needs PSD_BUF (the buf binary) and, for list/describe of a
-# service, PSD_PROTO_DIR (our proto/ folder).
+# Supports: -plaintext, -d DATA (or -d @ for stdin), -format json|text,
+# -import-path DIR, -proto FILE, -max-time S, then ADDRESS and list
+# [SERVICE] | describe X | METHOD. Answers carry grpcurl's keys, the proto
+# field names (job_id), and -format text refuses '#' comments as grpcurl
+# does (tests/grpcurl_shim_format.py, next to this file). Needs PSD_BUF (the
+# buf binary), PSD_PROTO_DIR (our proto/ folder) and python3-protobuf.
 set -euo pipefail
 data=""
 import_path=""
 proto=""
 timeout=""
+format=json
+here=$(dirname "$0")
 while [ $# -gt 0 ]; do
   case "$1" in
     -plaintext) shift ;;
@@ -18,7 +22,7 @@ while [ $# -gt 0 ]; do
     -import-path) import_path=$2; shift 2 ;;
     -proto) proto=$2; shift 2 ;;
     -max-time) timeout=$2; shift 2 ;;
-    -format) echo "grpcurl shim: -format $2 is not supported by buf curl" >&2; exit 64 ;;
+    -format) format=$2; shift 2 ;;
     -*) echo "grpcurl shim: unsupported option $1" >&2; exit 64 ;;
     *) break ;;
   esac
@@ -54,5 +58,16 @@ if [ "$data" = "@" ]; then
   cat >"$tmp"
   data="@$tmp"
 fi
+if [ "$format" = text ] && [ -n "$data" ]; then
+  json=$(mktemp)
+  if [ "${data:0:1}" = "@" ]; then
+    /usr/bin/python3 "$here/grpcurl_shim_format.py" text-to-json "$method" <"${data:1}" >"$json"
+  else
+    printf '%s' "$data" | /usr/bin/python3 "$here/grpcurl_shim_format.py" text-to-json "$method" >"$json"
+  fi
+  data="@$json"
+fi
 [ -n "$data" ] && args+=(-d "$data")
-exec "$PSD_BUF" "${args[@]}" "http://$address/$method"
+out=$(mktemp)
+"$PSD_BUF" "${args[@]}" "http://$address/$method" >"$out"
+/usr/bin/python3 "$here/grpcurl_shim_format.py" proto-names "$method" <"$out"

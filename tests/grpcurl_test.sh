@@ -13,10 +13,10 @@ call() {  # call METHOD JSON -> response JSON (or the error JSON, exit 1)
   "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge -d "$2" \
     "http://$COORDINATOR/$1" 2>&1
 }
-# Health checks go through health.proto (reflection cannot describe it).
+# Health checks through reflection only, no .proto file (grpcurl's plain
+# `grpcurl -plaintext ADDR grpc.health.v1.Health/Check`).
 health() {
-  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge \
-    --schema /usr/share/grpc-proto/grpc/health/v1/health.proto -d '{}' \
+  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' \
     "http://$1/grpc.health.v1.Health/Check" 2>&1
 }
 
@@ -59,4 +59,23 @@ short=$(call psd.v1.JobService/SubmitJob '{"name": "short", "model": {"kind": "M
 id=$(echo "$short" | grep -o '"jobId": "[^"]*"' | cut -d'"' -f4)
 "${CTL[@]}" watch "$id" || fail "job $id did not succeed"
 call psd.v1.JobService/GetJob "{\"jobId\": \"$id\"}" | grep -q '"state": "SUCCEEDED"' || fail "GetJob $id"
+
+# The README's grpcurl block, line by line as written, with the shim as
+# grpcurl (text format parsed as grpcurl would, grpcurl's output keys). Its
+# quick-start job takes the workers; the text-format one waits and is
+# cancelled.
+mkdir -p "$WORK/bin"
+cp tests/grpcurl_shim.sh "$WORK/bin/grpcurl"
+cp tests/grpcurl_shim_format.py "$WORK/bin/"
+awk '/^### Drive it with grpcurl/ {on = 1} on && /^```sh/ {body = 1; next}
+     body && /^```/ {exit} body' README.md >"$WORK/readme_block.sh"
+grep -q -- '-format text' "$WORK/readme_block.sh" || fail "README block not found"
+grep -q '^C=' "$WORK/readme_block.sh" || fail "README block sets no C"
+sed -i '/^C=/d' "$WORK/readme_block.sh"  # our coordinator instead
+C=$COORDINATOR PSD_PROTO_DIR="$PWD/proto" PATH="$WORK/bin:$PATH" \
+  bash -euo pipefail -x "$WORK/readme_block.sh" >"$WORK/readme.out" 2>&1 ||
+  { cat "$WORK/readme.out"; fail "a README grpcurl line failed"; }
+grep -q '"job_id": "fashion-mnist-mlp-[0-9]*"' "$WORK/readme.out" || fail "README: no job_id"
+grep -q '"state": "CANCELLED"' "$WORK/readme.out" || fail "README: CancelJob"
+grep -q '"status": "SERVING"' "$WORK/readme.out" || fail "README: health"
 echo PASS

@@ -13,6 +13,7 @@ fi
 export PSD_BUF BUF_CACHE_DIR="$WORK/buf-cache" PSD_PROTO_DIR="$PWD/proto"
 mkdir -p "$WORK/bin" "$WORK/docroot/deploy/jobs"
 cp tests/grpcurl_shim.sh "$WORK/bin/grpcurl"
+cp tests/grpcurl_shim_format.py "$WORK/bin/"
 export PATH="$WORK/bin:$PATH"
 cat >"$WORK/docroot/deploy/jobs/fashion_mnist_mlp.json" <<'JOB'
 {"name": "fashion-mnist-mlp", "model": {"kind": "MLP", "inputDim": 784, "hiddenSizes": [32], "numClasses": 10, "initSeed": "1"},
@@ -50,8 +51,8 @@ for block in "$WORK"/block.*.sh; do
   bash -euo pipefail "$block" >"$block.out" 2>&1 || { cat "$block.out"; fail "recipe failed: $(cat "$block")"; }
   head -c 600 "$block.out"; echo
   if grep -q 'SubmitJob' "$block"; then
-    JOB=$(grep -o '"jobId": "[^"]*"' "$block.out" | head -1 | cut -d'"' -f4)
-    [ -n "$JOB" ] || fail "SubmitJob returned no jobId"
+    JOB=$(grep -o '"job_id": "[^"]*"' "$block.out" | head -1 | cut -d'"' -f4)
+    [ -n "$JOB" ] || fail "SubmitJob returned no job_id"
     export JOB
   fi
   ran=$((ran + 1))
