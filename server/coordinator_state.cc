@@ -1,7 +1,9 @@
 #include "server/coordinator_state.h"
 
 #include <algorithm>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -31,6 +33,41 @@ grpc::Status CallServer(ParameterServer::Stub* stub,
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(timeout));
   return (stub->*method)(&context, request, response);
+}
+
+// CallServer for an idempotent control call (CreateJob with the same
+// config, SetView, GetServerStatus, ListSnapshots: a repeat changes
+// nothing): an attempt that fails UNAVAILABLE (unreachable, a DNS error) or
+// DEADLINE_EXCEEDED (one slow answer) is made again after a backoff that
+// doubles from 100 ms up to 2 s, until `budget` has passed since the first.
+// The last failure's message says how many attempts were made.
+template <typename Request, typename Response>
+grpc::Status CallIdempotent(ParameterServer::Stub* stub,
+                            grpc::Status (ParameterServer::Stub::*method)(
+                                grpc::ClientContext*, const Request&, Response*),
+                            const Request& request, Response* response,
+                            std::chrono::milliseconds timeout,
+                            std::chrono::milliseconds budget) {
+  const auto give_up = std::chrono::steady_clock::now() + budget;
+  auto backoff = std::chrono::milliseconds(100);
+  for (int attempt = 1;; ++attempt) {
+    grpc::Status status = CallServer(stub, method, request, response, timeout);
+    const bool transient =
+        status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!transient) return status;
+    if (std::chrono::steady_clock::now() + backoff >= give_up) {
+      return grpc::Status(
+          status.error_code(),
+          absl::StrCat(status.error_message(), " (", attempt,
+                       " attempts over ", budget.count(), " ms)"));
+    }
+    Log()->warn("control call failed ({}: {}); attempt {} in {} ms",
+                static_cast<int>(status.error_code()), status.error_message(),
+                attempt + 1, backoff.count());
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
 }
 
 // The shards `server_id` holds in the assignment, as primary or backup.
@@ -573,7 +610,8 @@ void CoordinatorState::RecoverJobs() {
 
   absl::StatusOr<int64_t> step = RestoreFromSnapshots(assignment);
   if (step.ok()) {
-    const std::string error = SendViewTo(assignment);
+    const std::string error = SendViewTo(
+        assignment, std::chrono::milliseconds(options_.control_call_budget_ms));
     if (!error.empty()) step = absl::UnavailableError(error);
   }
   absl::MutexLock lock(&mu_);
@@ -1137,9 +1175,10 @@ void CoordinatorState::StartPendingJobs() {
     }
     auto stub = ParameterServer::NewStub(MakeChannel(servers[i].address()));
     CreateJobResponse response;
-    grpc::Status status = CallServer(
+    grpc::Status status = CallIdempotent(
         stub.get(), &ParameterServer::Stub::CreateJob, request, &response,
-        std::chrono::milliseconds(options_.server_call_timeout_ms));
+        std::chrono::milliseconds(options_.server_call_timeout_ms),
+        std::chrono::milliseconds(options_.control_call_budget_ms));
     if (!status.ok()) {
       error = absl::StrCat("creating shards on server ", servers[i].id(), " (",
                            servers[i].address(),
@@ -1148,7 +1187,10 @@ void CoordinatorState::StartPendingJobs() {
   }
 
   // The servers learn their roles before any worker can push.
-  if (error.empty()) error = SendViewTo(created);
+  if (error.empty()) {
+    error = SendViewTo(created,
+                       std::chrono::milliseconds(options_.control_call_budget_ms));
+  }
 
   {
     absl::MutexLock lock(&mu_);
@@ -1189,7 +1231,8 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
               job.assignment.servers_size(), job.worker_ids.size());
 }
 
-std::string CoordinatorState::SendViewTo(const Assignment& assignment) {
+std::string CoordinatorState::SendViewTo(const Assignment& assignment,
+                                         std::chrono::milliseconds budget) {
   SetViewRequest request;
   request.set_job_id(assignment.job_id());
   JobView* view = request.mutable_view();
@@ -1202,8 +1245,8 @@ std::string CoordinatorState::SendViewTo(const Assignment& assignment) {
     auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
     SetViewResponse response;
     grpc::Status status =
-        CallServer(stub.get(), &ParameterServer::Stub::SetView, request,
-                   &response, std::chrono::milliseconds(2000));
+        CallIdempotent(stub.get(), &ParameterServer::Stub::SetView, request,
+                       &response, std::chrono::milliseconds(2000), budget);
     if (!status.ok() && error.empty()) {
       error = absl::StrCat("sending view epoch ", assignment.view_epoch(),
                            " to server ", server.id(), " (", server.address(),
@@ -1226,7 +1269,7 @@ void CoordinatorState::SendViews() {
     views_to_send_.clear();
   }
   for (const Assignment& view : views) {
-    const std::string error = SendViewTo(view);
+    const std::string error = SendViewTo(view, std::chrono::milliseconds(0));
     // A server that missed it is behind: the workers' pushes tell it
     // (UNAVAILABLE, retried), and a dead one is expired.
     if (!error.empty()) Log()->warn("job {}: {}", view.job_id(), error);

@@ -2,6 +2,7 @@
 #ifndef PSD_SERVER_COORDINATOR_STATE_H_
 #define PSD_SERVER_COORDINATOR_STATE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -42,6 +43,11 @@ struct CoordinatorOptions {
   // Defaults: 50 ms and 200 ms.
   int pause_tick_ms = 50;
   int pause_threshold_ms = 200;
+  // Starting a job, its CreateJob and SetView calls to each server are
+  // retried with backoff while they fail UNAVAILABLE or DEADLINE_EXCEEDED
+  // (both are idempotent), for up to this long; then the job fails naming
+  // the server and the attempts. Default: 20 s.
+  int control_call_budget_ms = 20000;
   // Deadline of CreateJob/DropJob calls to parameter servers. Default: 10 s.
   int server_call_timeout_ms = 10000;
   // Where jobs persist (not owned; must outlive the state). Null: in memory
@@ -221,8 +227,12 @@ class CoordinatorState {
   // Sends the views of views_to_send_ to their servers (SetView); logs
   // failures.
   void SendViews() ABSL_LOCKS_EXCLUDED(mu_);
-  // Sends the assignment's view to its servers; returns the first error.
-  std::string SendViewTo(const Assignment& assignment) ABSL_LOCKS_EXCLUDED(mu_);
+  // Sends the assignment's view to its servers, each call retried while
+  // UNAVAILABLE or DEADLINE_EXCEEDED for up to `budget` (0: one attempt);
+  // returns the first error.
+  std::string SendViewTo(const Assignment& assignment,
+                         std::chrono::milliseconds budget)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
   const CoordinatorOptions options_;

@@ -36,6 +36,13 @@ ABSL_FLAG(int, max_api_threads, 64,
           "Threads serving the job API (psd.v1.JobService) and reflection; "
           "calls past them get RESOURCE_EXHAUSTED. Membership calls "
           "(registration, heartbeats) never wait for these threads.");
+ABSL_FLAG(int, server_call_timeout_ms, 10000,
+          "Deadline of one control call to a parameter server (CreateJob, "
+          "DropJob, RestoreJob, ...), ms.");
+ABSL_FLAG(int, control_call_budget_ms, 20000,
+          "Starting or recovering a job, CreateJob and SetView calls that "
+          "fail UNAVAILABLE or DEADLINE_EXCEEDED are retried with backoff "
+          "for up to this long before the job fails, ms.");
 ABSL_FLAG(int, replication_factor, 1,
           "Replicas of every parameter shard (a primary and R-1 backups, on "
           "distinct servers); a job starts once R servers are registered.");
@@ -118,6 +125,8 @@ int Main() {
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
   options.pause_threshold_ms = absl::GetFlag(FLAGS_pause_threshold_ms);
+  options.server_call_timeout_ms = absl::GetFlag(FLAGS_server_call_timeout_ms);
+  options.control_call_budget_ms = absl::GetFlag(FLAGS_control_call_budget_ms);
   options.replication_factor = absl::GetFlag(FLAGS_replication_factor);
   if (options.replication_factor < 1 || options.replication_factor > 16) {
     Log()->error("--replication_factor={}: must be in [1, 16]",

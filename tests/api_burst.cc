@@ -1,5 +1,5 @@
 // api_burst: a burst of concurrent job-API calls against a coordinator, for
-// tests/api_burst_test.sh (issue 23 item 3). --threads callers, each on
+// tests/control_plane_test.sh (issue 23 item 3). --threads callers, each on
 // its own channel, keep --in_flight calls at once for --seconds: SubmitJob
 // (with a config the coordinator refuses: no job is made) and ListJobs.
 // Prints how many calls got each status code, one "CODE COUNT" line each.
