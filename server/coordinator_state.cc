@@ -733,13 +733,16 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
 }
 
 void CoordinatorState::AssignFreeRanks() {
-  std::vector<std::string> idle;
-  for (const auto& [id, member] : workers_) {
-    if (member.job_id.empty()) idle.push_back(id);
-  }
   for (auto& [id, job] : jobs_) {
-    // Ranks freed by a restore from snapshots, or by a worker that died.
+    // Ranks freed by a restore from snapshots, or by a worker that died or
+    // stalled (never given back to the worker that stalled).
     if (job.status.state() != RUNNING || !job.ranks_free) continue;
+    std::vector<std::string> idle;
+    for (const auto& [worker_id, member] : workers_) {
+      if (member.job_id.empty() && member.stalled_in != id) {
+        idle.push_back(worker_id);
+      }
+    }
     std::vector<int32_t> free;
     for (int32_t r = 0; r < static_cast<int32_t>(job.worker_ids.size()); ++r) {
       if (job.worker_ids[r].empty()) free.push_back(r);
@@ -978,6 +981,7 @@ void CoordinatorState::SchedulerLoop() {
   while (!stop_.WaitForNotificationWithTimeout(
       absl::Milliseconds(options_.schedule_interval_ms))) {
     ExpireMembers();
+    WatchProgress();
     RunFailovers();
     RunDrops();  // before a server dropping a job can be a joiner of it
     RecoverJobs();
@@ -1006,6 +1010,73 @@ void CoordinatorState::ExpireMembers() {
           server, id,
           absl::StrCat("missed heartbeats for ", options_.heartbeat_timeout_ms,
                        " ms"));
+    }
+  }
+}
+
+absl::Duration CoordinatorState::ProgressBound(const Job& job) const {
+  const absl::Duration floor = absl::Milliseconds(options_.progress_floor_ms);
+  const int64_t steps = job.status.step() - job.start_step;
+  if (steps <= 0) return floor;
+  const absl::Duration mean =
+      absl::Seconds(job.status.elapsed_seconds()) / static_cast<double>(steps);
+  return std::max(floor, mean * options_.progress_step_factor);
+}
+
+void CoordinatorState::WatchProgress() {
+  if (options_.progress_floor_ms <= 0) return;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  for (auto& [job_id, job] : jobs_) {
+    const int32_t workers = job.status.config().workers();
+    if (job.status.state() != RUNNING ||
+        job.status.worker_clocks_size() != workers) {
+      continue;
+    }
+    job.watch.resize(workers);
+    const auto& clocks = job.status.worker_clocks();
+    const int64_t fastest = *std::max_element(clocks.begin(), clocks.end());
+    const absl::Duration bound = ProgressBound(job);
+    for (int32_t r = 0; r < workers; ++r) {
+      Job::RankWatch& watch = job.watch[r];
+      const int64_t clock = clocks[r];
+      const bool behind = clock < fastest && clock < job.status.total_steps() &&
+                          !job.worker_ids[r].empty();
+      if (clock != watch.clock || !behind) {
+        watch.clock = clock;
+        watch.behind_since = behind ? now : absl::InfiniteFuture();
+        continue;
+      }
+      // Behind since now, or since it fell behind at this clock.
+      watch.behind_since = std::min(watch.behind_since, now);
+      if (now - watch.behind_since <= bound) continue;
+      const std::string worker = job.worker_ids[r];
+      Log()->warn("job {}: rank {} ({}) made no progress for {} ms at clock "
+                  "{} while rank clocks reach {} (bound {} ms): its rank goes "
+                  "to another worker",
+                  job_id, r, worker,
+                  absl::ToInt64Milliseconds(now - watch.behind_since), clock,
+                  fastest, absl::ToInt64Milliseconds(bound));
+      job.status.add_stalls(absl::StrCat(
+          "rank ", r, " (", worker, ") made no progress for ",
+          absl::ToInt64Milliseconds(now - watch.behind_since), " ms at clock ",
+          clock, ", replaced"));
+      if (job.status.stalls_size() > 10) {  // keep the newest 10
+        job.status.mutable_stalls()->DeleteSubrange(0, 1);
+      }
+      ++job.version;
+      MarkDirty(job);
+      auto member = workers_.find(worker);
+      if (member != workers_.end()) {
+        // Its next heartbeat tells it to stop (rank < 0), and it is not
+        // given this job's ranks again.
+        member->second.rank = -1;
+        member->second.stalled_in = job_id;
+      }
+      job.worker_ids[r].clear();
+      job.ranks_free = true;
+      job.resume_ranks.insert(r);
+      watch = Job::RankWatch();
     }
   }
 }

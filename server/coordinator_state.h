@@ -43,6 +43,14 @@ struct CoordinatorOptions {
   // Defaults: 50 ms and 200 ms.
   int pause_tick_ms = 50;
   int pause_threshold_ms = 200;
+  // Progress watch (docs/OPERATIONS.md, "Progress watch"): a rank of a
+  // running job that stays behind the fastest rank, its clock unchanged,
+  // for longer than max(progress_floor_ms, progress_step_factor x the job's
+  // mean step time) is replaced as a dead one is; its worker stays alive
+  // but is never given that job's ranks again. 0 turns the watch off.
+  // Defaults: 60 s, 50.
+  int progress_floor_ms = 60000;
+  int progress_step_factor = 50;
   // Starting a job, its CreateJob and SetView calls to each server are
   // retried with backoff while they fail UNAVAILABLE or DEADLINE_EXCEEDED
   // (both are idempotent), for up to this long; then the job fails naming
@@ -132,6 +140,9 @@ class CoordinatorState {
     // when it registered.
     std::string uid;
     std::vector<std::string> live_jobs;
+    // Workers only: a job whose rank was taken from this worker for making
+    // no progress (WatchProgress); it is never given a rank of it again.
+    std::string stalled_in;
   };
   struct RankProgress {
     int32_t epoch = 0;
@@ -167,6 +178,13 @@ class CoordinatorState {
     std::set<int32_t> resume_ranks;
     // The latest clocks each server reported (by server id), and when.
     std::map<std::string, std::pair<JobClocks, absl::Time>> clocks;
+    // Per rank, for WatchProgress: its clock when last seen to change, and
+    // since when it has been behind the fastest rank at that clock.
+    struct RankWatch {
+      int64_t clock = -1;
+      absl::Time behind_since = absl::InfiniteFuture();
+    };
+    std::vector<RankWatch> watch;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -179,6 +197,11 @@ class CoordinatorState {
                                             bool server);
   void SchedulerLoop();
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
+  // Progress, not only liveness: a rank whose clock stays behind the
+  // fastest rank's for longer than ProgressBound(job) loses its worker, the
+  // same as a dead one (see CoordinatorOptions.progress_floor_ms).
+  void WatchProgress() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Duration ProgressBound(const Job& job) const;
   // The pause monitor's loop (see CoordinatorOptions.pause_threshold_ms).
   void PauseMonitorLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // A member failed (`why`, for the log): a server's shards lose it (the

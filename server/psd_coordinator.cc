@@ -43,6 +43,13 @@ ABSL_FLAG(int, control_call_budget_ms, 20000,
           "Starting or recovering a job, CreateJob and SetView calls that "
           "fail UNAVAILABLE or DEADLINE_EXCEEDED are retried with backoff "
           "for up to this long before the job fails, ms.");
+ABSL_FLAG(int, progress_floor_ms, 60000,
+          "Progress watch: a rank alive but behind the fastest rank with no "
+          "progress for max(this, --progress_step_factor x the job's mean "
+          "step time) is replaced like a dead one, ms; 0 = off.");
+ABSL_FLAG(int, progress_step_factor, 50,
+          "Progress watch: the bound in mean step times (see "
+          "--progress_floor_ms).");
 ABSL_FLAG(int, replication_factor, 1,
           "Replicas of every parameter shard (a primary and R-1 backups, on "
           "distinct servers); a job starts once R servers are registered.");
@@ -125,6 +132,8 @@ int Main() {
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
   options.pause_threshold_ms = absl::GetFlag(FLAGS_pause_threshold_ms);
+  options.progress_floor_ms = absl::GetFlag(FLAGS_progress_floor_ms);
+  options.progress_step_factor = absl::GetFlag(FLAGS_progress_step_factor);
   options.server_call_timeout_ms = absl::GetFlag(FLAGS_server_call_timeout_ms);
   options.control_call_budget_ms = absl::GetFlag(FLAGS_control_call_budget_ms);
   options.replication_factor = absl::GetFlag(FLAGS_replication_factor);
