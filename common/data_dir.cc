@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -57,6 +58,27 @@ absl::StatusOr<std::unique_ptr<DataDirLock>> DataDirLock::Acquire(
         std::strerror(write_errno)));
   }
   return std::unique_ptr<DataDirLock>(new DataDirLock(path, fd));
+}
+
+absl::StatusOr<std::string> MoveAside(const std::string& path, absl::Time now) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    return absl::NotFoundError(absl::StrCat("cannot move ", path,
+                                            " aside: it does not exist"));
+  }
+  const std::string base = absl::StrCat(
+      path, ".corrupt-",
+      absl::FormatTime("%Y%m%dT%H%M%SZ", now, absl::UTCTimeZone()));
+  std::string target = base;
+  for (int n = 1; std::filesystem::exists(target, error); ++n) {
+    target = absl::StrCat(base, ".", n);
+  }
+  if (std::rename(path.c_str(), target.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot move ", path, " to ",
+                                               target, ": ",
+                                               std::strerror(errno)));
+  }
+  return target;
 }
 
 DataDirLock::~DataDirLock() {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace psd {
 
@@ -30,6 +31,14 @@ class DataDirLock {
   const std::string path_;
   const int fd_;
 };
+
+// Moves a damaged store (a directory or file inside a data directory, e.g.
+// <data_dir>/snapshots) aside to "<path>.corrupt-<UTC time>" (e.g.
+// snapshots.corrupt-20261205T143000Z; ".1", ".2", ... appended if taken), so
+// that an empty one can be created in its place; nothing is deleted.
+// Returns the new path. Errors: NOT_FOUND (no `path`), or the rename's
+// errno as UNAVAILABLE naming both paths.
+absl::StatusOr<std::string> MoveAside(const std::string& path, absl::Time now);
 
 }  // namespace psd
 

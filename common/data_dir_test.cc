@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -58,6 +59,30 @@ TEST_CASE("DataDirLock: a path that cannot be a directory is a clear error",
   auto lock = DataDirLock::Acquire(file + "/sub");
   REQUIRE_FALSE(lock.ok());
   CHECK(std::string(lock.status().message()).find(file) != std::string::npos);
+}
+
+TEST_CASE("MoveAside: a damaged store goes to <path>.corrupt-<time>, never "
+          "over an earlier one", "[data_dir]") {
+  const std::string dir = TempDir("aside");
+  const std::string store = dir + "/snapshots";
+  std::filesystem::create_directories(store);
+  std::ofstream(store + "/MANIFEST-000001") << "damaged";
+  const absl::Time now = absl::FromUnixSeconds(1796481000);  // 2026-12-05
+  auto moved = MoveAside(store, now);
+  REQUIRE(moved.ok());
+  CHECK(*moved == store + ".corrupt-20261205T143000Z");
+  CHECK_FALSE(std::filesystem::exists(store));
+  CHECK(std::filesystem::exists(*moved + "/MANIFEST-000001"));
+
+  std::filesystem::create_directories(store);  // damaged again, same second
+  auto again = MoveAside(store, now);
+  REQUIRE(again.ok());
+  CHECK(*again == store + ".corrupt-20261205T143000Z.1");
+  CHECK(std::filesystem::exists(*moved + "/MANIFEST-000001"));
+
+  auto missing = MoveAside(store, now);
+  CHECK(missing.status().code() == absl::StatusCode::kNotFound);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

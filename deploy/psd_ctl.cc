@@ -426,7 +426,11 @@ int Main(const std::vector<std::string>& args) {
       request.set_job_id(args[1]);
       ListSnapshotsResponse list;
       grpc::Status got = stub->ListSnapshots(&call, request, &list);
-      if (!got.ok()) return Fail("snapshots: " + server.id(), got);
+      // NOT_FOUND: this server has none of the job (a replica rebuilt by
+      // state transfer since, say); the others may.
+      if (!got.ok() && got.error_code() != grpc::StatusCode::NOT_FOUND) {
+        return Fail("snapshots: " + server.id(), got);
+      }
       std::printf("%s (%s): %s", server.id().c_str(), server.address().c_str(),
                   ToJson(list).c_str());
     }

@@ -8,10 +8,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/placement.h"
 #include "common/process.h"
+#include "common/quote.h"
 #include "common/rpc.h"
 #include "common/status.h"
 
@@ -110,8 +112,11 @@ absl::Status CoordinatorState::Start() {
       if (dash != std::string::npos && absl::SimpleAtoi(id.substr(dash + 1), &n)) {
         next_job_ = std::max(next_job_, n + 1);
       }
+      // Epochs grow across the coordinator's restarts too.
+      view_epoch_ = std::max(view_epoch_, job.assignment.view_epoch());
       if (job.status.state() == RUNNING) {
         job.status.set_state(RECOVERING);
+        job.recovering_since = absl::Now();
         job.worker_ids.assign(job.status.config().workers(), "");
         job.ranks.assign(job.status.config().workers(), RankProgress());
         MarkDirty(job);
@@ -514,7 +519,14 @@ ClusterView CoordinatorState::GetClusterView() {
     info->set_id(id);
     info->set_address(member.address);
     info->set_job_id(member.job_id);
-    info->set_rank(member.rank);
+    // A rank only while the worker holds it: an idle worker's member.rank
+    // is its last job's, and a refused claim's is -1.
+    auto job = jobs_.find(member.job_id);
+    if (!member.job_id.empty() && member.rank >= 0 && job != jobs_.end() &&
+        member.rank < static_cast<int32_t>(job->second.worker_ids.size()) &&
+        job->second.worker_ids[member.rank] == id) {
+      info->set_rank(member.rank);
+    }
   }
   return view;
 }
@@ -552,6 +564,66 @@ absl::StatusOr<std::string> CoordinatorState::SubmitJob(const JobConfig& input) 
   return id;
 }
 
+void CoordinatorState::SetPendingReasonLocked(Job* job,
+                                              const std::string& reason) {
+  if (job->status.pending_reason() == reason) return;
+  job->status.set_pending_reason(reason);
+  ++job->version;
+}
+
+namespace {
+
+// "shard 2 (its primary)": which replicas of which shards `server_id`
+// holds, for messages.
+std::string ShardsHeldBy(const Assignment& assignment,
+                         const std::string& server_id) {
+  std::vector<std::string> held;
+  for (const ShardReplicas& r : assignment.shards()) {
+    if (r.primary() == server_id) {
+      held.push_back(absl::StrCat(r.shard(), " (primary)"));
+    } else if (std::count(r.backups().begin(), r.backups().end(), server_id)) {
+      held.push_back(absl::StrCat(r.shard(), " (backup)"));
+    }
+  }
+  return held.empty() ? "no shard"
+                      : absl::StrCat(held.size() == 1 ? "shard " : "shards ",
+                                     absl::StrJoin(held, ", "));
+}
+
+// Takes the servers in `gone` (ids) out of the assignment's replica sets
+// and server list; a shard whose primary goes gets its first remaining
+// backup as primary, or, with `orphaned`, no primary and an entry there
+// (shard -> the old primary) for RunFailovers to choose.
+void RemoveServers(const std::set<std::string>& gone, Assignment* assignment,
+                   std::map<int32_t, std::string>* orphaned) {
+  for (ShardReplicas& r : *assignment->mutable_shards()) {
+    auto* backups = r.mutable_backups();
+    backups->erase(std::remove_if(backups->begin(), backups->end(),
+                                  [&](const std::string& b) {
+                                    return gone.count(b) > 0;
+                                  }),
+                   backups->end());
+    if (!gone.count(r.primary())) continue;
+    if (orphaned != nullptr) {
+      (*orphaned)[r.shard()] = r.primary();
+      r.clear_primary();
+    } else if (backups->empty()) {
+      r.clear_primary();
+    } else {
+      r.set_primary(backups->Get(0));
+      backups->erase(backups->begin());
+    }
+  }
+  auto* servers = assignment->mutable_servers();
+  servers->erase(std::remove_if(servers->begin(), servers->end(),
+                                [&](const ServerInfo& s) {
+                                  return gone.count(s.id()) > 0;
+                                }),
+                 servers->end());
+}
+
+}  // namespace
+
 void CoordinatorState::RecoverJobs() {
   std::string job_id;
   Assignment assignment;
@@ -561,20 +633,94 @@ void CoordinatorState::RecoverJobs() {
     for (const auto& entry : servers_) {
       if (!entry.second.uid.empty()) by_uid[entry.second.uid] = &entry;
     }
+    const absl::Time now = absl::Now();
     for (auto& [id, job] : jobs_) {
       if (job.status.state() != RECOVERING || job.starting) continue;
-      bool all_back = true, all_live = true;
+      if (job.recovering_since == absl::Time()) job.recovering_since = now;
+      // The servers that held its shards and have not registered again.
+      std::set<std::string> missing;
+      bool all_live = true;
       for (const ServerInfo& server : job.assignment.servers()) {
         auto it = by_uid.find(server.uid());
         if (server.uid().empty() || it == by_uid.end()) {
-          all_back = false;
-          break;
+          missing.insert(server.id());
+          continue;
         }
         const Member& member = it->second->second;
         all_live &= std::count(member.live_jobs.begin(), member.live_jobs.end(),
                                id) > 0;
       }
-      if (!all_back) continue;
+      if (!missing.empty()) {
+        const bool timed_out =
+            now - job.recovering_since >=
+            absl::Milliseconds(options_.recovery_timeout_ms);
+        std::vector<std::string> described;  // the missing servers
+        for (const ServerInfo& server : job.assignment.servers()) {
+          if (!missing.count(server.id())) continue;
+          described.push_back(absl::StrCat(
+              "uid ", server.uid().empty() ? "(none)" : server.uid(),
+              " (was ", server.id(), " at ", server.address(), ", ",
+              ShardsHeldBy(job.assignment, server.id()), ")"));
+        }
+        // Shards none of whose replicas is back.
+        std::vector<std::string> lost;
+        for (const ShardReplicas& r : job.assignment.shards()) {
+          bool any_back = !r.primary().empty() && !missing.count(r.primary());
+          for (const std::string& b : r.backups()) any_back |= !missing.count(b);
+          if (!any_back) lost.push_back(absl::StrCat(r.shard()));
+        }
+        if (!lost.empty() && timed_out) {
+          FinishJob(
+              &job, FAILED,
+              absl::StrCat(
+                  "recovery failed: ", lost.size() == 1 ? "shard " : "shards ",
+                  absl::StrJoin(lost, ", "),
+                  lost.size() == 1 ? " has" : " have",
+                  " no replica left with its snapshots: the servers that "
+                  "held it did not register again within ",
+                  options_.recovery_timeout_ms,
+                  " ms (--recovery_timeout_ms): missing server ",
+                  absl::StrJoin(described, "; "),
+                  ". A server started on an empty or replaced --data_dir has "
+                  "a new uid and none of the job's snapshots"));
+          job.status.clear_pending_reason();
+          continue;
+        }
+        const bool replaced = servers_.size() >= static_cast<size_t>(
+                                                     job.assignment.servers_size());
+        if (!lost.empty() || (!timed_out && !replaced)) {
+          SetPendingReasonLocked(
+              &job,
+              absl::StrCat(
+                  "waiting for the servers that held its shards to register "
+                  "again: ",
+                  absl::StrJoin(described, "; "),
+                  lost.empty()
+                      ? absl::StrCat("; every shard has a replica back, so it "
+                                     "resumes without them once ",
+                                     job.assignment.servers_size(),
+                                     " servers are registered (",
+                                     servers_.size(), " now) or after ",
+                                     options_.recovery_timeout_ms, " ms")
+                      : absl::StrCat("; shard(s) ", absl::StrJoin(lost, ", "),
+                                     " have no replica back: the job fails "
+                                     "if none comes back within ",
+                                     options_.recovery_timeout_ms, " ms")));
+          continue;
+        }
+        // Every shard has a replica back: resume without the missing
+        // servers; RepairReplicas brings their shards back to R replicas by
+        // state transfer once the job runs.
+        Log()->warn("job {}: recovering without server {}: {}", id,
+                    absl::StrJoin(described, "; "),
+                    timed_out ? "not back within --recovery_timeout_ms"
+                              : "replaced (as many servers are registered as "
+                                "the job had); its shards keep their other "
+                                "replicas and get new backups by state "
+                                "transfer");
+        RemoveServers(missing, &job.assignment,
+                      all_live ? &job.orphaned : nullptr);
+      }
       // Every shard's server is back: point the assignment at them.
       for (ServerInfo& server : *job.assignment.mutable_servers()) {
         const auto& [member_id, member] = *by_uid[server.uid()];
@@ -589,6 +735,7 @@ void CoordinatorState::RecoverJobs() {
       }
       *job.status.mutable_servers() = job.assignment.servers();
       *job.status.mutable_shards() = job.assignment.shards();
+      job.status.clear_pending_reason();
       if (all_live) {
         // Only the coordinator restarted: the servers still hold the job and
         // its workers come back to their ranks as they register again.
@@ -596,10 +743,19 @@ void CoordinatorState::RecoverJobs() {
         job.started = absl::Now();
         ++job.version;
         MarkDirty(job);
-        views_to_send_.insert(id);  // the servers' ids changed
+        // The servers' ids changed; a shard whose primary is missing waits
+        // for RunFailovers, which sends the view once it has chosen.
+        if (job.orphaned.empty()) {
+          if (missing.empty()) {
+            views_to_send_.insert(id);
+          } else {
+            NewViewLocked(&job);
+          }
+        }
         Log()->info("job {}: RUNNING again (its servers still hold it)", id);
         continue;
       }
+      if (!missing.empty()) job.assignment.set_view_epoch(++view_epoch_);
       job.starting = true;
       job_id = id;
       assignment = job.assignment;
@@ -608,7 +764,7 @@ void CoordinatorState::RecoverJobs() {
   }
   if (job_id.empty()) return;
 
-  absl::StatusOr<int64_t> step = RestoreFromSnapshots(assignment);
+  absl::StatusOr<int64_t> step = RestoreFromSnapshots(&assignment);
   if (step.ok()) {
     const std::string error = SendViewTo(
         assignment, std::chrono::milliseconds(options_.control_call_budget_ms));
@@ -625,6 +781,13 @@ void CoordinatorState::RecoverJobs() {
               absl::StrCat("recovery failed: ", step.status().message()));
     return;
   }
+  // The view restored (without the replicas that had no snapshot).
+  *job.assignment.mutable_shards() = assignment.shards();
+  *job.assignment.mutable_servers() = assignment.servers();
+  job.assignment.set_view_epoch(assignment.view_epoch());
+  *job.status.mutable_shards() = assignment.shards();
+  *job.status.mutable_servers() = assignment.servers();
+  job.status.set_view_epoch(assignment.view_epoch());
   job.start_step = *step;
   job.assignment.set_start_step(*step);
   job.status.add_resumed_from_steps(*step);
@@ -648,43 +811,91 @@ void CoordinatorState::RecoverJobs() {
 }
 
 absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
-    const Assignment& assignment) {
-  const std::string& job_id = assignment.job_id();
-  std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
-  for (const ServerInfo& server : assignment.servers()) {
-    stubs.push_back(ParameterServer::NewStub(MakeChannel(server.address())));
-  }
+    Assignment* assignment) {
+  const std::string job_id = assignment->job_id();
   auto call_timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
-  // No shard has any snapshot: the job starts again from step 0, which
-  // gives the same parameters as a run never stopped (BSP is deterministic).
-  bool any_snapshot = false;
-  for (size_t i = 0; i < stubs.size(); ++i) {
+  // Which servers have snapshots of the job. NOT_FOUND: none there (a
+  // server on a new data directory, or one that never wrote any).
+  std::set<std::string> without;
+  for (const ServerInfo& server : assignment->servers()) {
+    auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
     ListSnapshotsRequest request;
     request.set_job_id(job_id);
     ListSnapshotsResponse response;
-    PSD_RETURN_IF_ERROR(FromGrpcStatus(
-        CallServer(stubs[i].get(), &ParameterServer::Stub::ListSnapshots,
-                   request, &response, call_timeout)));
-    any_snapshot |= response.snapshots_size() > 0;
+    grpc::Status status =
+        CallServer(stub.get(), &ParameterServer::Stub::ListSnapshots, request,
+                   &response, call_timeout);
+    if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
+      return absl::Status(
+          static_cast<absl::StatusCode>(status.error_code()),
+          absl::StrCat("listing the snapshots on server ", server.id(), " (",
+                       server.address(), "): ", status.error_message()));
+    }
+    if (response.snapshots_size() == 0) without.insert(server.id());
   }
-  if (!any_snapshot) {
-    for (size_t i = 0; i < stubs.size(); ++i) {
+  // No shard has any snapshot: the job starts again from step 0, which
+  // gives the same parameters as a run never stopped (BSP is deterministic).
+  if (without.size() == static_cast<size_t>(assignment->servers_size())) {
+    for (const ServerInfo& server : assignment->servers()) {
+      auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
       CreateJobRequest create;
       create.set_job_id(job_id);
-      *create.mutable_config() = assignment.config();
-      *create.mutable_placement() = assignment.placement();
-      for (int32_t shard : ShardsOf(assignment, assignment.servers(i).id())) {
+      *create.mutable_config() = assignment->config();
+      *create.mutable_placement() = assignment->placement();
+      for (int32_t shard : ShardsOf(*assignment, server.id())) {
         create.add_shards(shard);
       }
-      create.set_view_epoch(assignment.view_epoch());
+      create.set_view_epoch(assignment->view_epoch());
       CreateJobResponse response;
       PSD_RETURN_IF_ERROR(FromGrpcStatus(
-          CallServer(stubs[i].get(), &ParameterServer::Stub::CreateJob, create,
+          CallServer(stub.get(), &ParameterServer::Stub::CreateJob, create,
                      &response, call_timeout)));
     }
     Log()->info("job {}: no snapshots anywhere; starting again from step 0",
                 job_id);
     return 0;
+  }
+  if (!without.empty()) {
+    // Snapshots exist, but not on these servers: they leave the view, and
+    // each shard resumes from its other replicas; a shard with none fails.
+    std::vector<std::string> lost;
+    for (const ShardReplicas& r : assignment->shards()) {
+      std::vector<std::string> replicas = {r.primary()};
+      replicas.insert(replicas.end(), r.backups().begin(), r.backups().end());
+      bool covered = false;
+      std::vector<std::string> none;
+      for (const std::string& s : replicas) {
+        if (s.empty()) continue;
+        if (!without.count(s)) covered = true;
+        for (const ServerInfo& info : assignment->servers()) {
+          if (info.id() == s) {
+            none.push_back(absl::StrCat("server ", s, " (uid ", info.uid(),
+                                        ") has none"));
+          }
+        }
+      }
+      if (!covered) {
+        lost.push_back(absl::StrCat("shard ", r.shard(), ": ",
+                                    absl::StrJoin(none, ", ")));
+      }
+    }
+    if (!lost.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no replica has a snapshot of job ", Quote(job_id), " while other "
+          "shards have: ", absl::StrJoin(lost, "; "),
+          " (restarted on an empty or moved --data_dir?)"));
+    }
+    for (const std::string& s : without) {
+      Log()->warn("job {}: server {} has no snapshot of it: left out of the "
+                  "view ({}); those shards resume from their other replicas "
+                  "and get it back by state transfer",
+                  job_id, s, ShardsHeldBy(*assignment, s));
+    }
+    RemoveServers(without, assignment, /*orphaned=*/nullptr);
+  }
+  std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
+  for (const ServerInfo& server : assignment->servers()) {
+    stubs.push_back(ParameterServer::NewStub(MakeChannel(server.address())));
   }
   // Each server restores its newest valid snapshot at or before max_step;
   // until they agree, the ones ahead restore again at the lowest step.
@@ -704,22 +915,22 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
       RestoreJobRequest request;
       request.set_job_id(job_id);
       request.set_max_step(max_step);
-      request.set_view_epoch(assignment.view_epoch());
+      request.set_view_epoch(assignment->view_epoch());
       RestoreJobResponse response;
       grpc::Status status =
           CallServer(stubs[i].get(), &ParameterServer::Stub::RestoreJob,
                      request, &response, call_timeout);
+      const ServerInfo& server = assignment->servers(i);
       if (!status.ok()) {
         return absl::Status(
             static_cast<absl::StatusCode>(status.error_code()),
-            absl::StrCat("shard ", i, " on server ",
-                         assignment.servers(i).id(), " (uid ",
-                         assignment.servers(i).uid(), "): ",
+            absl::StrCat(ShardsHeldBy(*assignment, server.id()), " on server ",
+                         server.id(), " (uid ", server.uid(), "): ",
                          status.error_message()));
       }
       for (const std::string& skipped : response.skipped()) {
-        Log()->warn("job {}: shard {}: skipped a snapshot: {}", job_id, i,
-                    skipped);
+        Log()->warn("job {}: server {}: skipped a snapshot: {}", job_id,
+                    server.id(), skipped);
       }
       restored[i] = response.step();
     }
@@ -1158,6 +1369,50 @@ void CoordinatorState::RemoveMemberLocked(bool server, const std::string& id,
   members.erase(member);
 }
 
+std::string CoordinatorState::NextJobToStartLocked(
+    const std::vector<std::string>& idle) {
+  const int32_t registered = static_cast<int32_t>(workers_.size());
+  const int32_t servers_needed = std::max(1, options_.replication_factor);
+  std::string blocker;  // fits the cluster, waits for busy workers
+  std::string blocker_reason;
+  for (const std::string& id : job_order_) {
+    Job& job = jobs_[id];
+    if (job.status.state() != PENDING || job.starting) continue;
+    const int32_t needed = job.status.config().workers();
+    if (static_cast<int32_t>(servers_.size()) < servers_needed) {
+      SetPendingReasonLocked(
+          &job, absl::StrFormat("waiting for %d server(s) (replication "
+                                "factor %d); %d registered",
+                                servers_needed, options_.replication_factor,
+                                servers_.size()));
+    } else if (registered < needed) {
+      // Cannot start until more workers register: later jobs that fit go
+      // first (backfill).
+      SetPendingReasonLocked(
+          &job, absl::StrFormat("waiting for %d workers; %d registered (jobs "
+                                "behind it that fit start first)",
+                                needed, registered));
+    } else if (!blocker.empty()) {
+      // The registered workers could run the blocker: it keeps its turn,
+      // so it is never starved by smaller jobs.
+      SetPendingReasonLocked(
+          &job, absl::StrCat("behind job ", Quote(blocker), ", which ",
+                             blocker_reason));
+    } else if (static_cast<int32_t>(idle.size()) >= needed) {
+      SetPendingReasonLocked(&job, "");
+      return id;
+    } else {
+      blocker = id;
+      blocker_reason = absl::StrFormat(
+          "waits for %d idle workers; %d of the %d registered are idle (the "
+          "others run other jobs)",
+          needed, idle.size(), registered);
+      SetPendingReasonLocked(&job, blocker_reason);
+    }
+  }
+  return "";
+}
+
 void CoordinatorState::StartPendingJobs() {
   std::string job_id;
   CreateJobRequest create;
@@ -1165,19 +1420,16 @@ void CoordinatorState::StartPendingJobs() {
   {
     absl::MutexLock lock(&mu_);
     AssignFreeRanks();
-    if (static_cast<int32_t>(servers_.size()) < options_.replication_factor ||
-        servers_.empty()) {
-      return;
-    }
     std::vector<std::string> idle;
     for (const auto& [id, member] : workers_) {
       if (member.job_id.empty()) idle.push_back(id);
     }
+    const std::string next = NextJobToStartLocked(idle);
+    if (next.empty()) return;
     for (const std::string& id : job_order_) {
+      if (id != next) continue;
       Job& job = jobs_[id];
-      if (job.status.state() != PENDING || job.starting) continue;
       const int32_t needed = job.status.config().workers();
-      if (static_cast<int32_t>(idle.size()) < needed) return;  // FIFO
       // Reserve the workers and build the placement over every server.
       job.starting = true;
       job.worker_ids.assign(idle.begin(), idle.begin() + needed);

@@ -58,6 +58,13 @@ struct CoordinatorOptions {
   int control_call_budget_ms = 20000;
   // Deadline of CreateJob/DropJob calls to parameter servers. Default: 10 s.
   int server_call_timeout_ms = 10000;
+  // How long a RECOVERING job waits for the servers that held its shards
+  // (known by their data directories' uids) to register again. Past it, the
+  // job resumes without the missing ones when every shard still has a
+  // replica back, and FAILS naming each shard that has none otherwise. (It
+  // resumes without them sooner once as many servers are registered as
+  // the job had: a lost disk comes back with a new uid.) Default: 300 s.
+  int recovery_timeout_ms = 300000;
   // Where jobs persist (not owned; must outlive the state). Null: in memory
   // only. With it, a restarted coordinator resumes its jobs: see Start().
   CoordinatorDb* db = nullptr;
@@ -66,7 +73,10 @@ struct CoordinatorOptions {
 // Membership, the cluster view (epoch grows with every change), and the job
 // table. Jobs start in submission order, each once `workers` idle workers
 // and replication_factor servers are registered; jobs that fit run side by
-// side. A job has one shard per server registered when it started; shard k's
+// side. Backfill: a job asking for more workers than are registered does
+// not hold up later jobs that fit; a job that the registered workers could
+// run but that waits for busy ones does (so it is never starved). A pending
+// job's status says why it waits (JobStatus.pending_reason). A job has one shard per server registered when it started; shard k's
 // primary is the k-th server and its backups the next R-1 (round robin).
 //
 // Failover: when a server's heartbeats stop, each shard it was primary of
@@ -93,7 +103,11 @@ class CoordinatorState {
   // that held a shard of it (known by its data directory's uid) registers
   // again, it runs on, either from the servers' memory (only the coordinator
   // restarted) or from their newest common snapshot, with idle workers
-  // taking its ranks at that step. Errors: DATA_LOSS from the database.
+  // taking its ranks at that step. Servers that do not come back (a lost
+  // disk), or come back without any snapshot of the job, are left out
+  // while every shard has another replica, and brought back as backups by
+  // state transfer; see CoordinatorOptions.recovery_timeout_ms. Errors:
+  // DATA_LOSS from the database.
   absl::Status Start();
 
   // Membership. Errors: INVALID_ARGUMENT (no address), FAILED_PRECONDITION
@@ -185,6 +199,8 @@ class CoordinatorState {
       absl::Time behind_since = absl::InfiniteFuture();
     };
     std::vector<RankWatch> watch;
+    // RECOVERING since (this coordinator's run): for recovery_timeout_ms.
+    absl::Time recovering_since;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -225,8 +241,19 @@ class CoordinatorState {
   // Brings RECOVERING jobs back once their servers are registered.
   void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
   // Restores the job's shards from the servers' newest common snapshot (no
-  // lock held). Returns the step, or the reason it cannot.
-  absl::StatusOr<int64_t> RestoreFromSnapshots(const Assignment& assignment);
+  // lock held). A server with no snapshot of the job (ListSnapshots empty
+  // or NOT_FOUND) while others have some leaves *assignment (its shards
+  // keep their other replicas; RepairReplicas brings it back). Returns the
+  // step, or the reason it cannot, naming the shard.
+  absl::StatusOr<int64_t> RestoreFromSnapshots(Assignment* assignment);
+  // Sets the job's status.pending_reason; a change is a new status version.
+  void SetPendingReasonLocked(Job* job, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The PENDING job to start now given the idle workers (job order with
+  // backfill, see the class comment), "" if none; sets every pending job's
+  // pending_reason.
+  std::string NextJobToStartLocked(const std::vector<std::string>& idle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Asks for the snapshots due by the jobs' snapshot.every_seconds.
   void TimedSnapshots() ABSL_LOCKS_EXCLUDED(mu_);
   // Gives idle workers the free ranks of running jobs (after a recovery).

@@ -729,8 +729,10 @@ TEST_CASE("CoordinatorState: a job cancelled while the server is creating it "
   CHECK(dropped);
 }
 
-TEST_CASE("CoordinatorState: jobs start in submission order (FIFO)",
-          "[coordinator]") {
+TEST_CASE("CoordinatorState: a job asking for more workers than are "
+          "registered does not hold up a later one that fits (backfill), and "
+          "says why it waits",
+          "[coordinator][scheduling]") {
   Cluster cluster(FastOptions());
   const std::string first = cluster.AddWorker();
   auto job_a = cluster.state.SubmitJob(SmallConfig(2, "job-a"));
@@ -738,54 +740,109 @@ TEST_CASE("CoordinatorState: jobs start in submission order (FIFO)",
   REQUIRE(job_a.ok());
   REQUIRE(job_b.ok());
 
-  // One idle worker would fit B, but A was first and needs two.
+  // A needs 2 workers and 1 is registered: B, submitted later, starts.
+  auto assigned = cluster.HeartbeatUntilAssigned({first});
+  CHECK(assigned[first].job_id() == *job_b);
+  CHECK(cluster.State(*job_b) == RUNNING);
+  CHECK(cluster.Job(*job_b).pending_reason().empty());
+  JobStatus a = cluster.Job(*job_a);
+  CHECK(a.state() == PENDING);
+  INFO(a.pending_reason());
+  CHECK(Contains(a.pending_reason(), "waiting for 2 workers; 1 registered"));
+}
+
+TEST_CASE("CoordinatorState: a job the registered workers could run keeps "
+          "its turn: later jobs wait behind it (never starved), saying so",
+          "[coordinator][scheduling]") {
+  Cluster cluster(FastOptions());
+  const std::string first = cluster.AddWorker();
+  auto job_b = cluster.state.SubmitJob(SmallConfig(1, "job-b"));
+  REQUIRE(job_b.ok());
+  auto assigned = cluster.HeartbeatUntilAssigned({first});
+  REQUIRE(assigned[first].job_id() == *job_b);
+
+  // A needs both workers, one of which runs B: A waits for it to be idle,
+  // and C, which one idle worker would fit, waits behind A.
+  const std::string second = cluster.AddWorker();
+  auto job_a = cluster.state.SubmitJob(SmallConfig(2, "job-a"));
+  auto job_c = cluster.state.SubmitJob(SmallConfig(1, "job-c"));
+  REQUIRE(job_a.ok());
+  REQUIRE(job_c.ok());
+  REQUIRE(PollUntil([&] {
+    return !cluster.Job(*job_c).pending_reason().empty() &&
+           !cluster.Job(*job_a).pending_reason().empty();
+  }));
   const absl::Time watch_end = absl::Now() + absl::Milliseconds(200);
   while (absl::Now() < watch_end) {
-    CHECK_FALSE(cluster.Heartbeat(first).has_assignment());
+    CHECK_FALSE(cluster.Heartbeat(second).has_assignment());
     REQUIRE(cluster.State(*job_a) == PENDING);
-    REQUIRE(cluster.State(*job_b) == PENDING);
+    REQUIRE(cluster.State(*job_c) == PENDING);
     absl::SleepFor(absl::Milliseconds(1));
   }
+  const JobStatus a = cluster.Job(*job_a);
+  const JobStatus c = cluster.Job(*job_c);
+  INFO(a.pending_reason() << " / " << c.pending_reason());
+  CHECK(Contains(a.pending_reason(),
+                 "waits for 2 idle workers; 1 of the 2 registered are idle"));
+  CHECK(Contains(c.pending_reason(), "behind job \"" + *job_a + "\""));
 
-  const std::string second = cluster.AddWorker();
-  auto assigned = cluster.HeartbeatUntilAssigned({first, second});
-  std::vector<std::string> by_rank(2);
-  for (const auto& [worker, assignment] : assigned) {
+  // B ends: A gets both workers; C then waits for one to be idle.
+  cluster.FinishJob(*job_b, {first});
+  auto both = cluster.HeartbeatUntilAssigned({first, second});
+  for (const auto& [worker, assignment] : both) {
     CHECK(assignment.job_id() == *job_a);
-    by_rank[assignment.rank()] = worker;
   }
   CHECK(cluster.State(*job_a) == RUNNING);
+  CHECK(cluster.Job(*job_a).pending_reason().empty());
+  REQUIRE(PollUntil([&] {
+    return Contains(cluster.Job(*job_c).pending_reason(), "waits for 1 idle");
+  }));
+  CHECK(cluster.State(*job_c) == PENDING);
+}
 
-  // B waits while A holds both workers.
-  const absl::Time watch_end2 = absl::Now() + absl::Milliseconds(200);
-  while (absl::Now() < watch_end2) {
-    for (const std::string& w : {first, second}) {
-      HeartbeatResponse response = cluster.Heartbeat(w);
-      REQUIRE(response.assignment().job_id() == *job_a);
-    }
-    REQUIRE(cluster.State(*job_b) == PENDING);
-    absl::SleepFor(absl::Milliseconds(1));
+TEST_CASE("CoordinatorState: a job waiting for servers says so",
+          "[coordinator][scheduling]") {
+  CoordinatorOptions options = FastOptions();
+  options.replication_factor = 2;  // one server registered
+  Cluster cluster(options);
+  cluster.AddWorker();
+  auto job = cluster.state.SubmitJob(SmallConfig(1));
+  REQUIRE(job.ok());
+  REQUIRE(PollUntil(
+      [&] { return !cluster.Job(*job).pending_reason().empty(); }));
+  INFO(cluster.Job(*job).pending_reason());
+  CHECK(Contains(cluster.Job(*job).pending_reason(),
+                 "waiting for 2 server(s) (replication factor 2); 1 "
+                 "registered"));
+  CHECK(cluster.State(*job) == PENDING);
+}
+
+TEST_CASE("CoordinatorState: the cluster view shows a rank only while the "
+          "worker holds it",
+          "[coordinator]") {
+  Cluster cluster(FastOptions());
+  std::vector<std::string> by_rank;
+  const std::string job_id = cluster.StartJob(2, &by_rank);
+  for (int rank = 0; rank < 2; ++rank) {
+    auto info = cluster.ViewOf(by_rank[rank]);
+    REQUIRE(info != nullptr);
+    CHECK(info->job_id() == job_id);
+    CHECK(info->has_rank());  // rank 0 included
+    CHECK(info->rank() == rank);
   }
+  const std::string idle = cluster.AddWorker();
+  auto never = cluster.ViewOf(idle);
+  REQUIRE(never != nullptr);
+  CHECK_FALSE(never->has_rank());
 
-  // A finishes: B starts on one of the freed workers.
-  cluster.FinishJob(*job_a, by_rank);
-  std::string b_worker;
-  const bool started = PollUntil(
-      [&] { return !b_worker.empty(); },
-      [&] {
-        for (const std::string& w : {first, second}) {
-          HeartbeatResponse response = cluster.Heartbeat(w);
-          if (response.has_assignment()) {
-            CHECK(response.assignment().job_id() == *job_b);
-            CHECK(response.assignment().rank() == 0);
-            b_worker = w;
-          }
-        }
-      });
-  REQUIRE(started);
-  CHECK(cluster.State(*job_b) == RUNNING);
-  const JobStatus a = cluster.Job(*job_a);
-  CHECK(a.state() == SUCCEEDED);
+  cluster.FinishJob(job_id, by_rank);
+  for (const std::string& w : by_rank) cluster.Heartbeat(w);
+  for (const std::string& w : by_rank) {
+    auto info = cluster.ViewOf(w);
+    REQUIRE(info != nullptr);
+    CHECK(info->job_id().empty());
+    CHECK_FALSE(info->has_rank());  // not its last job's rank 1
+  }
 }
 
 TEST_CASE("CoordinatorState: ReportProgress from a member that does not hold "

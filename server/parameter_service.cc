@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
+#include "common/quote.h"
 #include "common/rpc.h"
 #include "common/status.h"
 #include "common/tensor.h"
@@ -259,11 +260,22 @@ grpc::Status ParameterService::RestoreJob(grpc::ServerContext*,
 grpc::Status ParameterService::ListSnapshots(grpc::ServerContext*,
                                              const ListSnapshotsRequest* request,
                                              ListSnapshotsResponse* response) {
-  if (snapshots_ == nullptr) return grpc::Status::OK;  // none
-  auto list = snapshots_->List(request->job_id());
-  if (!list.ok()) return ToGrpcStatus(list.status());
-  for (SnapshotInfo& info : *list) *response->add_snapshots() = std::move(info);
-  return grpc::Status::OK;
+  if (snapshots_ != nullptr) {
+    auto list = snapshots_->List(request->job_id());
+    if (!list.ok()) return ToGrpcStatus(list.status());
+    for (SnapshotInfo& info : *list) *response->add_snapshots() = std::move(info);
+  }
+  if (response->snapshots_size() > 0) return grpc::Status::OK;
+  const std::vector<std::string> held = store_->JobIds();
+  if (std::find(held.begin(), held.end(), request->job_id()) != held.end()) {
+    return grpc::Status::OK;  // held, no snapshot yet
+  }
+  // An answer of "none" would hide a mistyped id.
+  return grpc::Status(
+      grpc::StatusCode::NOT_FOUND,
+      absl::StrCat("job_id: no job ", Quote(request->job_id()),
+                   " on this server: neither held nor snapshotted here",
+                   snapshots_ == nullptr ? " (no --data_dir)" : ""));
 }
 
 grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,

@@ -28,6 +28,14 @@ ABSL_FLAG(std::string, metrics_port_file, "",
 ABSL_FLAG(int, heartbeat_timeout_ms, 1500,
           "Remove a server or worker that sent no heartbeat for this long, ms: "
           "a primary's backup is promoted, a worker's rank goes to another.");
+ABSL_FLAG(int, recovery_timeout_ms, 300000,
+          "After a restart, how long a RECOVERING job waits for the servers "
+          "that held its shards (known by their data directories) to "
+          "register again, ms. Past it the job resumes without the missing "
+          "ones if every shard still has a replica back (they are rebuilt "
+          "by state transfer), and FAILS naming each shard that has none "
+          "otherwise. It resumes sooner once as many servers are registered "
+          "as the job had (a lost disk comes back with a new identity).");
 ABSL_FLAG(int, pause_threshold_ms, 200,
           "When the coordinator itself is stalled longer than this (a busy "
           "or paused host), the stall is not counted against members' "
@@ -131,6 +139,12 @@ int Main() {
   }
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  options.recovery_timeout_ms = absl::GetFlag(FLAGS_recovery_timeout_ms);
+  if (options.recovery_timeout_ms < 0) {
+    Log()->error("--recovery_timeout_ms={}: must be >= 0",
+                 options.recovery_timeout_ms);
+    return 2;
+  }
   options.pause_threshold_ms = absl::GetFlag(FLAGS_pause_threshold_ms);
   options.progress_floor_ms = absl::GetFlag(FLAGS_progress_floor_ms);
   options.progress_step_factor = absl::GetFlag(FLAGS_progress_step_factor);

@@ -7,11 +7,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/data_dir.h"
 #include "common/membership.h"
 #include "common/metrics.h"
 #include "common/metrics_http.h"
 #include "common/process.h"
+#include "common/quote.h"
 #include "common/rpc.h"
 #include "server/embedding_service.h"
 #include "server/embedding_snapshot.h"
@@ -42,6 +45,14 @@ ABSL_FLAG(std::string, data_dir, "",
           "written here (RocksDB, <data_dir>/snapshots; sparse embedding "
           "tables' in <data_dir>/embeddings), and found again "
           "after a restart; empty = no snapshots.");
+ABSL_FLAG(std::string, on_corrupt_data_dir, "fail",
+          "What to do when a store in --data_dir (snapshots, embeddings) is "
+          "damaged (DATA_LOSS, e.g. a bad MANIFEST): \"fail\" exits with the "
+          "error; \"quarantine\" moves the damaged store aside to "
+          "<data_dir>/<store>.corrupt-<UTC time> (nothing is deleted) and "
+          "starts with an empty one, so the server rejoins as a new member "
+          "and gets its shards back from their other replicas "
+          "(docs/OPERATIONS.md, \"A damaged data directory\").");
 ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
 ABSL_FLAG(int, connect_timeout_ms, 10000,
           "Give up when the coordinator cannot be reached for this long, ms.");
@@ -55,6 +66,35 @@ ABSL_FLAG(std::string, log_level, "info",
 namespace psd {
 namespace {
 
+// Opens a store of the data directory at `dir` with `open`. When it is
+// damaged (DATA_LOSS) and `quarantine` is set, moves it aside (MoveAside)
+// with a loud log line and opens an empty one in its place.
+template <typename Open>
+auto OpenStore(const std::string& dir, bool quarantine, Open open)
+    -> decltype(open()) {
+  auto opened = open();
+  if (opened.ok() || opened.status().code() != absl::StatusCode::kDataLoss) {
+    return opened;
+  }
+  if (!quarantine) {
+    return absl::DataLossError(absl::StrCat(
+        opened.status().message(),
+        " (--on_corrupt_data_dir=quarantine moves the damaged store aside "
+        "and starts empty, to get the data back from other replicas)"));
+  }
+  Log()->error("--data_dir: {}", opened.status().ToString());
+  auto moved = MoveAside(dir, absl::Now());
+  if (!moved.ok()) return moved.status();
+  Log()->error(
+      "--on_corrupt_data_dir=quarantine: the damaged store {} was MOVED TO {} "
+      "and an empty one is created: this server starts with no data of its "
+      "own and a new uid; its shards come back from their other replicas "
+      "(jobs whose only replica was here cannot resume). Delete {} once it "
+      "is no longer needed",
+      dir, *moved, *moved);
+  return open();
+}
+
 int Main() {
   absl::Status logging = SetUpLogging("server", absl::GetFlag(FLAGS_log_level));
   if (!logging.ok()) {
@@ -67,6 +107,13 @@ int Main() {
   }
   MetricsRegistry metrics;
   AddProcessMetrics(&metrics);
+  const std::string on_corrupt = absl::GetFlag(FLAGS_on_corrupt_data_dir);
+  if (on_corrupt != "fail" && on_corrupt != "quarantine") {
+    Log()->error("--on_corrupt_data_dir={}: must be fail or quarantine",
+                 Quote(on_corrupt));
+    return 2;
+  }
+  const bool quarantine = on_corrupt == "quarantine";
   std::unique_ptr<DataDirLock> data_dir;
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     auto lock = DataDirLock::Acquire(absl::GetFlag(FLAGS_data_dir));
@@ -82,19 +129,23 @@ int Main() {
   std::unique_ptr<SnapshotWriter> writer;
   std::string server_uid;
   if (data_dir != nullptr) {
-    auto opened = SnapshotStore::Open(data_dir->path() + "/snapshots",
-                                      SnapshotStoreOptions());
+    // The store and its uid (a malformed uid is damage too).
+    using Opened =
+        absl::StatusOr<std::pair<std::unique_ptr<SnapshotStore>, std::string>>;
+    const std::string dir = data_dir->path() + "/snapshots";
+    Opened opened = OpenStore(dir, quarantine, [&dir]() -> Opened {
+      auto store = SnapshotStore::Open(dir, SnapshotStoreOptions());
+      if (!store.ok()) return store.status();
+      auto uid = (*store)->ServerUid();
+      if (!uid.ok()) return uid.status();
+      return std::make_pair(*std::move(store), *uid);
+    });
     if (!opened.ok()) {
       Log()->error("--data_dir: {}", opened.status().ToString());
       return 1;
     }
-    snapshots = *std::move(opened);
-    auto uid = snapshots->ServerUid();
-    if (!uid.ok()) {
-      Log()->error("--data_dir: {}", uid.status().ToString());
-      return 1;
-    }
-    server_uid = *uid;
+    snapshots = std::move(opened->first);
+    server_uid = opened->second;
     writer = std::make_unique<SnapshotWriter>(snapshots.get(), /*max_queued=*/2,
                                               &metrics);
     Log()->info("data directory {} (server uid {})", data_dir->path(), server_uid);
@@ -161,8 +212,9 @@ int Main() {
   // (server/embedding_snapshot.h); none without --data_dir.
   std::unique_ptr<EmbeddingSnapshotStore> embedding_snapshots;
   if (data_dir != nullptr) {
-    auto opened =
-        EmbeddingSnapshotStore::Open(data_dir->path() + "/embeddings");
+    const std::string dir = data_dir->path() + "/embeddings";
+    auto opened = OpenStore(dir, quarantine,
+                            [&dir] { return EmbeddingSnapshotStore::Open(dir); });
     if (!opened.ok()) {
       Log()->error("--data_dir: {}", opened.status().ToString());
       return 1;

@@ -654,5 +654,49 @@ TEST_CASE("ParameterServer: bad CreateJob and DropJob requests are refused",
   CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_CASE("ParameterServer: ListSnapshots of an unknown job is NOT_FOUND, "
+          "of a job held without snapshots an empty list",
+          "[bad_input][parameter_server]") {
+  Cluster cluster;
+  auto list = [&](const std::string& job_id, ListSnapshotsResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    ListSnapshotsRequest request;
+    request.set_job_id(job_id);
+    return cluster.parameter_server->ListSnapshots(&context, request, response);
+  };
+  ListSnapshotsResponse response;
+  grpc::Status status = list("no-such-job-7", &response);
+  CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
+  INFO(status.error_message());
+  CHECK(StartsWith(status.error_message(), "job_id: no job \"no-such-job-7\""));
+  CHECK(response.snapshots_size() == 0);
+
+  // A long id is quoted, cut, not echoed whole.
+  status = list(std::string(100000, 'x'), &response);
+  CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
+  CHECK(status.error_message().size() < 1000);
+
+  const JobConfig config = ValidConfig();
+  auto placement = BuildPlacement(ModelParameters(config.model()), 4096, 1);
+  REQUIRE(placement.ok());
+  CreateJobRequest create;
+  create.set_job_id(kJob);
+  *create.mutable_config() = config;
+  *create.mutable_placement() = *placement;
+  create.add_shards(0);
+  create.set_view_epoch(kEpoch);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    CreateJobResponse created;
+    REQUIRE(cluster.parameter_server->CreateJob(&context, create, &created).ok());
+  }
+  status = list(kJob, &response);
+  INFO(status.error_message());
+  CHECK(status.ok());
+  CHECK(response.snapshots_size() == 0);
+}
+
 }  // namespace
 }  // namespace psd

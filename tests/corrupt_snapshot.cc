@@ -5,15 +5,60 @@
 // (checksum) and fall back to an older snapshot.
 //
 //   corrupt_snapshot DB_DIR JOB_ID    prints the damaged step
+//
+// With --manifest, it damages RocksDB's own MANIFEST instead (the file
+// CURRENT names): bytes in its first record flip, so its checksum fails and
+// the database cannot be opened at all (DATA_LOSS).
+//
+//   corrupt_snapshot --manifest DB_DIR    prints the damaged file's path
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
 #include <rocksdb/db.h>
 
+namespace {
+
+int DamageManifest(const std::string& dir) {
+  std::ifstream current(dir + "/CURRENT");
+  std::string name;
+  if (!std::getline(current, name) || name.empty()) {
+    std::fprintf(stderr, "corrupt_snapshot: no CURRENT in %s\n", dir.c_str());
+    return 1;
+  }
+  const std::string path = dir + "/" + name;
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(file)),
+                    std::istreambuf_iterator<char>());
+  // A log record: a 7-byte header (CRC-32, length, type), then its data.
+  if (!file || bytes.size() < 32) {
+    std::fprintf(stderr, "corrupt_snapshot: cannot read %s\n", path.c_str());
+    return 1;
+  }
+  for (size_t i = 12; i < 20; ++i) bytes[i] ^= 0x5a;
+  file.clear();
+  file.seekp(0);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!file.flush()) {
+    std::fprintf(stderr, "corrupt_snapshot: cannot write %s\n", path.c_str());
+    return 1;
+  }
+  std::printf("%s\n", path.c_str());
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--manifest") {
+    return DamageManifest(argv[2]);
+  }
   if (argc != 3) {
-    std::fprintf(stderr, "usage: corrupt_snapshot DB_DIR JOB_ID\n");
+    std::fprintf(stderr,
+                 "usage: corrupt_snapshot DB_DIR JOB_ID\n"
+                 "       corrupt_snapshot --manifest DB_DIR\n");
     return 2;
   }
   rocksdb::DB* raw = nullptr;
