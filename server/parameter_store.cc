@@ -12,6 +12,8 @@
 #include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/placement.h"
+#include "common/process.h"
+#include "common/quote.h"
 #include "common/status.h"
 #include "common/tensor.h"
 #include "server/optimizer.h"
@@ -1402,6 +1404,7 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
                                    request.clocks().end());
       }
       ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
+      MaybeCorruptForTest(*job, g.partition_id(), &state);
       advanced = true;
     }
     if (advanced) AnswerWaiters(job.get(), &completions);
@@ -1409,6 +1412,20 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
   }
   Settle(&completions, &snapshots, &tasks);
   return response;
+}
+
+void ParameterStore::MaybeCorruptForTest(const Job& job, int32_t partition_id,
+                                         PartitionState* state) {
+  if (!options_.test_corrupt_backup_at_step.has_value() ||
+      state->step != *options_.test_corrupt_backup_at_step ||
+      state->weights.empty()) {
+    return;
+  }
+  state->weights[0] += 1.0f;
+  Log()->warn("job {}: shard {}: partition {}: TEST HOOK "
+              "--test_corrupt_backup_at_step: this backup changed its weights "
+              "at step {} behind its primary's back",
+              Quote(job.id), state->shard, partition_id, state->step);
 }
 
 absl::Status ParameterStore::InstallPartition(

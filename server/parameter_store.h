@@ -109,6 +109,12 @@ struct ParameterStoreOptions {
   // refused with RESOURCE_EXHAUSTED before anything is allocated. Default:
   // 64 MiB, the gRPC message limit of psd's servers (common/rpc.h).
   int64_t max_pull_bytes = 64 << 20;
+  // FOR TESTS ONLY (psd_server --test_corrupt_backup_at_step): when this
+  // store, as a shard's backup, applies the replicated update that brings a
+  // partition to this step, it then changes that partition's weights (adds
+  // 1 to its first element) behind its primary's back, as a memory fault or
+  // a bug would. nullopt (default): never.
+  std::optional<int64_t> test_corrupt_backup_at_step;
 };
 
 class ParameterStore {
@@ -265,6 +271,10 @@ class ParameterStore {
   // moves to the next step. REQUIRES: job->mu held.
   void ApplyStep(Job* job, int32_t partition_id, PartitionState* state,
                  std::vector<ShardSnapshot>* snapshots);
+  // options.test_corrupt_backup_at_step: after a backup's ApplyStep.
+  // REQUIRES: job.mu held.
+  void MaybeCorruptForTest(const Job& job, int32_t partition_id,
+                           PartitionState* state);
   // ASP/SSP primary: makes state.sum the partition's next update: applies
   // it at once when the shard has no backups (returns true), else sends it
   // to them (into *tasks). REQUIRES: job->mu held, not replicating.

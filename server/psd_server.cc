@@ -49,6 +49,12 @@ ABSL_FLAG(int64_t, max_job_bytes, int64_t{16} << 30,
           "The most memory one job's parameter state may take on this "
           "server, bytes; a job needing more is refused with "
           "RESOURCE_EXHAUSTED before anything is allocated.");
+ABSL_FLAG(int64_t, test_corrupt_backup_at_step, -1,
+          "FOR TESTS ONLY, never in production: when this server, as a "
+          "shard's backup, applies the replicated update that brings a "
+          "partition to this step, it changes that partition's weights "
+          "behind its primary's back (what the replica check must catch). "
+          "-1 (default): off.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -101,6 +107,13 @@ int Main() {
   }
   ParameterStoreOptions store_options;
   store_options.max_job_bytes = absl::GetFlag(FLAGS_max_job_bytes);
+  if (absl::GetFlag(FLAGS_test_corrupt_backup_at_step) >= 0) {
+    store_options.test_corrupt_backup_at_step =
+        absl::GetFlag(FLAGS_test_corrupt_backup_at_step);
+    Log()->warn("--test_corrupt_backup_at_step={}: a test hook that corrupts "
+                "this server's backup replicas; never use it in production",
+                absl::GetFlag(FLAGS_test_corrupt_backup_at_step));
+  }
   if (writer != nullptr) {
     store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {
       w->Enqueue(std::move(snapshot));
