@@ -21,7 +21,7 @@ reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
 stop_cluster
 echo "undisturbed run (R=1): $reference"
 
-CHECK=()  # no replica check before the fix
+CHECK=(--replica_check_every_steps=10)
 start_replicated rc 0 0 2
 start_server rc.s1 "${CHECK[@]}"
 start_server rc.s2 "${CHECK[@]}" --test_corrupt_backup_at_step=25 \
