@@ -303,6 +303,7 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
       if (job == jobs_.end() || job->second.status.state() != RUNNING) continue;
       job->second.clocks[request.member_id()] = {clocks, absl::Now()};
       UpdateClocks(&job->second);
+      UpdateVerifiedStep(&job->second);
     }
     for (const SnapshotFailure& failure : request.snapshot_failures()) {
       auto job = jobs_.find(failure.job_id());
@@ -382,6 +383,21 @@ void CoordinatorState::UpdateClocks(Job* job) {
   status.set_max_staleness(max_staleness);
   status.clear_staleness_counts();
   for (int64_t n : counts) status.add_staleness_counts(n);
+}
+
+void CoordinatorState::UpdateVerifiedStep(Job* job) {
+  int64_t verified = INT64_MAX;
+  for (const ShardReplicas& r : job->assignment.shards()) {
+    auto report = job->clocks.find(r.primary());
+    if (report == job->clocks.end()) return;  // not heard from yet
+    verified =
+        std::min(verified, report->second.first.replicas_verified_step());
+  }
+  if (verified == INT64_MAX ||
+      verified <= job->status.replicas_verified_step()) {
+    return;
+  }
+  job->status.set_replicas_verified_step(verified);
 }
 
 absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(

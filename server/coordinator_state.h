@@ -238,6 +238,9 @@ class CoordinatorState {
   // Sets the status's worker_clocks, max_staleness and staleness_counts
   // from the servers' reports of the last heartbeat timeout.
   void UpdateClocks(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Raises the status's replicas_verified_step to the oldest one the
+  // shards' primaries reported (in `clocks`), once every primary did.
+  void UpdateVerifiedStep(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Brings RECOVERING jobs back once their servers are registered.
   void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
   // Restores the job's shards from the servers' newest common snapshot (no

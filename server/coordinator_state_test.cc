@@ -543,6 +543,32 @@ TEST_CASE("CoordinatorState: the job status shows the clocks and staleness "
   CHECK(cluster.Job(job_id).worker_clocks().empty());
 }
 
+TEST_CASE("CoordinatorState: the job status shows the newest step the "
+          "primaries' replica checks verified, and it only grows",
+          "[coordinator][replica_check]") {
+  Cluster cluster(FastOptions());
+  std::vector<std::string> by_rank;
+  const std::string job_id = cluster.StartJob(2, &by_rank);
+  CHECK(cluster.Job(job_id).replicas_verified_step() == 0);
+  auto report = [&](int64_t verified) {
+    HeartbeatRequest request;
+    request.set_member_id(cluster.server_id);
+    JobClocks* job = request.add_job_clocks();
+    job->set_job_id(job_id);
+    job->add_worker_clocks(verified);
+    job->add_worker_clocks(verified);
+    job->set_replicas_verified_step(verified);
+    REQUIRE(cluster.state.Heartbeat(request).ok());
+  };
+  report(20);
+  CHECK(cluster.Job(job_id).replicas_verified_step() == 20);
+  // A primary that reports less (a newly promoted one, say) lowers nothing.
+  report(10);
+  CHECK(cluster.Job(job_id).replicas_verified_step() == 20);
+  report(30);
+  CHECK(cluster.Job(job_id).replicas_verified_step() == 30);
+}
+
 TEST_CASE("CoordinatorState: a rank's error fails the job with its reason",
           "[coordinator]") {
   Cluster cluster(FastOptions());

@@ -7,15 +7,19 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/placement.h"
+#include "common/process.h"
+#include "common/quote.h"
 #include "common/status.h"
 #include "common/tensor.h"
 #include "server/optimizer.h"
 #include "server/snapshot_store.h"
+#include "zlib.h"
 
 namespace psd {
 
@@ -65,6 +69,14 @@ struct PartitionState {
   // by 1/workers and summed in arrival order: the next update.
   std::vector<float> queued;
   int32_t queued_count = 0;
+  // The replica check: the newest step at which this partition's replicas
+  // were found equal (a primary: every backup's checksum matched; a backup:
+  // its own matched the primary's); 0: none yet.
+  int64_t verified_step = 0;
+  // Backup: why the replica check found this replica different from its
+  // primary; empty: it was not. It refuses replication until a state
+  // transfer (InstallPartition) replaces it.
+  std::string diverged;
 };
 
 // The slowest rank's clock on an ASP/SSP partition, and that rank.
@@ -472,6 +484,24 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
   return absl::OkStatus();
 }
 
+// The replica check: the oldest verified step over the partitions the
+// server leads (all it holds when it leads none).
+static int64_t VerifiedStep(const ParameterStore::Job& job)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  bool any_primary = false;
+  for (const auto& [id, state] : job.partitions) {
+    any_primary |= job.roles.at(state.shard).role == Role::kPrimary;
+  }
+  int64_t verified = INT64_MAX;
+  for (const auto& [id, state] : job.partitions) {
+    if (any_primary && job.roles.at(state.shard).role != Role::kPrimary) {
+      continue;
+    }
+    verified = std::min(verified, state.verified_step);
+  }
+  return verified == INT64_MAX ? 0 : verified;
+}
+
 ServerStatus ParameterStore::Status() {
   std::vector<std::shared_ptr<Job>> jobs;
   {
@@ -518,6 +548,7 @@ ServerStatus ParameterStore::Status() {
       }
     }
     for (int64_t c : clocks) out->add_worker_clocks(c == INT64_MAX ? 0 : c);
+    out->set_replicas_verified_step(VerifiedStep(*job));
     if (job->any_async) {
       out->set_max_staleness(job->max_staleness);
       for (int64_t n : job->staleness_counts) out->add_staleness_counts(n);
@@ -744,10 +775,37 @@ void ParameterStore::ApplyStep(Job* job, int32_t partition_id,
 
 namespace {
 
-// The replication of the update in state.sum (the partition's next update).
+// The replica check's checksum of a partition's state: CRC-32 (zlib) of its
+// weights, its optimizer slots and (ASP/SSP) its clocks, as their bytes in
+// memory (little-endian on every platform psd builds for).
+uint32_t StateChecksum(const PartitionState& state) {
+  uLong crc = crc32_z(0L, Z_NULL, 0);
+  const auto add = [&crc](const void* data, size_t bytes) {
+    // zlib returns the initial value for a null buffer, whatever `crc` is.
+    if (bytes > 0) crc = crc32_z(crc, static_cast<const Bytef*>(data), bytes);
+  };
+  add(state.weights.data(), state.weights.size() * sizeof(float));
+  add(state.slots.data(), state.slots.size() * sizeof(float));
+  if (state.async) add(state.clocks.data(), state.clocks.size() * sizeof(int64_t));
+  return static_cast<uint32_t>(crc);
+}
+
+// Whether the replication of update `step` carries the replica check: every
+// `every` steps (0: never) and at the snapshot steps of the job's policy.
+bool ReplicaCheckDue(const ParameterStore::Job& job, int64_t step,
+                     int64_t every) {
+  if (step <= 0) return false;
+  const int64_t snapshot_every = job.config.snapshot().every_steps();
+  return (every > 0 && step % every == 0) ||
+         (snapshot_every > 0 && step % snapshot_every == 0);
+}
+
+// The replication of the update in state.sum (the partition's next update),
+// with the replica check when it is due (every `check_every` steps).
 std::shared_ptr<ReplicateRequest> MakeReplicate(
     const ParameterStore::Job& job, int32_t partition_id,
-    const PartitionState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+    const PartitionState& state, int64_t check_every)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
   auto replicate = std::make_shared<ReplicateRequest>();
   replicate->set_job_id(job.id);
   replicate->set_view_epoch(job.view_epoch);
@@ -757,6 +815,9 @@ std::shared_ptr<ReplicateRequest> MakeReplicate(
   EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
   if (state.async) {
     for (int64_t c : state.update_clocks) replicate->add_clocks(c);
+  }
+  if (ReplicaCheckDue(job, state.step, check_every)) {
+    replicate->add_checksums(StateChecksum(state));
   }
   return replicate;
 }
@@ -780,7 +841,8 @@ bool ParameterStore::StartUpdate(Job* job, int32_t partition_id,
   state->replicating = true;
   state->awaiting = targets;
   std::shared_ptr<ReplicateRequest> replicate =
-      MakeReplicate(*job, partition_id, *state);
+      MakeReplicate(*job, partition_id, *state,
+                    options_.replica_check_every_steps);
   for (const std::string& target : targets) {
     tasks->push_back(ReplicationTask{target, replicate});
   }
@@ -1389,6 +1451,7 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
             g.partition_id(), " is under ASP/SSP)"));
       }
     }
+    PSD_RETURN_IF_ERROR(CheckReplica(job.get(), request));
     // A view newer than ours: its SetView is on its way.
     job->view_epoch = std::max(job->view_epoch, request.view_epoch());
     bool advanced = false;
@@ -1402,6 +1465,7 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
                                    request.clocks().end());
       }
       ApplyStep(job.get(), g.partition_id(), &state, &snapshots);
+      MaybeCorruptForTest(*job, g.partition_id(), &state);
       advanced = true;
     }
     if (advanced) AnswerWaiters(job.get(), &completions);
@@ -1409,6 +1473,59 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
   }
   Settle(&completions, &snapshots, &tasks);
   return response;
+}
+
+absl::Status ParameterStore::CheckReplica(Job* job,
+                                          const ReplicateRequest& request) {
+  if (request.checksums_size() != 0 &&
+      request.checksums_size() != request.gradients_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checksums: ", request.checksums_size(), " given for ",
+        request.gradients_size(), " gradients"));
+  }
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const int32_t id = request.gradients(i).partition_id();
+    PartitionState& state = job->partitions[id];
+    if (!state.diverged.empty()) return absl::DataLossError(state.diverged);
+    if (request.checksums_size() == 0 || request.step() != state.step) continue;
+    replica_checks_.fetch_add(1, std::memory_order_relaxed);
+    const uint32_t own = StateChecksum(state);
+    if (own == request.checksums(i)) {
+      state.verified_step = std::max(state.verified_step, request.step());
+      continue;
+    }
+    state.diverged = absl::StrFormat(
+        "replica check: job %s, shard %d, partition %d at step %d: this "
+        "backup's state has checksum crc32:%08x, its primary's crc32:%08x; "
+        "it needs a state transfer",
+        Quote(job->id), state.shard, id, request.step(), own,
+        request.checksums(i));
+    replica_mismatches_.fetch_add(1, std::memory_order_relaxed);
+    Log()->error("{}", state.diverged);
+    return absl::DataLossError(state.diverged);
+  }
+  return absl::OkStatus();
+}
+
+ParameterStore::ReplicaCheckCounts ParameterStore::ReplicaChecks() const {
+  ReplicaCheckCounts counts;
+  counts.checks = replica_checks_.load(std::memory_order_relaxed);
+  counts.mismatches = replica_mismatches_.load(std::memory_order_relaxed);
+  return counts;
+}
+
+void ParameterStore::MaybeCorruptForTest(const Job& job, int32_t partition_id,
+                                         PartitionState* state) {
+  if (!options_.test_corrupt_backup_at_step.has_value() ||
+      state->step != *options_.test_corrupt_backup_at_step ||
+      state->weights.empty()) {
+    return;
+  }
+  state->weights[0] += 1.0f;
+  Log()->warn("job {}: shard {}: partition {}: TEST HOOK "
+              "--test_corrupt_backup_at_step: this backup changed its weights "
+              "at step {} behind its primary's back",
+              Quote(job.id), state->shard, partition_id, state->step);
 }
 
 absl::Status ParameterStore::InstallPartition(
@@ -1461,6 +1578,7 @@ absl::Status ParameterStore::InstallPartition(
   state.received.assign(state.received.size(), false);
   state.received_count = 0;
   state.installing = false;
+  state.diverged.clear();
   job->view_epoch = std::max(job->view_epoch, request.view_epoch());
   return absl::OkStatus();
 }
@@ -1488,7 +1606,8 @@ std::optional<int64_t> ParameterStore::OnReplicated(
       }
       if (!status.ok()) {
         retry = true;
-        if (status.code() == absl::StatusCode::kFailedPrecondition) {
+        if (status.code() == absl::StatusCode::kFailedPrecondition ||
+            status.code() == absl::StatusCode::kDataLoss) {
           BackupFailure failure;
           failure.set_job_id(job->id);
           failure.set_shard(state.shard);
@@ -1501,6 +1620,10 @@ std::optional<int64_t> ParameterStore::OnReplicated(
       }
       state.awaiting.erase(task.address);
       if (state.awaiting.empty()) {
+        // Every backup's checksum matched (the replica check).
+        if (request.checksums_size() > 0) {
+          state.verified_step = std::max(state.verified_step, request.step());
+        }
         ApplyStep(job, g.partition_id(), &state, &snapshots);
         StartQueued(job, g.partition_id(), &state, &snapshots, &tasks);
         advanced = true;
@@ -1535,7 +1658,8 @@ absl::StatusOr<std::vector<int32_t>> ParameterStore::AddJoiner(
       // step) is installed there.
       state.awaiting.insert(address);
       tasks.push_back(
-          ReplicationTask{address, MakeReplicate(*job, id, state)});
+          ReplicationTask{address, MakeReplicate(*job, id, state,
+                                                 options_.replica_check_every_steps)});
     }
   }
   Completions completions;

@@ -109,6 +109,19 @@ struct ParameterStoreOptions {
   // refused with RESOURCE_EXHAUSTED before anything is allocated. Default:
   // 64 MiB, the gRPC message limit of psd's servers (common/rpc.h).
   int64_t max_pull_bytes = 64 << 20;
+  // The replica check (see "Replica check" in docs/OPERATIONS.md): as a
+  // primary, this store sends its partitions' checksums (ReplicateRequest.
+  // checksums) with the replication of every update whose step (the
+  // updates applied before it) is a multiple of this, and of the job's
+  // snapshot steps (SnapshotPolicy.every_steps); as a backup it compares
+  // them with its own. 0: only at snapshot steps. Default: 100.
+  int64_t replica_check_every_steps = 100;
+  // FOR TESTS ONLY (psd_server --test_corrupt_backup_at_step): when this
+  // store, as a shard's backup, applies the replicated update that brings a
+  // partition to this step, it then changes that partition's weights (adds
+  // 1 to its first element) behind its primary's back, as a memory fault or
+  // a bug would. nullopt (default): never.
+  std::optional<int64_t> test_corrupt_backup_at_step;
 };
 
 class ParameterStore {
@@ -168,9 +181,20 @@ class ParameterStore {
   // primary takes no push; pulls waiting end with ABORTED.
   void FenceAll();
 
-  // Backups that refused replication with FAILED_PRECONDITION since the
-  // last call (for the coordinator, in the next heartbeat).
+  // Backups that refused replication with FAILED_PRECONDITION or DATA_LOSS
+  // (the replica check) since the last call (for the coordinator, in the
+  // next heartbeat).
   std::vector<BackupFailure> TakeBackupFailures();
+
+  // The replica checks this store made as a backup (one per partition
+  // checked), and those that found a partition's state different from its
+  // primary's (each counted once: the partition refuses replication until
+  // a state transfer replaces it).
+  struct ReplicaCheckCounts {
+    int64_t checks = 0;
+    int64_t mismatches = 0;
+  };
+  ReplicaCheckCounts ReplicaChecks() const;
 
   // The outcome of a ReplicationTask's call. Returns the view epoch to make
   // the call again in when it must be (the backup is still awaited: it
@@ -265,6 +289,16 @@ class ParameterStore {
   // moves to the next step. REQUIRES: job->mu held.
   void ApplyStep(Job* job, int32_t partition_id, PartitionState* state,
                  std::vector<ShardSnapshot>* snapshots);
+  // Backup: the replica check of a replication request, before any of it
+  // is applied: compares request.checksums (when set) with the partitions'
+  // own; a mismatch is logged, counted and answered with DATA_LOSS, and so
+  // is every later request for that partition until a state transfer.
+  // REQUIRES: job->mu held; the request validated.
+  absl::Status CheckReplica(Job* job, const ReplicateRequest& request);
+  // options.test_corrupt_backup_at_step: after a backup's ApplyStep.
+  // REQUIRES: job.mu held.
+  void MaybeCorruptForTest(const Job& job, int32_t partition_id,
+                           PartitionState* state);
   // ASP/SSP primary: makes state.sum the partition's next update: applies
   // it at once when the shard has no backups (returns true), else sends it
   // to them (into *tasks). REQUIRES: job->mu held, not replicating.
@@ -282,6 +316,8 @@ class ParameterStore {
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<BackupFailure> backup_failures_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> replica_checks_{0};
+  std::atomic<int64_t> replica_mismatches_{0};
 };
 
 }  // namespace psd

@@ -60,6 +60,19 @@ ABSL_FLAG(int64_t, max_job_bytes, int64_t{16} << 30,
           "The most memory one job's parameter state may take on this "
           "server, bytes; a job needing more is refused with "
           "RESOURCE_EXHAUSTED before anything is allocated.");
+ABSL_FLAG(int64_t, replica_check_every_steps, 100,
+          "The replica check: as a primary, send the checksums of the "
+          "partitions' state (weights, optimizer slots) to the backups with "
+          "the replication of every update whose step is a multiple of "
+          "this, and at the job's snapshot steps; a backup whose own differ "
+          "is taken out of the view and re-synced by state transfer. 0: only "
+          "at snapshot steps.");
+ABSL_FLAG(int64_t, test_corrupt_backup_at_step, -1,
+          "FOR TESTS ONLY, never in production: when this server, as a "
+          "shard's backup, applies the replicated update that brings a "
+          "partition to this step, it changes that partition's weights "
+          "behind its primary's back (what the replica check must catch). "
+          "-1 (default): off.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -152,6 +165,20 @@ int Main() {
   }
   ParameterStoreOptions store_options;
   store_options.max_job_bytes = absl::GetFlag(FLAGS_max_job_bytes);
+  store_options.replica_check_every_steps =
+      absl::GetFlag(FLAGS_replica_check_every_steps);
+  if (store_options.replica_check_every_steps < 0) {
+    Log()->error("--replica_check_every_steps: must be >= 0, got {}",
+                 store_options.replica_check_every_steps);
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_test_corrupt_backup_at_step) >= 0) {
+    store_options.test_corrupt_backup_at_step =
+        absl::GetFlag(FLAGS_test_corrupt_backup_at_step);
+    Log()->warn("--test_corrupt_backup_at_step={}: a test hook that corrupts "
+                "this server's backup replicas; never use it in production",
+                absl::GetFlag(FLAGS_test_corrupt_backup_at_step));
+  }
   if (writer != nullptr) {
     store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {
       w->Enqueue(std::move(snapshot));
@@ -207,6 +234,20 @@ int Main() {
         return static_cast<double>(*std::max_element(j.worker_clocks().begin(),
                                                      j.worker_clocks().end()));
       }));
+  // The replica check, on this server as a backup.
+  metrics.AddCounterCallback(
+      "psd_server_replica_checks_total",
+      "Replica checks made by this server as a backup: partitions whose "
+      "state checksum it compared with its primary's.",
+      [&store] { return static_cast<double>(store.ReplicaChecks().checks); });
+  metrics.AddCounterCallback(
+      "psd_server_replica_mismatches_total",
+      "Replica checks that found a partition of this server, as a backup, "
+      "different from its primary's (each is then re-synced by state "
+      "transfer).",
+      [&store] {
+        return static_cast<double>(store.ReplicaChecks().mismatches);
+      });
   // Sparse embedding tables (psd.v1.EmbeddingServer, ASP), on the same port.
   // Their snapshots: a RocksDB of their own in <data_dir>/embeddings
   // (server/embedding_snapshot.h); none without --data_dir.
@@ -281,6 +322,7 @@ int Main() {
       *clocks->mutable_worker_clocks() = job.worker_clocks();
       clocks->set_max_staleness(job.max_staleness());
       *clocks->mutable_staleness_counts() = job.staleness_counts();
+      clocks->set_replicas_verified_step(job.replicas_verified_step());
     }
     if (w == nullptr) return;
     for (SnapshotFailure& f : w->TakeFailures()) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,7 +46,11 @@ JobConfig Config() {
 // A primary ("p" at addr-p) and its backup ("b" at addr-b) of shard 0; the
 // primary's replication calls queue up in `sent` until delivered.
 struct Pair {
-  Pair() : primary(Options()) {
+  // `check_every`: the primary's replica_check_every_steps; `corrupt_at`:
+  // the backup's test_corrupt_backup_at_step.
+  explicit Pair(int64_t check_every = 100,
+                std::optional<int64_t> corrupt_at = std::nullopt)
+      : primary(Options(check_every)), backup(BackupOptions(corrupt_at)) {
     auto placement_or = BuildPlacement(ModelParameters(config.model()),
                                        config.partition_bytes(), 1);
     REQUIRE(placement_or.ok());
@@ -64,11 +69,18 @@ struct Pair {
     REQUIRE(SetView(&backup, "b", 2, {"b"}).ok());
   }
 
-  ParameterStoreOptions Options() {
+  ParameterStoreOptions Options(int64_t check_every) {
     ParameterStoreOptions options;
     options.replicate = [this](ReplicationTask task) {
       sent.push_back(std::move(task));
     };
+    options.replica_check_every_steps = check_every;
+    return options;
+  }
+
+  static ParameterStoreOptions BackupOptions(std::optional<int64_t> corrupt_at) {
+    ParameterStoreOptions options;
+    options.test_corrupt_backup_at_step = corrupt_at;
     return options;
   }
 
@@ -296,6 +308,141 @@ TEST_CASE("Replication: a joining backup catches up by state transfer while "
   REQUIRE(copy.ok());
   CHECK(pair.primary.InstallPartition(*copy).code() ==
         absl::StatusCode::kFailedPrecondition);
+}
+
+// The replica check's numbers on `store`'s status of the job.
+int64_t VerifiedStep(ParameterStore* store) {
+  const ServerStatus status = store->Status();
+  for (const ServerJobStatus& job : status.jobs()) {
+    if (job.job_id() == kJob) return job.replicas_verified_step();
+  }
+  return -1;
+}
+
+// Runs one BSP step on the pair (both ranks push) and delivers its
+// replication; returns the backup's answers that were not OK.
+std::vector<absl::Status> RunStep(Pair* pair, int64_t step, int64_t epoch) {
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair->primary.Push(pair->MakePush(rank, step, epoch)).ok());
+  }
+  std::vector<absl::Status> refused;
+  while (!pair->sent.empty()) {
+    ReplicationTask task = std::move(pair->sent.front());
+    pair->sent.pop_front();
+    absl::Status status = pair->backup.Replicate(*task.request).status();
+    const bool retry = pair->primary.OnReplicated(task, status).has_value();
+    CHECK(retry == !status.ok());
+    if (!status.ok()) refused.push_back(status);
+  }
+  return refused;
+}
+
+TEST_CASE("Replica check: replicas that agree are verified every N steps, "
+          "on both sides",
+          "[replication][replica_check]") {
+  Pair pair(/*check_every=*/3);
+  for (int64_t step = 0; step < 7; ++step) {
+    CHECK(RunStep(&pair, step, 2).empty());
+    // The checksums travel only with steps 3 and 6 (the state after 3 and
+    // 6 updates).
+    const int64_t want = step >= 6 ? 6 : step >= 3 ? 3 : 0;
+    CHECK(VerifiedStep(&pair.primary) == want);
+    CHECK(VerifiedStep(&pair.backup) == want);
+  }
+  CHECK(pair.backup.ReplicaChecks().checks ==
+        2 * pair.placement.partitions_size());
+  CHECK(pair.backup.ReplicaChecks().mismatches == 0);
+  CHECK(pair.Latest(&pair.primary) == pair.Latest(&pair.backup));
+}
+
+TEST_CASE("Replica check: a backup whose weights are changed behind its "
+          "primary's back is found at the next check step, reported, and "
+          "repaired by state transfer",
+          "[replication][replica_check]") {
+  // The backup changes its weights when it reaches step 2 (the test hook);
+  // the next check is at step 3.
+  Pair pair(/*check_every=*/3, /*corrupt_at=*/2);
+  CHECK(RunStep(&pair, 0, 2).empty());
+  CHECK(RunStep(&pair, 1, 2).empty());
+  CHECK(pair.Latest(&pair.primary) != pair.Latest(&pair.backup));
+  CHECK(RunStep(&pair, 2, 2).empty());  // no check at step 2: unnoticed
+  CHECK(pair.backup.ReplicaChecks().mismatches == 0);
+
+  // Step 3 carries the checksums: every partition is refused (each was
+  // changed), naming the job, shard, partition, step and both checksums.
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 3, 2)).ok());
+  }
+  REQUIRE(pair.sent.size() ==
+          static_cast<size_t>(pair.placement.partitions_size()));
+  const ReplicationTask task = pair.sent.front();
+  REQUIRE(task.request->checksums_size() == 1);
+  const absl::Status refused = pair.backup.Replicate(*task.request).status();
+  CHECK(refused.code() == absl::StatusCode::kDataLoss);
+  const std::string message(refused.message());
+  INFO(message);
+  CHECK(message.find("replica check: job \"repl-1\", shard 0, partition " +
+                     std::to_string(task.request->gradients(0).partition_id()) +
+                     " at step 3") != std::string::npos);
+  CHECK(message.find("its primary's crc32:") != std::string::npos);
+  // The primary keeps the step (retry) and reports the backup to the
+  // coordinator, which takes it out of the view.
+  CHECK(pair.primary.OnReplicated(task, refused).has_value());
+  std::vector<BackupFailure> failures = pair.primary.TakeBackupFailures();
+  REQUIRE(failures.size() == 1);
+  CHECK(failures[0].shard() == 0);
+  CHECK(failures[0].address() == "addr-b");
+  CHECK(failures[0].error() == message);
+  // A retry is refused the same way, counted once.
+  CHECK(pair.backup.Replicate(*task.request).status() == refused);
+  CHECK(pair.backup.ReplicaChecks().mismatches == 1);
+  CHECK(pair.PullNow(4, 2).code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(VerifiedStep(&pair.primary) == 0);
+
+  // The coordinator's repair: a view without the backup completes the
+  // step; the backup is created again as joining and gets the primary's
+  // state by transfer; a view with it follows.
+  REQUIRE(Pair::SetView(&pair.primary, "p", 3, {}).ok());
+  REQUIRE(Pair::SetView(&pair.backup, "b", 3, {}).ok());
+  CHECK(pair.PullNow(4, 3).ok());
+  pair.sent.clear();
+  CreateJobRequest create;
+  create.set_job_id(kJob);
+  *create.mutable_config() = pair.config;
+  *create.mutable_placement() = pair.placement;
+  create.add_shards(0);
+  create.set_view_epoch(3);
+  create.set_joining(true);
+  REQUIRE(pair.backup.CreateJob(create).ok());
+  auto ids = pair.primary.AddJoiner(kJob, 0, "addr-b");
+  REQUIRE(ids.ok());
+  for (int32_t id : *ids) {
+    auto copy = pair.primary.CopyPartition(kJob, id);
+    REQUIRE(copy.ok());
+    REQUIRE(pair.backup.InstallPartition(*copy).ok());
+  }
+  REQUIRE(Pair::SetView(&pair.primary, "p", 4, {"b"}).ok());
+  REQUIRE(Pair::SetView(&pair.backup, "b", 4, {"b"}).ok());
+  for (int64_t step = 4; step < 7; ++step) CHECK(RunStep(&pair, step, 4).empty());
+  CHECK(VerifiedStep(&pair.primary) == 6);
+  CHECK(pair.backup.ReplicaChecks().mismatches == 1);
+  CHECK(pair.Latest(&pair.primary) == pair.Latest(&pair.backup));
+}
+
+TEST_CASE("Replica check: a malformed list of checksums is refused",
+          "[replication][replica_check]") {
+  Pair pair(/*check_every=*/1);
+  CHECK(RunStep(&pair, 0, 2).empty());
+  CHECK(RunStep(&pair, 1, 2).empty());  // checked (step 0 never is)
+  CHECK(VerifiedStep(&pair.backup) == 1);
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 2, 2)).ok());
+  }
+  REQUIRE_FALSE(pair.sent.empty());
+  ReplicateRequest twice = *pair.sent.front().request;
+  twice.add_checksums(0);
+  CHECK(pair.backup.Replicate(twice).status().code() ==
+        absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -19,16 +19,8 @@ source tests/cluster_lib.sh
 source tests/replicated_lib.sh
 
 # The short job, over 16 epochs (1488 steps): long enough for failovers to
-# happen mid-job.
-write_short_job "$WORK/short.textproto"
-sed 's/^epochs: 2$/epochs: 16/' "$WORK/short.textproto" >"$WORK/job.textproto"
-grep -q '^epochs: 16$' "$WORK/job.textproto" || fail "sed did not set epochs"
-
-# The undisturbed reference, without replication.
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run (R=1): $reference"
+# happen mid-job; the undisturbed reference, without replication.
+undisturbed_reference 16
 
 # --- R=2 undisturbed: replication does not change the math.
 start_replicated r2 3 2 2

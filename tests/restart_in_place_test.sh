@@ -16,14 +16,7 @@
 source tests/cluster_lib.sh
 source tests/replicated_lib.sh
 
-write_short_job "$WORK/short.textproto"
-sed 's/^epochs: 2$/epochs: 12/' "$WORK/short.textproto" >"$WORK/job.textproto"
-grep -q '^epochs: 12$' "$WORK/job.textproto" || fail "sed did not set epochs"
-
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run (R=1): $reference"
+undisturbed_reference 12
 
 SERVER_DATA=1
 
