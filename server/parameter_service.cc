@@ -112,7 +112,7 @@ grpc::ServerUnaryReactor* ParameterService::Push(
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();
-    Log()->debug("push rejected: job {} rank {} step {}: {}", request->job_id(),
+    Log()->debug("push rejected: job {} rank {} step {}: {}", Quote(request->job_id()),
                  request->worker_rank(), request->step(),
                  result.status().ToString());
     reactor->Finish(ToGrpcStatus(result.status()));
@@ -193,7 +193,7 @@ grpc::Status ParameterService::CreateJob(grpc::ServerContext*,
                                          CreateJobResponse* response) {
   auto result = store_->CreateJob(*request);
   if (!result.ok()) {
-    Log()->warn("create job {} failed: {}", request->job_id(),
+    Log()->warn("create job {} failed: {}", Quote(request->job_id()),
                 result.status().ToString());
     return ToGrpcStatus(result.status());
   }

@@ -12,6 +12,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
+#include "common/quote.h"
 #include "common/placement.h"
 #include "common/process.h"
 #include "common/quote.h"
@@ -237,7 +238,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
     return absl::NotFoundError(
-        absl::StrCat("job_id: no job \"", job_id, "\" on this server"));
+        absl::StrCat("job_id: no job ", Quote(job_id), " on this server"));
   }
   return it->second;
 }
@@ -306,6 +307,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   if (request.job_id().empty()) {
     return absl::InvalidArgumentError("job_id: required");
   }
+  PSD_RETURN_IF_ERROR(CheckJobId("job_id", request.job_id()));
   JobConfig config = request.config();
   ApplyJobConfigDefaults(&config);
   absl::Status valid = ValidateJobConfig(config);

@@ -272,5 +272,32 @@ TEST_CASE("CreateJob of a 2^40-element tensor is RESOURCE_EXHAUSTED naming "
   CHECK(StartsWith(status.error_message(), "placement.parameters[0].shape"));
 }
 
+TEST_CASE("A 1 MB job id is never echoed whole: statuses stay short, "
+          "CreateJob refuses it naming the field",
+          "[hostile][echo]") {
+  Servers servers;
+  const std::string huge(1 << 20, 'j');
+  {
+    PullRequest pull;
+    pull.set_job_id(huge + "\nforged log line");
+    pull.add_partition_ids(0);
+    PullResponse response;
+    grpc::Status status = Pull(servers, pull, &response);
+    CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
+    CHECK(status.error_message().size() < 200);
+    CHECK(status.error_message().find('\n') == std::string::npos);
+  }
+  CreateJobRequest create = SmallJob();
+  create.set_job_id(huge);
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  CreateJobResponse created;
+  grpc::Status status =
+      servers.parameter_server->CreateJob(&context, create, &created);
+  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(StartsWith(status.error_message(), "job_id:"));
+  CHECK(status.error_message().size() < 300);
+}
+
 }  // namespace
 }  // namespace psd
