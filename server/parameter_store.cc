@@ -47,8 +47,9 @@ struct PartitionState {
   // The shard this partition is placed on.
   int32_t shard = 0;
   // Primary: the step's averaged gradient is with the backups; `awaiting`
-  // are those that have not acknowledged it yet.
+  // are those that have not acknowledged it yet, since `replicating_since`.
   bool replicating = false;
+  absl::Time replicating_since;
   std::set<std::string> awaiting;
   // Joining backup: the state transfer has not arrived yet.
   bool installing = false;
@@ -841,6 +842,7 @@ bool ParameterStore::StartUpdate(Job* job, int32_t partition_id,
   }
   // Applied once every backup has it (OnReplicated).
   state->replicating = true;
+  state->replicating_since = absl::Now();
   state->awaiting = targets;
   std::shared_ptr<ReplicateRequest> replicate =
       MakeReplicate(*job, partition_id, *state,
@@ -1608,15 +1610,39 @@ std::optional<int64_t> ParameterStore::OnReplicated(
       }
       if (!status.ok()) {
         retry = true;
+        // A backup that lost the shard's state, or one that has not applied
+        // this step for longer than backup_stall_ms (alive to the
+        // coordinator, but not answering this primary): it must not hold
+        // the step, so the coordinator takes it out of the view, and a
+        // state transfer brings it back later.
+        const absl::Duration waited = absl::Now() - state.replicating_since;
+        const bool stalled =
+            options_.backup_stall_ms > 0 &&
+            waited > absl::Milliseconds(options_.backup_stall_ms);
         if (status.code() == absl::StatusCode::kFailedPrecondition ||
-            status.code() == absl::StatusCode::kDataLoss) {
+            status.code() == absl::StatusCode::kDataLoss || stalled) {
           BackupFailure failure;
           failure.set_job_id(job->id);
           failure.set_shard(state.shard);
           failure.set_address(task.address);
-          failure.set_error(std::string(status.message()));
+          failure.set_error(
+              stalled && status.code() != absl::StatusCode::kFailedPrecondition &&
+                      status.code() != absl::StatusCode::kDataLoss
+                  ? absl::StrCat("has not applied step ", state.step, " for ",
+                                 absl::ToInt64Milliseconds(waited), " ms (",
+                                 status.message(), ")")
+                  : std::string(status.message()));
           absl::MutexLock failures_lock(&mu_);
-          if (backup_failures_.size() < 100) backup_failures_.push_back(failure);
+          const bool reported = std::any_of(
+              backup_failures_.begin(), backup_failures_.end(),
+              [&](const BackupFailure& f) {
+                return f.job_id() == failure.job_id() &&
+                       f.shard() == failure.shard() &&
+                       f.address() == failure.address();
+              });
+          if (!reported && backup_failures_.size() < 100) {
+            backup_failures_.push_back(failure);
+          }
         }
         continue;
       }

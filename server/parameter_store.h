@@ -109,6 +109,13 @@ struct ParameterStoreOptions {
   // refused with RESOURCE_EXHAUSTED before anything is allocated. Default:
   // 64 MiB, the gRPC message limit of psd's servers (common/rpc.h).
   int64_t max_pull_bytes = 64 << 20;
+  // A primary whose backup has not acknowledged a step for this long (its
+  // Replicate calls failing or timing out while the coordinator still sees
+  // it alive) reports it in TakeBackupFailures, so the coordinator drops it
+  // from the view and the step completes without it; a state transfer
+  // brings it back later. 0: never (only a backup that lost its state is
+  // reported). Default: 10 s.
+  int64_t backup_stall_ms = 10000;
   // The replica check (see "Replica check" in docs/OPERATIONS.md): as a
   // primary, this store sends its partitions' checksums (ReplicateRequest.
   // checksums) with the replication of every update whose step (the
@@ -182,8 +189,9 @@ class ParameterStore {
   void FenceAll();
 
   // Backups that refused replication with FAILED_PRECONDITION or DATA_LOSS
-  // (the replica check) since the last call (for the coordinator, in the
-  // next heartbeat).
+  // (the replica check), or that have not applied a step for longer than
+  // options.backup_stall_ms, since the last call (for the coordinator, in
+  // the next heartbeat); one entry per job, shard and backup.
   std::vector<BackupFailure> TakeBackupFailures();
 
   // The replica checks this store made as a backup (one per partition

@@ -73,6 +73,11 @@ ABSL_FLAG(int64_t, test_corrupt_backup_at_step, -1,
           "partition to this step, it changes that partition's weights "
           "behind its primary's back (what the replica check must catch). "
           "-1 (default): off.");
+ABSL_FLAG(int64_t, backup_stall_ms, 10000,
+          "A backup that has not applied a step for this long (while the "
+          "coordinator still sees it alive) is reported to the coordinator, "
+          "which takes it out of the view so the step completes without it; "
+          "a state transfer brings it back later, ms; 0 = never.");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error or off.");
 
@@ -165,6 +170,7 @@ int Main() {
   }
   ParameterStoreOptions store_options;
   store_options.max_job_bytes = absl::GetFlag(FLAGS_max_job_bytes);
+  store_options.backup_stall_ms = absl::GetFlag(FLAGS_backup_stall_ms);
   store_options.replica_check_every_steps =
       absl::GetFlag(FLAGS_replica_check_every_steps);
   if (store_options.replica_check_every_steps < 0) {

@@ -49,8 +49,10 @@ struct Pair {
   // `check_every`: the primary's replica_check_every_steps; `corrupt_at`:
   // the backup's test_corrupt_backup_at_step.
   explicit Pair(int64_t check_every = 100,
-                std::optional<int64_t> corrupt_at = std::nullopt)
-      : primary(Options(check_every)), backup(BackupOptions(corrupt_at)) {
+                std::optional<int64_t> corrupt_at = std::nullopt,
+                int64_t backup_stall_ms = 10000)
+      : primary(Options(check_every, backup_stall_ms)),
+        backup(BackupOptions(corrupt_at)) {
     auto placement_or = BuildPlacement(ModelParameters(config.model()),
                                        config.partition_bytes(), 1);
     REQUIRE(placement_or.ok());
@@ -69,8 +71,9 @@ struct Pair {
     REQUIRE(SetView(&backup, "b", 2, {"b"}).ok());
   }
 
-  ParameterStoreOptions Options(int64_t check_every) {
+  ParameterStoreOptions Options(int64_t check_every, int64_t backup_stall_ms) {
     ParameterStoreOptions options;
+    options.backup_stall_ms = backup_stall_ms;
     options.replicate = [this](ReplicationTask task) {
       sent.push_back(std::move(task));
     };
@@ -253,6 +256,38 @@ TEST_CASE("Replication: a view without the backup completes the step",
                     .OnReplicated(task, absl::UnavailableError("backup down"))
                     .has_value());
   }
+}
+
+// Issue 23 item 5: a backup the coordinator sees alive but that does not
+// answer its primary never holds the step: past backup_stall_ms it is
+// reported (once), the coordinator's next view drops it, and the step
+// completes.
+TEST_CASE("Replication: a backup that has not applied a step for "
+          "backup_stall_ms is reported once, and a view without it completes "
+          "the step",
+          "[replication][stall]") {
+  Pair pair(/*check_every=*/100, std::nullopt, /*backup_stall_ms=*/1000);
+  for (int rank = 0; rank < kWorkers; ++rank) {
+    REQUIRE(pair.primary.Push(pair.MakePush(rank, 0, 2)).ok());
+  }
+  REQUIRE_FALSE(pair.sent.empty());
+  const ReplicationTask task = pair.sent.front();
+  const absl::Status timeout = absl::DeadlineExceededError("Deadline Exceeded");
+  // Within the bound: retried, not reported.
+  CHECK(pair.primary.OnReplicated(task, timeout).has_value());
+  CHECK(pair.primary.TakeBackupFailures().empty());
+  absl::SleepFor(absl::Milliseconds(1100));
+  CHECK(pair.primary.OnReplicated(task, timeout).has_value());
+  CHECK(pair.primary.OnReplicated(task, timeout).has_value());
+  std::vector<BackupFailure> failures = pair.primary.TakeBackupFailures();
+  REQUIRE(failures.size() == 1);
+  CHECK(failures[0].address() == "addr-b");
+  CHECK(failures[0].shard() == 0);
+  CHECK(failures[0].error().rfind("has not applied step 0 for ", 0) == 0);
+  CHECK(pair.PullNow(1, 2).code() == absl::StatusCode::kDeadlineExceeded);
+  // The coordinator's answer: a view without the backup.
+  REQUIRE(Pair::SetView(&pair.primary, "p", 4, {}).ok());
+  CHECK(pair.PullNow(1, 4).ok());
 }
 
 TEST_CASE("Replication: a joining backup catches up by state transfer while "
