@@ -53,10 +53,23 @@ std::vector<float> PullRows(const EmbeddingStore& store,
   return rows;
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// From the sanitizers' <sanitizer/allocator_interface.h>, which gcc 12 does
+// not ship.
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+#endif
+
 // Heap bytes in use, as glibc counts them (small blocks + mmapped ones).
+
 int64_t HeapInUse() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Under --config=asan/tsan malloc is the sanitizer's, and mallinfo2()
+  // reports nothing: ask the sanitizer's allocator instead.
+  return static_cast<int64_t>(__sanitizer_get_current_allocated_bytes());
+#else
   struct mallinfo2 info = mallinfo2();
   return static_cast<int64_t>(info.uordblks + info.hblkhd);
+#endif
 }
 
 TEST_CASE("SplitMix64Mix: the reference generator's first outputs",
