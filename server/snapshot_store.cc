@@ -565,11 +565,14 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
     p.id = id;
     p.weights.resize(h.num_weights);
     p.slots.resize(h.num_slot_elements);
-    std::memcpy(p.weights.data(), v.data() + kRecordHeaderBytes,
-                sizeof(float) * h.num_weights);
-    std::memcpy(p.slots.data(),
-                v.data() + kRecordHeaderBytes + sizeof(float) * h.num_weights,
-                sizeof(float) * h.num_slot_elements);
+    // std::copy_n, not memcpy: an empty vector's data() may be null (a
+    // partition with no optimizer slots), which memcpy must not be given.
+    const char* src = v.data() + kRecordHeaderBytes;
+    std::copy_n(src, sizeof(float) * h.num_weights,
+                reinterpret_cast<char*>(p.weights.data()));
+    std::copy_n(src + sizeof(float) * h.num_weights,
+                sizeof(float) * h.num_slot_elements,
+                reinterpret_cast<char*>(p.slots.data()));
     auto a = async.find(id);
     if (a != async.end()) {
       p.clocks.assign(a->second->clocks().begin(), a->second->clocks().end());

@@ -16,6 +16,16 @@ stop_cluster() {
   PIDS=()
 }
 
+# Sanitizer builds (--config=asan, --config=tsan; docs/OPERATIONS.md
+# "Sanitizers"): a child process that reported may not fail the test by its
+# exit code alone (a report at exit after SIGTERM, or in a process that the
+# test kills anyway), so any report in a log under $WORK fails the test.
+SANITIZER_REPORT='ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error: '
+sanitizer_reports() {
+  grep -rlE --include='*.log' --include='*.err' --include='*.out' \
+    "$SANITIZER_REPORT" "$WORK" 2>/dev/null || true
+}
+
 on_exit() {
   local code=$?
   stop_cluster
@@ -24,6 +34,12 @@ on_exit() {
       [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }
     done
   fi
+  local f
+  for f in $(sanitizer_reports); do
+    echo "FAIL: sanitizer report in $f:" >&2
+    grep -E -A 60 "$SANITIZER_REPORT" "$f" | head -n 120 >&2
+    code=1
+  done
   exit $code
 }
 trap on_exit EXIT

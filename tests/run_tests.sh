@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs missing Debian packages, then
 # `bazel test //...` (unit tests, multi-process cluster tests, the benchmark
-# smoke test). Ends with one line: "N passed, M failed".
+# smoke test), the CUDA build, and //tests:sanitizer_tests under ASan+UBSan.
+# Ends with one line: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,27 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then
 else
   echo "//:cuda_build SKIPPED: /usr/local/cuda/bin/nvcc not found, CUDA targets not compiled"
 fi
+# AddressSanitizer + UndefinedBehaviorSanitizer (docs/OPERATIONS.md
+# "Sanitizers") over //tests:sanitizer_tests: the C++ unit tests and a few
+# multi-process tests, built into their own output tree; each target counts
+# as one test, shown with "(asan)".
+bazel test --config=asan --noshow_progress --test_summary=short \
+  //tests:sanitizer_tests >"$log" 2>&1
+asan_rc=$?
+asan_passed=$(grep -cE '^//\S+\s+(\(cached\) )?PASSED' "$log")
+asan_failed=$(grep -cE '^//\S+\s+(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FLAKY|INCOMPLETE)' "$log")
+grep -E '^//\S+\s+(\(cached\) )?(PASSED|FAILED|TIMEOUT|NO STATUS|FLAKY|INCOMPLETE)' "$log" |
+  sed -E 's|^(//\S+)|\1 (asan)|'
+# The reports themselves (the test logs hold the whole of them).
+grep -E 'SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error: |^FAIL: sanitizer' \
+  "$log" | head -20
+if [ "$asan_rc" -ne 0 ] && [ "$asan_failed" -eq 0 ]; then
+  grep -E '^ERROR' "$log" | head -20
+  echo "//tests:sanitizer_tests (asan) build FAILED"
+  asan_failed=1
+fi
+passed=$((passed + asan_passed))
+failed=$((failed + asan_failed))
 rm -f "$log"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -64,7 +64,10 @@ std::string WriteFile(const std::string& name,
   } else {
     FILE* f = std::fopen(path.c_str(), "wb");
     REQUIRE(f != nullptr);
-    REQUIRE(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+    // fwrite must not be given an empty vector's data() (may be null).
+    if (!bytes.empty()) {
+      REQUIRE(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+    }
     REQUIRE(std::fclose(f) == 0);
   }
   return path;
