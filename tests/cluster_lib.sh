@@ -98,6 +98,19 @@ seed: 42
 JOB
 }
 
+# undisturbed_reference EPOCHS: writes the short job over EPOCHS epochs to
+# $WORK/job.textproto, runs it undisturbed (R=1, 2 servers, 2 workers) and
+# sets `reference` to its checksum.
+undisturbed_reference() {
+  write_short_job "$WORK/short.textproto"
+  sed "s/^epochs: 2\$/epochs: $1/" "$WORK/short.textproto" >"$WORK/job.textproto"
+  grep -q "^epochs: $1\$" "$WORK/job.textproto" || fail "sed did not set epochs"
+  start_cluster ref 2 2
+  reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
+  stop_cluster
+  echo "undisturbed run (R=1, $1 epochs): $reference"
+}
+
 # servers_with_all_pushes JOB TOTAL: checks, over `psd_ctl servers`, that on
 # every live server holding JOB each of its 2 ranks' clocks (pushes
 # applied) is TOTAL; prints the number of servers checked, or exits

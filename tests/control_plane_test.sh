@@ -13,14 +13,7 @@
 # the same job run undisturbed, with no member removed.
 source tests/cluster_lib.sh
 
-write_short_job "$WORK/short.textproto"
-sed 's/^epochs: 2$/epochs: 8/' "$WORK/short.textproto" >"$WORK/job.textproto"
-grep -q '^epochs: 8$' "$WORK/job.textproto" || fail "sed did not set epochs"
-
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run: $reference"
+undisturbed_reference 8
 
 # 4 job-API threads: the burst exhausts them for sure.
 COORDINATOR_ARGS=(--heartbeat_timeout_ms=900 --max_api_threads=4)

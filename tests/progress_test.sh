@@ -8,12 +8,7 @@
 # names the stalled rank. The hung worker is never given the rank again.
 source tests/cluster_lib.sh
 
-write_short_job "$WORK/job.textproto"
-
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run: $reference"
+undisturbed_reference 2
 
 # One real worker and the hung one: the job (2 workers) takes both.
 COORDINATOR_ARGS=(--progress_floor_ms=3000)

@@ -3,22 +3,10 @@
 # by one and known by NAME (their pids and ports), queries of a job's view
 # through psd_ctl, bounded waits on observable state, and the checksum
 # oracle of DESIGN invariant 4 (finish). Set `reference` (a checksum
-# "crc32:...") before calling finish.
+# "crc32:...", e.g. by cluster_lib.sh's undisturbed_reference) before
+# calling finish.
 declare -A SERVER_PID SERVER_PORT
 NEXT_SERVER=1
-
-# undisturbed_reference EPOCHS: writes the short job over EPOCHS epochs to
-# $WORK/job.textproto, runs it undisturbed (R=1, 2 servers, 2 workers) and
-# sets `reference` to its checksum.
-undisturbed_reference() {
-  write_short_job "$WORK/short.textproto"
-  sed "s/^epochs: 2\$/epochs: $1/" "$WORK/short.textproto" >"$WORK/job.textproto"
-  grep -q "^epochs: $1\$" "$WORK/job.textproto" || fail "sed did not set epochs"
-  start_cluster ref 2 2
-  reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-  stop_cluster
-  echo "undisturbed run (R=1, $1 epochs): $reference"
-}
 
 # start_server NAME [ARGS...]: one psd_server (with ARGS); records its pid
 # and port by NAME.
