@@ -420,28 +420,39 @@ class ParameterClient {
   const Placement placement_;
 };
 
-TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
-          "the server keeps serving with parameters unchanged",
-          "[bad_input][parameter_server]") {
-  Cluster cluster;
+// ValidConfig()'s job for one parameter server: 4 KiB partitions, all on
+// shard 0, in view epoch kEpoch.
+CreateJobRequest ValidCreate() {
   const JobConfig config = ValidConfig();
   auto placement = BuildPlacement(ModelParameters(config.model()), 4096, 1);
   REQUIRE(placement.ok());
-  REQUIRE(placement->partitions_size() >= 4);
-
   CreateJobRequest create;
   create.set_job_id(kJob);
   *create.mutable_config() = config;
   *create.mutable_placement() = *placement;
   create.add_shards(0);
   create.set_view_epoch(kEpoch);
-  {
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    CreateJobResponse response;
-    REQUIRE(cluster.parameter_server->CreateJob(&context, create, &response).ok());
-    CHECK(response.num_partitions() == placement->partitions_size());
-  }
+  return create;
+}
+
+// Creates the job on the cluster's parameter server (REQUIREs success).
+CreateJobResponse CreateOn(Cluster& cluster, const CreateJobRequest& create) {
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  CreateJobResponse response;
+  REQUIRE(cluster.parameter_server->CreateJob(&context, create, &response).ok());
+  return response;
+}
+
+TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
+          "the server keeps serving with parameters unchanged",
+          "[bad_input][parameter_server]") {
+  Cluster cluster;
+  const CreateJobRequest create = ValidCreate();
+  const Placement* placement = &create.placement();
+  REQUIRE(placement->partitions_size() >= 4);
+  CHECK(CreateOn(cluster, create).num_partitions() ==
+        placement->partitions_size());
   // The same state built in-process, fed only the valid pushes.
   ParameterStore reference;
   REQUIRE(reference.CreateJob(create).ok());
@@ -626,15 +637,7 @@ TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
 TEST_CASE("ParameterServer: bad CreateJob and DropJob requests are refused",
           "[bad_input][parameter_server]") {
   Cluster cluster;
-  const JobConfig config = ValidConfig();
-  auto placement = BuildPlacement(ModelParameters(config.model()), 4096, 1);
-  REQUIRE(placement.ok());
-  CreateJobRequest create;
-  create.set_job_id(kJob);
-  *create.mutable_config() = config;
-  *create.mutable_placement() = *placement;
-  create.add_shards(0);
-  create.set_view_epoch(kEpoch);
+  const CreateJobRequest create = ValidCreate();
 
   auto call = [&](const CreateJobRequest& request) {
     grpc::ClientContext context;
@@ -693,21 +696,7 @@ TEST_CASE("ParameterServer: ListSnapshots of an unknown job is NOT_FOUND, "
   CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
   CHECK(status.error_message().size() < 1000);
 
-  const JobConfig config = ValidConfig();
-  auto placement = BuildPlacement(ModelParameters(config.model()), 4096, 1);
-  REQUIRE(placement.ok());
-  CreateJobRequest create;
-  create.set_job_id(kJob);
-  *create.mutable_config() = config;
-  *create.mutable_placement() = *placement;
-  create.add_shards(0);
-  create.set_view_epoch(kEpoch);
-  {
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    CreateJobResponse created;
-    REQUIRE(cluster.parameter_server->CreateJob(&context, create, &created).ok());
-  }
+  CreateOn(cluster, ValidCreate());
   status = list(kJob, &response);
   INFO(status.error_message());
   CHECK(status.ok());
