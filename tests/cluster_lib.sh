@@ -98,12 +98,14 @@ seed: 42
 JOB
 }
 
-# undisturbed_reference EPOCHS: writes the short job over EPOCHS epochs to
+# undisturbed_reference EPOCHS [LINE]: writes the short job over EPOCHS
+# epochs (plus the config LINE, e.g. a snapshot policy) to
 # $WORK/job.textproto, runs it undisturbed (R=1, 2 servers, 2 workers) and
 # sets `reference` to its checksum.
 undisturbed_reference() {
   write_short_job "$WORK/short.textproto"
   sed "s/^epochs: 2\$/epochs: $1/" "$WORK/short.textproto" >"$WORK/job.textproto"
+  [ -z "${2:-}" ] || echo "$2" >>"$WORK/job.textproto"
   grep -q "^epochs: $1\$" "$WORK/job.textproto" || fail "sed did not set epochs"
   start_cluster ref 2 2
   reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")

@@ -17,15 +17,7 @@
 source tests/cluster_lib.sh
 source tests/replicated_lib.sh
 
-write_short_job "$WORK/short.textproto"
-sed 's/^epochs: 2$/epochs: 8/' "$WORK/short.textproto" >"$WORK/job.textproto"
-echo 'snapshot { every_steps: 20 keep_last: 3 }' >>"$WORK/job.textproto"
-grep -q '^epochs: 8$' "$WORK/job.textproto" || fail "sed did not set epochs"
-
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run (R=1): $reference"
+undisturbed_reference 8 'snapshot { every_steps: 20 keep_last: 3 }'
 
 declare -A COORD_PORT
 

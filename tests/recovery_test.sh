@@ -15,15 +15,7 @@
 # Retention: each server keeps at most keep_last snapshots of the job.
 source tests/cluster_lib.sh
 
-write_short_job "$WORK/base.textproto"
-sed 's/^epochs: 2$/epochs: 3/' "$WORK/base.textproto" >"$WORK/job.textproto"
-echo 'snapshot { every_steps: 20 keep_last: 3 }' >>"$WORK/job.textproto"
-grep -q '^epochs: 3$' "$WORK/job.textproto" || fail "sed did not set epochs"
-
-start_cluster ref 2 2
-reference=$(run_job "$WORK/job.textproto" "$WORK/ref.safetensors")
-stop_cluster
-echo "undisturbed run: $reference"
+undisturbed_reference 3 'snapshot { every_steps: 20 keep_last: 3 }'
 
 # start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
 start_node() {
