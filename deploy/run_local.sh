@@ -31,10 +31,10 @@ done
 
 deploy/install_deps.sh
 echo "==> building (bazel)"
-bazel build --noshow_progress //server:psd_coordinator //server:psd_server \
+bazel build --noshow_progress //server/coordinator:psd_coordinator //server/ps:psd_server \
   //worker:psd_worker //deploy:psd_ctl 2>&1 | grep -vE '^(INFO|Target|  bazel-bin)' || true
 BIN=bazel-bin
-for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_ctl; do
+for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker deploy/psd_ctl; do
   [ -x "$BIN/$b" ] || { echo "run_local: build failed ($BIN/$b missing)" >&2; exit 1; }
 done
 
@@ -58,13 +58,13 @@ echo "==> starting 1 coordinator, $SERVERS servers (R=$REPLICATION), $WORKERS wo
 metrics_flags() {
   echo "--metrics_listen=127.0.0.1:0 --metrics_port_file=$RUN_DIR/$1.metrics.port"
 }
-"$BIN/server/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
   --replication_factor="$REPLICATION" $(metrics_flags coordinator) 2>"$RUN_DIR/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
   { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })
 for i in $(seq "$SERVERS"); do
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" $(metrics_flags server$i) \
+  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" $(metrics_flags server$i) \
     2>"$RUN_DIR/server$i.log" &
   PIDS+=($!)
 done

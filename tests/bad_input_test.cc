@@ -20,10 +20,10 @@
 #include "common/placement.h"
 #include "common/rpc.h"
 #include "common/tensor.h"
-#include "server/coordinator_service.h"
-#include "server/coordinator_state.h"
-#include "server/parameter_service.h"
-#include "server/parameter_store.h"
+#include "server/coordinator/coordinator_service.h"
+#include "server/coordinator/coordinator_state.h"
+#include "server/ps/parameter_service.h"
+#include "server/ps/parameter_store.h"
 #include "tests/resident_memory.h"
 
 namespace psd {

@@ -4,11 +4,11 @@
 source tests/cluster_lib.sh
 
 # --help lists every flag the launcher and the README use.
-"$BIN/server/psd_coordinator" --help >"$WORK/help" 2>&1 || true
+"$BIN/server/coordinator/psd_coordinator" --help >"$WORK/help" 2>&1 || true
 for f in --listen --port_file --heartbeat_timeout_ms --log_level; do
   grep -q -- "$f" "$WORK/help" || fail "psd_coordinator --help lacks $f"
 done
-"$BIN/server/psd_server" --help >"$WORK/help" 2>&1 || true
+"$BIN/server/ps/psd_server" --help >"$WORK/help" 2>&1 || true
 for f in --coordinator --listen --advertise --port_file --connect_timeout_ms; do
   grep -q -- "$f" "$WORK/help" || fail "psd_server --help lacks $f"
 done
@@ -33,21 +33,21 @@ expect_error() {
 
 # An unreachable coordinator: a clear error after --connect_timeout_ms.
 PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
-  "$BIN/server/psd_server" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
+  "$BIN/server/ps/psd_server" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
 PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
   "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
-PATTERN="coordinator is required" expect_error "$BIN/server/psd_server"
+PATTERN="coordinator is required" expect_error "$BIN/server/ps/psd_server"
 PATTERN="no CUDA backend" expect_error \
   "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cuda:0
 PATTERN="bf16_gemm: the selected backend cpu-openblas" expect_error \
   "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cpu --bf16_gemm
-PATTERN="unknown level" expect_error "$BIN/server/psd_coordinator" --log_level=loud
+PATTERN="unknown level" expect_error "$BIN/server/coordinator/psd_coordinator" --log_level=loud
 
 start_cluster a 1 0
 port=${COORDINATOR##*:}
 # The coordinator's address already in use.
 PATTERN="cannot listen on 127.0.0.1:$port" expect_error \
-  "$BIN/server/psd_coordinator" --listen=127.0.0.1:$port
+  "$BIN/server/coordinator/psd_coordinator" --listen=127.0.0.1:$port
 # A config file with a typo: the line and the field.
 printf 'name: "x"\nbatch_sise: 3\n' >"$WORK/typo.textproto"
 PATTERN="line 2" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
@@ -90,13 +90,13 @@ stop_cluster
 
 # A server given another running server's data directory exits at once.
 start_cluster c 0 0
-"$BIN/server/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd" \
+"$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd" \
   --port_file="$WORK/dd.port" 2>"$WORK/c.dd.log" &
 PIDS+=($!)
 holder=$!
 wait_port $holder "$WORK/dd.port" >/dev/null || fail "server with --data_dir did not start"
 PATTERN="data directory $WORK/dd is in use by pid $holder" expect_error \
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd"
+  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd"
 
 # SIGTERM: the coordinator and a server drain and exit 0 within 6 s.
 coordinator_pid=${PIDS[0]}
@@ -120,7 +120,7 @@ for _ in $(seq 300); do
   sleep 0.05
 done
 kill -KILL "${PIDS[0]}"
-"$BIN/server/psd_coordinator" --listen="127.0.0.1:$port" 2>"$WORK/d.coordinator2.log" &
+"$BIN/server/coordinator/psd_coordinator" --listen="127.0.0.1:$port" 2>"$WORK/d.coordinator2.log" &
 PIDS+=($!)
 "${CTL[@]}" --servers=1 --workers=2 --timeout_s=20 wait-ready >/dev/null ||
   fail "workers did not come back idle to the restarted coordinator"

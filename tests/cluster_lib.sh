@@ -51,14 +51,14 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # COORDINATOR and CTL (psd_ctl with --coordinator).
 start_cluster() {
   local name=$1 servers=$2 workers=$3
-  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
     ${COORDINATOR_ARGS[@]+"${COORDINATOR_ARGS[@]}"} \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
     fail "coordinator $name did not start"
   for i in $(seq "$servers"); do
-    "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+    "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
       2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done

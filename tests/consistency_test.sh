@@ -80,13 +80,13 @@ done
 # worker slowed by SLOW_MS per step.
 start_slow_cluster() {
   local name=$1
-  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
     fail "coordinator $name did not start"
   for i in 1 2; do
-    "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+    "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
       2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
@@ -137,13 +137,13 @@ echo "ASP, one worker +${SLOW_MS} ms/step: max staleness $asp_max over $asp_pull
 # Replication (R=2): every ASP/SSP update reaches the backup before it is
 # visible, pushes arriving meanwhile are aggregated, and the backups end
 # bitwise equal to their primaries (psd_ctl replicas compares checksums).
-"$BIN/server/psd_coordinator" --port_file="$WORK/r2.coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/r2.coordinator.port" \
   --replication_factor=2 2>"$WORK/r2.coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/r2.coordinator.port") ||
   fail "coordinator r2 did not start"
 for i in 1 2; do
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/r2.server$i.log" &
+  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/r2.server$i.log" &
   PIDS+=($!)
 done
 for i in 1 2; do

@@ -12,10 +12,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include "common/rpc.h"
-#include "server/embedding_rows.h"
-#include "server/embedding_service.h"
-#include "server/embedding_snapshot.h"
-#include "server/embedding_store.h"
+#include "common/embedding_rows.h"
+#include "server/embedding/embedding_service.h"
+#include "server/embedding/embedding_snapshot.h"
+#include "server/embedding/embedding_store.h"
 #include "worker/embedding_client.h"
 
 namespace psd {

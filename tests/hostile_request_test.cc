@@ -18,12 +18,12 @@
 #include "common/job_config.h"
 #include "common/placement.h"
 #include "common/rpc.h"
-#include "server/coordinator_service.h"
-#include "server/coordinator_state.h"
-#include "server/embedding_service.h"
-#include "server/embedding_store.h"
-#include "server/parameter_service.h"
-#include "server/parameter_store.h"
+#include "server/coordinator/coordinator_service.h"
+#include "server/coordinator/coordinator_state.h"
+#include "server/embedding/embedding_service.h"
+#include "server/embedding/embedding_store.h"
+#include "server/ps/parameter_service.h"
+#include "server/ps/parameter_store.h"
 #include "tests/resident_memory.h"
 
 namespace psd {

@@ -55,8 +55,8 @@ K8S = "deploy/k8s"
 DOCKERFILE = "deploy/docker/Dockerfile"
 JOB_JSON = "deploy/jobs/fashion_mnist_mlp.json"
 BINARIES = {  # binary name -> Bazel label
-    "psd_coordinator": "//server:psd_coordinator",
-    "psd_server": "//server:psd_server",
+    "psd_coordinator": "//server/coordinator:psd_coordinator",
+    "psd_server": "//server/ps:psd_server",
     "psd_worker": "//worker:psd_worker",
     "psd_ctl": "//deploy:psd_ctl",
 }

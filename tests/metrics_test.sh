@@ -5,7 +5,7 @@
 # push/pull and step counters increase. A metrics port in use is an error.
 source tests/cluster_lib.sh
 
-for b in server/psd_coordinator server/psd_server worker/psd_worker; do
+for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker; do
   "$BIN/$b" --help >"$WORK/help" 2>&1 || true
   for f in --metrics_listen --metrics_port_file; do
     grep -q -- "$f" "$WORK/help" || fail "$b --help lacks $f"
@@ -169,11 +169,11 @@ start_process() {  # NAME BINARY ARGS...
   wait_port $! "$WORK/$name.mport" >/dev/null || fail "$name did not serve metrics"
 }
 
-start_process coordinator server/psd_coordinator --port_file="$WORK/coordinator.port"
+start_process coordinator server/coordinator/psd_coordinator --port_file="$WORK/coordinator.port"
 COORDINATOR=127.0.0.1:$(wait_port "${PIDS[0]}" "$WORK/coordinator.port") ||
   fail "coordinator did not start"
 for p in server1 server2; do
-  start_process $p server/psd_server --coordinator="$COORDINATOR"
+  start_process $p server/ps/psd_server --coordinator="$COORDINATOR"
 done
 for p in worker1 worker2; do
   start_process $p worker/psd_worker --coordinator="$COORDINATOR"
@@ -186,7 +186,7 @@ grep -q "serving Prometheus metrics on http://127.0.0.1:$(cat "$WORK/server1.mpo
 
 # A metrics port in use: a clear error and exit 1, not a silent second listener.
 rc=0
-timeout 20 "$BIN/server/psd_coordinator" \
+timeout 20 "$BIN/server/coordinator/psd_coordinator" \
   --metrics_listen=127.0.0.1:"$(cat "$WORK/server1.mport")" >"$WORK/inuse.log" 2>&1 || rc=$?
 [ $rc -eq 1 ] || { cat "$WORK/inuse.log"; fail "metrics port in use: exit $rc, want 1"; }
 grep -q "cannot listen on 127.0.0.1:$(cat "$WORK/server1.mport")" "$WORK/inuse.log" ||

@@ -14,7 +14,7 @@ start_server() {
   local name=$1
   shift
   rm -f "$WORK/$name.port"
-  "$BIN/server/psd_server" --coordinator="$COORDINATOR" \
+  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
     --port_file="$WORK/$name.port" "$@" 2>>"$WORK/$name.log" &
   PIDS+=($!)
   SERVER_PID[$name]=$!
@@ -33,7 +33,7 @@ declare -A WORKER_PID
 start_replicated() {
   local name=$1 servers=$2 workers=$3 r=$4
   shift 4
-  "$BIN/server/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
     --replication_factor="$r" "$@" 2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||

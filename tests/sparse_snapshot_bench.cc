@@ -24,9 +24,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/process.h"
-#include "server/embedding_rows.h"
-#include "server/embedding_snapshot.h"
-#include "server/embedding_store.h"
+#include "common/embedding_rows.h"
+#include "server/embedding/embedding_snapshot.h"
+#include "server/embedding/embedding_store.h"
 
 ABSL_FLAG(int64_t, rows, 1000000, "Rows in the table.");
 ABSL_FLAG(int, dim, 64, "Row width d.");

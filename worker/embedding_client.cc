@@ -12,7 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/rpc.h"
 #include "common/status.h"
-#include "server/embedding_rows.h"
+#include "common/embedding_rows.h"
 
 namespace psd {
 

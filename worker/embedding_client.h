@@ -46,7 +46,7 @@ struct EmbeddingClientOptions {
 // One job's view of its embedding tables. replicas[s] lists the host:port
 // of the psd_servers holding shard s of every table made by this client,
 // the primary first (num_shards = replicas.size()); row r goes to shard
-// ShardOfRow(r, S) (server/embedding_rows.h). The table layout is not taken
+// ShardOfRow(r, S) (common/embedding_rows.h). The table layout is not taken
 // from the coordinator: the caller names the servers (see
 // docs/ARCHITECTURE.md, "Sparse embedding tables").
 //

@@ -28,7 +28,7 @@
 //   * Its feature id is SplitMix64Mix((f + 1) * 2^40 + v) mod num_rows
 //     (the hashing trick into a table of --num_rows rows, 10^8 by default).
 //   * The planted weight of a feature is --planted_scale * N(0, 1), drawn
-//     with server/embedding_rows.h's NORMAL initializer (seed --seed + 1,
+//     with common/embedding_rows.h's NORMAL initializer (seed --seed + 1,
 //     column 0). The label is 1 with probability sigmoid(sum of the
 //     example's planted weights).
 //   * Examples [0, train) train, [train, train + test) test.
@@ -72,7 +72,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/process.h"
-#include "server/embedding_rows.h"
+#include "common/embedding_rows.h"
 #include "worker/embedding_client.h"
 
 ABSL_FLAG(std::string, servers, "",

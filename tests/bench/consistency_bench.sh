@@ -13,7 +13,7 @@
 #   all   both ranks' steps / the slower rank's training time,
 #   acc   the job's final test accuracy (rank 0 at its end).
 # Usage: tests/bench/consistency_bench.sh [RUNS] [SLOW_MS]
-# (build first: bazel build //server:all //worker:psd_worker //deploy:psd_ctl)
+# (build first: bazel build //server/... //worker:psd_worker //deploy:psd_ctl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
@@ -24,11 +24,11 @@ WORK=$(mktemp -d /tmp/psd-consbench.XXXXXX)
 PIDS=()
 trap 'stop_processes "${PIDS[@]}" 2>/dev/null || true' EXIT
 
-"$BIN/server/psd_coordinator" --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
+"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
 PIDS+=($!)
 C=127.0.0.1:$(wait_port $! "$WORK/c.port")
 for i in 1 2; do
-  "$BIN/server/psd_server" --coordinator="$C" 2>>"$WORK/s$i.log" &
+  "$BIN/server/ps/psd_server" --coordinator="$C" 2>>"$WORK/s$i.log" &
   PIDS+=($!)
 done
 "$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/fast.log" &

@@ -15,7 +15,7 @@
 #   RUNS: runs per setting, default 3. JOB_FILE: default the quick-start job
 #   deploy/jobs/fashion_mnist_mlp.textproto.
 # From the repository root, after
-#   bazel build //server:all //worker:psd_worker //deploy:psd_ctl
+#   bazel build //server/... //worker:psd_worker //deploy:psd_ctl
 # or through Bazel: bazel run //tests/bench:overlap_bench -- [RUNS] [JOB_FILE]
 # (a relative JOB_FILE is then read from the runfiles tree).
 set -euo pipefail
@@ -32,7 +32,7 @@ source deploy/processes.sh
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/psd-overlapbench.XXXXXX")
 # A private copy of the binaries: a build running meanwhile cannot swap them.
 BIN=$WORK/bin
-for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_ctl; do
+for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker deploy/psd_ctl; do
   mkdir -p "$BIN/$(dirname $b)" && cp "$SRC/$b" "$BIN/$b"
 done
 PIDS=()
@@ -47,12 +47,12 @@ cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
   local tag=$1.$2
-  "$BIN/server/psd_coordinator" --port_file="$WORK/$tag.c.port" \
+  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$tag.c.port" \
     2>"$WORK/$tag.c.log" &
   PIDS+=($!)
   C=127.0.0.1:$(wait_port $! "$WORK/$tag.c.port")
   for i in 1 2; do
-    "$BIN/server/psd_server" --coordinator="$C" 2>"$WORK/$tag.s$i.log" &
+    "$BIN/server/ps/psd_server" --coordinator="$C" 2>"$WORK/$tag.s$i.log" &
     PIDS+=($!)
   done
   for i in 1 2; do

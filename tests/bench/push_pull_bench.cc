@@ -38,8 +38,8 @@
 #include "common/process.h"
 #include "common/proto.h"
 #include "common/rpc.h"
-#include "server/parameter_service.h"
-#include "server/parameter_store.h"
+#include "server/ps/parameter_service.h"
+#include "server/ps/parameter_store.h"
 #include "tests/bench/echo.grpc.pb.h"
 #include "worker/ps_client.h"
 

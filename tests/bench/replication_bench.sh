@@ -12,7 +12,7 @@
 #    (log timestamps are UTC wall clock, like `date`). Median and max.
 # Usage: tests/bench/replication_bench.sh [RUNS] [KILLS] (RUNS 0: failover
 # time only)
-# (build first: bazel build //server:all //worker:psd_worker //deploy:psd_ctl)
+# (build first: bazel build //server/... //worker:psd_worker //deploy:psd_ctl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
@@ -21,7 +21,7 @@ source deploy/processes.sh
 WORK=$(mktemp -d /tmp/psd-replbench.XXXXXX)
 # A private copy of the binaries: a build running meanwhile cannot swap them.
 BIN=$WORK/bin
-for b in server/psd_coordinator server/psd_server worker/psd_worker deploy/psd_ctl; do
+for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker deploy/psd_ctl; do
   mkdir -p "$BIN/$(dirname $b)" && cp "bazel-bin/$b" "$BIN/$b"
 done
 PIDS=()
@@ -33,12 +33,12 @@ cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
   rm -f "$WORK"/*.port  # the last cluster's ports
-  "$BIN/server/psd_coordinator" --replication_factor="$1" \
+  "$BIN/server/coordinator/psd_coordinator" --replication_factor="$1" \
     --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
   PIDS+=($!)
   C=127.0.0.1:$(wait_port $! "$WORK/c.port")
   for i in 1 2 3; do
-    "$BIN/server/psd_server" --coordinator="$C" --port_file="$WORK/s$i.port" \
+    "$BIN/server/ps/psd_server" --coordinator="$C" --port_file="$WORK/s$i.port" \
       2>>"$WORK/s$i.log" &
     PIDS+=($!)
     SERVER_PID[$(wait_port $! "$WORK/s$i.port")]=$!

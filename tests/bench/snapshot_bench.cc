@@ -42,7 +42,7 @@
 #include "absl/strings/str_split.h"
 #include "common/process.h"
 #include "common/proto.h"
-#include "server/snapshot_store.h"
+#include "server/snapshot/snapshot_store.h"
 
 ABSL_FLAG(std::string, dir, "",
           "Parent of the stores' directories (default: $TEST_TMPDIR or "

@@ -4,7 +4,7 @@
 # without snapshots and RUNS times with `snapshot { every_steps: EVERY }`,
 # alternating, and prints each run's training time, the medians and their
 # ratio. Usage: tests/bench/snapshot_overhead.sh [RUNS] [EVERY]
-# (build first: bazel build //server:all //worker:psd_worker //deploy:psd_ctl)
+# (build first: bazel build //server/... //worker:psd_worker //deploy:psd_ctl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
@@ -15,11 +15,11 @@ WORK=$(mktemp -d /tmp/psd-snapbench.XXXXXX)
 PIDS=()
 trap 'stop_processes "${PIDS[@]}"' EXIT
 
-"$BIN/server/psd_coordinator" --port_file="$WORK/c.port" 2>"$WORK/c.log" &
+"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/c.port" 2>"$WORK/c.log" &
 PIDS+=($!)
 C=127.0.0.1:$(wait_port $! "$WORK/c.port")
 for i in 1 2; do
-  "$BIN/server/psd_server" --coordinator="$C" --data_dir="$WORK/s$i" 2>"$WORK/s$i.log" &
+  "$BIN/server/ps/psd_server" --coordinator="$C" --data_dir="$WORK/s$i" 2>"$WORK/s$i.log" &
   PIDS+=($!)
   "$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/w$i.log" &
   PIDS+=($!)

@@ -34,7 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/process.h"
-#include "server/embedding_rows.h"
+#include "common/embedding_rows.h"
 #include "worker/embedding_client.h"
 
 ABSL_FLAG(std::string, servers, "", "Comma-separated host:port (required).");

@@ -1,0 +1,842 @@
+#include "server/embedding/embedding_store.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <set>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/embedding_rows.h"
+#include "server/ps/optimizer.h"
+
+namespace psd {
+namespace {
+
+constexpr int kStripeBits = 3;
+constexpr int kStripes = 1 << kStripeBits;
+// Target size of one arena chunk.
+constexpr int64_t kChunkBytes = 16 << 10;
+// Bytes per map slot: the (uint64, uint32) pair padded to 16, plus one
+// control byte (absl's SwissTable).
+constexpr int64_t kMapSlotBytes =
+    sizeof(std::pair<const uint64_t, uint32_t>) + 1;
+
+// Pushes remembered per client and table for dedup, and how long a client
+// with no push is remembered (see EmbeddingPushKey).
+constexpr size_t kDedupWindow = 1024;
+constexpr absl::Duration kDedupIdle = absl::Minutes(10);
+
+inline int StripeOf(uint64_t mixed) {
+  return static_cast<int>(mixed >> (64 - kStripeBits));
+}
+
+}  // namespace
+
+struct EmbeddingStore::Table {
+  // One eighth of the rows: its map and its arena.
+  struct Stripe {
+    mutable absl::Mutex mu;
+    absl::flat_hash_map<uint64_t, uint32_t> index ABSL_GUARDED_BY(mu);
+    std::vector<std::unique_ptr<float[]>> chunks ABSL_GUARDED_BY(mu);
+    int64_t rows ABSL_GUARDED_BY(mu) = 0;
+    // What this stripe last added to the accounting.
+    int64_t accounted ABSL_GUARDED_BY(mu) = 0;
+  };
+
+  // Replication state of one replicated shard.
+  struct Replication {
+    std::vector<std::string> replicas;  // primary first
+    int32_t self = 0;                   // this server's index in replicas
+    bool primary = false;
+    std::vector<std::string> forward_to;  // replicas - self - dropped
+    std::vector<std::string> dropped;     // "address: reason"
+  };
+
+  Table(EmbeddingTableSpec s, std::vector<int32_t> sh,
+        std::vector<TableShardReplicas> repl,
+        std::shared_ptr<std::atomic<int64_t>> store_total,
+        std::shared_ptr<std::atomic<int64_t>> store_arena)
+      : spec(std::move(s)),
+        shards(std::move(sh)),
+        replica_sets(std::move(repl)),
+        dim(spec.dim()),
+        slots(OptimizerSlots(spec.optimizer())),
+        row_floats(2 + static_cast<int64_t>(dim) * (1 + slots)),
+        rows_per_chunk(std::max<int64_t>(1, kChunkBytes / (row_floats * 4))),
+        holds(spec.num_shards(), false),
+        total(std::move(store_total)),
+        arena(std::move(store_arena)) {
+    for (int32_t s : shards) holds[s] = true;
+    for (const TableShardReplicas& r : replica_sets) {
+      Replication& state = replication[r.shard()];
+      state.replicas.assign(r.replicas().begin(), r.replicas().end());
+      state.self = r.self();
+      state.primary = r.self() == 0;
+      if (state.primary) {
+        for (int32_t i = 0; i < r.replicas_size(); ++i) {
+          if (i != r.self()) state.forward_to.push_back(r.replicas(i));
+        }
+      }
+    }
+  }
+
+  ~Table() {
+    int64_t all = 0, chunk_bytes = 0;
+    for (Stripe& s : stripes) {
+      absl::MutexLock lock(&s.mu);
+      all += s.accounted;
+      chunk_bytes += static_cast<int64_t>(s.chunks.size()) * ChunkBytes();
+    }
+    total->fetch_sub(all);
+    arena->fetch_sub(chunk_bytes);
+  }
+
+  int64_t ChunkBytes() const { return rows_per_chunk * row_floats * 4; }
+  int64_t RowBytes() const { return row_floats * 4; }
+
+  // The record of slot `slot`. REQUIRES: s.mu held.
+  float* Record(const Stripe& s, uint32_t slot) const {
+    return s.chunks[slot / rows_per_chunk].get() +
+           (slot % rows_per_chunk) * row_floats;
+  }
+
+  // Brings the accounting up to date with the stripe's arrays.
+  void Account(Stripe& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    const int64_t now =
+        static_cast<int64_t>(s.chunks.size()) * ChunkBytes() +
+        static_cast<int64_t>(s.index.capacity()) * kMapSlotBytes;
+    total->fetch_add(now - s.accounted);
+    table_bytes.fetch_add(now - s.accounted);
+    s.accounted = now;
+  }
+
+  // Constant after construction.
+  const EmbeddingTableSpec spec;  // with defaults
+  const std::vector<int32_t> shards;
+  // As created (sorted by shard), for the idempotency check.
+  const std::vector<TableShardReplicas> replica_sets;
+  const int32_t dim;
+  const int slots;
+  const int64_t row_floats;  // count (2 floats) + weights + slots
+  const int64_t rows_per_chunk;
+  std::vector<bool> holds;  // by shard; constant after construction
+  const std::shared_ptr<std::atomic<int64_t>> total;
+  const std::shared_ptr<std::atomic<int64_t>> arena;
+
+  // The dedup state of one client (EmbeddingPushKey): the sequence numbers
+  // of its last kDedupWindow pushes applied here. mu is held while the
+  // client's push applies, so a retry waits for the original.
+  struct ClientLog {
+    absl::Mutex mu;
+    std::set<uint64_t> applied ABSL_GUARDED_BY(mu);
+    absl::Time last_used ABSL_GUARDED_BY(mu);
+  };
+  // The client's log (created on first use); drops the logs idle for
+  // kDedupIdle, at most once a minute.
+  std::shared_ptr<ClientLog> LogOf(const std::string& client_id) {
+    absl::MutexLock lock(&clients_mu);
+    const absl::Time now = absl::Now();
+    if (now - last_sweep > absl::Minutes(1)) {
+      last_sweep = now;
+      for (auto it = clients.begin(); it != clients.end();) {
+        absl::MutexLock log_lock(&it->second->mu);
+        it = now - it->second->last_used > kDedupIdle ? clients.erase(it)
+                                                      : std::next(it);
+      }
+    }
+    std::shared_ptr<ClientLog>& log = clients[client_id];
+    if (log == nullptr) log = std::make_shared<ClientLog>();
+    return log;
+  }
+
+  // Pushes hold it shared from their dedup check to their log entry;
+  // Capture holds it exclusively (a cut between pushes).
+  mutable absl::Mutex capture_mu;
+  std::array<Stripe, kStripes> stripes;
+  mutable absl::Mutex replication_mu;
+  // Shard -> its replication; only replicated shards are here. The keys
+  // are constant after construction.
+  std::map<int32_t, Replication> replication ABSL_GUARDED_BY(replication_mu);
+  absl::Mutex clients_mu;
+  std::map<std::string, std::shared_ptr<ClientLog>> clients
+      ABSL_GUARDED_BY(clients_mu);
+  absl::Time last_sweep ABSL_GUARDED_BY(clients_mu) = absl::Now();
+  std::atomic<int64_t> table_bytes{0};
+  std::atomic<int64_t> rows{0};
+  std::atomic<int64_t> pulls{0};
+  std::atomic<int64_t> pushes{0};
+  std::atomic<int64_t> replicated{0};
+};
+
+namespace {
+
+// Checks the ids against the table; fills mixed[i] = SplitMix64Mix(ids[i])
+// and `by_stripe` with the request indices grouped by stripe (request order
+// within a stripe), `starts[s]` the first of stripe s (starts[kStripes] =
+// n).
+// *shard (when not null) gets the shard of the rows when they are all of
+// one, else -1; with `one_shard`, rows of two shards are INVALID_ARGUMENT.
+absl::Status RouteIds(const EmbeddingStore::Table& t,
+                      absl::Span<const uint64_t> ids,
+                      std::vector<uint32_t>* by_stripe,
+                      std::array<uint32_t, kStripes + 1>* starts,
+                      bool one_shard = false, int32_t* shard_out = nullptr) {
+  int32_t first_shard = -1;
+  bool mixed = false;
+  const uint64_t num_rows = t.spec.num_rows();
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  std::array<uint32_t, kStripes + 1> count{};
+  std::vector<uint8_t> stripe(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t id = ids[i];
+    if (id >= num_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_ids[", i, "]: ", id, " is out of range [0, ",
+                       num_rows, ") of table \"", t.spec.name(), "\""));
+    }
+    const uint64_t mixed_bits = SplitMix64Mix(id);
+    const int32_t shard = static_cast<int32_t>(mixed_bits % num_shards);
+    if (!t.holds[shard]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "row_ids[", i, "]: row ", id, " is on shard ", shard, " of ",
+          num_shards, "; this server holds shards [",
+          absl::StrJoin(t.shards, ", "), "] of table \"", t.spec.name(),
+          "\""));
+    }
+    if (i == 0) {
+      first_shard = shard;
+    } else if (shard != first_shard) {
+      if (one_shard) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row_ids[", i, "]: row ", id, " is on shard ", shard,
+            " but row_ids[0] is on shard ", first_shard, "; a push to table \"",
+            t.spec.name(),
+            "\" (it has replicated shards) must hold rows of one shard"));
+      }
+      mixed = true;
+    }
+    stripe[i] = static_cast<uint8_t>(StripeOf(mixed_bits));
+    ++count[stripe[i] + 1];
+  }
+  if (shard_out != nullptr) *shard_out = mixed ? -1 : first_shard;
+  for (int s = 0; s < kStripes; ++s) count[s + 1] += count[s];
+  *starts = count;
+  by_stripe->resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    (*by_stripe)[count[stripe[i]]++] = static_cast<uint32_t>(i);
+  }
+  return absl::OkStatus();
+}
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
+}
+
+absl::Status CheckGradients(const EmbeddingStore::Table& t,
+                            absl::Span<const uint64_t> ids,
+                            const Tensor& gradients) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (gradients.dtype() != FLOAT32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradients.dtype: must be FLOAT32, got ",
+                     DType_Name(gradients.dtype())));
+  }
+  if (gradients.shape_size() != 2 || gradients.shape(0) != n ||
+      gradients.shape(1) != t.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradients.shape: must be [len(row_ids), dim] = [", n, ", ", t.dim,
+        "], got ", ShapeString(gradients)));
+  }
+  const int64_t want = n * t.dim * 4;
+  if (static_cast<int64_t>(gradients.data().size()) != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradients.data: must hold ", want, " bytes ([", n, ", ",
+                     t.dim, "] float32), got ", gradients.data().size()));
+  }
+  const char* data = gradients.data().data();
+  for (int64_t e = 0; e < n * t.dim; ++e) {
+    float v;
+    std::memcpy(&v, data + e * 4, 4);
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gradients.data: element ", e, " (row_ids[", e / t.dim, "] = ",
+          ids[e / t.dim], ", column ", e % t.dim, ") is ", v,
+          "; gradients must be finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+EmbeddingStore::EmbeddingStore(EmbeddingStoreOptions options)
+    : options_(options),
+      bytes_(std::make_shared<std::atomic<int64_t>>(0)),
+      arena_bytes_(std::make_shared<std::atomic<int64_t>>(0)) {}
+
+EmbeddingStore::~EmbeddingStore() = default;
+
+absl::StatusOr<std::shared_ptr<EmbeddingStore::Table>>
+EmbeddingStore::NewTable(const std::string& job_id,
+                         const EmbeddingTableSpec& spec,
+                         const std::vector<int32_t>& shards,
+                         const std::vector<TableShardReplicas>& replicas) const {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
+  absl::Status valid = ValidateTableSpec(spec, "spec");
+  if (!valid.ok()) return valid;
+  if (shards.empty()) {
+    return absl::InvalidArgumentError("shards: at least one shard required");
+  }
+  std::vector<bool> seen(spec.num_shards(), false);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards[i] < 0 || shards[i] >= spec.num_shards()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shards[", i, "]: must be in [0, ", spec.num_shards(),
+                       "), got ", shards[i]));
+    }
+    if (seen[shards[i]]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shards[", i, "]: shard ", shards[i], " listed twice"));
+    }
+    seen[shards[i]] = true;
+  }
+  std::vector<bool> has_replicas(spec.num_shards(), false);
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    const TableShardReplicas& r = replicas[i];
+    const std::string field = absl::StrCat("replicas[", i, "]");
+    if (r.shard() < 0 || r.shard() >= spec.num_shards() || !seen[r.shard()]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shard: ", r.shard(),
+                       " is not one of the shards this server holds"));
+    }
+    if (has_replicas[r.shard()]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shard: shard ", r.shard(), " has two replica sets"));
+    }
+    has_replicas[r.shard()] = true;
+    if (r.replicas_size() < 2 || r.replicas_size() > kMaxShardReplicas) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".replicas: need 2 to ", kMaxShardReplicas,
+                       " addresses, got ", r.replicas_size()));
+    }
+    for (int j = 0; j < r.replicas_size(); ++j) {
+      const std::string& address = r.replicas(j);
+      if (address.empty() || address.size() > 256) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".replicas[", j, "]: must be host:port of 1 to 256 bytes"));
+      }
+      for (int k = 0; k < j; ++k) {
+        if (r.replicas(k) == address) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, ".replicas[", j, "]: ", address,
+                           " is listed twice"));
+        }
+      }
+    }
+    if (r.self() < 0 || r.self() >= r.replicas_size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".self: must be in [0, ", r.replicas_size(),
+                       "), got ", r.self()));
+    }
+  }
+  std::vector<TableShardReplicas> sorted_replicas = replicas;
+  std::sort(sorted_replicas.begin(), sorted_replicas.end(),
+            [](const TableShardReplicas& a, const TableShardReplicas& b) {
+              return a.shard() < b.shard();
+            });
+  std::vector<int32_t> sorted = shards;
+  std::sort(sorted.begin(), sorted.end());
+  return std::make_shared<Table>(WithTableDefaults(spec), std::move(sorted),
+                                 std::move(sorted_replicas), bytes_,
+                                 arena_bytes_);
+}
+
+absl::StatusOr<bool> EmbeddingStore::CreateTable(
+    const std::string& job_id, const EmbeddingTableSpec& spec,
+    const std::vector<int32_t>& shards,
+    const std::vector<TableShardReplicas>& replicas) {
+  auto made = NewTable(job_id, spec, shards, replicas);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<Table> fresh = *std::move(made);
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_pair(job_id, spec.name());
+  auto it = tables_.find(key);
+  if (it != tables_.end()) {
+    const Table& old = *it->second;
+    bool same_replicas = old.replica_sets.size() == fresh->replica_sets.size();
+    for (size_t i = 0; same_replicas && i < fresh->replica_sets.size(); ++i) {
+      same_replicas = old.replica_sets[i].SerializeAsString() ==
+                      fresh->replica_sets[i].SerializeAsString();
+    }
+    if (old.spec.SerializeAsString() == fresh->spec.SerializeAsString() &&
+        old.shards == fresh->shards && same_replicas) {
+      return false;
+    }
+    return absl::AlreadyExistsError(absl::StrCat(
+        "table \"", spec.name(), "\" of job ", job_id,
+        " exists with another spec, other shards or other replicas (drop it "
+        "first)"));
+  }
+  tables_[key] = std::move(fresh);
+  return true;
+}
+
+absl::StatusOr<EmbeddingTableCapture> EmbeddingStore::Capture(
+    const std::string& job_id, const std::string& table) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  EmbeddingTableCapture capture;
+  capture.job_id = job_id;
+  capture.spec = t.spec;
+  capture.shards = t.shards;
+  capture.record_floats = t.row_floats;
+  // No push runs from here on (each holds capture_mu shared throughout).
+  absl::MutexLock capture_lock(&t.capture_mu);
+  int64_t rows = 0;
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    rows += stripe.rows;
+  }
+  capture.ids.reserve(rows);
+  capture.records.resize(rows * t.row_floats);
+  float* dst = capture.records.data();
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, slot] : stripe.index) {
+      capture.ids.push_back(row);
+      std::memcpy(dst, t.Record(stripe, slot), t.row_floats * 4);
+      dst += t.row_floats;
+    }
+  }
+  absl::MutexLock clients_lock(&t.clients_mu);
+  for (const auto& [client, log] : t.clients) {
+    absl::MutexLock log_lock(&log->mu);
+    if (log->applied.empty()) continue;
+    capture.dedup.emplace_back(
+        client, std::vector<uint64_t>(log->applied.begin(), log->applied.end()));
+  }
+  return capture;
+}
+
+absl::StatusOr<int64_t> EmbeddingStore::Restore(
+    const EmbeddingTableCapture& capture, const std::vector<int32_t>& shards,
+    const std::vector<TableShardReplicas>& replicas) {
+  auto made = NewTable(capture.job_id, capture.spec, shards, replicas);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<Table> fresh = *std::move(made);
+  Table& t = *fresh;
+  const std::string what = absl::StrCat("restore of table \"", t.spec.name(),
+                                        "\" of job ", capture.job_id);
+  if (t.spec.SerializeAsString() != capture.spec.SerializeAsString()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": the snapshot's spec does not validate as given"));
+  }
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (!std::binary_search(capture.shards.begin(), capture.shards.end(),
+                            shards[i])) {
+      return absl::NotFoundError(absl::StrCat(
+          "shards[", i, "]: shard ", shards[i], " is not in the snapshot of "
+          "table \"", t.spec.name(), "\" (it holds shards [",
+          absl::StrJoin(capture.shards, ", "), "])"));
+    }
+  }
+  if (capture.record_floats != t.row_floats ||
+      capture.records.size() != capture.ids.size() * t.row_floats) {
+    return absl::DataLossError(absl::StrCat(
+        what, ": the snapshot's row records have ", capture.record_floats,
+        " floats (", capture.records.size(), " floats for ", capture.ids.size(),
+        " rows); the spec needs ", t.row_floats));
+  }
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  int64_t loaded = 0, chunk_bytes = 0;
+  for (Table::Stripe& stripe : t.stripes) stripe.mu.Lock();
+  absl::Status status;
+  for (size_t i = 0; i < capture.ids.size() && status.ok(); ++i) {
+    const uint64_t id = capture.ids[i];
+    if (id >= t.spec.num_rows()) {
+      status = absl::DataLossError(absl::StrCat(
+          what, ": row id ", id, " is out of range [0, ", t.spec.num_rows(),
+          ")"));
+      break;
+    }
+    const uint64_t mixed = SplitMix64Mix(id);
+    if (!t.holds[mixed % num_shards]) continue;
+    Table::Stripe& stripe = t.stripes[StripeOf(mixed)];
+    auto [it, inserted] =
+        stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows));
+    if (!inserted) {
+      status = absl::DataLossError(
+          absl::StrCat(what, ": row ", id, " is in the snapshot twice"));
+      break;
+    }
+    if (stripe.rows ==
+        static_cast<int64_t>(stripe.chunks.size()) * t.rows_per_chunk) {
+      stripe.chunks.emplace_back(new float[t.rows_per_chunk * t.row_floats]);
+      chunk_bytes += t.ChunkBytes();
+    }
+    std::memcpy(t.Record(stripe, it->second),
+                capture.records.data() + i * t.row_floats, t.row_floats * 4);
+    ++stripe.rows;
+    ++loaded;
+  }
+  for (Table::Stripe& stripe : t.stripes) {
+    t.Account(stripe);
+    stripe.mu.Unlock();
+  }
+  // The chunks are counted against max_bytes like a push's (the table's
+  // destructor gives them back, also on the error paths below).
+  const int64_t before = arena_bytes_->fetch_add(chunk_bytes);
+  if (!status.ok()) return status;
+  if (options_.max_bytes > 0 && before + chunk_bytes > options_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, " needs ", chunk_bytes, " bytes of rows; the server holds ",
+        before, " of its limit ", options_.max_bytes));
+  }
+  t.rows.store(loaded);
+  for (const auto& [client, sequences] : capture.dedup) {
+    std::shared_ptr<Table::ClientLog> log = t.LogOf(client);
+    absl::MutexLock lock(&log->mu);
+    const size_t skip =
+        sequences.size() > kDedupWindow ? sequences.size() - kDedupWindow : 0;
+    log->applied.insert(sequences.begin() + skip, sequences.end());
+    log->last_used = absl::Now();
+  }
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_pair(capture.job_id, t.spec.name());
+  if (tables_.count(key)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "table \"", t.spec.name(), "\" of job ", capture.job_id,
+        " exists on this server; drop it before restoring it"));
+  }
+  tables_[key] = std::move(fresh);
+  return loaded;
+}
+
+absl::StatusOr<std::shared_ptr<EmbeddingStore::Table>> EmbeddingStore::Find(
+    const std::string& job_id, const std::string& table) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tables_.find(std::make_pair(job_id, table));
+  if (it != tables_.end()) return it->second;
+  for (const auto& [key, unused] : tables_) {
+    if (key.first == job_id) {
+      return absl::NotFoundError(absl::StrCat("table: no table \"", table,
+                                              "\" in job ", job_id,
+                                              " on this server"));
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "job_id: no embedding table of job \"", job_id, "\" on this server"));
+}
+
+absl::Status EmbeddingStore::Pull(const std::string& job_id,
+                                  const std::string& table,
+                                  absl::Span<const uint64_t> ids,
+                                  std::string* out, int32_t* dim) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  if (dim != nullptr) *dim = t.dim;
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  absl::Status routed = RouteIds(t, ids, &order, &starts);
+  if (!routed.ok()) return routed;
+  const int64_t row_bytes = static_cast<int64_t>(t.dim) * 4;
+  out->resize(ids.size() * row_bytes);
+  char* dst = out->data();
+  for (int s = 0; s < kStripes; ++s) {
+    if (starts[s] == starts[s + 1]) continue;
+    const Table::Stripe& stripe = t.stripes[s];
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (uint32_t k = starts[s]; k < starts[s + 1]; ++k) {
+      const uint32_t i = order[k];
+      float* row = reinterpret_cast<float*>(dst + i * row_bytes);
+      auto it = stripe.index.find(ids[i]);
+      if (it == stripe.index.end()) {
+        InitialRow(t.spec.initializer(), t.dim, ids[i], row);
+      } else {
+        std::memcpy(row, t.Record(stripe, it->second) + 2, row_bytes);
+      }
+    }
+  }
+  t.pulls.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
+    const std::string& job_id, const std::string& table,
+    absl::Span<const uint64_t> ids, const Tensor& gradients,
+    const EmbeddingPushKey& key, EmbeddingPushSource source) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  const bool replicated = !t.replica_sets.empty();
+  int32_t shard = -1;
+  absl::Status checked =
+      RouteIds(t, ids, &order, &starts, /*one_shard=*/replicated, &shard);
+  if (!checked.ok()) return checked;
+  checked = CheckGradients(t, ids, gradients);
+  if (!checked.ok()) return checked;
+  // A client push to a replicated shard: who to forward to (and a backup
+  // becomes the primary). Decided before applying; the caller forwards
+  // after.
+  EmbeddingPushResult result;
+  result.shard = shard;
+  if (replicated && shard >= 0 && source == EmbeddingPushSource::kClient) {
+    absl::MutexLock lock(&t.replication_mu);
+    auto it = t.replication.find(shard);
+    if (it != t.replication.end()) {
+      if (key.client_id.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "client_id: required for a push to shard ", shard, " of table \"",
+            t.spec.name(), "\", which has backups (forwards are exactly-once)"));
+      }
+      Table::Replication& r = it->second;
+      if (!r.primary) {
+        r.primary = true;
+        result.promoted = true;
+        // Every other replica, the earlier ones included (the old primary
+        // may be alive for other clients: it then gets these pushes too).
+        // Nothing is dropped yet: only a primary forwards, so only a
+        // primary drops.
+        for (size_t i = 0; i < r.replicas.size(); ++i) {
+          if (static_cast<int32_t>(i) != r.self) {
+            r.forward_to.push_back(r.replicas[i]);
+          }
+        }
+      }
+      result.forward_to = r.forward_to;
+    }
+  }
+  // A Capture waits for this push to finish (and this push for a Capture).
+  absl::ReaderMutexLock capture_lock(&t.capture_mu);
+  // Exactly once per (client, sequence): held until the push is applied.
+  std::shared_ptr<Table::ClientLog> log;
+  std::optional<absl::ReleasableMutexLock> log_lock;
+  if (!key.client_id.empty()) {
+    log = t.LogOf(key.client_id);
+    log_lock.emplace(&log->mu);
+    log->last_used = absl::Now();
+    if (log->applied.count(key.sequence)) {
+      result.duplicate = true;
+      return result;
+    }
+    if (log->applied.size() >= kDedupWindow &&
+        key.sequence < *log->applied.begin()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence: ", key.sequence, " of client \"", key.client_id,
+          "\" is older than the ", kDedupWindow,
+          " pushes this server remembers for it: cannot tell whether it "
+          "was applied, so it is refused"));
+    }
+  }
+  // Within each stripe, equal ids become adjacent, in request order
+  // (stable), so duplicates are summed in request order.
+  for (int s = 0; s < kStripes; ++s) {
+    std::stable_sort(order.begin() + starts[s], order.begin() + starts[s + 1],
+                     [&ids](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
+  }
+  const int64_t dim = t.dim;
+  const char* grad_bytes = gradients.data().data();
+  // Lock every stripe the push touches, in ascending order.
+  std::array<bool, kStripes> locked{};
+  for (int s = 0; s < kStripes; ++s) {
+    if (starts[s] == starts[s + 1]) continue;
+    t.stripes[s].mu.Lock();
+    locked[s] = true;
+  }
+  auto unlock_all = [&]() {
+    for (int s = kStripes - 1; s >= 0; --s) {
+      if (locked[s]) t.stripes[s].mu.Unlock();
+    }
+  };
+  // Reserve the arena chunks the new rows need (max_bytes), before any
+  // row changes.
+  std::array<int64_t, kStripes> new_chunks{};
+  int64_t reserve = 0;
+  for (int s = 0; s < kStripes; ++s) {
+    if (!locked[s]) continue;
+    Table::Stripe& stripe = t.stripes[s];
+    int64_t fresh = 0;
+    for (uint32_t k = starts[s]; k < starts[s + 1]; ++k) {
+      if (k > starts[s] && ids[order[k]] == ids[order[k - 1]]) continue;
+      if (!stripe.index.contains(ids[order[k]])) ++fresh;
+    }
+    const int64_t capacity =
+        static_cast<int64_t>(stripe.chunks.size()) * t.rows_per_chunk;
+    const int64_t needed = stripe.rows + fresh - capacity;
+    new_chunks[s] =
+        needed > 0 ? (needed + t.rows_per_chunk - 1) / t.rows_per_chunk : 0;
+    reserve += new_chunks[s] * t.ChunkBytes();
+  }
+  if (reserve > 0) {
+    const int64_t before = arena_bytes_->fetch_add(reserve);
+    if (options_.max_bytes > 0 && before + reserve > options_.max_bytes) {
+      arena_bytes_->fetch_sub(reserve);
+      unlock_all();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "push to table \"", table, "\" needs ", reserve,
+          " more bytes of rows; the server holds ", before, " of its limit ",
+          options_.max_bytes));
+    }
+  }
+  std::vector<float> sum(dim);
+  for (int s = 0; s < kStripes; ++s) {
+    if (!locked[s]) continue;
+    Table::Stripe& stripe = t.stripes[s];
+    for (int64_t c = 0; c < new_chunks[s]; ++c) {
+      stripe.chunks.emplace_back(new float[t.rows_per_chunk * t.row_floats]);
+    }
+    uint32_t k = starts[s];
+    while (k < starts[s + 1]) {
+      const uint64_t id = ids[order[k]];
+      // Sum the group of equal ids (request order).
+      std::memcpy(sum.data(), grad_bytes + int64_t{order[k]} * dim * 4,
+                  dim * 4);
+      uint32_t end = k + 1;
+      for (; end < starts[s + 1] && ids[order[end]] == id; ++end) {
+        const char* g = grad_bytes + int64_t{order[end]} * dim * 4;
+        for (int64_t c = 0; c < dim; ++c) {
+          float v;
+          std::memcpy(&v, g + c * 4, 4);
+          sum[c] += v;
+        }
+      }
+      k = end;
+      auto [it, inserted] =
+          stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows));
+      float* record = nullptr;
+      if (inserted) {
+        record = t.Record(stripe, it->second);
+        ++stripe.rows;
+        ++result.rows_created;
+        std::memset(record, 0, t.row_floats * 4);  // count 0, slots 0
+        InitialRow(t.spec.initializer(), t.dim, id, record + 2);
+      } else {
+        record = t.Record(stripe, it->second);
+      }
+      int64_t step;
+      std::memcpy(&step, record, 8);
+      ApplyOptimizer(t.spec.optimizer(), step, sum.data(), dim, record + 2,
+                     t.slots > 0 ? record + 2 + dim : nullptr);
+      ++step;
+      std::memcpy(record, &step, 8);
+      ++result.rows_updated;
+    }
+    t.Account(stripe);
+  }
+  unlock_all();
+  if (log != nullptr) {
+    log->applied.insert(key.sequence);
+    if (log->applied.size() > kDedupWindow) {
+      log->applied.erase(log->applied.begin());
+    }
+  }
+  t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
+  t.pushes.fetch_add(1, std::memory_order_relaxed);
+  if (source == EmbeddingPushSource::kReplica) {
+    t.replicated.fetch_add(1, std::memory_order_relaxed);
+  }
+  return result;
+}
+
+bool EmbeddingStore::DropReplica(const std::string& job_id,
+                                 const std::string& table, int32_t shard,
+                                 const std::string& address,
+                                 const std::string& reason) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return false;
+  Table& t = **found;
+  absl::MutexLock lock(&t.replication_mu);
+  auto it = t.replication.find(shard);
+  if (it == t.replication.end()) return false;
+  std::vector<std::string>& targets = it->second.forward_to;
+  auto target = std::find(targets.begin(), targets.end(), address);
+  if (target == targets.end()) return false;
+  targets.erase(target);
+  it->second.dropped.push_back(absl::StrCat(address, ": ", reason));
+  return true;
+}
+
+absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
+    const std::string& job_id, const std::string& table, bool checksum) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  const Table& t = **found;
+  TableStatusResponse status;
+  *status.mutable_spec() = t.spec;
+  for (int32_t s : t.shards) status.add_shards(s);
+  status.set_rows(t.rows.load());
+  status.set_bytes(t.table_bytes.load());
+  status.set_row_bytes(t.RowBytes());
+  status.set_pulls(t.pulls.load());
+  status.set_pushes(t.pushes.load());
+  status.set_replicated(t.replicated.load());
+  std::map<int32_t, TableShardStatus*> by_shard;
+  {
+    absl::MutexLock lock(&t.replication_mu);
+    for (int32_t s : t.shards) {
+      TableShardStatus* shard = status.add_shard_status();
+      by_shard[s] = shard;
+      shard->set_shard(s);
+      shard->set_role(TableShardStatus::PRIMARY);
+      auto it = t.replication.find(s);
+      if (it == t.replication.end()) continue;
+      const Table::Replication& r = it->second;
+      shard->set_role(r.primary ? TableShardStatus::PRIMARY : TableShardStatus::BACKUP);
+      for (const std::string& a : r.replicas) shard->add_replicas(a);
+      for (const std::string& a : r.forward_to) shard->add_forward_to(a);
+      for (const std::string& d : r.dropped) shard->add_dropped(d);
+    }
+  }
+  if (!checksum) return status;
+  // Per row: a SplitMix64 chain over (row id, record words); per shard the
+  // wrapping sum, so the order rows are visited in does not matter.
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  const int64_t words = t.row_floats;  // 32-bit words of a record
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, slot] : stripe.index) {
+      const float* record = t.Record(stripe, slot);
+      uint64_t h = SplitMix64Mix(row ^ 0x9e3779b97f4a7c15ULL);
+      for (int64_t w = 0; w < words; ++w) {
+        uint32_t bits;
+        std::memcpy(&bits, record + w, 4);
+        h = SplitMix64Mix(h + bits);
+      }
+      int64_t updates;
+      std::memcpy(&updates, record, 8);
+      TableShardStatus* shard =
+          by_shard[static_cast<int32_t>(SplitMix64Mix(row) % num_shards)];
+      shard->set_rows(shard->rows() + 1);
+      shard->set_updates(shard->updates() + updates);
+      shard->set_checksum(shard->checksum() + h);
+    }
+  }
+  return status;
+}
+
+absl::Status EmbeddingStore::DropTable(const std::string& job_id,
+                                       const std::string& table) {
+  std::shared_ptr<Table> dropped;  // freed outside the lock
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tables_.find(std::make_pair(job_id, table));
+    if (it == tables_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "table: no table \"", table, "\" in job ", job_id, " on this server"));
+    }
+    dropped = std::move(it->second);
+    tables_.erase(it);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace psd

@@ -1,0 +1,357 @@
+#include "server/ps/parameter_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include <grpcpp/alarm.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/process.h"
+#include "common/quote.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "common/tensor.h"
+
+namespace psd {
+
+struct ParameterService::Metrics {
+  explicit Metrics(MetricsRegistry* registry)
+      : push_requests(registry->AddCounter(
+            "psd_server_push_requests_total", "Push calls received.")),
+        push_errors(registry->AddCounter(
+            "psd_server_push_errors_total",
+            "Push calls answered with an error (rejected gradients).")),
+        push_bytes(registry->AddCounter(
+            "psd_server_push_bytes_total",
+            "Bytes of push requests received (serialized protobuf size).")),
+        push_latency(registry->AddHistogram(
+            "psd_server_push_latency_seconds",
+            "Time to validate and apply one push, seconds.",
+            LatencyBuckets())),
+        pull_requests(registry->AddCounter(
+            "psd_server_pull_requests_total", "Pull calls received.")),
+        pull_errors(registry->AddCounter(
+            "psd_server_pull_errors_total",
+            "Pull calls that ended with an error, cancellation included.")),
+        pull_bytes(registry->AddCounter(
+            "psd_server_pull_bytes_total",
+            "Bytes of pull responses sent (serialized protobuf size).")),
+        pull_latency(registry->AddHistogram(
+            "psd_server_pull_latency_seconds",
+            "Time from receiving a pull to answering it, seconds; includes "
+            "waiting for the step's last push.",
+            LatencyBuckets())) {}
+
+  Counter* const push_requests;
+  Counter* const push_errors;
+  Counter* const push_bytes;
+  Histogram* const push_latency;
+  Counter* const pull_requests;
+  Counter* const pull_errors;
+  Counter* const pull_bytes;
+  Histogram* const pull_latency;
+};
+
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  return std::chrono::duration<double>(elapsed).count();
+}
+
+}  // namespace
+
+ParameterService::ParameterService(ParameterStore* store,
+                                   MetricsRegistry* metrics,
+                                   SnapshotStore* snapshots)
+    : store_(store),
+      snapshots_(snapshots),
+      own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
+                                       : nullptr),
+      metrics_(std::make_unique<Metrics>(
+          metrics != nullptr ? metrics : own_registry_.get())) {}
+
+ParameterService::~ParameterService() = default;
+
+grpc::ServerUnaryReactor* ParameterService::Push(
+    grpc::CallbackServerContext* context, const PushRequest* request,
+    PushResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const auto start = std::chrono::steady_clock::now();
+  metrics_->push_requests->Increment();
+  metrics_->push_bytes->Increment(request->ByteSizeLong());
+  // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to float32
+  // here, exactly; the store sums and applies float32 only.
+  std::optional<PushRequest> widened;
+  const bool bfloat16 = std::any_of(
+      request->gradients().begin(), request->gradients().end(),
+      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
+  for (int i = 0; bfloat16 && i < request->gradients_size(); ++i) {
+    if (!widened.has_value()) {  // everything but the gradients
+      widened.emplace();
+      widened->set_job_id(request->job_id());
+      widened->set_worker_rank(request->worker_rank());
+      widened->set_step(request->step());
+      widened->set_view_epoch(request->view_epoch());
+    }
+    const PartitionTensor& g = request->gradients(i);
+    PartitionTensor* out = widened->add_gradients();
+    out->set_partition_id(g.partition_id());
+    absl::Status ok = WidenToFloat32(
+        g.tensor(), out->mutable_tensor(),
+        absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")"));
+    if (!ok.ok()) {
+      metrics_->push_latency->Observe(SecondsSince(start));
+      metrics_->push_errors->Increment();
+      reactor->Finish(ToGrpcStatus(ok));
+      return reactor;
+    }
+  }
+  auto result = store_->Push(widened.has_value() ? *widened : *request);
+  metrics_->push_latency->Observe(SecondsSince(start));
+  if (!result.ok()) {
+    metrics_->push_errors->Increment();
+    Log()->debug("push rejected: job {} rank {} step {}: {}", Quote(request->job_id()),
+                 request->worker_rank(), request->step(),
+                 result.status().ToString());
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+  *response = *std::move(result);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+namespace {
+
+// One pull: finishes when the store answers it; a client that cancels (or
+// whose deadline passes) withdraws it from the store. Its latency runs from
+// construction to the store's answer.
+class PullReactor final : public grpc::ServerUnaryReactor {
+ public:
+  PullReactor(ParameterStore* store, const ParameterService::Metrics* metrics,
+              std::chrono::system_clock::time_point deadline,
+              const PullRequest* request, PullResponse* response)
+      : store_(store),
+        metrics_(metrics),
+        start_(std::chrono::steady_clock::now()),
+        job_id_(request->job_id()),
+        id_(store->NewPullId()) {
+    metrics_->pull_requests->Increment();
+    // A pull still waiting shortly before the client's deadline ends with
+    // DEADLINE_EXCEEDED and the store's account of what it waited for (e.g.
+    // the SSP bound and the slowest rank), instead of the bare gRPC one.
+    const auto now = std::chrono::system_clock::now();
+    if (deadline - now < std::chrono::hours(24 * 365)) {
+      const auto margin = std::min<std::chrono::system_clock::duration>(
+          std::chrono::milliseconds(200), (deadline - now) / 10);
+      alarm_.Set(deadline - margin,
+                 [store = store_, job_id = job_id_, id = id_](bool fired) {
+                   if (fired) store->ExpirePull(job_id, id);
+                 });
+    }
+    store_->PullAsync(
+        id_, *request, response, [this, response](absl::Status status) {
+          metrics_->pull_latency->Observe(SecondsSince(start_));
+          if (status.ok()) {
+            metrics_->pull_bytes->Increment(response->ByteSizeLong());
+          } else {
+            metrics_->pull_errors->Increment();
+          }
+          Finish(ToGrpcStatus(status));
+        });
+  }
+
+  void OnCancel() override {
+    store_->CancelPull(job_id_, id_,
+                       absl::CancelledError("pull cancelled by the client"));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  ParameterStore* const store_;
+  const ParameterService::Metrics* const metrics_;
+  const std::chrono::steady_clock::time_point start_;
+  const std::string job_id_;
+  const uint64_t id_;
+  grpc::Alarm alarm_;  // cancelled when the reactor is destroyed
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ParameterService::Pull(
+    grpc::CallbackServerContext* context, const PullRequest* request,
+    PullResponse* response) {
+  return new PullReactor(store_, metrics_.get(), context->deadline(), request,
+                         response);
+}
+
+grpc::Status ParameterService::CreateJob(grpc::ServerContext*,
+                                         const CreateJobRequest* request,
+                                         CreateJobResponse* response) {
+  auto result = store_->CreateJob(*request);
+  if (!result.ok()) {
+    Log()->warn("create job {} failed: {}", Quote(request->job_id()),
+                result.status().ToString());
+    return ToGrpcStatus(result.status());
+  }
+  Log()->info("job {}: holding {} partitions, {} bytes of state",
+              request->job_id(), result->num_partitions(),
+              result->state_bytes());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::DropJob(grpc::ServerContext*,
+                                       const DropJobRequest* request,
+                                       DropJobResponse*) {
+  absl::Status status =
+      store_->DropJob(request->job_id(), request->keep_parameters());
+  if (status.ok()) {
+    Log()->info("job {}: {}", request->job_id(),
+                request->keep_parameters()
+                    ? "finished; training state freed, parameters kept"
+                    : "dropped");
+  }
+  if (request->delete_snapshots() && snapshots_ != nullptr) {
+    absl::Status deleted = snapshots_->DeleteJob(request->job_id());
+    if (!deleted.ok()) return ToGrpcStatus(deleted);
+    Log()->info("job {}: snapshots deleted", request->job_id());
+    // Nothing held in memory (e.g. after a restart) is fine here.
+    if (status.code() == absl::StatusCode::kNotFound) return grpc::Status::OK;
+  }
+  return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::GetServerStatus(grpc::ServerContext*,
+                                               const GetServerStatusRequest*,
+                                               ServerStatus* response) {
+  *response = store_->Status();
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::RestoreJob(grpc::ServerContext*,
+                                          const RestoreJobRequest* request,
+                                          RestoreJobResponse* response) {
+  if (snapshots_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this server has no --data_dir, so no snapshots");
+  }
+  std::vector<std::pair<int64_t, absl::Status>> skipped;
+  auto snapshot = snapshots_->ReadNewestValidAtMost(
+      request->job_id(), request->max_step(), &skipped);
+  for (const auto& [step, why] : skipped) {
+    Log()->warn("job {}: snapshot at step {} skipped: {}", request->job_id(),
+                step, why.ToString());
+    response->add_skipped(absl::StrCat("step ", step, ": ", why.ToString()));
+  }
+  if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  const int64_t step = snapshot->manifest.step();
+  absl::Status restored = store_->Restore(*snapshot, request->view_epoch());
+  if (!restored.ok()) return ToGrpcStatus(restored);
+  Log()->info("job {}: restored from the snapshot at step {}",
+              request->job_id(), step);
+  response->set_step(step);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::ListSnapshots(grpc::ServerContext*,
+                                             const ListSnapshotsRequest* request,
+                                             ListSnapshotsResponse* response) {
+  if (snapshots_ != nullptr) {
+    auto list = snapshots_->List(request->job_id());
+    if (!list.ok()) return ToGrpcStatus(list.status());
+    for (SnapshotInfo& info : *list) *response->add_snapshots() = std::move(info);
+  }
+  if (response->snapshots_size() > 0) return grpc::Status::OK;
+  const std::vector<std::string> held = store_->JobIds();
+  if (std::find(held.begin(), held.end(), request->job_id()) != held.end()) {
+    return grpc::Status::OK;  // held, no snapshot yet
+  }
+  // An answer of "none" would hide a mistyped id.
+  return grpc::Status(
+      grpc::StatusCode::NOT_FOUND,
+      absl::StrCat("job_id: no job ", Quote(request->job_id()),
+                   " on this server: neither held nor snapshotted here",
+                   snapshots_ == nullptr ? " (no --data_dir)" : ""));
+}
+
+grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
+                                           const SnapshotJobRequest* request,
+                                           SnapshotJobResponse* response) {
+  absl::Status status = store_->RequestSnapshot(request->job_id(), request->step());
+  if (status.ok()) {
+    Log()->info("job {}: snapshot requested at step {}", request->job_id(),
+                request->step());
+    response->set_step(request->step());
+  }
+  return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::Replicate(grpc::ServerContext*,
+                                         const ReplicateRequest* request,
+                                         ReplicateResponse* response) {
+  auto result = store_->Replicate(*request);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterService::InstallPartition(
+    grpc::ServerContext*, const InstallPartitionRequest* request,
+    InstallPartitionResponse*) {
+  return ToGrpcStatus(store_->InstallPartition(*request));
+}
+
+grpc::Status ParameterService::SetView(grpc::ServerContext*,
+                                       const SetViewRequest* request,
+                                       SetViewResponse*) {
+  absl::Status status = store_->SetView(*request);
+  if (status.ok()) {
+    Log()->info("job {}: view epoch {}", request->job_id(),
+                request->view().epoch());
+  }
+  return ToGrpcStatus(status);
+}
+
+grpc::Status ParameterService::SyncBackup(grpc::ServerContext* context,
+                                          const SyncBackupRequest* request,
+                                          SyncBackupResponse* response) {
+  const std::string& job_id = request->job_id();
+  auto ids = store_->AddJoiner(job_id, request->shard(),
+                               request->backup_address());
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  auto stub = ParameterServer::NewStub(MakeChannel(request->backup_address()));
+  for (int32_t id : *ids) {
+    absl::StatusOr<InstallPartitionRequest> copy =
+        store_->CopyPartition(job_id, id);
+    grpc::Status status;
+    if (!copy.ok()) {
+      status = ToGrpcStatus(copy.status());
+    } else {
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(std::chrono::seconds(60)));
+      InstallPartitionResponse installed;
+      status = stub->InstallPartition(&call, *copy, &installed);
+      response->set_bytes(response->bytes() +
+                          static_cast<int64_t>(copy->ByteSizeLong()));
+    }
+    if (!status.ok() || context->IsCancelled()) {
+      store_->RemoveJoiner(job_id, request->shard(), request->backup_address());
+      return grpc::Status(
+          status.ok() ? grpc::StatusCode::CANCELLED : status.error_code(),
+          absl::StrCat("state transfer of partition ", id, " to ",
+                       request->backup_address(), ": ",
+                       status.ok() ? "cancelled" : status.error_message()));
+    }
+    response->set_partitions(response->partitions() + 1);
+  }
+  Log()->info("job {}: shard {} transferred to backup {} ({} partitions, {} "
+              "bytes)", job_id, request->shard(), request->backup_address(),
+              response->partitions(), response->bytes());
+  return grpc::Status::OK;
+}
+
+}  // namespace psd
