@@ -1,0 +1,148 @@
+// EmbeddingStore::Capture and EmbeddingStore::Restore: a table's rows and
+// dedup logs to and from an EmbeddingTableCapture (what
+// embedding_snapshot.h persists).
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/embedding_rows.h"
+#include "server/embedding/embedding_store.h"
+#include "server/embedding/embedding_table.h"
+
+namespace psd {
+
+absl::StatusOr<EmbeddingTableCapture> EmbeddingStore::Capture(
+    const std::string& job_id, const std::string& table) const {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  EmbeddingTableCapture capture;
+  capture.job_id = job_id;
+  capture.spec = t.spec;
+  capture.shards = t.shards;
+  capture.record_floats = t.row_floats;
+  // No push runs from here on (each holds capture_mu shared throughout).
+  absl::MutexLock capture_lock(&t.capture_mu);
+  int64_t rows = 0;
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    rows += stripe.rows;
+  }
+  capture.ids.reserve(rows);
+  capture.records.resize(rows * t.row_floats);
+  float* dst = capture.records.data();
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, slot] : stripe.index) {
+      capture.ids.push_back(row);
+      std::memcpy(dst, t.Record(stripe, slot), t.row_floats * 4);
+      dst += t.row_floats;
+    }
+  }
+  absl::MutexLock clients_lock(&t.clients_mu);
+  for (const auto& [client, log] : t.clients) {
+    absl::MutexLock log_lock(&log->mu);
+    if (log->applied.empty()) continue;
+    capture.dedup.emplace_back(
+        client, std::vector<uint64_t>(log->applied.begin(), log->applied.end()));
+  }
+  return capture;
+}
+
+absl::StatusOr<int64_t> EmbeddingStore::Restore(
+    const EmbeddingTableCapture& capture, const std::vector<int32_t>& shards,
+    const std::vector<TableShardReplicas>& replicas) {
+  auto made = NewTable(capture.job_id, capture.spec, shards, replicas);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<Table> fresh = *std::move(made);
+  Table& t = *fresh;
+  const std::string what = absl::StrCat("restore of table \"", t.spec.name(),
+                                        "\" of job ", capture.job_id);
+  if (t.spec.SerializeAsString() != capture.spec.SerializeAsString()) {
+    return absl::DataLossError(
+        absl::StrCat(what, ": the snapshot's spec does not validate as given"));
+  }
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (!std::binary_search(capture.shards.begin(), capture.shards.end(),
+                            shards[i])) {
+      return absl::NotFoundError(absl::StrCat(
+          "shards[", i, "]: shard ", shards[i], " is not in the snapshot of "
+          "table \"", t.spec.name(), "\" (it holds shards [",
+          absl::StrJoin(capture.shards, ", "), "])"));
+    }
+  }
+  if (capture.record_floats != t.row_floats ||
+      capture.records.size() != capture.ids.size() * t.row_floats) {
+    return absl::DataLossError(absl::StrCat(
+        what, ": the snapshot's row records have ", capture.record_floats,
+        " floats (", capture.records.size(), " floats for ", capture.ids.size(),
+        " rows); the spec needs ", t.row_floats));
+  }
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  int64_t loaded = 0, chunk_bytes = 0;
+  for (Table::Stripe& stripe : t.stripes) stripe.mu.Lock();
+  absl::Status status;
+  for (size_t i = 0; i < capture.ids.size() && status.ok(); ++i) {
+    const uint64_t id = capture.ids[i];
+    if (id >= t.spec.num_rows()) {
+      status = absl::DataLossError(absl::StrCat(
+          what, ": row id ", id, " is out of range [0, ", t.spec.num_rows(),
+          ")"));
+      break;
+    }
+    const uint64_t mixed = SplitMix64Mix(id);
+    if (!t.holds[mixed % num_shards]) continue;
+    Table::Stripe& stripe = t.stripes[StripeOf(mixed)];
+    auto [it, inserted] =
+        stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows));
+    if (!inserted) {
+      status = absl::DataLossError(
+          absl::StrCat(what, ": row ", id, " is in the snapshot twice"));
+      break;
+    }
+    if (stripe.rows ==
+        static_cast<int64_t>(stripe.chunks.size()) * t.rows_per_chunk) {
+      stripe.chunks.emplace_back(new float[t.rows_per_chunk * t.row_floats]);
+      chunk_bytes += t.ChunkBytes();
+    }
+    std::memcpy(t.Record(stripe, it->second),
+                capture.records.data() + i * t.row_floats, t.row_floats * 4);
+    ++stripe.rows;
+    ++loaded;
+  }
+  for (Table::Stripe& stripe : t.stripes) {
+    t.Account(stripe);
+    stripe.mu.Unlock();
+  }
+  // The chunks are counted against max_bytes like a push's (the table's
+  // destructor gives them back, also on the error paths below).
+  const int64_t before = arena_bytes_->fetch_add(chunk_bytes);
+  if (!status.ok()) return status;
+  if (options_.max_bytes > 0 && before + chunk_bytes > options_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, " needs ", chunk_bytes, " bytes of rows; the server holds ",
+        before, " of its limit ", options_.max_bytes));
+  }
+  t.rows.store(loaded);
+  for (const auto& [client, sequences] : capture.dedup) {
+    std::shared_ptr<Table::ClientLog> log = t.LogOf(client);
+    absl::MutexLock lock(&log->mu);
+    const size_t skip =
+        sequences.size() > kDedupWindow ? sequences.size() - kDedupWindow : 0;
+    log->applied.insert(sequences.begin() + skip, sequences.end());
+    log->last_used = absl::Now();
+  }
+  absl::MutexLock lock(&mu_);
+  auto key = std::make_pair(capture.job_id, t.spec.name());
+  if (tables_.count(key)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "table \"", t.spec.name(), "\" of job ", capture.job_id,
+        " exists on this server; drop it before restoring it"));
+  }
+  tables_[key] = std::move(fresh);
+  return loaded;
+}
+
+}  // namespace psd
