@@ -41,13 +41,6 @@ struct BatchHeader {
 };
 static_assert(sizeof(BatchHeader) == kBatchHeaderBytes, "packed header");
 
-uint32_t Crc32(uint32_t crc, const void* data, size_t size) {
-  if (size == 0) return crc;  // zlib returns the initial value for null
-  return static_cast<uint32_t>(
-      crc32_z(crc, static_cast<const Bytef*>(data), size));
-}
-
-std::string Hex32(uint32_t v) { return absl::StrFormat("0x%08x", v); }
 std::string GenPart(int64_t g) { return absl::StrFormat("%020d", g); }
 
 std::string TablePrefix(char kind, const std::string& job,

@@ -1,6 +1,9 @@
 #include "server/snapshot/rocksdb_util.h"
 
+#include <zlib.h>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace psd {
 
@@ -33,5 +36,14 @@ std::string PrefixEnd(std::string prefix) {
   prefix.back() = '0';
   return prefix;
 }
+
+uint32_t Crc32(uint32_t crc, const void* data, size_t size) {
+  // zlib returns the initial value for a null buffer, whatever `crc` is.
+  if (size == 0) return crc;
+  return static_cast<uint32_t>(
+      crc32_z(crc, static_cast<const Bytef*>(data), size));
+}
+
+std::string Hex32(uint32_t v) { return absl::StrFormat("0x%08x", v); }
 
 }  // namespace psd

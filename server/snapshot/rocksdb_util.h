@@ -3,6 +3,8 @@
 #ifndef PSD_SERVER_SNAPSHOT_ROCKSDB_UTIL_H_
 #define PSD_SERVER_SNAPSHOT_ROCKSDB_UTIL_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include <rocksdb/status.h>
@@ -23,6 +25,14 @@ absl::Status FromRocks(const rocksdb::Status& s, const std::string& context);
 // is in [prefix, PrefixEnd(prefix)). REQUIRES: prefix ends in '/' (its
 // successor byte is '0').
 std::string PrefixEnd(std::string prefix);
+
+// zlib's CRC-32 of data[0, size) continuing from `crc` (0 to start); safe
+// for size 0 with a null `data` (returns `crc`). Both stores keep one per
+// record and per manifest.
+uint32_t Crc32(uint32_t crc, const void* data, size_t size);
+
+// "0x%08x", for checksums in error messages.
+std::string Hex32(uint32_t v);
 
 }  // namespace psd
 

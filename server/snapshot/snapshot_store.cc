@@ -25,70 +25,10 @@
 #include "absl/time/time.h"
 #include "common/status.h"
 #include "server/snapshot/rocksdb_util.h"
-
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "snapshot records are little-endian; this code copies floats "
-              "as they are in memory");
+#include "server/snapshot/snapshot_format.h"
 
 namespace psd {
 namespace {
-
-constexpr uint32_t kRecordMagic = 0x50445350;  // "PSDP" read little-endian
-constexpr size_t kRecordHeaderBytes = 24;
-constexpr char kServerUidKey[] = "meta/server_uid";
-
-uint32_t Crc32(uint32_t crc, const void* data, size_t size) {
-  // zlib returns the initial value for a null buffer, whatever `crc` is.
-  if (size == 0) return crc;
-  return static_cast<uint32_t>(
-      crc32_z(crc, static_cast<const Bytef*>(data), size));
-}
-
-std::string Hex32(uint32_t v) { return absl::StrFormat("0x%08x", v); }
-
-std::string StepKeyPart(int64_t step) { return absl::StrFormat("%020d", step); }
-
-// [m/<job>/, m/<job>0): '0' is the byte after '/'.
-std::string ManifestPrefix(const std::string& job_id) {
-  return absl::StrCat("m/", job_id, "/");
-}
-std::string PartitionPrefix(const std::string& job_id, int64_t step) {
-  return absl::StrCat("p/", job_id, "/", StepKeyPart(step), "/");
-}
-
-absl::Status CheckJobId(const std::string& job_id) {
-  if (job_id.empty()) {
-    return absl::InvalidArgumentError("job_id: empty");
-  }
-  if (job_id.find('/') != std::string::npos ||
-      job_id.find('\0') != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("job_id: \"", job_id, "\" contains '/' or NUL"));
-  }
-  return absl::OkStatus();
-}
-
-
-// Parses "<20 digits>" into a step; -1 if malformed.
-int64_t ParseStep(rocksdb::Slice s) {
-  if (s.size() != 20) return -1;
-  int64_t v = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c < '0' || c > '9') return -1;
-    if (v > (std::numeric_limits<int64_t>::max() - (c - '0')) / 10) return -1;
-    v = v * 10 + (c - '0');
-  }
-  return v;
-}
-
-struct RecordHeader {
-  uint32_t magic;
-  int32_t id;
-  uint64_t num_weights;
-  uint64_t num_slot_elements;
-};
-static_assert(sizeof(RecordHeader) == kRecordHeaderBytes, "packed header");
 
 // Releases a RocksDB snapshot on scope exit.
 class ScopedDbSnapshot {
@@ -106,16 +46,6 @@ class ScopedDbSnapshot {
 };
 
 }  // namespace
-
-std::string SnapshotManifestKey(const std::string& job_id, int64_t step) {
-  return absl::StrCat(ManifestPrefix(job_id), StepKeyPart(step));
-}
-
-std::string SnapshotPartitionKey(const std::string& job_id, int64_t step,
-                                 int32_t partition_id) {
-  return absl::StrCat(PartitionPrefix(job_id, step),
-                      absl::StrFormat("%010d", partition_id));
-}
 
 class SnapshotStore::Impl {
  public:
@@ -214,64 +144,7 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": step < 0"));
   }
 
-  std::map<int32_t, int64_t> num_elements;  // from the placement
-  for (const Partition& p : m.placement().partitions()) {
-    num_elements[p.id()] = p.num_elements();
-  }
-  std::sort(snapshot.partitions.begin(), snapshot.partitions.end(),
-            [](const PartitionSnapshot& a, const PartitionSnapshot& b) {
-              return a.id < b.id;
-            });
-  for (size_t i = 0; i < snapshot.partitions.size(); ++i) {
-    const PartitionSnapshot& p = snapshot.partitions[i];
-    const std::string pwhat = absl::StrCat(what, " partition ", p.id);
-    if (i > 0 && snapshot.partitions[i - 1].id == p.id) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(pwhat, ": partition given twice"));
-    }
-    auto found = num_elements.find(p.id);
-    if (p.id < 0 || found == num_elements.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(pwhat, ": not in the manifest's placement"));
-    }
-    if (static_cast<int64_t>(p.weights.size()) != found->second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          pwhat, ": ", p.weights.size(), " weights, but the placement has ",
-          found->second, " elements"));
-    }
-    if (p.weights.empty() ? !p.slots.empty()
-                          : p.slots.size() % p.weights.size() != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          pwhat, ": optimizer slots have ", p.slots.size(),
-          " elements, not a multiple of the weights' ",
-          p.weights.size()));
-    }
-    if (!p.clocks.empty()) {
-      if (static_cast<int64_t>(p.clocks.size()) != m.config().workers()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            pwhat, ": ", p.clocks.size(), " clocks, the job has ",
-            m.config().workers(), " worker ranks"));
-      }
-      for (int64_t c : p.clocks) {
-        if (c < step) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              pwhat, ": a rank's clock ", c, " is below the step"));
-        }
-      }
-      if (p.updates < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(pwhat, ": updates < 0"));
-      }
-    }
-  }
-  m.clear_async_partitions();
-  for (const PartitionSnapshot& p : snapshot.partitions) {
-    if (p.clocks.empty()) continue;
-    AsyncPartitionClocks* a = m.add_async_partitions();
-    a->set_partition_id(p.id);
-    a->set_updates(p.updates);
-    for (int64_t c : p.clocks) a->add_clocks(c);
-  }
+  PSD_RETURN_IF_ERROR(PrepareForWrite(&snapshot, what));
 
   // The batch: partition records, then the manifest (its checksums are
   // known only after the records).
@@ -315,16 +188,10 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
   m.clear_partition_crc32();
   int64_t total_bytes = 0;
   for (const PartitionSnapshot& p : snapshot.partitions) {
-    RecordHeader h;
-    h.magic = kRecordMagic;
-    h.id = p.id;
-    h.num_weights = p.weights.size();
-    h.num_slot_elements = p.slots.size();
+    const RecordHeader h = MakeRecordHeader(p);
     const size_t wbytes = sizeof(float) * p.weights.size();
     const size_t vbytes = sizeof(float) * p.slots.size();
-    uint32_t crc = Crc32(0, &h, sizeof(h));
-    crc = Crc32(crc, p.weights.data(), wbytes);
-    crc = Crc32(crc, p.slots.data(), vbytes);
+    const uint32_t crc = RecordCrc32(h, p);
     const std::string key = SnapshotPartitionKey(job_id, step, p.id);
     rocksdb::Slice key_slice(key);
     rocksdb::Slice parts[3] = {
@@ -342,14 +209,7 @@ absl::Status SnapshotStore::Impl::Write(ShardSnapshot snapshot) {
   m.set_created_unix_ms(absl::ToUnixMillis(absl::Now()));
   m.set_total_bytes(total_bytes);
 
-  std::string manifest_value(4, '\0');
-  if (!m.AppendToString(&manifest_value)) {
-    return absl::InternalError(
-        absl::StrCat(what, ": cannot serialize the manifest"));
-  }
-  const uint32_t mcrc =
-      Crc32(0, manifest_value.data() + 4, manifest_value.size() - 4);
-  std::memcpy(&manifest_value[0], &mcrc, 4);
+  PSD_ASSIGN_OR_RETURN(std::string manifest_value, EncodeManifest(m, what));
   PSD_RETURN_IF_ERROR(FromRocks(
       batch.Put(SnapshotManifestKey(job_id, step), manifest_value), what));
 
@@ -450,65 +310,18 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
         absl::StrCat("no snapshot of job ", job_id, " at step ", step));
   }
   if (!s.ok()) return read_error(s, absl::StrCat(what, ": manifest"));
-  if (mv.size() < 4) {
-    return absl::DataLossError(
-        absl::StrCat(what, ": manifest truncated (", mv.size(), " bytes)"));
-  }
-  uint32_t stored;
-  std::memcpy(&stored, mv.data(), 4);
-  const uint32_t computed = Crc32(0, mv.data() + 4, mv.size() - 4);
-  if (stored != computed) {
-    return absl::DataLossError(
-        absl::StrCat(what, ": manifest checksum mismatch (stored ",
-                     Hex32(stored), ", computed ", Hex32(computed), ")"));
-  }
   ShardSnapshot out;
-  SnapshotManifest& m = out.manifest;
-  if (!m.ParseFromArray(mv.data() + 4, static_cast<int>(mv.size() - 4))) {
-    return absl::DataLossError(absl::StrCat(what, ": manifest does not parse"));
-  }
+  PSD_ASSIGN_OR_RETURN(out.manifest, DecodeManifest(mv, job_id, step, what));
   mv.Reset();
-  if (m.job_id() != job_id || m.step() != step) {
-    return absl::DataLossError(absl::StrCat(what, ": manifest is of job ",
-                                            m.job_id(), " step ", m.step()));
-  }
-  if (m.partition_ids_size() != m.partition_crc32_size()) {
-    return absl::DataLossError(absl::StrCat(
-        what, ": manifest has ", m.partition_ids_size(), " partition ids but ",
-        m.partition_crc32_size(), " checksums"));
-  }
+  const SnapshotManifest& m = out.manifest;
   std::map<int32_t, int64_t> num_elements;
   for (const Partition& p : m.placement().partitions()) {
     num_elements[p.id()] = p.num_elements();
   }
-  // The ASP/SSP partitions' clocks, by partition id.
+  // The ASP/SSP partitions' clocks, by partition id (checked above).
   std::map<int32_t, const AsyncPartitionClocks*> async;
   for (const AsyncPartitionClocks& a : m.async_partitions()) {
-    const std::string awhat =
-        absl::StrCat(what, " partition ", a.partition_id(), ": clocks");
-    if (std::find(m.partition_ids().begin(), m.partition_ids().end(),
-                  a.partition_id()) == m.partition_ids().end()) {
-      return absl::DataLossError(
-          absl::StrCat(awhat, " of a partition not in the snapshot"));
-    }
-    if (!async.emplace(a.partition_id(), &a).second) {
-      return absl::DataLossError(absl::StrCat(awhat, " given twice"));
-    }
-    if (a.clocks_size() != m.config().workers()) {
-      return absl::DataLossError(
-          absl::StrCat(awhat, ": ", a.clocks_size(), " of them, the job has ",
-                       m.config().workers(), " worker ranks"));
-    }
-    for (int64_t c : a.clocks()) {
-      if (c < step) {
-        return absl::DataLossError(absl::StrCat(
-            awhat, ": a rank's clock ", c, " is below the snapshot's step"));
-      }
-    }
-    if (a.updates() < 0) {
-      return absl::DataLossError(
-          absl::StrCat(awhat, ": update count ", a.updates(), " < 0"));
-    }
+    async.emplace(a.partition_id(), &a);
   }
 
   // The partitions.
@@ -528,51 +341,10 @@ absl::StatusOr<ShardSnapshot> SnapshotStore::Impl::ReadAt(
       return absl::DataLossError(absl::StrCat(pwhat, ": record missing"));
     }
     if (!s.ok()) return read_error(s, pwhat);
-    if (v.size() < kRecordHeaderBytes) {
-      return absl::DataLossError(
-          absl::StrCat(pwhat, ": record truncated (", v.size(), " bytes)"));
-    }
-    const uint32_t want = m.partition_crc32(i);
-    const uint32_t got = Crc32(0, v.data(), v.size());
-    if (want != got) {
-      return absl::DataLossError(
-          absl::StrCat(pwhat, ": checksum mismatch (stored ", Hex32(want),
-                       ", computed ", Hex32(got), ")"));
-    }
-    RecordHeader h;
-    std::memcpy(&h, v.data(), sizeof(h));
-    if (h.magic != kRecordMagic || h.id != id) {
-      return absl::DataLossError(
-          absl::StrCat(pwhat, ": record header names partition ", h.id,
-                       " (magic ", Hex32(h.magic), ")"));
-    }
-    if (static_cast<int64_t>(h.num_weights) != expected->second ||
-        (h.num_weights == 0 ? h.num_slot_elements != 0
-                          : h.num_slot_elements % h.num_weights != 0)) {
-      return absl::DataLossError(
-          absl::StrCat(pwhat, ": record has ", h.num_weights, " weights and ",
-                       h.num_slot_elements, " optimizer-slot elements; the placement has ",
-                       expected->second, " elements"));
-    }
-    if (v.size() !=
-        kRecordHeaderBytes + sizeof(float) * (h.num_weights + h.num_slot_elements)) {
-      return absl::DataLossError(absl::StrCat(
-          pwhat, ": record is ", v.size(), " bytes, its header says ",
-          kRecordHeaderBytes +
-              sizeof(float) * (h.num_weights + h.num_slot_elements)));
-    }
-    PartitionSnapshot p;
-    p.id = id;
-    p.weights.resize(h.num_weights);
-    p.slots.resize(h.num_slot_elements);
-    // std::copy_n, not memcpy: an empty vector's data() may be null (a
-    // partition with no optimizer slots), which memcpy must not be given.
-    const char* src = v.data() + kRecordHeaderBytes;
-    std::copy_n(src, sizeof(float) * h.num_weights,
-                reinterpret_cast<char*>(p.weights.data()));
-    std::copy_n(src + sizeof(float) * h.num_weights,
-                sizeof(float) * h.num_slot_elements,
-                reinterpret_cast<char*>(p.slots.data()));
+    PSD_ASSIGN_OR_RETURN(
+        PartitionSnapshot p,
+        DecodePartitionRecord(v, id, expected->second, m.partition_crc32(i),
+                              pwhat));
     auto a = async.find(id);
     if (a != async.end()) {
       p.clocks.assign(a->second->clocks().begin(), a->second->clocks().end());

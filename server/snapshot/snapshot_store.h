@@ -15,36 +15,9 @@
 #include "absl/status/statusor.h"
 #include "common/proto.h"
 #include "proto/snapshot.pb.h"
+#include "server/snapshot/shard_snapshot.h"
 
 namespace psd {
-
-// One partition's state at the snapshot's step (SnapshotManifest.step).
-struct PartitionSnapshot {
-  // Partition id (Partition.id in the placement).
-  int32_t id = 0;
-  // float32 weights: exactly the partition's num_elements.
-  std::vector<float> weights;
-  // The optimizer slots (OptimizerSlots() of them, in server/ps/optimizer.h),
-  // one after the other: k * weights.size() floats, k >= 0.
-  std::vector<float> slots;
-  // ASP/SSP partitions only (empty for BSP ones, which are at the step):
-  // per worker rank, its pushes applied (each >= the snapshot's step), and
-  // the partition's update count. Stored in the manifest
-  // (SnapshotManifest.async_partitions).
-  std::vector<int64_t> clocks;
-  int64_t updates = 0;
-};
-
-// One server's whole state of one job at one step (SnapshotManifest.step).
-struct ShardSnapshot {
-  // The caller fills job_id, step, view_epoch, config, placement and shards.
-  // Write fills partition_ids, partition_crc32, created_unix_ms,
-  // total_bytes and async_partitions (from the partitions' clocks; whatever
-  // the caller put there is replaced).
-  SnapshotManifest manifest;
-  // Any order in Write; ascending id from Read.
-  std::vector<PartitionSnapshot> partitions;
-};
 
 struct SnapshotStoreOptions {
   // Snapshots kept per job, >= 1: after a Write, the job's oldest snapshots
@@ -57,21 +30,8 @@ struct SnapshotStoreOptions {
 // there; every partition record carries a CRC-32 kept in the manifest, and
 // Read verifies it, so a damaged snapshot gives DATA_LOSS, never garbage.
 //
-// On-disk format (keys are byte strings; <job> is the job id, <step> the
-// step as 20 decimal digits, zero-padded, <id> the partition id as 10):
-//   m/<job>/<step>        the manifest: fixed32 little-endian CRC-32 of the
-//                         rest, then the serialized SnapshotManifest
-//   p/<job>/<step>/<id>   a partition record (below)
-//   meta/server_uid       ServerUid(), 16 lower-case hex digits
-// A partition record is a 24-byte header, all little-endian: fixed32 magic
-// 0x50445350 ("PSDP"), int32 partition id, uint64 number of weights W,
-// uint64 number of optimizer-slot elements V (a multiple of W); then W float32
-// weights and V float32 slot elements. Its CRC-32 (zlib crc32) covers the whole
-// record. Manifests sort before partitions, so listing reads manifests only.
-// The clocks and update count of ASP/SSP partitions are in the manifest
-// (async_partitions, covered by its CRC-32), not in the records: so the
-// record format is unchanged, and snapshots written before (BSP only, no
-// async_partitions) read as before.
+// The on-disk format (keys, partition records, the checksummed manifest)
+// is in snapshot_format.h.
 //
 // Timelines: writing a snapshot at step s also deletes the job's snapshots
 // at steps > s. They can only come from a timeline that was abandoned (the
@@ -172,11 +132,6 @@ class SnapshotStore {
 // nullopt if valid_steps is empty, some shard has none, or they share none.
 std::optional<int64_t> NewestCommonStep(
     const std::vector<std::vector<int64_t>>& valid_steps);
-
-// The keys of the on-disk format above, for tools and tests.
-std::string SnapshotManifestKey(const std::string& job_id, int64_t step);
-std::string SnapshotPartitionKey(const std::string& job_id, int64_t step,
-                                 int32_t partition_id);
 
 }  // namespace psd
 
