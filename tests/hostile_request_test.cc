@@ -1,6 +1,6 @@
 // Requests that once crashed or bloated a parameter server (issue 23, items
 // 1, 7 and 8), over real gRPC: a parameter server, an embedding server and
-// a coordinator in this process on 127.0.0.1:0. Each gets a clear status,
+// a coordinator in this process on 127.0.0.1:0 (tests/in_process_cluster.h). Each gets a clear status,
 // the process keeps serving, and what a request may make the server
 // allocate is bounded before it is allocated.
 #include <cstring>
@@ -18,12 +18,7 @@
 #include "common/job_config.h"
 #include "common/placement.h"
 #include "common/rpc.h"
-#include "server/coordinator/coordinator_service.h"
-#include "server/coordinator/coordinator_state.h"
-#include "server/embedding/embedding_service.h"
-#include "server/embedding/embedding_store.h"
-#include "server/ps/parameter_service.h"
-#include "server/ps/parameter_store.h"
+#include "tests/in_process_cluster.h"
 #include "tests/resident_memory.h"
 
 namespace psd {
@@ -31,56 +26,6 @@ namespace {
 
 constexpr char kJob[] = "hostile-1";
 constexpr int64_t kEpoch = 2;
-
-std::chrono::system_clock::time_point Deadline() {
-  return DeadlineIn(std::chrono::seconds(30));
-}
-
-bool StartsWith(const std::string& s, const std::string& prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
-
-// Every psd service in one process, on two ports.
-class Servers {
- public:
-  Servers()
-      : parameter_service_(&store_),
-        embedding_service_(&embeddings_),
-        state_(CoordinatorOptions{}),
-        membership_(&state_),
-        job_control_(&state_) {
-    REQUIRE(state_.Start().ok());
-    auto ps = StartRpcServer(RpcServerOptions{},
-                             {&parameter_service_, &embedding_service_});
-    REQUIRE(ps.ok());
-    ps_server_ = std::move(*ps);
-    auto coord = StartRpcServer(RpcServerOptions{}, {&membership_, &job_control_});
-    REQUIRE(coord.ok());
-    coord_server_ = std::move(*coord);
-    ps_address = absl::StrCat("127.0.0.1:", ps_server_.port);
-    coordinator_address = absl::StrCat("127.0.0.1:", coord_server_.port);
-    parameter_server = ParameterServer::NewStub(MakeChannel(ps_address));
-  }
-  ~Servers() {
-    ps_server_.server->Shutdown(Deadline());
-    coord_server_.server->Shutdown(Deadline());
-  }
-
-  std::string ps_address;
-  std::string coordinator_address;
-  std::unique_ptr<ParameterServer::Stub> parameter_server;
-
- private:
-  ParameterStore store_;
-  EmbeddingStore embeddings_;
-  ParameterService parameter_service_;
-  EmbeddingService embedding_service_;
-  CoordinatorState state_;
-  MembershipService membership_;
-  JobControlService job_control_;
-  RpcServer ps_server_;
-  RpcServer coord_server_;
-};
 
 // Sends `bytes` as the request of `method` ("/pkg.Service/Method").
 grpc::Status RawCall(const std::string& address, const std::string& method,
@@ -105,7 +50,7 @@ grpc::Status RawCall(const std::string& address, const std::string& method,
 TEST_CASE("Every unary method answers request bytes that do not parse with "
           "INVALID_ARGUMENT, and the servers keep serving",
           "[hostile][parse]") {
-  Servers servers;
+  InProcessCluster servers;
   // Field 1, length 5, but only 2 bytes follow: no message parses from it.
   const std::string garbage("\x0a\x05" "ab", 4);
   const auto* pool = google::protobuf::DescriptorPool::generated_pool();
@@ -170,7 +115,7 @@ CreateJobRequest SmallJob() {
   return request;
 }
 
-grpc::Status Pull(Servers& servers, const PullRequest& request,
+grpc::Status Pull(InProcessCluster& servers, const PullRequest& request,
                   PullResponse* response) {
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(std::chrono::seconds(5)));
@@ -180,7 +125,7 @@ grpc::Status Pull(Servers& servers, const PullRequest& request,
 TEST_CASE("Pull of step -1 on a job that applied no step is refused; the "
           "server does not crash",
           "[hostile][pull]") {
-  Servers servers;
+  InProcessCluster servers;
   CreateJobRequest create = SmallJob();
   {
     grpc::ClientContext context;
@@ -220,7 +165,7 @@ TEST_CASE("Pull of step -1 on a job that applied no step is refused; the "
 TEST_CASE("A small Pull naming one partition thousands of times is refused "
           "before its answer is built",
           "[hostile][pull][memory]") {
-  Servers servers;
+  InProcessCluster servers;
   {
     grpc::ClientContext context;
     context.set_deadline(Deadline());
@@ -250,7 +195,7 @@ TEST_CASE("A small Pull naming one partition thousands of times is refused "
 TEST_CASE("CreateJob of a 2^40-element tensor is RESOURCE_EXHAUSTED naming "
           "the shape, never UNKNOWN",
           "[hostile][create]") {
-  Servers servers;
+  InProcessCluster servers;
   CreateJobRequest create = SmallJob();
   create.mutable_placement()->mutable_parameters(0)->set_shape(0, 1 << 20);
   create.mutable_placement()->mutable_parameters(0)->set_shape(1, 1 << 20);
@@ -266,7 +211,7 @@ TEST_CASE("CreateJob of a 2^40-element tensor is RESOURCE_EXHAUSTED naming "
 TEST_CASE("A 1 MB job id is never echoed whole: statuses stay short, "
           "CreateJob refuses it naming the field",
           "[hostile][echo]") {
-  Servers servers;
+  InProcessCluster servers;
   const std::string huge(1 << 20, 'j');
   {
     PullRequest pull;

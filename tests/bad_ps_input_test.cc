@@ -1,7 +1,8 @@
-// Bad input over real gRPC: a parameter server and a coordinator in this
-// process on 127.0.0.1:0, driven through the generated stubs. Every bad
-// request gets the documented status code and a message naming the problem,
-// and the servers keep serving with their state unchanged.
+// Bad input to a parameter server over real gRPC (Push, Pull, CreateJob,
+// DropJob, ListSnapshots): a parameter server in this process on
+// 127.0.0.1:0, driven through the generated stubs. Every bad request gets
+// the documented status code and a message naming the problem, and the
+// server keeps serving with its parameters unchanged.
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -20,332 +21,12 @@
 #include "common/placement.h"
 #include "common/rpc.h"
 #include "common/tensor.h"
-#include "server/coordinator/coordinator_service.h"
-#include "server/coordinator/coordinator_state.h"
-#include "server/ps/parameter_service.h"
-#include "server/ps/parameter_store.h"
+#include "tests/bad_input_lib.h"
+#include "tests/in_process_cluster.h"
 #include "tests/resident_memory.h"
 
 namespace psd {
 namespace {
-
-constexpr char kJob[] = "bad-input-1";
-constexpr int64_t kEpoch = 5;
-constexpr int kWorkers = 2;
-
-// The quick-start job, made smaller: MLP 784-8-10, partitions of 4 KiB.
-JobConfig ValidConfig() {
-  JobConfig config;
-  config.set_name("bad-input");
-  config.mutable_model()->set_kind(ModelSpec::MLP);
-  config.mutable_model()->set_input_dim(784);
-  config.mutable_model()->add_hidden_sizes(8);
-  config.mutable_model()->add_hidden_sizes(4);
-  config.mutable_model()->set_num_classes(10);
-  config.mutable_model()->set_init_seed(3);
-  config.mutable_dataset()->set_name("fashion-mnist");
-  config.mutable_optimizer()->set_kind(OptimizerSpec::SGD);
-  config.mutable_optimizer()->set_learning_rate(0.05f);
-  config.mutable_optimizer()->set_momentum(0.9f);
-  config.mutable_optimizer()->set_weight_decay(0.0005f);
-  config.set_consistency(BSP);
-  config.set_batch_size(16);
-  config.set_epochs(1);
-  config.set_workers(kWorkers);
-  config.set_seed(11);
-  config.set_partition_bytes(4096);
-  return config;
-}
-
-std::chrono::system_clock::time_point Deadline() {
-  return DeadlineIn(std::chrono::seconds(30));
-}
-
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-bool StartsWith(const std::string& s, const std::string& prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
-
-// A parameter server and a coordinator, each on its own port.
-class Cluster {
- public:
-  Cluster()
-      : parameter_service_(&store_),
-        state_(CoordinatorOptions{}),
-        membership_(&state_),
-        job_control_(&state_) {
-    REQUIRE(state_.Start().ok());
-    auto ps = StartRpcServer(RpcServerOptions{}, {&parameter_service_});
-    REQUIRE(ps.ok());
-    ps_server_ = std::move(*ps);
-    auto coord = StartRpcServer(RpcServerOptions{}, {&membership_, &job_control_});
-    REQUIRE(coord.ok());
-    coord_server_ = std::move(*coord);
-    auto ps_channel =
-        MakeChannel(absl::StrCat("127.0.0.1:", ps_server_.port));
-    auto coord_channel =
-        MakeChannel(absl::StrCat("127.0.0.1:", coord_server_.port));
-    parameter_server = ParameterServer::NewStub(ps_channel);
-    coordinator = Coordinator::NewStub(coord_channel);
-    jobs = JobService::NewStub(coord_channel);
-  }
-
-  ~Cluster() {
-    ps_server_.server->Shutdown(Deadline());
-    coord_server_.server->Shutdown(Deadline());
-  }
-
-  std::unique_ptr<ParameterServer::Stub> parameter_server;
-  std::unique_ptr<Coordinator::Stub> coordinator;
-  std::unique_ptr<JobService::Stub> jobs;
-
- private:
-  ParameterStore store_;
-  ParameterService parameter_service_;
-  CoordinatorState state_;
-  MembershipService membership_;
-  JobControlService job_control_;
-  RpcServer ps_server_;
-  RpcServer coord_server_;
-};
-
-grpc::Status Submit(Cluster& cluster, const JobConfig& config,
-                    SubmitJobResponse* response) {
-  grpc::ClientContext context;
-  context.set_deadline(Deadline());
-  return cluster.jobs->SubmitJob(&context, config, response);
-}
-
-TEST_CASE("JobService: a bad config is refused with INVALID_ARGUMENT naming "
-          "the field",
-          "[bad_input][coordinator]") {
-  Cluster cluster;
-  struct Case {
-    const char* prefix;
-    void (*spoil)(JobConfig*);
-  };
-  const Case cases[] = {
-      {"batch_size:", [](JobConfig* c) { c->clear_batch_size(); }},
-      {"batch_size:", [](JobConfig* c) { c->set_batch_size(-1); }},
-      // Larger than the training set over the workers.
-      {"batch_size:", [](JobConfig* c) { c->set_batch_size(40000); }},
-      {"model.hidden_sizes[1]:",
-       [](JobConfig* c) { c->mutable_model()->set_hidden_sizes(1, 0); }},
-      {"model.hidden_sizes[0]:",
-       [](JobConfig* c) { c->mutable_model()->set_hidden_sizes(0, 1 << 20); }},
-      {"model.input_dim:",
-       [](JobConfig* c) { c->mutable_model()->set_input_dim(100); }},
-      {"model.num_classes:",
-       [](JobConfig* c) { c->mutable_model()->set_num_classes(1); }},
-      {"name:", [](JobConfig* c) { c->clear_name(); }},
-      {"name:", [](JobConfig* c) { c->set_name("has space"); }},
-      {"dataset.name:",
-       [](JobConfig* c) { c->mutable_dataset()->set_name("mnist"); }},
-      {"dataset.train_limit:",
-       [](JobConfig* c) { c->mutable_dataset()->set_train_limit(-5); }},
-      {"optimizer.learning_rate:",
-       [](JobConfig* c) { c->mutable_optimizer()->set_learning_rate(0); }},
-      {"optimizer.learning_rate:",
-       [](JobConfig* c) {
-         c->mutable_optimizer()->set_learning_rate(
-             std::numeric_limits<float>::quiet_NaN());
-       }},
-      {"optimizer.momentum:",
-       [](JobConfig* c) { c->mutable_optimizer()->set_momentum(1.0f); }},
-      {"optimizer.weight_decay:",
-       [](JobConfig* c) { c->mutable_optimizer()->set_weight_decay(-1.0f); }},
-      {"epochs:", [](JobConfig* c) { c->set_epochs(0); }},
-      {"workers:", [](JobConfig* c) { c->set_workers(0); }},
-      {"workers:", [](JobConfig* c) { c->set_workers(5000); }},
-      {"partition_bytes:", [](JobConfig* c) { c->set_partition_bytes(100); }},
-      {"epochs:", [](JobConfig* c) { c->set_epochs(2147483647); }},
-      {"optimizer.learning_rate: must be finite, got inf",
-       [](JobConfig* c) {
-         c->mutable_optimizer()->set_learning_rate(
-             std::numeric_limits<float>::infinity());
-       }},
-      // A 1 MB request of a million layers.
-      {"model.hidden_sizes: at most 64 layers",
-       [](JobConfig* c) {
-         c->mutable_model()->mutable_hidden_sizes()->Resize(1000000, 1);
-       }},
-      {"consistency: must be BSP, ASP or SSP, got 9",
-       [](JobConfig* c) { c->set_consistency(static_cast<Consistency>(9)); }},
-  };
-  for (const Case& c : cases) {
-    JobConfig config = ValidConfig();
-    c.spoil(&config);
-    INFO("want " << c.prefix);
-    SubmitJobResponse response;
-    grpc::Status status = Submit(cluster, config, &response);
-    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-    INFO("got " << status.error_message());
-    CHECK(StartsWith(status.error_message(), c.prefix));
-  }
-  // An empty config names the first field.
-  SubmitJobResponse response;
-  grpc::Status status = Submit(cluster, JobConfig(), &response);
-  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-  CHECK(StartsWith(status.error_message(), "name:"));
-
-  // None of them was queued; a valid one still is.
-  {
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    ListJobsResponse listed;
-    REQUIRE(cluster.jobs->ListJobs(&context, ListJobsRequest(), &listed).ok());
-    CHECK(listed.jobs_size() == 0);
-  }
-  status = Submit(cluster, ValidConfig(), &response);
-  REQUIRE(status.ok());
-  CHECK(StartsWith(response.job_id(), "bad-input-"));
-  grpc::ClientContext context;
-  context.set_deadline(Deadline());
-  GetJobRequest get;
-  get.set_job_id(response.job_id());
-  JobStatus job;
-  REQUIRE(cluster.jobs->GetJob(&context, get, &job).ok());
-  CHECK(job.state() == PENDING);
-}
-
-TEST_CASE("JobService: a 10 MB name or job id is refused with INVALID_ARGUMENT "
-          "naming the field, and the coordinator keeps serving",
-          "[bad_input][coordinator]") {
-  Cluster cluster;
-  const std::string huge(10 << 20, 'n');
-  JobConfig config = ValidConfig();
-  config.set_name(huge);
-  SubmitJobResponse submitted;
-  grpc::Status status = Submit(cluster, config, &submitted);
-  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-  CHECK(StartsWith(status.error_message(),
-                   "name: at most 128 characters, got 10485760"));
-  CHECK(status.error_message().size() < 1000);  // not echoed back whole
-  // The coordinator keeps nothing of them (an accepted 10 MB name once grew
-  // it by 500+ MB). Client and server share this process, so the first
-  // calls leave the allocator's free lists holding their transient 10 MB
-  // buffers: ten calls warm it up, ten more must add (almost) nothing.
-  auto submit_ten = [&] {
-    for (int i = 0; i < 10; ++i) {
-      CHECK(Submit(cluster, config, &submitted).error_code() ==
-            grpc::StatusCode::INVALID_ARGUMENT);
-    }
-  };
-  submit_ten();
-  const int64_t before = ResidentBytes();
-  REQUIRE(before > 0);
-  submit_ten();
-  CHECK(ResidentBytes() - before < (40 << 20));
-  {
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    GetJobRequest request;
-    request.set_job_id(huge);
-    JobStatus job;
-    status = cluster.jobs->GetJob(&context, request, &job);
-    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-    CHECK(StartsWith(status.error_message(), "job_id: at most 148 characters"));
-    CHECK(status.error_message().size() < 1000);
-  }
-  // Nothing was queued, and ListJobs answers within a standard client's
-  // 4 MB limit.
-  grpc::ClientContext context;
-  context.set_deadline(Deadline());
-  ListJobsResponse listed;
-  REQUIRE(cluster.jobs->ListJobs(&context, ListJobsRequest(), &listed).ok());
-  CHECK(listed.jobs_size() == 0);
-  REQUIRE(Submit(cluster, ValidConfig(), &submitted).ok());
-}
-
-TEST_CASE("JobService: GetJob and CancelJob of an unknown job are NOT_FOUND",
-          "[bad_input][coordinator]") {
-  Cluster cluster;
-  for (const std::string id : {"", "no-such-job-1"}) {
-    INFO("job id \"" << id << "\"");
-    {
-      grpc::ClientContext context;
-      context.set_deadline(Deadline());
-      GetJobRequest request;
-      request.set_job_id(id);
-      JobStatus response;
-      grpc::Status status = cluster.jobs->GetJob(&context, request, &response);
-      CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
-      CHECK(Contains(status.error_message(), "job_id"));
-    }
-    {
-      grpc::ClientContext context;
-      context.set_deadline(Deadline());
-      CancelJobRequest request;
-      request.set_job_id(id);
-      JobStatus response;
-      grpc::Status status = cluster.jobs->CancelJob(&context, request, &response);
-      CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
-      CHECK(Contains(status.error_message(), "job_id"));
-    }
-  }
-}
-
-TEST_CASE("Coordinator: a peer with another protocol version, or no address, "
-          "is refused; an unknown member's heartbeat is NOT_FOUND",
-          "[bad_input][coordinator]") {
-  Cluster cluster;
-  for (bool server : {true, false}) {
-    INFO((server ? "RegisterServer" : "RegisterWorker"));
-    RegisterRequest request;
-    request.set_address("127.0.0.1:1");
-    request.set_protocol_version(PROTOCOL_VERSION_UNSPECIFIED);
-    RegisterResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    grpc::Status status =
-        server ? cluster.coordinator->RegisterServer(&context, request, &response)
-               : cluster.coordinator->RegisterWorker(&context, request, &response);
-    CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
-    CHECK(StartsWith(status.error_message(), "protocol_version:"));
-
-    request.set_protocol_version(static_cast<ProtocolVersion>(7));
-    grpc::ClientContext context2;
-    context2.set_deadline(Deadline());
-    status = server
-                 ? cluster.coordinator->RegisterServer(&context2, request, &response)
-                 : cluster.coordinator->RegisterWorker(&context2, request, &response);
-    CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
-
-    request.set_protocol_version(PROTOCOL_VERSION_1);
-    request.clear_address();
-    grpc::ClientContext context3;
-    context3.set_deadline(Deadline());
-    status = server
-                 ? cluster.coordinator->RegisterServer(&context3, request, &response)
-                 : cluster.coordinator->RegisterWorker(&context3, request, &response);
-    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-    CHECK(Contains(status.error_message(), "address"));
-  }
-  {
-    HeartbeatRequest request;
-    request.set_member_id("w-12345");
-    HeartbeatResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(Deadline());
-    grpc::Status status =
-        cluster.coordinator->Heartbeat(&context, request, &response);
-    CHECK(status.error_code() == grpc::StatusCode::NOT_FOUND);
-    CHECK(StartsWith(status.error_message(), "member_id:"));
-  }
-  // Nothing joined.
-  GetClusterViewRequest request;
-  ClusterView view;
-  grpc::ClientContext context;
-  context.set_deadline(Deadline());
-  REQUIRE(cluster.coordinator->GetClusterView(&context, request, &view).ok());
-  CHECK(view.servers_size() == 0);
-  CHECK(view.workers_size() == 0);
-}
-
-// --- The parameter server ---------------------------------------------------
-
 using Params = std::map<int32_t, std::string>;  // partition id -> raw bytes
 
 float Grad(int rank, int64_t step, int32_t partition, int64_t k) {
@@ -436,7 +117,7 @@ CreateJobRequest ValidCreate() {
 }
 
 // Creates the job on the cluster's parameter server (REQUIREs success).
-CreateJobResponse CreateOn(Cluster& cluster, const CreateJobRequest& create) {
+CreateJobResponse CreateOn(InProcessCluster& cluster, const CreateJobRequest& create) {
   grpc::ClientContext context;
   context.set_deadline(Deadline());
   CreateJobResponse response;
@@ -447,7 +128,7 @@ CreateJobResponse CreateOn(Cluster& cluster, const CreateJobRequest& create) {
 TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
           "the server keeps serving with parameters unchanged",
           "[bad_input][parameter_server]") {
-  Cluster cluster;
+  InProcessCluster cluster;
   const CreateJobRequest create = ValidCreate();
   const Placement* placement = &create.placement();
   REQUIRE(placement->partitions_size() >= 4);
@@ -636,7 +317,7 @@ TEST_CASE("ParameterServer: bad pushes and pulls get the right status, and "
 
 TEST_CASE("ParameterServer: bad CreateJob and DropJob requests are refused",
           "[bad_input][parameter_server]") {
-  Cluster cluster;
+  InProcessCluster cluster;
   const CreateJobRequest create = ValidCreate();
 
   auto call = [&](const CreateJobRequest& request) {
@@ -676,7 +357,7 @@ TEST_CASE("ParameterServer: bad CreateJob and DropJob requests are refused",
 TEST_CASE("ParameterServer: ListSnapshots of an unknown job is NOT_FOUND, "
           "of a job held without snapshots an empty list",
           "[bad_input][parameter_server]") {
-  Cluster cluster;
+  InProcessCluster cluster;
   auto list = [&](const std::string& job_id, ListSnapshotsResponse* response) {
     grpc::ClientContext context;
     context.set_deadline(Deadline());
