@@ -3,18 +3,25 @@
 # makes at start-up end in a clear error within seconds, not a hang.
 source tests/cluster_lib.sh
 
-# --help lists every flag the launcher and the README use.
+# --help lists every flag the launcher and the README use, the shared ones
+# (common/process_main.cc, and common/member_flags.cc for the two members)
+# included, and no member flag in the coordinator's.
+SHARED="--log_level --metrics_listen --metrics_port_file"
+MEMBER="--coordinator --heartbeat_ms --connect_timeout_ms"
 "$BIN/server/coordinator/psd_coordinator" --help >"$WORK/help" 2>&1 || true
-for f in --listen --port_file --heartbeat_timeout_ms --log_level; do
-  grep -q -- "$f" "$WORK/help" || fail "psd_coordinator --help lacks $f"
+for f in --listen --port_file --heartbeat_timeout_ms $SHARED; do
+  grep -q -- "^ *$f " "$WORK/help" || fail "psd_coordinator --help lacks $f"
+done
+for f in $MEMBER; do
+  if grep -q -- "^ *$f " "$WORK/help"; then fail "psd_coordinator --help lists $f"; fi
 done
 "$BIN/server/ps/psd_server" --help >"$WORK/help" 2>&1 || true
-for f in --coordinator --listen --advertise --port_file --connect_timeout_ms; do
-  grep -q -- "$f" "$WORK/help" || fail "psd_server --help lacks $f"
+for f in --listen --advertise --port_file $SHARED $MEMBER; do
+  grep -q -- "^ *$f " "$WORK/help" || fail "psd_server --help lacks $f"
 done
 "$BIN/worker/psd_worker" --help >"$WORK/help" 2>&1 || true
-for f in --coordinator --data_dir --device --blas_threads --bf16_gemm --port_file; do
-  grep -q -- "$f" "$WORK/help" || fail "psd_worker --help lacks $f"
+for f in --data_dir --device --blas_threads --bf16_gemm --port_file $SHARED $MEMBER; do
+  grep -q -- "^ *$f " "$WORK/help" || fail "psd_worker --help lacks $f"
 done
 "$BIN/deploy/psd_ctl" --help >"$WORK/help" 2>&1 || true
 for c in submit get list cancel watch export view wait-ready; do

@@ -2,27 +2,23 @@
 // waits for a rank of a job, trains it (worker/trainer.h), then goes back to
 // idle and waits for the next job.
 #include <atomic>
-#include <cstdio>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/synchronization/mutex.h"
+#include "common/member_flags.h"
 #include "common/membership.h"
 #include "common/metrics.h"
-#include "common/metrics_http.h"
 #include "common/process.h"
+#include "common/process_main.h"
 #include "common/rpc.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
 #include "worker/trainer.h"
 
-ABSL_FLAG(std::string, coordinator, "",
-          "Coordinator address, host:port (required).");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "Address to serve gRPC health and reflection on; port 0 lets the "
           "OS choose.");
@@ -31,11 +27,6 @@ ABSL_FLAG(std::string, advertise, "",
           "with the bound port).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once registered.");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
-          "port 0 lets the OS choose. Empty: no metrics endpoint.");
-ABSL_FLAG(std::string, metrics_port_file, "",
-          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Folder holding Fashion-MNIST's gzip IDX files.");
 ABSL_FLAG(std::string, device, "auto",
@@ -54,11 +45,6 @@ ABSL_FLAG(bool, overlap_push, true,
           "backward pass (same pushed bytes, same results). false: push all "
           "of a step's gradients after its backward pass (for measuring the "
           "overlap, or debugging).");
-ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
-ABSL_FLAG(int, connect_timeout_ms, 10000,
-          "Give up when the coordinator cannot be reached for this long, ms.");
-ABSL_FLAG(std::string, log_level, "info",
-          "trace, debug, info, warn, error or off.");
 ABSL_FLAG(int, test_slow_ms_per_step, 0,
           "FOR TESTS ONLY: sleep this many ms in every training step, to make "
           "this worker artificially slow (the SSP test). Default 0.");
@@ -228,13 +214,10 @@ class WorkerAgent : public ViewSource {
 };
 
 int Main() {
-  absl::Status logging = SetUpLogging("worker", absl::GetFlag(FLAGS_log_level));
-  if (!logging.ok()) {
-    std::fprintf(stderr, "psd_worker: %s\n", logging.ToString().c_str());
-    return 2;
-  }
-  if (absl::GetFlag(FLAGS_coordinator).empty()) {
-    Log()->error("--coordinator is required (host:port of psd_coordinator)");
+  absl::StatusOr<MembershipOptions> member =
+      MembershipOptionsFromFlags(MembershipOptions::Role::kWorker);
+  if (!member.ok()) {
+    Log()->error("{}", std::string(member.status().message()));
     return 2;
   }
   kernels::DeviceOptions device_options;
@@ -250,15 +233,8 @@ int Main() {
   MetricsRegistry metrics;
   AddProcessMetrics(&metrics);
   TrainerMetrics trainer_metrics(&metrics);
-  auto metrics_server =
-      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
-                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
-  if (!metrics_server.ok()) {
-    Log()->error("{}", metrics_server.status().ToString());
-    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
-               ? 2
-               : 1;
-  }
+  auto metrics_server = ServeMetrics(&metrics);
+  if (!metrics_server.ok()) return StartupError(metrics_server.status());
   std::unique_ptr<kernels::Backend> backend = std::move(selected->backend);
   Log()->info("device: {} ({})", backend->Name(), selected->reason);
 
@@ -280,12 +256,8 @@ int Main() {
   trainer.test_slow_ms_per_step = absl::GetFlag(FLAGS_test_slow_ms_per_step);
   trainer.overlap_push = absl::GetFlag(FLAGS_overlap_push);
   WorkerAgent agent(trainer, backend.get());
-  MembershipOptions options;
-  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  MembershipOptions options = *std::move(member);
   options.advertised_address = advertised;
-  options.role = MembershipOptions::Role::kWorker;
-  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
-  options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
   options.fill_register = [&agent](RegisterRequest* r) { agent.FillRegister(r); };
   Membership membership(
       options, [&agent](const HeartbeatResponse& r) { agent.OnHeartbeat(r); });
@@ -304,15 +276,14 @@ int Main() {
 }  // namespace psd
 
 int main(int argc, char** argv) {
-  psd::TuneAllocator();
-  psd::BlockShutdownSignals();
-  absl::SetProgramUsageMessage(
-      "A psd training worker (stateless).\n"
-      "  psd_worker --coordinator=HOST:PORT [--data_dir=DIR] [--device=cpu]\n"
-      "Registers with the coordinator, trains the rank of a job it is given\n"
-      "(pull parameters, compute gradients, push them), then waits for the\n"
-      "next job. Serves gRPC health and reflection, and Prometheus metrics\n"
-      "with --metrics_listen. SIGINT/SIGTERM stop it.");
-  absl::ParseCommandLine(argc, argv);
-  return psd::Main();
+  return psd::RunProcess(
+      argc, argv,
+      {"psd_worker", "worker",
+       "A psd training worker (stateless).\n"
+       "  psd_worker --coordinator=HOST:PORT [--data_dir=DIR] [--device=cpu]\n"
+       "Registers with the coordinator, trains the rank of a job it is given\n"
+       "(pull parameters, compute gradients, push them), then waits for the\n"
+       "next job. Serves gRPC health and reflection, and Prometheus metrics\n"
+       "with --metrics_listen. SIGINT/SIGTERM stop it."},
+      psd::Main);
 }

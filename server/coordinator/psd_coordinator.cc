@@ -1,16 +1,13 @@
 // psd_coordinator: accepts jobs, tracks servers and workers, assigns ranks
 // and parameter shards, and publishes the cluster view.
-#include <cstdio>
 #include <map>
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "common/metrics.h"
-#include "common/metrics_http.h"
 #include "common/data_dir.h"
 #include "common/process.h"
+#include "common/process_main.h"
 #include "common/rpc.h"
 #include "server/coordinator/coordinator_db.h"
 #include "server/coordinator/coordinator_service.h"
@@ -20,11 +17,6 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "Address to serve gRPC on; port 0 lets the OS choose.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once serving.");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
-          "port 0 lets the OS choose. Empty: no metrics endpoint.");
-ABSL_FLAG(std::string, metrics_port_file, "",
-          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(int, heartbeat_timeout_ms, 1500,
           "Remove a server or worker that sent no heartbeat for this long, ms: "
           "a primary's backup is promoted, a worker's rank goes to another.");
@@ -66,8 +58,6 @@ ABSL_FLAG(std::string, data_dir, "",
           "second process given the same one exits with an error). Jobs "
           "persist here (RocksDB, <data_dir>/jobs), and a restarted "
           "coordinator resumes them; empty = in memory only.");
-ABSL_FLAG(std::string, log_level, "info",
-          "trace, debug, info, warn, error or off.");
 
 namespace psd {
 namespace {
@@ -113,12 +103,6 @@ void AddCoordinatorMetrics(CoordinatorState* state, MetricsRegistry* metrics) {
 }
 
 int Main() {
-  absl::Status logging =
-      SetUpLogging("coordinator", absl::GetFlag(FLAGS_log_level));
-  if (!logging.ok()) {
-    std::fprintf(stderr, "psd_coordinator: %s\n", logging.ToString().c_str());
-    return 2;
-  }
   std::unique_ptr<DataDirLock> data_dir;
   if (!absl::GetFlag(FLAGS_data_dir).empty()) {
     auto lock = DataDirLock::Acquire(absl::GetFlag(FLAGS_data_dir));
@@ -161,15 +145,8 @@ int Main() {
   AddProcessMetrics(&metrics);
   CoordinatorState state(options);
   AddCoordinatorMetrics(&state, &metrics);
-  auto metrics_server =
-      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
-                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
-  if (!metrics_server.ok()) {
-    Log()->error("{}", metrics_server.status().ToString());
-    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
-               ? 2
-               : 1;
-  }
+  auto metrics_server = ServeMetrics(&metrics);
+  if (!metrics_server.ok()) return StartupError(metrics_server.status());
   MembershipService membership(&state);
   JobControlService jobs(&state);
   RpcServerOptions rpc_options;
@@ -196,17 +173,16 @@ int Main() {
 }  // namespace psd
 
 int main(int argc, char** argv) {
-  psd::TuneAllocator();
-  psd::BlockShutdownSignals();
-  absl::SetProgramUsageMessage(
-      "The psd coordinator.\n"
-      "  psd_coordinator [--listen=127.0.0.1:0] [--port_file=FILE]\n"
-      "Serves psd.v1.Coordinator (membership, cluster view) and\n"
-      "psd.v1.JobService (submit, get, list, watch, cancel, delete and\n"
-      "snapshot jobs) plus gRPC health and reflection, and Prometheus\n"
-      "metrics with --metrics_listen. With --data_dir, jobs survive a\n"
-      "restart.\n"
-      "SIGINT/SIGTERM shut it down gracefully.");
-  absl::ParseCommandLine(argc, argv);
-  return psd::Main();
+  return psd::RunProcess(
+      argc, argv,
+      {"psd_coordinator", "coordinator",
+       "The psd coordinator.\n"
+       "  psd_coordinator [--listen=127.0.0.1:0] [--port_file=FILE]\n"
+       "Serves psd.v1.Coordinator (membership, cluster view) and\n"
+       "psd.v1.JobService (submit, get, list, watch, cancel, delete and\n"
+       "snapshot jobs) plus gRPC health and reflection, and Prometheus\n"
+       "metrics with --metrics_listen. With --data_dir, jobs survive a\n"
+       "restart.\n"
+       "SIGINT/SIGTERM shut it down gracefully."},
+      psd::Main);
 }

@@ -1,19 +1,17 @@
 // psd_server: a parameter server. Holds parameter partitions of jobs, serves
 // push and pull, and applies the optimizer (see server/ps/parameter_store.h).
 #include <algorithm>
-#include <cstdio>
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/data_dir.h"
+#include "common/member_flags.h"
 #include "common/membership.h"
 #include "common/metrics.h"
-#include "common/metrics_http.h"
 #include "common/process.h"
+#include "common/process_main.h"
 #include "common/quote.h"
 #include "common/rpc.h"
 #include "server/embedding/embedding_service.h"
@@ -25,8 +23,6 @@
 #include "server/snapshot/snapshot_store.h"
 #include "server/snapshot/snapshot_writer.h"
 
-ABSL_FLAG(std::string, coordinator, "",
-          "Coordinator address, host:port (required).");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "Address to serve gRPC on; port 0 lets the OS choose.");
 ABSL_FLAG(std::string, advertise, "",
@@ -34,11 +30,6 @@ ABSL_FLAG(std::string, advertise, "",
           "host with the bound port).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound port to this file once serving.");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "Address to serve Prometheus metrics on (GET /metrics), host:port; "
-          "port 0 lets the OS choose. Empty: no metrics endpoint.");
-ABSL_FLAG(std::string, metrics_port_file, "",
-          "If set, write the bound metrics port to this file.");
 ABSL_FLAG(std::string, data_dir, "",
           "This server's own data directory, locked while it runs (a second "
           "process given the same one exits with an error). Snapshots are "
@@ -53,9 +44,6 @@ ABSL_FLAG(std::string, on_corrupt_data_dir, "fail",
           "starts with an empty one, so the server rejoins as a new member "
           "and gets its shards back from their other replicas "
           "(docs/OPERATIONS.md, \"A damaged data directory\").");
-ABSL_FLAG(int, heartbeat_ms, 250, "Heartbeat period to the coordinator, ms.");
-ABSL_FLAG(int, connect_timeout_ms, 10000,
-          "Give up when the coordinator cannot be reached for this long, ms.");
 ABSL_FLAG(int64_t, max_job_bytes, int64_t{16} << 30,
           "The most memory one job's parameter state may take on this "
           "server, bytes; a job needing more is refused with "
@@ -78,8 +66,6 @@ ABSL_FLAG(int64_t, backup_stall_ms, 10000,
           "coordinator still sees it alive) is reported to the coordinator, "
           "which takes it out of the view so the step completes without it; "
           "a state transfer brings it back later, ms; 0 = never.");
-ABSL_FLAG(std::string, log_level, "info",
-          "trace, debug, info, warn, error or off.");
 
 namespace psd {
 namespace {
@@ -114,13 +100,10 @@ auto OpenStore(const std::string& dir, bool quarantine, Open open)
 }
 
 int Main() {
-  absl::Status logging = SetUpLogging("server", absl::GetFlag(FLAGS_log_level));
-  if (!logging.ok()) {
-    std::fprintf(stderr, "psd_server: %s\n", std::string(logging.message()).c_str());
-    return 2;
-  }
-  if (absl::GetFlag(FLAGS_coordinator).empty()) {
-    Log()->error("--coordinator is required (host:port of psd_coordinator)");
+  absl::StatusOr<MembershipOptions> member =
+      MembershipOptionsFromFlags(MembershipOptions::Role::kServer);
+  if (!member.ok()) {
+    Log()->error("{}", std::string(member.status().message()));
     return 2;
   }
   MetricsRegistry metrics;
@@ -271,15 +254,8 @@ int Main() {
   EmbeddingStore embedding_store;
   EmbeddingService embedding_service(&embedding_store, &metrics, {},
                                      embedding_snapshots.get());
-  auto metrics_server =
-      StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
-                           absl::GetFlag(FLAGS_metrics_port_file), &metrics);
-  if (!metrics_server.ok()) {
-    Log()->error("{}", metrics_server.status().ToString());
-    return metrics_server.status().code() == absl::StatusCode::kInvalidArgument
-               ? 2
-               : 1;
-  }
+  auto metrics_server = ServeMetrics(&metrics);
+  if (!metrics_server.ok()) return StartupError(metrics_server.status());
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
   auto rpc = StartRpcServer(rpc_options, {&service, &embedding_service});
@@ -293,12 +269,8 @@ int Main() {
   }
   Log()->info("serving psd.v1.ParameterServer on {}", advertised);
 
-  MembershipOptions options;
-  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  MembershipOptions options = *std::move(member);
   options.advertised_address = advertised;
-  options.role = MembershipOptions::Role::kServer;
-  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
-  options.connect_timeout_ms = absl::GetFlag(FLAGS_connect_timeout_ms);
   bool registered_before = false;  // only touched by Membership's thread
   options.fill_register = [&store, &server_uid,
                            &registered_before](RegisterRequest* request) {
@@ -350,16 +322,15 @@ int Main() {
 }  // namespace psd
 
 int main(int argc, char** argv) {
-  psd::TuneAllocator();
-  psd::BlockShutdownSignals();
-  absl::SetProgramUsageMessage(
-      "A psd parameter server.\n"
-      "  psd_server --coordinator=HOST:PORT [--listen=127.0.0.1:0]\n"
-      "             [--metrics_listen=HOST:PORT]\n"
-      "Registers with the coordinator, then holds the parameter shards it is\n"
-      "given and serves psd.v1.ParameterServer (push, pull) plus gRPC health\n"
-      "and reflection, and Prometheus metrics with --metrics_listen.\n"
-      "SIGINT/SIGTERM shut it down gracefully.");
-  absl::ParseCommandLine(argc, argv);
-  return psd::Main();
+  return psd::RunProcess(
+      argc, argv,
+      {"psd_server", "server",
+       "A psd parameter server.\n"
+       "  psd_server --coordinator=HOST:PORT [--listen=127.0.0.1:0]\n"
+       "             [--metrics_listen=HOST:PORT]\n"
+       "Registers with the coordinator, then holds the parameter shards it is\n"
+       "given and serves psd.v1.ParameterServer (push, pull) plus gRPC health\n"
+       "and reflection, and Prometheus metrics with --metrics_listen.\n"
+       "SIGINT/SIGTERM shut it down gracefully."},
+      psd::Main);
 }
