@@ -164,7 +164,6 @@ class WorkerAgent : public ViewSource {
     }
   }
 
-  // Sends progress; returns true when the job was cancelled.
   // Sends progress; returns true when the job was cancelled. The last
   // report of a rank (done) is retried while the coordinator is away (up to
   // 2 minutes): it is what ends the job, and this worker keeps claiming its
