@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "common/proto.h"
 #include "server/coordinator/coordinator_db.h"
+#include "server/coordinator/member_table.h"
 
 namespace psd {
 
@@ -90,7 +91,12 @@ struct CoordinatorOptions {
 // resumes at the step the servers are at.
 //
 // Thread-safe. Owns a scheduler thread (started by Start(), stopped by the
-// destructor). Never holds its lock across an RPC.
+// destructor) and the member table (MemberTable, under the same lock as the
+// jobs). Never holds its lock across an RPC. The implementation is one file
+// per concern: registration.cc (membership), views.cc (views, failover,
+// replica repair), jobs.cc, job_scheduler.cc, job_recovery.cc,
+// job_progress.cc, snapshot_schedule.cc, and coordinator_state.cc (start,
+// persistence, the scheduler loop).
 class CoordinatorState {
  public:
   explicit CoordinatorState(CoordinatorOptions options);
@@ -144,20 +150,7 @@ class CoordinatorState {
       const std::string& job_id, int64_t* version, absl::Duration timeout);
 
  private:
-  struct Member {
-    std::string address;
-    absl::Time last_seen;
-    // Workers only: the job and rank held, "" when idle.
-    std::string job_id;
-    int32_t rank = 0;
-    // Servers only: the data directory's uid, and the jobs held in memory
-    // when it registered.
-    std::string uid;
-    std::vector<std::string> live_jobs;
-    // Workers only: a job whose rank was taken from this worker for making
-    // no progress (WatchProgress); it is never given a rank of it again.
-    std::string stalled_in;
-  };
+  using Member = MemberTable::Member;
   struct RankProgress {
     int32_t epoch = 0;
     int64_t step = 0;
@@ -209,15 +202,19 @@ class CoordinatorState {
     bool delete_snapshots = false;
   };
 
+  // Start and persistence (coordinator_state.cc).
+  void SchedulerLoop();
+  // The job record to persist. REQUIRES: mu_ held.
+  JobRecord Record(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the job for saving by the scheduler thread (progress, states).
+  void MarkDirty(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves the jobs marked dirty (no lock held while writing).
+  void SaveDirty() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Membership (registration.cc).
   absl::StatusOr<RegisterResponse> Register(const RegisterRequest& request,
                                             bool server);
-  void SchedulerLoop();
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
-  // Progress, not only liveness: a rank whose clock stays behind the
-  // fastest rank's for longer than ProgressBound(job) loses its worker, the
-  // same as a dead one (see CoordinatorOptions.progress_floor_ms).
-  void WatchProgress() ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Duration ProgressBound(const Job& job) const;
   // The pause monitor's loop (see CoordinatorOptions.pause_threshold_ms).
   void PauseMonitorLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // A member failed (`why`, for the log): a server's shards lose it (the
@@ -226,49 +223,8 @@ class CoordinatorState {
   void RemoveMemberLocked(bool server, const std::string& id,
                           const std::string& why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void StartPendingJobs() ABSL_LOCKS_EXCLUDED(mu_);
-  // After the servers' CreateJob calls: marks the job RUNNING, or FAILED
-  // with `error` when one failed.
-  void StartJobLocked(Job* job, const std::string& error)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends a job (state and reason); frees its workers.
-  void FinishJob(Job* job, JobState state, const std::string& reason)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sets the status's worker_clocks, max_staleness and staleness_counts
-  // from the servers' reports of the last heartbeat timeout.
-  void UpdateClocks(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Raises the status's replicas_verified_step to the oldest one the
-  // shards' primaries reported (in `clocks`), once every primary did.
-  void UpdateVerifiedStep(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Brings RECOVERING jobs back once their servers are registered.
-  void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
-  // Restores the job's shards from the servers' newest common snapshot (no
-  // lock held). A server with no snapshot of the job (ListSnapshots empty
-  // or NOT_FOUND) while others have some leaves *assignment (its shards
-  // keep their other replicas; RepairReplicas brings it back). Returns the
-  // step, or the reason it cannot, naming the shard.
-  absl::StatusOr<int64_t> RestoreFromSnapshots(Assignment* assignment);
-  // Sets the job's status.pending_reason; a change is a new status version.
-  void SetPendingReasonLocked(Job* job, const std::string& reason)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The PENDING job to start now given the idle workers (job order with
-  // backfill, see the class comment), "" if none; sets every pending job's
-  // pending_reason.
-  std::string NextJobToStartLocked(const std::vector<std::string>& idle)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Asks for the snapshots due by the jobs' snapshot.every_seconds.
-  void TimedSnapshots() ABSL_LOCKS_EXCLUDED(mu_);
-  // Gives idle workers the free ranks of running jobs (after a recovery).
-  void AssignFreeRanks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The job record to persist. REQUIRES: mu_ held.
-  JobRecord Record(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Marks the job for saving by the scheduler thread (progress, states).
-  void MarkDirty(const Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Saves the jobs marked dirty (no lock held while writing).
-  void SaveDirty() ABSL_LOCKS_EXCLUDED(mu_);
-  // Sends the queued DropJob calls (no lock held while calling).
-  void RunDrops() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Cluster views, failover and replica repair (views.cc).
   // Promotes backups of the shards whose primary died (see the class
   // comment), then sends the new view.
   void RunFailovers() ABSL_LOCKS_EXCLUDED(mu_);
@@ -287,19 +243,66 @@ class CoordinatorState {
                          std::chrono::milliseconds budget)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The job table (jobs.cc).
+  // Ends a job (state and reason); frees its workers.
+  void FinishJob(Job* job, JobState state, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends the queued DropJob calls (no lock held while calling).
+  void RunDrops() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Scheduling (job_scheduler.cc).
+  void StartPendingJobs() ABSL_LOCKS_EXCLUDED(mu_);
+  // After the servers' CreateJob calls: marks the job RUNNING, or FAILED
+  // with `error` when one failed.
+  void StartJobLocked(Job* job, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the job's status.pending_reason; a change is a new status version.
+  void SetPendingReasonLocked(Job* job, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The PENDING job to start now given the idle workers (job order with
+  // backfill, see the class comment), "" if none; sets every pending job's
+  // pending_reason.
+  std::string NextJobToStartLocked(const std::vector<std::string>& idle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives idle workers the free ranks of running jobs (after a recovery).
+  void AssignFreeRanks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Recovery after a restart (job_recovery.cc).
+  // Brings RECOVERING jobs back once their servers are registered.
+  void RecoverJobs() ABSL_LOCKS_EXCLUDED(mu_);
+  // Restores the job's shards from the servers' newest common snapshot (no
+  // lock held). A server with no snapshot of the job (ListSnapshots empty
+  // or NOT_FOUND) while others have some leaves *assignment (its shards
+  // keep their other replicas; RepairReplicas brings it back). Returns the
+  // step, or the reason it cannot, naming the shard.
+  absl::StatusOr<int64_t> RestoreFromSnapshots(Assignment* assignment);
+
+  // Progress (job_progress.cc).
+  void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the status's worker_clocks, max_staleness and staleness_counts
+  // from the servers' reports of the last heartbeat timeout.
+  void UpdateClocks(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Raises the status's replicas_verified_step to the oldest one the
+  // shards' primaries reported (in `clocks`), once every primary did.
+  void UpdateVerifiedStep(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Progress, not only liveness: a rank whose clock stays behind the
+  // fastest rank's for longer than ProgressBound(job) loses its worker, the
+  // same as a dead one (see CoordinatorOptions.progress_floor_ms).
+  void WatchProgress() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Duration ProgressBound(const Job& job) const;
+
+  // Snapshots (snapshot_schedule.cc).
+  // Asks for the snapshots due by the jobs' snapshot.every_seconds.
+  void TimedSnapshots() ABSL_LOCKS_EXCLUDED(mu_);
+
   // Constant after construction.
   const CoordinatorOptions options_;
 
   absl::Mutex mu_;
   int64_t view_epoch_ ABSL_GUARDED_BY(mu_) = 1;
-  int64_t next_member_ ABSL_GUARDED_BY(mu_) = 1;
-  // Ends every member id, so that ids of an earlier run of the coordinator
-  // (still used by its members until they register again) never collide
-  // with this run's. Constant after construction.
-  std::string incarnation_;
+  // The registered servers and workers.
+  MemberTable members_ ABSL_GUARDED_BY(mu_);
   int64_t next_job_ ABSL_GUARDED_BY(mu_) = 1;
-  std::map<std::string, Member> servers_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, Member> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingDrop> drops_ ABSL_GUARDED_BY(mu_);

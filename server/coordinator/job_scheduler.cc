@@ -1,0 +1,287 @@
+// CoordinatorState, the scheduler: submitting jobs, choosing the next one
+// to start (order, backfill, pending reasons), starting it on the servers,
+// and giving free ranks of running jobs to idle workers.
+#include "server/coordinator/coordinator_state.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/placement.h"
+#include "common/process.h"
+#include "common/quote.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "server/coordinator/replica_sets.h"
+#include "server/coordinator/server_calls.h"
+
+namespace psd {
+
+absl::StatusOr<std::string> CoordinatorState::SubmitJob(const JobConfig& input) {
+  JobConfig config = input;
+  ApplyJobConfigDefaults(&config);
+  PSD_RETURN_IF_ERROR(ValidateJobConfig(config));
+  Job job;
+  job.status.set_state(PENDING);
+  *job.status.mutable_config() = config;
+  job.status.set_steps_per_epoch(StepsPerEpoch(config, TrainExamples(config)));
+  job.status.set_total_steps(job.status.steps_per_epoch() * config.epochs());
+  if (job.status.steps_per_epoch() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch_size: ", config.batch_size(), " x workers ", config.workers(),
+        " is larger than the ", TrainExamples(config), " training examples"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    job.status.set_job_id(absl::StrCat(config.name(), "-", next_job_++));
+  }
+  const std::string id = job.status.job_id();
+  // Saved before it is acknowledged, so a submitted job survives a crash.
+  if (options_.db != nullptr) {
+    JobRecord record;
+    *record.mutable_status() = job.status;
+    PSD_RETURN_IF_ERROR(options_.db->Put(record));
+  }
+  absl::MutexLock lock(&mu_);
+  jobs_[id] = std::move(job);
+  job_order_.push_back(id);
+  Log()->info("job {}: submitted ({} workers, {} steps)", id, config.workers(),
+              jobs_[id].status.total_steps());
+  return id;
+}
+
+void CoordinatorState::SetPendingReasonLocked(Job* job,
+                                              const std::string& reason) {
+  if (job->status.pending_reason() == reason) return;
+  job->status.set_pending_reason(reason);
+  ++job->version;
+}
+
+void CoordinatorState::AssignFreeRanks() {
+  for (auto& [id, job] : jobs_) {
+    // Ranks freed by a restore from snapshots, or by a worker that died or
+    // stalled (never given back to the worker that stalled).
+    if (job.status.state() != RUNNING || !job.ranks_free) continue;
+    std::vector<std::string> idle;
+    for (const auto& [worker_id, member] : members_.workers()) {
+      if (member.job_id.empty() && member.stalled_in != id) {
+        idle.push_back(worker_id);
+      }
+    }
+    std::vector<int32_t> free;
+    for (int32_t r = 0; r < static_cast<int32_t>(job.worker_ids.size()); ++r) {
+      if (job.worker_ids[r].empty()) free.push_back(r);
+    }
+    if (free.empty()) job.ranks_free = false;
+    if (free.empty() || idle.size() < free.size()) continue;
+    for (int32_t rank : free) {
+      const std::string worker = idle.back();
+      idle.pop_back();
+      job.worker_ids[rank] = worker;
+      members_.workers()[worker].job_id = id;
+      members_.workers()[worker].rank = rank;
+      if (job.resume_ranks.count(rank)) {
+        Log()->info("job {}: rank {} goes to {}, at the step its servers are at",
+                    id, rank, worker);
+      } else {
+        Log()->info("job {}: rank {} goes to {} at step {}", id, rank, worker,
+                    job.start_step);
+      }
+    }
+  }
+}
+
+std::string CoordinatorState::NextJobToStartLocked(
+    const std::vector<std::string>& idle) {
+  const int32_t registered = static_cast<int32_t>(members_.workers().size());
+  const int32_t servers_needed = std::max(1, options_.replication_factor);
+  std::string blocker;  // fits the cluster, waits for busy workers
+  std::string blocker_reason;
+  for (const std::string& id : job_order_) {
+    Job& job = jobs_[id];
+    if (job.status.state() != PENDING || job.starting) continue;
+    const int32_t needed = job.status.config().workers();
+    if (static_cast<int32_t>(members_.servers().size()) < servers_needed) {
+      SetPendingReasonLocked(
+          &job, absl::StrFormat("waiting for %d server(s) (replication "
+                                "factor %d); %d registered",
+                                servers_needed, options_.replication_factor,
+                                members_.servers().size()));
+    } else if (registered < needed) {
+      // Cannot start until more workers register: later jobs that fit go
+      // first (backfill).
+      SetPendingReasonLocked(
+          &job, absl::StrFormat("waiting for %d workers; %d registered (jobs "
+                                "behind it that fit start first)",
+                                needed, registered));
+    } else if (!blocker.empty()) {
+      // The registered workers could run the blocker: it keeps its turn,
+      // so it is never starved by smaller jobs.
+      SetPendingReasonLocked(
+          &job, absl::StrCat("behind job ", Quote(blocker), ", which ",
+                             blocker_reason));
+    } else if (static_cast<int32_t>(idle.size()) >= needed) {
+      SetPendingReasonLocked(&job, "");
+      return id;
+    } else {
+      blocker = id;
+      blocker_reason = absl::StrFormat(
+          "waits for %d idle workers; %d of the %d registered are idle (the "
+          "others run other jobs)",
+          needed, idle.size(), registered);
+      SetPendingReasonLocked(&job, blocker_reason);
+    }
+  }
+  return "";
+}
+
+void CoordinatorState::StartPendingJobs() {
+  std::string job_id;
+  CreateJobRequest create;
+  std::vector<ServerInfo> servers;
+  {
+    absl::MutexLock lock(&mu_);
+    AssignFreeRanks();
+    std::vector<std::string> idle;
+    for (const auto& [id, member] : members_.workers()) {
+      if (member.job_id.empty()) idle.push_back(id);
+    }
+    const std::string next = NextJobToStartLocked(idle);
+    if (next.empty()) return;
+    for (const std::string& id : job_order_) {
+      if (id != next) continue;
+      Job& job = jobs_[id];
+      const int32_t needed = job.status.config().workers();
+      // Reserve the workers and build the placement over every server.
+      job.starting = true;
+      job.worker_ids.assign(idle.begin(), idle.begin() + needed);
+      for (int32_t rank = 0; rank < needed; ++rank) {
+        Member& worker = members_.workers()[job.worker_ids[rank]];
+        worker.job_id = id;
+        worker.rank = rank;
+      }
+      const JobConfig& config = job.status.config();
+      auto placement = BuildPlacement(
+          ModelParameters(config.model()), config.partition_bytes(),
+          static_cast<int32_t>(members_.servers().size()));
+      if (!placement.ok()) {
+        FinishJob(&job, FAILED, placement.status().ToString());
+        for (const std::string& w : job.worker_ids) {
+          members_.workers()[w].job_id.clear();
+        }
+        return;
+      }
+      Assignment& a = job.assignment;
+      a.set_job_id(id);
+      *a.mutable_config() = config;
+      *a.mutable_placement() = *placement;
+      a.set_view_epoch(view_epoch_);
+      for (const auto& [server_id, member] : members_.servers()) {
+        ServerInfo* info = a.add_servers();
+        info->set_id(server_id);
+        info->set_address(member.address);
+        info->set_uid(member.uid);
+        servers.push_back(*info);
+      }
+      // Shard k: primary server k, backups the next R-1 servers.
+      const int32_t n = static_cast<int32_t>(servers.size());
+      for (int32_t shard = 0; shard < n; ++shard) {
+        ShardReplicas* replicas = a.add_shards();
+        replicas->set_shard(shard);
+        replicas->set_primary(servers[shard].id());
+        for (int32_t b = 1; b < options_.replication_factor; ++b) {
+          replicas->add_backups(servers[(shard + b) % n].id());
+        }
+      }
+      *job.status.mutable_placement() = *placement;
+      *job.status.mutable_shards() = a.shards();
+      *job.status.mutable_servers() = a.servers();
+      job.status.set_view_epoch(view_epoch_);
+      job_id = id;
+      create.set_job_id(id);
+      *create.mutable_config() = config;
+      *create.mutable_placement() = *placement;
+      create.set_view_epoch(view_epoch_);
+      break;
+    }
+  }
+  if (job_id.empty()) return;
+
+  // Create the partitions on the servers, with no lock held.
+  std::string error;
+  Assignment created;
+  {
+    absl::MutexLock lock(&mu_);
+    created = jobs_[job_id].assignment;
+  }
+  for (size_t i = 0; i < servers.size() && error.empty(); ++i) {
+    CreateJobRequest request = create;
+    for (int32_t shard : ShardsOf(created, servers[i].id())) {
+      request.add_shards(shard);
+    }
+    auto stub = ParameterServer::NewStub(MakeChannel(servers[i].address()));
+    CreateJobResponse response;
+    grpc::Status status = CallIdempotent(
+        stub.get(), &ParameterServer::Stub::CreateJob, request, &response,
+        std::chrono::milliseconds(options_.server_call_timeout_ms),
+        std::chrono::milliseconds(options_.control_call_budget_ms));
+    if (!status.ok()) {
+      error = absl::StrCat("creating shards on server ", servers[i].id(), " (",
+                           servers[i].address(),
+                           ") failed: ", status.error_message());
+    }
+  }
+
+  // The servers learn their roles before any worker can push.
+  if (error.empty()) {
+    error = SendViewTo(created,
+                       std::chrono::milliseconds(options_.control_call_budget_ms));
+  }
+
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {  // cancelled and deleted meanwhile
+      PendingDrop drop;
+      drop.assignment.set_job_id(job_id);
+      for (const ServerInfo& server : servers) *drop.assignment.add_servers() = server;
+      drops_.push_back(std::move(drop));
+    } else if (it->second.status.state() == PENDING) {
+      it->second.starting = false;
+      StartJobLocked(&it->second, error);
+      return;
+    } else {
+      // Cancelled while the servers were setting it up: CancelJob's DropJob
+      // may have run before CreateJob, so drop again now.
+      it->second.starting = false;
+      drops_.push_back(PendingDrop{it->second.assignment, false, true});
+    }
+  }
+  RunDrops();
+}
+
+void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
+  Job& job = *job_ptr;
+  const std::string& job_id = job.status.job_id();
+  if (!error.empty()) {
+    FinishJob(&job, FAILED, error);
+    for (const std::string& w : job.worker_ids) {
+      members_.workers()[w].job_id.clear();
+    }
+    return;
+  }
+  job.status.set_state(RUNNING);
+  ++job.version;
+  MarkDirty(job);
+  job.started = absl::Now();
+  job.ranks.assign(job.worker_ids.size(), RankProgress());
+  Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,
+              job.assignment.servers_size(), job.worker_ids.size());
+}
+
+}  // namespace psd

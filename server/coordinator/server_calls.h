@@ -1,0 +1,69 @@
+// Control calls from the coordinator to parameter servers: one call with a
+// deadline, and the retried form for idempotent calls. Private to the
+// coordinator.
+#ifndef PSD_SERVER_COORDINATOR_SERVER_CALLS_H_
+#define PSD_SERVER_COORDINATOR_SERVER_CALLS_H_
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/process.h"
+#include "common/proto.h"
+#include "common/rpc.h"
+
+namespace psd {
+
+// Calls one RPC of a parameter server, with a deadline `timeout` from now.
+template <typename Request, typename Response>
+grpc::Status CallServer(ParameterServer::Stub* stub,
+                        grpc::Status (ParameterServer::Stub::*method)(
+                            grpc::ClientContext*, const Request&, Response*),
+                        const Request& request, Response* response,
+                        std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(timeout));
+  return (stub->*method)(&context, request, response);
+}
+
+// CallServer for an idempotent control call (CreateJob with the same
+// config, SetView, GetServerStatus, ListSnapshots: a repeat changes
+// nothing): an attempt that fails UNAVAILABLE (unreachable, a DNS error) or
+// DEADLINE_EXCEEDED (one slow answer) is made again after a backoff that
+// doubles from 100 ms up to 2 s, until `budget` has passed since the first.
+// The last failure's message says how many attempts were made.
+template <typename Request, typename Response>
+grpc::Status CallIdempotent(ParameterServer::Stub* stub,
+                            grpc::Status (ParameterServer::Stub::*method)(
+                                grpc::ClientContext*, const Request&, Response*),
+                            const Request& request, Response* response,
+                            std::chrono::milliseconds timeout,
+                            std::chrono::milliseconds budget) {
+  const auto give_up = std::chrono::steady_clock::now() + budget;
+  auto backoff = std::chrono::milliseconds(100);
+  for (int attempt = 1;; ++attempt) {
+    grpc::Status status = CallServer(stub, method, request, response, timeout);
+    const bool transient =
+        status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!transient) return status;
+    if (std::chrono::steady_clock::now() + backoff >= give_up) {
+      return grpc::Status(
+          status.error_code(),
+          absl::StrCat(status.error_message(), " (", attempt,
+                       " attempts over ", budget.count(), " ms)"));
+    }
+    Log()->warn("control call failed ({}: {}); attempt {} in {} ms",
+                static_cast<int>(status.error_code()), status.error_message(),
+                attempt + 1, backoff.count());
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
+}
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_SERVER_CALLS_H_
