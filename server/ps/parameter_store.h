@@ -80,7 +80,7 @@ namespace psd {
 // A consistent copy of one server's state of one job at one snapshot step,
 // for the snapshot writer (server/snapshot/snapshot_store.h).
 struct ShardSnapshot;
-// One partition's state (defined in the .cc).
+// One partition's state (server/ps/partition_state.h, private).
 struct PartitionState;
 
 // One Replicate call a primary makes to one backup.
@@ -266,13 +266,21 @@ class ParameterStore {
                     const std::function<bool()>& is_cancelled,
                     PullResponse* response);
 
-  // One job's state (defined in the .cc).
+  // One job's state (server/ps/parameter_store_internal.h, private).
   struct Job;
 
  private:
   absl::StatusOr<std::shared_ptr<Job>> FindJob(const std::string& job_id);
   // Validates the request and builds the job's partitions at step 0.
   absl::StatusOr<std::shared_ptr<Job>> BuildJob(const CreateJobRequest& request);
+  // After an update moved the partition on the snapshot scale
+  // (ConsistencyRule::SnapshotPoint: a BSP partition's step, an ASP/SSP
+  // one's slowest rank's clock) from `before` to where it is now: captures
+  // it (CaptureIfDue) for the newest snapshot step due in (before, now], by
+  // the job's policy or RequestSnapshot, if any. REQUIRES: job->mu held.
+  void CaptureReached(Job* job, int32_t partition_id,
+                      const PartitionState& state, int64_t before,
+                      std::vector<ShardSnapshot>* snapshots);
   // When the job's policy (or RequestSnapshot) wants a snapshot at `step`,
   // copies the partition into the capture of that step (with its clocks
   // and update count under ASP/SSP); a capture that has every partition
