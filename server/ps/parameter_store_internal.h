@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/proto.h"
@@ -110,6 +111,21 @@ inline absl::Status CheckEpoch(const ParameterStore::Job& job, int64_t epoch,
         ", this server is still in epoch ", job.view_epoch, "; retry"));
   }
   return absl::OkStatus();
+}
+
+// The partition of gradients[i] of a push or a replication message.
+// Errors: FAILED_PRECONDITION "gradients[i].partition_id: ..." when this
+// server does not hold it.
+inline absl::StatusOr<const PartitionState*> HeldPartition(
+    const ParameterStore::Job& job, const PartitionTensor& gradient, int i)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  auto it = job.partitions.find(gradient.partition_id());
+  if (it == job.partitions.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("gradients[", i, "].partition_id: partition ",
+                     gradient.partition_id(), " is not held by this server"));
+  }
+  return &it->second;
 }
 
 // Pushes and pulls go to a shard's primary only.

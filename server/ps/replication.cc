@@ -184,13 +184,9 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
     bool all_duplicate = true;
     for (int i = 0; i < request.gradients_size(); ++i) {
       const PartitionTensor& g = request.gradients(i);
-      auto it = job->partitions.find(g.partition_id());
-      if (it == job->partitions.end()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("gradients[", i, "].partition_id: partition ",
-                         g.partition_id(), " is not held by this server"));
-      }
-      const PartitionState& state = it->second;
+      PSD_ASSIGN_OR_RETURN(const PartitionState* held,
+                           HeldPartition(*job, g, i));
+      const PartitionState& state = *held;
       const Role role = job->roles[state.shard].role;
       if (role == Role::kPrimary && request.view_epoch() == job->view_epoch) {
         return absl::FailedPreconditionError(absl::StrCat(

@@ -68,18 +68,14 @@ absl::StatusOr<PushResponse> ParameterStore::Push(const PushRequest& request) {
   int64_t applied_step = INT64_MAX;
   for (int i = 0; i < request.gradients_size(); ++i) {
     const PartitionTensor& g = request.gradients(i);
-    auto it = job->partitions.find(g.partition_id());
-    if (it == job->partitions.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("gradients[", i, "].partition_id: partition ",
-                       g.partition_id(), " is not held by this server"));
-    }
+    PSD_ASSIGN_OR_RETURN(const PartitionState* held,
+                         HeldPartition(*job, g, i));
     if (!seen.insert(g.partition_id()).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("gradients[", i, "].partition_id: partition ",
                        g.partition_id(), " appears twice"));
     }
-    const PartitionState& state = it->second;
+    const PartitionState& state = *held;
     PSD_RETURN_IF_ERROR(CheckPrimary(*job, state, g.partition_id()));
     PSD_RETURN_IF_ERROR(CheckFloat32(
         g.tensor(), state.num_elements,
