@@ -41,9 +41,6 @@ grep -q 'refuses replication (has not applied step 30 for [0-9]* ms .*out of the
   "$WORK/bs.coordinator.log" ||
   fail "the coordinator did not take the stalled backup out of the view"
 grep 'has not applied step 30' "$WORK/bs.coordinator.log" | head -1
-if grep -q 'missed heartbeats' "$WORK/bs.coordinator.log"; then
-  fail "a server missed heartbeats: a failover, not a stalled backup"
-fi
 # The job status names the stalled replica and for how long.
 stall=$(q "$job" "[s for s in j.get('stalls', []) if ':${SERVER_PORT[bs.s2]}) has not applied step 30 for' in s]")
 [ "$stall" != "[]" ] && [ -n "$stall" ] || {
@@ -64,5 +61,9 @@ sed -n "${back}p" "$WORK/bs.coordinator.log"
 [ "$(q "$job" "all(port(s['backups'][0]) == '${SERVER_PORT[bs.s2]}' or port(s['primary']) == '${SERVER_PORT[bs.s2]}' for s in j['shards'])")" = True ] ||
   fail "s2 is not back in the view"
 [ "$(epoch_of "$job")" -gt "$epoch0" ] || fail "the view never changed"
+# Not a failover: the member named as stalled is s2's member in the final
+# view (a server expelled for missed heartbeats registers under a new id).
+[ "$(q "$job" "[i for i in addr if port(i) == '${SERVER_PORT[bs.s2]}'][0] in [s for s in j['stalls'] if 'has not applied step 30' in s][0]")" = True ] ||
+  fail "s2 was expelled as a dead member after its stall: a failover, not a stalled backup"
 stop_cluster
 echo PASS
