@@ -131,7 +131,19 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
         const auto end = std::remove(backups->begin(), backups->end(), backup_id);
         if (end == backups->end()) continue;
         backups->erase(end, backups->end());
-        NewViewLocked(&job->second);
+        if (failure.stalled_ms() > 0) {
+          // A stall, not a refusal: the job status names the backup and for
+          // how long it held the step (as WatchProgress does for a rank).
+          JobStatus& status = job->second.status;
+          status.add_stalls(absl::StrCat(
+              "shard ", failure.shard(), ": backup ", backup_id, " (",
+              failure.address(), ") ", failure.error(),
+              "; out of the view until a state transfer"));
+          if (status.stalls_size() > 10) {  // keep the newest 10
+            status.mutable_stalls()->DeleteSubrange(0, 1);
+          }
+        }
+        NewViewLocked(&job->second);  // a new version: saved, stalls too
         Log()->warn("job {}: shard {}: backup {} refuses replication ({}): "
                     "out of the view (epoch {}) until a state transfer",
                     failure.job_id(), failure.shard(), backup_id,

@@ -7,6 +7,7 @@
 #include <grpcpp/alarm.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/process.h"
 #include "common/quote.h"
 #include "common/rpc.h"
@@ -290,9 +291,24 @@ grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
   return ToGrpcStatus(status);
 }
 
-grpc::Status ParameterService::Replicate(grpc::ServerContext*,
+grpc::Status ParameterService::Replicate(grpc::ServerContext* context,
                                          const ReplicateRequest* request,
                                          ReplicateResponse* response) {
+  // psd_server --test_stall_replicate_at_step (tests only): hold the call
+  // as a stalled backup would, until the window ends, the caller gives up
+  // (its deadline), or the server stops (Shutdown cancels the call). One
+  // sync handler thread per held call, at most one per call the primaries
+  // have in flight.
+  const absl::Time held_until = store_->ReplicateHeldUntilForTest(*request);
+  while (absl::Now() < held_until) {
+    if (context->IsCancelled() ||
+        std::chrono::system_clock::now() > context->deadline()) {
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "test hook --test_stall_replicate_at_step: the "
+                          "caller gave up while this replication was held");
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
   auto result = store_->Replicate(*request);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);

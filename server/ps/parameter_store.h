@@ -129,6 +129,15 @@ struct ParameterStoreOptions {
   // 1 to its first element) behind its primary's back, as a memory fault or
   // a bug would. nullopt (default): never.
   std::optional<int64_t> test_corrupt_backup_at_step;
+  // FOR TESTS ONLY (psd_server --test_stall_replicate_at_step and
+  // --test_stall_replicate_ms): a backup that stalls while its heartbeats
+  // go on (a hung disk, a path to its primary cut one way). The first
+  // Replicate of this step (ReplicateRequest.step) this store is asked
+  // about opens a window of test_stall_replicate_ms (0: until the server
+  // stops) in which every Replicate of this step is held unanswered; see
+  // ReplicateHeldUntilForTest. nullopt (default): never.
+  std::optional<int64_t> test_stall_replicate_at_step;
+  int64_t test_stall_replicate_ms = 0;
 };
 
 class ParameterStore {
@@ -203,6 +212,12 @@ class ParameterStore {
     int64_t mismatches = 0;
   };
   ReplicaCheckCounts ReplicaChecks() const;
+
+  // options.test_stall_replicate_at_step: until when the service must hold
+  // this Replicate call unanswered (or until its caller gives up, or the
+  // server stops) before handing it to Replicate; absl::InfinitePast() for
+  // a call not to hold (always, without the option).
+  absl::Time ReplicateHeldUntilForTest(const ReplicateRequest& request);
 
   // The outcome of a ReplicationTask's call. Returns the view epoch to make
   // the call again in when it must be (the backup is still awaited: it
@@ -332,6 +347,8 @@ class ParameterStore {
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<BackupFailure> backup_failures_ ABSL_GUARDED_BY(mu_);
+  // options.test_stall_replicate_at_step: the end of its window, once open.
+  std::optional<absl::Time> test_stall_until_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> replica_checks_{0};
   std::atomic<int64_t> replica_mismatches_{0};
 };

@@ -66,6 +66,15 @@ ABSL_FLAG(int64_t, backup_stall_ms, 10000,
           "coordinator still sees it alive) is reported to the coordinator, "
           "which takes it out of the view so the step completes without it; "
           "a state transfer brings it back later, ms; 0 = never.");
+ABSL_FLAG(int64_t, test_stall_replicate_at_step, -1,
+          "FOR TESTS ONLY, never in production: this server, as a backup, "
+          "stalls while its heartbeats go on: from the first replication of "
+          "this step it is sent, it holds every replication of this step "
+          "unanswered for --test_stall_replicate_ms (what --backup_stall_ms "
+          "must catch). -1 (default): off.");
+ABSL_FLAG(int64_t, test_stall_replicate_ms, 0,
+          "FOR TESTS ONLY: how long --test_stall_replicate_at_step holds, "
+          "ms; 0 (default): as long as the server runs.");
 
 namespace psd {
 namespace {
@@ -167,6 +176,20 @@ int Main() {
     Log()->warn("--test_corrupt_backup_at_step={}: a test hook that corrupts "
                 "this server's backup replicas; never use it in production",
                 absl::GetFlag(FLAGS_test_corrupt_backup_at_step));
+  }
+  if (absl::GetFlag(FLAGS_test_stall_replicate_at_step) >= 0) {
+    store_options.test_stall_replicate_at_step =
+        absl::GetFlag(FLAGS_test_stall_replicate_at_step);
+    store_options.test_stall_replicate_ms =
+        absl::GetFlag(FLAGS_test_stall_replicate_ms);
+    if (store_options.test_stall_replicate_ms < 0) {
+      Log()->error("--test_stall_replicate_ms: must be >= 0, got {}",
+                   store_options.test_stall_replicate_ms);
+      return 2;
+    }
+    Log()->warn("--test_stall_replicate_at_step={}: a test hook that stalls "
+                "this server's backup replicas; never use it in production",
+                absl::GetFlag(FLAGS_test_stall_replicate_at_step));
   }
   if (writer != nullptr) {
     store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {

@@ -2,7 +2,7 @@
 // coordinator's view gives this server (SetView, FenceAll), a primary's
 // replication of each update to its backups (MakeReplicate, OnReplicated,
 // the backups it reports as failed), and a backup's application of it
-// (Replicate).
+// (Replicate), with the test hook that stalls it (ReplicateHeldUntilForTest).
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
@@ -16,6 +16,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/process.h"
+#include "common/quote.h"
 #include "common/status.h"
 #include "common/tensor.h"
 #include "server/ps/parameter_store.h"
@@ -279,19 +281,23 @@ std::optional<int64_t> ParameterStore::OnReplicated(
         const bool stalled =
             options_.backup_stall_ms > 0 &&
             waited > absl::Milliseconds(options_.backup_stall_ms);
-        if (status.code() == absl::StatusCode::kFailedPrecondition ||
-            status.code() == absl::StatusCode::kDataLoss || stalled) {
+        const bool refused =
+            status.code() == absl::StatusCode::kFailedPrecondition ||
+            status.code() == absl::StatusCode::kDataLoss;
+        if (refused || stalled) {
           BackupFailure failure;
           failure.set_job_id(job->id);
           failure.set_shard(state.shard);
           failure.set_address(task.address);
-          failure.set_error(
-              stalled && status.code() != absl::StatusCode::kFailedPrecondition &&
-                      status.code() != absl::StatusCode::kDataLoss
-                  ? absl::StrCat("has not applied step ", state.step, " for ",
-                                 absl::ToInt64Milliseconds(waited), " ms (",
-                                 status.message(), ")")
-                  : std::string(status.message()));
+          failure.set_step(state.step);
+          if (refused) {
+            failure.set_error(std::string(status.message()));
+          } else {
+            failure.set_stalled_ms(absl::ToInt64Milliseconds(waited));
+            failure.set_error(absl::StrCat(
+                "has not applied step ", state.step, " for ",
+                failure.stalled_ms(), " ms (", status.ToString(), ")"));
+          }
           absl::MutexLock failures_lock(&mu_);
           const bool reported = std::any_of(
               backup_failures_.begin(), backup_failures_.end(),
@@ -350,6 +356,28 @@ void ParameterStore::FenceAll() {
     }
     RunCompletions(&completions);
   }
+}
+
+absl::Time ParameterStore::ReplicateHeldUntilForTest(
+    const ReplicateRequest& request) {
+  if (!options_.test_stall_replicate_at_step.has_value() ||
+      request.step() != *options_.test_stall_replicate_at_step) {
+    return absl::InfinitePast();
+  }
+  absl::MutexLock lock(&mu_);
+  if (!test_stall_until_.has_value()) {
+    test_stall_until_ =
+        options_.test_stall_replicate_ms > 0
+            ? absl::Now() + absl::Milliseconds(options_.test_stall_replicate_ms)
+            : absl::InfiniteFuture();
+    Log()->warn("job {}: TEST HOOK --test_stall_replicate_at_step: this "
+                "server holds every replication of step {} unanswered for {}",
+                Quote(request.job_id()), request.step(),
+                options_.test_stall_replicate_ms > 0
+                    ? absl::StrCat(options_.test_stall_replicate_ms, " ms")
+                    : std::string("as long as it runs"));
+  }
+  return *test_stall_until_;
 }
 
 std::vector<BackupFailure> ParameterStore::TakeBackupFailures() {

@@ -284,6 +284,10 @@ TEST_CASE("Replication: a backup that has not applied a step for "
   CHECK(failures[0].address() == "addr-b");
   CHECK(failures[0].shard() == 0);
   CHECK(failures[0].error().rfind("has not applied step 0 for ", 0) == 0);
+  CHECK(failures[0].step() == 0);
+  CHECK(failures[0].stalled_ms() >= 1000);
+  CHECK(failures[0].error().find("(DEADLINE_EXCEEDED: Deadline Exceeded)") !=
+        std::string::npos);
   CHECK(pair.PullNow(1, 2).code() == absl::StatusCode::kDeadlineExceeded);
   // The coordinator's answer: a view without the backup.
   REQUIRE(Pair::SetView(&pair.primary, "p", 4, {}).ok());
@@ -428,6 +432,8 @@ TEST_CASE("Replica check: a backup whose weights are changed behind its "
   CHECK(failures[0].shard() == 0);
   CHECK(failures[0].address() == "addr-b");
   CHECK(failures[0].error() == message);
+  CHECK(failures[0].step() == 3);
+  CHECK(failures[0].stalled_ms() == 0);  // a refusal, not a stall
   // A retry is refused the same way, counted once.
   CHECK(pair.backup.Replicate(*task.request).status() == refused);
   CHECK(pair.backup.ReplicaChecks().mismatches == 1);
