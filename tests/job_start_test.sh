@@ -15,6 +15,9 @@
 #     registers: the next attempt takes the two fast ones; it succeeds.
 #  3. The bound: 1 server (slow), --job_start_attempts=3: the job FAILS
 #     after 3 attempts, its error naming each.
+#  4. The coordinator is SIGKILLed and restarted (same --data_dir) while
+#     the start is retried: the job is still there, and succeeds once a
+#     server that answers in time registers.
 source tests/cluster_lib.sh
 
 undisturbed_reference 2
@@ -133,4 +136,51 @@ for n in 1 2 3; do
 done
 ! grep -q "attempt 4" "$WORK/$id.json" || fail "scenario 3: more than 3 attempts"
 echo "scenario 3: $(grep -o '"error": "[^"]\{0,160\}' "$WORK/$id.json")..."
+stop_cluster
+
+# 4. A coordinator restart while the start is retried loses nothing: the
+#    job (persisted, PENDING) is loaded again, an attempt that was under
+#    way is undone, and it starts once a server answers in time.
+COORDINATOR_ARGS=("${BASE_ARGS[@]}" --job_start_attempts=1000
+                  --data_dir="$WORK/restart.coordinator.data")
+start_cluster restart 0 2
+start_slow_server restart
+"${CTL[@]}" --servers=1 --workers=2 --timeout_s=30 wait-ready >/dev/null
+id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
+give_up=$((SECONDS + 60))
+until "${CTL[@]}" get "$id" >"$WORK/$id.json" &&
+      grep -q "\"pendingReason\": \"start attempt [0-9]* failed: creating shards on server $slow_id " "$WORK/$id.json"; do
+  [ $SECONDS -lt $give_up ] || { cat "$WORK/$id.json"; fail "scenario 4: no failed start attempt"; }
+  sleep 0.1
+done
+# Killed while attempt 2 waits for the slow server (its record is on disk
+# before the log line; the attempt takes the 500 ms budget).
+until grep -q "job $id: start attempt 2 on" "$WORK/restart.coordinator.log"; do
+  [ $SECONDS -lt $give_up ] || fail "scenario 4: no second attempt"
+  sleep 0.05
+done
+kill -KILL "${PIDS[0]}"
+wait "${PIDS[0]}" 2>/dev/null || true
+"$BIN/server/coordinator/psd_coordinator" "${COORDINATOR_ARGS[@]}" \
+  --listen="127.0.0.1:$(cat "$WORK/restart.coordinator.port")" \
+  --port_file="$WORK/restart.coordinator2.port" \
+  2>"$WORK/restart.coordinator2.log" &
+PIDS+=($!)
+wait_port $! "$WORK/restart.coordinator2.port" >/dev/null ||
+  fail "scenario 4: the coordinator did not restart"
+"$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/restart.server2.log" &
+PIDS+=($!)
+"${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready >/dev/null ||
+  fail "scenario 4: the members did not register again"
+timeout 120 "${CTL[@]}" watch "$id" >"$WORK/$id.watch" ||
+  { tail -5 "$WORK/$id.watch"; fail "scenario 4: job $id did not succeed after the coordinator restarted"; }
+check_sum "scenario 4" "$id" restart.safetensors
+grep -q "job $id: loaded, PENDING" "$WORK/restart.coordinator2.log" ||
+  fail "scenario 4: the restarted coordinator did not load job $id as PENDING"
+if grep -q "job $id: a start attempt .* was under way" "$WORK/restart.coordinator2.log"; then
+  how="an attempt under way was undone"
+else
+  how="between attempts"
+fi
+echo "scenario 4: the coordinator restarted while the start was retried ($how); the job succeeded ($sum)"
 echo "job_start_test: all scenarios passed"

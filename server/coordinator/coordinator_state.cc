@@ -47,6 +47,9 @@ absl::Status CoordinatorState::Start() {
         // A start attempt was under way when the coordinator stopped: its
         // servers drop what it created (fenced by its epoch), and the job
         // starts again from scratch.
+        Log()->warn("job {}: a start attempt (view epoch {}) was under way "
+                    "when the coordinator stopped: undoing it",
+                    id, job.assignment.view_epoch());
         drops_.push_back(PendingDrop{job.assignment, false, false,
                                      job.assignment.view_epoch()});
         const int64_t epoch = job.assignment.view_epoch();
