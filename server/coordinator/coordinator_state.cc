@@ -43,6 +43,24 @@ absl::Status CoordinatorState::Start() {
       }
       // Epochs grow across the coordinator's restarts too.
       view_epoch_ = std::max(view_epoch_, job.assignment.view_epoch());
+      if (job.status.state() == PENDING && job.assignment.servers_size() > 0) {
+        // A start attempt was under way when the coordinator stopped: its
+        // servers drop what it created (fenced by its epoch), and the job
+        // starts again from scratch.
+        Log()->warn("job {}: a start attempt (view epoch {}) was under way "
+                    "when the coordinator stopped: undoing it",
+                    id, job.assignment.view_epoch());
+        drops_.push_back(PendingDrop{job.assignment, false, false,
+                                     job.assignment.view_epoch()});
+        const int64_t epoch = job.assignment.view_epoch();
+        job.assignment.Clear();
+        job.assignment.set_job_id(id);
+        job.assignment.set_view_epoch(epoch);
+        job.status.clear_placement();
+        job.status.clear_shards();
+        job.status.clear_servers();
+        MarkDirty(job);
+      }
       if (job.status.state() == RUNNING) {
         job.status.set_state(RECOVERING);
         job.recovering_since = absl::Now();

@@ -53,9 +53,24 @@ struct CoordinatorOptions {
   int progress_step_factor = 50;
   // Starting a job, its CreateJob and SetView calls to each server are
   // retried with backoff while they fail UNAVAILABLE or DEADLINE_EXCEEDED
-  // (both are idempotent), for up to this long; then the job fails naming
-  // the server and the attempts. Default: 20 s.
+  // (both are idempotent), for up to this long; then the start attempt has
+  // failed (see job_start_attempts). Default: 20 s.
   int control_call_budget_ms = 20000;
+  // Starting a job (docs/OPERATIONS.md, "Starting a job"): a failed start
+  // attempt (a server's CreateJob or SetView failed) is undone (DropJob
+  // fenced by the attempt's view epoch), its workers are released, and the
+  // job is PENDING again with a pending_reason naming the server, the error
+  // and the attempt. The server is left out of placements for
+  // start_failure_cooldown_ms while at least replication_factor other
+  // servers are registered, and the job is tried again at once without it;
+  // with fewer, the job waits job_start_backoff_ms (doubling per failed
+  // attempt, at most 30 s) and is tried again on every server. Past
+  // job_start_attempts failed attempts the job FAILS with every attempt's
+  // error. An INVALID_ARGUMENT answer (a config every server refuses)
+  // fails it at once. Defaults: 5, 60 s, 1 s.
+  int job_start_attempts = 5;
+  int start_failure_cooldown_ms = 60000;
+  int job_start_backoff_ms = 1000;
   // Deadline of CreateJob/DropJob calls to parameter servers. Default: 10 s.
   int server_call_timeout_ms = 10000;
   // How long a RECOVERING job waits for the servers that held its shards
@@ -76,8 +91,10 @@ struct CoordinatorOptions {
 // side. Backfill: a job asking for more workers than are registered does
 // not hold up later jobs that fit; a job that the registered workers could
 // run but that waits for busy ones does (so it is never starved). A pending
-// job's status says why it waits (JobStatus.pending_reason). A job has one shard per server registered when it started; shard k's
-// primary is the k-th server and its backups the next R-1 (round robin).
+// job's status says why it waits (JobStatus.pending_reason). A job has one
+// shard per server registered when it started (less those cooling down
+// after a failed start, see CoordinatorOptions.job_start_attempts); shard
+// k's primary is the k-th server and its backups the next R-1 (round robin).
 //
 // Failover: when a server's heartbeats stop, each shard it was primary of
 // gets as primary the backup with the most steps applied (asked with
@@ -193,12 +210,21 @@ class CoordinatorState {
     std::vector<RankWatch> watch;
     // RECOVERING since (this coordinator's run): for recovery_timeout_ms.
     absl::Time recovering_since;
+    // Failed start attempts (this coordinator's run), each one's error,
+    // what the pending reason says of them, and (a job waiting for servers
+    // after one) when it may be tried again.
+    std::vector<std::string> start_errors;
+    std::string start_reason;
+    absl::Time start_not_before;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
     Assignment assignment;
     bool keep_parameters = false;
     bool delete_snapshots = false;
+    // > 0: undoes the start attempt of this view epoch only
+    // (DropJobRequest.view_epoch); 0: drops whatever the servers hold.
+    int64_t view_epoch = 0;
   };
 
   // Start and persistence (coordinator_state.cc).
@@ -237,9 +263,11 @@ class CoordinatorState {
   void SendViews() ABSL_LOCKS_EXCLUDED(mu_);
   // Sends the assignment's view to its servers, each call retried while
   // UNAVAILABLE or DEADLINE_EXCEEDED for up to `budget` (0: one attempt);
-  // returns the first error.
+  // returns the first error, and its server's id in *failed_server when
+  // given.
   std::string SendViewTo(const Assignment& assignment,
-                         std::chrono::milliseconds budget)
+                         std::chrono::milliseconds budget,
+                         std::string* failed_server = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // The job table (jobs.cc).
@@ -251,9 +279,13 @@ class CoordinatorState {
 
   // Scheduling (job_scheduler.cc).
   void StartPendingJobs() ABSL_LOCKS_EXCLUDED(mu_);
-  // After the servers' CreateJob calls: marks the job RUNNING, or FAILED
-  // with `error` when one failed.
-  void StartJobLocked(Job* job, const std::string& error)
+  // After the servers' CreateJob and SetView calls: marks the job RUNNING;
+  // or, when `error` (from server `failed_server`; `retryable` unless the
+  // server refused the request as INVALID_ARGUMENT) is set, undoes the
+  // attempt and makes the job PENDING again, or FAILED past the attempts
+  // (see CoordinatorOptions.job_start_attempts).
+  void StartJobLocked(Job* job, const std::string& error,
+                      const std::string& failed_server, bool retryable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets the job's status.pending_reason; a change is a new status version.
   void SetPendingReasonLocked(Job* job, const std::string& reason)
@@ -308,6 +340,9 @@ class CoordinatorState {
   // Jobs whose view changed and must be sent to their servers.
   std::set<std::string> views_to_send_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dirty_ ABSL_GUARDED_BY(mu_);
+  // Servers that failed a job start (by id), and until when they are left
+  // out of placements (CoordinatorOptions.start_failure_cooldown_ms).
+  std::map<std::string, absl::Time> start_cooldown_ ABSL_GUARDED_BY(mu_);
 
   absl::Notification stop_;
   std::thread scheduler_;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -100,33 +101,56 @@ std::string CoordinatorState::NextJobToStartLocked(
     const std::vector<std::string>& idle) {
   const int32_t registered = static_cast<int32_t>(members_.workers().size());
   const int32_t servers_needed = std::max(1, options_.replication_factor);
+  const absl::Time now = absl::Now();
+  // Registered servers not cooling down after a failed start.
+  int32_t eligible = 0;
+  for (const auto& [server_id, member] : members_.servers()) {
+    auto cooling = start_cooldown_.find(server_id);
+    eligible += cooling == start_cooldown_.end() || cooling->second <= now;
+  }
   std::string blocker;  // fits the cluster, waits for busy workers
   std::string blocker_reason;
   for (const std::string& id : job_order_) {
     Job& job = jobs_[id];
     if (job.status.state() != PENDING || job.starting) continue;
+    // What a failed start attempt adds to the reason, if any.
+    auto with_start = [&job](const std::string& reason) {
+      if (job.start_reason.empty()) return reason;
+      return absl::StrCat(reason, "; ", job.start_reason);
+    };
     const int32_t needed = job.status.config().workers();
     if (static_cast<int32_t>(members_.servers().size()) < servers_needed) {
       SetPendingReasonLocked(
-          &job, absl::StrFormat("waiting for %d server(s) (replication "
-                                "factor %d); %d registered",
-                                servers_needed, options_.replication_factor,
-                                members_.servers().size()));
+          &job, with_start(absl::StrFormat(
+                    "waiting for %d server(s) (replication factor %d); %d "
+                    "registered",
+                    servers_needed, options_.replication_factor,
+                    members_.servers().size())));
     } else if (registered < needed) {
       // Cannot start until more workers register: later jobs that fit go
       // first (backfill).
       SetPendingReasonLocked(
-          &job, absl::StrFormat("waiting for %d workers; %d registered (jobs "
-                                "behind it that fit start first)",
-                                needed, registered));
+          &job, with_start(absl::StrFormat(
+                    "waiting for %d workers; %d registered (jobs behind it "
+                    "that fit start first)",
+                    needed, registered)));
     } else if (!blocker.empty()) {
       // The registered workers could run the blocker: it keeps its turn,
       // so it is never starved by smaller jobs.
       SetPendingReasonLocked(
-          &job, absl::StrCat("behind job ", Quote(blocker), ", which ",
-                             blocker_reason));
+          &job, with_start(absl::StrCat("behind job ", Quote(blocker),
+                                        ", which ", blocker_reason)));
+    } else if (now < job.start_not_before && eligible < servers_needed) {
+      // A failed start with too few other servers: it waits out its
+      // backoff (or until enough others register), keeping its turn as a
+      // job waiting for busy workers does.
+      blocker = id;
+      blocker_reason =
+          absl::StrCat("waits to be tried again (", job.start_reason, ")");
+      SetPendingReasonLocked(&job, job.start_reason);
     } else if (static_cast<int32_t>(idle.size()) >= needed) {
-      SetPendingReasonLocked(&job, "");
+      // A retried start keeps saying why it was retried until it runs.
+      SetPendingReasonLocked(&job, job.start_reason);
       return id;
     } else {
       blocker = id;
@@ -134,7 +158,7 @@ std::string CoordinatorState::NextJobToStartLocked(
           "waits for %d idle workers; %d of the %d registered are idle (the "
           "others run other jobs)",
           needed, idle.size(), registered);
-      SetPendingReasonLocked(&job, blocker_reason);
+      SetPendingReasonLocked(&job, with_start(blocker_reason));
     }
   }
   return "";
@@ -144,6 +168,7 @@ void CoordinatorState::StartPendingJobs() {
   std::string job_id;
   CreateJobRequest create;
   std::vector<ServerInfo> servers;
+  JobRecord attempt_record;  // persisted before the servers are called
   {
     absl::MutexLock lock(&mu_);
     AssignFreeRanks();
@@ -165,10 +190,27 @@ void CoordinatorState::StartPendingJobs() {
         worker.job_id = id;
         worker.rank = rank;
       }
+      // The servers: every registered one, less those cooling down after a
+      // failed start while enough others remain.
+      const absl::Time now = absl::Now();
+      for (auto it = start_cooldown_.begin(); it != start_cooldown_.end();) {
+        it = it->second <= now ? start_cooldown_.erase(it) : std::next(it);
+      }
+      int32_t eligible = 0;
+      for (const auto& [server_id, member] : members_.servers()) {
+        eligible += start_cooldown_.count(server_id) == 0;
+      }
+      const bool skip_cooling =
+          eligible >= std::max(1, options_.replication_factor);
+      std::vector<std::string> chosen;
+      for (const auto& [server_id, member] : members_.servers()) {
+        if (skip_cooling && start_cooldown_.count(server_id)) continue;
+        chosen.push_back(server_id);
+      }
       const JobConfig& config = job.status.config();
       auto placement = BuildPlacement(
           ModelParameters(config.model()), config.partition_bytes(),
-          static_cast<int32_t>(members_.servers().size()));
+          static_cast<int32_t>(chosen.size()));
       if (!placement.ok()) {
         FinishJob(&job, FAILED, placement.status().ToString());
         for (const std::string& w : job.worker_ids) {
@@ -176,12 +218,17 @@ void CoordinatorState::StartPendingJobs() {
         }
         return;
       }
+      // Each attempt has a view epoch of its own, which fences what a
+      // failed one left on the servers (DropJobRequest.view_epoch).
+      const int64_t epoch = ++view_epoch_;
       Assignment& a = job.assignment;
+      a.Clear();
       a.set_job_id(id);
       *a.mutable_config() = config;
       *a.mutable_placement() = *placement;
-      a.set_view_epoch(view_epoch_);
-      for (const auto& [server_id, member] : members_.servers()) {
+      a.set_view_epoch(epoch);
+      for (const std::string& server_id : chosen) {
+        const Member& member = members_.servers().at(server_id);
         ServerInfo* info = a.add_servers();
         info->set_id(server_id);
         info->set_address(member.address);
@@ -201,19 +248,35 @@ void CoordinatorState::StartPendingJobs() {
       *job.status.mutable_placement() = *placement;
       *job.status.mutable_shards() = a.shards();
       *job.status.mutable_servers() = a.servers();
-      job.status.set_view_epoch(view_epoch_);
+      job.status.set_view_epoch(epoch);
       job_id = id;
       create.set_job_id(id);
       *create.mutable_config() = config;
       *create.mutable_placement() = *placement;
-      create.set_view_epoch(view_epoch_);
+      create.set_view_epoch(epoch);
+      attempt_record = Record(job);
+      Log()->info("job {}: start attempt {} on {} server(s), view epoch {}{}",
+                  id, job.start_errors.size() + 1, chosen.size(), epoch,
+                  skip_cooling || start_cooldown_.empty()
+                      ? ""
+                      : " (servers cooling down after a failed start "
+                        "included: too few others)");
       break;
     }
   }
   if (job_id.empty()) return;
+  // The attempt's epoch and servers are on disk before any server hears of
+  // it: a restarted coordinator undoes it (Start) and never reuses its
+  // epoch.
+  if (options_.db != nullptr) {
+    absl::Status saved = options_.db->Put(attempt_record);
+    if (!saved.ok()) Log()->error("{}", saved.ToString());
+  }
 
   // Create the partitions on the servers, with no lock held.
   std::string error;
+  std::string failed_server;
+  bool retryable = true;
   Assignment created;
   {
     absl::MutexLock lock(&mu_);
@@ -234,15 +297,20 @@ void CoordinatorState::StartPendingJobs() {
       error = absl::StrCat("creating shards on server ", servers[i].id(), " (",
                            servers[i].address(),
                            ") failed: ", status.error_message());
+      failed_server = servers[i].id();
+      // A config the server refuses as such, every server refuses.
+      retryable = status.error_code() != grpc::StatusCode::INVALID_ARGUMENT;
     }
   }
 
   // The servers learn their roles before any worker can push.
   if (error.empty()) {
     error = SendViewTo(created,
-                       std::chrono::milliseconds(options_.control_call_budget_ms));
+                       std::chrono::milliseconds(options_.control_call_budget_ms),
+                       &failed_server);
   }
 
+  bool deleted = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
@@ -251,9 +319,10 @@ void CoordinatorState::StartPendingJobs() {
       drop.assignment.set_job_id(job_id);
       for (const ServerInfo& server : servers) *drop.assignment.add_servers() = server;
       drops_.push_back(std::move(drop));
+      deleted = true;
     } else if (it->second.status.state() == PENDING) {
       it->second.starting = false;
-      StartJobLocked(&it->second, error);
+      StartJobLocked(&it->second, error, failed_server, retryable);
       return;
     } else {
       // Cancelled while the servers were setting it up: CancelJob's DropJob
@@ -262,20 +331,92 @@ void CoordinatorState::StartPendingJobs() {
       drops_.push_back(PendingDrop{it->second.assignment, false, true});
     }
   }
+  // The attempt's record may have been saved after DeleteJob removed it.
+  if (deleted && options_.db != nullptr) {
+    absl::Status removed = options_.db->Delete(job_id);
+    if (!removed.ok()) Log()->error("{}", removed.ToString());
+  }
   RunDrops();
 }
 
-void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error) {
+void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error,
+                                      const std::string& failed_server,
+                                      bool retryable) {
   Job& job = *job_ptr;
   const std::string& job_id = job.status.job_id();
   if (!error.empty()) {
-    FinishJob(&job, FAILED, error);
+    // Undo the attempt: its workers go back to idle, the servers drop what
+    // it created (fenced by its epoch: a later attempt's copy on the same
+    // server is kept, and its own CreateJob arriving late is refused).
+    const int64_t epoch = job.assignment.view_epoch();
+    drops_.push_back(PendingDrop{job.assignment, false, false, epoch});
     for (const std::string& w : job.worker_ids) {
-      members_.workers()[w].job_id.clear();
+      auto worker = members_.workers().find(w);
+      if (worker != members_.workers().end() && worker->second.job_id == job_id) {
+        worker->second.job_id.clear();
+      }
     }
+    job.worker_ids.clear();
+    // The epoch stays in the record, so epochs grow across restarts.
+    job.assignment.Clear();
+    job.assignment.set_job_id(job_id);
+    job.assignment.set_view_epoch(epoch);
+    job.status.clear_placement();
+    job.status.clear_shards();
+    job.status.clear_servers();
+    job.start_errors.push_back(error);
+    const int attempt = static_cast<int>(job.start_errors.size());
+    if (!retryable || attempt >= options_.job_start_attempts) {
+      std::string all;
+      for (int i = 0; i < attempt; ++i) {
+        absl::StrAppend(&all, i == 0 ? "" : "; ", "attempt ", i + 1, ": ",
+                        job.start_errors[i]);
+      }
+      job.start_reason.clear();
+      job.status.clear_pending_reason();
+      FinishJob(&job, FAILED,
+                retryable
+                    ? absl::StrCat("could not start in ", attempt,
+                                   " attempts (--job_start_attempts): ", all)
+                    : absl::StrCat("could not start: ", error));
+      return;
+    }
+    const absl::Time now = absl::Now();
+    if (!failed_server.empty()) {
+      start_cooldown_[failed_server] =
+          now + absl::Milliseconds(options_.start_failure_cooldown_ms);
+    }
+    int32_t others = 0;  // registered servers not cooling down
+    for (const auto& [server_id, member] : members_.servers()) {
+      auto cooling = start_cooldown_.find(server_id);
+      others += cooling == start_cooldown_.end() || cooling->second <= now;
+    }
+    const int32_t needed = std::max(1, options_.replication_factor);
+    if (others >= needed) {
+      job.start_not_before = absl::InfinitePast();
+      job.start_reason = absl::StrCat("start attempt ", attempt, " failed: ",
+                                      error, "; retrying without it");
+    } else {
+      const int64_t backoff = std::min<int64_t>(
+          int64_t{options_.job_start_backoff_ms} << std::min(attempt - 1, 20),
+          30000);
+      job.start_not_before = now + absl::Milliseconds(backoff);
+      job.start_reason = absl::StrCat(
+          "start attempt ", attempt, " failed: ", error, "; ", others,
+          " other server(s) registered, fewer than the ", needed,
+          " it needs (replication factor): trying again on every server in ",
+          backoff, " ms");
+    }
+    Log()->warn("job {}: {} (attempt {} of {}, --job_start_attempts)", job_id,
+                job.start_reason, attempt, options_.job_start_attempts);
+    SetPendingReasonLocked(&job, job.start_reason);
+    MarkDirty(job);
     return;
   }
   job.status.set_state(RUNNING);
+  job.status.clear_pending_reason();
+  job.start_reason.clear();
+  job.start_not_before = absl::Time();
   ++job.version;
   MarkDirty(job);
   job.started = absl::Now();

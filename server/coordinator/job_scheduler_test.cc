@@ -242,6 +242,77 @@ TEST_CASE("CoordinatorState: a job waiting for servers says so",
   CHECK(cluster.State(*job) == PENDING);
 }
 
+// One slow server (its CreateJob held past the call deadline), attempts
+// bounded small.
+CoordinatorOptions SlowStartOptions(int attempts) {
+  CoordinatorOptions options = FastOptions();
+  options.server_call_timeout_ms = 200;
+  options.control_call_budget_ms = 300;
+  options.job_start_attempts = attempts;
+  options.job_start_backoff_ms = 50;
+  return options;
+}
+
+TEST_CASE("CoordinatorState: a job whose only server answers late waits, "
+          "saying why, and starts once it answers in time",
+          "[coordinator][scheduling][start]") {
+  Cluster cluster(SlowStartOptions(/*attempts=*/100));
+  const std::string worker = cluster.AddWorker();
+  cluster.gate().Close();
+  auto job = cluster.state.SubmitJob(SmallConfig(1));
+  REQUIRE(job.ok());
+  const std::string expected = "start attempt 1 failed: creating shards on "
+                               "server " + cluster.server_id;
+  REQUIRE(PollUntil([&] {
+    return Contains(cluster.Job(*job).pending_reason(), expected);
+  }, [&] { cluster.Heartbeat(worker); }));
+  const JobStatus pending = cluster.Job(*job);
+  INFO(pending.pending_reason());
+  CHECK(pending.state() == PENDING);
+  CHECK(Contains(pending.pending_reason(), "Deadline Exceeded"));
+  CHECK(Contains(pending.pending_reason(), "trying again on every server"));
+
+  cluster.gate().Open();
+  auto assigned = cluster.HeartbeatUntilAssigned({worker});
+  REQUIRE(assigned.size() == 1);
+  CHECK(cluster.State(*job) == RUNNING);
+  CHECK(cluster.Job(*job).pending_reason().empty());
+  // The attempt that ran holds the job on the server, whatever the late
+  // CreateJob and DropJob calls of the failed ones did.
+  REQUIRE(PollUntil([&] { return cluster.gate().waiting() == 0; }));
+  CHECK(cluster.PullLatest(*job).ok());
+  CHECK(assigned[worker].view_epoch() == cluster.Job(*job).view_epoch());
+}
+
+TEST_CASE("CoordinatorState: a job that cannot start fails after "
+          "job_start_attempts, naming every attempt",
+          "[coordinator][scheduling][start]") {
+  Cluster cluster(SlowStartOptions(/*attempts=*/2));
+  const std::string worker = cluster.AddWorker();
+  cluster.gate().Close();
+  auto job = cluster.state.SubmitJob(SmallConfig(1));
+  REQUIRE(job.ok());
+  REQUIRE(PollUntil([&] { return cluster.State(*job) == FAILED; },
+                    [&] { cluster.Heartbeat(worker); }));
+  const std::string error = cluster.Job(*job).error();
+  INFO(error);
+  CHECK(Contains(error, "could not start in 2 attempts"));
+  CHECK(Contains(error, "attempt 1: creating shards on server " +
+                            cluster.server_id));
+  CHECK(Contains(error, "attempt 2: creating shards on server " +
+                            cluster.server_id));
+  // The late CreateJob calls, released now, are refused (their attempts'
+  // drops came first): the server holds nothing of the job.
+  const int gated = cluster.gate().waiting();
+  CHECK(gated >= 2);
+  cluster.gate().Open();
+  REQUIRE(PollUntil([&] { return cluster.gate().completed() >= gated; }));
+  // (A release that beat its attempt's drop is dropped by it.)
+  CHECK(PollUntil([&] {
+    return cluster.PullLatest(*job).error_code() == grpc::StatusCode::NOT_FOUND;
+  }));
+}
+
 }  // namespace
 }  // namespace coordinator_test
 }  // namespace psd

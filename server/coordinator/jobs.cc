@@ -148,11 +148,17 @@ void CoordinatorState::RunDrops() {
       request.set_job_id(drop.assignment.job_id());
       request.set_keep_parameters(drop.keep_parameters);
       request.set_delete_snapshots(drop.delete_snapshots);
+      request.set_view_epoch(drop.view_epoch);
       DropJobResponse response;
       grpc::Status status = CallServer(
           stub.get(), &ParameterServer::Stub::DropJob, request, &response,
           std::chrono::milliseconds(options_.server_call_timeout_ms));
-      if (!status.ok() && status.error_code() != grpc::StatusCode::NOT_FOUND) {
+      if (status.error_code() == grpc::StatusCode::ABORTED) {
+        // A failed start attempt's drop: a later attempt holds the job.
+        Log()->info("job {}: {} kept it: {}", drop.assignment.job_id(),
+                    server.id(), status.error_message());
+      } else if (!status.ok() &&
+                 status.error_code() != grpc::StatusCode::NOT_FOUND) {
         Log()->warn("job {}: DropJob on {} failed: {}",
                     drop.assignment.job_id(), server.id(),
                     status.error_message());

@@ -42,7 +42,23 @@ ABSL_FLAG(int, server_call_timeout_ms, 10000,
 ABSL_FLAG(int, control_call_budget_ms, 20000,
           "Starting or recovering a job, CreateJob and SetView calls that "
           "fail UNAVAILABLE or DEADLINE_EXCEEDED are retried with backoff "
-          "for up to this long before the job fails, ms.");
+          "for up to this long, ms; then a start attempt has failed (see "
+          "--job_start_attempts) and a recovery fails the job.");
+ABSL_FLAG(int, job_start_attempts, 5,
+          "Attempts to start a job: after a failed one (a server's CreateJob "
+          "or SetView failed past --control_call_budget_ms) the job is "
+          "PENDING again, its pending_reason naming the server and the "
+          "error, and is tried again; past this many it FAILS with every "
+          "attempt's error.");
+ABSL_FLAG(int, start_failure_cooldown_ms, 60000,
+          "A server that failed a job start is left out of new jobs' "
+          "placements for this long, ms, while at least "
+          "--replication_factor other servers are registered.");
+ABSL_FLAG(int, job_start_backoff_ms, 1000,
+          "When a failed job start has fewer than --replication_factor other "
+          "servers to go to, the job waits this long (doubling with every "
+          "failed attempt, up to 30 s) before it is tried again on every "
+          "server, ms.");
 ABSL_FLAG(int, progress_floor_ms, 60000,
           "Progress watch: a rank alive but behind the fastest rank with no "
           "progress for max(this, --progress_step_factor x the job's mean "
@@ -134,6 +150,15 @@ int Main() {
   options.progress_step_factor = absl::GetFlag(FLAGS_progress_step_factor);
   options.server_call_timeout_ms = absl::GetFlag(FLAGS_server_call_timeout_ms);
   options.control_call_budget_ms = absl::GetFlag(FLAGS_control_call_budget_ms);
+  options.job_start_attempts = absl::GetFlag(FLAGS_job_start_attempts);
+  options.start_failure_cooldown_ms =
+      absl::GetFlag(FLAGS_start_failure_cooldown_ms);
+  options.job_start_backoff_ms = absl::GetFlag(FLAGS_job_start_backoff_ms);
+  if (options.job_start_attempts < 1) {
+    Log()->error("--job_start_attempts={}: must be at least 1",
+                 options.job_start_attempts);
+    return 2;
+  }
   options.replication_factor = absl::GetFlag(FLAGS_replication_factor);
   if (options.replication_factor < 1 || options.replication_factor > 16) {
     Log()->error("--replication_factor={}: must be in [1, 16]",

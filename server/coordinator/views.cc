@@ -45,7 +45,8 @@ ClusterView CoordinatorState::GetClusterView() {
 }
 
 std::string CoordinatorState::SendViewTo(const Assignment& assignment,
-                                         std::chrono::milliseconds budget) {
+                                         std::chrono::milliseconds budget,
+                                         std::string* failed_server) {
   SetViewRequest request;
   request.set_job_id(assignment.job_id());
   JobView* view = request.mutable_view();
@@ -64,6 +65,7 @@ std::string CoordinatorState::SendViewTo(const Assignment& assignment,
       error = absl::StrCat("sending view epoch ", assignment.view_epoch(),
                            " to server ", server.id(), " (", server.address(),
                            "): ", status.error_message());
+      if (failed_server != nullptr) *failed_server = server.id();
     }
   }
   return error;

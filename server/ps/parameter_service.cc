@@ -208,8 +208,14 @@ grpc::Status ParameterService::CreateJob(grpc::ServerContext*,
 grpc::Status ParameterService::DropJob(grpc::ServerContext*,
                                        const DropJobRequest* request,
                                        DropJobResponse*) {
-  absl::Status status =
-      store_->DropJob(request->job_id(), request->keep_parameters());
+  absl::Status status = store_->DropJob(
+      request->job_id(), request->keep_parameters(), request->view_epoch());
+  if (status.code() == absl::StatusCode::kAborted) {
+    // A failed start attempt's drop, after a later attempt created the job.
+    Log()->info("job {}: kept: {}", Quote(request->job_id()),
+                std::string(status.message()));
+    return ToGrpcStatus(status);
+  }
   if (status.ok()) {
     Log()->info("job {}: {}", request->job_id(),
                 request->keep_parameters()

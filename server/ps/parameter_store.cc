@@ -15,6 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/job_config.h"
 #include "common/placement.h"
 #include "common/quote.h"
@@ -195,8 +197,49 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   return job;
 }
 
+namespace {
+
+// At most this many fenced drops are remembered (ParameterStore::
+// drop_fences_): a few per failed start attempt, so far more than enough.
+constexpr size_t kMaxDropFences = 4096;
+
+// The job has taken no update: every partition at step 0 with nothing
+// received, replicating or queued (a start attempt no worker used yet).
+bool Untouched(const ParameterStore::Job& job)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
+  if (job.finished || job.dropped) return false;
+  for (const auto& [id, state] : job.partitions) {
+    if (state.step != 0 || state.received_count != 0 || state.replicating ||
+        state.queued_count != 0) {
+      return false;
+    }
+    for (int64_t clock : state.accepted) {
+      if (clock != 0) return false;
+    }
+  }
+  return true;
+}
+
+// Ends the job's waiting pulls with CANCELLED (into *completions).
+void CancelWaiters(ParameterStore::Job* job, Completions* completions)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job->mu) {
+  for (auto& [id, waiter] : job->waiters) {
+    completions->emplace_back(
+        std::move(waiter.done),
+        absl::CancelledError(absl::StrCat(
+            "job \"", job->id, "\" ended while the pull waited for step ",
+            waiter.request.step())));
+  }
+  job->waiters.clear();
+}
+
+}  // namespace
+
 absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
     const CreateJobRequest& request) {
+  if (options_.test_slow_create_job_ms > 0) {
+    absl::SleepFor(absl::Milliseconds(options_.test_slow_create_job_ms));
+  }
   PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, BuildJob(request));
   CreateJobResponse response;
   {
@@ -210,15 +253,68 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
                static_cast<int64_t>(state.slots.size())));
     }
   }
+  const int64_t epoch = request.view_epoch();
+  // Refused when a fenced DropJob of this epoch or a newer one came first.
+  auto fenced = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto fence = drop_fences_.find(request.job_id());
+    if (fence == drop_fences_.end()) return absl::OkStatus();
+    if (epoch <= fence->second) {
+      return absl::AbortedError(absl::StrCat(
+          "view_epoch: job \"", request.job_id(), "\" was dropped at view epoch ",
+          fence->second, "; this CreateJob is for epoch ", epoch,
+          " (a start attempt the coordinator gave up on)"));
+    }
+    drop_fences_.erase(fence);
+    return absl::OkStatus();
+  };
   std::shared_ptr<Job> held;
   {
     absl::MutexLock lock(&mu_);
+    PSD_RETURN_IF_ERROR(fenced());
     auto existing = jobs_.find(job->id);
     if (existing == jobs_.end()) {
       jobs_[job->id] = std::move(job);
       return response;
     }
     held = existing->second;
+  }
+  // A start attempt's epoch against the held job's (job->mu is taken
+  // before mu_, never after: see replication.cc).
+  if (!request.joining() && held->config_bytes == job->config_bytes) {
+    Completions completions;
+    {
+      absl::MutexLock held_lock(&held->mu);
+      if (epoch < held->view_epoch) {
+        return absl::AbortedError(absl::StrCat(
+            "view_epoch: job \"", job->id, "\" is held at view epoch ",
+            held->view_epoch, "; this CreateJob is for epoch ", epoch,
+            " (a start attempt the coordinator gave up on)"));
+      }
+      if (epoch > held->view_epoch && Untouched(*held)) {
+        // A newer start attempt: the held job is an abandoned one.
+        held->dropped = true;
+        held->partitions.clear();
+        CancelWaiters(held.get(), &completions);
+      }
+    }
+    RunCompletions(&completions);
+    bool replaced = false;
+    {
+      absl::MutexLock held_lock(&held->mu);
+      replaced = held->dropped;
+    }
+    if (replaced) {
+      absl::MutexLock lock(&mu_);
+      PSD_RETURN_IF_ERROR(fenced());
+      auto existing = jobs_.find(job->id);
+      if (existing == jobs_.end() || existing->second == held) {
+        jobs_[job->id] = std::move(job);
+        return response;
+      }
+      return absl::AbortedError(absl::StrCat(
+          "job_id: job \"", job->id, "\" changed on this server during "
+          "this CreateJob; retry"));
+    }
   }
   if (held->config_bytes != job->config_bytes) {
     return absl::AlreadyExistsError(absl::StrCat(
@@ -250,17 +346,38 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
 }
 
 absl::Status ParameterStore::DropJob(const std::string& job_id,
-                                     bool keep_parameters) {
+                                     bool keep_parameters, int64_t view_epoch) {
   std::shared_ptr<Job> job;
   {
     absl::MutexLock lock(&mu_);
+    if (view_epoch > 0) {
+      // The attempt's CreateJob may still arrive: refuse it then.
+      int64_t& fence = drop_fences_[job_id];
+      fence = std::max(fence, view_epoch);
+      if (drop_fences_.size() > kMaxDropFences) {
+        drop_fences_.erase(drop_fences_.begin());
+      }
+    }
     auto it = jobs_.find(job_id);
     if (it == jobs_.end()) {
       return absl::NotFoundError(
           absl::StrCat("job_id: no job \"", job_id, "\" on this server"));
     }
     job = it->second;
-    if (!keep_parameters) jobs_.erase(it);
+  }
+  if (view_epoch > 0) {
+    absl::MutexLock job_lock(&job->mu);
+    if (job->view_epoch > view_epoch) {
+      return absl::AbortedError(absl::StrCat(
+          "view_epoch: job \"", job_id, "\" is held at view epoch ",
+          job->view_epoch, ", newer than this drop's ", view_epoch,
+          " (a later start attempt): not dropped"));
+    }
+  }
+  if (!keep_parameters) {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end() && it->second == job) jobs_.erase(it);
   }
   Completions completions;
   {
@@ -281,14 +398,7 @@ absl::Status ParameterStore::DropJob(const std::string& job_id,
       job->partitions.clear();
     }
     // Pulls still waiting for a step will never get it.
-    for (auto& [id, waiter] : job->waiters) {
-      completions.emplace_back(
-          std::move(waiter.done),
-          absl::CancelledError(absl::StrCat(
-              "job \"", job_id, "\" ended while the pull waited for step ",
-              waiter.request.step())));
-    }
-    job->waiters.clear();
+    CancelWaiters(job.get(), &completions);
   }
   RunCompletions(&completions);
   return absl::OkStatus();

@@ -123,6 +123,11 @@ struct ParameterStoreOptions {
   // snapshot steps (SnapshotPolicy.every_steps); as a backup it compares
   // them with its own. 0: only at snapshot steps. Default: 100.
   int64_t replica_check_every_steps = 100;
+  // FOR TESTS ONLY (psd_server --test_slow_create_job_ms): every CreateJob
+  // waits this long before it does anything, as a server on a slow network
+  // or a loaded host answers late, while its heartbeats stay on time.
+  // 0 (default): never.
+  int64_t test_slow_create_job_ms = 0;
   // FOR TESTS ONLY (psd_server --test_corrupt_backup_at_step): when this
   // store, as a shard's backup, applies the replicated update that brings a
   // partition to this step, it then changes that partition's weights (adds
@@ -148,15 +153,27 @@ class ParameterStore {
   ParameterStore& operator=(const ParameterStore&) = delete;
 
   // Creates the job's partitions on `shards` with their initial values.
+  // The same request again is OK. Start attempts are fenced by view epoch
+  // (the coordinator gives each attempt a new one): a request (not
+  // joining) at a newer epoch than the job held replaces the held job when
+  // it has taken no update yet (every partition at step 0, nothing
+  // received: an abandoned attempt); one at an older epoch, or at or below
+  // the epoch of a fenced DropJob received for the job, is refused.
   // Errors: INVALID_ARGUMENT (bad config or placement), ALREADY_EXISTS (a
-  // job with this id and another config; the same config again is OK).
+  // job with this id and another config), ABORTED (a stale start attempt,
+  // see above), RESOURCE_EXHAUSTED (over options.max_job_bytes).
   absl::StatusOr<CreateJobResponse> CreateJob(const CreateJobRequest& request);
 
   // Frees the job. With keep_parameters, frees only the training state
   // (gradient buffers, optimizer slots): the parameters stay for pulls, and
   // pushes are refused (FAILED_PRECONDITION). Waiting pulls end with
-  // CANCELLED. Errors: NOT_FOUND.
-  absl::Status DropJob(const std::string& job_id, bool keep_parameters = false);
+  // CANCELLED. view_epoch > 0 fences the drop (the undoing of a failed
+  // start attempt of that epoch): a job held at a newer epoch is kept
+  // (ABORTED), and later CreateJob calls at that epoch or older are
+  // refused (the attempt's CreateJob may arrive after its drop); 0 drops
+  // whatever is held. Errors: NOT_FOUND, ABORTED.
+  absl::Status DropJob(const std::string& job_id, bool keep_parameters = false,
+                       int64_t view_epoch = 0);
 
   // What this server holds, per job.
   ServerStatus Status();
@@ -349,6 +366,10 @@ class ParameterStore {
   std::vector<BackupFailure> backup_failures_ ABSL_GUARDED_BY(mu_);
   // options.test_stall_replicate_at_step: the end of its window, once open.
   std::optional<absl::Time> test_stall_until_ ABSL_GUARDED_BY(mu_);
+  // Fenced drops (DropJob with view_epoch > 0) by job id: CreateJob at that
+  // epoch or older is refused. Cleared by a newer CreateJob; at most
+  // kMaxDropFences entries (the smallest ids go first).
+  std::map<std::string, int64_t> drop_fences_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> replica_checks_{0};
   std::atomic<int64_t> replica_mismatches_{0};
 };

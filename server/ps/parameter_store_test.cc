@@ -83,6 +83,66 @@ TEST_CASE("ParameterStore: CreateJob is idempotent for the same config only",
         absl::StatusCode::kInvalidArgument);
 }
 
+// The view epoch of the job held, -1 when none is.
+int64_t HeldEpoch(ParameterStore& store) {
+  const ServerStatus status = store.Status();
+  for (const ServerJobStatus& job : status.jobs()) {
+    if (job.job_id() == kJob) return job.view_epoch();
+  }
+  return -1;
+}
+
+TEST_CASE("ParameterStore: start attempts are fenced by view epoch: a late "
+          "DropJob keeps a newer attempt, a late CreateJob is refused",
+          "[store][create]") {
+  ParameterStore store;
+  const JobConfig config = Config(2);
+  auto at = [&](int64_t epoch) {
+    CreateJobRequest request = CreateRequest(config);
+    request.set_view_epoch(epoch);
+    return request;
+  };
+  REQUIRE(store.CreateJob(at(5)).ok());
+  CHECK(store.CreateJob(at(5)).ok());  // the same request again
+  // Attempt 4's drop, arriving after attempt 5 created the job: kept.
+  CHECK(store.DropJob(kJob, false, 4).code() == absl::StatusCode::kAborted);
+  CHECK(HeldEpoch(store) == 5);
+  // Attempt 4's CreateJob, arriving last: refused.
+  CHECK(store.CreateJob(at(4)).status().code() == absl::StatusCode::kAborted);
+  CHECK(HeldEpoch(store) == 5);
+  // Attempt 6 while attempt 5's job took no update: it replaces it.
+  REQUIRE(store.CreateJob(at(6)).ok());
+  CHECK(HeldEpoch(store) == 6);
+  // Attempt 6 failed: its drop, then its own CreateJob arriving late.
+  REQUIRE(store.DropJob(kJob, false, 6).ok());
+  CHECK(HeldEpoch(store) == -1);
+  CHECK(store.CreateJob(at(6)).status().code() == absl::StatusCode::kAborted);
+  CHECK(HeldEpoch(store) == -1);
+  // A drop before the attempt's CreateJob arrives fences it too.
+  CHECK(store.DropJob(kJob, false, 7).code() == absl::StatusCode::kNotFound);
+  CHECK(store.CreateJob(at(7)).status().code() == absl::StatusCode::kAborted);
+  // Attempt 8 starts clean; an unfenced drop (cancel) drops any epoch.
+  REQUIRE(store.CreateJob(at(8)).ok());
+  CHECK(HeldEpoch(store) == 8);
+  REQUIRE(store.DropJob(kJob).ok());
+  CHECK(HeldEpoch(store) == -1);
+}
+
+TEST_CASE("ParameterStore: a newer CreateJob never replaces a job that took "
+          "a push", "[store][create]") {
+  Fixture f(2);
+  f.PushOk(0, 0);  // rank 0's step 0 gradients are pending
+  CreateJobRequest newer = CreateRequest(f.config);
+  newer.set_view_epoch(kEpoch + 1);
+  REQUIRE(f.store.CreateJob(newer).ok());
+  CHECK(HeldEpoch(f.store) == kEpoch);
+  f.PushOk(0, 0, /*duplicate=*/true);  // the pending push survived
+  f.PushOk(1, 0);
+  int64_t step = 0;
+  f.Latest(&step);
+  CHECK(step == 1);
+}
+
 TEST_CASE("ParameterStore: CreateJob rejects a placement that does not fit "
           "the model",
           "[store][create]") {

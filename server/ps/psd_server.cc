@@ -61,6 +61,11 @@ ABSL_FLAG(int64_t, test_corrupt_backup_at_step, -1,
           "partition to this step, it changes that partition's weights "
           "behind its primary's back (what the replica check must catch). "
           "-1 (default): off.");
+ABSL_FLAG(int64_t, test_slow_create_job_ms, 0,
+          "FOR TESTS ONLY, never in production: every CreateJob waits this "
+          "long, ms, before it does anything (a server that answers the "
+          "coordinator's job set-up late while its heartbeats stay on "
+          "time). 0 (default): off.");
 ABSL_FLAG(int64_t, backup_stall_ms, 10000,
           "A backup that has not applied a step for this long (while the "
           "coordinator still sees it alive) is reported to the coordinator, "
@@ -190,6 +195,13 @@ int Main() {
     Log()->warn("--test_stall_replicate_at_step={}: a test hook that stalls "
                 "this server's backup replicas; never use it in production",
                 absl::GetFlag(FLAGS_test_stall_replicate_at_step));
+  }
+  if (absl::GetFlag(FLAGS_test_slow_create_job_ms) > 0) {
+    store_options.test_slow_create_job_ms =
+        absl::GetFlag(FLAGS_test_slow_create_job_ms);
+    Log()->warn("--test_slow_create_job_ms={}: a test hook that makes every "
+                "CreateJob answer late; never use it in production",
+                absl::GetFlag(FLAGS_test_slow_create_job_ms));
   }
   if (writer != nullptr) {
     store_options.snapshot_sink = [w = writer.get()](ShardSnapshot snapshot) {
