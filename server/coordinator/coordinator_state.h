@@ -321,6 +321,9 @@ class CoordinatorState {
   // same as a dead one (see CoordinatorOptions.progress_floor_ms).
   void WatchProgress() ABSL_LOCKS_EXCLUDED(mu_);
   absl::Duration ProgressBound(const Job& job) const;
+  // Adds `line` to JobStatus.stalls (a stalled rank or backup), keeping the
+  // newest 10. The caller saves the job (a new version).
+  static void AddStall(JobStatus* status, std::string line);
 
   // Snapshots (snapshot_schedule.cc).
   // Asks for the snapshots due by the jobs' snapshot.every_seconds.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -197,13 +198,10 @@ void CoordinatorState::WatchProgress() {
                   job_id, r, worker,
                   absl::ToInt64Milliseconds(now - watch.behind_since), clock,
                   fastest, absl::ToInt64Milliseconds(bound));
-      job.status.add_stalls(absl::StrCat(
-          "rank ", r, " (", worker, ") made no progress for ",
-          absl::ToInt64Milliseconds(now - watch.behind_since), " ms at clock ",
-          clock, ", replaced"));
-      if (job.status.stalls_size() > 10) {  // keep the newest 10
-        job.status.mutable_stalls()->DeleteSubrange(0, 1);
-      }
+      AddStall(&job.status,
+               absl::StrCat("rank ", r, " (", worker, ") made no progress for ",
+                            absl::ToInt64Milliseconds(now - watch.behind_since),
+                            " ms at clock ", clock, ", replaced"));
       ++job.version;
       MarkDirty(job);
       auto member = members_.workers().find(worker);
@@ -218,6 +216,13 @@ void CoordinatorState::WatchProgress() {
       job.resume_ranks.insert(r);
       watch = Job::RankWatch();
     }
+  }
+}
+
+void CoordinatorState::AddStall(JobStatus* status, std::string line) {
+  status->add_stalls(std::move(line));
+  if (status->stalls_size() > 10) {  // keep the newest 10
+    status->mutable_stalls()->DeleteSubrange(0, 1);
   }
 }
 

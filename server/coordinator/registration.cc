@@ -134,14 +134,11 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
         if (failure.stalled_ms() > 0) {
           // A stall, not a refusal: the job status names the backup and for
           // how long it held the step (as WatchProgress does for a rank).
-          JobStatus& status = job->second.status;
-          status.add_stalls(absl::StrCat(
-              "shard ", failure.shard(), ": backup ", backup_id, " (",
-              failure.address(), ") ", failure.error(),
-              "; out of the view until a state transfer"));
-          if (status.stalls_size() > 10) {  // keep the newest 10
-            status.mutable_stalls()->DeleteSubrange(0, 1);
-          }
+          AddStall(&job->second.status,
+                   absl::StrCat("shard ", failure.shard(), ": backup ",
+                                backup_id, " (", failure.address(), ") ",
+                                failure.error(),
+                                "; out of the view until a state transfer"));
         }
         NewViewLocked(&job->second);  // a new version: saved, stalls too
         Log()->warn("job {}: shard {}: backup {} refuses replication ({}): "
