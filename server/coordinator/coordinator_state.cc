@@ -52,13 +52,7 @@ absl::Status CoordinatorState::Start() {
                     id, job.assignment.view_epoch());
         drops_.push_back(PendingDrop{job.assignment, false, false,
                                      job.assignment.view_epoch()});
-        const int64_t epoch = job.assignment.view_epoch();
-        job.assignment.Clear();
-        job.assignment.set_job_id(id);
-        job.assignment.set_view_epoch(epoch);
-        job.status.clear_placement();
-        job.status.clear_shards();
-        job.status.clear_servers();
+        ClearStartAttempt(&job);
         MarkDirty(job);
       }
       if (job.status.state() == RUNNING) {

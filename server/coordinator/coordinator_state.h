@@ -287,6 +287,10 @@ class CoordinatorState {
   void StartJobLocked(Job* job, const std::string& error,
                       const std::string& failed_server, bool retryable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets an undone start attempt's placement (assignment and status),
+  // keeping the assignment's view epoch, so that epochs grow across
+  // attempts and restarts.
+  static void ClearStartAttempt(Job* job);
   // Sets the job's status.pending_reason; a change is a new status version.
   void SetPendingReasonLocked(Job* job, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -357,13 +357,7 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error,
       }
     }
     job.worker_ids.clear();
-    // The epoch stays in the record, so epochs grow across restarts.
-    job.assignment.Clear();
-    job.assignment.set_job_id(job_id);
-    job.assignment.set_view_epoch(epoch);
-    job.status.clear_placement();
-    job.status.clear_shards();
-    job.status.clear_servers();
+    ClearStartAttempt(&job);  // the epoch stays: epochs grow across restarts
     job.start_errors.push_back(error);
     const int attempt = static_cast<int>(job.start_errors.size());
     if (!retryable || attempt >= options_.job_start_attempts) {
@@ -423,6 +417,16 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error,
   job.ranks.assign(job.worker_ids.size(), RankProgress());
   Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,
               job.assignment.servers_size(), job.worker_ids.size());
+}
+
+void CoordinatorState::ClearStartAttempt(Job* job) {
+  const int64_t epoch = job->assignment.view_epoch();
+  job->assignment.Clear();
+  job->assignment.set_job_id(job->status.job_id());
+  job->assignment.set_view_epoch(epoch);
+  job->status.clear_placement();
+  job->status.clear_shards();
+  job->status.clear_servers();
 }
 
 }  // namespace psd
