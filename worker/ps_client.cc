@@ -28,7 +28,19 @@ struct ParameterClient::Target {
   PullRequest pull;
   PullResponse pull_response;
   grpc::Status status;
+  // Shared memory: this partition's push and pull slices of the client's
+  // region (fixed at creation), and whether its server maps the region.
+  SharedSlice push_slice;
+  SharedSlice pull_slice;
+  bool shared = false;
 };
+
+namespace {
+
+// Slices start on 64-byte boundaries (cache lines, AVX-512 loads).
+uint64_t Align64(uint64_t n) { return (n + 63) / 64 * 64; }
+
+}  // namespace
 
 ParameterClient::ParameterClient(const Assignment& assignment,
                                  ParameterClientOptions options)
@@ -67,6 +79,25 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     client->tensor_targets_[part.parameter()].push_back(target.get());
     client->targets_.push_back(std::move(target));
   }
+  if (options.shared_memory) {
+    uint64_t offset = SharedMemory::kHeaderBytes;
+    for (auto& t : client->targets_) {
+      const uint64_t bytes = t->partition.num_elements() * sizeof(float);
+      for (SharedSlice* slice : {&t->push_slice, &t->pull_slice}) {
+        slice->set_offset(offset);
+        slice->set_size(bytes);
+        offset += Align64(bytes);
+      }
+    }
+    auto shm = SharedMemory::Create(offset);
+    if (shm.ok()) {
+      client->shm_ = *std::move(shm);
+    } else {
+      Log()->info("job {} rank {}: no shared memory ({}); tensors go in the "
+                  "messages", client->job_id_, client->rank_,
+                  shm.status().ToString());
+    }
+  }
   PSD_RETURN_IF_ERROR(client->Route(assignment));
   return client;
 }
@@ -91,9 +122,61 @@ absl::Status ParameterClient::Route(const Assignment& assignment) {
     target->stub = stub;
     target->push.set_view_epoch(assignment.view_epoch());
     target->pull.set_view_epoch(assignment.view_epoch());
+    SetTransport(target.get(), SharedWith(server.address(), stub.get()));
   }
   view_epoch_ = assignment.view_epoch();
   return absl::OkStatus();
+}
+
+bool ParameterClient::SharedWith(const std::string& address,
+                                 ParameterServer::Stub* stub) {
+  if (shm_ == nullptr) return false;
+  auto [it, first] = shared_with_.try_emplace(address, false);
+  if (!first) return it->second;
+  AttachSharedMemoryRequest request;
+  request.set_job_id(job_id_);
+  *request.mutable_region() = shm_->region();
+  AttachSharedMemoryResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(std::chrono::seconds(5)));
+  const grpc::Status status =
+      stub->AttachSharedMemory(&context, request, &response);
+  it->second = status.ok();
+  Log()->info("job {} rank {}: server {}: {}", job_id_, rank_, address,
+              status.ok() ? "tensors go through shared memory"
+                          : absl::StrCat("tensors go in the messages (",
+                                         status.error_message(), ")"));
+  return it->second;
+}
+
+void ParameterClient::SetTransport(Target* t, bool shared) {
+  PartitionTensor* g = t->push.mutable_gradients(0);
+  if (shared != t->shared && g->tensor().shape_size() > 0) {
+    // A push is held (its tensor was encoded): move its bytes.
+    std::string* data = g->mutable_tensor()->mutable_data();
+    uint8_t* slice = shm_->data() + t->push_slice.offset();
+    const uint64_t bytes = shared ? data->size() : g->shared().size();
+    if (shared) {
+      if (bytes > 0) std::memcpy(slice, data->data(), bytes);
+      data->clear();
+      g->mutable_shared()->set_offset(t->push_slice.offset());
+      g->mutable_shared()->set_size(bytes);
+    } else {
+      data->assign(reinterpret_cast<const char*>(slice), bytes);
+    }
+  }
+  t->shared = shared;
+  if (shared) {
+    *t->push.mutable_shared_region() = shm_->region();
+    *t->pull.mutable_shared_region() = shm_->region();
+    t->pull.clear_shared();
+    *t->pull.add_shared() = t->pull_slice;
+  } else {
+    t->push.clear_shared_region();
+    t->pull.clear_shared_region();
+    t->pull.clear_shared();
+    g->clear_shared();
+  }
 }
 
 std::vector<std::string> ParameterClient::parameter_names() const {
@@ -300,13 +383,31 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
           t->pull_response.parameters_size(), " tensors for partition ",
           part.id()));
     }
-    const Tensor& tensor = t->pull_response.parameters(0).tensor();
-    PSD_RETURN_IF_ERROR(CheckFloat32(
-        tensor, part.num_elements(),
-        absl::StrCat("pull response of partition ", part.id())));
-    // Straight from the response's bytes into the caller's slice.
+    const PartitionTensor& returned = t->pull_response.parameters(0);
+    const std::string what = absl::StrCat("pull response of partition ", part.id());
+    const uint8_t* bytes;
+    if (returned.has_shared()) {  // the server wrote our pull slice
+      if (!t->shared || returned.shared().offset() != t->pull_slice.offset() ||
+          returned.shared().size() != t->pull_slice.size()) {
+        return absl::DataLossError(absl::StrCat(
+            what, ": shared memory not asked for, or another slice"));
+      }
+      const Tensor& tensor = returned.tensor();
+      if (tensor.dtype() != FLOAT32 || tensor.shape_size() != 1 ||
+          tensor.shape(0) != part.num_elements()) {
+        return absl::DataLossError(absl::StrCat(
+            what, ": want FLOAT32 of shape [", part.num_elements(), "]"));
+      }
+      bytes = shm_->data() + t->pull_slice.offset();
+    } else {
+      PSD_RETURN_IF_ERROR(
+          CheckFloat32(returned.tensor(), part.num_elements(), what));
+      bytes = reinterpret_cast<const uint8_t*>(returned.tensor().data().data());
+    }
+    // Straight from the response's (or the region's) bytes into the
+    // caller's slice.
     if (part.num_elements() > 0) {
-      std::memcpy(out[part.parameter()] + part.offset(), Float32Data(tensor),
+      std::memcpy(out[part.parameter()] + part.offset(), bytes,
                   part.num_elements() * sizeof(float));
     }
     lowest = std::min(lowest, t->pull_response.step());
@@ -387,11 +488,29 @@ absl::Status ParameterClient::PushTensor(int32_t tensor, const float* grad,
   for (Target* t : tensor_targets_[tensor]) {
     const Partition& part = t->partition;
     t->push.set_step(push_step_);
-    Tensor* encoded = t->push.mutable_gradients(0)->mutable_tensor();
-    if (bfloat16_) {
-      EncodeBfloat16(grad + part.offset(), part.num_elements(), encoded);
+    PartitionTensor* g = t->push.mutable_gradients(0);
+    Tensor* encoded = g->mutable_tensor();
+    if (t->shared && !bfloat16_) {  // straight into the push slice
+      encoded->set_dtype(FLOAT32);
+      encoded->clear_shape();
+      encoded->add_shape(part.num_elements());
+      encoded->clear_data();
+      std::memcpy(shm_->data() + t->push_slice.offset(), grad + part.offset(),
+                  part.num_elements() * sizeof(float));
+      *g->mutable_shared() = t->push_slice;
     } else {
-      EncodeFloat32(grad + part.offset(), part.num_elements(), encoded);
+      if (bfloat16_) {
+        EncodeBfloat16(grad + part.offset(), part.num_elements(), encoded);
+      } else {
+        EncodeFloat32(grad + part.offset(), part.num_elements(), encoded);
+      }
+      if (t->shared) {  // BFLOAT16: half the slice
+        std::memcpy(shm_->data() + t->push_slice.offset(),
+                    encoded->data().data(), encoded->data().size());
+        g->mutable_shared()->set_offset(t->push_slice.offset());
+        g->mutable_shared()->set_size(encoded->data().size());
+        encoded->clear_data();
+      }
     }
     push_calls_->Start(t);
   }

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/proto.h"
+#include "common/shared_memory.h"
 
 namespace psd {
 
@@ -55,6 +56,14 @@ struct ParameterClientOptions {
   // Give up when no call succeeds for this long while failing over.
   // Default: 60 s.
   int failover_timeout_ms = 60000;
+  // Carry tensor bytes through shared memory with the servers on this host
+  // (common/shared_memory.h): the client creates one region (twice the
+  // model's bytes plus a header: a push and a pull slice per partition),
+  // and asks each server it routes to to map it (AttachSharedMemory, once
+  // per server address); a server that cannot (another host, shared memory
+  // off) gets the bytes in the messages. Pushed and pulled values are the
+  // same either way. Default: true.
+  bool shared_memory = true;
 };
 
 // One rank's view of a job's parameters. Parameters are whole tensors
@@ -157,6 +166,11 @@ class ParameterClient {
   absl::Status Repush();
   // INVALID_ARGUMENT unless `elements` == sizes_[tensor].
   absl::Status CheckTensorSize(size_t tensor, size_t elements) const;
+  // Whether the server at `address` maps shm_ (asked once per address).
+  bool SharedWith(const std::string& address, ParameterServer::Stub* stub);
+  // Moves t's requests to (or off) shared memory; a push held in them (to
+  // be sent again after a failover) moves along.
+  void SetTransport(Target* t, bool shared);
 
   const ParameterClientOptions options_;
   std::string job_id_;
@@ -170,6 +184,9 @@ class ParameterClient {
   // targets_ of each parameter tensor's partitions (not owned).
   std::vector<std::vector<Target*>> tensor_targets_;
   std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs_;
+  // Shared memory (options_.shared_memory): null when off or not created.
+  std::unique_ptr<SharedMemory> shm_;
+  std::map<std::string, bool> shared_with_;  // by server address
   bool pushed_ = false;  // targets' push requests hold the last push
   // The open push (BeginPush .. FinishPush); push_calls_ null when none.
   std::unique_ptr<Calls> push_calls_;

@@ -15,6 +15,7 @@
 #include "common/process.h"
 #include "common/process_main.h"
 #include "common/rpc.h"
+#include "common/shared_memory.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
 #include "worker/trainer.h"
@@ -45,6 +46,11 @@ ABSL_FLAG(bool, overlap_push, true,
           "backward pass (same pushed bytes, same results). false: push all "
           "of a step's gradients after its backward pass (for measuring the "
           "overlap, or debugging).");
+ABSL_FLAG(bool, shared_memory, true,
+          "Carry pushed gradients and pulled parameters through shared "
+          "memory (/dev/shm) with the parameter servers on this host that "
+          "agree to map it; the others get them in gRPC messages. false: "
+          "always in the messages.");
 ABSL_FLAG(int, test_slow_ms_per_step, 0,
           "FOR TESTS ONLY: sleep this many ms in every training step, to make "
           "this worker artificially slow (the SSP test). Default 0.");
@@ -254,6 +260,14 @@ int Main() {
   trainer.metrics = &trainer_metrics;
   trainer.test_slow_ms_per_step = absl::GetFlag(FLAGS_test_slow_ms_per_step);
   trainer.overlap_push = absl::GetFlag(FLAGS_overlap_push);
+  trainer.shared_memory = absl::GetFlag(FLAGS_shared_memory);
+  if (trainer.shared_memory) {
+    // Regions left by workers that crashed before unlinking theirs.
+    if (const int removed = SharedMemory::RemoveStale(); removed > 0) {
+      Log()->info("removed {} shared-memory regions of workers no longer "
+                  "running", removed);
+    }
+  }
   WorkerAgent agent(trainer, backend.get());
   MembershipOptions options = *std::move(member);
   options.advertised_address = advertised;

@@ -141,6 +141,7 @@ absl::Status TrainRank(const Assignment& assignment,
   client_options.pull_timeout_ms = options.pull_timeout_ms;
   client_options.cancel = cancel;
   client_options.views = options.views;
+  client_options.shared_memory = options.shared_memory;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
                        ParameterClient::Create(assignment, client_options));
   if (client->parameter_sizes() != model->ParameterSizes()) {

@@ -52,6 +52,9 @@ struct TrainerOptions {
   // bytes are the same, so a BSP result is bitwise the same either way.
   // Default: true.
   bool overlap_push = true;
+  // Carry tensor bytes through shared memory with the parameter servers on
+  // this host (ParameterClientOptions::shared_memory). Default: true.
+  bool shared_memory = true;
   // Where view changes come from (failover of a primary; see
   // ParameterClientOptions::views). Not owned. Default: none.
   ViewSource* views = nullptr;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <memory>
 #include <optional>
 
 #include <grpcpp/alarm.h>
@@ -42,7 +44,11 @@ struct ParameterService::Metrics {
             "psd_server_pull_latency_seconds",
             "Time from receiving a pull to answering it, seconds; includes "
             "waiting for the step's last push.",
-            LatencyBuckets())) {}
+            LatencyBuckets())),
+        shared_memory_bytes(registry->AddCounter(
+            "psd_server_shared_memory_bytes_total",
+            "Bytes of pushed gradients and pulled parameters carried through "
+            "workers' shared memory instead of gRPC messages.")) {}
 
   Counter* const push_requests;
   Counter* const push_errors;
@@ -52,6 +58,7 @@ struct ParameterService::Metrics {
   Counter* const pull_errors;
   Counter* const pull_bytes;
   Histogram* const pull_latency;
+  Counter* const shared_memory_bytes;
 };
 
 namespace {
@@ -65,8 +72,10 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 ParameterService::ParameterService(ParameterStore* store,
                                    MetricsRegistry* metrics,
-                                   SnapshotStore* snapshots)
+                                   SnapshotStore* snapshots,
+                                   SharedRegions::Options shared_memory)
     : store_(store),
+      regions_(shared_memory),
       snapshots_(snapshots),
       own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
                                        : nullptr),
@@ -82,34 +91,15 @@ grpc::ServerUnaryReactor* ParameterService::Push(
   const auto start = std::chrono::steady_clock::now();
   metrics_->push_requests->Increment();
   metrics_->push_bytes->Increment(request->ByteSizeLong());
-  // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to float32
-  // here, exactly; the store sums and applies float32 only.
-  std::optional<PushRequest> widened;
-  const bool bfloat16 = std::any_of(
-      request->gradients().begin(), request->gradients().end(),
-      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
-  for (int i = 0; bfloat16 && i < request->gradients_size(); ++i) {
-    if (!widened.has_value()) {  // everything but the gradients
-      widened.emplace();
-      widened->set_job_id(request->job_id());
-      widened->set_worker_rank(request->worker_rank());
-      widened->set_step(request->step());
-      widened->set_view_epoch(request->view_epoch());
-    }
-    const PartitionTensor& g = request->gradients(i);
-    PartitionTensor* out = widened->add_gradients();
-    out->set_partition_id(g.partition_id());
-    absl::Status ok = WidenToFloat32(
-        g.tensor(), out->mutable_tensor(),
-        absl::StrCat("gradients[", i, "] (partition ", g.partition_id(), ")"));
-    if (!ok.ok()) {
-      metrics_->push_latency->Observe(SecondsSince(start));
-      metrics_->push_errors->Increment();
-      reactor->Finish(ToGrpcStatus(ok));
-      return reactor;
-    }
+  PushRequest storage;
+  absl::StatusOr<const PushRequest*> taken = StorePushRequest(*request, &storage);
+  if (!taken.ok()) {
+    metrics_->push_latency->Observe(SecondsSince(start));
+    metrics_->push_errors->Increment();
+    reactor->Finish(ToGrpcStatus(taken.status()));
+    return reactor;
   }
-  auto result = store_->Push(widened.has_value() ? *widened : *request);
+  auto result = store_->Push(**taken);
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();
@@ -124,6 +114,58 @@ grpc::ServerUnaryReactor* ParameterService::Push(
   return reactor;
 }
 
+absl::StatusOr<const PushRequest*> ParameterService::StorePushRequest(
+    const PushRequest& request, PushRequest* storage) {
+  const bool bfloat16 = std::any_of(
+      request.gradients().begin(), request.gradients().end(),
+      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
+  if (!bfloat16 && !request.has_shared_region()) return &request;
+  std::shared_ptr<const SharedMemory> region;
+  if (request.has_shared_region()) {
+    PSD_ASSIGN_OR_RETURN(region,
+                         regions_.Get(request.job_id(), request.shared_region()));
+  }
+  // Everything but the gradients (a new PushRequest field goes here too).
+  storage->set_job_id(request.job_id());
+  storage->set_worker_rank(request.worker_rank());
+  storage->set_step(request.step());
+  storage->set_view_epoch(request.view_epoch());
+  uint64_t shared_bytes = 0;
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const PartitionTensor& g = request.gradients(i);
+    const std::string what = absl::StrCat("gradients[", i, "] (partition ",
+                                          g.partition_id(), ")");
+    PartitionTensor* out = storage->add_gradients();
+    out->set_partition_id(g.partition_id());
+    Tensor* tensor = out->mutable_tensor();
+    if (g.has_shared()) {
+      if (region == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ".shared: set without shared_region"));
+      }
+      PSD_RETURN_IF_ERROR(
+          region->CheckSlice(g.shared(), g.shared().size(), what + ".shared"));
+      tensor->set_dtype(g.tensor().dtype());
+      *tensor->mutable_shape() = g.tensor().shape();
+      tensor->mutable_data()->assign(
+          reinterpret_cast<const char*>(region->data() + g.shared().offset()),
+          g.shared().size());
+      shared_bytes += g.shared().size();
+      if (tensor->dtype() == BFLOAT16) {
+        PSD_RETURN_IF_ERROR(WidenToFloat32(tensor, what));
+      }
+    } else if (g.tensor().dtype() == BFLOAT16) {
+      // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to
+      // float32 here, exactly; the store sums and applies float32 only.
+      PSD_RETURN_IF_ERROR(WidenToFloat32(g.tensor(), tensor, what));
+    } else {
+      *tensor = g.tensor();
+    }
+  }
+  metrics_->shared_memory_bytes->Increment(shared_bytes);
+  return storage;
+}
+
 namespace {
 
 // One pull: finishes when the store answers it; a client that cancels (or
@@ -131,15 +173,30 @@ namespace {
 // construction to the store's answer.
 class PullReactor final : public grpc::ServerUnaryReactor {
  public:
+  // `region`: the worker's shared memory when the request names one
+  // (else null), or the error of mapping it, which ends the pull.
   PullReactor(ParameterStore* store, const ParameterService::Metrics* metrics,
               std::chrono::system_clock::time_point deadline,
-              const PullRequest* request, PullResponse* response)
+              const PullRequest* request, PullResponse* response,
+              absl::StatusOr<std::shared_ptr<const SharedMemory>> region)
       : store_(store),
         metrics_(metrics),
         start_(std::chrono::steady_clock::now()),
         job_id_(request->job_id()),
         id_(store->NewPullId()) {
     metrics_->pull_requests->Increment();
+    if (region.ok() && *region != nullptr &&
+        request->shared_size() != request->partition_ids_size()) {
+      region = absl::InvalidArgumentError(absl::StrCat(
+          "shared: ", request->shared_size(), " slices for ",
+          request->partition_ids_size(), " partition_ids"));
+    }
+    if (!region.ok()) {
+      metrics_->pull_errors->Increment();
+      Finish(ToGrpcStatus(region.status()));
+      return;
+    }
+    region_ = *std::move(region);
     // A pull still waiting shortly before the client's deadline ends with
     // DEADLINE_EXCEEDED and the store's account of what it waited for (e.g.
     // the SSP bound and the slowest rank), instead of the bare gRPC one.
@@ -153,8 +210,11 @@ class PullReactor final : public grpc::ServerUnaryReactor {
                  });
     }
     store_->PullAsync(
-        id_, *request, response, [this, response](absl::Status status) {
+        id_, *request, response, [this, request, response](absl::Status status) {
           metrics_->pull_latency->Observe(SecondsSince(start_));
+          if (status.ok() && region_ != nullptr) {
+            status = WriteShared(*request, response);
+          }
           if (status.ok()) {
             metrics_->pull_bytes->Increment(response->ByteSizeLong());
           } else {
@@ -172,6 +232,27 @@ class PullReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
+  // Moves each returned partition's bytes into the worker's slice.
+  absl::Status WriteShared(const PullRequest& request, PullResponse* response) {
+    uint64_t bytes = 0;
+    for (int i = 0; i < response->parameters_size(); ++i) {
+      Tensor* tensor = response->mutable_parameters(i)->mutable_tensor();
+      const SharedSlice& slice = request.shared(i);
+      PSD_RETURN_IF_ERROR(region_->CheckSlice(
+          slice, tensor->data().size(), absl::StrCat("shared[", i, "]")));
+      if (!tensor->data().empty()) {
+        std::memcpy(region_->data() + slice.offset(), tensor->data().data(),
+                    tensor->data().size());
+      }
+      bytes += tensor->data().size();
+      tensor->clear_data();
+      *response->mutable_parameters(i)->mutable_shared() = slice;
+    }
+    metrics_->shared_memory_bytes->Increment(bytes);
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<const SharedMemory> region_;  // null: bytes in messages
   ParameterStore* const store_;
   const ParameterService::Metrics* const metrics_;
   const std::chrono::steady_clock::time_point start_;
@@ -185,8 +266,27 @@ class PullReactor final : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext* context, const PullRequest* request,
     PullResponse* response) {
+  absl::StatusOr<std::shared_ptr<const SharedMemory>> region;
+  if (request->has_shared_region()) {
+    region = regions_.Get(request->job_id(), request->shared_region());
+  }
   return new PullReactor(store_, metrics_.get(), context->deadline(), request,
-                         response);
+                         response, std::move(region));
+}
+
+grpc::Status ParameterService::AttachSharedMemory(
+    grpc::ServerContext*, const AttachSharedMemoryRequest* request,
+    AttachSharedMemoryResponse*) {
+  auto region = regions_.Get(request->job_id(), request->region());
+  if (!region.ok()) {
+    Log()->info("job {}: a worker's shared memory not mapped: {}",
+                Quote(request->job_id()), region.status().ToString());
+    return ToGrpcStatus(region.status());
+  }
+  Log()->info("job {}: mapped a worker's shared memory {} ({} bytes)",
+              Quote(request->job_id()), (*region)->region().name(),
+              (*region)->size());
+  return grpc::Status::OK;
 }
 
 grpc::Status ParameterService::CreateJob(grpc::ServerContext*,
@@ -210,6 +310,7 @@ grpc::Status ParameterService::DropJob(grpc::ServerContext*,
                                        DropJobResponse*) {
   absl::Status status = store_->DropJob(
       request->job_id(), request->keep_parameters(), request->view_epoch());
+  if (status.ok()) regions_.DropJob(request->job_id());
   if (status.code() == absl::StatusCode::kAborted) {
     // A failed start attempt's drop, after a later attempt created the job.
     Log()->info("job {}: kept: {}", Quote(request->job_id()),

@@ -7,6 +7,7 @@
 #include "common/metrics.h"
 #include "common/proto.h"
 #include "server/ps/parameter_store.h"
+#include "server/ps/shared_regions.h"
 #include "server/snapshot/snapshot_store.h"
 
 namespace psd {
@@ -29,9 +30,12 @@ class ParameterService final
   // it; with nullptr they are kept in a private registry (tests).
   // `snapshots` (not owned; may be null when the server has no
   // --data_dir) serves RestoreJob and ListSnapshots.
-  explicit ParameterService(ParameterStore* store,
-                            MetricsRegistry* metrics = nullptr,
-                            SnapshotStore* snapshots = nullptr);
+  // `shared_memory` governs the workers' shared-memory regions
+  // (AttachSharedMemory; SharedRegions).
+  explicit ParameterService(
+      ParameterStore* store, MetricsRegistry* metrics = nullptr,
+      SnapshotStore* snapshots = nullptr,
+      SharedRegions::Options shared_memory = SharedRegions::Options());
   ~ParameterService() override;
 
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
@@ -40,6 +44,9 @@ class ParameterService final
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
                                  const PullRequest* request,
                                  PullResponse* response) override;
+  grpc::Status AttachSharedMemory(grpc::ServerContext* context,
+                                  const AttachSharedMemoryRequest* request,
+                                  AttachSharedMemoryResponse* response) override;
   grpc::Status CreateJob(grpc::ServerContext* context,
                          const CreateJobRequest* request,
                          CreateJobResponse* response) override;
@@ -79,7 +86,16 @@ class ParameterService final
   struct Metrics;
 
  private:
+  // The push as the store takes it: gradients read out of the worker's
+  // shared memory (copied once, so what is validated cannot change under
+  // it) and BFLOAT16 widened to FLOAT32, into *storage; `request` itself
+  // when neither applies. Errors: those of SharedRegions::Get, and
+  // INVALID_ARGUMENT for a slice outside the region or a bad dtype.
+  absl::StatusOr<const PushRequest*> StorePushRequest(
+      const PushRequest& request, PushRequest* storage);
+
   ParameterStore* const store_;
+  SharedRegions regions_;
   SnapshotStore* const snapshots_;
   std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
   std::unique_ptr<const Metrics> metrics_;

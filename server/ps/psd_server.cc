@@ -71,6 +71,13 @@ ABSL_FLAG(int64_t, backup_stall_ms, 10000,
           "coordinator still sees it alive) is reported to the coordinator, "
           "which takes it out of the view so the step completes without it; "
           "a state transfer brings it back later, ms; 0 = never.");
+ABSL_FLAG(bool, shared_memory, true,
+          "Let workers on this host carry push and pull tensor bytes through "
+          "their shared memory (/dev/shm) instead of gRPC messages "
+          "(AttachSharedMemory); false: they send them in the messages.");
+ABSL_FLAG(int64_t, shared_memory_max_bytes, int64_t{4} << 30,
+          "The largest worker shared-memory region this server maps, "
+          "bytes; a worker with a larger one sends bytes in the messages.");
 ABSL_FLAG(int64_t, test_stall_replicate_at_step, -1,
           "FOR TESTS ONLY, never in production: this server, as a backup, "
           "stalls while its heartbeats go on: from the first replication of "
@@ -221,7 +228,11 @@ int Main() {
         return store.OnReplicated(task, status);
       },
       &metrics);
-  ParameterService service(&store, &metrics, snapshots.get());
+  SharedRegions::Options shared_memory;
+  shared_memory.enabled = absl::GetFlag(FLAGS_shared_memory);
+  shared_memory.max_region_bytes = static_cast<uint64_t>(
+      std::max<int64_t>(absl::GetFlag(FLAGS_shared_memory_max_bytes), 0));
+  ParameterService service(&store, &metrics, snapshots.get(), shared_memory);
   // Per job: the ranks' clocks and the staleness seen (GetServerStatus has
   // them per rank).
   using JobValue = double (*)(const ServerJobStatus&);

@@ -1,0 +1,80 @@
+// Shared memory between a worker and the parameter servers on its host: a
+// POSIX shared-memory object (shm_open(3), on /dev/shm) that carries the
+// tensor bytes of pushes and pulls instead of the gRPC messages, which then
+// carry only SharedSlice references (proto/parameter_server.proto
+// SharedRegion, SharedSlice). The gRPC API stays the contract: a server
+// that cannot map a worker's region says so, and the worker sends the bytes
+// in the messages. See "Shared memory" in docs/ARCHITECTURE.md.
+//
+// Layout: a 64-byte header whose first 16 bytes are the region's nonce,
+// then whatever the creator lays out (SharedSlice offsets are from the
+// region's start).
+#ifndef PSD_COMMON_SHARED_MEMORY_H_
+#define PSD_COMMON_SHARED_MEMORY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/proto.h"
+
+namespace psd {
+
+class SharedMemory {
+ public:
+  // Bytes before the first slice: the nonce and room to spare.
+  static constexpr uint64_t kHeaderBytes = 64;
+  static constexpr size_t kNonceBytes = 16;
+
+  // Creates a region of `size` bytes (>= kHeaderBytes) named
+  // "/psd-<pid>-<random>", mode 0600, zero-filled, with a fresh random
+  // nonce in its header; it is unlinked when this object is destroyed.
+  // Errors: INVALID_ARGUMENT (size too small), UNAVAILABLE (shm_open,
+  // ftruncate or mmap failed: no /dev/shm, out of memory), with errno's
+  // text.
+  static absl::StatusOr<std::unique_ptr<SharedMemory>> Create(uint64_t size);
+
+  // Maps the region another process on this host created with Create.
+  // Checks, before trusting it: the name's form, that the object is a
+  // regular file owned by this process's effective user, of region.size()
+  // bytes (<= max_size), whose header holds region.nonce(). Errors:
+  // INVALID_ARGUMENT (a malformed name or nonce, naming the field),
+  // RESOURCE_EXHAUSTED (size > max_size), FAILED_PRECONDITION (no such
+  // object here, another owner, size or nonce: not the same host).
+  static absl::StatusOr<std::unique_ptr<SharedMemory>> Attach(
+      const SharedRegion& region, uint64_t max_size);
+
+  // Removes "/psd-<pid>-*" objects whose creator process no longer exists
+  // (a worker that crashed before its destructor unlinked them). Returns
+  // how many were removed. Best effort: errors are ignored.
+  static int RemoveStale();
+
+  ~SharedMemory();
+  SharedMemory(const SharedMemory&) = delete;
+  SharedMemory& operator=(const SharedMemory&) = delete;
+
+  // What a peer needs to attach it.
+  const SharedRegion& region() const { return region_; }
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return region_.size(); }
+
+  // INVALID_ARGUMENT, naming `what` (e.g. "gradients[3].shared"), unless
+  // slice lies inside the region after the header and has `want_size`
+  // bytes.
+  absl::Status CheckSlice(const SharedSlice& slice, uint64_t want_size,
+                          const std::string& what) const;
+
+ private:
+  SharedMemory(SharedRegion region, uint8_t* data, bool owner)
+      : region_(std::move(region)), data_(data), owner_(owner) {}
+
+  const SharedRegion region_;
+  uint8_t* const data_;
+  const bool owner_;  // Created here: unlinked by the destructor.
+};
+
+}  // namespace psd
+
+#endif  // PSD_COMMON_SHARED_MEMORY_H_

@@ -1,0 +1,137 @@
+#include "common/shared_memory.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "catch2/catch.hpp"
+
+namespace psd {
+namespace {
+
+bool Exists(const std::string& name) {
+  const int fd = shm_open(name.c_str(), O_RDONLY, 0);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
+TEST_CASE("SharedMemory: a created region is seen by an attached mapping",
+          "[shared_memory]") {
+  auto created = SharedMemory::Create(4096);
+  REQUIRE(created.ok());
+  const SharedRegion region = (*created)->region();
+  CHECK(region.size() == 4096);
+  CHECK(region.nonce().size() == SharedMemory::kNonceBytes);
+  CHECK(region.name().rfind(absl::StrCat("/psd-", getpid(), "-"), 0) == 0);
+  auto attached = SharedMemory::Attach(region, 1 << 20);
+  REQUIRE(attached.ok());
+  std::memcpy((*created)->data() + 100, "hello", 5);
+  CHECK(std::memcmp((*attached)->data() + 100, "hello", 5) == 0);
+  std::memcpy((*attached)->data() + 200, "back", 4);
+  CHECK(std::memcmp((*created)->data() + 200, "back", 4) == 0);
+  // The creator unlinks it; a mapping stays valid.
+  const std::string name = region.name();
+  created->reset();
+  CHECK_FALSE(Exists(name));
+  CHECK(std::memcmp((*attached)->data() + 100, "hello", 5) == 0);
+}
+
+TEST_CASE("SharedMemory::Attach refuses what is not the worker's region",
+          "[shared_memory]") {
+  auto created = SharedMemory::Create(4096);
+  REQUIRE(created.ok());
+  const SharedRegion good = (*created)->region();
+
+  SharedRegion bad = good;
+  bad.set_nonce(std::string(SharedMemory::kNonceBytes, 'x'));
+  auto s = SharedMemory::Attach(bad, 1 << 20);
+  CHECK(s.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(std::string(s.status().message()).find("nonce") != std::string::npos);
+
+  bad = good;
+  bad.set_size(8192);
+  s = SharedMemory::Attach(bad, 1 << 20);
+  CHECK(s.status().code() == absl::StatusCode::kFailedPrecondition);
+
+  bad = good;
+  bad.set_size(good.size());
+  s = SharedMemory::Attach(bad, 1024);  // over the limit
+  CHECK(s.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(std::string(s.status().message()).find("shared_region.size") !=
+        std::string::npos);
+
+  for (const char* name : {"/etc/passwd", "/psd-1-abc", "psd-1-0123",
+                           "/psd-x-0123456789abcdef0123456789abcdef",
+                           "/psd-1-0123456789ABCDEF0123456789ABCDEF",
+                           "/psd-1-0123456789abcdef0123456789abcdef/../x"}) {
+    bad = good;
+    bad.set_name(name);
+    s = SharedMemory::Attach(bad, 1 << 20);
+    INFO(name);
+    CHECK(s.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.status().message()).find("shared_region.name") !=
+          std::string::npos);
+  }
+  // Well formed, but no such object on this host.
+  bad = good;
+  bad.set_name("/psd-1-0123456789abcdef0123456789abcdef");
+  s = SharedMemory::Attach(bad, 1 << 20);
+  CHECK(s.status().code() == absl::StatusCode::kFailedPrecondition);
+
+  bad = good;
+  bad.set_nonce("short");
+  CHECK(SharedMemory::Attach(bad, 1 << 20).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("SharedMemory::CheckSlice bounds a slice to the region",
+          "[shared_memory]") {
+  auto created = SharedMemory::Create(1024);
+  REQUIRE(created.ok());
+  const SharedMemory& m = **created;
+  SharedSlice slice;
+  slice.set_offset(64);
+  slice.set_size(960);
+  CHECK(m.CheckSlice(slice, 960, "s").ok());
+  CHECK(m.CheckSlice(slice, 959, "s").code() ==
+        absl::StatusCode::kInvalidArgument);
+  slice.set_offset(0);  // over the header
+  slice.set_size(16);
+  CHECK_FALSE(m.CheckSlice(slice, 16, "s").ok());
+  slice.set_offset(1020);
+  slice.set_size(8);
+  CHECK_FALSE(m.CheckSlice(slice, 8, "s").ok());
+  slice.set_offset(UINT64_MAX - 2);  // no wrap-around
+  slice.set_size(8);
+  const absl::Status s = m.CheckSlice(slice, 8, "gradients[0].shared");
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("gradients[0].shared") !=
+        std::string::npos);
+}
+
+TEST_CASE("SharedMemory::RemoveStale unlinks regions of dead processes only",
+          "[shared_memory]") {
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  REQUIRE(child > 0);
+  REQUIRE(waitpid(child, nullptr, 0) == child);
+  const std::string dead =
+      absl::StrCat("/psd-", child, "-0123456789abcdef0123456789abcdef");
+  const int fd = shm_open(dead.c_str(), O_RDWR | O_CREAT, 0600);
+  REQUIRE(fd >= 0);
+  close(fd);
+  auto live = SharedMemory::Create(128);
+  REQUIRE(live.ok());
+  CHECK(SharedMemory::RemoveStale() >= 1);
+  CHECK_FALSE(Exists(dead));
+  CHECK(Exists((*live)->region().name()));
+}
+
+}  // namespace
+}  // namespace psd
