@@ -266,7 +266,9 @@ class PullReactor final : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext* context, const PullRequest* request,
     PullResponse* response) {
-  absl::StatusOr<std::shared_ptr<const SharedMemory>> region;
+  // (A default StatusOr is an error: start from "no region".)
+  absl::StatusOr<std::shared_ptr<const SharedMemory>> region =
+      std::shared_ptr<const SharedMemory>();
   if (request->has_shared_region()) {
     region = regions_.Get(request->job_id(), request->shared_region());
   }
