@@ -142,6 +142,7 @@ JOB
   id=$("${CTL[@]}" submit "$file")
   timeout 900 "${CTL[@]}" watch "$id" >"$WORK/$id.watch" ||
     { cat "$WORK/$id.watch" >&2; echo "job $id did not succeed" >&2; return 1; }
+  "${CTL[@]}" get "$id" >"$CLUSTER_OUT/$id.status.json"
   "${CTL[@]}" delete "$id" >/dev/null
   echo "$id"
 }
@@ -217,8 +218,23 @@ def step_gbs(results, workers):
     gbs = [workers * 2 * floats * 4 / s / 1e9 for s in step_s]
     return statistics.median(gbs), statistics.median(step_s), floats, len(step_s)
 
+def check_job(config, s, r, files):
+    """The job really ran as configured: R replicas of every shard on S
+    servers, and the workers moved every float of the placement."""
+    status = json.load(open(files[0].rsplit(".rank", 1)[0] + ".status.json"))
+    replicas = {1 + len(sh.get("backups", [])) for sh in status["shards"]}
+    if replicas != {int(r)} or len(status["servers"]) != int(s):
+        sys.exit(f"{config}: replicas per shard {replicas}, servers "
+                 f"{len(status['servers'])}; want R={r}, S={s}")
+    placed = sum(int(p["numElements"]) for p in status["placement"]["partitions"])
+    if any(res["kind"] == "tput" and res["floats"] != placed
+           for res in load(files)):
+        sys.exit(f"{config}: a worker moved other than the {placed} floats placed")
+
 echo = {}
 for kind, config, s, w, r, n, *files in rows:
+    if kind in ("tput", "lat"):
+        check_job(config, s, r, files)
     if kind == "echo":
         echo[(int(w), int(n))] = step_gbs(load(files), int(w))
 
@@ -239,7 +255,9 @@ for kind, config, s, w, r, n, *files in rows:
           f"{gbs:>9.3f} {1e3 * step_s:>8.2f} "
           f"{e[0] if e else float('nan'):>9.3f} "
           f"{gbs / e[0] if e else float('nan'):>8.3f} {reps:>4}")
-print("(1x1_R2 runs 2 servers and 1 worker: R=2 needs 2 servers. Echo: W "
+print("(Checked per job: every shard had R replicas on S servers, and every "
+      "worker moved all the placement's floats. 1x1_R2 runs 2 servers and 1 "
+      "worker: R=2 needs 2 servers. Echo: W "
       "clients, each to its own echo server, one message of floats x 4 bytes.)")
 print()
 print("1 KiB push+pull round trip (raw Push + Pull of one 256-float "
