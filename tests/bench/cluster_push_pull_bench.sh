@@ -75,6 +75,7 @@ PIDS=()
 on_exit() {
   local code=$?
   stop_processes "${PIDS[@]}" 2>/dev/null || true
+  rm -rf "$BIN"  # the copies; logs and results stay in $WORK
   if [ $code -ne 0 ]; then
     for f in "$WORK"/*.log; do
       [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }
@@ -203,7 +204,7 @@ done
 echo "echo baseline done; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$MANIFEST" <<'PY'
-import json, statistics, sys
+import json, math, statistics, sys
 
 rows = [l.split() for l in open(sys.argv[1])]
 def load(files):
@@ -267,6 +268,6 @@ for kind, config, s, w, r, n, *files in rows:
     if kind != "lat":
         continue
     us = sorted(load(files)[0]["round_trip_us"])
-    p = lambda q: us[min(len(us) - 1, int(q * len(us)))]
+    p = lambda q: us[max(0, math.ceil(q * len(us)) - 1)]  # nearest rank
     print(f"{config:<8} {s:>2} {r:>2} {p(0.50):>9.1f} {p(0.99):>9.1f} {len(us):>6}")
 PY
