@@ -316,16 +316,16 @@ class BenchAgent {
           a.config().name() == "lat" ? RunLatency(a)
           : a.config().name() == "tput"
               ? RunThroughput(a, &cancel_)
-              : absl::InvalidArgumentError(absl::StrCat(
-                    "job name \"", a.config().name(),
-                    "\": want \"tput\" or \"lat\""));
+              : absl::InvalidArgumentError(
+                    absl::StrCat("job name \"", a.config().name(),
+                                 "\": want \"tput\" or \"lat\""));
       ReportProgressRequest report;
       report.set_job_id(a.job_id());
       report.set_rank(a.rank());
       if (result.ok()) {
-        absl::Status written = WriteResult(
-            *result, absl::StrCat(out_dir_, "/", a.job_id(), ".rank",
-                                  a.rank(), ".json"));
+        absl::Status written =
+            WriteResult(*result, absl::StrCat(out_dir_, "/", a.job_id(),
+                                              ".rank", a.rank(), ".json"));
         if (!written.ok()) result = written;
       }
       if (result.ok()) {
@@ -339,9 +339,8 @@ class BenchAgent {
       ReportProgressResponse response;
       grpc::ClientContext context;
       context.set_deadline(DeadlineIn(std::chrono::seconds(10)));
-      grpc::Status status =
-          membership_->coordinator()->ReportProgress(&context, report,
-                                                     &response);
+      grpc::Status status = membership_->coordinator()->ReportProgress(
+          &context, report, &response);
       if (!status.ok()) {
         Log()->error("job {}: ReportProgress: {}", a.job_id(),
                      status.error_message());
@@ -433,8 +432,8 @@ int RunEcho() {
     grpc::Status status = stub->Echo(&context, request, &response);
     if (!status.ok() || response.data().size() != request.data().size()) {
       return absl::UnavailableError(
-          absl::StrCat("Echo to ", address, ": ", status.error_message(),
-                       " (", response.data().size(), " bytes back)"));
+          absl::StrCat("Echo to ", address, ": ", status.error_message(), " (",
+                       response.data().size(), " bytes back)"));
     }
     return absl::OkStatus();
   };
