@@ -273,7 +273,11 @@ class BenchAgent {
  public:
   explicit BenchAgent(std::string out_dir) : out_dir_(std::move(out_dir)) {}
 
-  ~BenchAgent() {
+  ~BenchAgent() { Stop(); }
+
+  // Cancels the benchmark in progress and joins the thread. Call before the
+  // Membership passed to Start() is destroyed. Idempotent.
+  void Stop() {
     {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
@@ -319,6 +323,7 @@ class BenchAgent {
               : absl::InvalidArgumentError(
                     absl::StrCat("job name \"", a.config().name(),
                                  "\": want \"tput\" or \"lat\""));
+      if (cancel_) return;  // Stop(): nothing to report
       ReportProgressRequest report;
       report.set_job_id(a.job_id());
       report.set_rank(a.rank());
@@ -383,8 +388,10 @@ int RunWorker() {
     return StartupError(joined);
   }
   agent.Start(&membership);
-  return ServeUntilShutdownSignal(&*rpc, absl::GetFlag(FLAGS_port_file),
-                                  std::chrono::seconds(1));
+  const int code = ServeUntilShutdownSignal(
+      &*rpc, absl::GetFlag(FLAGS_port_file), std::chrono::seconds(1));
+  agent.Stop();  // its thread uses `membership`, destroyed first
+  return code;
 }
 
 class EchoService final : public bench::Echo::Service {
