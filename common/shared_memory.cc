@@ -2,7 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -98,15 +98,18 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Create(
     return absl::UnavailableError(absl::StrCat(
         "shared memory: shm_open ", region.name(), ": ", ErrnoText(errno)));
   }
+  // Held while this process lives (RemoveStale), taken before the object
+  // has a size.
   uint8_t* data = nullptr;
   int error = 0;
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+      ftruncate(fd, static_cast<off_t>(size)) != 0) {
     error = errno;
   } else if ((data = Map(fd, size)) == nullptr) {
     error = errno;
   }
-  close(fd);
   if (data == nullptr) {
+    close(fd);
     shm_unlink(region.name().c_str());
     return absl::UnavailableError(absl::StrCat(
         "shared memory: cannot create ", size, " bytes at ", region.name(),
@@ -114,7 +117,7 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Create(
   }
   std::memcpy(data, nonce.data(), nonce.size());
   return std::unique_ptr<SharedMemory>(
-      new SharedMemory(std::move(region), data, /*owner=*/true));
+      new SharedMemory(std::move(region), data, fd));
 }
 
 absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Attach(
@@ -173,8 +176,7 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Attach(
     return absl::FailedPreconditionError(
         absl::StrCat("shared_region: ", region.name(), ": ", why));
   }
-  return std::unique_ptr<SharedMemory>(
-      new SharedMemory(region, data, /*owner=*/false));
+  return std::unique_ptr<SharedMemory>(new SharedMemory(region, data, -1));
 }
 
 int SharedMemory::RemoveStale() {
@@ -182,11 +184,19 @@ int SharedMemory::RemoveStale() {
   if (dir == nullptr) return 0;
   int removed = 0;
   while (const dirent* entry = readdir(dir)) {
-    const int64_t pid = ParseName(entry->d_name, /*with_slash=*/false);
-    if (pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) {
-      continue;
+    if (ParseName(entry->d_name, /*with_slash=*/false) <= 0) continue;
+    // Its creator holds a lock on it while it lives, in whatever pid
+    // namespace (the pid in the name is only informative). One of size 0
+    // may be a creator between shm_open and flock: left alone.
+    const std::string name = absl::StrCat("/", entry->d_name);
+    const int fd = shm_open(name.c_str(), O_RDONLY, 0);
+    if (fd < 0) continue;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_size > 0 &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0 && shm_unlink(name.c_str()) == 0) {
+      ++removed;
     }
-    if (shm_unlink(absl::StrCat("/", entry->d_name).c_str()) == 0) ++removed;
+    close(fd);
   }
   closedir(dir);
   return removed;
@@ -194,7 +204,10 @@ int SharedMemory::RemoveStale() {
 
 SharedMemory::~SharedMemory() {
   munmap(data_, region_.size());
-  if (owner_) shm_unlink(region_.name().c_str());
+  if (lock_fd_ >= 0) {
+    shm_unlink(region_.name().c_str());
+    close(lock_fd_);
+  }
 }
 
 absl::Status SharedMemory::CheckSlice(const SharedSlice& slice,

@@ -46,9 +46,11 @@ class SharedMemory {
   static absl::StatusOr<std::unique_ptr<SharedMemory>> Attach(
       const SharedRegion& region, uint64_t max_size);
 
-  // Removes "/psd-<pid>-*" objects whose creator process no longer exists
-  // (a worker that crashed before its destructor unlinked them). Returns
-  // how many were removed. Best effort: errors are ignored.
+  // Removes "/psd-*" objects whose creator process no longer exists (a
+  // worker that crashed before its destructor unlinked them): a creator
+  // holds an flock(2) on its object while it lives, so this works across
+  // pid namespaces sharing /dev/shm. Returns how many were removed. Best
+  // effort: errors are ignored.
   static int RemoveStale();
 
   ~SharedMemory();
@@ -67,12 +69,14 @@ class SharedMemory {
                           const std::string& what) const;
 
  private:
-  SharedMemory(SharedRegion region, uint8_t* data, bool owner)
-      : region_(std::move(region)), data_(data), owner_(owner) {}
+  SharedMemory(SharedRegion region, uint8_t* data, int lock_fd)
+      : region_(std::move(region)), data_(data), lock_fd_(lock_fd) {}
 
   const SharedRegion region_;
   uint8_t* const data_;
-  const bool owner_;  // Created here: unlinked by the destructor.
+  // Created here: the descriptor holding the creator's flock, and the
+  // destructor unlinks the object; -1 when attached.
+  const int lock_fd_;
 };
 
 }  // namespace psd

@@ -117,20 +117,47 @@ TEST_CASE("SharedMemory::CheckSlice bounds a slice to the region",
 
 TEST_CASE("SharedMemory::RemoveStale unlinks regions of dead processes only",
           "[shared_memory]") {
-  const pid_t child = fork();
-  if (child == 0) _exit(0);
-  REQUIRE(child > 0);
-  REQUIRE(waitpid(child, nullptr, 0) == child);
+  // A region whose creator died: nobody holds its lock. Its pid is this
+  // process's (as another pid namespace would show a live pid), so only the
+  // lock can tell.
   const std::string dead =
-      absl::StrCat("/psd-", child, "-0123456789abcdef0123456789abcdef");
+      absl::StrCat("/psd-", getpid(), "-0123456789abcdef0123456789abcdef");
   const int fd = shm_open(dead.c_str(), O_RDWR | O_CREAT, 0600);
   REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, 128) == 0);
   close(fd);
+  // Live regions, one of them created by a child that still runs.
   auto live = SharedMemory::Create(128);
   REQUIRE(live.ok());
+  int ready[2], done[2];
+  REQUIRE(pipe(ready) == 0);
+  REQUIRE(pipe(done) == 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    close(done[1]);  // else the read below never sees the parent's close
+    close(ready[0]);
+    auto mine = SharedMemory::Create(128);
+    const std::string name = mine.ok() ? (*mine)->region().name() : "";
+    (void)!write(ready[1], name.data(), name.size());
+    close(ready[1]);
+    char c;
+    (void)!read(done[0], &c, 1);
+    _exit(0);
+  }
+  close(ready[1]);
+  close(done[0]);
+  char buf[128];
+  const ssize_t n = read(ready[0], buf, sizeof(buf));
+  REQUIRE(n > 0);
+  const std::string childs(buf, static_cast<size_t>(n));
   CHECK(SharedMemory::RemoveStale() >= 1);
   CHECK_FALSE(Exists(dead));
   CHECK(Exists((*live)->region().name()));
+  CHECK(Exists(childs));
+  close(done[1]);  // the child exits; its destructor never ran
+  REQUIRE(waitpid(child, nullptr, 0) == child);
+  CHECK(SharedMemory::RemoveStale() >= 1);
+  CHECK_FALSE(Exists(childs));
 }
 
 }  // namespace

@@ -7,6 +7,9 @@
 #
 #   deploy/run_local.sh [--job FILE] [--servers N] [--workers N]
 #                       [--replication R] [--out FILE]
+#                       [--server-flag FLAG]... [--worker-flag FLAG]...
+#   (--server-flag/--worker-flag: one more flag for every psd_server or
+#   psd_worker, e.g. --worker-flag=--shared_memory=false)
 #
 # Logs go to a fresh folder under /tmp (printed at the start).
 set -euo pipefail
@@ -17,14 +20,20 @@ SERVERS=3
 WORKERS=2
 REPLICATION=2
 OUT=out/fashion_mnist_mlp.safetensors
+SERVER_FLAGS=()
+WORKER_FLAGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --server-flag) SERVER_FLAGS+=("$2"); shift 2 ;;
+    --server-flag=*) SERVER_FLAGS+=("${1#--server-flag=}"); shift ;;
+    --worker-flag) WORKER_FLAGS+=("$2"); shift 2 ;;
+    --worker-flag=*) WORKER_FLAGS+=("${1#--worker-flag=}"); shift ;;
     --job) JOB="$2"; shift 2 ;;
     --servers) SERVERS="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
     --replication) REPLICATION="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,12 +74,12 @@ COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
   { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })
 for i in $(seq "$SERVERS"); do
   "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" $(metrics_flags server$i) \
-    2>"$RUN_DIR/server$i.log" &
+    ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} 2>"$RUN_DIR/server$i.log" &
   PIDS+=($!)
 done
 for i in $(seq "$WORKERS"); do
   "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" $(metrics_flags worker$i) \
-    2>"$RUN_DIR/worker$i.log" &
+    ${WORKER_FLAGS[@]+"${WORKER_FLAGS[@]}"} 2>"$RUN_DIR/worker$i.log" &
   PIDS+=($!)
 done
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")

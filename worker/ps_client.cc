@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -130,7 +131,7 @@ absl::Status ParameterClient::Route(const Assignment& assignment) {
 
 bool ParameterClient::SharedWith(const std::string& address,
                                  ParameterServer::Stub* stub) {
-  if (shm_ == nullptr) return false;
+  if (shm_ == nullptr || shm_failed_) return false;
   auto [it, first] = shared_with_.try_emplace(address, false);
   if (!first) return it->second;
   AttachSharedMemoryRequest request;
@@ -571,6 +572,19 @@ absl::Status ParameterClient::WithFailover(
                   job_id_, rank_,
                   absl::ToInt64Milliseconds(absl::Now() - first_failure),
                   view_epoch_);
+    }
+    if (!status.ok() && shm_ != nullptr &&
+        absl::StrContains(status.message(), "shared_region")) {
+      // A server can no longer map our region (e.g. its name was removed
+      // from /dev/shm): from now on every tensor goes in the messages,
+      // and the call is made again that way.
+      Log()->warn("job {} rank {}: shared memory failed ({}); tensors go in "
+                  "the messages from now on", job_id_, rank_,
+                  std::string(status.message()));
+      for (auto& t : targets_) SetTransport(t.get(), false);
+      for (auto& [address, shared] : shared_with_) shared = false;
+      shm_failed_ = true;
+      continue;
     }
     if (status.ok() || options_.views == nullptr) return status;
     if (first_failure == absl::Time()) first_failure = absl::Now();

@@ -187,6 +187,7 @@ class ParameterClient {
   // Shared memory (options_.shared_memory): null when off or not created.
   std::unique_ptr<SharedMemory> shm_;
   std::map<std::string, bool> shared_with_;  // by server address
+  bool shm_failed_ = false;  // a server refused it mid-job: off for good
   bool pushed_ = false;  // targets' push requests hold the last push
   // The open push (BeginPush .. FinishPush); push_calls_ null when none.
   std::unique_ptr<Calls> push_calls_;
