@@ -16,6 +16,9 @@ weight decay 5e-4, global batch 128, shuffled every epoch.
   single: one process, batch 128.
   ddp:    torch.nn.parallel.DistributedDataParallel, gloo on 127.0.0.1,
           2 processes x batch 64 (DistributedSampler).
+  step:   no training: the median time of one forward and backward pass
+          of batch --batch (64), like tests/bench/mlp_step_bench (prints
+          {"mode": "step", "median_us": ..., "us_per_sample": ...}).
 
 Time runs from the first training step to the end of the epoch whose test
 accuracy (all 10,000 test images, evaluated after every epoch, by rank 0
@@ -26,7 +29,7 @@ OpenBLAS threads: Debian's OpenBLAS is the pthread build and ignores
 torch.set_num_threads, so OPENBLAS_NUM_THREADS/OMP_NUM_THREADS must be set
 before torch is imported; this script sets both to --threads (default 1).
 
-Usage: tests/bench/torch_baseline.py --mode single|ddp [--epochs 8]
+Usage: tests/bench/torch_baseline.py --mode single|ddp|step [--epochs 8]
        [--target 0.88] [--threads 1] [--data_dir DIR] [--seed 0]
 """
 import argparse
@@ -39,7 +42,9 @@ import time
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=["single", "ddp"], required=True)
+    p.add_argument("--mode", choices=["single", "ddp", "step"], required=True)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--passes", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--target", type=float, default=0.88)
     p.add_argument("--threads", type=int, default=1)
@@ -159,7 +164,32 @@ def ddp_rank(rank, data, queue):
         queue.put(result)
 
 
+def step_time():
+    """Median microseconds of one forward + backward pass (no optimizer)."""
+    torch.set_num_threads(ARGS.threads)
+    model = make_model(ARGS.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.randn(ARGS.batch, 784)
+    y = torch.arange(ARGS.batch) % 10
+    times = []
+    for i in range(ARGS.passes + 50):
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        if i >= 50:
+            times.append((time.perf_counter() - start) * 1e6)
+    times.sort()
+    median = times[len(times) // 2]
+    return {"mode": "step", "batch": ARGS.batch, "median_us": round(median, 1),
+            "min_us": round(times[0], 1),
+            "us_per_sample": round(median / ARGS.batch, 2),
+            "threads": ARGS.threads, "torch": torch.__version__}
+
+
 def main():
+    if ARGS.mode == "step":
+        print(json.dumps(step_time()), flush=True)
+        return 0
     data = load(ARGS.data_dir)
     if ARGS.mode == "single":
         result = {}
