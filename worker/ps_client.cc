@@ -74,6 +74,7 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     target->push.set_job_id(client->job_id_);
     target->push.set_worker_rank(client->rank_);
     target->push.add_gradients()->set_partition_id(part.id());
+    target->push.set_pull_next(options.pull_with_push);
     target->pull.set_job_id(client->job_id_);
     target->pull.set_worker_rank(client->rank_);
     target->pull.add_partition_ids(part.id());
@@ -172,8 +173,11 @@ void ParameterClient::SetTransport(Target* t, bool shared) {
     *t->pull.mutable_shared_region() = shm_->region();
     t->pull.clear_shared();
     *t->pull.add_shared() = t->pull_slice;
+    t->push.clear_pull_shared();
+    if (t->push.pull_next()) *t->push.add_pull_shared() = t->pull_slice;
   } else {
     t->push.clear_shared_region();
+    t->push.clear_pull_shared();
     t->pull.clear_shared_region();
     t->pull.clear_shared();
     g->clear_shared();
@@ -364,27 +368,40 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
   }
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
-  const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
-  PSD_RETURN_IF_ERROR(WithFailover([&] { return RunAll(
-      all, options_, view_epoch_, "pull",
-      [&](Target* t, grpc::ClientContext* context, auto done) {
-        t->pull.set_step(step);
-        t->pull.set_latest(latest);
-        context->set_deadline(DeadlineIn(timeout));
-        t->stub->async()->Pull(context, &t->pull, &t->pull_response,
-                               std::move(done));
-      }); }, /*repush=*/true));
+  // The last push asked for these parameters (pull_next): they came with
+  // its responses.
+  // (A server that does not know pull_next answers the push alone: then
+  // the pull is a call of its own.)
+  const bool prefetched =
+      !latest && prefetched_step_ == step &&
+      std::all_of(all.begin(), all.end(),
+                  [](Target* t) { return t->push_response.has_pulled(); });
+  prefetched_step_ = -1;
+  if (!prefetched) {
+    const auto timeout = std::chrono::milliseconds(options_.pull_timeout_ms);
+    PSD_RETURN_IF_ERROR(WithFailover([&] { return RunAll(
+        all, options_, view_epoch_, "pull",
+        [&](Target* t, grpc::ClientContext* context, auto done) {
+          t->pull.set_step(step);
+          t->pull.set_latest(latest);
+          context->set_deadline(DeadlineIn(timeout));
+          t->stub->async()->Pull(context, &t->pull, &t->pull_response,
+                                 std::move(done));
+        }); }, /*repush=*/true));
+  }
   int64_t lowest = INT64_MAX;
   int64_t lowest_clock = INT64_MAX;
   for (Target* t : all) {
     const Partition& part = t->partition;
-    if (t->pull_response.parameters_size() != 1) {
+    const PullResponse& response =
+        prefetched ? t->push_response.pulled() : t->pull_response;
+    if (response.parameters_size() != 1) {
       return absl::DataLossError(absl::StrCat(
           "pull: server ", t->server, " returned ",
-          t->pull_response.parameters_size(), " tensors for partition ",
+          response.parameters_size(), " tensors for partition ",
           part.id()));
     }
-    const PartitionTensor& returned = t->pull_response.parameters(0);
+    const PartitionTensor& returned = response.parameters(0);
     const std::string what = absl::StrCat("pull response of partition ", part.id());
     const uint8_t* bytes;
     if (returned.has_shared()) {  // the server wrote our pull slice
@@ -411,8 +428,8 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
       std::memcpy(out[part.parameter()] + part.offset(), bytes,
                   part.num_elements() * sizeof(float));
     }
-    lowest = std::min(lowest, t->pull_response.step());
-    lowest_clock = std::min(lowest_clock, t->pull_response.clock());
+    lowest = std::min(lowest, response.step());
+    lowest_clock = std::min(lowest_clock, response.clock());
   }
   if (step_out != nullptr) *step_out = lowest == INT64_MAX ? step : lowest;
   if (clock_out != nullptr) {
@@ -456,8 +473,9 @@ absl::Status ParameterClient::BeginPush(int64_t step) {
         " is open (FinishPush it first)"));
   }
   push_calls_ = std::make_unique<Calls>(options_, view_epoch_, "push",
-                                        PushCall(options_.push_timeout_ms));
+                                        PushCall(PushTimeoutMs()));
   push_step_ = step;
+  prefetched_step_ = -1;  // the push responses are about to be overwritten
   push_given_.assign(sizes_.size(), false);
   push_error_ = absl::OkStatus();
   pushed_ = false;  // The requests are being overwritten.
@@ -541,7 +559,7 @@ absl::Status ParameterClient::FinishPush() {
   // A failure of these calls goes through the failover like any push: on
   // the new view, the whole push is sent again (Repush).
   bool waited = false;
-  return WithFailover(
+  PSD_RETURN_IF_ERROR(WithFailover(
       [&] {
         if (!waited) {
           waited = true;
@@ -549,14 +567,22 @@ absl::Status ParameterClient::FinishPush() {
         }
         return Repush();
       },
-      /*repush=*/false);
+      /*repush=*/false));
+  if (options_.pull_with_push) prefetched_step_ = push_step_ + 1;
+  return absl::OkStatus();
 }
 
 absl::Status ParameterClient::Repush() {
   std::vector<Target*> all;
   for (auto& t : targets_) all.push_back(t.get());
-  return RunAll(all, options_, view_epoch_, "push",
-                PushCall(options_.push_timeout_ms));
+  return RunAll(all, options_, view_epoch_, "push", PushCall(PushTimeoutMs()));
+}
+
+int ParameterClient::PushTimeoutMs() const {
+  // A push that also pulls waits like a pull, for the slowest rank.
+  return options_.pull_with_push
+             ? std::max(options_.push_timeout_ms, options_.pull_timeout_ms)
+             : options_.push_timeout_ms;
 }
 
 absl::Status ParameterClient::WithFailover(

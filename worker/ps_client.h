@@ -64,6 +64,12 @@ struct ParameterClientOptions {
   // off) gets the bytes in the messages. Pushed and pulled values are the
   // same either way. Default: true.
   bool shared_memory = true;
+  // Each push also asks for the parameters of the next step
+  // (PushRequest.pull_next), so the push of step s and the pull of step
+  // s + 1 are one call per partition, and Pull(s + 1) right after
+  // FinishPush is answered from the push responses without a call. The
+  // push then waits like a pull (pull_timeout_ms). Default: true.
+  bool pull_with_push = true;
 };
 
 // One rank's view of a job's parameters. Parameters are whole tensors
@@ -164,6 +170,8 @@ class ParameterClient {
                             bool repush);
   // Sends the last push again (after a failover).
   absl::Status Repush();
+  // A push's deadline, ms.
+  int PushTimeoutMs() const;
   // INVALID_ARGUMENT unless `elements` == sizes_[tensor].
   absl::Status CheckTensorSize(size_t tensor, size_t elements) const;
   // Whether the server at `address` maps shm_ (asked once per address).
@@ -188,6 +196,9 @@ class ParameterClient {
   std::unique_ptr<SharedMemory> shm_;
   std::map<std::string, bool> shared_with_;  // by server address
   bool shm_failed_ = false;  // a server refused it mid-job: off for good
+  // The step whose parameters the last FinishPush brought (pull_with_push),
+  // still in the targets' push responses; -1 when none.
+  int64_t prefetched_step_ = -1;
   bool pushed_ = false;  // targets' push requests hold the last push
   // The open push (BeginPush .. FinishPush); push_calls_ null when none.
   std::unique_ptr<Calls> push_calls_;

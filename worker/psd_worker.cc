@@ -51,6 +51,10 @@ ABSL_FLAG(bool, shared_memory, true,
           "memory (/dev/shm) with the parameter servers on this host that "
           "agree to map it; the others get them in gRPC messages. false: "
           "always in the messages.");
+ABSL_FLAG(bool, pull_with_push, true,
+          "Each step's push also asks for the next step's parameters, so "
+          "one call per partition per step does both (PushRequest.pull_next); "
+          "false: a push and a pull call each (same results).");
 ABSL_FLAG(int, test_slow_ms_per_step, 0,
           "FOR TESTS ONLY: sleep this many ms in every training step, to make "
           "this worker artificially slow (the SSP test). Default 0.");
@@ -261,6 +265,7 @@ int Main() {
   trainer.test_slow_ms_per_step = absl::GetFlag(FLAGS_test_slow_ms_per_step);
   trainer.overlap_push = absl::GetFlag(FLAGS_overlap_push);
   trainer.shared_memory = absl::GetFlag(FLAGS_shared_memory);
+  trainer.pull_with_push = absl::GetFlag(FLAGS_pull_with_push);
   if (trainer.shared_memory) {
     // Regions left by workers that crashed before unlinking theirs.
     if (const int removed = SharedMemory::RemoveStale(); removed > 0) {

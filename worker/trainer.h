@@ -55,6 +55,9 @@ struct TrainerOptions {
   // Carry tensor bytes through shared memory with the parameter servers on
   // this host (ParameterClientOptions::shared_memory). Default: true.
   bool shared_memory = true;
+  // One call per partition per step for the push and the next pull
+  // (ParameterClientOptions::pull_with_push). Default: true.
+  bool pull_with_push = true;
   // Where view changes come from (failover of a primary; see
   // ParameterClientOptions::views). Not owned. Default: none.
   ViewSource* views = nullptr;

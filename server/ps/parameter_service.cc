@@ -84,88 +84,6 @@ ParameterService::ParameterService(ParameterStore* store,
 
 ParameterService::~ParameterService() = default;
 
-grpc::ServerUnaryReactor* ParameterService::Push(
-    grpc::CallbackServerContext* context, const PushRequest* request,
-    PushResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const auto start = std::chrono::steady_clock::now();
-  metrics_->push_requests->Increment();
-  metrics_->push_bytes->Increment(request->ByteSizeLong());
-  PushRequest storage;
-  absl::StatusOr<const PushRequest*> taken = StorePushRequest(*request, &storage);
-  if (!taken.ok()) {
-    metrics_->push_latency->Observe(SecondsSince(start));
-    metrics_->push_errors->Increment();
-    reactor->Finish(ToGrpcStatus(taken.status()));
-    return reactor;
-  }
-  auto result = store_->Push(**taken);
-  metrics_->push_latency->Observe(SecondsSince(start));
-  if (!result.ok()) {
-    metrics_->push_errors->Increment();
-    Log()->debug("push rejected: job {} rank {} step {}: {}", Quote(request->job_id()),
-                 request->worker_rank(), request->step(),
-                 result.status().ToString());
-    reactor->Finish(ToGrpcStatus(result.status()));
-    return reactor;
-  }
-  *response = *std::move(result);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
-}
-
-absl::StatusOr<const PushRequest*> ParameterService::StorePushRequest(
-    const PushRequest& request, PushRequest* storage) {
-  const bool bfloat16 = std::any_of(
-      request.gradients().begin(), request.gradients().end(),
-      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
-  if (!bfloat16 && !request.has_shared_region()) return &request;
-  std::shared_ptr<const SharedMemory> region;
-  if (request.has_shared_region()) {
-    PSD_ASSIGN_OR_RETURN(region,
-                         regions_.Get(request.job_id(), request.shared_region()));
-  }
-  // Everything but the gradients (a new PushRequest field goes here too).
-  storage->set_job_id(request.job_id());
-  storage->set_worker_rank(request.worker_rank());
-  storage->set_step(request.step());
-  storage->set_view_epoch(request.view_epoch());
-  uint64_t shared_bytes = 0;
-  for (int i = 0; i < request.gradients_size(); ++i) {
-    const PartitionTensor& g = request.gradients(i);
-    const std::string what = absl::StrCat("gradients[", i, "] (partition ",
-                                          g.partition_id(), ")");
-    PartitionTensor* out = storage->add_gradients();
-    out->set_partition_id(g.partition_id());
-    Tensor* tensor = out->mutable_tensor();
-    if (g.has_shared()) {
-      if (region == nullptr) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(what, ".shared: set without shared_region"));
-      }
-      PSD_RETURN_IF_ERROR(
-          region->CheckSlice(g.shared(), g.shared().size(), what + ".shared"));
-      tensor->set_dtype(g.tensor().dtype());
-      *tensor->mutable_shape() = g.tensor().shape();
-      tensor->mutable_data()->assign(
-          reinterpret_cast<const char*>(region->data() + g.shared().offset()),
-          g.shared().size());
-      shared_bytes += g.shared().size();
-      if (tensor->dtype() == BFLOAT16) {
-        PSD_RETURN_IF_ERROR(WidenToFloat32(tensor, what));
-      }
-    } else if (g.tensor().dtype() == BFLOAT16) {
-      // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to
-      // float32 here, exactly; the store sums and applies float32 only.
-      PSD_RETURN_IF_ERROR(WidenToFloat32(g.tensor(), tensor, what));
-    } else {
-      *tensor = g.tensor();
-    }
-  }
-  metrics_->shared_memory_bytes->Increment(shared_bytes);
-  return storage;
-}
-
 namespace {
 
 // One pull: finishes when the store answers it; a client that cancels (or
@@ -178,8 +96,10 @@ class PullReactor final : public grpc::ServerUnaryReactor {
   PullReactor(ParameterStore* store, const ParameterService::Metrics* metrics,
               std::chrono::system_clock::time_point deadline,
               const PullRequest* request, PullResponse* response,
-              absl::StatusOr<std::shared_ptr<const SharedMemory>> region)
-      : store_(store),
+              absl::StatusOr<std::shared_ptr<const SharedMemory>> region,
+              std::unique_ptr<const PullRequest> owned = nullptr)
+      : owned_(std::move(owned)),
+        store_(store),
         metrics_(metrics),
         start_(std::chrono::steady_clock::now()),
         job_id_(request->job_id()),
@@ -252,6 +172,9 @@ class PullReactor final : public grpc::ServerUnaryReactor {
     return absl::OkStatus();
   }
 
+  // The request, when this reactor made it (a push's pull_next); else
+  // gRPC owns it.
+  const std::unique_ptr<const PullRequest> owned_;
   std::shared_ptr<const SharedMemory> region_;  // null: bytes in messages
   ParameterStore* const store_;
   const ParameterService::Metrics* const metrics_;
@@ -262,6 +185,113 @@ class PullReactor final : public grpc::ServerUnaryReactor {
 };
 
 }  // namespace
+
+absl::Status ParameterService::TakePush(const PushRequest& request,
+                                        PushResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
+  metrics_->push_requests->Increment();
+  metrics_->push_bytes->Increment(request.ByteSizeLong());
+  PushRequest storage;
+  absl::StatusOr<const PushRequest*> taken = StorePushRequest(request, &storage);
+  absl::StatusOr<PushResponse> result =
+      taken.ok() ? store_->Push(**taken) : taken.status();
+  metrics_->push_latency->Observe(SecondsSince(start));
+  if (!result.ok()) {
+    metrics_->push_errors->Increment();
+    Log()->debug("push rejected: job {} rank {} step {}: {}",
+                 Quote(request.job_id()), request.worker_rank(),
+                 request.step(), result.status().ToString());
+    return result.status();
+  }
+  *response = *std::move(result);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* ParameterService::Push(
+    grpc::CallbackServerContext* context, const PushRequest* request,
+    PushResponse* response) {
+  absl::Status pushed = TakePush(*request, response);
+  if (pushed.ok() && request->pull_next() &&
+      request->step() < INT64_MAX) {  // step + 1 stays an int64
+    // The pull of step + 1, answered in response->pulled by a PullReactor.
+    auto pull = std::make_unique<PullRequest>();
+    pull->set_job_id(request->job_id());
+    pull->set_worker_rank(request->worker_rank());
+    pull->set_step(request->step() + 1);
+    pull->set_view_epoch(request->view_epoch());
+    for (const PartitionTensor& g : request->gradients()) {
+      pull->add_partition_ids(g.partition_id());
+    }
+    absl::StatusOr<std::shared_ptr<const SharedMemory>> region =
+        std::shared_ptr<const SharedMemory>();
+    if (request->has_shared_region()) {
+      *pull->mutable_shared_region() = request->shared_region();
+      *pull->mutable_shared() = request->pull_shared();
+      region = regions_.Get(request->job_id(), request->shared_region());
+    }
+    const PullRequest* raw = pull.get();
+    return new PullReactor(store_, metrics_.get(), context->deadline(), raw,
+                           response->mutable_pulled(), std::move(region),
+                           std::move(pull));
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(pushed));
+  return reactor;
+}
+
+absl::StatusOr<const PushRequest*> ParameterService::StorePushRequest(
+    const PushRequest& request, PushRequest* storage) {
+  const bool bfloat16 = std::any_of(
+      request.gradients().begin(), request.gradients().end(),
+      [](const PartitionTensor& g) { return g.tensor().dtype() == BFLOAT16; });
+  if (!bfloat16 && !request.has_shared_region()) return &request;
+  std::shared_ptr<const SharedMemory> region;
+  if (request.has_shared_region()) {
+    PSD_ASSIGN_OR_RETURN(region,
+                         regions_.Get(request.job_id(), request.shared_region()));
+  }
+  // Everything but the gradients (a new PushRequest field goes here too).
+  storage->set_job_id(request.job_id());
+  storage->set_worker_rank(request.worker_rank());
+  storage->set_step(request.step());
+  storage->set_view_epoch(request.view_epoch());
+  uint64_t shared_bytes = 0;
+  for (int i = 0; i < request.gradients_size(); ++i) {
+    const PartitionTensor& g = request.gradients(i);
+    const std::string what = absl::StrCat("gradients[", i, "] (partition ",
+                                          g.partition_id(), ")");
+    PartitionTensor* out = storage->add_gradients();
+    out->set_partition_id(g.partition_id());
+    Tensor* tensor = out->mutable_tensor();
+    if (g.has_shared()) {
+      if (region == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ".shared: set without shared_region"));
+      }
+      PSD_RETURN_IF_ERROR(
+          region->CheckSlice(g.shared(), g.shared().size(), what + ".shared"));
+      tensor->set_dtype(g.tensor().dtype());
+      *tensor->mutable_shape() = g.tensor().shape();
+      tensor->mutable_data()->assign(
+          reinterpret_cast<const char*>(region->data() + g.shared().offset()),
+          g.shared().size());
+      shared_bytes += g.shared().size();
+      if (tensor->dtype() == BFLOAT16) {
+        PSD_RETURN_IF_ERROR(WidenToFloat32(tensor, what));
+      }
+    } else if (g.tensor().dtype() == BFLOAT16) {
+      // BFLOAT16 gradients (JobConfig.gradient_dtype) are widened to
+      // float32 here, exactly; the store sums and applies float32 only.
+      PSD_RETURN_IF_ERROR(WidenToFloat32(g.tensor(), tensor, what));
+    } else {
+      *tensor = g.tensor();
+    }
+  }
+  metrics_->shared_memory_bytes->Increment(shared_bytes);
+  return storage;
+}
+
+
 
 grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext* context, const PullRequest* request,

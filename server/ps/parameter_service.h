@@ -93,6 +93,9 @@ class ParameterService final
   // INVALID_ARGUMENT for a slice outside the region or a bad dtype.
   absl::StatusOr<const PushRequest*> StorePushRequest(
       const PushRequest& request, PushRequest* storage);
+  // Validates and takes a push (StorePushRequest, ParameterStore::Push),
+  // counting it in the push metrics.
+  absl::Status TakePush(const PushRequest& request, PushResponse* response);
 
   ParameterStore* const store_;
   SharedRegions regions_;
