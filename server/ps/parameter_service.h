@@ -17,7 +17,10 @@ namespace psd {
 // in flight). Push validates and applies on the callback thread (CPU work on
 // one partition, no I/O). A pull waiting for a step holds no thread, and
 // ends when the step is reached, the job is dropped, or the client cancels
-// or passes its deadline. CreateJob and DropJob use the sync API.
+// or passes its deadline; so does a push with pull_next, which is answered
+// like a pull of the next step once its push is taken. Tensor bytes may
+// come and go through a worker's shared memory (SharedRegions). CreateJob
+// and DropJob use the sync API.
 // Counts push and pull calls, their bytes, errors and latency in the
 // psd_server_push_* and psd_server_pull_* metrics; the hot path only
 // touches atomics, and nothing is logged per call.
