@@ -21,6 +21,9 @@
 #   ROUNDS default 3, TARGET default 0.88. PyTorch runs 10 epochs (it may
 #   need more than psd's 8 to reach the target); the psd job is
 #   deploy/jobs/fashion_mnist_mlp.textproto unless PSD_ARGS has --job.
+#   With PSD_BASELINE_ARGS set (run_local.sh arguments, e.g.
+#   "--worker-flag=--shared_memory=false"), each round also runs psd with
+#   them ("psd_base"), for a before/after ratio in the same run.
 # Needs python3-torch (Debian); installs it with apt-get when it is missing
 # (the test suite never needs it). Run from anywhere in the repository.
 set -euo pipefail
@@ -39,10 +42,11 @@ fi
 echo "==> machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "==> torch $("$PY" -c 'import torch; print(torch.__version__)'), $(date -u +%FT%TZ)"
 
-# psd_run: one quick start; prints "time_s epoch_s final_acc checksum".
+# psd_run [RUN_LOCAL_ARGS...]: one quick start; prints "time_s epoch_s
+# final_acc checksum".
 psd_run() {
   local out dir log
-  out=$(./deploy/run_local.sh "${PSD_ARGS[@]}" 2>&1) || { echo "$out" >&2; return 1; }
+  out=$(./deploy/run_local.sh "$@" 2>&1) || { echo "$out" >&2; return 1; }
   dir=$(echo "$out" | sed -n 's/.*(logs: \(\/tmp\/psd-local\.[A-Za-z0-9]*\)).*/\1/p' | head -1)
   log=$(grep -l "epoch 0 done" "$dir"/worker*.log | head -1)
   local checksum
@@ -64,34 +68,43 @@ for line in open(log):
         if reached is None and float(m.group(2)) >= target:
             reached = ts(line) - start
 per_epoch = (epochs[-1][0] - start) / len(epochs)
-print(f"{reached if reached is not None else 'nan'} {per_epoch:.3f} "
+print(f"{reached if reached is not None else float('nan'):.3f} {per_epoch:.3f} "
       f"{epochs[-1][1]:.4f} {checksum or '-'}")
 PY
 }
 
 # torch_run MODE: prints "time_s epoch_s final_acc".
 torch_run() {
-  "$PY" tests/bench/torch_baseline.py --mode "$1" --epochs 10 \
-      --target "$TARGET" --threads 1 |
-    "$PY" -c 'import json, sys, statistics
-r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+  local json
+  json=$("$PY" tests/bench/torch_baseline.py --mode "$1" --epochs 10 \
+      --target "$TARGET" --threads 1 | tail -1)
+  "$PY" - "$json" <<'PY'
+import json, statistics, sys
+r = json.loads(sys.argv[1])
 t = r["time_to_target_s"]
-print(f"{t if t is not None else float(\"nan\"):.3f} "
-      f"{statistics.mean(r[\"epoch_s\"]):.3f} {r[\"accuracy\"][-1]:.4f}")'
+t = float("nan") if t is None else t
+print(f"{t:.3f} {statistics.mean(r['epoch_s']):.3f} {r['accuracy'][-1]:.4f}")
+PY
 }
 
-declare -a PSD DDP SINGLE
-printf '%-6s %-7s %14s %10s %9s  %s\n' round run "time_to_${TARGET}_s" epoch_s final_acc checksum
+declare -a PSD BASE DDP SINGLE
+read -r -a BASE_ARGS <<<"${PSD_BASELINE_ARGS:-}"
+printf '%-6s %-9s %14s %10s %9s  %s\n' round run "time_to_${TARGET}_s" epoch_s final_acc checksum
 for r in $(seq "$ROUNDS"); do
-  p=$(psd_run); PSD+=("$p")
-  printf '%-6s %-7s %14s %10s %9s  %s\n' "$r" psd $p
+  p=$(psd_run ${PSD_ARGS[@]+"${PSD_ARGS[@]}"}); PSD+=("$p")
+  printf '%-6s %-9s %14s %10s %9s  %s\n' "$r" psd $p
+  if [ ${#BASE_ARGS[@]} -gt 0 ]; then
+    b=$(psd_run ${PSD_ARGS[@]+"${PSD_ARGS[@]}"} "${BASE_ARGS[@]}"); BASE+=("$b")
+    printf '%-6s %-9s %14s %10s %9s  %s\n' "$r" psd_base $b
+  fi
   d=$(torch_run ddp); DDP+=("$d")
-  printf '%-6s %-7s %14s %10s %9s\n' "$r" ddp $d
+  printf '%-6s %-9s %14s %10s %9s\n' "$r" ddp $d
   s=$(torch_run single); SINGLE+=("$s")
-  printf '%-6s %-7s %14s %10s %9s\n' "$r" single $s
+  printf '%-6s %-9s %14s %10s %9s\n' "$r" single $s
 done
 
-"$PY" - "$TARGET" "${PSD[@]/#/psd }" "${DDP[@]/#/ddp }" "${SINGLE[@]/#/single }" <<'PY'
+"$PY" - "$TARGET" "${PSD[@]/#/psd }" ${BASE[@]+"${BASE[@]/#/psd_base }"} \
+    "${DDP[@]/#/ddp }" "${SINGLE[@]/#/single }" <<'PY'
 import math, statistics, sys
 target = sys.argv[1]
 runs = {}
@@ -102,14 +115,15 @@ def med(kind, i):
     values = [float(f[i]) for f in runs[kind]]
     return statistics.median(values)
 print(f"medians over {len(runs['psd'])} rounds:")
-for kind in ("psd", "ddp", "single"):
-    print(f"  {kind:7s} time to {target}: {med(kind, 0):.2f} s, "
+kinds = [k for k in ("psd", "psd_base", "ddp", "single") if k in runs]
+for kind in kinds:
+    print(f"  {kind:8s} time to {target}: {med(kind, 0):.2f} s, "
           f"{med(kind, 1):.3f} s per epoch, final accuracy {med(kind, 2):.4f}")
-for base in ("ddp", "single"):
+for base in kinds[1:]:
     print(f"psd/{base}: time to {target} x{med('psd', 0) / med(base, 0):.2f}, "
           f"per epoch x{med('psd', 1) / med(base, 1):.2f}")
-sums = {f[3] for f in runs["psd"]}
-accs = {f[2] for f in runs["psd"]}
+sums = {f[3] for k in ("psd", "psd_base") for f in runs.get(k, [])}
+accs = {f[2] for k in ("psd", "psd_base") for f in runs.get(k, [])}
 print(f"psd checksums: {' '.join(sorted(sums))}; final accuracies: {' '.join(sorted(accs))}")
 if len(sums) != 1 or len(accs) != 1:
     print("FAIL: psd runs disagree (BSP must be deterministic)")
