@@ -1,6 +1,7 @@
-// The shared-memory path between a worker and a parameter server on one
-// host (common/shared_memory.h; AttachSharedMemory in
-// proto/parameter_server.proto): the worker's ParameterClient
+// The data path between a worker and a parameter server on one host:
+// shared memory (common/shared_memory.h; AttachSharedMemory in
+// proto/parameter_server.proto) and pushes that pull the next step
+// (PushRequest.pull_next). The worker's ParameterClient
 // (worker/ps_client.h) against real ParameterServices in this process on
 // 127.0.0.1:0, one with shared memory on and one with it off. The same
 // pushes give bitwise the same parameters either way; bytes go through
@@ -252,6 +253,88 @@ TEST_CASE("Shared memory: requests naming a region or slice that is not the "
   CHECK(std::vector<float>(data, data + part.num_elements()) ==
         std::vector<float>(initial.begin() + part.offset(),
                            initial.begin() + part.offset() + part.num_elements()));
+}
+
+TEST_CASE("Push with pull_next: one call brings the next step's parameters; "
+          "a push whose pull part fails is still taken", "[pull_next]") {
+  Server server(/*shared_memory=*/true);
+  const Assignment assignment = CreateJob(server, /*workers=*/2);
+  ParameterClientOptions options;
+  options.pull_with_push = true;
+  auto client = ParameterClient::Create(assignment, options);  // rank 0
+  REQUIRE(client.ok());
+  std::vector<std::vector<float>> params;
+  REQUIRE((*client)->Pull(0, false, &params).ok());
+
+  // Rank 1 pushes step 0 first (no pull), so rank 0's push completes the
+  // step and its answer carries step 1.
+  auto raw_push = [&](int rank, int64_t step, bool pull_next) {
+    PushRequest request;
+    request.set_job_id(kJob);
+    request.set_worker_rank(rank);
+    request.set_step(step);
+    request.set_view_epoch(kEpoch);
+    request.set_pull_next(pull_next);
+    for (const Partition& part : assignment.placement().partitions()) {
+      std::vector<float> g(part.num_elements(), 0.25f * (rank + 1));
+      PartitionTensor* out = request.add_gradients();
+      out->set_partition_id(part.id());
+      EncodeFloat32(g.data(), part.num_elements(), out->mutable_tensor());
+    }
+    return request;
+  };
+  {
+    PushResponse response;
+    grpc::ClientContext context;
+    REQUIRE(server.stub->Push(&context, raw_push(1, 0, false), &response).ok());
+    CHECK_FALSE(response.has_pulled());
+  }
+  std::vector<std::vector<float>> grads(params.size());
+  for (size_t t = 0; t < params.size(); ++t) grads[t].assign(params[t].size(), 0.5f);
+  REQUIRE((*client)->Push(0, grads).ok());
+  std::vector<std::vector<float>> next, latest;
+  int64_t step = -1;
+  REQUIRE((*client)->Pull(1, false, &next, &step).ok());  // from the push
+  CHECK(step == 1);
+  REQUIRE((*client)->Pull(0, /*latest=*/true, &latest, &step).ok());  // a call
+  CHECK(step == 1);
+  CHECK(next == latest);
+  CHECK(next != params);
+
+  // A raw push with pull_next whose pull part is malformed (no slices for
+  // its partitions): INVALID_ARGUMENT naming `shared`, but the push was
+  // taken: the same push again is a duplicate.
+  PushRequest bad = raw_push(1, 1, true);
+  auto region = SharedMemory::Create(SharedMemory::kHeaderBytes + 64);
+  REQUIRE(region.ok());
+  *bad.mutable_shared_region() = (*region)->region();
+  {
+    PushResponse response;
+    grpc::ClientContext context;
+    const grpc::Status s = server.stub->Push(&context, bad, &response);
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(s.error_message().find("shared") != std::string::npos);
+  }
+  {
+    PushResponse response;
+    grpc::ClientContext context;
+    REQUIRE(server.stub->Push(&context, raw_push(1, 1, false), &response).ok());
+    CHECK(response.duplicate());
+  }
+  // Rank 0 completes step 1; a retried push of rank 1 with pull_next is a
+  // duplicate that still answers with the parameters after 2 steps.
+  REQUIRE((*client)->Push(1, grads).ok());
+  PushResponse retried;
+  grpc::ClientContext context;
+  REQUIRE(server.stub->Push(&context, raw_push(1, 1, true), &retried).ok());
+  CHECK(retried.duplicate());
+  REQUIRE(retried.has_pulled());
+  CHECK(retried.pulled().step() == 2);
+  CHECK(retried.pulled().parameters_size() ==
+        assignment.placement().partitions_size());
+  REQUIRE((*client)->Pull(2, false, &next, &step).ok());
+  REQUIRE((*client)->Pull(0, /*latest=*/true, &latest).ok());
+  CHECK(next == latest);
 }
 
 }  // namespace
