@@ -30,7 +30,8 @@ TrainerMetrics::TrainerMetrics(MetricsRegistry* registry)
       pull_seconds(registry->AddHistogram(
           "psd_worker_pull_seconds",
           "Time to pull the parameters for a step (includes waiting for the "
-          "other ranks' pushes), seconds.",
+          "other ranks' pushes; with --pull_with_push they come with the "
+          "previous step's push, and this is only copying them), seconds.",
           LatencyBuckets())),
       compute_seconds(registry->AddHistogram(
           "psd_worker_compute_seconds",
@@ -41,7 +42,8 @@ TrainerMetrics::TrainerMetrics(MetricsRegistry* registry)
       push_seconds(registry->AddHistogram(
           "psd_worker_push_seconds",
           "Time from the end of a step's backward pass until its push is "
-          "acknowledged, seconds.",
+          "acknowledged (with --pull_with_push: until the next step's "
+          "parameters came back with it), seconds.",
           LatencyBuckets())),
       network_wait_seconds(registry->AddHistogram(
           "psd_worker_network_wait_seconds",
