@@ -102,9 +102,14 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Create(
   // has a size.
   uint8_t* data = nullptr;
   int error = 0;
+  // posix_fallocate, not only ftruncate: tmpfs gives pages on first touch,
+  // and a full /dev/shm (64 MiB in many containers) would then end the
+  // process with SIGBUS; reserved now, a too small one fails here.
   if (flock(fd, LOCK_EX | LOCK_NB) != 0 ||
       ftruncate(fd, static_cast<off_t>(size)) != 0) {
     error = errno;
+  } else if ((error = posix_fallocate(fd, 0, static_cast<off_t>(size))) != 0) {
+    // (posix_fallocate returns the error instead of setting errno.)
   } else if ((data = Map(fd, size)) == nullptr) {
     error = errno;
   }

@@ -29,11 +29,16 @@ class SharedMemory {
   static constexpr size_t kNonceBytes = 16;
 
   // Creates a region of `size` bytes (>= kHeaderBytes) named
-  // "/psd-<pid>-<random>", mode 0600, zero-filled, with a fresh random
-  // nonce in its header; it is unlinked when this object is destroyed.
-  // Errors: INVALID_ARGUMENT (size too small), UNAVAILABLE (shm_open,
-  // ftruncate or mmap failed: no /dev/shm, out of memory), with errno's
+  // "/psd-<pid>-<random>", mode 0600, zero-filled, its pages reserved
+  // (posix_fallocate), with a fresh random nonce in its header; it is
+  // unlinked when this object is destroyed. Errors: INVALID_ARGUMENT (size
+  // too small), UNAVAILABLE (shm_open, ftruncate, posix_fallocate or mmap
+  // failed: no /dev/shm, /dev/shm too small, out of memory), with errno's
   // text.
+  //
+  // Trust: the object is its creator's user's. A process of that user can
+  // shrink or rewrite it under a mapping (and could kill the processes
+  // anyway); peers over the network cannot reach it.
   static absl::StatusOr<std::unique_ptr<SharedMemory>> Create(uint64_t size);
 
   // Maps the region another process on this host created with Create.

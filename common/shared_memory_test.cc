@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,6 +41,19 @@ TEST_CASE("SharedMemory: a created region is seen by an attached mapping",
   created->reset();
   CHECK_FALSE(Exists(name));
   CHECK(std::memcmp((*attached)->data() + 100, "hello", 5) == 0);
+}
+
+TEST_CASE("SharedMemory::Create refuses a region /dev/shm cannot hold",
+          "[shared_memory]") {
+  // Twice /dev/shm's size: an error, not a region whose first touch past
+  // the limit would end the process with SIGBUS.
+  struct statvfs fs;
+  REQUIRE(statvfs("/dev/shm", &fs) == 0);
+  const uint64_t shm_bytes = uint64_t{fs.f_blocks} * fs.f_frsize;
+  auto huge = SharedMemory::Create(2 * shm_bytes);
+  CHECK(huge.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(std::string(huge.status().message()).find("cannot create") !=
+        std::string::npos);
 }
 
 TEST_CASE("SharedMemory::Attach refuses what is not the worker's region",
