@@ -62,8 +62,12 @@ struct ParameterClientOptions {
   // and asks each server it routes to to map it (AttachSharedMemory, once
   // per server address); a server that cannot (another host, shared memory
   // off) gets the bytes in the messages. Pushed and pulled values are the
-  // same either way. Default: true.
-  bool shared_memory = true;
+  // same either way. Default: false. EXPERIMENTAL: not safe with failover
+  // yet: a server that was stopped (not killed) and resumes may still
+  // answer a call the client gave up on, reading a push slice or writing a
+  // pull slice the client has reused since (docs/ARCHITECTURE.md, "Shared
+  // memory"; tests/failover_test.sh scenario 3 showed it).
+  bool shared_memory = false;
   // Each push also asks for the parameters of the next step
   // (PushRequest.pull_next), so the push of step s and the pull of step
   // s + 1 are one call per partition, and Pull(s + 1) right after

@@ -46,11 +46,13 @@ ABSL_FLAG(bool, overlap_push, true,
           "backward pass (same pushed bytes, same results). false: push all "
           "of a step's gradients after its backward pass (for measuring the "
           "overlap, or debugging).");
-ABSL_FLAG(bool, shared_memory, true,
-          "Carry pushed gradients and pulled parameters through shared "
-          "memory (/dev/shm) with the parameter servers on this host that "
-          "agree to map it; the others get them in gRPC messages. false: "
-          "always in the messages.");
+ABSL_FLAG(bool, shared_memory, false,
+          "EXPERIMENTAL, off by default: carry pushed gradients and pulled "
+          "parameters through shared memory (/dev/shm) with the parameter "
+          "servers on this host that agree to map it (the others get them "
+          "in gRPC messages). Not safe with failover yet: a primary that was "
+          "stopped and resumes can still read or write the region after the "
+          "worker moved on (docs/ARCHITECTURE.md, \"Shared memory\").");
 ABSL_FLAG(bool, pull_with_push, true,
           "Each step's push also asks for the next step's parameters, so "
           "one call per partition per step does both (PushRequest.pull_next); "

@@ -53,8 +53,8 @@ struct TrainerOptions {
   // Default: true.
   bool overlap_push = true;
   // Carry tensor bytes through shared memory with the parameter servers on
-  // this host (ParameterClientOptions::shared_memory). Default: true.
-  bool shared_memory = true;
+  // this host (ParameterClientOptions::shared_memory). Default: false.
+  bool shared_memory = false;
   // One call per partition per step for the push and the next pull
   // (ParameterClientOptions::pull_with_push). Default: true.
   bool pull_with_push = true;
