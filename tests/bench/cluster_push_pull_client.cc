@@ -62,6 +62,7 @@
 #include "common/rpc.h"
 #include "common/status.h"
 #include "tests/bench/echo.grpc.pb.h"
+#include "tests/bench/echo_service.h"
 #include "worker/ps_client.h"
 
 ABSL_FLAG(std::string, mode, "worker", "worker, echo_server or echo.");
@@ -393,15 +394,6 @@ int RunWorker() {
   agent.Stop();  // its thread uses `membership`, destroyed first
   return code;
 }
-
-class EchoService final : public bench::Echo::Service {
- public:
-  grpc::Status Echo(grpc::ServerContext*, const bench::EchoMessage* request,
-                    bench::EchoMessage* response) override {
-    response->set_data(request->data());
-    return grpc::Status::OK;
-  }
-};
 
 int RunEchoServer() {
   EchoService echo;

@@ -41,6 +41,7 @@
 #include "server/ps/parameter_service.h"
 #include "server/ps/parameter_store.h"
 #include "tests/bench/echo.grpc.pb.h"
+#include "tests/bench/echo_service.h"
 #include "worker/ps_client.h"
 
 namespace psd {
@@ -54,16 +55,6 @@ constexpr char kAllocator[] =
     "glibc malloc tuned by psd::TuneAllocator(): M_MMAP_MAX=0, "
     "M_TRIM_THRESHOLD=-1 (never trim), M_ARENA_MAX=2 (client and server)";
 
-// The echo baseline: returns the request's bytes (one copy on the server,
-// as any sync handler makes).
-class EchoService final : public bench::Echo::Service {
- public:
-  grpc::Status Echo(grpc::ServerContext*, const bench::EchoMessage* request,
-                    bench::EchoMessage* response) override {
-    response->set_data(request->data());
-    return grpc::Status::OK;
-  }
-};
 
 // Child process: serves until the parent closes `control_fd` (or dies).
 // Writes the bound port (int) to `port_fd`, or 0 on failure.
