@@ -10,6 +10,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "common/process.h"
+#include "common/transport_security.h"
 
 ABSL_FLAG(std::string, metrics_listen, "",
           "Address to serve Prometheus metrics on (GET /metrics), host:port; "
@@ -59,6 +60,9 @@ int RunProcess(int argc, char** argv, const ProcessSpec& spec,
                  logging.ToString().c_str());
     return 2;
   }
+  absl::Status security = ConfigureTransportSecurityFromFlags(
+      PlaintextPolicy::kRequireInsecureFlag);
+  if (!security.ok()) return StartupError(security);
   return body();
 }
 

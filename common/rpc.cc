@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
+#include "common/transport_security.h"
 
 namespace psd {
 namespace {
@@ -67,7 +68,7 @@ absl::StatusOr<RpcServer> StartRpcServer(
   builder.RegisterService(result.health.get());
   builder.SetOption(result.health->ServiceListOption());
   builder.AddListeningPort(options.listen_address,
-                           grpc::InsecureServerCredentials(), &result.port);
+                           ServerCredentials(), &result.port);
   // No SO_REUSEPORT: a second process on a port in use must fail, not
   // silently share the port.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -108,7 +109,7 @@ grpc::ChannelArguments ChannelArguments() {
 
 std::shared_ptr<grpc::Channel> MakeChannel(
     const std::string& address, const grpc::ChannelArguments& args) {
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+  return grpc::CreateCustomChannel(address, ChannelCredentials(),
                                    args);
 }
 

@@ -26,7 +26,9 @@ struct RpcServerOptions {
   int max_threads = 64;
 };
 
-// A started gRPC server that always serves grpc.health.v1.Health (status
+// A started gRPC server, with this process's transport security (mutual TLS
+// and every call authorized, or plaintext: common/transport_security.h),
+// that always serves grpc.health.v1.Health (status
 // SERVING for "" and every registered service, described by reflection) and
 // server reflection.
 struct RpcServer {
@@ -49,7 +51,9 @@ absl::StatusOr<RpcServer> StartRpcServer(
 // (e.g. a retry policy) and pass them to MakeChannel.
 grpc::ChannelArguments ChannelArguments();
 
-// An insecure channel to host:port with `args` (default: ChannelArguments()).
+// A channel to host:port with `args` (default: ChannelArguments()), with
+// this process's transport security (common/transport_security.h: mutual
+// TLS, or plaintext).
 std::shared_ptr<grpc::Channel> MakeChannel(
     const std::string& address,
     const grpc::ChannelArguments& args = ChannelArguments());

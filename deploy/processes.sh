@@ -28,3 +28,14 @@ wait_port() {
   echo "no port in $2 after 15 s" >&2
   return 1
 }
+
+# tls_flags DIR NAME: the flags for mutual TLS with the certificate NAME
+# (coordinator, server, worker, user-alice, ...) that deploy/make_certs.sh
+# made in DIR; with DIR empty, --insecure (plaintext).
+tls_flags() {
+  if [ -z "$1" ]; then
+    echo --insecure
+  else
+    echo "--tls_ca_file=$1/ca.pem --tls_cert_file=$1/$2.pem --tls_key_file=$1/$2.key"
+  fi
+}

@@ -22,6 +22,7 @@
 #include "common/rpc.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "common/transport_security.h"
 #include "worker/ps_client.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
@@ -38,6 +39,9 @@ namespace {
 constexpr char kUsage[] =
     "psd_ctl: control a psd cluster.\n"
     "  psd_ctl [--coordinator=HOST:PORT] COMMAND [ARGS]\n"
+    "  With mutual TLS: --tls_ca_file=CA.pem --tls_cert_file=YOU.pem\n"
+    "  --tls_key_file=YOU.key (a user or admin certificate; see\n"
+    "  docs/OPERATIONS.md \"Transport security\").\n"
     "Commands:\n"
     "  submit FILE          submit a job config (text proto, or JSON if it\n"
     "                       starts with '{'); prints the job id\n"
@@ -460,5 +464,11 @@ int Main(const std::vector<std::string>& args) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(psd::kUsage);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  absl::Status security = psd::ConfigureTransportSecurityFromFlags(
+      psd::PlaintextPolicy::kAllowQuietly);
+  if (!security.ok()) {
+    std::fprintf(stderr, "psd_ctl: %s\n", security.ToString().c_str());
+    return 2;
+  }
   return psd::Main(std::vector<std::string>(rest.begin() + 1, rest.end()));
 }

@@ -35,9 +35,9 @@ start_node() {
   local name=$1 role=$2
   shift 2
   case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    coordinator) "$BIN/server/coordinator/psd_coordinator" --insecure "$@" 2>>"$WORK/$name.log" & ;;
+    server) "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    worker) "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
   esac
   PIDS+=($!)
 }

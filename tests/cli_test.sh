@@ -6,7 +6,7 @@ source tests/cluster_lib.sh
 # --help lists every flag the launcher and the README use, the shared ones
 # (common/process_main.cc, and common/member_flags.cc for the two members)
 # included, and no member flag in the coordinator's.
-SHARED="--log_level --metrics_listen --metrics_port_file"
+SHARED="--log_level --metrics_listen --metrics_port_file --tls_ca_file --tls_cert_file --tls_key_file --tls_refresh_s --insecure"
 MEMBER="--coordinator --heartbeat_ms --connect_timeout_ms"
 "$BIN/server/coordinator/psd_coordinator" --help >"$WORK/help" 2>&1 || true
 for f in --listen --port_file --heartbeat_timeout_ms $SHARED; do
@@ -40,21 +40,31 @@ expect_error() {
 
 # An unreachable coordinator: a clear error after --connect_timeout_ms.
 PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
-  "$BIN/server/ps/psd_server" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
+  "$BIN/server/ps/psd_server" --insecure --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
 PATTERN="cannot reach the coordinator at 127.0.0.1:1" expect_error \
-  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
-PATTERN="coordinator is required" expect_error "$BIN/server/ps/psd_server"
+  "$BIN/worker/psd_worker" --insecure --coordinator=127.0.0.1:1 --connect_timeout_ms=1000
+PATTERN="coordinator is required" expect_error "$BIN/server/ps/psd_server" --insecure
 PATTERN="no CUDA backend" expect_error \
-  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cuda:0
+  "$BIN/worker/psd_worker" --insecure --coordinator=127.0.0.1:1 --device=cuda:0
 PATTERN="bf16_gemm: the selected backend cpu-openblas" expect_error \
-  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --device=cpu --bf16_gemm
-PATTERN="unknown level" expect_error "$BIN/server/coordinator/psd_coordinator" --log_level=loud
+  "$BIN/worker/psd_worker" --insecure --coordinator=127.0.0.1:1 --device=cpu --bf16_gemm
+# Transport security: neither certificates nor --insecure, some of the three
+# files only, a file that is not there.
+PATTERN="or --insecure for plaintext" expect_error \
+  "$BIN/server/ps/psd_server" --coordinator=127.0.0.1:1
+PATTERN="give all three" expect_error \
+  "$BIN/server/coordinator/psd_coordinator" --tls_ca_file="$WORK/ca.pem"
+printf -- '-----BEGIN CERTIFICATE-----\n' >"$WORK/ca.pem"
+PATTERN="--tls_cert_file: cannot read" expect_error \
+  "$BIN/worker/psd_worker" --coordinator=127.0.0.1:1 --tls_ca_file="$WORK/ca.pem" \
+  --tls_cert_file="$WORK/no.pem" --tls_key_file="$WORK/no.key"
+PATTERN="unknown level" expect_error "$BIN/server/coordinator/psd_coordinator" --insecure --log_level=loud
 
 start_cluster a 1 0
 port=${COORDINATOR##*:}
 # The coordinator's address already in use.
 PATTERN="cannot listen on 127.0.0.1:$port" expect_error \
-  "$BIN/server/coordinator/psd_coordinator" --listen=127.0.0.1:$port
+  "$BIN/server/coordinator/psd_coordinator" --insecure --listen=127.0.0.1:$port
 # A config file with a typo: the line and the field.
 printf 'name: "x"\nbatch_sise: 3\n' >"$WORK/typo.textproto"
 PATTERN="line 2" expect_error "${CTL[@]}" submit "$WORK/typo.textproto"
@@ -65,7 +75,7 @@ PATTERN="INVALID_ARGUMENT: epochs: must be in \[1, 10000\], got 0" expect_error 
 PATTERN="NOT_FOUND" expect_error "${CTL[@]}" get no-such-job
 
 # A worker whose data folder is wrong fails the job with the file's name.
-"$BIN/worker/psd_worker" --coordinator="$COORDINATOR" --data_dir="$WORK/nodata" \
+"$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" --data_dir="$WORK/nodata" \
   2>"$WORK/a.badworker.log" &
 PIDS+=($!)
 "${CTL[@]}" --servers=1 --workers=1 wait-ready >/dev/null
@@ -97,13 +107,13 @@ stop_cluster
 
 # A server given another running server's data directory exits at once.
 start_cluster c 0 0
-"$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd" \
+"$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" --data_dir="$WORK/dd" \
   --port_file="$WORK/dd.port" 2>"$WORK/c.dd.log" &
 PIDS+=($!)
 holder=$!
 wait_port $holder "$WORK/dd.port" >/dev/null || fail "server with --data_dir did not start"
 PATTERN="data directory $WORK/dd is in use by pid $holder" expect_error \
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" --data_dir="$WORK/dd"
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" --data_dir="$WORK/dd"
 
 # SIGTERM: the coordinator and a server drain and exit 0 within 6 s.
 coordinator_pid=${PIDS[0]}
@@ -127,7 +137,7 @@ for _ in $(seq 300); do
   sleep 0.05
 done
 kill -KILL "${PIDS[0]}"
-"$BIN/server/coordinator/psd_coordinator" --listen="127.0.0.1:$port" 2>"$WORK/d.coordinator2.log" &
+"$BIN/server/coordinator/psd_coordinator" --insecure --listen="127.0.0.1:$port" 2>"$WORK/d.coordinator2.log" &
 PIDS+=($!)
 "${CTL[@]}" --servers=1 --workers=2 --timeout_s=20 wait-ready >/dev/null ||
   fail "workers did not come back idle to the restarted coordinator"

@@ -48,26 +48,29 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # start_cluster NAME SERVERS WORKERS: starts a coordinator (with the flags
 # in the array COORDINATOR_ARGS, if set), servers and workers; sets
-# COORDINATOR and CTL (psd_ctl with --coordinator).
+# COORDINATOR and CTL (psd_ctl with --coordinator). With TLS_DIR set
+# (certificates from deploy/make_certs.sh) every process, and psd_ctl as
+# user alice, talks mutual TLS; otherwise --insecure.
 start_cluster() {
   local name=$1 servers=$2 workers=$3
   "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
-    ${COORDINATOR_ARGS[@]+"${COORDINATOR_ARGS[@]}"} \
+    ${COORDINATOR_ARGS[@]+"${COORDINATOR_ARGS[@]}"} $(tls_flags "${TLS_DIR:-}" coordinator) \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
     fail "coordinator $name did not start"
   for i in $(seq "$servers"); do
     "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
-      2>"$WORK/$name.server$i.log" &
+      $(tls_flags "${TLS_DIR:-}" server) 2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
   for i in $(seq "$workers"); do
     "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
-      2>"$WORK/$name.worker$i.log" &
+      $(tls_flags "${TLS_DIR:-}" worker) 2>"$WORK/$name.worker$i.log" &
     PIDS+=($!)
   done
-  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR"
+    $(tls_flags "${TLS_DIR:-}" user-alice))
   "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
 }
 

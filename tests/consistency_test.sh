@@ -80,20 +80,20 @@ done
 # worker slowed by SLOW_MS per step.
 start_slow_cluster() {
   local name=$1
-  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
+  "$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/$name.coordinator.port" \
     2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
     fail "coordinator $name did not start"
   for i in 1 2; do
-    "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+    "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
       2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+  "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" \
     2>"$WORK/$name.worker1.log" &
   PIDS+=($!)
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+  "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" \
     --test_slow_ms_per_step="$SLOW_MS" 2>"$WORK/$name.worker2-slow.log" &
   PIDS+=($!)
   CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
@@ -137,17 +137,17 @@ echo "ASP, one worker +${SLOW_MS} ms/step: max staleness $asp_max over $asp_pull
 # Replication (R=2): every ASP/SSP update reaches the backup before it is
 # visible, pushes arriving meanwhile are aggregated, and the backups end
 # bitwise equal to their primaries (psd_ctl replicas compares checksums).
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/r2.coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/r2.coordinator.port" \
   --replication_factor=2 2>"$WORK/r2.coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/r2.coordinator.port") ||
   fail "coordinator r2 did not start"
 for i in 1 2; do
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/r2.server$i.log" &
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" 2>"$WORK/r2.server$i.log" &
   PIDS+=($!)
 done
 for i in 1 2; do
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>"$WORK/r2.worker$i.log" &
+  "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" 2>"$WORK/r2.worker$i.log" &
   PIDS+=($!)
 done
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")

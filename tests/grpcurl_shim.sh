@@ -2,7 +2,8 @@
 # A stand-in for grpcurl, for tests: translates the grpcurl command lines of
 # docs/OPERATIONS.md and README.md into `buf curl` (grpcurl is not packaged
 # for Debian; buf curl speaks the same protocol and takes the same JSON).
-# Supports: -plaintext, -d DATA (or -d @ for stdin), -format json|text,
+# Supports: -plaintext, -cacert FILE, -cert FILE, -key FILE (TLS, as
+# grpcurl: without -plaintext the call is https), -d DATA (or -d @ for stdin), -format json|text,
 # -import-path DIR, -proto FILE, -max-time S, then ADDRESS and list
 # [SERVICE] | describe X | METHOD. Answers carry grpcurl's keys, the proto
 # field names (job_id), and -format text refuses '#' comments as grpcurl
@@ -14,10 +15,15 @@ import_path=""
 proto=""
 timeout=""
 format=json
+scheme=https
+tls=()
 here=$(dirname "$0")
 while [ $# -gt 0 ]; do
   case "$1" in
-    -plaintext) shift ;;
+    -plaintext) scheme=http; shift ;;
+    -cacert) tls+=(--cacert "$2"); shift 2 ;;
+    -cert) tls+=(--cert "$2"); shift 2 ;;
+    -key) tls+=(--key "$2"); shift 2 ;;
     -d) data=$2; shift 2 ;;
     -import-path) import_path=$2; shift 2 ;;
     -proto) proto=$2; shift 2 ;;
@@ -29,13 +35,14 @@ while [ $# -gt 0 ]; do
 done
 address=$1
 shift
-args=(curl --protocol grpc --http2-prior-knowledge)
+args=(curl --protocol grpc)
+if [ "$scheme" = http ]; then args+=(--http2-prior-knowledge); else args+=(${tls[@]+"${tls[@]}"}); fi
 [ -n "$proto" ] && args+=(--schema "${import_path:+$import_path/}$proto")
 [ -n "$timeout" ] && args+=(--connect-timeout "$timeout")
 case "${1:-}" in
   list | describe)
     if [ $# -lt 2 ]; then
-      exec "$PSD_BUF" "${args[@]}" --list-services "http://$address"
+      exec "$PSD_BUF" "${args[@]}" --list-services "$scheme://$address"
     fi
     # buf curl lists methods through reflection only for all services at
     # once, and fails on the health service (reflection cannot describe it).
@@ -44,7 +51,7 @@ case "${1:-}" in
     # Up to 3 tries: on a loaded machine a reflection listing can come back
     # short (seen once in CI).
     for try in 1 2 3; do
-      "$PSD_BUF" "${args[@]}" --list-services "http://$address" | grep -qx "$2" && break
+      "$PSD_BUF" "${args[@]}" --list-services "$scheme://$address" | grep -qx "$2" && break
       [ "$try" = 3 ] && { echo "grpcurl shim: $address does not serve $2" >&2; exit 1; }
       sleep 0.5
     done
@@ -69,5 +76,5 @@ if [ "$format" = text ] && [ -n "$data" ]; then
 fi
 [ -n "$data" ] && args+=(-d "$data")
 out=$(mktemp)
-"$PSD_BUF" "${args[@]}" "http://$address/$method" >"$out"
+"$PSD_BUF" "${args[@]}" "$scheme://$address/$method" >"$out"
 /usr/bin/python3 "$here/grpcurl_shim_format.py" proto-names "$method" <"$out"

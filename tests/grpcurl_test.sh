@@ -9,20 +9,24 @@ if [ -z "${PSD_BUF:-}" ] || [ ! -x "$PSD_BUF" ]; then
   exit 0
 fi
 export BUF_CACHE_DIR="$WORK/buf-cache"
+# The cluster talks mutual TLS; the calls are user alice's.
+TLS_DIR=$WORK/certs
+deploy/make_certs.sh "$TLS_DIR"
+AS_ALICE=(--cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/user-alice.pem" --key "$TLS_DIR/user-alice.key")
 call() {  # call METHOD JSON -> response JSON (or the error JSON, exit 1)
-  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge -d "$2" \
-    "http://$COORDINATOR/$1" 2>&1
+  "$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" -d "$2" \
+    "https://$COORDINATOR/$1" 2>&1
 }
-# Health checks through reflection only, no .proto file (grpcurl's plain
-# `grpcurl -plaintext ADDR grpc.health.v1.Health/Check`).
+# Health checks through reflection only, no .proto file (grpcurl's
+# `grpcurl $TLS ADDR grpc.health.v1.Health/Check`).
 health() {
-  "$PSD_BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' \
-    "http://$1/grpc.health.v1.Health/Check" 2>&1
+  "$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" -d '{}' \
+    "https://$1/grpc.health.v1.Health/Check" 2>&1
 }
 
 start_cluster a 1 2
 
-services=$("$PSD_BUF" curl --protocol grpc --http2-prior-knowledge --list-services "http://$COORDINATOR" 2>&1)
+services=$("$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" --list-services "https://$COORDINATOR" 2>&1)
 for s in psd.v1.JobService psd.v1.Coordinator grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
   echo "$services" | grep -qx "$s" || fail "list: $s missing in: $services"
 done
@@ -34,7 +38,7 @@ health "$server" | grep -q '"status": "SERVING"' || fail "server $server not SER
 worker=$(echo "$view" | grep -A3 '"workers"' | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
 [ -n "$worker" ] || fail "no worker address in the view: $view"
 health "$worker" | grep -q '"status": "SERVING"' || fail "worker $worker not SERVING"
-"$PSD_BUF" curl --protocol grpc --http2-prior-knowledge --list-services "http://$worker" |
+"$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" --list-services "https://$worker" |
   grep -q grpc.reflection.v1alpha.ServerReflection || fail "worker serves no reflection"
 
 # Submit the quick-start job's JSON twice: one to cancel, one to watch.
@@ -71,8 +75,10 @@ awk '/^### Drive it with grpcurl/ {on = 1} on && /^```sh/ {body = 1; next}
      body && /^```/ {exit} body' README.md >"$WORK/readme_block.sh"
 grep -q -- '-format text' "$WORK/readme_block.sh" || fail "README block not found"
 grep -q '^C=' "$WORK/readme_block.sh" || fail "README block sets no C"
-sed -i '/^C=/d' "$WORK/readme_block.sh"  # our coordinator instead
-C=$COORDINATOR PSD_PROTO_DIR="$PWD/proto" PATH="$WORK/bin:$PATH" \
+grep -q '^TLS=' "$WORK/readme_block.sh" || fail "README block sets no TLS"
+sed -i '/^C=/d; /^TLS=/d' "$WORK/readme_block.sh"  # our coordinator, our certificates
+TLS="-cacert $TLS_DIR/ca.pem -cert $TLS_DIR/user-alice.pem -key $TLS_DIR/user-alice.key" \
+  C=$COORDINATOR PSD_PROTO_DIR="$PWD/proto" PATH="$WORK/bin:$PATH" \
   bash -euo pipefail -x "$WORK/readme_block.sh" >"$WORK/readme.out" 2>&1 ||
   { cat "$WORK/readme.out"; fail "a README grpcurl line failed"; }
 grep -q '"job_id": "fashion-mnist-mlp-[0-9]*"' "$WORK/readme.out" || fail "README: no job_id"

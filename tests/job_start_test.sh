@@ -29,7 +29,7 @@ BASE_ARGS=(--server_call_timeout_ms=300 --control_call_budget_ms=500
 # start_slow_server NAME: a server whose CreateJob answers SLOW_MS late;
 # sets slow_id (its member id, from the coordinator's log).
 start_slow_server() {
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
     --test_slow_create_job_ms=$SLOW_MS --port_file="$WORK/$1.slow.port" \
     2>"$WORK/$1.slow.log" &
   PIDS+=($!)
@@ -108,7 +108,7 @@ until "${CTL[@]}" get "$id" >"$WORK/$id.json" &&
 done
 grep -q '"state": "PENDING"' "$WORK/$id.json" || { cat "$WORK/$id.json"; fail "scenario 2: not PENDING"; }
 echo "scenario 2: pending: $(grep -o '"pendingReason": "[^"]*"' "$WORK/$id.json")"
-"$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/wait.server3.log" &
+"$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" 2>"$WORK/wait.server3.log" &
 PIDS+=($!)
 timeout 120 "${CTL[@]}" watch "$id" >"$WORK/$id.watch" ||
   { tail -5 "$WORK/$id.watch"; fail "scenario 2: job $id did not succeed once a third server came"; }
@@ -161,14 +161,14 @@ until grep -q "job $id: start attempt 2 on" "$WORK/restart.coordinator.log"; do
 done
 kill -KILL "${PIDS[0]}"
 wait "${PIDS[0]}" 2>/dev/null || true
-"$BIN/server/coordinator/psd_coordinator" "${COORDINATOR_ARGS[@]}" \
+"$BIN/server/coordinator/psd_coordinator" --insecure "${COORDINATOR_ARGS[@]}" \
   --listen="127.0.0.1:$(cat "$WORK/restart.coordinator.port")" \
   --port_file="$WORK/restart.coordinator2.port" \
   2>"$WORK/restart.coordinator2.log" &
 PIDS+=($!)
 wait_port $! "$WORK/restart.coordinator2.port" >/dev/null ||
   fail "scenario 4: the coordinator did not restart"
-"$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" 2>"$WORK/restart.server2.log" &
+"$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" 2>"$WORK/restart.server2.log" &
 PIDS+=($!)
 "${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready >/dev/null ||
   fail "scenario 4: the members did not register again"

@@ -27,12 +27,12 @@ start_coordinator() {
   local s=$1
   shift
   if [ -z "${COORD_PORT[$s]:-}" ]; then
-    "$BIN/server/coordinator/psd_coordinator" --data_dir="$WORK/$s/coordinator" \
+    "$BIN/server/coordinator/psd_coordinator" --insecure --data_dir="$WORK/$s/coordinator" \
       --port_file="$WORK/$s.coordinator.port" "$@" 2>>"$WORK/$s.coordinator.log" &
     PIDS+=($!)
     COORD_PORT[$s]=$(wait_port $! "$WORK/$s.coordinator.port") || fail "coordinator $s did not start"
   else
-    "$BIN/server/coordinator/psd_coordinator" --data_dir="$WORK/$s/coordinator" \
+    "$BIN/server/coordinator/psd_coordinator" --insecure --data_dir="$WORK/$s/coordinator" \
       --listen="127.0.0.1:${COORD_PORT[$s]}" "$@" 2>>"$WORK/$s.coordinator.log" &
     PIDS+=($!)
   fi
@@ -140,7 +140,7 @@ damaged=$("$BIN/tests/corrupt_snapshot" --manifest "$WORK/Q/s1/snapshots") ||
 echo "Q: damaged $damaged"
 start_coordinator Q --replication_factor=2
 start_server Q.s2 --data_dir="$WORK/Q/s2"
-if "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+if "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
   --data_dir="$WORK/Q/s1" 2>"$WORK/Q.s1.refused.log"; then
   fail "Q: a server with a damaged MANIFEST started"
 fi

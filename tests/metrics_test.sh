@@ -186,7 +186,7 @@ grep -q "serving Prometheus metrics on http://127.0.0.1:$(cat "$WORK/server1.mpo
 
 # A metrics port in use: a clear error and exit 1, not a silent second listener.
 rc=0
-timeout 20 "$BIN/server/coordinator/psd_coordinator" \
+timeout 20 "$BIN/server/coordinator/psd_coordinator" --insecure \
   --metrics_listen=127.0.0.1:"$(cat "$WORK/server1.mport")" >"$WORK/inuse.log" 2>&1 || rc=$?
 [ $rc -eq 1 ] || { cat "$WORK/inuse.log"; fail "metrics port in use: exit $rc, want 1"; }
 grep -q "cannot listen on 127.0.0.1:$(cat "$WORK/server1.mport")" "$WORK/inuse.log" ||

@@ -93,19 +93,19 @@ echo "netns_test: hosts on $NET.0/24: $(ip netns list | grep -c "^$PREFIX-") nam
 
 # `ip netns exec` execs its command, so $! is the binary's own pid.
 COORDINATOR=$NET.1:7070
-ip netns exec "$PREFIX-coord" "$BIN/server/coordinator/psd_coordinator" --listen="$COORDINATOR" \
+ip netns exec "$PREFIX-coord" "$BIN/server/coordinator/psd_coordinator" --insecure --listen="$COORDINATOR" \
   --heartbeat_timeout_ms=2000 --data_dir="$WORK/coord.data" \
   >/dev/null 2>"$WORK/coordinator.log" &
 PIDS+=($!)
 for i in 1 2 3; do
-  ip netns exec "$PREFIX-s$i" "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+  ip netns exec "$PREFIX-s$i" "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
     --listen="$NET.1$i:7071" --advertise="$NET.1$i:7071" \
     --data_dir="$WORK/s$i.data" --connect_timeout_ms=30000 \
     >/dev/null 2>"$WORK/server$i.log" &
   PIDS+=($!)
 done
 for i in 1 2; do
-  ip netns exec "$PREFIX-w$i" "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+  ip netns exec "$PREFIX-w$i" "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" \
     --listen="$NET.2$i:7072" --advertise="$NET.2$i:7072" \
     --connect_timeout_ms=30000 >/dev/null 2>"$WORK/worker$i.log" &
   PIDS+=($!)

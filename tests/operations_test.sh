@@ -22,6 +22,10 @@ cat >"$WORK/docroot/deploy/jobs/fashion_mnist_mlp.json" <<'JOB'
  "consistency": "BSP", "batchSize": 50, "epochs": 1, "workers": 2, "seed": "3"}
 JOB
 
+# Mutual TLS; the recipes' $TLS is user alice's certificate.
+TLS_DIR=$WORK/certs
+deploy/make_certs.sh "$TLS_DIR"
+export TLS="-cacert $TLS_DIR/ca.pem -cert $TLS_DIR/user-alice.pem -key $TLS_DIR/user-alice.key"
 start_cluster a 1 2
 export C=$COORDINATOR
 export SERVER=$("${CTL[@]}" view | grep -A3 '"servers"' | grep -o '"address": "[^"]*"' | head -1 | cut -d'"' -f4)

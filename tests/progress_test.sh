@@ -23,7 +23,7 @@ until grep -q "given job" "$WORK/hung.out"; do
   sleep 0.1
 done
 # A second real worker, idle: the one to take the stalled rank.
-"$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>"$WORK/hung.worker2.log" &
+"$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" 2>"$WORK/hung.worker2.log" &
 PIDS+=($!)
 timeout 120 "${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed with a hung worker"; }
 "${CTL[@]}" export "$id" "$WORK/hung.safetensors" >"$WORK/$id.export" || fail "export"

@@ -22,9 +22,9 @@ start_node() {
   local name=$1 role=$2
   shift 2
   case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    coordinator) "$BIN/server/coordinator/psd_coordinator" --insecure "$@" 2>>"$WORK/$name.log" & ;;
+    server) "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    worker) "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
   esac
   PIDS+=($!)
 }
@@ -130,7 +130,7 @@ start_node D.coordinator coordinator --port_file="$WORK/D.port"
 COORDINATOR=127.0.0.1:$(wait_port "${PIDS[-1]}" "$WORK/D.port") || fail "D: no coordinator"
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
 start_node D.server1 server --data_dir="$WORK/D/server1"
-(trap '' XFSZ; ulimit -f 1024; exec "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+(trap '' XFSZ; ulimit -f 1024; exec "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
   --data_dir="$WORK/D/server2" 2>>"$WORK/D.server2.log") &
 PIDS+=($!)
 start_node D.worker1 worker

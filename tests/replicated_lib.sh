@@ -4,7 +4,7 @@
 # through psd_ctl, bounded waits on observable state, and the checksum
 # oracle of DESIGN invariant 4 (finish). Set `reference` (a checksum
 # "crc32:...", e.g. by cluster_lib.sh's undisturbed_reference) before
-# calling finish.
+# calling finish. TLS_DIR works as in cluster_lib.sh's start_cluster.
 declare -A SERVER_PID SERVER_PORT
 NEXT_SERVER=1
 
@@ -15,14 +15,16 @@ start_server() {
   shift
   rm -f "$WORK/$name.port"
   "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
-    --port_file="$WORK/$name.port" "$@" 2>>"$WORK/$name.log" &
+    --port_file="$WORK/$name.port" $(tls_flags "${TLS_DIR:-}" server) "$@" \
+    2>>"$WORK/$name.log" &
   PIDS+=($!)
   SERVER_PID[$name]=$!
   SERVER_PORT[$name]=$(wait_port $! "$WORK/$name.port") || fail "server $name did not start"
 }
 
 start_worker() {
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" 2>>"$WORK/$1.log" &
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
+    $(tls_flags "${TLS_DIR:-}" worker) 2>>"$WORK/$1.log" &
   PIDS+=($!)
   WORKER_PID[$1]=$!
 }
@@ -34,11 +36,13 @@ start_replicated() {
   local name=$1 servers=$2 workers=$3 r=$4
   shift 4
   "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$name.coordinator.port" \
-    --replication_factor="$r" "$@" 2>"$WORK/$name.coordinator.log" &
+    --replication_factor="$r" $(tls_flags "${TLS_DIR:-}" coordinator) "$@" \
+    2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/$name.coordinator.port") ||
     fail "coordinator $name did not start"
-  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR"
+    $(tls_flags "${TLS_DIR:-}" user-alice))
   for i in $(seq "$servers"); do
     if [ "${SERVER_DATA:-0}" = 1 ]; then
       start_server "$name.s$i" --data_dir="$WORK/$name.s$i.data"

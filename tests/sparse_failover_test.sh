@@ -18,7 +18,7 @@
 #     weights, so the checksum).
 source tests/cluster_lib.sh
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/coordinator.port" \
   2>"$WORK/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/coordinator.port") ||
@@ -26,7 +26,7 @@ COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/coordinator.port") ||
 
 # start_server NAME: starts a psd_server; sets PORT and PID.
 start_server() {
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
     --port_file="$WORK/$1.port" 2>"$WORK/$1.log" &
   PID=$!
   PIDS+=($PID)

@@ -21,7 +21,7 @@
 #  (FAILED_PRECONDITION saying so).
 source tests/cluster_lib.sh
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/coordinator.port" \
   2>"$WORK/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/coordinator.port") ||
@@ -31,7 +31,7 @@ COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/coordinator.port") ||
 start_server() {
   local name=$1
   shift
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
     --port_file="$WORK/$name.port" "$@" 2>>"$WORK/$name.log" &
   PID=$!
   PIDS+=($PID)

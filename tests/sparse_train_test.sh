@@ -8,14 +8,14 @@
 # down and the test accuracy clearly beats chance (majority class ~0.53).
 source tests/cluster_lib.sh
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/coordinator.port" \
   2>"$WORK/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$WORK/coordinator.port") ||
   fail "coordinator did not start"
 SERVERS=""
 for i in 1 2; do
-  "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
     --port_file="$WORK/server$i.port" 2>"$WORK/server$i.log" &
   PIDS+=($!)
   port=$(wait_port $! "$WORK/server$i.port") || fail "server $i did not start"

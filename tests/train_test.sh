@@ -60,7 +60,7 @@ grep -q "push overlapped with backward: yes" "$WORK"/a.worker*.log ||
 stop_cluster
 start_cluster b 2 0
 for i in 1 2; do
-  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" --overlap_push=false \
+  "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" --overlap_push=false \
     2>"$WORK/b.worker$i.log" &
   PIDS+=($!)
 done

@@ -72,6 +72,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/process.h"
+#include "common/transport_security.h"
 #include "common/embedding_rows.h"
 #include "worker/embedding_client.h"
 
@@ -608,5 +609,11 @@ int main(int argc, char** argv) {
       "  sparse_train --servers='A1,A2;B1,B2' (replicas per shard)\n"
       "  [--epochs=3] [--snapshot_every_epochs=N] [--resume]");
   absl::ParseCommandLine(argc, argv);
+  absl::Status security = psd::ConfigureTransportSecurityFromFlags(
+      psd::PlaintextPolicy::kAllowQuietly);
+  if (!security.ok()) {
+    std::fprintf(stderr, "sparse_train: %s\n", security.ToString().c_str());
+    return 2;
+  }
   return psd::Main();
 }

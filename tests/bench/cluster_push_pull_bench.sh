@@ -105,17 +105,17 @@ cluster() {
   # Job ids restart with each coordinator: results go to a folder per cluster.
   CLUSTER_OUT=$OUT/$name
   mkdir -p "$CLUSTER_OUT"
-  "$BIN/server/coordinator/psd_coordinator" --replication_factor="$r" \
+  "$BIN/server/coordinator/psd_coordinator" --insecure --replication_factor="$r" \
     --port_file="$WORK/$name.c.port" 2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   c=127.0.0.1:$(wait_port $! "$WORK/$name.c.port")
   for i in $(seq "$s"); do
-    "$BIN/server/ps/psd_server" --coordinator="$c" --log_level=warn \
+    "$BIN/server/ps/psd_server" --insecure --coordinator="$c" --log_level=warn \
       2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
   for i in $(seq "$w"); do
-    "$CLIENT" --mode=worker --coordinator="$c" --out_dir="$CLUSTER_OUT" \
+    "$CLIENT" --insecure --mode=worker --coordinator="$c" --out_dir="$CLUSTER_OUT" \
       --warmup=2 --reps="$REPS" --steps="$STEPS" --lat_iters="$LAT_ITERS" \
       2>"$WORK/$name.worker$i.log" &
     PIDS+=($!)
@@ -153,14 +153,14 @@ JOB
 echo_run() {
   local config=$1 w=$2 floats=$3 nominal=$4 i servers="" files="" pids=()
   for i in $(seq "$w"); do
-    "$CLIENT" --mode=echo_server --port_file="$WORK/echo.$config.$i.port" \
+    "$CLIENT" --insecure --mode=echo_server --port_file="$WORK/echo.$config.$i.port" \
       2>"$WORK/echo_server.$config.$i.log" &
     PIDS+=($!)
     servers="$servers${servers:+,}127.0.0.1:$(wait_port $! "$WORK/echo.$config.$i.port")"
   done
   for i in $(seq 0 $((w - 1))); do
     local f=$OUT/echo.$config.$nominal.rank$i.json
-    "$CLIENT" --mode=echo --echo_servers="$servers" --rank="$i" \
+    "$CLIENT" --insecure --mode=echo --echo_servers="$servers" --rank="$i" \
       --floats="$floats" --warmup=2 --reps="$REPS" --steps="$STEPS" --out="$f" \
       2>"$WORK/echo.$config.$nominal.$i.log" &
     pids+=($!)

@@ -24,16 +24,16 @@ WORK=$(mktemp -d /tmp/psd-consbench.XXXXXX)
 PIDS=()
 trap 'stop_processes "${PIDS[@]}" 2>/dev/null || true' EXIT
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
 PIDS+=($!)
 C=127.0.0.1:$(wait_port $! "$WORK/c.port")
 for i in 1 2; do
-  "$BIN/server/ps/psd_server" --coordinator="$C" 2>>"$WORK/s$i.log" &
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$C" 2>>"$WORK/s$i.log" &
   PIDS+=($!)
 done
-"$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/fast.log" &
+"$BIN/worker/psd_worker" --insecure --coordinator="$C" 2>"$WORK/fast.log" &
 PIDS+=($!)
-"$BIN/worker/psd_worker" --coordinator="$C" --test_slow_ms_per_step="$SLOW_MS" \
+"$BIN/worker/psd_worker" --insecure --coordinator="$C" --test_slow_ms_per_step="$SLOW_MS" \
   2>"$WORK/slow.log" &
 PIDS+=($!)
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$C")

@@ -47,16 +47,16 @@ cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
   local tag=$1.$2
-  "$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/$tag.c.port" \
+  "$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/$tag.c.port" \
     2>"$WORK/$tag.c.log" &
   PIDS+=($!)
   C=127.0.0.1:$(wait_port $! "$WORK/$tag.c.port")
   for i in 1 2; do
-    "$BIN/server/ps/psd_server" --coordinator="$C" 2>"$WORK/$tag.s$i.log" &
+    "$BIN/server/ps/psd_server" --insecure --coordinator="$C" 2>"$WORK/$tag.s$i.log" &
     PIDS+=($!)
   done
   for i in 1 2; do
-    "$BIN/worker/psd_worker" --coordinator="$C" --overlap_push="$1" \
+    "$BIN/worker/psd_worker" --insecure --coordinator="$C" --overlap_push="$1" \
       2>"$WORK/$tag.w$i.log" &
     PIDS+=($!)
   done

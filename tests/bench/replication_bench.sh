@@ -33,18 +33,18 @@ cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
   rm -f "$WORK"/*.port  # the last cluster's ports
-  "$BIN/server/coordinator/psd_coordinator" --replication_factor="$1" \
+  "$BIN/server/coordinator/psd_coordinator" --insecure --replication_factor="$1" \
     --port_file="$WORK/c.port" 2>>"$WORK/c.log" &
   PIDS+=($!)
   C=127.0.0.1:$(wait_port $! "$WORK/c.port")
   for i in 1 2 3; do
-    "$BIN/server/ps/psd_server" --coordinator="$C" --port_file="$WORK/s$i.port" \
+    "$BIN/server/ps/psd_server" --insecure --coordinator="$C" --port_file="$WORK/s$i.port" \
       2>>"$WORK/s$i.log" &
     PIDS+=($!)
     SERVER_PID[$(wait_port $! "$WORK/s$i.port")]=$!
   done
   for i in 1 2; do
-    "$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/w$i.log" &
+    "$BIN/worker/psd_worker" --insecure --coordinator="$C" 2>"$WORK/w$i.log" &
     PIDS+=($!)
   done
   CTL=("$BIN/deploy/psd_ctl" --coordinator="$C")

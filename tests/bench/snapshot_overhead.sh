@@ -15,13 +15,13 @@ WORK=$(mktemp -d /tmp/psd-snapbench.XXXXXX)
 PIDS=()
 trap 'stop_processes "${PIDS[@]}"' EXIT
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/c.port" 2>"$WORK/c.log" &
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/c.port" 2>"$WORK/c.log" &
 PIDS+=($!)
 C=127.0.0.1:$(wait_port $! "$WORK/c.port")
 for i in 1 2; do
-  "$BIN/server/ps/psd_server" --coordinator="$C" --data_dir="$WORK/s$i" 2>"$WORK/s$i.log" &
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$C" --data_dir="$WORK/s$i" 2>"$WORK/s$i.log" &
   PIDS+=($!)
-  "$BIN/worker/psd_worker" --coordinator="$C" 2>"$WORK/w$i.log" &
+  "$BIN/worker/psd_worker" --insecure --coordinator="$C" 2>"$WORK/w$i.log" &
   PIDS+=($!)
 done
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$C")

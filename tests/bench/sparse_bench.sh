@@ -14,14 +14,14 @@ trap 'stop_processes "${PIDS[@]}"; rm -rf "$WORK"' EXIT
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-"$BIN/server/coordinator/psd_coordinator" --port_file="$WORK/coordinator.port" \
+"$BIN/server/coordinator/psd_coordinator" --insecure --port_file="$WORK/coordinator.port" \
   2>"$WORK/coordinator.log" &
 PIDS+=($!)
 coordinator=127.0.0.1:$(wait_port $! "$WORK/coordinator.port")
 servers=""
 server_pids=()
 for i in $(seq "${PSD_BENCH_SERVERS:-1}"); do
-  "$BIN/server/ps/psd_server" --coordinator="$coordinator" --log_level=warn \
+  "$BIN/server/ps/psd_server" --insecure --coordinator="$coordinator" --log_level=warn \
     --port_file="$WORK/server$i.port" 2>"$WORK/server$i.log" &
   PIDS+=($!)
   server_pids+=($!)
