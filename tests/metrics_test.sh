@@ -163,7 +163,7 @@ scrape() {
 start_process() {  # NAME BINARY ARGS...
   local name=$1 bin=$2
   shift 2
-  "$BIN/$bin" --metrics_listen=127.0.0.1:0 --metrics_port_file="$WORK/$name.mport" \
+  "$BIN/$bin" --insecure --metrics_listen=127.0.0.1:0 --metrics_port_file="$WORK/$name.mport" \
     "$@" 2>"$WORK/$name.log" &
   PIDS+=($!)
   wait_port $! "$WORK/$name.mport" >/dev/null || fail "$name did not serve metrics"
