@@ -28,7 +28,7 @@ void SocketOptions(int sock) {
 }  // namespace
 
 struct MetricsServer::Impl {
-  httplib::Server http;
+  std::unique_ptr<httplib::Server> http;  // an httplib::SSLServer for HTTPS
   std::thread thread;
   std::atomic<bool> exited{false};  // listen_after_bind returned
   int port = 0;
@@ -38,14 +38,15 @@ MetricsServer::MetricsServer(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)) {}
 
 MetricsServer::~MetricsServer() {
-  impl_->http.stop();
+  impl_->http->stop();
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
 int MetricsServer::port() const { return impl_->port; }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& listen, MetricsRegistry* registry) {
+    const std::string& listen, MetricsRegistry* registry,
+    const std::optional<Https>& https) {
   const size_t colon = listen.rfind(':');
   int port = -1;
   if (colon == std::string::npos ||
@@ -61,7 +62,19 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   if (host.empty()) host = "0.0.0.0";
 
   auto impl = std::make_unique<Impl>();
-  httplib::Server& http = impl->http;
+  if (https.has_value()) {
+    auto ssl = std::make_unique<httplib::SSLServer>(https->cert_file.c_str(),
+                                                    https->key_file.c_str());
+    if (!ssl->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("HTTPS: cannot load the certificate ", https->cert_file,
+                       " with the key ", https->key_file));
+    }
+    impl->http = std::move(ssl);
+  } else {
+    impl->http = std::make_unique<httplib::Server>();
+  }
+  httplib::Server& http = *impl->http;
   http.new_task_queue = [] { return new httplib::ThreadPool(kHandlerThreads); };
   http.set_socket_options(SocketOptions);
   http.Get("/metrics",
@@ -81,7 +94,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   impl->port = port;
   impl->thread = std::thread([impl = impl.get()] {
-    impl->http.listen_after_bind();
+    impl->http->listen_after_bind();
     impl->exited = true;
   });
   // stop() is a no-op until the listen loop runs: wait for it, so that the
@@ -99,9 +112,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsEndpoint(
     const std::string& listen, const std::string& port_file,
-    MetricsRegistry* registry) {
+    MetricsRegistry* registry,
+    const std::optional<MetricsServer::Https>& https) {
   if (listen.empty()) return nullptr;
-  auto server = MetricsServer::Start(listen, registry);
+  auto server = MetricsServer::Start(listen, registry, https);
   if (!server.ok()) {
     return absl::Status(
         server.status().code(),
@@ -110,8 +124,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsEndpoint(
   const size_t colon = listen.rfind(':');
   std::string host = listen.substr(0, colon);
   if (host.empty()) host = "0.0.0.0";
-  Log()->info("serving Prometheus metrics on http://{}:{}/metrics", host,
-              (*server)->port());
+  Log()->info("serving Prometheus metrics on {}://{}:{}/metrics",
+              https.has_value() ? "https" : "http", host, (*server)->port());
   if (!port_file.empty()) {
     absl::Status written =
         WriteFileAtomically(port_file, absl::StrCat((*server)->port()));

@@ -1,8 +1,9 @@
-// Serves a MetricsRegistry over HTTP for Prometheus: GET /metrics.
+// Serves a MetricsRegistry over HTTP or HTTPS for Prometheus: GET /metrics.
 #ifndef PSD_COMMON_METRICS_HTTP_H_
 #define PSD_COMMON_METRICS_HTTP_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -22,11 +23,21 @@ namespace psd {
 //   Log()->info("metrics on port {}", metrics->port());
 class MetricsServer {
  public:
+  // HTTPS instead of HTTP: the server's certificate chain and key (PEM
+  // files), read once at start. Scrapers need no client certificate.
+  struct Https {
+    std::string cert_file;
+    std::string key_file;
+  };
+
   // Binds `listen` (host:port; port 0 lets the OS choose) and starts
-  // serving. Errors: INVALID_ARGUMENT for a malformed address, UNAVAILABLE
-  // "cannot listen on ..." when it cannot be bound (e.g. already in use).
+  // serving, over HTTPS when `https` is given. Errors: INVALID_ARGUMENT for
+  // a malformed address or a certificate or key that cannot be loaded,
+  // UNAVAILABLE "cannot listen on ..." when it cannot be bound (e.g.
+  // already in use).
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      const std::string& listen, MetricsRegistry* registry);
+      const std::string& listen, MetricsRegistry* registry,
+      const std::optional<Https>& https = std::nullopt);
 
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
@@ -41,14 +52,16 @@ class MetricsServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// For a binary's main(): starts a MetricsServer on `listen` and returns it,
-// or returns nullptr when `listen` is empty (metrics off). Logs one line
+// For a binary's main(): starts a MetricsServer on `listen` (over HTTPS
+// when `https` is given) and returns it, or returns nullptr when `listen`
+// is empty (metrics off). Logs one line
 // with the address, and writes the bound port to `port_file` unless it is
 // empty. Errors: those of MetricsServer::Start, prefixed with the flag name
 // "--metrics_listen"; UNAVAILABLE when the port file cannot be written.
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsEndpoint(
     const std::string& listen, const std::string& port_file,
-    MetricsRegistry* registry);
+    MetricsRegistry* registry,
+    const std::optional<MetricsServer::Https>& https = std::nullopt);
 
 }  // namespace psd
 

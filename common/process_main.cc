@@ -1,6 +1,7 @@
 #include "common/process_main.h"
 
 #include <cstdio>
+#include <optional>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -68,8 +69,13 @@ int RunProcess(int argc, char** argv, const ProcessSpec& spec,
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> ServeMetrics(
     MetricsRegistry* registry) {
+  std::optional<MetricsServer::Https> https;
+  if (const TlsOptions* tls = ConfiguredTls(); tls != nullptr) {
+    https = MetricsServer::Https{tls->cert_file, tls->key_file};
+  }
   return StartMetricsEndpoint(absl::GetFlag(FLAGS_metrics_listen),
-                              absl::GetFlag(FLAGS_metrics_port_file), registry);
+                              absl::GetFlag(FLAGS_metrics_port_file), registry,
+                              https);
 }
 
 int StartupError(const absl::Status& status) {

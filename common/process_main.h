@@ -64,7 +64,8 @@ int RunProcess(int argc, char** argv, const ProcessSpec& spec,
 
 // Serves `registry` over HTTP (GET /metrics) as --metrics_listen and
 // --metrics_port_file ask, with StartMetricsEndpoint: nullptr when
-// --metrics_listen is empty. The registry must outlive the server.
+// --metrics_listen is empty. Over HTTPS, with the process's certificate
+// and key, when it runs mutual TLS (common/transport_security.h). The registry must outlive the server.
 // Errors: those of StartMetricsEndpoint (INVALID_ARGUMENT for a malformed
 // --metrics_listen, UNAVAILABLE when it cannot be bound or the port file
 // cannot be written).

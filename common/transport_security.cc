@@ -42,6 +42,7 @@ namespace {
 // Set once by ConfigureTls, before any thread (see the header); read-only
 // afterwards.
 struct TlsState {
+  TlsOptions options;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
   std::shared_ptr<grpc::ServerCredentials> server;
   std::shared_ptr<grpc::ChannelCredentials> channel;
@@ -164,6 +165,7 @@ absl::Status ConfigureTls(const TlsOptions& options) {
         "--tls_refresh_s: must be at least 1, got ", options.refresh_s));
   }
   auto* state = new TlsState;
+  state->options = options;
   state->provider =
       std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
           options.key_file, options.cert_file, options.ca_file,
@@ -236,7 +238,9 @@ absl::Status ConfigureTransportSecurityFromFlags(PlaintextPolicy policy) {
   return absl::OkStatus();
 }
 
-bool TlsEnabled() { return tls_state != nullptr; }
+const TlsOptions* ConfiguredTls() {
+  return tls_state == nullptr ? nullptr : &tls_state->options;
+}
 
 std::shared_ptr<grpc::ServerCredentials> ServerCredentials() {
   if (tls_state != nullptr) return tls_state->server;

@@ -92,8 +92,9 @@ enum class PlaintextPolicy {
 // REQUIRES: flags parsed; called at most once, before any thread.
 absl::Status ConfigureTransportSecurityFromFlags(PlaintextPolicy policy);
 
-// Whether ConfigureTls succeeded in this process.
-bool TlsEnabled();
+// The options ConfigureTls succeeded with in this process, or null
+// (plaintext). The metrics endpoint serves HTTPS with the same files.
+const TlsOptions* ConfiguredTls();
 
 // Credentials for listening ports: with TLS, the process's certificate,
 // client certificates requested and verified against the CA (but not

@@ -98,8 +98,10 @@ for i in $(seq "$WORKERS"); do
 done
 CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR" $(tls_flags "$CERTS" user-alice))
 "${CTL[@]}" --servers="$SERVERS" --workers="$WORKERS" --timeout_s=30 wait-ready
+scheme=https
+[ -n "$CERTS" ] || scheme=http
 echo "==> Prometheus metrics: $(for f in "$RUN_DIR"/*.metrics.port; do
-  printf '%s http://127.0.0.1:%s/metrics  ' "$(basename "$f" .metrics.port)" "$(cat "$f")"; done)"
+  printf '%s %s://127.0.0.1:%s/metrics  ' "$(basename "$f" .metrics.port)" "$scheme" "$(cat "$f")"; done)"
 
 JOB_ID=$("${CTL[@]}" submit "$JOB")
 echo "==> submitted $JOB as job $JOB_ID (coordinator $COORDINATOR)"

@@ -7,7 +7,7 @@
 #    from another CA and an expired one are refused;
 #  - a worker's certificate cannot call JobService, nor a server's
 #    Replicate (PERMISSION_DENIED naming the role needed); a user's can;
-#  - health checks need no certificate (probes);
+#  - health checks need no certificate (probes); metrics are HTTPS;
 #  - a renewed certificate file is served without a restart.
 # The grpcurl-style calls use `buf curl` (PSD_BUF, set by tests/run_tests.sh).
 source tests/cluster_lib.sh
@@ -24,12 +24,30 @@ stop_cluster
 echo "plaintext: $plain"
 
 TLS_DIR=$CERTS
-COORDINATOR_ARGS=(--tls_refresh_s=1)
+COORDINATOR_ARGS=(--tls_refresh_s=1 --metrics_listen=127.0.0.1:0
+  --metrics_port_file="$WORK/coordinator.metrics.port")
 start_cluster tls 2 2
 tls=$(run_job "$WORK/short.textproto" "$WORK/tls.safetensors")
 echo "mutual TLS: $tls"
 [ "$tls" = "$plain" ] || fail "the checksum under TLS ($tls) differs from plaintext ($plain)"
 grep -q "mutual TLS: certificate" "$WORK/tls.server1.log" || fail "server1 did not log TLS"
+
+# The metrics endpoint serves HTTPS with the coordinator's certificate.
+metrics_port=$(cat "$WORK/coordinator.metrics.port")
+python3 - "$CERTS/ca.pem" "$metrics_port" <<'PY' || fail "metrics over HTTPS"
+import ssl, sys, urllib.request
+ca, port = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context(cafile=ca)
+body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read().decode()
+assert "psd_coordinator_" in body, body[:300]
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+except Exception:
+    pass
+else:
+    sys.exit("the metrics endpoint answered plain HTTP")
+print("metrics: HTTPS only")
+PY
 
 # ctl CERT_NAME [DIR] ARGS...: psd_ctl with another identity.
 ctl_as() {
