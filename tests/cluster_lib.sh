@@ -10,6 +10,13 @@ PIDS=()
 
 source deploy/processes.sh
 
+# PSD_TEST_TLS=1 in a test's env (e.g. failover_tls_test): every process
+# the test starts through these helpers talks mutual TLS (TLS_DIR below).
+if [ "${PSD_TEST_TLS:-0}" = 1 ] && [ -z "${TLS_DIR:-}" ]; then
+  TLS_DIR=$WORK/certs
+  deploy/make_certs.sh "$TLS_DIR"
+fi
+
 stop_cluster() {
   [ ${#PIDS[@]} -eq 0 ] && return 0
   stop_processes "${PIDS[@]}"
@@ -35,6 +42,14 @@ on_exit() {
     done
   fi
   local f
+  # A TLS variant must not have run anything in plaintext.
+  if [ "${PSD_TEST_TLS:-0}" = 1 ] && [ $code -eq 0 ]; then
+    if ! grep -rqs --include='*.log' "mutual TLS: certificate" "$WORK" ||
+      grep -rqs --include='*.log' -- "--insecure: plaintext" "$WORK"; then
+      echo "FAIL: PSD_TEST_TLS=1, but a process ran without mutual TLS" >&2
+      code=1
+    fi
+  fi
   for f in $(sanitizer_reports); do
     echo "FAIL: sanitizer report in $f:" >&2
     grep -E -A 60 "$SANITIZER_REPORT" "$f" | head -n 120 >&2

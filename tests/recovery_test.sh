@@ -22,9 +22,9 @@ start_node() {
   local name=$1 role=$2
   shift 2
   case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" --insecure "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    coordinator) "$BIN/server/coordinator/psd_coordinator" $(tls_flags "${TLS_DIR:-}" coordinator) "$@" 2>>"$WORK/$name.log" & ;;
+    server) "$BIN/server/ps/psd_server" $(tls_flags "${TLS_DIR:-}" server) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
+    worker) "$BIN/worker/psd_worker" $(tls_flags "${TLS_DIR:-}" worker) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
   esac
   PIDS+=($!)
 }
@@ -42,7 +42,7 @@ start_persistent() {
       --listen="127.0.0.1:${PORT[$s]}"
   fi
   COORDINATOR=127.0.0.1:${PORT[$s]}
-  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR" $(tls_flags "${TLS_DIR:-}" user-alice))
   start_node "$s.server1" server --data_dir="$WORK/$s/server1"
   start_node "$s.server2" server --data_dir="$WORK/$s/server2"
   start_node "$s.worker1" worker
@@ -128,9 +128,9 @@ kill_all
 # D. A full disk on one server.
 start_node D.coordinator coordinator --port_file="$WORK/D.port"
 COORDINATOR=127.0.0.1:$(wait_port "${PIDS[-1]}" "$WORK/D.port") || fail "D: no coordinator"
-CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
+CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR" $(tls_flags "${TLS_DIR:-}" user-alice))
 start_node D.server1 server --data_dir="$WORK/D/server1"
-(trap '' XFSZ; ulimit -f 1024; exec "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" \
+(trap '' XFSZ; ulimit -f 1024; exec "$BIN/server/ps/psd_server" $(tls_flags "${TLS_DIR:-}" server) --coordinator="$COORDINATOR" \
   --data_dir="$WORK/D/server2" 2>>"$WORK/D.server2.log") &
 PIDS+=($!)
 start_node D.worker1 worker
