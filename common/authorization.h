@@ -1,16 +1,24 @@
 // Who may call which psd method, decided from the caller's certificate
-// (common/transport_security.h) on every call, before the method runs.
+// (common/transport_security.h) or bearer token (common/auth_tokens.h) on
+// every call, before the method runs.
 //
-// The rules, by the caller's role (the URI SAN spiffe://psd/<role>/...):
+// The rules, by the caller's role (the URI SAN spiffe://psd/<role>/..., or
+// the token's role: submit = user, view = viewer, admin = admin):
 //   psd.v1.ParameterServer
 //     Push, AttachSharedMemory                       worker
 //     Pull                                           worker, user, admin
-//                                                    (psd_ctl export)
+//                                                    (psd_ctl export; a
+//                                                    user only of a job it
+//                                                    submitted, see
+//                                                    AuthorizeJobAction)
 //     CreateJob, DropJob, RestoreJob, SetView,
 //     SnapshotJob, SyncBackup                        coordinator
-//     Replicate, InstallPartition                    server
+//     Replicate, InstallPartition                    server (in the job's
+//                                                    view: checked by the
+//                                                    server, see
+//                                                    ServerInfo.identity)
 //     GetServerStatus, ListSnapshots                 coordinator, server,
-//                                                    user, admin
+//                                                    user, viewer, admin
 //   psd.v1.EmbeddingServer
 //     CreateTable, PullRows, PushRows, DropTable,
 //     TableStatus, SnapshotTable                     worker
@@ -20,13 +28,20 @@
 //     RegisterWorker, ReportProgress                 worker
 //     Heartbeat                                      server, worker
 //     GetClusterView                                 any role
-//   psd.v1.JobService (every method)                 user, admin
+//   psd.v1.JobService
+//     SubmitJob                                      user, admin
+//     CancelJob, DeleteJob, SnapshotJob              user (its own jobs,
+//                                                    AuthorizeJobAction),
+//                                                    admin
+//     GetJob, ListJobs, WatchJob                     user, viewer, admin
 //   grpc.health.v1.Health, grpc.reflection.*         anyone, even without a
 //                                                    certificate (probes,
 //                                                    grpcurl's discovery)
-// A method not listed is refused. A call without a psd identity gets
-// UNAUTHENTICATED; a call whose role is not allowed gets PERMISSION_DENIED
-// naming the method, the caller's identity and the roles it needs.
+// A method not listed is refused. A call without a psd identity, or with
+// an unknown or malformed bearer token, gets UNAUTHENTICATED; a call whose
+// role is not allowed gets PERMISSION_DENIED naming the method, the
+// caller's identity and the roles it needs. A token, when sent, decides
+// over the certificate.
 #ifndef PSD_COMMON_AUTHORIZATION_H_
 #define PSD_COMMON_AUTHORIZATION_H_
 
@@ -38,6 +53,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "common/auth_tokens.h"
 #include "common/transport_security.h"
 
 namespace psd {
@@ -52,9 +68,30 @@ absl::Status AuthorizeCall(absl::string_view method,
                            absl::string_view peer_uri);
 
 // The processor that TLS server credentials run on every call: reads the
-// :path and the peer's "peer_spiffe_id" and applies AuthorizeCall.
-// Thread-safe (it holds no state).
-std::shared_ptr<grpc::AuthMetadataProcessor> MakeRoleAuthorizer();
+// :path, the "authorization" metadata (checked against `tokens`; null: no
+// token is taken) and the peer's "peer_spiffe_id", applies AuthorizeCall,
+// and records the caller for CallerOf. Thread-safe.
+std::shared_ptr<grpc::AuthMetadataProcessor> MakeRoleAuthorizer(
+    std::shared_ptr<const TokenTable> tokens);
+
+// Who made the call, as MakeRoleAuthorizer found it; nullopt on a
+// plaintext port (--insecure: no identities, everyone may do anything),
+// and for the open health and reflection calls.
+std::optional<SpiffeId> CallerOf(const grpc::ServerContextBase& context);
+
+// "user/alice", "admin/root", "viewer/dash": how a job records who
+// submitted it (JobStatus.submitted_by).
+std::string PrincipalName(const SpiffeId& id);
+
+// Whether `caller` may `action` ("cancel", "delete", "snapshot", "export")
+// job `job_id`, submitted by `submitted_by` (a PrincipalName; empty when
+// it was submitted on a plaintext cluster). Yes for an admin, for the
+// submitter, and for anyone on a plaintext port (caller nullopt).
+// Errors: PERMISSION_DENIED naming the job, its submitter and the caller.
+absl::Status AuthorizeJobAction(const std::optional<SpiffeId>& caller,
+                                absl::string_view submitted_by,
+                                absl::string_view action,
+                                absl::string_view job_id);
 
 }  // namespace psd
 

@@ -73,5 +73,93 @@ TEST_CASE("AuthorizeCall: no identity is UNAUTHENTICATED, but health is open",
             .ok());
 }
 
+TEST_CASE("AuthorizeCall: a viewer reads jobs, submits and cancels nothing",
+          "[authorization]") {
+  const char* viewer = "spiffe://psd/viewer/dash";
+  CHECK(Call("/psd.v1.JobService/GetJob", viewer).ok());
+  CHECK(Call("/psd.v1.JobService/WatchJob", viewer).ok());
+  CHECK(Call("/psd.v1.ParameterServer/GetServerStatus", viewer).ok());
+  absl::Status submit = Call("/psd.v1.JobService/SubmitJob", viewer);
+  CHECK(submit.code() == absl::StatusCode::kPermissionDenied);
+  CHECK(absl::StrContains(submit.message(), "needs the role user or admin"));
+  CHECK(Call("/psd.v1.JobService/CancelJob", viewer).code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(Call("/psd.v1.ParameterServer/Pull", viewer).code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK_FALSE(ParseSpiffeId("spiffe://psd/viewer").has_value());
+}
+
+TEST_CASE("TokenTable: parses roles and names, refuses bad lines",
+          "[authorization]") {
+  auto table = TokenTable::Parse(
+      "# comment\n"
+      "\n"
+      "aaaaaaaaaaaaaaaa1 submit alice\n"
+      "  bbbbbbbbbbbbbbbb2\tview dash  \n"
+      "cccccccccccccccc3 admin root\n",
+      "tokens");
+  REQUIRE(table.ok());
+  CHECK(table->size() == 3);
+  auto alice = table->Find("aaaaaaaaaaaaaaaa1");
+  REQUIRE(alice.has_value());
+  CHECK(alice->role == Role::kUser);
+  CHECK(PrincipalName(*alice) == "user/alice");
+  CHECK(table->Find("bbbbbbbbbbbbbbbb2")->role == Role::kViewer);
+  CHECK(table->Find("cccccccccccccccc3")->role == Role::kAdmin);
+  CHECK_FALSE(table->Find("aaaaaaaaaaaaaaaa").has_value());
+  CHECK_FALSE(table->Find("").has_value());
+
+  struct Bad {
+    const char* text;
+    const char* says;
+  };
+  for (const Bad& bad : {
+           Bad{"aaaaaaaaaaaaaaaa1 submit\n", "tokens:1: expected"},
+           Bad{"\nshort submit alice\n", "tokens:2: the token is shorter"},
+           Bad{"aaaaaaaaaaaaaaaa1 owner alice\n", "is not admin, submit"},
+           Bad{"aaaaaaaaaaaaaaaa1 view al/ice\n", "name 'al/ice'"},
+           Bad{"aaaaaaaaaaaaaaaa1 view a\naaaaaaaaaaaaaaaa1 admin b\n",
+               "tokens:2: this token is given on an earlier line"},
+       }) {
+    INFO(bad.text);
+    auto parsed = TokenTable::Parse(bad.text, "tokens");
+    REQUIRE_FALSE(parsed.ok());
+    CHECK(parsed.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(absl::StrContains(parsed.status().message(), bad.says));
+  }
+  CHECK(TokenTable::Load("/nonexistent/tokens").status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("BearerToken: the RFC 6750 header form only", "[authorization]") {
+  CHECK(BearerToken("Bearer abc").value() == "abc");
+  CHECK(BearerToken("bearer  abc ").value() == "abc");
+  CHECK_FALSE(BearerToken("Basic abc").has_value());
+  CHECK_FALSE(BearerToken("Bearer ").has_value());
+  CHECK_FALSE(BearerToken("abc").has_value());
+}
+
+TEST_CASE("AuthorizeJobAction: the submitter or an admin, nobody else",
+          "[authorization]") {
+  auto alice = ParseSpiffeId("spiffe://psd/user/alice");
+  auto bob = ParseSpiffeId("spiffe://psd/user/bob");
+  auto root = ParseSpiffeId("spiffe://psd/admin/root");
+  auto dash = ParseSpiffeId("spiffe://psd/viewer/alice");
+  CHECK(AuthorizeJobAction(alice, "user/alice", "cancel", "j-1").ok());
+  CHECK(AuthorizeJobAction(root, "user/alice", "cancel", "j-1").ok());
+  CHECK(AuthorizeJobAction(std::nullopt, "user/alice", "cancel", "j-1").ok());
+  absl::Status denied = AuthorizeJobAction(bob, "user/alice", "cancel", "j-1");
+  CHECK(denied.code() == absl::StatusCode::kPermissionDenied);
+  CHECK(absl::StrContains(denied.message(),
+                          "job \"j-1\" was submitted by user/alice"));
+  CHECK(absl::StrContains(denied.message(), "the caller is user/bob"));
+  // A viewer of the same name is not the submitter.
+  CHECK(AuthorizeJobAction(dash, "user/alice", "export", "j-1").code() ==
+        absl::StatusCode::kPermissionDenied);
+  // Submitted in plaintext: admins only.
+  CHECK(AuthorizeJobAction(alice, "", "delete", "j-1").code() ==
+        absl::StatusCode::kPermissionDenied);
+}
+
 }  // namespace
 }  // namespace psd

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/auth_tokens.h"
 #include "common/authorization.h"
 #include "common/process.h"
 
@@ -35,6 +36,10 @@ ABSL_FLAG(bool, insecure, false,
           "call every method. Only for a trusted network; logs a warning. "
           "psd_coordinator, psd_server and psd_worker need it, or the three "
           "--tls_* flags.");
+ABSL_FLAG(std::string, token_file, "",
+          "Clients (psd_ctl): a file holding a bearer token to send with "
+          "every call (see --auth_tokens_file). Needs --tls_ca_file; with it "
+          "alone, no client certificate is shown.");
 
 namespace psd {
 namespace {
@@ -119,6 +124,8 @@ absl::string_view RoleName(Role role) {
       return "worker";
     case Role::kUser:
       return "user";
+    case Role::kViewer:
+      return "viewer";
     case Role::kAdmin:
       return "admin";
   }
@@ -132,7 +139,7 @@ std::optional<SpiffeId> ParseSpiffeId(absl::string_view uri) {
   SpiffeId id;
   bool found = false;
   for (Role role : {Role::kCoordinator, Role::kServer, Role::kWorker,
-                    Role::kUser, Role::kAdmin}) {
+                    Role::kUser, Role::kViewer, Role::kAdmin}) {
     if (parts[0] == RoleName(role)) {
       id.role = role;
       found = true;
@@ -143,13 +150,16 @@ std::optional<SpiffeId> ParseSpiffeId(absl::string_view uri) {
     if (parts[1].empty() || !ValidName(parts[1])) return std::nullopt;
     id.name = std::string(parts[1]);
   }
-  if ((id.role == Role::kUser || id.role == Role::kAdmin) && id.name.empty()) {
+  if ((id.role == Role::kUser || id.role == Role::kViewer ||
+       id.role == Role::kAdmin) &&
+      id.name.empty()) {
     return std::nullopt;
   }
   return id;
 }
 
 absl::Status ConfigureTls(const TlsOptions& options) {
+  const bool identity = !options.cert_file.empty() || !options.key_file.empty();
   const struct {
     absl::string_view flag;
     const std::string* path;
@@ -157,6 +167,7 @@ absl::Status ConfigureTls(const TlsOptions& options) {
                {"tls_cert_file", &options.cert_file},
                {"tls_key_file", &options.key_file}};
   for (const auto& file : files) {
+    if (!identity && file.path != &options.ca_file) continue;
     absl::Status ok = CheckPemFile(file.flag, *file.path);
     if (!ok.ok()) return ok;
   }
@@ -166,30 +177,42 @@ absl::Status ConfigureTls(const TlsOptions& options) {
   }
   auto* state = new TlsState;
   state->options = options;
-  state->provider =
-      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-          options.key_file, options.cert_file, options.ca_file,
-          options.refresh_s);
-
-  grpc::experimental::TlsServerCredentialsOptions server(state->provider);
-  server.watch_root_certs();
-  server.watch_identity_key_cert_pairs();
-  server.set_cert_request_type(
-      GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
-  state->server = grpc::experimental::TlsServerCredentials(server);
-  state->server->SetAuthMetadataProcessor(MakeRoleAuthorizer());
+  if (identity) {
+    state->provider =
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            options.key_file, options.cert_file, options.ca_file,
+            options.refresh_s);
+    grpc::experimental::TlsServerCredentialsOptions server(state->provider);
+    server.watch_root_certs();
+    server.watch_identity_key_cert_pairs();
+    server.set_cert_request_type(
+        GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+    state->server = grpc::experimental::TlsServerCredentials(server);
+    if (state->server != nullptr) {
+      state->server->SetAuthMetadataProcessor(
+          MakeRoleAuthorizer(options.tokens));
+    }
+  } else {
+    state->provider =
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            options.ca_file, options.refresh_s);
+  }
 
   grpc::experimental::TlsChannelCredentialsOptions channel;
   channel.set_certificate_provider(state->provider);
   channel.watch_root_certs();
-  channel.watch_identity_key_cert_pairs();
+  if (identity) channel.watch_identity_key_cert_pairs();
   channel.set_verify_server_certs(true);
   channel.set_check_call_host(false);
   channel.set_certificate_verifier(
       grpc::experimental::ExternalCertificateVerifier::Create<
           ServerIdentityVerifier>());
   state->channel = grpc::experimental::TlsCredentials(channel);
-  if (state->server == nullptr || state->channel == nullptr) {
+  if (state->channel != nullptr && !options.bearer_token.empty()) {
+    state->channel = grpc::CompositeChannelCredentials(
+        state->channel, grpc::AccessTokenCredentials(options.bearer_token));
+  }
+  if ((identity && state->server == nullptr) || state->channel == nullptr) {
     delete state;
     return absl::InvalidArgumentError(
         "--tls_*: gRPC refused the TLS options");
@@ -197,6 +220,26 @@ absl::Status ConfigureTls(const TlsOptions& options) {
   tls_state = state;
   return absl::OkStatus();
 }
+
+namespace {
+
+// The bearer token in --token_file (its first line, trimmed).
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string token;
+  if (!in || !std::getline(in, token)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token_file: cannot read '", path, "'"));
+  }
+  token = std::string(absl::StripAsciiWhitespace(token));
+  if (token.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token_file: '", path, "' starts with an empty line"));
+  }
+  return token;
+}
+
+}  // namespace
 
 absl::Status ConfigureTransportSecurityFromFlags(PlaintextPolicy policy) {
   TlsOptions options;
@@ -208,20 +251,41 @@ absl::Status ConfigureTransportSecurityFromFlags(PlaintextPolicy policy) {
                     !options.key_file.empty();
   const bool insecure = absl::GetFlag(FLAGS_insecure);
   const bool quiet = policy == PlaintextPolicy::kAllowQuietly;
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  auto tokens = TokenTableFromFlags();
+  if (!tokens.ok()) return tokens.status();
+  options.tokens = *std::move(tokens);
   if (insecure && given > 0) {
     return absl::InvalidArgumentError(
         "--insecure: given with --tls_* flags; choose one");
   }
-  if (given > 0 && given < 3) {
+  // A client may show no certificate and authenticate with a token.
+  const bool server_auth_only = quiet && given == 1 && !options.ca_file.empty();
+  if (given > 0 && given < 3 && !server_auth_only) {
     return absl::InvalidArgumentError(
         "--tls_ca_file, --tls_cert_file, --tls_key_file: give all three for "
         "mutual TLS, or none and --insecure for plaintext");
   }
-  if (given == 3) {
+  if (given == 0 && (options.tokens != nullptr || !token_file.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        options.tokens != nullptr ? "--auth_tokens_file" : "--token_file",
+        ": bearer tokens need TLS (--tls_ca_file, and --tls_cert_file and "
+        "--tls_key_file on a process that listens)"));
+  }
+  if (!token_file.empty()) {
+    auto token = ReadTokenFile(token_file);
+    if (!token.ok()) return token.status();
+    options.bearer_token = *std::move(token);
+  }
+  if (given > 0) {
     absl::Status configured = ConfigureTls(options);
     if (configured.ok() && !quiet) {
-      Log()->info("mutual TLS: certificate {}, CA {}, re-read every {} s",
-                  options.cert_file, options.ca_file, options.refresh_s);
+      Log()->info("mutual TLS: certificate {}, CA {}, re-read every {} s{}",
+                  options.cert_file, options.ca_file, options.refresh_s,
+                  options.tokens == nullptr
+                      ? ""
+                      : absl::StrCat("; ", options.tokens->size(),
+                                     " bearer tokens"));
     }
     return configured;
   }
@@ -243,7 +307,11 @@ const TlsOptions* ConfiguredTls() {
 }
 
 std::shared_ptr<grpc::ServerCredentials> ServerCredentials() {
-  if (tls_state != nullptr) return tls_state->server;
+  // A client configured without a certificate has no server credentials;
+  // it never listens.
+  if (tls_state != nullptr && tls_state->server != nullptr) {
+    return tls_state->server;
+  }
   return grpc::InsecureServerCredentials();
 }
 

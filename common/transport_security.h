@@ -5,9 +5,10 @@
 //
 // Identities. Every psd certificate carries one URI SAN of the form
 //   spiffe://psd/<role>[/<name>]
-// where <role> is coordinator, server, worker, user or admin, and <name>
-// (optional for the first three) tells processes or people apart, e.g.
-// spiffe://psd/user/alice. gRPC puts that URI in the call's AuthContext as
+// where <role> is coordinator, server, worker, user, viewer or admin, and
+// <name> (optional for the first three) tells processes or people apart,
+// e.g. spiffe://psd/user/alice. People without a certificate use bearer
+// tokens instead (common/auth_tokens.h), which stand for the same roles. gRPC puts that URI in the call's AuthContext as
 // "peer_spiffe_id"; common/authorization.h decides from it who may call
 // which method.
 //
@@ -23,6 +24,9 @@
 //   --tls_key_file   its private key (PEM)
 //   --tls_refresh_s  how often the three files are re-read (default 60 s)
 //   --insecure       plaintext, no identities: says that is intended
+//   --auth_tokens_file  bearer tokens this process takes (auth_tokens.h)
+//   --token_file     clients (psd_ctl): a file holding the bearer token to
+//                    send; with --tls_ca_file alone (no client certificate)
 #ifndef PSD_COMMON_TRANSPORT_SECURITY_H_
 #define PSD_COMMON_TRANSPORT_SECURITY_H_
 
@@ -38,9 +42,11 @@
 namespace psd {
 
 // What a peer is allowed to be, from its certificate.
-enum class Role { kCoordinator, kServer, kWorker, kUser, kAdmin };
+// kUser submits jobs and acts on its own; kViewer only reads jobs; kAdmin
+// acts on every job.
+enum class Role { kCoordinator, kServer, kWorker, kUser, kViewer, kAdmin };
 
-// "coordinator", "server", "worker", "user" or "admin".
+// "coordinator", "server", "worker", "user", "viewer" or "admin".
 absl::string_view RoleName(Role role);
 
 // A parsed psd SPIFFE ID.
@@ -52,15 +58,25 @@ struct SpiffeId {
 };
 
 // Parses "spiffe://psd/<role>[/<name>]". nullopt for anything else: another
-// scheme or trust domain, an unknown role, a user or admin without a name,
+// scheme or trust domain, an unknown role, a person (user, viewer, admin)
+// without a name,
 // or a name with characters other than [A-Za-z0-9._:-].
 std::optional<SpiffeId> ParseSpiffeId(absl::string_view uri);
 
+class TokenTable;
+
 struct TlsOptions {
-  // PEM files. All three are needed for TLS.
+  // PEM files. All three are needed for mutual TLS; a client (see
+  // PlaintextPolicy::kAllowQuietly) may give ca_file alone and then shows
+  // no certificate (it authenticates with `bearer_token`).
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
+  // Bearer tokens the process's ports take (null: none).
+  std::shared_ptr<const TokenTable> tokens;
+  // A client's bearer token, sent on every call of its channels (gRPC's
+  // AccessTokenCredentials); empty: none.
+  std::string bearer_token;
   // How often gRPC re-reads the files (a changed certificate is used for
   // new connections from then on), seconds. Default: 60.
   int refresh_s = 60;
@@ -68,7 +84,8 @@ struct TlsOptions {
 
 // Sets this process's transport security to mutual TLS with `options`.
 // Errors: INVALID_ARGUMENT naming the flag (--tls_ca_file, ...) of a file
-// that cannot be read or holds no PEM block.
+// that cannot be read or holds no PEM block, or when only one of
+// cert_file and key_file is given.
 // REQUIRES: called at most once, before any thread, channel or server.
 absl::Status ConfigureTls(const TlsOptions& options);
 
@@ -87,8 +104,11 @@ enum class PlaintextPolicy {
 // under kRequireInsecureFlag), or keeps plaintext as `policy` says.
 // Errors: those of ConfigureTls; INVALID_ARGUMENT when only some of
 // --tls_ca_file, --tls_cert_file and --tls_key_file are given, when
-// --insecure is given with them, when --tls_refresh_s is below 1, and under
-// kRequireInsecureFlag when neither the three nor --insecure are given.
+// --insecure is given with them, when --tls_refresh_s is below 1, under
+// kRequireInsecureFlag when neither the three nor --insecure are given,
+// when --auth_tokens_file or --token_file come without TLS, and those of
+// TokenTable::Load. Under kAllowQuietly, --tls_ca_file alone is TLS
+// without a client certificate (for --token_file).
 // REQUIRES: flags parsed; called at most once, before any thread.
 absl::Status ConfigureTransportSecurityFromFlags(PlaintextPolicy policy);
 
