@@ -192,9 +192,18 @@ std::optional<SpiffeId> CallerOf(const grpc::ServerContextBase& context) {
                                     name.empty() ? "" : "/", name));
 }
 
+std::string CallerIdentity(const grpc::ServerContextBase& context) {
+  std::optional<SpiffeId> caller = CallerOf(context);
+  return caller.has_value() ? SpiffeUri(*caller) : std::string();
+}
+
 std::string PrincipalName(const SpiffeId& id) {
   return id.name.empty() ? std::string(RoleName(id.role))
                          : absl::StrCat(RoleName(id.role), "/", id.name);
+}
+
+std::string SpiffeUri(const SpiffeId& id) {
+  return absl::StrCat("spiffe://psd/", PrincipalName(id));
 }
 
 absl::Status AuthorizeJobAction(const std::optional<SpiffeId>& caller,

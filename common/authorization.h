@@ -79,9 +79,16 @@ std::shared_ptr<grpc::AuthMetadataProcessor> MakeRoleAuthorizer(
 // and for the open health and reflection calls.
 std::optional<SpiffeId> CallerOf(const grpc::ServerContextBase& context);
 
+// SpiffeUri(*CallerOf(context)), or "" when CallerOf is nullopt.
+std::string CallerIdentity(const grpc::ServerContextBase& context);
+
 // "user/alice", "admin/root", "viewer/dash": how a job records who
 // submitted it (JobStatus.submitted_by).
 std::string PrincipalName(const SpiffeId& id);
+
+// "spiffe://psd/" + PrincipalName(id): a certificate's identity
+// (ServerInfo.identity).
+std::string SpiffeUri(const SpiffeId& id);
 
 // Whether `caller` may `action` ("cancel", "delete", "snapshot", "export")
 // job `job_id`, submitted by `submitted_by` (a PrincipalName; empty when

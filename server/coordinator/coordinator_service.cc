@@ -1,6 +1,7 @@
 #include "server/coordinator/coordinator_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/authorization.h"
 #include "common/job_config.h"
 #include "common/status.h"
 
@@ -33,12 +34,32 @@ grpc::Status WithJobId(const std::string& job_id, Call call) {
   return call();
 }
 
+// WithJobId, for an action only the job's submitter or an admin may take
+// (AuthorizeJobAction): PERMISSION_DENIED for anyone else, NOT_FOUND for
+// an unknown job.
+template <typename Call>
+grpc::Status AsJobOwner(CoordinatorState* state, grpc::ServerContext* context,
+                        const std::string& job_id, absl::string_view action,
+                        Call call) {
+  return WithJobId(job_id, [&] {
+    absl::StatusOr<JobStatus> job = state->GetJob(job_id);
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    absl::Status allowed = AuthorizeJobAction(
+        CallerOf(*context), job->submitted_by(), action, job_id);
+    if (!allowed.ok()) return ToGrpcStatus(allowed);
+    return call();
+  });
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* MembershipService::RegisterServer(
     grpc::CallbackServerContext* context, const RegisterRequest* request,
     RegisterResponse* response) {
-  return Finish(context, Reply(state_->RegisterServer(*request), response));
+  // The identity its certificate proved (mutual TLS), not one it claims.
+  return Finish(context, Reply(state_->RegisterServer(
+                                   *request, CallerIdentity(*context)),
+                               response));
 }
 
 grpc::ServerUnaryReactor* MembershipService::RegisterWorker(
@@ -70,10 +91,12 @@ grpc::ServerUnaryReactor* MembershipService::GetClusterView(
   return Finish(context, grpc::Status::OK);
 }
 
-grpc::Status JobControlService::SubmitJob(grpc::ServerContext*,
+grpc::Status JobControlService::SubmitJob(grpc::ServerContext* context,
                                           const JobConfig* config,
                                           SubmitJobResponse* response) {
-  auto id = state_->SubmitJob(*config);
+  std::optional<SpiffeId> caller = CallerOf(*context);
+  auto id = state_->SubmitJob(
+      *config, caller.has_value() ? PrincipalName(*caller) : std::string());
   if (!id.ok()) return ToGrpcStatus(id.status());
   response->set_job_id(*id);
   return grpc::Status::OK;
@@ -96,10 +119,10 @@ grpc::Status JobControlService::ListJobs(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status JobControlService::CancelJob(grpc::ServerContext*,
+grpc::Status JobControlService::CancelJob(grpc::ServerContext* context,
                                           const CancelJobRequest* request,
                                           JobStatus* response) {
-  return WithJobId(request->job_id(), [&] {
+  return AsJobOwner(state_, context, request->job_id(), "cancel", [&] {
     return Reply(state_->CancelJob(request->job_id()), response);
   });
 }
@@ -138,18 +161,18 @@ grpc::Status JobControlService::WatchJob(grpc::ServerContext* context,
   return grpc::Status::CANCELLED;
 }
 
-grpc::Status JobControlService::DeleteJob(grpc::ServerContext*,
+grpc::Status JobControlService::DeleteJob(grpc::ServerContext* context,
                                           const DeleteJobRequest* request,
                                           DeleteJobResponse*) {
-  return WithJobId(request->job_id(), [&] {
+  return AsJobOwner(state_, context, request->job_id(), "delete", [&] {
     return ToGrpcStatus(state_->DeleteJob(request->job_id()));
   });
 }
 
-grpc::Status JobControlService::SnapshotJob(grpc::ServerContext*,
+grpc::Status JobControlService::SnapshotJob(grpc::ServerContext* context,
                                             const SnapshotJobRequest* request,
                                             SnapshotJobResponse* response) {
-  return WithJobId(request->job_id(), [&] {
+  return AsJobOwner(state_, context, request->job_id(), "snapshot", [&] {
     auto step = state_->SnapshotJob(request->job_id());
     if (!step.ok()) return ToGrpcStatus(step.status());
     response->set_step(*step);

@@ -80,6 +80,9 @@ struct CoordinatorOptions {
   // resumes without them sooner once as many servers are registered as
   // the job had: a lost disk comes back with a new uid.) Default: 300 s.
   int recovery_timeout_ms = 300000;
+  // Jobs held, in every state, until DeleteJob forgets them; SubmitJob
+  // past it gets RESOURCE_EXHAUSTED. Default: 1000.
+  int max_jobs = 1000;
   // Where jobs persist (not owned; must outlive the state). Null: in memory
   // only. With it, a restarted coordinator resumes its jobs: see Start().
   CoordinatorDb* db = nullptr;
@@ -134,7 +137,10 @@ class CoordinatorState {
 
   // Membership. Errors: INVALID_ARGUMENT (no address), FAILED_PRECONDITION
   // (protocol version mismatch).
-  absl::StatusOr<RegisterResponse> RegisterServer(const RegisterRequest& request);
+  // `identity`: the URI of the certificate the server called with (mutual
+  // TLS), recorded as its ServerInfo.identity; empty in plaintext.
+  absl::StatusOr<RegisterResponse> RegisterServer(const RegisterRequest& request,
+                                                  const std::string& identity = "");
   absl::StatusOr<RegisterResponse> RegisterWorker(const RegisterRequest& request);
   // Errors: NOT_FOUND (unknown or expired member: register again).
   absl::StatusOr<HeartbeatResponse> Heartbeat(const HeartbeatRequest& request);
@@ -144,8 +150,11 @@ class CoordinatorState {
       const ReportProgressRequest& request);
   ClusterView GetClusterView();
 
-  // Jobs. Errors: INVALID_ARGUMENT naming the config field; NOT_FOUND.
-  absl::StatusOr<std::string> SubmitJob(const JobConfig& config);
+  // Jobs. Errors: INVALID_ARGUMENT naming the config field; NOT_FOUND;
+  // SubmitJob: RESOURCE_EXHAUSTED past CoordinatorOptions.max_jobs.
+  // `submitted_by`: JobStatus.submitted_by (empty in plaintext).
+  absl::StatusOr<std::string> SubmitJob(const JobConfig& config,
+                                        const std::string& submitted_by = "");
   absl::StatusOr<JobStatus> GetJob(const std::string& job_id);
   std::vector<JobStatus> ListJobs();
   absl::StatusOr<JobStatus> CancelJob(const std::string& job_id);
@@ -238,7 +247,8 @@ class CoordinatorState {
 
   // Membership (registration.cc).
   absl::StatusOr<RegisterResponse> Register(const RegisterRequest& request,
-                                            bool server);
+                                            bool server,
+                                            const std::string& identity);
   void ExpireMembers() ABSL_LOCKS_EXCLUDED(mu_);
   // The pause monitor's loop (see CoordinatorOptions.pause_threshold_ms).
   void PauseMonitorLoop() ABSL_LOCKS_EXCLUDED(mu_);

@@ -134,6 +134,7 @@ void CoordinatorState::RecoverJobs() {
         }
         server.set_id(member_id);
         server.set_address(member.address);
+        server.set_identity(member.identity);
       }
       *job.status.mutable_servers() = job.assignment.servers();
       *job.status.mutable_shards() = job.assignment.shards();
@@ -248,6 +249,8 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
         create.add_shards(shard);
       }
       create.set_view_epoch(assignment->view_epoch());
+      create.set_submitted_by(assignment->submitted_by());
+      *create.mutable_servers() = assignment->servers();
       CreateJobResponse response;
       PSD_RETURN_IF_ERROR(FromGrpcStatus(
           CallServer(stub.get(), &ParameterServer::Stub::CreateJob, create,
@@ -318,6 +321,8 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
       request.set_job_id(job_id);
       request.set_max_step(max_step);
       request.set_view_epoch(assignment->view_epoch());
+      request.set_submitted_by(assignment->submitted_by());
+      *request.mutable_servers() = assignment->servers();
       RestoreJobResponse response;
       grpc::Status status =
           CallServer(stubs[i].get(), &ParameterServer::Stub::RestoreJob,

@@ -23,12 +23,14 @@
 
 namespace psd {
 
-absl::StatusOr<std::string> CoordinatorState::SubmitJob(const JobConfig& input) {
+absl::StatusOr<std::string> CoordinatorState::SubmitJob(
+    const JobConfig& input, const std::string& submitted_by) {
   JobConfig config = input;
   ApplyJobConfigDefaults(&config);
   PSD_RETURN_IF_ERROR(ValidateJobConfig(config));
   Job job;
   job.status.set_state(PENDING);
+  job.status.set_submitted_by(submitted_by);
   *job.status.mutable_config() = config;
   job.status.set_steps_per_epoch(StepsPerEpoch(config, TrainExamples(config)));
   job.status.set_total_steps(job.status.steps_per_epoch() * config.epochs());
@@ -39,6 +41,12 @@ absl::StatusOr<std::string> CoordinatorState::SubmitJob(const JobConfig& input) 
   }
   {
     absl::MutexLock lock(&mu_);
+    if (static_cast<int64_t>(jobs_.size()) >= options_.max_jobs) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this coordinator holds ", jobs_.size(), " jobs, its limit "
+          "(--max_jobs ", options_.max_jobs, "); delete finished ones "
+          "(JobService/DeleteJob) first"));
+    }
     job.status.set_job_id(absl::StrCat(config.name(), "-", next_job_++));
   }
   const std::string id = job.status.job_id();
@@ -228,12 +236,9 @@ void CoordinatorState::StartPendingJobs() {
       *a.mutable_placement() = *placement;
       a.set_view_epoch(epoch);
       for (const std::string& server_id : chosen) {
-        const Member& member = members_.servers().at(server_id);
-        ServerInfo* info = a.add_servers();
-        info->set_id(server_id);
-        info->set_address(member.address);
-        info->set_uid(member.uid);
-        servers.push_back(*info);
+        *a.add_servers() =
+            ServerInfoOf(server_id, members_.servers().at(server_id));
+        servers.push_back(a.servers(a.servers_size() - 1));
       }
       // Shard k: primary server k, backups the next R-1 servers.
       const int32_t n = static_cast<int32_t>(servers.size());
@@ -254,6 +259,9 @@ void CoordinatorState::StartPendingJobs() {
       *create.mutable_config() = config;
       *create.mutable_placement() = *placement;
       create.set_view_epoch(epoch);
+      a.set_submitted_by(job.status.submitted_by());
+      create.set_submitted_by(a.submitted_by());
+      *create.mutable_servers() = a.servers();
       attempt_record = Record(job);
       Log()->info("job {}: start attempt {} on {} server(s), view epoch {}{}",
                   id, job.start_errors.size() + 1, chosen.size(), epoch,

@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/coordinator/test_cluster.h"
@@ -14,6 +15,26 @@
 namespace psd {
 namespace coordinator_test {
 namespace {
+
+TEST_CASE("CoordinatorState: the submitter is recorded, and jobs are "
+          "bounded by max_jobs",
+          "[coordinator]") {
+  CoordinatorOptions options = FastOptions();
+  options.max_jobs = 2;
+  CoordinatorState state(options);
+  auto first = state.SubmitJob(SmallConfig(2), "user/alice");
+  REQUIRE(first.ok());
+  CHECK(state.GetJob(*first)->submitted_by() == "user/alice");
+  REQUIRE(state.SubmitJob(SmallConfig(2)).ok());
+  auto third = state.SubmitJob(SmallConfig(2));
+  REQUIRE_FALSE(third.ok());
+  CHECK(third.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(third.status().message(), "--max_jobs 2"));
+  // Deleting a finished one makes room.
+  REQUIRE(state.CancelJob(*first).ok());
+  REQUIRE(state.DeleteJob(*first).ok());
+  CHECK(state.SubmitJob(SmallConfig(2)).ok());
+}
 
 TEST_CASE("CoordinatorState: cancel", "[coordinator]") {
   Cluster cluster(FastOptions());

@@ -61,4 +61,14 @@ void MemberTable::Erase(bool server, const std::string& id) {
   Of(server).erase(id);
 }
 
+ServerInfo ServerInfoOf(const std::string& id,
+                        const MemberTable::Member& member) {
+  ServerInfo info;
+  info.set_id(id);
+  info.set_address(member.address);
+  info.set_uid(member.uid);
+  info.set_identity(member.identity);
+  return info;
+}
+
 }  // namespace psd

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "common/proto.h"
 
 namespace psd {
 
@@ -41,6 +42,8 @@ class MemberTable {
     // when it registered.
     std::string uid;
     std::vector<std::string> live_jobs;
+    // Servers only: ServerInfo.identity (mutual TLS), "" in plaintext.
+    std::string identity;
     // Workers only: a job whose rank was taken from this worker for making
     // no progress (WatchProgress); it is never given a rank of it again.
     std::string stalled_in;
@@ -104,6 +107,10 @@ class MemberTable {
   std::map<std::string, Member> servers_;
   std::map<std::string, Member> workers_;
 };
+
+// A server member as the cluster view and assignments show it.
+ServerInfo ServerInfoOf(const std::string& id, const MemberTable::Member& member);
+
 
 }  // namespace psd
 

@@ -20,6 +20,9 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(int, heartbeat_timeout_ms, 1500,
           "Remove a server or worker that sent no heartbeat for this long, ms: "
           "a primary's backup is promoted, a worker's rank goes to another.");
+ABSL_FLAG(int, max_jobs, 1000,
+          "Jobs held, in every state, until DeleteJob forgets them; "
+          "SubmitJob past it gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, recovery_timeout_ms, 300000,
           "After a restart, how long a RECOVERING job waits for the servers "
           "that held its shards (known by their data directories) to "
@@ -140,6 +143,11 @@ int Main() {
   CoordinatorOptions options;
   options.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
   options.recovery_timeout_ms = absl::GetFlag(FLAGS_recovery_timeout_ms);
+  options.max_jobs = absl::GetFlag(FLAGS_max_jobs);
+  if (options.max_jobs < 1) {
+    Log()->error("--max_jobs={}: must be at least 1", options.max_jobs);
+    return 2;
+  }
   if (options.recovery_timeout_ms < 0) {
     Log()->error("--recovery_timeout_ms={}: must be >= 0",
                  options.recovery_timeout_ms);

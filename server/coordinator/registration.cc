@@ -14,7 +14,7 @@
 namespace psd {
 
 absl::StatusOr<RegisterResponse> CoordinatorState::Register(
-    const RegisterRequest& request, bool server) {
+    const RegisterRequest& request, bool server, const std::string& identity) {
   if (request.protocol_version() != PROTOCOL_VERSION_1) {
     return absl::FailedPreconditionError(absl::StrCat(
         "protocol_version: this coordinator speaks ",
@@ -41,6 +41,7 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
   const std::string id = members_.Add(server, request.address());
   Member& member = *members_.Find(server, id);
   member.uid = request.server_uid();
+  member.identity = identity;
   member.live_jobs.assign(request.live_jobs().begin(), request.live_jobs().end());
   ++view_epoch_;
   Log()->info("{} {} joined at {} (view epoch {}){}", server ? "server" : "worker",
@@ -101,13 +102,13 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
 }
 
 absl::StatusOr<RegisterResponse> CoordinatorState::RegisterServer(
-    const RegisterRequest& request) {
-  return Register(request, /*server=*/true);
+    const RegisterRequest& request, const std::string& identity) {
+  return Register(request, /*server=*/true, identity);
 }
 
 absl::StatusOr<RegisterResponse> CoordinatorState::RegisterWorker(
     const RegisterRequest& request) {
-  return Register(request, /*server=*/false);
+  return Register(request, /*server=*/false, "");
 }
 
 absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(

@@ -98,11 +98,7 @@ void CoordinatorState::NewViewLocked(Job* job) {
   for (const ServerInfo& s : a.servers()) known[s.id()] = s;
   for (const auto& [id, member] : members_.servers()) {
     if (known.count(id)) continue;
-    ServerInfo info;
-    info.set_id(id);
-    info.set_address(member.address);
-    info.set_uid(member.uid);
-    known[id] = info;
+    known[id] = ServerInfoOf(id, member);
   }
   std::set<std::string> used;
   for (const ShardReplicas& r : a.shards()) {
@@ -283,6 +279,8 @@ void CoordinatorState::RepairReplicas() {
   create.add_shards(shard);
   create.set_view_epoch(assignment.view_epoch());
   create.set_joining(true);
+  create.set_submitted_by(assignment.submitted_by());
+  *create.mutable_servers() = assignment.servers();
   CreateJobResponse created;
   auto joiner = ParameterServer::NewStub(MakeChannel(joiner_address));
   grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/authorization.h"
 #include "common/process.h"
 #include "common/quote.h"
 #include "common/rpc.h"
@@ -296,6 +297,23 @@ absl::StatusOr<const PushRequest*> ParameterService::StorePushRequest(
 grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext* context, const PullRequest* request,
     PullResponse* response) {
+  // A person's pull (psd_ctl export): only of a job they submitted, or as
+  // an admin. Workers pull any job they are given.
+  if (std::optional<SpiffeId> caller = CallerOf(*context);
+      caller.has_value() && caller->role != Role::kWorker) {
+    absl::StatusOr<std::string> submitted_by =
+        store_->SubmittedBy(request->job_id());
+    absl::Status allowed =
+        submitted_by.ok()
+            ? AuthorizeJobAction(caller, *submitted_by, "export",
+                                 request->job_id())
+            : submitted_by.status();
+    if (!allowed.ok()) {
+      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      reactor->Finish(ToGrpcStatus(allowed));
+      return reactor;
+    }
+  }
   // (A default StatusOr is an error: start from "no region".)
   absl::StatusOr<std::shared_ptr<const SharedMemory>> region =
       std::shared_ptr<const SharedMemory>();
@@ -389,7 +407,9 @@ grpc::Status ParameterService::RestoreJob(grpc::ServerContext*,
   }
   if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
   const int64_t step = snapshot->manifest.step();
-  absl::Status restored = store_->Restore(*snapshot, request->view_epoch());
+  absl::Status restored =
+      store_->Restore(*snapshot, request->view_epoch(),
+                      request->submitted_by(), request->servers());
   if (!restored.ok()) return ToGrpcStatus(restored);
   Log()->info("job {}: restored from the snapshot at step {}",
               request->job_id(), step);
@@ -433,6 +453,11 @@ grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
 grpc::Status ParameterService::Replicate(grpc::ServerContext* context,
                                          const ReplicateRequest* request,
                                          ReplicateResponse* response) {
+  if (absl::Status peer = store_->CheckReplicaPeer(request->job_id(),
+                                                   CallerIdentity(*context));
+      !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   // psd_server --test_stall_replicate_at_step (tests only): hold the call
   // as a stalled backup would, until the window ends, the caller gives up
   // (its deadline), or the server stops (Shutdown cancels the call). One
@@ -455,8 +480,13 @@ grpc::Status ParameterService::Replicate(grpc::ServerContext* context,
 }
 
 grpc::Status ParameterService::InstallPartition(
-    grpc::ServerContext*, const InstallPartitionRequest* request,
+    grpc::ServerContext* context, const InstallPartitionRequest* request,
     InstallPartitionResponse*) {
+  if (absl::Status peer = store_->CheckReplicaPeer(request->job_id(),
+                                                   CallerIdentity(*context));
+      !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   return ToGrpcStatus(store_->InstallPartition(*request));
 }
 

@@ -50,6 +50,35 @@ std::string ConsistencyDescription(const JobConfig& config) {
 
 }  // namespace
 
+std::set<std::string> PeerIdentities(
+    const google::protobuf::RepeatedPtrField<ServerInfo>& servers) {
+  std::set<std::string> identities;
+  for (const ServerInfo& server : servers) {
+    if (!server.identity().empty()) identities.insert(server.identity());
+  }
+  return identities;
+}
+
+absl::Status ParameterStore::CheckReplicaPeer(const std::string& job_id,
+                                              const std::string& identity) {
+  if (identity.empty()) return absl::OkStatus();
+  auto job = FindJob(job_id);
+  if (!job.ok()) return absl::OkStatus();
+  absl::MutexLock lock(&(*job)->mu);
+  const std::set<std::string>& peers = (*job)->peer_identities;
+  if (peers.empty() || peers.count(identity)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "the caller ", identity, " is not a server of job ", Quote(job_id),
+      "'s view (epoch ", (*job)->view_epoch, ": ", absl::StrJoin(peers, ", "),
+      "); only they replicate to this server"));
+}
+
+absl::StatusOr<std::string> ParameterStore::SubmittedBy(
+    const std::string& job_id) {
+  PSD_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindJob(job_id));
+  return job->submitted_by;
+}
+
 absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::FindJob(
     const std::string& job_id) {
   absl::MutexLock lock(&mu_);
@@ -143,9 +172,11 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
   job->config_bytes = config.SerializeAsString();
   job->placement = placement;
   job->any_async = HasAsyncParameters(config);
+  job->submitted_by = request.submitted_by();
   {
     absl::MutexLock lock(&job->mu);
     job->view_epoch = request.view_epoch();
+    job->peer_identities = PeerIdentities(request.servers());
     job->shards.assign(shards.begin(), shards.end());
     for (int32_t shard : shards) {
       job->roles[shard].role =

@@ -191,9 +191,28 @@ class ParameterStore {
   // Holds the job as `snapshot` recorded it: its config, placement, shards,
   // parameters, optimizer slots and step (ASP/SSP partitions: their update
   // count and per-rank clocks, the dedup table), serving in `view_epoch`.
+  // `submitted_by` and `servers`: as in CreateJobRequest (the snapshot does
+  // not record them; RestoreJobRequest carries them).
   // Errors: ALREADY_EXISTS (the job is held already), INVALID_ARGUMENT (a
   // snapshot inconsistent with its placement).
-  absl::Status Restore(const ShardSnapshot& snapshot, int64_t view_epoch);
+  absl::Status Restore(
+      const ShardSnapshot& snapshot, int64_t view_epoch,
+      const std::string& submitted_by = "",
+      const google::protobuf::RepeatedPtrField<ServerInfo>& servers = {});
+
+  // Access checks for callers that mutual TLS identified (the service runs
+  // them before the call). A server takes Replicate and InstallPartition
+  // for a job only from a server of the job's view: `identity` (the
+  // caller's certificate URI) must be the ServerInfo.identity of one of the
+  // servers of the latest SetView, or of the CreateJob/RestoreJob before
+  // any. OK when `identity` is empty (plaintext), when the view carries no
+  // identities (a plaintext coordinator), or for a job not held (the call
+  // itself answers NOT_FOUND). Errors: PERMISSION_DENIED naming the caller,
+  // the job and the view epoch.
+  absl::Status CheckReplicaPeer(const std::string& job_id,
+                                const std::string& identity);
+  // CreateJobRequest.submitted_by of a held job. Errors: NOT_FOUND.
+  absl::StatusOr<std::string> SubmittedBy(const std::string& job_id);
 
   // See ParameterServer.Push in proto/parameter_server.proto. Errors also:
   // ABORTED (the push's view epoch is older than this server's, or this

@@ -71,6 +71,8 @@ struct ParameterStore::Job {
   Placement placement;
   // Some parameter is under ASP or SSP (HasAsyncParameters).
   bool any_async = false;
+  // CreateJobRequest.submitted_by.
+  std::string submitted_by;
 
   absl::Mutex mu;
   // ASP/SSP: the largest staleness seen by an answered pull, and pulls
@@ -79,6 +81,9 @@ struct ParameterStore::Job {
   std::vector<int64_t> staleness_counts ABSL_GUARDED_BY(mu) =
       std::vector<int64_t>(kStalenessBuckets);
   int64_t view_epoch ABSL_GUARDED_BY(mu) = 0;
+  // ServerInfo.identity of the view's servers (CheckReplicaPeer); empty
+  // when the view carries none.
+  std::set<std::string> peer_identities ABSL_GUARDED_BY(mu);
   // Shards held, ascending, and this server's role for each.
   std::vector<int32_t> shards ABSL_GUARDED_BY(mu);
   std::map<int32_t, ShardRole> roles ABSL_GUARDED_BY(mu);
@@ -94,6 +99,10 @@ struct ParameterStore::Job {
   // Pulls waiting for a step, by pull id.
   std::map<uint64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
 };
+
+// The non-empty ServerInfo.identity of `servers` (Job::peer_identities).
+std::set<std::string> PeerIdentities(
+    const google::protobuf::RepeatedPtrField<ServerInfo>& servers);
 
 // A push's or pull's view epoch against the server's.
 inline absl::Status CheckEpoch(const ParameterStore::Job& job, int64_t epoch,

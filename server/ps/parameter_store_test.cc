@@ -35,6 +35,37 @@ TEST_CASE("ParameterStore: the initial pull returns the Glorot initial values",
   CHECK(nonzero);
 }
 
+TEST_CASE("ParameterStore: replication only from the view's identities, "
+          "and the submitter is kept",
+          "[store][create]") {
+  ParameterStore store;
+  CreateJobRequest request = CreateRequest(Config(1));
+  request.set_submitted_by("user/alice");
+  for (const char* identity : {"spiffe://psd/server/s0", ""}) {
+    ServerInfo* server = request.add_servers();
+    server->set_id(identity);
+    server->set_identity(identity);
+  }
+  REQUIRE(store.CreateJob(request).ok());
+  CHECK(store.SubmittedBy(kJob).value() == "user/alice");
+  CHECK(store.SubmittedBy("other").status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(store.CheckReplicaPeer(kJob, "spiffe://psd/server/s0").ok());
+  CHECK(store.CheckReplicaPeer(kJob, "").ok());  // plaintext
+  CHECK(store.CheckReplicaPeer("other", "spiffe://psd/server/x").ok());
+  absl::Status rogue = store.CheckReplicaPeer(kJob, "spiffe://psd/server/x");
+  CHECK(rogue.code() == absl::StatusCode::kPermissionDenied);
+  CHECK_THAT(std::string(rogue.message()),
+             Catch::Contains("spiffe://psd/server/x is not a server of job "
+                             "\"job-1\"'s view") &&
+                 Catch::Contains("spiffe://psd/server/s0"));
+
+  // A view without identities (a plaintext coordinator) checks nothing.
+  ParameterStore plain;
+  REQUIRE(plain.CreateJob(CreateRequest(Config(1))).ok());
+  CHECK(plain.CheckReplicaPeer(kJob, "spiffe://psd/server/x").ok());
+}
+
 TEST_CASE("ParameterStore: CreateJob is idempotent for the same config only",
           "[store][create]") {
   Fixture f(2);

@@ -111,6 +111,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
       }
     }
     job->view_epoch = view.epoch();
+    job->peer_identities = PeerIdentities(view.servers());
     job->roles = std::move(roles);
     bool advanced = false;
     for (auto& [id, state] : job->partitions) {

@@ -111,8 +111,10 @@ absl::Status ParameterStore::RequestSnapshot(const std::string& job_id,
   return absl::OkStatus();
 }
 
-absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
-                                     int64_t view_epoch) {
+absl::Status ParameterStore::Restore(
+    const ShardSnapshot& snapshot, int64_t view_epoch,
+    const std::string& submitted_by,
+    const google::protobuf::RepeatedPtrField<ServerInfo>& servers) {
   const SnapshotManifest& m = snapshot.manifest;
   {
     absl::MutexLock lock(&mu_);
@@ -127,6 +129,8 @@ absl::Status ParameterStore::Restore(const ShardSnapshot& snapshot,
   *create.mutable_placement() = m.placement();
   *create.mutable_shards() = m.shards();
   create.set_view_epoch(view_epoch);
+  create.set_submitted_by(submitted_by);
+  *create.mutable_servers() = servers;
   auto job = BuildJob(create);
   if (!job.ok()) return job.status();
   {
