@@ -11,7 +11,9 @@
 # spiffe://psd/ROLE[/SUFFIX] (users and admins need a SUFFIX: user-alice is
 # spiffe://psd/user/alice). Default NAMEs: coordinator server worker
 # user-alice admin-root. Every certificate also names 127.0.0.1 and
-# localhost, so grpcurl's host name check passes on loopback. Valid N days
+# localhost, so grpcurl's host name check passes on loopback, and the
+# coordinator's its Kubernetes Service name psd-coordinator (deploy/k8s: the
+# submit Job's grpcurl dials it). Valid N days
 # (default 30; a negative N makes expired ones, for tests). An existing
 # DIR/ca.pem is reused, so NAMEs can be added later.
 set -euo pipefail
@@ -38,12 +40,14 @@ for name in "$@"; do
     *) echo "make_certs: $name: the role must be coordinator, server, worker, user or admin" >&2; exit 2 ;;
   esac
   uri="spiffe://psd/$role${suffix:+/$suffix}"
+  dns=DNS:localhost
+  if [ "$role" = coordinator ]; then dns="$dns,DNS:psd-coordinator"; fi
   ext=$(mktemp)
   cat >"$ext" <<EOF
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth
-subjectAltName=URI:$uri,IP:127.0.0.1,DNS:localhost
+subjectAltName=URI:$uri,IP:127.0.0.1,$dns
 EOF
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$DIR/$name.key" -out "$DIR/$name.csr" -subj "/CN=psd $role${suffix:+ $suffix}" 2>/dev/null

@@ -20,10 +20,29 @@ Manifests (deploy/k8s/**/*.yaml):
   - the submit Job's grpcurl dials a Service and port of the coordinator,
     calls an RPC that proto/ defines, reads a file mounted from the
     ConfigMap, whose job.json equals deploy/jobs/fashion_mnist_mlp.json;
-  - every container has CPU and memory requests, psd containers grpc
-    readiness and liveness probes and a non-root user (the Dockerfile's
-    uid); workers request nvidia.com/gpu; the PodDisruptionBudget selects
-    the servers.
+  - every container has CPU and memory requests, psd containers a non-root
+    user (the Dockerfile's uid); workers request nvidia.com/gpu; the
+    PodDisruptionBudget selects the servers.
+
+Transport security (mutual TLS from Secrets):
+  - no psd container runs --insecure; each gives --tls_ca_file,
+    --tls_cert_file and --tls_key_file as ca.crt, tls.crt and tls.key of one
+    mounted secret volume (a whole volume: no subPath, which the kubelet
+    never updates), readable by the container's user;
+  - readiness and liveness probes are exec probes running psd_ctl (in the
+    image) `health 127.0.0.1:<--listen port>` with the container's own
+    --tls_* files and flags psd_ctl --help lists, with a timeout above
+    psd_ctl's --timeout_s; no grpc: probe (it speaks no TLS);
+  - the submit Job's grpcurl presents -cacert/-cert/-key from a mounted
+    secret volume, not -plaintext;
+  - every mounted Secret is made both by cert-manager/ (a Certificate whose
+    secretName it is, issued by an Issuer there) and by README.md's
+    commands (its ```sh block with make_certs.sh, run with a stand-in
+    kubectl that records the Secrets), with the identity (URI SAN) its
+    workload needs: coordinator, server, worker, user or admin for the
+    grpcurl Job; the host name grpcurl dials is a DNS name of both
+    coordinator certificates; the cert-manager Component builds with
+    kubectl kustomize.
 
 The Dockerfile checks are in tests/dockerfile_check.py.
 """
@@ -92,8 +111,8 @@ def check_kustomization(files):
     return names
 
 
-def help_flags(binary):
-    out = subprocess.run([os.path.join(BIN, BINARY_PATHS[binary]), "--help"],
+def help_flags(binary, option="--help"):
+    out = subprocess.run([os.path.join(BIN, BINARY_PATHS[binary]), option],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          universal_newlines=True).stdout
     flags = set(re.findall(r"^\s+--([a-z0-9_]+) \(", out, re.M))
@@ -237,13 +256,7 @@ def check_manifests(objects, image_names, dockerfile_uid):
                 if ports.get(mp) != "metrics":
                     problem("%s: --metrics_listen port %s is not the "
                             "containerPort named metrics" % (cw, mp))
-            for probe in ("readinessProbe", "livenessProbe"):
-                g = c.get(probe, {}).get("grpc")
-                if not g:
-                    problem("%s: no grpc %s" % (cw, probe))
-                elif g.get("port") != listen_port:
-                    problem("%s: %s probes port %s, --listen is %s"
-                            % (cw, probe, g.get("port"), listen_port))
+            check_tls_container(cw, binary, c, spec, flags, listen_port)
             if "advertise" in flags:
                 host, ap = port_of(flags["advertise"])
                 if ap != listen_port:
@@ -320,6 +333,7 @@ def check_manifests(objects, image_names, dockerfile_uid):
             if not words or words[0] != "grpcurl":
                 problem("%s: does not run grpcurl: %r" % (cw, script))
                 continue
+            check_grpcurl_tls(cw, c, pod_spec(o), words)
             addr = next((w for w in words if re.match(r"^[a-z0-9.-]+:\d+$", w)), None)
             method = next((w for w in words if re.match(r"^[\w.]+/\w+$", w)), None)
             host, port = port_of(addr)
@@ -365,6 +379,292 @@ def check_manifests(objects, image_names, dockerfile_uid):
          % (len(objects), len(services), len(workloads)))
 
 
+# ------------------------------------------------------- transport security
+
+# The file each --tls_* flag (and grpcurl option) names, in a Secret of the
+# kubernetes.io/tls layout with ca.crt (what cert-manager writes).
+TLS_KEYS = {"tls_ca_file": "ca.crt", "tls_cert_file": "tls.crt",
+            "tls_key_file": "tls.key"}
+GRPCURL_KEYS = {"-cacert": "ca.crt", "-cert": "tls.crt", "-key": "tls.key"}
+ROLE_OF_BINARY = {"psd_coordinator": "coordinator", "psd_server": "server",
+                  "psd_worker": "worker"}
+
+# Secret name -> (roles it may hold, where it is mounted, the DNS name it
+# must carry or None), filled by the workload checks.
+mounted_secrets = {}
+
+
+def secret_of_files(cw, container, spec, files):
+    """The Secret whose whole volume holds `files` {path: key}, or None."""
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    secrets = set()
+    checked = set()  # volume names, each checked once
+    for path, key in files.items():
+        mdir, base = os.path.split(path or "")
+        if base != key:
+            problem("%s: %s is not the Secret key %s" % (cw, path, key))
+        mounts = [m for m in container.get("volumeMounts", [])
+                  if m.get("mountPath") == mdir]
+        if not mounts:
+            problem("%s: %s is in no mounted volume" % (cw, path))
+            continue
+        m = mounts[0]
+        vol = vols.get(m["name"], {})
+        secret = vol.get("secret", {})
+        if m["name"] in checked:
+            secrets.add(secret.get("secretName"))
+            continue
+        checked.add(m["name"])
+        if m.get("subPath") or m.get("subPathExpr"):
+            problem("%s: %s is mounted with subPath, which the kubelet never "
+                    "updates (a renewed Secret would not reach it)" % (cw, mdir))
+        if not secret.get("secretName"):
+            problem("%s: %s is not mounted from a Secret" % (cw, path))
+            continue
+        if secret.get("items"):
+            problem("%s: the Secret volume %s lists items: mount it whole"
+                    % (cw, m["name"]))
+        mode = secret.get("defaultMode", 0o644)
+        sc = spec.get("securityContext", {})
+        if not (mode & 0o004 or (mode & 0o040 and sc.get("fsGroup") is not None
+                                 and sc.get("fsGroup") == sc.get("runAsGroup"))):
+            problem("%s: the Secret %s (mode %o) is not readable by the "
+                    "container's user (fsGroup %s)" % (cw, secret["secretName"],
+                                                      mode, sc.get("fsGroup")))
+        secrets.add(secret["secretName"])
+    if len(secrets) != 1:
+        problem("%s: the TLS files come from %d Secrets, not 1" % (cw, len(secrets)))
+        return None
+    return secrets.pop()
+
+
+def note_secret(name, roles, where, dns=None):
+    if name is None:
+        return
+    had = mounted_secrets.get(name)
+    if had and had[0] != roles:
+        problem("the Secret %s is mounted by %s and %s, which need different "
+                "identities" % (name, had[1], where))
+    mounted_secrets[name] = (roles, where, dns or (had[2] if had else None))
+
+
+def check_tls_container(cw, binary, c, spec, flags, listen_port):
+    if "insecure" in flags:
+        problem("%s: runs --insecure (plaintext)" % cw)
+    files = {}
+    for flag, key in TLS_KEYS.items():
+        if flag not in flags:
+            problem("%s: no --%s" % (cw, flag))
+        else:
+            files[flags[flag]] = key
+    secret = secret_of_files(cw, c, spec, files) if len(files) == 3 else None
+    note_secret(secret, {ROLE_OF_BINARY[binary]}, cw)
+    # psd_ctl's --help shows its own flags only; --helpfull has the --tls_*.
+    ctl_help = help_flags("psd_ctl", "--helpfull")
+    for probe in ("readinessProbe", "livenessProbe"):
+        p = c.get(probe)
+        if not p:
+            problem("%s: no %s" % (cw, probe))
+            continue
+        if "grpc" in p or "tcpSocket" in p or "httpGet" in p:
+            problem("%s: %s is not an exec probe (the grpc: probe speaks no "
+                    "TLS)" % (cw, probe))
+            continue
+        argv = p.get("exec", {}).get("command", [])
+        if not argv or argv[0] != "psd_ctl":
+            problem("%s: %s does not run psd_ctl: %r" % (cw, probe, argv))
+            continue
+        pflags = parse_flags(argv[1:])
+        rest = [a for a in argv[1:] if not a.startswith("--")]
+        for f in pflags:
+            if f not in ctl_help:
+                problem("%s: %s: psd_ctl has no flag --%s" % (cw, probe, f))
+        for f in TLS_KEYS:
+            if pflags.get(f) != flags.get(f):
+                problem("%s: %s: --%s=%s, the process has %s"
+                        % (cw, probe, f, pflags.get(f), flags.get(f)))
+        want = ["health", "127.0.0.1:%s" % listen_port]
+        if rest != want:
+            problem("%s: %s runs psd_ctl %s, expected %s"
+                    % (cw, probe, " ".join(rest), " ".join(want)))
+        deadline = int(pflags.get("timeout_s", "60") or 60)
+        if p.get("timeoutSeconds", 1) <= deadline:
+            problem("%s: %s timeoutSeconds %s is not above psd_ctl's "
+                    "--timeout_s=%s" % (cw, probe, p.get("timeoutSeconds", 1),
+                                        deadline))
+    if not psd_ctl_in_image():
+        problem("%s: the probes run psd_ctl, which the image does not hold" % cw)
+
+
+def psd_ctl_in_image():
+    from dockerfile_check import dockerfile_stages
+    stages = dockerfile_stages()
+    return bool(stages) and any(
+        ins == "COPY" and "--from=" in args and "psd_ctl" in args
+        for ins, args in stages[-1][2])
+
+
+def check_grpcurl_tls(cw, c, spec, words):
+    if "-plaintext" in words or "-insecure" in words:
+        problem("%s: grpcurl runs -plaintext or -insecure" % cw)
+    files = {}
+    for opt, key in GRPCURL_KEYS.items():
+        if opt not in words or words.index(opt) + 1 >= len(words):
+            problem("%s: grpcurl has no %s FILE" % (cw, opt))
+        else:
+            files[words[words.index(opt) + 1]] = key
+    secret = secret_of_files(cw, c, spec, files) if len(files) == 3 else None
+    addr = next((w for w in words if re.match(r"^[a-z0-9.-]+:\d+$", w)), None)
+    if "-servername" in words:
+        host = words[words.index("-servername") + 1]
+    else:
+        host = port_of(addr)[0]
+    note_secret(secret, {"user", "admin"}, cw)
+    # grpcurl checks the coordinator's certificate for the name it dials.
+    coordinator_secret = next((n for n, (roles, _, _) in mounted_secrets.items()
+                               if roles == {"coordinator"}), None)
+    if coordinator_secret:
+        roles, where, _ = mounted_secrets[coordinator_secret]
+        mounted_secrets[coordinator_secret] = (roles, where, host)
+
+
+def san_of(pem_path):
+    """(URIs, DNS names) of a PEM certificate, with openssl."""
+    r = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName",
+                        "-in", pem_path], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    if r.returncode != 0:
+        problem("openssl cannot read %s: %s" % (pem_path, r.stdout))
+        return [], []
+    return (re.findall(r"URI:([^,\s]+)", r.stdout),
+            re.findall(r"DNS:([^,\s]+)", r.stdout))
+
+
+def role_of(uris):
+    roles = set()
+    for u in uris:
+        m = re.match(r"^spiffe://psd/(coordinator|server|worker|user|admin)"
+                     r"(?:/([A-Za-z0-9._:-]+))?$", u)
+        if m and (m.group(2) or m.group(1) not in ("user", "admin")):
+            roles.add(m.group(1))
+    return roles
+
+
+def cert_manager_secrets(objects):
+    """secretName -> (URIs, DNS names) of the Certificates in cert-manager/."""
+    made = {}
+    issuers = {o["metadata"]["name"] for _, o in objects
+               if o["kind"] in ("Issuer", "ClusterIssuer")}
+    for path, o in objects:
+        if o["kind"] != "Certificate":
+            continue
+        spec = o.get("spec", {})
+        ref = spec.get("issuerRef", {}).get("name")
+        if ref not in issuers:
+            problem("%s: Certificate %s: issuer %s is not in %s"
+                    % (path, o["metadata"]["name"], ref, os.path.dirname(path)))
+        if spec.get("isCA"):
+            continue
+        for k in ("duration", "renewBefore"):
+            if k not in spec:
+                problem("%s: Certificate %s has no %s"
+                        % (path, o["metadata"]["name"], k))
+        made[spec.get("secretName")] = (spec.get("uris", []),
+                                        spec.get("dnsNames", []))
+    return made
+
+
+def readme_secrets():
+    """secretName -> (URIs, DNS names): README.md's ```sh block that runs
+    make_certs.sh, run in a scratch folder with a kubectl that records the
+    Secrets it would create; the certificates read with openssl."""
+    if not shutil.which("openssl"):
+        note("SKIP the README's Secret commands: no openssl")
+        return None
+    with open(os.path.join(K8S, "README.md")) as f:
+        blocks = re.findall(r"^```sh\n(.*?)^```", f.read(), re.S | re.M)
+    block = next((b for b in blocks if "make_certs.sh" in b), None)
+    if block is None:
+        problem("%s/README.md: no ```sh block runs make_certs.sh" % K8S)
+        return {}
+    tmp = os.path.join(os.environ.get("TEST_TMPDIR", "/tmp"), "psd-secrets")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "bin"))
+    os.symlink(os.path.abspath("deploy"), os.path.join(tmp, "deploy"))
+    with open(os.path.join(tmp, "bin", "kubectl"), "w") as f:
+        f.write('#!/bin/sh\nprintf "%s\\n" "$@" >>"$KUBECTL_LOG"\n'
+                'echo "--" >>"$KUBECTL_LOG"\n')
+    os.chmod(os.path.join(tmp, "bin", "kubectl"), 0o755)
+    log = os.path.join(tmp, "kubectl.log")
+    env = dict(os.environ, KUBECTL_LOG=log,
+               PATH=os.path.join(tmp, "bin") + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp,
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True)
+    if r.returncode != 0:
+        problem("README.md's Secret commands failed: %s" % r.stdout)
+        return {}
+    made = {}
+    calls = open(log).read().split("--\n") if os.path.exists(log) else []
+    for call in calls:
+        args = call.split("\n")
+        if "create" not in args or "secret" not in args:
+            continue
+        i = args.index("secret")
+        name = args[i + 2] if args[i + 1] == "generic" else None
+        files = dict(a[len("--from-file="):].split("=", 1) for a in args
+                     if a.startswith("--from-file=") and "=" in a[len("--from-file="):])
+        if "--type=kubernetes.io/tls" not in args or set(files) != {"ca.crt", "tls.crt", "tls.key"}:
+            problem("README.md: kubectl %s: not a kubernetes.io/tls Secret "
+                    "with ca.crt, tls.crt, tls.key" % " ".join(args))
+            continue
+        for key, rel in files.items():
+            if not os.path.isfile(os.path.join(tmp, rel)):
+                problem("README.md: Secret %s: %s=%s was not made"
+                        % (name, key, rel))
+        made[name] = san_of(os.path.join(tmp, files["tls.crt"]))
+        # The key must be that of the certificate.
+        pub = [subprocess.run(cmd, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL).stdout for cmd in (
+            ["openssl", "x509", "-noout", "-pubkey", "-in", os.path.join(tmp, files["tls.crt"])],
+            ["openssl", "pkey", "-pubout", "-in", os.path.join(tmp, files["tls.key"])])]
+        if not pub[0] or pub[0] != pub[1]:
+            problem("README.md: Secret %s: tls.key is not the key of tls.crt" % name)
+        ok = subprocess.run(["openssl", "verify", "-CAfile", os.path.join(tmp, files["ca.crt"]),
+                             os.path.join(tmp, files["tls.crt"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if ok.returncode != 0:
+            problem("README.md: Secret %s: tls.crt is not signed by ca.crt" % name)
+    return made
+
+
+def check_secrets(objects):
+    """Every mounted Secret is made by cert-manager/ and by the README, with
+    the identity its workload needs."""
+    sources = [("cert-manager/", cert_manager_secrets(objects)),
+               ("README.md's commands", readme_secrets())]
+    for source, made in sources:
+        if made is None:
+            continue
+        for name, (roles, where, dns) in sorted(mounted_secrets.items()):
+            if name not in made:
+                problem("%s: the Secret %s is not made by %s" % (where, name, source))
+                continue
+            uris, dnsnames = made[name]
+            got = role_of(uris)
+            if len(got) != 1 or not got <= roles:
+                problem("%s: the Secret %s from %s holds %s, it needs the role %s"
+                        % (where, name, source, uris or "no URI", " or ".join(sorted(roles))))
+            if dns and dns not in dnsnames:
+                problem("Secret %s from %s: grpcurl checks the name %s, the "
+                        "certificate has %s" % (name, source, dns, dnsnames))
+        note("made by %s: the %d mounted Secrets (%s), with the right identities"
+             % (source, len(mounted_secrets), ", ".join(sorted(mounted_secrets))))
+    if len(mounted_secrets) < 4:
+        problem("%d Secrets mounted, expected 4 (coordinator, server, worker, "
+                "submit)" % len(mounted_secrets))
+
+
 def rpc_exists(method):
     service, rpc = method.rsplit("/", 1)
     package, _, sname = service.rpartition(".")
@@ -400,19 +700,29 @@ def check_kustomize_build():
     else:
         built = [d for d in yaml.safe_load_all(r.stdout) if d]
         note("kubectl kustomize %s: %d objects" % (K8S, len(built)))
-    # The cpu-only Component, from an overlay outside deploy/k8s.
+    # The Components, from an overlay outside deploy/k8s.
     overlay = os.path.join(work, "overlay")
     os.makedirs(overlay)
     with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
-        f.write("resources: [../deploy/k8s]\ncomponents: [../deploy/k8s/cpu-only]\n")
+        f.write("resources: [../deploy/k8s]\ncomponents: "
+                "[../deploy/k8s/cert-manager, ../deploy/k8s/cpu-only]\n")
     r = subprocess.run([kubectl, "kustomize", overlay], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, universal_newlines=True)
     if r.returncode != 0:
-        problem("kubectl kustomize with the cpu-only Component failed: %s" % r.stderr)
-    elif "nvidia.com/gpu" in r.stdout:
+        problem("kubectl kustomize with the cert-manager and cpu-only "
+                "Components failed: %s" % r.stderr)
+        return
+    if "nvidia.com/gpu" in r.stdout:
         problem("the cpu-only Component leaves nvidia.com/gpu requests")
     else:
         note("kubectl kustomize with the cpu-only Component: no GPU requests")
+    built = [d for d in yaml.safe_load_all(r.stdout) if d]
+    made = {d["spec"].get("secretName") for d in built if d["kind"] == "Certificate"}
+    for name in sorted(set(mounted_secrets) - made):
+        problem("kubectl kustomize with the cert-manager Component: no "
+                "Certificate makes the Secret %s" % name)
+    note("kubectl kustomize with the cert-manager Component: %d Certificates"
+         % len(made))
 
 
 def main():
@@ -421,6 +731,7 @@ def main():
     note("%d YAML files parsed" % len(files))
     images = check_kustomization(files)
     check_manifests(objects, images, uid)
+    check_secrets(objects)
     check_kustomize_build()
     if problems:
         print("FAIL: %d problems" % len(problems))

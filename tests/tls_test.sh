@@ -8,6 +8,10 @@
 #  - a worker's certificate cannot call JobService, nor a server's
 #    Replicate (PERMISSION_DENIED naming the role needed); a user's can;
 #  - health checks need no certificate (probes); metrics are HTTPS;
+#  - `psd_ctl health` (the Kubernetes exec probe, deploy/k8s) reports
+#    SERVING over TLS for the coordinator, a server and a worker, each with
+#    its own certificate, and fails clearly against a dead port, a plaintext
+#    probe and a certificate from another CA;
 #  - a renewed certificate file is served without a restart.
 # The grpcurl-style calls use `buf curl` (PSD_BUF, set by tests/run_tests.sh).
 source tests/cluster_lib.sh
@@ -69,6 +73,35 @@ done
 out=$("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR" --timeout_s=5 --insecure list 2>&1) &&
   fail "a plaintext call was answered: $out"
 echo "refused: a worker certificate, another CA's, an expired one, plaintext"
+
+# psd_ctl health, as deploy/k8s's exec probes run it: each process's own
+# certificate, 127.0.0.1 and the port (no host name in the certificates).
+# health_as NAME ADDRESS [DIR]: the check with certificate NAME from DIR.
+health_as() {
+  local dir=${3:-$CERTS}
+  "$BIN/deploy/psd_ctl" --timeout_s=5 --tls_ca_file="$dir/ca.pem" \
+    --tls_cert_file="$dir/$1.pem" --tls_key_file="$dir/$1.key" health "$2" 2>&1
+}
+read -r server_addr worker_addr < <("${CTL[@]}" view | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+print(v["servers"][0]["address"], v["workers"][0]["address"])')
+for probe in "coordinator $COORDINATOR coordinator" \
+  "server 127.0.0.1:${server_addr##*:} server" "worker 127.0.0.1:${worker_addr##*:} worker"; do
+  set -- $probe
+  out=$(health_as "$1" "$2") || fail "psd_ctl health of the $1 at $2: $out"
+  [ "$out" = "$2: SERVING (spiffe://psd/$3)" ] || fail "psd_ctl health of the $1: $out"
+done
+dead=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+out=$(health_as worker "$dead") && fail "psd_ctl health of a dead port succeeded: $out"
+echo "$out" | grep -q "^psd_ctl: health $dead: UNAVAILABLE" || fail "health of a dead port: $out"
+out=$("$BIN/deploy/psd_ctl" --timeout_s=5 health "$COORDINATOR" 2>&1) &&
+  fail "a plaintext health check of a TLS port succeeded: $out"
+echo "$out" | grep -q "UNAVAILABLE" || fail "plaintext health: $out"
+out=$(health_as worker "$COORDINATOR" "$WORK/other-ca") &&
+  fail "health with another CA's certificate succeeded: $out"
+echo "$out" | grep -q "UNAVAILABLE.*certificate verify failed" || fail "health, other CA: $out"
+echo "psd_ctl health: SERVING for coordinator, server and worker over TLS; fails on a dead port, plaintext, another CA"
 
 if [ -z "${PSD_BUF:-}" ] || [ ! -x "$PSD_BUF" ]; then
   echo "SKIP (the rest): buf not available (PSD_BUF unset); tests/run_tests.sh installs it"
