@@ -7,7 +7,7 @@
 #
 # Writes DIR/ca.pem (and DIR/ca.key), then for each NAME a certificate
 # DIR/NAME.pem and key DIR/NAME.key. NAME is ROLE or ROLE-SUFFIX, ROLE one of
-# coordinator, server, worker, user, admin; its identity is the URI SAN
+# coordinator, server, worker, user, viewer, admin; its identity is the URI SAN
 # spiffe://psd/ROLE[/SUFFIX] (users and admins need a SUFFIX: user-alice is
 # spiffe://psd/user/alice). Default NAMEs: coordinator server worker
 # user-alice admin-root. Every certificate also names 127.0.0.1 and
@@ -36,8 +36,8 @@ for name in "$@"; do
   suffix=${name#"$role"}
   suffix=${suffix#-}
   case "$role" in
-    coordinator | server | worker | user | admin) ;;
-    *) echo "make_certs: $name: the role must be coordinator, server, worker, user or admin" >&2; exit 2 ;;
+    coordinator | server | worker | user | viewer | admin) ;;
+    *) echo "make_certs: $name: the role must be coordinator, server, worker, user, viewer or admin" >&2; exit 2 ;;
   esac
   uri="spiffe://psd/$role${suffix:+/$suffix}"
   dns=DNS:localhost

@@ -62,7 +62,7 @@ trap on_exit EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # start_cluster NAME SERVERS WORKERS: starts a coordinator (with the flags
-# in the array COORDINATOR_ARGS, if set), servers and workers; sets
+# in the array COORDINATOR_ARGS, if set), servers (SERVER_ARGS) and workers; sets
 # COORDINATOR and CTL (psd_ctl with --coordinator). With TLS_DIR set
 # (certificates from deploy/make_certs.sh) every process, and psd_ctl as
 # user alice, talks mutual TLS; otherwise --insecure.
@@ -76,6 +76,7 @@ start_cluster() {
     fail "coordinator $name did not start"
   for i in $(seq "$servers"); do
     "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" \
+      ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} \
       $(tls_flags "${TLS_DIR:-}" server) 2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
