@@ -74,7 +74,11 @@ std::string RoleList(RoleSet roles) {
                     Role::kUser, Role::kViewer, Role::kAdmin}) {
     if (roles & Bit(role)) names.push_back(RoleName(role));
   }
-  return absl::StrJoin(names, " or ");
+  // "a", "a or b", "a, b or c".
+  if (names.size() <= 2) return absl::StrJoin(names, " or ");
+  return absl::StrCat(
+      absl::StrJoin(names.begin(), names.end() - 1, ", "), " or ",
+      names.back());
 }
 
 // AuthContext properties the authorizer records for CallerOf. Set on the

@@ -472,20 +472,25 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   int64_t parameters = 0;
   int64_t fan_in = m.input_dim();
   for (int i = 0; i < m.hidden_sizes_size(); ++i) {
-    if (m.hidden_sizes(i) <= 0 || m.hidden_sizes(i) > kMaxLayerWidth) {
+    if (m.hidden_sizes(i) <= 0) {
       return Invalid(absl::StrCat("model.hidden_sizes[", i, "]"),
-                     absl::StrCat("must be in [1, ", kMaxLayerWidth, "], got ",
-                                  m.hidden_sizes(i)));
+                     absl::StrCat("must be at least 1, got ", m.hidden_sizes(i)));
+    }
+    if (m.hidden_sizes(i) > kMaxLayerWidth) {
+      // Too big, not malformed: a size limit, like the one below.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model.hidden_sizes[", i, "]: ", m.hidden_sizes(i),
+          " is wider than the limit of ", kMaxLayerWidth, " units"));
     }
     parameters += (fan_in + 1) * m.hidden_sizes(i);
     fan_in = m.hidden_sizes(i);
   }
   parameters += (fan_in + 1) * m.num_classes();
   if (parameters > kMaxModelParameters) {
-    return Invalid("model.hidden_sizes",
-                   absl::StrCat("the model has ", parameters,
-                                " parameters, more than the limit of ",
-                                kMaxModelParameters));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model.hidden_sizes: the model has ", parameters,
+                     " parameters, more than the limit of ",
+                     kMaxModelParameters, " per job"));
   }
   if (!c.has_dataset()) return Invalid("dataset", "required");
   if (c.dataset().name() != "fashion-mnist") {

@@ -65,7 +65,9 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 void ApplyJobConfigDefaults(JobConfig* config);
 
 // Checks every field. Returns INVALID_ARGUMENT whose message starts with the
-// field's path, e.g. "model.hidden_sizes[1]: must be >= 1, got 0". Optimizer
+// field's path, e.g. "model.hidden_sizes[1]: must be at least 1, got 0";
+// RESOURCE_EXHAUSTED, also naming the field and the limit, for a model too
+// big (a layer wider than kMaxLayerWidth, more than kMaxModelParameters). Optimizer
 // fields that the kind does not use are refused (e.g. optimizer.momentum
 // with ADAM), so that a misplaced setting is not silently ignored; so is
 // staleness unless consistency is SSP (job or group), a parameter group

@@ -67,7 +67,7 @@ TEST_CASE("JobConfig: bad sizes and values are rejected with the field",
           "[config]") {
   JobConfig config = ValidConfig();
   config.mutable_model()->set_hidden_sizes(1, 0);
-  CHECK(Problem(config) == "model.hidden_sizes[1]: must be in [1, 65536], got 0");
+  CHECK(Problem(config) == "model.hidden_sizes[1]: must be at least 1, got 0");
 
   config = ValidConfig();
   config.set_batch_size(-3);
@@ -136,7 +136,14 @@ TEST_CASE("JobConfig: names, epochs, steps and the model's size are bounded",
   config = ValidConfig();
   config.mutable_model()->mutable_hidden_sizes()->Resize(kMaxHiddenLayers,
                                                          kMaxLayerWidth);
-  CHECK(Problem(config).rfind("model.hidden_sizes: the model has ", 0) == 0);
+  absl::Status too_big = ValidateJobConfig(config);
+  CHECK(too_big.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(too_big.message().rfind("model.hidden_sizes: the model has ", 0) == 0);
+  config.mutable_model()->set_hidden_sizes(0, kMaxLayerWidth + 1);
+  too_big = ValidateJobConfig(config);
+  CHECK(too_big.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(too_big.message() ==
+        "model.hidden_sizes[0]: 65537 is wider than the limit of 65536 units");
 }
 
 TEST_CASE("JobConfig: inf and nan are refused as not finite, naming the field",

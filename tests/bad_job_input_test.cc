@@ -50,7 +50,7 @@ TEST_CASE("JobService: a bad config is refused with INVALID_ARGUMENT naming "
       {"model.hidden_sizes[1]:",
        [](JobConfig* c) { c->mutable_model()->set_hidden_sizes(1, 0); }},
       {"model.hidden_sizes[0]:",
-       [](JobConfig* c) { c->mutable_model()->set_hidden_sizes(0, 1 << 20); }},
+       [](JobConfig* c) { c->mutable_model()->set_hidden_sizes(0, 0); }},
       {"model.input_dim:",
        [](JobConfig* c) { c->mutable_model()->set_input_dim(100); }},
       {"model.num_classes:",
@@ -99,6 +99,24 @@ TEST_CASE("JobService: a bad config is refused with INVALID_ARGUMENT naming "
     CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
     INFO("got " << status.error_message());
     CHECK(StartsWith(status.error_message(), c.prefix));
+  }
+  // Too big, not malformed: RESOURCE_EXHAUSTED, naming the field and the
+  // limit, before any server allocates anything.
+  for (const auto& [sizes, says] :
+       std::vector<std::pair<std::vector<int32_t>, std::string>>{
+           {{100000, 100000},
+            "model.hidden_sizes[0]: 100000 is wider than the limit of 65536 "
+            "units"},
+           {{60000, 60000},
+            "model.hidden_sizes: the model has 3647760010 parameters, more "
+            "than the limit of 100000000 per job"}}) {
+    JobConfig config = ValidConfig();
+    config.mutable_model()->clear_hidden_sizes();
+    for (int32_t width : sizes) config.mutable_model()->add_hidden_sizes(width);
+    SubmitJobResponse response;
+    grpc::Status status = Submit(cluster, config, &response);
+    CHECK(status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(status.error_message() == says);
   }
   // An empty config names the first field.
   SubmitJobResponse response;

@@ -64,7 +64,7 @@ ctl_as() {
 out=$(ctl_as "$CERTS" user-alice list) || fail "user alice cannot list: $out"
 echo "$out" | grep -q '"name": "short"' || fail "list as alice: $out"
 out=$(ctl_as "$CERTS" worker list) && fail "a worker certificate listed jobs: $out"
-echo "$out" | grep -q "PERMISSION_DENIED.*needs the role user or admin" ||
+echo "$out" | grep -q "PERMISSION_DENIED.*needs the role user, viewer or admin" ||
   fail "list as a worker: $out"
 for bad in "$WORK/other-ca user-alice" "$CERTS user-expired"; do
   out=$(ctl_as $bad list) && fail "$bad was accepted: $out"
