@@ -81,11 +81,49 @@ std::string RoleList(RoleSet roles) {
       names.back());
 }
 
-// AuthContext properties the authorizer records for CallerOf. Set on the
-// server side only: a peer cannot send them.
-constexpr char kCallerRole[] = "psd_caller_role";
-constexpr char kCallerName[] = "psd_caller_name";
+// Who a caller is: the bearer token of its "authorization" metadata
+// (`authorization`, null when it sent none) when it sent one, else its
+// certificate's psd identity (`certificate_uri`, empty when none); sets
+// `described` to how errors name it. Errors: UNAUTHENTICATED for a token
+// that is malformed or unknown, or sent to a process without `tokens`.
+absl::StatusOr<std::optional<SpiffeId>> IdentifyCaller(
+    const absl::string_view* authorization, const std::string& certificate_uri,
+    const TokenTable* tokens, std::string* described) {
+  if (authorization == nullptr) {
+    *described = certificate_uri;
+    if (certificate_uri.empty()) return std::optional<SpiffeId>();
+    return ParseSpiffeId(certificate_uri);
+  }
+  std::optional<absl::string_view> token = BearerToken(*authorization);
+  if (!token.has_value()) {
+    return absl::UnauthenticatedError("authorization: not 'Bearer <token>'");
+  }
+  if (tokens == nullptr) {
+    return absl::UnauthenticatedError(
+        "authorization: this process takes no bearer tokens (it runs "
+        "without --auth_tokens_file); use a client certificate");
+  }
+  std::optional<SpiffeId> caller = tokens->Find(*token);
+  if (!caller.has_value()) {
+    return absl::UnauthenticatedError("authorization: unknown bearer token");
+  }
+  *described = absl::StrCat("the bearer token of ", PrincipalName(*caller));
+  return caller;
+}
 
+// The URI of the peer's certificate ("peer_spiffe_id"), "" when none.
+std::string CertificateUri(const grpc::AuthContext& auth) {
+  std::string uri;
+  for (const grpc::string_ref& value : auth.FindPropertyValues("peer_spiffe_id")) {
+    uri.assign(value.data(), value.size());
+  }
+  return uri;
+}
+
+// Note: gRPC gives every call of a connection the connection's AuthContext
+// (one object, shared), so the processor must not add properties to it:
+// concurrent calls would race, and properties would pile up per call.
+// CallerOf identifies the caller again from the call's own metadata.
 class RoleAuthorizer final : public grpc::AuthMetadataProcessor {
  public:
   explicit RoleAuthorizer(std::shared_ptr<const TokenTable> tokens)
@@ -95,58 +133,33 @@ class RoleAuthorizer final : public grpc::AuthMetadataProcessor {
   bool IsBlocking() const override { return false; }
 
   grpc::Status Process(const InputMetadata& auth_metadata,
-                       grpc::AuthContext* context, OutputMetadata* consumed,
+                       grpc::AuthContext* context, OutputMetadata*,
                        OutputMetadata*) override {
     auto path = auth_metadata.find(":path");
     absl::string_view method =
         path == auth_metadata.end()
             ? absl::string_view()
             : absl::string_view(path->second.data(), path->second.size());
-    std::optional<SpiffeId> caller;
+    if (OpenMethod(method)) return grpc::Status::OK;
+    absl::string_view authorization;
+    auto header = auth_metadata.find("authorization");
+    if (header != auth_metadata.end()) {
+      authorization =
+          absl::string_view(header->second.data(), header->second.size());
+    }
     std::string described;
-    auto authorization = auth_metadata.find("authorization");
-    if (authorization != auth_metadata.end() && !OpenMethod(method)) {
-      absl::string_view value(authorization->second.data(),
-                              authorization->second.size());
-      std::optional<absl::string_view> token = BearerToken(value);
-      if (!token.has_value()) {
-        return Refuse(absl::UnauthenticatedError(
-            "authorization: not 'Bearer <token>'"));
-      }
-      if (tokens_ == nullptr) {
-        return Refuse(absl::UnauthenticatedError(
-            "authorization: this process takes no bearer tokens (it runs "
-            "without --auth_tokens_file); use a client certificate"));
-      }
-      caller = tokens_->Find(*token);
-      if (!caller.has_value()) {
-        return Refuse(absl::UnauthenticatedError(
-            "authorization: unknown bearer token"));
-      }
-      described = absl::StrCat("the bearer token of ", PrincipalName(*caller));
-      consumed->insert({"authorization", std::string(value)});
-    } else {
-      for (const grpc::string_ref& value :
-           context->FindPropertyValues("peer_spiffe_id")) {
-        described.assign(value.data(), value.size());
-      }
-      if (!described.empty()) caller = ParseSpiffeId(described);
-    }
-    absl::Status decided = AuthorizeCall(method, caller, described);
-    if (!decided.ok()) return Refuse(decided);
-    if (caller.has_value()) {
-      context->AddProperty(kCallerRole, std::string(RoleName(caller->role)));
-      context->AddProperty(kCallerName, caller->name);
-    }
-    return grpc::Status::OK;
+    absl::StatusOr<std::optional<SpiffeId>> caller = IdentifyCaller(
+        header == auth_metadata.end() ? nullptr : &authorization,
+        CertificateUri(*context), tokens_.get(), &described);
+    absl::Status decided =
+        caller.ok() ? AuthorizeCall(method, *caller, described)
+                    : caller.status();
+    if (decided.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(decided.code()),
+                        std::string(decided.message()));
   }
 
  private:
-  static grpc::Status Refuse(const absl::Status& status) {
-    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                        std::string(status.message()));
-  }
-
   const std::shared_ptr<const TokenTable> tokens_;
 };
 
@@ -182,20 +195,24 @@ std::shared_ptr<grpc::AuthMetadataProcessor> MakeRoleAuthorizer(
 }
 
 std::optional<SpiffeId> CallerOf(const grpc::ServerContextBase& context) {
+  const TlsOptions* tls = ConfiguredTls();
+  if (tls == nullptr) return std::nullopt;  // plaintext: no identities
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr) return std::nullopt;
-  std::string role, name;
-  for (const grpc::string_ref& value : auth->FindPropertyValues(kCallerRole)) {
-    role.assign(value.data(), value.size());
+  const auto& metadata = context.client_metadata();
+  auto header = metadata.find("authorization");
+  absl::string_view authorization;
+  if (header != metadata.end()) {
+    authorization =
+        absl::string_view(header->second.data(), header->second.size());
   }
-  for (const grpc::string_ref& value : auth->FindPropertyValues(kCallerName)) {
-    name.assign(value.data(), value.size());
-  }
-  if (role.empty()) return std::nullopt;
-  return ParseSpiffeId(absl::StrCat("spiffe://psd/", role,
-                                    name.empty() ? "" : "/", name));
+  std::string described;
+  // The processor accepted this call, so a token it carries is known.
+  absl::StatusOr<std::optional<SpiffeId>> caller = IdentifyCaller(
+      header == metadata.end() ? nullptr : &authorization,
+      CertificateUri(*auth), tls->tokens.get(), &described);
+  return caller.ok() ? *caller : std::nullopt;
 }
-
 std::string CallerIdentity(const grpc::ServerContextBase& context) {
   std::optional<SpiffeId> caller = CallerOf(context);
   return caller.has_value() ? SpiffeUri(*caller) : std::string();

@@ -69,14 +69,16 @@ absl::Status AuthorizeCall(absl::string_view method,
 
 // The processor that TLS server credentials run on every call: reads the
 // :path, the "authorization" metadata (checked against `tokens`; null: no
-// token is taken) and the peer's "peer_spiffe_id", applies AuthorizeCall,
-// and records the caller for CallerOf. Thread-safe.
+// token is taken) and the peer's "peer_spiffe_id", and applies
+// AuthorizeCall. Thread-safe.
 std::shared_ptr<grpc::AuthMetadataProcessor> MakeRoleAuthorizer(
     std::shared_ptr<const TokenTable> tokens);
 
-// Who made the call, as MakeRoleAuthorizer found it; nullopt on a
-// plaintext port (--insecure: no identities, everyone may do anything),
-// and for the open health and reflection calls.
+// Who made the call, found as MakeRoleAuthorizer found it (its bearer
+// token, else its certificate; the processor cannot pass it on: gRPC shares
+// one AuthContext among a connection's calls); nullopt on a plaintext port
+// (--insecure: no identities, everyone may do anything) and for callers
+// without a psd identity (only the open health and reflection calls).
 std::optional<SpiffeId> CallerOf(const grpc::ServerContextBase& context);
 
 // SpiffeUri(*CallerOf(context)), or "" when CallerOf is nullopt.

@@ -68,7 +68,14 @@ trap 'echo; echo "==> interrupted"; exit 130' INT TERM
 CERTS=""
 if [ "$INSECURE" = 0 ]; then
   CERTS=$RUN_DIR/certs
-  deploy/make_certs.sh "$CERTS"
+  # One certificate per server (spiffe://psd/server/server-N): replication
+  # is taken only from the identities of a job's view.
+  deploy/make_certs.sh "$CERTS" coordinator worker user-alice admin-root \
+    $(seq -f 'server-%g' "$SERVERS")
+  # A read-only bearer token, for dashboards and grpcurl without a
+  # certificate (docs/OPERATIONS.md, "Users and tokens").
+  VIEW_TOKEN=$(openssl rand -hex 24)
+  (umask 077 && echo "$VIEW_TOKEN view dashboard" >"$CERTS/tokens")
   echo "==> mutual TLS: a throwaway CA and certificates in $CERTS"
 else
   echo "==> --insecure: plaintext, any local program can call the cluster"
@@ -80,13 +87,14 @@ metrics_flags() {
 }
 "$BIN/server/coordinator/psd_coordinator" --port_file="$RUN_DIR/coordinator.port" \
   --replication_factor="$REPLICATION" $(metrics_flags coordinator) \
-  $(tls_flags "$CERTS" coordinator) 2>"$RUN_DIR/coordinator.log" &
+  $(tls_flags "$CERTS" coordinator) ${CERTS:+--auth_tokens_file=$CERTS/tokens} \
+  2>"$RUN_DIR/coordinator.log" &
 PIDS+=($!)
 COORDINATOR=127.0.0.1:$(wait_port $! "$RUN_DIR/coordinator.port" ||
   { tail -5 "$RUN_DIR/coordinator.log" >&2; exit 1; })
 for i in $(seq "$SERVERS"); do
   "$BIN/server/ps/psd_server" --coordinator="$COORDINATOR" $(metrics_flags server$i) \
-    $(tls_flags "$CERTS" server) \
+    $(tls_flags "$CERTS" "server-$i") \
     ${SERVER_FLAGS[@]+"${SERVER_FLAGS[@]}"} 2>"$RUN_DIR/server$i.log" &
   PIDS+=($!)
 done
@@ -108,6 +116,8 @@ echo "==> submitted $JOB as job $JOB_ID (coordinator $COORDINATOR)"
 if [ -n "$CERTS" ]; then
   echo "==> grpcurl, as user alice: grpcurl -cacert $CERTS/ca.pem -cert $CERTS/user-alice.pem" \
     "-key $CERTS/user-alice.key -d '{\"job_id\":\"$JOB_ID\"}' $COORDINATOR psd.v1.JobService/GetJob"
+  echo "==> grpcurl, with the read-only token: grpcurl -cacert $CERTS/ca.pem" \
+    "-H 'authorization: Bearer $VIEW_TOKEN' -d '{\"job_id\":\"$JOB_ID\"}' $COORDINATOR psd.v1.JobService/GetJob"
 else
   echo "==> grpcurl: grpcurl -plaintext -d '{\"job_id\":\"$JOB_ID\"}' $COORDINATOR psd.v1.JobService/GetJob"
 fi
