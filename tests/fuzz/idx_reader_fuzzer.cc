@@ -7,6 +7,7 @@
 // Invariants: errors are INVALID_ARGUMENT or DATA_LOSS with a message; a
 // file read has exactly the pixels and labels its header declares; a small
 // file never makes the reader allocate what its header claims.
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -84,5 +85,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     psd::RequireReadError(labels.status());
   }
   std::remove(path.c_str());
+  // A file of at most a few MiB (a fuzz input) must not have made the reader
+  // allocate (and zero) what its header declares, up to 2 GiB.
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  FUZZ_REQUIRE(usage.ru_maxrss < (1 << 20),  // KiB: 1 GiB
+               absl::StrCat("peak RSS ", usage.ru_maxrss, " KiB"));
   return 0;
 }
