@@ -14,7 +14,6 @@
 
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
-#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,7 +24,10 @@
 namespace psd {
 namespace {
 
-using google::protobuf::util::MessageDifferencer;
+// Equal bytes (MessageDifferencer finds a NaN unequal to itself).
+bool Same(const JobConfig& a, const JobConfig& b) {
+  return a.SerializeAsString() == b.SerializeAsString();
+}
 
 void CheckValid(const JobConfig& config) {
   // What SubmitJob computes.
@@ -41,19 +43,22 @@ void CheckValid(const JobConfig& config) {
   HasAsyncParameters(config);
   UpdatesPerStep(config);
 
-  // Round trips: text and JSON, as a client would resubmit it.
+  // Round trips: text and JSON, as a client would resubmit it (fields
+  // unknown to this JobConfig, from a binary input, are not in either).
+  JobConfig known = config;
+  known.DiscardUnknownFields();
   std::string text;
-  FUZZ_REQUIRE(google::protobuf::TextFormat::PrintToString(config, &text),
+  FUZZ_REQUIRE(google::protobuf::TextFormat::PrintToString(known, &text),
                "text print");
   absl::StatusOr<JobConfig> from_text = ParseJobConfig(text, "round trip");
   FUZZ_REQUIRE(from_text.ok(), from_text.status().ToString());
-  FUZZ_REQUIRE(MessageDifferencer::Equals(*from_text, config), text);
+  FUZZ_REQUIRE(Same(*from_text, known), text);
   std::string json;
-  FUZZ_REQUIRE(google::protobuf::util::MessageToJsonString(config, &json).ok(),
+  FUZZ_REQUIRE(google::protobuf::util::MessageToJsonString(known, &json).ok(),
                "json print");
   absl::StatusOr<JobConfig> from_json = ParseJobConfig(json, "round trip");
   FUZZ_REQUIRE(from_json.ok(), from_json.status().ToString());
-  FUZZ_REQUIRE(MessageDifferencer::Equals(*from_json, config), json);
+  FUZZ_REQUIRE(Same(*from_json, known), json);
 
   // Starting the job: its placement on 1 to 3 shards covers each parameter.
   const std::vector<ParameterSpec> params = ModelParameters(config.model());
@@ -85,7 +90,7 @@ void Check(JobConfig config) {
   ApplyJobConfigDefaults(&config);
   JobConfig again = config;
   ApplyJobConfigDefaults(&again);
-  FUZZ_REQUIRE(MessageDifferencer::Equals(again, config),
+  FUZZ_REQUIRE(Same(again, config),
                "ApplyJobConfigDefaults is not idempotent");
   const absl::Status valid = ValidateJobConfig(config);
   if (!valid.ok()) {
