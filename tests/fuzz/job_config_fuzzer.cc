@@ -13,7 +13,9 @@
 #include <string>
 
 #include <google/protobuf/text_format.h>
+#include <google/protobuf/util/field_comparator.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -24,9 +26,14 @@
 namespace psd {
 namespace {
 
-// Equal bytes (MessageDifferencer finds a NaN unequal to itself).
+// Equal field by field, a NaN equal to a NaN, and -0 to 0 (protobuf's JSON
+// parser reads -0 as 0; psd treats them alike).
 bool Same(const JobConfig& a, const JobConfig& b) {
-  return a.SerializeAsString() == b.SerializeAsString();
+  google::protobuf::util::DefaultFieldComparator comparator;
+  comparator.set_treat_nan_as_equal(true);
+  google::protobuf::util::MessageDifferencer differencer;
+  differencer.set_field_comparator(&comparator);
+  return differencer.Compare(a, b);
 }
 
 void CheckValid(const JobConfig& config) {
