@@ -11,6 +11,7 @@
 // bounds, and its placement covers every parameter exactly.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/field_comparator.h>
@@ -26,9 +27,39 @@
 namespace psd {
 namespace {
 
-// Equal field by field, a NaN equal to a NaN, and -0 to 0 (protobuf's JSON
-// parser reads -0 as 0; psd treats them alike).
-bool Same(const JobConfig& a, const JobConfig& b) {
+// Makes every -0 float field 0 (protobuf's JSON parser reads -0 as 0;
+// psd treats them alike).
+void ZeroSigns(google::protobuf::Message* m) {
+  const google::protobuf::Reflection* r = m->GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(*m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    using FD = google::protobuf::FieldDescriptor;
+    if (f->is_repeated()) {
+      for (int i = 0; i < r->FieldSize(*m, f); ++i) {
+        if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+          ZeroSigns(r->MutableRepeatedMessage(m, f, i));
+        } else if (f->cpp_type() == FD::CPPTYPE_FLOAT &&
+                   r->GetRepeatedFloat(*m, f, i) == 0) {
+          r->SetRepeatedFloat(m, f, i, 0.0f);
+        }
+      }
+    } else if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+      ZeroSigns(r->MutableMessage(m, f));
+    } else if (f->cpp_type() == FD::CPPTYPE_FLOAT && r->GetFloat(*m, f) == 0) {
+      if (f->has_presence()) {
+        r->SetFloat(m, f, 0.0f);
+      } else {
+        r->ClearField(m, f);
+      }
+    }
+  }
+}
+
+// Equal field by field, a NaN equal to a NaN, and -0 to 0.
+bool Same(JobConfig a, JobConfig b) {
+  ZeroSigns(&a);
+  ZeroSigns(&b);
   google::protobuf::util::DefaultFieldComparator comparator;
   comparator.set_treat_nan_as_equal(true);
   google::protobuf::util::MessageDifferencer differencer;
