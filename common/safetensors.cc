@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -40,13 +41,38 @@ absl::Status WriteSafetensors(
     entries.push_back(absl::StrCat("\"__metadata__\":{", absl::StrJoin(meta, ","), "}"));
   }
   int64_t offset = 0;
+  std::set<std::string> names;
   for (const NamedTensor& t : tensors) {
     if (!PlainToken(t.name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor name \"", t.name, "\": only [A-Za-z0-9._:-] allowed"));
     }
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
+    // Keys of one JSON object: each once, and not the metadata's.
+    if (t.name == "__metadata__" || !names.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor name \"", t.name, "\": used twice, or reserved"));
+    }
+    // Dimensions >= 0, and their product without overflow: past
+    // values.size() it is a mismatch whatever it is.
+    const int64_t size = static_cast<int64_t>(t.values.size());
+    bool empty = false;
+    for (int64_t d : t.shape) {
+      if (d < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", t.name, ": dimension ", d, " is negative"));
+      }
+      empty = empty || d == 0;
+    }
+    int64_t n = empty ? 0 : 1;
+    for (int64_t d : t.shape) {
+      if (n == 0) break;
+      if (n > size / d) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", t.name, ": shape [", absl::StrJoin(t.shape, ","),
+            "] holds more elements than values has (", size, ")"));
+      }
+      n *= d;
+    }
     if (n != static_cast<int64_t>(t.values.size())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor ", t.name, ": shape holds ", n, " elements, values has ",

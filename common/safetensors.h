@@ -24,7 +24,8 @@ struct NamedTensor {
 
 // Writes `tensors` (dtype F32) and `metadata` (string -> string, stored
 // under "__metadata__") to `path`. Errors: INVALID_ARGUMENT (a name or
-// metadata with characters outside [A-Za-z0-9._:-], a size mismatch),
+// metadata with characters outside [A-Za-z0-9._:-], a tensor name given
+// twice or "__metadata__", a negative dimension, a size mismatch),
 // UNAVAILABLE (cannot write the file).
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<NamedTensor>& tensors,

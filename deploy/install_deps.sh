@@ -8,6 +8,7 @@ PACKAGES=(
   protobuf-compiler librocksdb-dev libspdlog-dev catch2 zlib1g-dev grpc-proto
   dataset-fashion-mnist libopenblas-dev libbenchmark-dev python3-numpy
   libcpp-httplib-dev python3-yaml python3-protobuf
+  clang libclang-rt-14-dev
 )
 
 missing=()

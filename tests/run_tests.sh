@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs missing Debian packages, then
 # `bazel test //...` (unit tests, multi-process cluster tests, the benchmark
-# smoke test), the CUDA build, and //tests:sanitizer_tests under ASan+UBSan.
+# smoke test), the CUDA build, //tests:sanitizer_tests under ASan+UBSan, and
+# the libFuzzer harnesses of tests/fuzz for a bounded time each.
 # Ends with one line: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,15 @@ if [ "$asan_rc" -ne 0 ] && [ "$asan_failed" -eq 0 ]; then
 fi
 passed=$((passed + asan_passed))
 failed=$((failed + asan_failed))
+# libFuzzer (tests/fuzz/README.md): each harness built with clang 14 + ASan
+# in an output base of its own and run for PSD_FUZZ_SECONDS (default 30)
+# over a copy of its corpus; each counts as one test. (Their corpora,
+# crashes once found included, are also replayed under gcc by
+# //tests/fuzz:*_corpus_test in `bazel test //...` above.)
+tests/fuzz/run_fuzzers.sh "${PSD_FUZZ_SECONDS:-30}" >"$log" 2>&1
+cat "$log"
+passed=$((passed + $(grep -cE '^//tests/fuzz\S* \(fuzz .*\) PASSED' "$log")))
+failed=$((failed + $(grep -cE '^//tests/fuzz\S* .*FAILED' "$log")))
 rm -f "$log"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

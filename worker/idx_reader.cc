@@ -111,6 +111,25 @@ absl::StatusOr<std::vector<uint32_t>> ReadHeader(GzReader& reader,
   return words;
 }
 
+// Reads up to `want` bytes into *out, growing it by at most 16 MiB at a
+// time as the bytes arrive, so that a header declaring more than the file
+// holds costs memory for what the file holds only. Returns the bytes read
+// (< want only at end of file); *out has exactly that size.
+absl::StatusOr<int64_t> ReadBody(GzReader& reader, int64_t want,
+                                 std::vector<uint8_t>* out) {
+  constexpr int64_t kStep = int64_t{16} << 20;
+  int64_t done = 0;
+  while (done < want) {
+    const int64_t n = std::min(want - done, kStep);
+    out->resize(done + n);
+    PSD_ASSIGN_OR_RETURN(int64_t got, reader.Read(out->data() + done, n));
+    done += got;
+    if (got < n) break;
+  }
+  out->resize(done);
+  return done;
+}
+
 absl::Status CheckNoTrailingBytes(GzReader& reader, const std::string& path,
                                   const std::string& declared) {
   PSD_ASSIGN_OR_RETURN(int64_t extra, reader.CountRemaining());
@@ -143,8 +162,7 @@ absl::StatusOr<IdxImages> ReadIdxImages(const std::string& path) {
   images.rows = static_cast<int32_t>(rows);
   images.cols = static_cast<int32_t>(cols);
   const int64_t want = count * rows * cols;
-  images.pixels.resize(want);
-  PSD_ASSIGN_OR_RETURN(int64_t got, reader.Read(images.pixels.data(), want));
+  PSD_ASSIGN_OR_RETURN(int64_t got, ReadBody(reader, want, &images.pixels));
   if (got < want) {
     return absl::DataLossError(absl::StrFormat(
         "%s truncated: header says %d images of %dx%d, file has only %d "
@@ -167,8 +185,7 @@ absl::StatusOr<IdxLabels> ReadIdxLabels(const std::string& path) {
         absl::StrFormat("%s: absurd label count %d", path, count));
   }
   IdxLabels labels;
-  labels.labels.resize(count);
-  PSD_ASSIGN_OR_RETURN(int64_t got, reader.Read(labels.labels.data(), count));
+  PSD_ASSIGN_OR_RETURN(int64_t got, ReadBody(reader, count, &labels.labels));
   if (got < count) {
     return absl::DataLossError(absl::StrFormat(
         "%s truncated: header says %d labels, file has only %d", path, count,

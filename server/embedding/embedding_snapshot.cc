@@ -362,19 +362,22 @@ absl::StatusOr<EmbeddingSnapshot> EmbeddingSnapshotStore::Impl::Read(
     }
     std::memcpy(&h, value.data(), sizeof(h));
     const int64_t rows = m.batch_rows(b);
+    // The size as a division (row_bytes >= 8 once record_floats matched):
+    // rows * row_bytes could overflow.
+    const uint64_t body = value.size() - kBatchHeaderBytes;
     if (h.magic != kBatchMagic || h.record_floats != rf ||
         h.rows != static_cast<uint64_t>(rows) || rows < 0 ||
         rows > m.rows() - rows_seen ||
-        value.size() != kBatchHeaderBytes + rows * row_bytes) {
+        body % static_cast<uint64_t>(row_bytes) != 0 ||
+        body / static_cast<uint64_t>(row_bytes) != static_cast<uint64_t>(rows)) {
       return loss(absl::StrCat(bwhat, ": header (magic ", Hex32(h.magic),
                                ", record_floats ", h.record_floats, ", rows ",
                                h.rows, ") or size ", value.size(),
                                " does not match the manifest"));
     }
-    if (b == 0) {
-      c.ids.reserve(m.rows());
-      c.records.resize(m.rows() * rf);
-    }
+    // Grown by the rows each batch holds, not reserved for the manifest's
+    // count, which is only checked once every batch is read.
+    c.records.resize((rows_seen + rows) * rf);
     const char* p = value.data() + kBatchHeaderBytes;
     for (int64_t i = 0; i < rows; ++i, p += row_bytes) {
       uint64_t id;

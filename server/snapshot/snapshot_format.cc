@@ -244,12 +244,15 @@ absl::StatusOr<PartitionSnapshot> DecodePartitionRecord(
                      h.num_slot_elements, " optimizer-slot elements; the placement has ",
                      num_elements, " elements"));
   }
-  if (value.size() !=
-      kRecordHeaderBytes + sizeof(float) * (h.num_weights + h.num_slot_elements)) {
+  // The sizes against the floats the record holds, without overflow: a
+  // forged header must not make it allocate what it claims.
+  const uint64_t floats = (value.size() - kRecordHeaderBytes) / sizeof(float);
+  if ((value.size() - kRecordHeaderBytes) % sizeof(float) != 0 ||
+      h.num_weights > floats || h.num_slot_elements != floats - h.num_weights) {
     return absl::DataLossError(absl::StrCat(
         pwhat, ": record is ", value.size(), " bytes, its header says ",
-        kRecordHeaderBytes +
-            sizeof(float) * (h.num_weights + h.num_slot_elements)));
+        h.num_weights, " weights and ", h.num_slot_elements,
+        " optimizer-slot elements of 4 bytes after ", kRecordHeaderBytes));
   }
   PartitionSnapshot p;
   p.id = id;
