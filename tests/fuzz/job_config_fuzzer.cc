@@ -132,7 +132,9 @@ void Check(JobConfig config) {
                "ApplyJobConfigDefaults is not idempotent");
   const absl::Status valid = ValidateJobConfig(config);
   if (!valid.ok()) {
-    FUZZ_REQUIRE(valid.code() == absl::StatusCode::kInvalidArgument,
+    // Malformed, or too big a model (a size limit).
+    FUZZ_REQUIRE(valid.code() == absl::StatusCode::kInvalidArgument ||
+                     valid.code() == absl::StatusCode::kResourceExhausted,
                  valid.ToString());
     fuzz::RequireClearError(valid);
     return;
