@@ -70,11 +70,11 @@ fi
 passed=$((passed + asan_passed))
 failed=$((failed + asan_failed))
 # libFuzzer (tests/fuzz/README.md): each harness built with clang 14 + ASan
-# in an output base of its own and run for PSD_FUZZ_SECONDS (default 30)
+# in an output base of its own and run for PSD_FUZZ_SECONDS (default 60)
 # over a copy of its corpus; each counts as one test. (Their corpora,
 # crashes once found included, are also replayed under gcc by
 # //tests/fuzz:*_corpus_test in `bazel test //...` above.)
-tests/fuzz/run_fuzzers.sh "${PSD_FUZZ_SECONDS:-30}" >"$log" 2>&1
+tests/fuzz/run_fuzzers.sh "${PSD_FUZZ_SECONDS:-60}" >"$log" 2>&1
 cat "$log"
 passed=$((passed + $(grep -cE '^//tests/fuzz\S* \(fuzz .*\) PASSED' "$log")))
 failed=$((failed + $(grep -cE '^//tests/fuzz\S* .*FAILED' "$log")))

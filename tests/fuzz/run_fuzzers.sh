@@ -6,13 +6,13 @@
 # (or FAILED, with the crash's summary and where its input was kept), or one
 # SKIPPED line when clang or libFuzzer is missing; exits 1 when one failed.
 # Called by tests/run_tests.sh. Usage (from anywhere in the tree):
-#   tests/fuzz/run_fuzzers.sh [seconds per harness, default 30] [harness...]
+#   tests/fuzz/run_fuzzers.sh [seconds per harness, default 60] [harness...]
 # Environment: PSD_FUZZ_OUTPUT_BASE, the Bazel output base of the clang
 # build (default ~/.cache/psd-fuzz-ob: kept apart from the gcc build's).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-seconds=${1:-30}
+seconds=${1:-60}
 shift || true
 fuzzers=("$@")
 [ ${#fuzzers[@]} -eq 0 ] && fuzzers=(job_config_fuzzer ps_request_fuzzer
