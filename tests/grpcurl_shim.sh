@@ -3,7 +3,8 @@
 # docs/OPERATIONS.md and README.md into `buf curl` (grpcurl is not packaged
 # for Debian; buf curl speaks the same protocol and takes the same JSON).
 # Supports: -plaintext, -cacert FILE, -cert FILE, -key FILE (TLS, as
-# grpcurl: without -plaintext the call is https), -d DATA (or -d @ for stdin), -format json|text,
+# grpcurl: without -plaintext the call is https), -H 'NAME: VALUE' (a
+# header, e.g. a bearer token), -d DATA (or -d @ for stdin), -format json|text,
 # -import-path DIR, -proto FILE, -max-time S, then ADDRESS and list
 # [SERVICE] | describe X | METHOD. Answers carry grpcurl's keys, the proto
 # field names (job_id), and -format text refuses '#' comments as grpcurl
@@ -17,6 +18,7 @@ timeout=""
 format=json
 scheme=https
 tls=()
+headers=()
 here=$(dirname "$0")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +26,7 @@ while [ $# -gt 0 ]; do
     -cacert) tls+=(--cacert "$2"); shift 2 ;;
     -cert) tls+=(--cert "$2"); shift 2 ;;
     -key) tls+=(--key "$2"); shift 2 ;;
+    -H) headers+=(-H "$2"); shift 2 ;;
     -d) data=$2; shift 2 ;;
     -import-path) import_path=$2; shift 2 ;;
     -proto) proto=$2; shift 2 ;;
@@ -75,6 +78,7 @@ if [ "$format" = text ] && [ -n "$data" ]; then
   data="@$json"
 fi
 [ -n "$data" ] && args+=(-d "$data")
+args+=(${headers[@]+"${headers[@]}"})
 out=$(mktemp)
 "$PSD_BUF" "${args[@]}" "$scheme://$address/$method" >"$out"
 /usr/bin/python3 "$here/grpcurl_shim_format.py" proto-names "$method" <"$out"
