@@ -24,8 +24,14 @@
 # ParameterServer/Push then /Pull of the single 256-float partition of
 # layer0.bias (model 784 -> 256 -> 10), p50 and p99 in microseconds.
 #
+# TLS cost (--tls): every configuration runs twice in the same run, in
+# plaintext (--insecure) and with every process on mutual TLS (certificates
+# from deploy/make_certs.sh; config name suffix _tls), and a last table
+# gives TLS/plaintext per configuration and size. The echo baseline stays
+# plaintext.
+#
 # Usage: tests/bench/cluster_push_pull_bench.sh [--quick] [--sizes LIST]
-#            [--reps N] [--lat_iters N]
+#            [--reps N] [--lat_iters N] [--tls]
 #   --sizes LIST  floats per worker, comma-separated, K/M = 2^10/2^20
 #                 (default 1M,4M,16M)
 #   --reps N      timed repetitions per size (default 5); each moves about
@@ -42,12 +48,14 @@ SIZES=1M,4M,16M
 REPS=5
 STEPS=0  # per repetition; 0: about 16M floats' worth per rank
 LAT_ITERS=2000
+TLS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) SIZES=64K; REPS=3; STEPS=2; LAT_ITERS=50; shift ;;
     --sizes) SIZES="$2"; shift 2 ;;
     --reps) REPS="$2"; shift 2 ;;
     --lat_iters) LAT_ITERS="$2"; shift 2 ;;
+    --tls) TLS=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "cluster_push_pull_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -96,31 +104,37 @@ floats_of() {  # 64K -> 65536, 1M -> 1048576
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "sizes: $SIZES floats per worker; $REPS repetitions; work dir $WORK"
 
-# cluster NAME SERVERS WORKERS R: a fresh coordinator (--replication_factor
-# R), servers and benchmark workers; sets CTL.
+CERTS=""
+if [ "$TLS" = 1 ]; then
+  deploy/make_certs.sh "$WORK/certs" >/dev/null
+fi
+
+# cluster NAME SERVERS WORKERS R [CERTS]: a fresh coordinator
+# (--replication_factor R), servers and benchmark workers, on mutual TLS
+# with the certificates in CERTS, plaintext without; sets CTL.
 cluster() {
   stop_processes "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
-  local name=$1 s=$2 w=$3 r=$4 i c
+  local name=$1 s=$2 w=$3 r=$4 certs=${5:-} i c
   # Job ids restart with each coordinator: results go to a folder per cluster.
   CLUSTER_OUT=$OUT/$name
   mkdir -p "$CLUSTER_OUT"
-  "$BIN/server/coordinator/psd_coordinator" --insecure --replication_factor="$r" \
+  "$BIN/server/coordinator/psd_coordinator" $(tls_flags "$certs" coordinator) --replication_factor="$r" \
     --port_file="$WORK/$name.c.port" 2>"$WORK/$name.coordinator.log" &
   PIDS+=($!)
   c=127.0.0.1:$(wait_port $! "$WORK/$name.c.port")
   for i in $(seq "$s"); do
-    "$BIN/server/ps/psd_server" --insecure --coordinator="$c" --log_level=warn \
+    "$BIN/server/ps/psd_server" $(tls_flags "$certs" server) --coordinator="$c" --log_level=warn \
       2>"$WORK/$name.server$i.log" &
     PIDS+=($!)
   done
   for i in $(seq "$w"); do
-    "$CLIENT" --insecure --mode=worker --coordinator="$c" --out_dir="$CLUSTER_OUT" \
+    "$CLIENT" $(tls_flags "$certs" worker) --mode=worker --coordinator="$c" --out_dir="$CLUSTER_OUT" \
       --warmup=2 --reps="$REPS" --steps="$STEPS" --lat_iters="$LAT_ITERS" \
       2>"$WORK/$name.worker$i.log" &
     PIDS+=($!)
   done
-  CTL=("$BIN/deploy/psd_ctl" --coordinator="$c")
+  CTL=("$BIN/deploy/psd_ctl" --coordinator="$c" $([ -z "$certs" ] || tls_flags "$certs" user-alice))
   "${CTL[@]}" --servers="$s" --workers="$w" --timeout_s=30 wait-ready >/dev/null
 }
 
@@ -173,9 +187,13 @@ echo_run() {
 # name SERVERS WORKERS R
 CONFIGS=("1x1_R1 1 1 1" "1x1_R2 2 1 2" "2x2_R1 2 2 1" "2x2_R2 2 2 2")
 declare -A ECHO_FLOATS  # nominal N -> the floats psd moved per worker
-for cfg in "${CONFIGS[@]}"; do
-  read -r name s w r <<<"$cfg"
-  cluster "$name" "$s" "$w" "$r"
+RUNS=("${CONFIGS[@]}")
+if [ "$TLS" = 1 ]; then
+  for cfg in "${CONFIGS[@]}"; do RUNS+=("${cfg/ /_tls } $WORK/certs"); done
+fi
+for cfg in "${RUNS[@]}"; do
+  read -r name s w r certs <<<"$cfg"
+  cluster "$name" "$s" "$w" "$r" "$certs"
   for size in ${SIZES//,/ }; do
     n=$(floats_of "$size")
     hidden=$(( (n + 397) / 795 ))
@@ -270,4 +288,29 @@ for kind, config, s, w, r, n, *files in rows:
     us = sorted(load(files)[0]["round_trip_us"])
     p = lambda q: us[max(0, math.ceil(q * len(us)) - 1)]  # nearest rank
     print(f"{config:<8} {s:>2} {r:>2} {p(0.50):>9.1f} {p(0.99):>9.1f} {len(us):>6}")
+
+# --tls: each configuration with mutual TLS against the same in plaintext.
+tput = {}
+lat = {}
+for kind, config, s, w, r, n, *files in rows:
+    if kind == "tput":
+        tput[(config, int(n))] = step_gbs(load(files), int(w))[0]
+    elif kind == "lat":
+        lat[config] = statistics.median(load(files)[0]["round_trip_us"])
+pairs = [(c, n) for (c, n) in tput if not c.endswith("_tls")
+         and (c + "_tls", n) in tput]
+if pairs:
+    print()
+    print("TLS cost, same run: mutual TLS / plaintext (GB/s ratio < 1: TLS "
+          "slower; latency ratio > 1: TLS slower)")
+    print(f"{'config':<8} {'nominal_N':>10} {'plain_GB/s':>10} "
+          f"{'tls_GB/s':>9} {'tls/plain':>9}")
+    for c, n in pairs:
+        a, b = tput[(c, n)], tput[(c + "_tls", n)]
+        print(f"{c:<8} {n:>10} {a:>10.3f} {b:>9.3f} {b / a:>9.3f}")
+    for c in lat:
+        if not c.endswith("_tls") and c + "_tls" in lat:
+            print(f"{c:<8} 1 KiB round trip p50: plaintext {lat[c]:.1f} us, "
+                  f"TLS {lat[c + '_tls']:.1f} us, tls/plain "
+                  f"{lat[c + '_tls'] / lat[c]:.3f}")
 PY
