@@ -331,11 +331,17 @@ int Health(const std::string& address) {
       grpc::InsecureChannelCredentials();
   if (const TlsOptions* tls = ConfiguredTls()) {
     grpc::experimental::TlsChannelCredentialsOptions options;
+    const bool identity = !tls->cert_file.empty();  // else --tls_ca_file only
     options.set_certificate_provider(
-        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-            tls->key_file, tls->cert_file, tls->ca_file, tls->refresh_s));
+        identity
+            ? std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  tls->key_file, tls->cert_file, tls->ca_file, tls->refresh_s)
+            : std::make_shared<
+                  grpc::experimental::FileWatcherCertificateProvider>(
+                  tls->ca_file, tls->refresh_s));
     options.watch_root_certs();
-    options.watch_identity_key_cert_pairs();
+    if (identity) options.watch_identity_key_cert_pairs();
     options.set_verify_server_certs(true);  // the chain, against the CA
     options.set_check_call_host(false);
     options.set_certificate_verifier(

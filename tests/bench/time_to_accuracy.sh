@@ -2,7 +2,9 @@
 # Time to accuracy (issue 14): psd's quick start against PyTorch on the same
 # machine, in the same run. Each round runs, back to back:
 #   psd     ./deploy/run_local.sh [PSD_ARGS] (1 coordinator, 3 servers at
-#           R=2, 2 workers x batch 64; the quick-start job);
+#           R=2, 2 workers x batch 64; the quick-start job; mutual TLS
+#           unless PSD_ARGS has --insecure: for a like-for-like comparison
+#           with gloo, which is plaintext, pass -- --insecure);
 #   ddp     PyTorch DDP, gloo on 127.0.0.1, 2 processes x 1 thread x batch 64;
 #   single  PyTorch, one process, 1 thread, batch 128;
 # (tests/bench/torch_baseline.py: same model, init family, normalisation
