@@ -1,0 +1,107 @@
+#include "server/serving/mlp_model.h"
+
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace psd::serving {
+
+absl::StatusOr<std::unique_ptr<MlpModel>> MlpModel::Create(
+    std::vector<NamedTensor> tensors,
+    std::unique_ptr<kernels::Backend> backend) {
+  if (backend == nullptr || !backend->UsesHostMemory()) {
+    return absl::FailedPreconditionError(
+        "MlpModel: only a host-memory backend (the CPU) is supported");
+  }
+  std::map<std::string, NamedTensor> by_name;
+  for (NamedTensor& t : tensors) {
+    const std::string name = t.name;
+    by_name[name] = std::move(t);
+  }
+  std::vector<int32_t> sizes;
+  std::vector<NamedTensor> params;
+  for (int i = 0;; ++i) {
+    const std::string w = absl::StrCat("layer", i, ".weight");
+    const std::string b = absl::StrCat("layer", i, ".bias");
+    auto wi = by_name.find(w);
+    if (wi == by_name.end()) {
+      if (by_name.count(b) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", w, ": missing (", b, " is there)"));
+      }
+      break;
+    }
+    const std::vector<int64_t>& ws = wi->second.shape;
+    if (ws.size() != 2 || ws[0] <= 0 || ws[1] <= 0 || ws[0] > (1 << 30) ||
+        ws[1] > (1 << 30)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", w, ": shape [", absl::StrJoin(ws, ","),
+                       "], want [fan_in, fan_out], both > 0"));
+    }
+    if (i == 0) {
+      sizes.push_back(static_cast<int32_t>(ws[0]));
+    } else if (ws[0] != sizes.back()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", w, ": shape [", absl::StrJoin(ws, ","),
+                       "], want fan_in ", sizes.back(),
+                       " (the previous layer's fan_out)"));
+    }
+    sizes.push_back(static_cast<int32_t>(ws[1]));
+    auto bi = by_name.find(b);
+    if (bi == by_name.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", b, ": missing"));
+    }
+    if (bi->second.shape != std::vector<int64_t>{ws[1]}) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", b, ": shape [", absl::StrJoin(bi->second.shape, ","),
+                       "], want [", ws[1], "]"));
+    }
+    params.push_back(std::move(wi->second));
+    params.push_back(std::move(bi->second));
+    by_name.erase(w);
+    by_name.erase(b);
+  }
+  if (params.empty()) {
+    return absl::InvalidArgumentError("tensor layer0.weight: missing (no layers)");
+  }
+  if (!by_name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", by_name.begin()->first,
+        ": not a parameter of the MLP (layer{i}.weight / layer{i}.bias)"));
+  }
+  return std::unique_ptr<MlpModel>(
+      new MlpModel(std::move(sizes), std::move(params), std::move(backend)));
+}
+
+MlpModel::MlpModel(std::vector<int32_t> layer_sizes,
+                   std::vector<NamedTensor> params,
+                   std::unique_ptr<kernels::Backend> backend)
+    : layer_sizes_(std::move(layer_sizes)),
+      params_(std::move(params)),
+      backend_(std::move(backend)),
+      acts_(layer_sizes_.size() - 2) {}
+
+// The kernels and their order are those of Mlp::Forward (worker/mlp.cc):
+// per layer Y = X * W (Gemm, beta 0), += b (AddBias), ReLU but after the
+// last. Keep the two in step.
+void MlpModel::Forward(const float* x, int32_t rows, float* logits) {
+  const int32_t layers = static_cast<int32_t>(layer_sizes_.size()) - 1;
+  const float* in = x;
+  for (int32_t i = 0; i < layers; ++i) {
+    const int fan_in = layer_sizes_[i], fan_out = layer_sizes_[i + 1];
+    float* out = logits;
+    if (i + 1 < layers) {
+      std::vector<float>& act = acts_[i];
+      if (act.size() < size_t(rows) * fan_out) act.resize(size_t(rows) * fan_out);
+      out = act.data();
+    }
+    backend_->Gemm(false, false, rows, fan_out, fan_in, 1.0f, in,
+                   params_[2 * i].values.data(), 0.0f, out);
+    backend_->AddBias(rows, fan_out, params_[2 * i + 1].values.data(), out);
+    if (i + 1 < layers) backend_->ReluForward(rows * fan_out, out);
+    in = out;
+  }
+}
+
+}  // namespace psd::serving
