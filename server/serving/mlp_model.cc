@@ -1,6 +1,9 @@
 #include "server/serving/mlp_model.h"
 
+#include <algorithm>
+#include <cstring>
 #include <map>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,7 +13,11 @@ namespace psd::serving {
 
 absl::StatusOr<std::unique_ptr<MlpModel>> MlpModel::Create(
     std::vector<NamedTensor> tensors,
-    std::unique_ptr<kernels::Backend> backend) {
+    std::unique_ptr<kernels::Backend> backend, int32_t max_batch) {
+  if (max_batch <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MlpModel: max_batch ", max_batch, ", must be > 0"));
+  }
   if (backend == nullptr || !backend->UsesHostMemory()) {
     return absl::FailedPreconditionError(
         "MlpModel: only a host-memory backend (the CPU) is supported");
@@ -70,8 +77,10 @@ absl::StatusOr<std::unique_ptr<MlpModel>> MlpModel::Create(
         "tensor ", by_name.begin()->first,
         ": not a parameter of the MLP (layer{i}.weight / layer{i}.bias)"));
   }
-  return std::unique_ptr<MlpModel>(
+  std::unique_ptr<MlpModel> model(
       new MlpModel(std::move(sizes), std::move(params), std::move(backend)));
+  model->Calibrate(max_batch);
+  return model;
 }
 
 MlpModel::MlpModel(std::vector<int32_t> layer_sizes,
@@ -85,7 +94,7 @@ MlpModel::MlpModel(std::vector<int32_t> layer_sizes,
 // The kernels and their order are those of Mlp::Forward (worker/mlp.cc):
 // per layer Y = X * W (Gemm, beta 0), += b (AddBias), ReLU but after the
 // last. Keep the two in step.
-void MlpModel::Forward(const float* x, int32_t rows, float* logits) {
+void MlpModel::ForwardRows(const float* x, int32_t rows, float* logits) {
   const int32_t layers = static_cast<int32_t>(layer_sizes_.size()) - 1;
   const float* in = x;
   for (int32_t i = 0; i < layers; ++i) {
@@ -101,6 +110,62 @@ void MlpModel::Forward(const float* x, int32_t rows, float* logits) {
     backend_->AddBias(rows, fan_out, params_[2 * i + 1].values.data(), out);
     if (i + 1 < layers) backend_->ReluForward(rows * fan_out, out);
     in = out;
+  }
+}
+
+}  // namespace psd::serving
+
+namespace psd::serving {
+
+void MlpModel::Forward(const float* x, int32_t rows, float* logits) {
+  const size_t in = input_dim(), out = num_classes();
+  if (min_rows_ == 0) {  // every row alone
+    for (int32_t r = 0; r < rows; ++r) ForwardRows(x + r * in, 1, logits + r * out);
+    return;
+  }
+  if (rows >= min_rows_) {
+    ForwardRows(x, rows, logits);
+    return;
+  }
+  padded_x_.assign(size_t(min_rows_) * in, 0.0f);
+  std::copy(x, x + rows * in, padded_x_.begin());
+  padded_logits_.resize(size_t(min_rows_) * out);
+  ForwardRows(padded_x_.data(), min_rows_, padded_logits_.data());
+  std::copy(padded_logits_.begin(), padded_logits_.begin() + rows * out, logits);
+}
+
+void MlpModel::Calibrate(int32_t max_batch) {
+  const size_t in = input_dim(), out = num_classes();
+  // A fixed pseudo-random probe, values of the order of normalised pixels.
+  std::mt19937 rng(20261207);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(size_t(max_batch) * in);
+  for (float& v : x) v = normal(rng);
+  std::vector<float> reference(size_t(max_batch) * out), y(reference.size());
+  ForwardRows(x.data(), max_batch, reference.data());
+  // Does a batch of m rows (the first m, then the last m) reproduce them?
+  auto agrees = [&](int32_t m) {
+    for (int32_t start : {0, max_batch - m}) {
+      ForwardRows(x.data() + start * in, m, y.data());
+      if (std::memcmp(y.data(), reference.data() + start * out,
+                      sizeof(float) * m * out) != 0) {
+        return false;
+      }
+    }
+    return true;
+  };
+  // Every size up to 64, then powers of two and the largest few (checking
+  // each of thousands would cost max_batch^2 rows).
+  std::vector<int32_t> sizes;
+  for (int32_t m = 1; m <= max_batch; m = m < 64 ? m + 1 : m * 2) sizes.push_back(m);
+  for (int32_t m = std::max(1, max_batch - 2); m <= max_batch; ++m) sizes.push_back(m);
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  // The smallest size from which every larger one agrees.
+  min_rows_ = 0;
+  for (auto m = sizes.rbegin(); m != sizes.rend(); ++m) {
+    if (!agrees(*m)) break;
+    min_rows_ = *m;
   }
 }
 

@@ -61,12 +61,23 @@ int Main() {
   if (!contents.ok()) return StartupError(contents.status());
   auto model = serving::MlpModel::Create(
       std::move(contents->tensors),
-      kernels::CreateCpuBackend(absl::GetFlag(FLAGS_blas_threads)));
+      kernels::CreateCpuBackend(absl::GetFlag(FLAGS_blas_threads)),
+      batching.max_batch_size);
   if (!model.ok()) {
     return StartupError(absl::Status(
         model.status().code(), absl::StrCat(file, ": ", model.status().message())));
   }
   serving::MlpModel* mlp = model->get();
+  if (mlp->min_rows() == 0) {
+    Log()->warn(
+        "this BLAS gives a row different logits in batches of different "
+        "sizes: every row runs alone (batch-independent, slower)");
+  } else if (mlp->min_rows() > 1) {
+    Log()->info(
+        "batches of fewer than {} rows are padded to {} so that a row's "
+        "logits do not depend on its batch (see server/serving/mlp_model.h)",
+        mlp->min_rows(), mlp->min_rows());
+  }
   serving::DynamicBatcher batcher(
       batching, mlp->input_dim(), mlp->num_classes(),
       [mlp](const float* x, int32_t rows, float* y) { mlp->Forward(x, rows, y); });
