@@ -177,6 +177,18 @@ TEST_CASE("Safetensors: a file cut short anywhere is an error, not a crash",
   for (size_t n = 0; n < whole.size(); ++n) {
     CHECK_FALSE(ParseSafetensors(whole.substr(0, n)).ok());
   }
+  // Every byte of the length prefix and header changed to every value:
+  // an answer each time (OK or INVALID_ARGUMENT), never a crash.
+  const size_t header_end = 8 + static_cast<unsigned char>(whole[0]);
+  for (size_t i = 0; i < header_end; ++i) {
+    for (int b = 0; b < 256; ++b) {
+      std::string bent = whole;
+      bent[i] = static_cast<char>(b);
+      auto parsed = ParseSafetensors(bent);
+      CHECK((parsed.ok() ||
+             parsed.status().code() == absl::StatusCode::kInvalidArgument));
+    }
+  }
 }
 
 }  // namespace
