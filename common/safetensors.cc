@@ -221,7 +221,9 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(
     t.shape = e.shape;
     t.values.resize((e.end - e.begin) / sizeof(float));
     // Little-endian on disk; psd runs on little-endian hosts only.
-    std::memcpy(t.values.data(), data.data() + e.begin, e.end - e.begin);
+    if (e.end > e.begin) {
+      std::memcpy(t.values.data(), data.data() + e.begin, e.end - e.begin);
+    }
     contents.tensors.push_back(std::move(t));
   }
   return contents;

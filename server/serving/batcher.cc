@@ -79,6 +79,11 @@ BatcherStats DynamicBatcher::stats() const {
   return stats_;
 }
 
+int32_t DynamicBatcher::queue_length() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int32_t>(queue_.size());
+}
+
 void DynamicBatcher::Runner() {
   const absl::Duration delay =
       absl::Microseconds(options_.max_queue_delay_microseconds);

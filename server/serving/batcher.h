@@ -73,6 +73,8 @@ class DynamicBatcher {
   absl::Status Run(const float* x, int32_t rows, float* y);
 
   BatcherStats stats() const;
+  // Requests waiting now (not yet in a running batch).
+  int32_t queue_length() const;
   const BatcherOptions& options() const { return options_; }
 
  private:

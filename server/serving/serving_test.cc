@@ -193,12 +193,11 @@ TEST_CASE("DynamicBatcher: a full queue is RESOURCE_EXHAUSTED, an oversized "
   callers.emplace_back([&] { statuses[1] = batcher.Run(&in[1], 1, &out[1]); });
   callers.emplace_back([&] { statuses[2] = batcher.Run(&in[2], 1, &out[2]); });
   // ... two wait: the queue is full.
-  absl::Status refused;
-  for (int i = 0; i < 2000; ++i) {
-    refused = batcher.Run(&in[3], 1, &out[3]);
-    if (!refused.ok()) break;
-    absl::SleepFor(absl::Milliseconds(1));  // not queued yet: try again
+  for (int i = 0; i < 10000 && batcher.queue_length() < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
   }
+  REQUIRE(batcher.queue_length() == 2);
+  const absl::Status refused = batcher.Run(&in[3], 1, &out[3]);
   CHECK(refused.code() == absl::StatusCode::kResourceExhausted);
   CHECK_THAT(std::string(refused.message()), Catch::Contains("max_queue_size 2"));
   absl::Status too_big = batcher.Run(in, 2, out);
