@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace psd {
 
@@ -30,6 +32,43 @@ struct NamedTensor {
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<NamedTensor>& tensors,
                               const std::map<std::string, std::string>& metadata);
+
+// A safetensors file read back: its tensors in data order (ascending
+// data_offsets, which for WriteSafetensors' files is the order written)
+// and its "__metadata__" (string -> string; empty when absent).
+struct SafetensorsContents {
+  std::vector<NamedTensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+struct SafetensorsReadOptions {
+  // Largest JSON header accepted, in bytes (the length prefix is checked
+  // against it before anything is allocated). Default: 100 MiB, the limit
+  // of the reference implementation.
+  uint64_t max_header_bytes = uint64_t{100} << 20;
+  // Largest whole file accepted, in bytes. Default: 16 GiB.
+  uint64_t max_file_bytes = uint64_t{16} << 30;
+};
+
+// Parses a whole safetensors file held in `bytes`. Strict: the header is a
+// JSON object (parsed as a google.protobuf.Struct) whose keys are tensor
+// names, each {"dtype": "F32", "shape": [non-negative integers],
+// "data_offsets": [begin, end]}, plus an optional "__metadata__" object of
+// strings; only F32 tensors are supported (the dtype psd writes). The
+// tensors' byte ranges must exactly tile the data after the header (no
+// holes, no overlap, nothing after the last), and each range must hold
+// product(shape) * 4 bytes. Every error is INVALID_ARGUMENT whose message
+// names the tensor and field at fault (e.g. "tensor layer0.weight:
+// data_offsets [0, 12] hold 12 bytes, shape [2,3] needs 24"); nothing here
+// aborts on bad input. Thread-safe (no shared state).
+absl::StatusOr<SafetensorsContents> ParseSafetensors(
+    absl::string_view bytes, const SafetensorsReadOptions& options = {});
+
+// Reads `path` and parses it with ParseSafetensors. Errors: NOT_FOUND or
+// UNAVAILABLE when the file cannot be opened or read, INVALID_ARGUMENT
+// (message prefixed with the path) for a malformed or over-size file.
+absl::StatusOr<SafetensorsContents> ReadSafetensors(
+    const std::string& path, const SafetensorsReadOptions& options = {});
 
 // CRC-32 (zlib) over the tensors' names and little-endian bytes in order:
 // the checksum psd prints to compare two runs' parameters bit for bit.
