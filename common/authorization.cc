@@ -57,6 +57,12 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
     add("psd.v1.JobService",
         {"SubmitJob", "CancelJob", "DeleteJob", "SnapshotJob"}, kActors);
     add("psd.v1.JobService", {"GetJob", "ListJobs", "WatchJob"}, kPeople);
+    // psd_serve (server/serving): the Open Inference Protocol, for people
+    // and programs with a psd identity.
+    add("inference.GRPCInferenceService",
+        {"ServerLive", "ServerReady", "ServerMetadata", "ModelReady",
+         "ModelMetadata", "ModelInfer"},
+        kPeople | kWorker);
     return m;
   }();
   return *roles;

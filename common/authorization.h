@@ -34,6 +34,8 @@
 //                                                    AuthorizeJobAction),
 //                                                    admin
 //     GetJob, ListJobs, WatchJob                     user, viewer, admin
+//   inference.GRPCInferenceService (psd_serve)      user, viewer, admin,
+//                                                    worker
 //   grpc.health.v1.Health, grpc.reflection.*         anyone, even without a
 //                                                    certificate (probes,
 //                                                    grpcurl's discovery)

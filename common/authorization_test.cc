@@ -41,6 +41,12 @@ TEST_CASE("AuthorizeCall: each role reaches its own methods only",
             .ok());
   CHECK(Call("/psd.v1.JobService/SubmitJob", "spiffe://psd/user/alice").ok());
   CHECK(Call("/psd.v1.Coordinator/GetClusterView", "spiffe://psd/worker").ok());
+  CHECK(Call("/inference.GRPCInferenceService/ModelInfer",
+             "spiffe://psd/viewer/dash")
+            .ok());
+  CHECK(Call("/inference.GRPCInferenceService/ModelInfer",
+             "spiffe://psd/coordinator")
+            .code() == absl::StatusCode::kPermissionDenied);
 
   absl::Status replicate =
       Call("/psd.v1.ParameterServer/Replicate", "spiffe://psd/worker");
