@@ -53,10 +53,27 @@ grep -q 'model_name "mnist": unknown' "$WORK/bad.err" || { cat "$WORK/bad.err"; 
 "$BIN/server/serving/oip_classify" --insecure --server="127.0.0.1:$port" \
   --model_name=fashion --limit=100 --rows=64 >/dev/null || fail "not serving after a bad request"
 
+# Under mutual TLS: a user's certificate is served; the coordinator's role
+# may not call inference (PERMISSION_DENIED).
+deploy/make_certs.sh "$WORK/certs" server user-alice coordinator >/dev/null
+tls() { echo "--tls_ca_file=$WORK/certs/ca.pem --tls_cert_file=$WORK/certs/$1.pem --tls_key_file=$WORK/certs/$1.key"; }
+"$BIN/server/serving/psd_serve" $(tls server) --model_file="$WORK/short.safetensors" \
+  --model_name=fashion --listen=127.0.0.1:0 --port_file="$WORK/serve_tls.port" \
+  2>"$WORK/serve_tls.log" &
+PIDS+=($!)
+tls_port=$(wait_port $! "$WORK/serve_tls.port") || fail "psd_serve (TLS) did not start"
+"$BIN/server/serving/oip_classify" $(tls user-alice) --server="127.0.0.1:$tls_port" \
+  --model_name=fashion --limit=100 --rows=10 >/dev/null || fail "a user's certificate was not served"
+if "$BIN/server/serving/oip_classify" $(tls coordinator) --server="127.0.0.1:$tls_port" \
+  --model_name=fashion --limit=10 2>"$WORK/tls_bad.err"; then
+  fail "the coordinator's certificate was served"
+fi
+grep -q 'ModelInfer needs the role worker, user, viewer or admin' "$WORK/tls_bad.err" || { cat "$WORK/tls_bad.err"; fail "unclear TLS refusal"; }
+echo "mutual TLS: a user's certificate served, the coordinator's refused"
+
 # Graceful shutdown on SIGTERM: exit code 0.
 kill -TERM $SERVE_PID
 code=0
 wait $SERVE_PID || code=$?
-PIDS=()
 [ "$code" = 0 ] || fail "psd_serve exited $code on SIGTERM"
 echo "PASS: served accuracy $correct/10000 = the job's $accuracy"
