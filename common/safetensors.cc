@@ -292,6 +292,12 @@ absl::Status WriteSafetensors(
         return absl::InvalidArgumentError(absl::StrCat(
             "tensor ", t.name, ": dimension ", d, " is negative"));
       }
+      // JSON readers (ours, ParseSafetensors, among them) hold numbers as
+      // doubles: past 2^53 a dimension would not read back exactly.
+      if (d > (int64_t{1} << 53)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", t.name, ": dimension ", d, " is larger than 2^53"));
+      }
       empty = empty || d == 0;
     }
     int64_t n = empty ? 0 : 1;

@@ -27,7 +27,8 @@ struct NamedTensor {
 // Writes `tensors` (dtype F32) and `metadata` (string -> string, stored
 // under "__metadata__") to `path`. Errors: INVALID_ARGUMENT (a name or
 // metadata with characters outside [A-Za-z0-9._:-], a tensor name given
-// twice or "__metadata__", a negative dimension, a size mismatch),
+// twice or "__metadata__", a negative dimension or one over 2^53 (which
+// ParseSafetensors could not read back exactly), a size mismatch),
 // UNAVAILABLE (cannot write the file).
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<NamedTensor>& tensors,

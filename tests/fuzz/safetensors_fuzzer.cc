@@ -2,8 +2,8 @@
 // tensors and metadata made from the input, then the file read back by a
 // strict reader of the format (https://github.com/huggingface/safetensors:
 // 8-byte little-endian header length N, N bytes of a JSON object, the data)
-// written here, as the `safetensors` package would read it, and
-// ParameterChecksum.
+// written here, as the `safetensors` package would read it, and by psd's
+// own reader (ReadSafetensors), and ParameterChecksum.
 //
 // Input: up to 4 tensors, then up to 3 metadata pairs, each introduced by a
 // nonzero byte (0 ends the list). A tensor: a name (chunk of at most 16
@@ -228,6 +228,32 @@ void CheckFile(const std::string& path, const std::vector<NamedTensor>& tensors,
   FUZZ_REQUIRE(metadata.empty() || keys.count("__metadata__"), header);
 }
 
+// psd's own reader (ReadSafetensors, used by psd_serve) must read back
+// exactly what the writer wrote: the same tensors (matched by name: empty
+// tensors share an offset, so data order does not fix their order), shapes,
+// bits and metadata. (CheckFile above is an independent reader of the
+// format, the oracle for both.)
+void CheckOwnReader(const std::string& path,
+                    const std::vector<NamedTensor>& tensors,
+                    const std::map<std::string, std::string>& metadata) {
+  absl::StatusOr<SafetensorsContents> read = ReadSafetensors(path);
+  FUZZ_REQUIRE(read.ok(), read.status().ToString());
+  FUZZ_REQUIRE(read->tensors.size() == tensors.size(), "tensor count");
+  std::map<std::string, const NamedTensor*> by_name;
+  for (const NamedTensor& got : read->tensors) by_name[got.name] = &got;
+  for (const NamedTensor& want : tensors) {
+    auto it = by_name.find(want.name);
+    FUZZ_REQUIRE(it != by_name.end(), absl::StrCat("missing ", want.name));
+    const NamedTensor& got = *it->second;
+    FUZZ_REQUIRE(got.shape == want.shape &&
+                     got.values.size() == want.values.size() &&
+                     std::memcmp(got.values.data(), want.values.data(),
+                                 4 * want.values.size()) == 0,
+                 absl::StrCat("ReadSafetensors differs on ", want.name));
+  }
+  FUZZ_REQUIRE(read->metadata == metadata, "ReadSafetensors: metadata");
+}
+
 }  // namespace
 }  // namespace psd
 
@@ -267,6 +293,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::Status written = psd::WriteSafetensors(path, tensors, metadata);
   if (written.ok()) {
     psd::CheckFile(path, tensors, metadata);
+    psd::CheckOwnReader(path, tensors, metadata);
   } else {
     psd::fuzz::RequireClearError(written);
     FUZZ_REQUIRE(written.code() == absl::StatusCode::kInvalidArgument,
