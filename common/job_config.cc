@@ -526,10 +526,12 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (absl::Status status = ValidateParameterGroups(c); !status.ok()) {
     return status;
   }
-  if (c.gradient_dtype() != DTYPE_UNSPECIFIED && c.gradient_dtype() != FLOAT32 &&
-      c.gradient_dtype() != BFLOAT16) {
-    return Invalid("gradient_dtype",
-                   absl::StrCat("FLOAT32 or BFLOAT16, got ", c.gradient_dtype()));
+  for (const auto& [field, dtype] :
+       {std::pair<const char*, DType>{"gradient_dtype", c.gradient_dtype()},
+        {"parameter_dtype", c.parameter_dtype()}}) {
+    if (dtype != DTYPE_UNSPECIFIED && dtype != FLOAT32 && dtype != BFLOAT16) {
+      return Invalid(field, absl::StrCat("FLOAT32 or BFLOAT16, got ", dtype));
+    }
   }
   if (c.batch_size() <= 0 || c.batch_size() > 65536) {
     return Invalid("batch_size",

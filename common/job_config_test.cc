@@ -594,5 +594,15 @@ TEST_CASE("JobConfig: gradient_dtype is FLOAT32 or BFLOAT16", "[config]") {
   CHECK(Problem(config).rfind("gradient_dtype: ", 0) == 0);
 }
 
+TEST_CASE("JobConfig: parameter_dtype is FLOAT32 or BFLOAT16", "[config]") {
+  JobConfig config = ValidConfig();
+  for (DType ok : {DTYPE_UNSPECIFIED, FLOAT32, BFLOAT16}) {
+    config.set_parameter_dtype(ok);
+    CHECK(Problem(config).empty());
+  }
+  config.set_parameter_dtype(static_cast<DType>(9));
+  CHECK(Problem(config).rfind("parameter_dtype: FLOAT32 or BFLOAT16", 0) == 0);
+}
+
 }  // namespace
 }  // namespace psd

@@ -60,6 +60,46 @@ void EncodeBfloat16(const float* data, int64_t n, Tensor* out) {
   }
 }
 
+// Widens n bfloat16 values (2 little-endian bytes each) at `half` into
+// float32 at `wide`: the bfloat16 bits become the upper half of the float.
+static void WidenBfloat16(const char* half, int64_t n, char* wide) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, half + 2 * i, 2);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    std::memcpy(wide + 4 * i, &bits, 4);
+  }
+}
+
+absl::Status DecodeToFloat32(const Tensor& tensor, int64_t expected_elements,
+                             float* out, const std::string& what) {
+  if (tensor.dtype() != FLOAT32 && tensor.dtype() != BFLOAT16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ".dtype: want FLOAT32 or BFLOAT16, got ",
+                     DType_Name(tensor.dtype())));
+  }
+  if (tensor.shape_size() != 1 || tensor.shape(0) != expected_elements) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ".shape: want [", expected_elements, "], got [",
+                     absl::StrJoin(tensor.shape(), ","), "]"));
+  }
+  const size_t width = tensor.dtype() == FLOAT32 ? 4 : 2;
+  const size_t want = static_cast<size_t>(expected_elements) * width;
+  if (tensor.data().size() != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ".data: want ", want, " bytes of ", DType_Name(tensor.dtype()),
+        ", got ", tensor.data().size()));
+  }
+  if (expected_elements == 0) return absl::OkStatus();
+  if (tensor.dtype() == FLOAT32) {
+    std::memcpy(out, tensor.data().data(), want);
+  } else {
+    WidenBfloat16(tensor.data().data(), expected_elements,
+                  reinterpret_cast<char*>(out));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WidenToFloat32(const Tensor& in, Tensor* out,
                             const std::string& what) {
   if (in.dtype() == FLOAT32) {
@@ -80,12 +120,8 @@ absl::Status WidenToFloat32(const Tensor& in, Tensor* out,
   *out->mutable_shape() = in.shape();
   std::string* wide = out->mutable_data();
   wide->resize(half.size() * 2);
-  for (size_t i = 0; i < half.size() / 2; ++i) {
-    uint16_t h;
-    std::memcpy(&h, half.data() + 2 * i, 2);
-    const uint32_t bits = static_cast<uint32_t>(h) << 16;
-    std::memcpy(wide->data() + 4 * i, &bits, 4);
-  }
+  WidenBfloat16(half.data(), static_cast<int64_t>(half.size() / 2),
+                wide->data());
   return absl::OkStatus();
 }
 

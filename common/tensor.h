@@ -38,6 +38,14 @@ absl::Status WidenToFloat32(const Tensor& in, Tensor* out,
 // The same, in place.
 absl::Status WidenToFloat32(Tensor* tensor, const std::string& what);
 
+// Writes the FLOAT32 or BFLOAT16 tensor `tensor`, which must have shape
+// [expected_elements] and 4 (FLOAT32) or 2 (BFLOAT16) bytes per element, as
+// expected_elements floats at out (BFLOAT16 widened exactly). Errors:
+// INVALID_ARGUMENT naming `what` and the field (dtype, shape, data); out is
+// then untouched.
+absl::Status DecodeToFloat32(const Tensor& tensor, int64_t expected_elements,
+                             float* out, const std::string& what);
+
 // Index of the first NaN or Inf of data[0, n), or -1 when all are finite.
 int64_t FindNonFinite(const float* data, int64_t n);
 

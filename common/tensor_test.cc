@@ -1,5 +1,6 @@
 #include "common/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -82,6 +83,36 @@ TEST_CASE("bfloat16: a tensor is half the bytes, and bad ones are refused",
   Tensor same = f32;
   REQUIRE(WidenToFloat32(&same, "g").ok());
   CHECK(same.data() == f32.data());
+}
+
+TEST_CASE("DecodeToFloat32: both dtypes into a caller's buffer; bad "
+          "tensors are refused naming the field and leave it untouched",
+          "[tensor]") {
+  std::vector<float> v(100);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::cos(static_cast<float>(i));
+  Tensor b16, f32;
+  EncodeBfloat16(v.data(), 100, &b16);
+  EncodeFloat32(v.data(), 100, &f32);
+  std::vector<float> out(100, -7.0f);
+  REQUIRE(DecodeToFloat32(f32, 100, out.data(), "p").ok());
+  CHECK(out == v);
+  REQUIRE(DecodeToFloat32(b16, 100, out.data(), "p").ok());
+  for (size_t i = 0; i < v.size(); ++i) {
+    CHECK(Bits(out[i]) == Bits(ThroughBfloat16(v[i])));
+  }
+  std::fill(out.begin(), out.end(), -7.0f);
+  absl::Status status = DecodeToFloat32(b16, 99, out.data(), "p");
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(status.message()).find("p.shape: want [99]") == 0);
+  Tensor short_data = b16;
+  short_data.mutable_data()->resize(198);
+  status = DecodeToFloat32(short_data, 100, out.data(), "p");
+  CHECK(std::string(status.message()).find("p.data: want 200 bytes") == 0);
+  Tensor unknown = f32;
+  unknown.set_dtype(DTYPE_UNSPECIFIED);
+  status = DecodeToFloat32(unknown, 100, out.data(), "p");
+  CHECK(std::string(status.message()).find("p.dtype: want FLOAT32 or") == 0);
+  CHECK(std::all_of(out.begin(), out.end(), [](float x) { return x == -7.0f; }));
 }
 
 }  // namespace

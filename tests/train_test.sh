@@ -38,18 +38,30 @@ print("safetensors OK:", shapes)
 PY
 
 # The same job with bfloat16 gradients on the wire (JobConfig.gradient_dtype):
-# it reaches the same floor, its parameters differ from the float32 run's
-# (the gradients were rounded), and two runs agree bit for bit (BSP stays
+# it reaches the same floor and its parameters differ from the float32
+# run's (the gradients were rounded). Then with bfloat16 pulls as well
+# (JobConfig.parameter_dtype; the servers keep float32): the same floor,
+# parameters of their own, and two runs agree bit for bit (BSP stays
 # deterministic: the rounding is).
+job_accuracy() {
+  "${CTL[@]}" get "$(cat "$WORK/last_job")" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk '{print $2}'
+}
 echo "gradient_dtype: BFLOAT16" >>"$WORK/short.textproto"
-bf16_a=$(run_job "$WORK/short.textproto" "$WORK/bf16a.safetensors")
-accuracy=$("${CTL[@]}" get "$(cat "$WORK/last_job")" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk '{print $2}')
-bf16_b=$(run_job "$WORK/short.textproto" "$WORK/bf16b.safetensors")
-echo "bfloat16 gradients: test accuracy $accuracy, checksums $bf16_a $bf16_b (float32: $checksum)"
+bf16=$(run_job "$WORK/short.textproto" "$WORK/bf16.safetensors")
+accuracy=$(job_accuracy)
+echo "bfloat16 gradients: test accuracy $accuracy, checksum $bf16 (float32: $checksum)"
 awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||
   fail "bfloat16 gradients: test accuracy $accuracy below the floor $FLOOR"
-[ "$bf16_a" != "$checksum" ] || fail "bfloat16 gradients gave the float32 run's parameters"
-[ "$bf16_a" = "$bf16_b" ] || fail "bfloat16 gradients: two runs differ ($bf16_a, $bf16_b)"
+[ "$bf16" != "$checksum" ] || fail "bfloat16 gradients gave the float32 run's parameters"
+echo "parameter_dtype: BFLOAT16" >>"$WORK/short.textproto"
+both_a=$(run_job "$WORK/short.textproto" "$WORK/both_a.safetensors")
+accuracy=$(job_accuracy)
+both_b=$(run_job "$WORK/short.textproto" "$WORK/both_b.safetensors")
+echo "bfloat16 gradients and pulls: test accuracy $accuracy, checksums $both_a $both_b"
+awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||
+  fail "bfloat16 pulls: test accuracy $accuracy below the floor $FLOOR"
+[ "$both_a" != "$bf16" ] || fail "bfloat16 pulls gave the float32 pulls' parameters"
+[ "$both_a" = "$both_b" ] || fail "bfloat16 pulls: two runs differ ($both_a, $both_b)"
 
 # The runs above used the workers' default, --overlap_push=true (each
 # layer's gradients pushed while the backward pass goes on). With the
@@ -65,7 +77,7 @@ for i in 1 2; do
   PIDS+=($!)
 done
 "${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready
-sed -i '/gradient_dtype/d' "$WORK/short.textproto"
+sed -i '/gradient_dtype/d; /parameter_dtype/d' "$WORK/short.textproto"
 no_overlap=$(run_job "$WORK/short.textproto" "$WORK/no_overlap.safetensors")
 echo "--overlap_push=false: checksum $no_overlap (overlapped: $checksum)"
 grep -q "push overlapped with backward: no" "$WORK"/b.worker*.log ||

@@ -49,6 +49,8 @@ ParameterClient::ParameterClient(const Assignment& assignment,
       job_id_(assignment.job_id()),
       rank_(assignment.rank()),
       bfloat16_(assignment.config().gradient_dtype() == BFLOAT16),
+      pull_dtype_(assignment.config().parameter_dtype() == BFLOAT16 ? BFLOAT16
+                                                                   : FLOAT32),
       view_epoch_(assignment.view_epoch()) {}
 
 absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
@@ -78,6 +80,8 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     target->pull.set_job_id(client->job_id_);
     target->pull.set_worker_rank(client->rank_);
     target->pull.add_partition_ids(part.id());
+    target->pull.set_dtype(client->pull_dtype_);
+    target->push.set_pull_dtype(client->pull_dtype_);
     client->tensor_targets_[part.parameter()].push_back(target.get());
     client->targets_.push_back(std::move(target));
   }
@@ -168,6 +172,9 @@ void ParameterClient::SetTransport(Target* t, bool shared) {
     }
   }
   t->shared = shared;
+  // A shared slice holds FLOAT32; bfloat16 pulls only save bytes on a wire.
+  t->pull.set_dtype(shared ? FLOAT32 : pull_dtype_);
+  t->push.set_pull_dtype(shared ? FLOAT32 : pull_dtype_);
   if (shared) {
     *t->push.mutable_shared_region() = shm_->region();
     *t->pull.mutable_shared_region() = shm_->region();
@@ -403,7 +410,6 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
     }
     const PartitionTensor& returned = response.parameters(0);
     const std::string what = absl::StrCat("pull response of partition ", part.id());
-    const uint8_t* bytes;
     if (returned.has_shared()) {  // the server wrote our pull slice
       if (!t->shared || returned.shared().offset() != t->pull_slice.offset() ||
           returned.shared().size() != t->pull_slice.size()) {
@@ -416,17 +422,18 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
         return absl::DataLossError(absl::StrCat(
             what, ": want FLOAT32 of shape [", part.num_elements(), "]"));
       }
-      bytes = shm_->data() + t->pull_slice.offset();
+      const uint8_t* bytes = shm_->data() + t->pull_slice.offset();
+      if (part.num_elements() > 0) {
+        std::memcpy(out[part.parameter()] + part.offset(), bytes,
+                    part.num_elements() * sizeof(float));
+      }
     } else {
-      PSD_RETURN_IF_ERROR(
-          CheckFloat32(returned.tensor(), part.num_elements(), what));
-      bytes = reinterpret_cast<const uint8_t*>(returned.tensor().data().data());
-    }
-    // Straight from the response's (or the region's) bytes into the
-    // caller's slice.
-    if (part.num_elements() > 0) {
-      std::memcpy(out[part.parameter()] + part.offset(), bytes,
-                  part.num_elements() * sizeof(float));
+      // Straight from the response's bytes into the caller's slice
+      // (BFLOAT16 widened on the way).
+      PSD_RETURN_IF_ERROR(DecodeToFloat32(returned.tensor(),
+                                          part.num_elements(),
+                                          out[part.parameter()] + part.offset(),
+                                          what));
     }
     lowest = std::min(lowest, response.step());
     lowest_clock = std::min(lowest_clock, response.clock());

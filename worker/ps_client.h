@@ -110,7 +110,9 @@ class ParameterClient {
   // kernels::Backend::AllocateHost, owned by the caller) receives
   // parameter_sizes()[i] floats. Each partition's response is copied
   // straight into its slice of out[i]; nothing else is allocated per call.
-  // With latest = true, returns the current parameters without waiting,
+  // Under JobConfig.parameter_dtype = BFLOAT16 the servers send each value
+  // rounded to bfloat16 (to nearest even), widened exactly here, except
+  // through shared memory (always float32). With latest = true, returns the current parameters without waiting,
   // and *step_out gets their step. Under ASP/SSP `step` is this rank's
   // clock (see PullRequest.step), and *clock_out gets PullResponse.clock
   // (the fewest of this rank's pushes applied to any partition).
@@ -189,6 +191,9 @@ class ParameterClient {
   int32_t rank_ = 0;
   // Gradients go as BFLOAT16 (JobConfig.gradient_dtype), else FLOAT32.
   bool bfloat16_ = false;
+  // Parameters come as this dtype (JobConfig.parameter_dtype: FLOAT32 or
+  // BFLOAT16) except through shared memory, which is always FLOAT32.
+  DType pull_dtype_ = FLOAT32;
   int64_t view_epoch_ = 0;
   std::vector<int64_t> sizes_;
   std::vector<std::string> names_;

@@ -58,7 +58,11 @@ class RecordingServer : public ParameterServer::Service {
       for (int64_t j = 0; j < size->second; ++j) values[j] = PullValue(id, j);
       PartitionTensor* out = response->add_parameters();
       out->set_partition_id(id);
-      EncodeFloat32(values.data(), size->second, out->mutable_tensor());
+      if (request->dtype() == BFLOAT16) {
+        EncodeBfloat16(values.data(), size->second, out->mutable_tensor());
+      } else {
+        EncodeFloat32(values.data(), size->second, out->mutable_tensor());
+      }
     }
     return grpc::Status::OK;
   }
@@ -111,7 +115,7 @@ class RecordingServer : public ParameterServer::Service {
 // Two recording servers, each the primary of one shard of a job with three
 // tensors cut into 64-float partitions, and a client of rank 1.
 struct Cluster {
-  explicit Cluster(DType dtype = FLOAT32) {
+  explicit Cluster(DType dtype = FLOAT32, DType parameter_dtype = FLOAT32) {
     std::vector<ParameterSpec> specs(3);
     specs[0].set_name("layer0.weight");
     specs[0].add_shape(20);
@@ -136,6 +140,7 @@ struct Cluster {
     assignment.set_job_id("j");
     assignment.set_rank(1);
     assignment.mutable_config()->set_gradient_dtype(dtype);
+    assignment.mutable_config()->set_parameter_dtype(parameter_dtype);
     *assignment.mutable_placement() = *placement;
     assignment.set_view_epoch(3);
     for (int s = 0; s < 2; ++s) {
@@ -300,6 +305,31 @@ TEST_CASE("ParameterClient: a pull into caller buffers gives the vector "
   std::vector<std::vector<float>> again;
   REQUIRE(client.Pull(3, false, &again).ok());
   CHECK(again == want);
+}
+
+TEST_CASE("ParameterClient: parameter_dtype BFLOAT16 pulls each value "
+          "rounded to bfloat16",
+          "[ps_client][bfloat16]") {
+  Cluster cluster(FLOAT32, BFLOAT16);
+  std::vector<std::vector<float>> pulled;
+  REQUIRE(cluster.client->Pull(3, /*latest=*/false, &pulled).ok());
+  for (const Partition& part : cluster.partitions) {
+    std::vector<float> values(part.num_elements());
+    for (int64_t j = 0; j < part.num_elements(); ++j) {
+      values[j] = PullValue(part.id(), j);
+    }
+    Tensor rounded;
+    EncodeBfloat16(values.data(), part.num_elements(), &rounded);
+    std::vector<float> want(part.num_elements());
+    REQUIRE(DecodeToFloat32(rounded, part.num_elements(), want.data(), "w")
+                .ok());
+    INFO("partition " << part.id());
+    CHECK(std::memcmp(pulled[part.parameter()].data() + part.offset(),
+                      want.data(), want.size() * sizeof(float)) == 0);
+    // Rounded, not the float32 values (PullValue has low mantissa bits).
+    CHECK(std::memcmp(want.data(), values.data(),
+                      want.size() * sizeof(float)) != 0);
+  }
 }
 
 TEST_CASE("ParameterClient: a pull into caller buffers refuses a wrong "

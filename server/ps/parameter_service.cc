@@ -220,6 +220,7 @@ grpc::ServerUnaryReactor* ParameterService::Push(
     pull->set_worker_rank(request->worker_rank());
     pull->set_step(request->step() + 1);
     pull->set_view_epoch(request->view_epoch());
+    pull->set_dtype(request->pull_dtype());
     for (const PartitionTensor& g : request->gradients()) {
       pull->add_partition_ids(g.partition_id());
     }

@@ -88,8 +88,13 @@ absl::StatusOr<bool> TryAnswer(ParameterStore::Job& job,
     }
     PartitionTensor* out = response->add_parameters();
     out->set_partition_id(id);
-    EncodeFloat32(read.weights->data(), state.num_elements,
-                  out->mutable_tensor());
+    if (request.dtype() == BFLOAT16) {
+      EncodeBfloat16(read.weights->data(), state.num_elements,
+                     out->mutable_tensor());
+    } else {
+      EncodeFloat32(read.weights->data(), state.num_elements,
+                    out->mutable_tensor());
+    }
   }
   response->set_step(lowest == INT64_MAX ? request.step() : lowest);
   response->set_clock(clock == INT64_MAX ? response->step() : clock);
@@ -131,6 +136,16 @@ static absl::Status CheckPullRequest(const ParameterStore::Job& job,
   if (!request.latest() && request.step() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("step: must be >= 0, got ", request.step()));
+  }
+  if (request.dtype() != DTYPE_UNSPECIFIED && request.dtype() != FLOAT32 &&
+      request.dtype() != BFLOAT16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dtype: want FLOAT32 or BFLOAT16, got ", DType_Name(request.dtype())));
+  }
+  if (request.dtype() == BFLOAT16 && request.has_shared_region()) {
+    return absl::InvalidArgumentError(
+        "dtype: BFLOAT16 cannot be pulled through shared_region (a shared "
+        "slice holds FLOAT32); pull FLOAT32 there");
   }
   std::set<int32_t> seen;
   int64_t bytes = 0;

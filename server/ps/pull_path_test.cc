@@ -177,6 +177,47 @@ TEST_CASE("ParameterStore: a pull whose answer would exceed "
                                      "8192 bytes at partition_ids[2]"));
 }
 
+// Issue 14: JobConfig.parameter_dtype = BFLOAT16 pulls half the bytes.
+TEST_CASE("ParameterStore: a BFLOAT16 pull returns each weight rounded to "
+          "bfloat16, and bad dtypes are refused",
+          "[store][pull][bfloat16]") {
+  Fixture f(1);
+  f.PushOk(0, 0);
+  PullResponse wide, half;
+  PullRequest request = f.MakePull(1);
+  REQUIRE(f.store.Pull(request, absl::Now() + absl::Seconds(5),
+                       [] { return false; }, &wide).ok());
+  request.set_dtype(BFLOAT16);
+  REQUIRE(f.store.Pull(request, absl::Now() + absl::Seconds(5),
+                       [] { return false; }, &half).ok());
+  REQUIRE(wide.parameters_size() == half.parameters_size());
+  for (int i = 0; i < wide.parameters_size(); ++i) {
+    const Tensor& w = wide.parameters(i).tensor();
+    const Tensor& h = half.parameters(i).tensor();
+    CHECK(h.dtype() == BFLOAT16);
+    CHECK(h.data().size() * 2 == w.data().size());
+    const int64_t n = w.shape(0);
+    Tensor expected;
+    EncodeBfloat16(Float32Data(w), n, &expected);
+    CHECK(h.data() == expected.data());
+  }
+
+  PullResponse response;
+  request.set_dtype(static_cast<DType>(7));
+  absl::Status status = f.store.Pull(request, absl::Now() + absl::Seconds(5),
+                                     [] { return false; }, &response);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(status.message(), "dtype: want FLOAT32 or BFLOAT16"));
+
+  request.set_dtype(BFLOAT16);
+  request.mutable_shared_region()->set_name("/psd-test");
+  status = f.store.Pull(request, absl::Now() + absl::Seconds(5),
+                        [] { return false; }, &response);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StartsWith(status.message(), "dtype: BFLOAT16 cannot be pulled "
+                                     "through shared_region"));
+}
+
 }  // namespace
 }  // namespace store_test
 }  // namespace psd
