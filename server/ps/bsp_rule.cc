@@ -34,18 +34,35 @@ class BspRuleImpl final : public ConsistencyRule {
   bool TakePush(int32_t rank, int64_t step, const float* data, int32_t workers,
                 PartitionState* state) const override {
     if (step != state->step || state->received[rank]) return false;
-    std::copy(data, data + state->num_elements, state->pending[rank].begin());
     state->received[rank] = true;
-    if (++state->received_count != workers) return false;
-    // Sum in rank order, average, apply once.
-    std::copy(state->pending[0].begin(), state->pending[0].end(),
-              state->sum.begin());
-    for (size_t r = 1; r < state->pending.size(); ++r) {
-      const std::vector<float>& p = state->pending[r];
-      for (int64_t k = 0; k < state->num_elements; ++k) state->sum[k] += p[k];
+    if (++state->received_count != workers) {
+      std::copy(data, data + state->num_elements,
+                state->pending[rank].begin());
+      return false;
+    }
+    // The last rank's gradients are read where they are, not copied. Sum in
+    // rank order, average, apply once: per element the same operations in
+    // the same order as summing whole vectors, so the same bits.
+    std::vector<const float*> by_rank(state->pending.size());
+    for (size_t r = 0; r < by_rank.size(); ++r) {
+      by_rank[r] = static_cast<int32_t>(r) == rank ? data
+                                                   : state->pending[r].data();
     }
     const float scale = 1.0f / static_cast<float>(workers);
-    for (float& v : state->sum) v *= scale;
+    float* sum = state->sum.data();
+    const int64_t n = state->num_elements;
+    if (by_rank.size() == 2) {  // the common case, in one pass
+      const float* a = by_rank[0];
+      const float* b = by_rank[1];
+      for (int64_t k = 0; k < n; ++k) sum[k] = (a[k] + b[k]) * scale;
+      return true;
+    }
+    std::copy(by_rank[0], by_rank[0] + n, sum);
+    for (size_t r = 1; r < by_rank.size(); ++r) {
+      const float* p = by_rank[r];
+      for (int64_t k = 0; k < n; ++k) sum[k] += p[k];
+    }
+    for (int64_t k = 0; k < n; ++k) sum[k] *= scale;
     return true;
   }
 
