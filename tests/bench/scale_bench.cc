@@ -32,9 +32,10 @@
 //      before step 0 and compares, bit for bit, with what it pulled after
 //      the last step. A push lost, applied twice or applied to the wrong
 //      step or partition changes the parameters.
-// Every worker then reports its rank done, so the job SUCCEEDS. Writes one
-// JSON object to --out; exit status 1 when anything failed (including the
-// exactness check) or the run passed --deadline_s.
+// Every worker then reports its rank done, and the job must SUCCEED. Writes
+// one JSON object to --out (also to stdout); exit status 1 when anything
+// failed (the job did not succeed, the exactness check) or the run passed
+// --deadline_s.
 #include <signal.h>
 #include <unistd.h>
 
@@ -573,6 +574,23 @@ int Main() {
   }
   for (auto& w : workers) w->Report();
   if (code != 0) return finish(code);
+  // The job must SUCCEED: every rank reported done.
+  JobStatus job;
+  for (int i = 0; i < 300 && !shared.cancel.load(); ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::chrono::seconds(10)));
+    GetJobRequest get;
+    get.set_job_id(shared.job_id);
+    grpc::Status s = jobs->GetJob(&context, get, &job);
+    if (s.ok() && job.state() != RUNNING && job.state() != PENDING) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  notes["job_state"] = JobState_Name(job.state());
+  if (job.state() != SUCCEEDED) {
+    Log()->error("job {} is {}, not SUCCEEDED", shared.job_id,
+                 JobState_Name(job.state()));
+    code = 1;
+  }
 
   // 4. Steps.
   const int steps = absl::GetFlag(FLAGS_steps);

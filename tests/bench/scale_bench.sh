@@ -132,6 +132,7 @@ for s in ${SERVERS//,/ }; do
         --metrics_listen=127.0.0.1:0 --metrics_port_file="$WORK/$name.s$i.mport" \
         2>"$WORK/$name.server$i.log" &
       PIDS+=($!)
+      disown $!  # --kill SIGKILLs one: no job notice from bash
       port=$(wait_port $! "$WORK/$name.s$i.port")
       mports+=("$(wait_port $! "$WORK/$name.s$i.mport")")
       kill_map="$kill_map${kill_map:+,}127.0.0.1:$port=$!"
@@ -177,6 +178,8 @@ print(f"{r['workers']:>5} {int(s):>2} {g('coordinator_cpu_us_per_heartbeat'):>9.
       f"{g('pushes_per_s'):>9.0f} {g('push_bytes_per_s') / 1e6:>8.1f} "
       f"{g('failover_view_all_s'):>9.2f} {g('failover_resume_s'):>9.2f} "
       f"{r['exactly_once']:>6}")
+if r.get("job_state") != "SUCCEEDED":
+    sys.exit(f"N={r['workers']} S={s}: job {r.get('job_state')}, not SUCCEEDED")
 if r["exactly_once"] != "yes":
     sys.exit(f"N={r['workers']} S={s}: parameters differ from the exact replay")
 if not int(kill) and r["server_push_requests"] < r["expected_push_requests"]:
