@@ -157,17 +157,31 @@ class SimWorker : public ViewSource {
   };
 
   SimWorker(int index, MembershipOptions options, Shared* shared)
-      : index_(index),
-        shared_(shared),
-        membership_(std::move(options),
-                    [this](const HeartbeatResponse& r) { OnHeartbeat(r); }) {}
+      : index_(index), shared_(shared) {
+    // As psd_worker: registering again (after the coordinator expired it)
+    // claims the rank it is training, so it gets it back.
+    options.fill_register = [this](RegisterRequest* r) {
+      absl::MutexLock lock(&mu_);
+      if (!assignment_) return;
+      r->set_job_id(assignment_->job_id());
+      r->set_rank(assignment_->rank());
+    };
+    membership_ = std::make_unique<Membership>(
+        std::move(options),
+        [this](const HeartbeatResponse& r) { OnHeartbeat(r); });
+  }
 
   ~SimWorker() override {
     if (thread_.joinable()) thread_.join();
   }
 
-  absl::Status Register() { return membership_.Start(); }
+  absl::Status Register() { return membership_->Start(); }
   int64_t heartbeats() const { return heartbeats_.load(); }
+  // Serialized size of the last heartbeat response that carried a new view.
+  int64_t response_bytes() {
+    absl::MutexLock lock(&mu_);
+    return response_bytes_;
+  }
 
   // ViewSource.
   int64_t LatestEpoch() override {
@@ -225,6 +239,7 @@ class SimWorker : public ViewSource {
       return;
     }
     assignment_ = r.assignment();
+    response_bytes_ = static_cast<int64_t>(r.ByteSizeLong());
     seen_epochs_.push_back({r.assignment().view_epoch(), Clock::now()});
   }
 
@@ -286,7 +301,6 @@ class SimWorker : public ViewSource {
   void Report() {
     if (rank_ < 0) return;
     ReportProgressRequest report;
-    report.set_member_id(membership_.member_id());
     report.set_job_id(first_.job_id());
     report.set_rank(rank_);
     if (status_.ok()) {
@@ -294,26 +308,35 @@ class SimWorker : public ViewSource {
     } else {
       report.set_error(status_.ToString());
     }
-    ReportProgressResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(std::chrono::seconds(30)));
-    grpc::Status s = membership_.coordinator()->ReportProgress(
-        &context, report, &response);
-    if (!s.ok()) {
-      Log()->error("rank {}: ReportProgress: {}", rank_, s.error_message());
+    // Retried a while, as psd_worker's last report: the worker may be
+    // registering again (expired under load) and get its rank back.
+    grpc::Status s;
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      report.set_member_id(membership_->member_id());
+      ReportProgressResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(DeadlineIn(std::chrono::seconds(30)));
+      s = membership_->coordinator()->ReportProgress(&context, report,
+                                                     &response);
+      if (s.ok()) return;
+      absl::SleepFor(absl::Milliseconds(500));
     }
+    Log()->error("rank {}: ReportProgress: {}", rank_, s.error_message());
   }
 
  private:
   const int index_;
   Shared* const shared_;
-  Membership membership_;
   std::atomic<int64_t> heartbeats_{0};
   std::thread thread_;
   absl::Mutex mu_;
   std::optional<Assignment> assignment_ ABSL_GUARDED_BY(mu_);
+  int64_t response_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::pair<int64_t, Clock::time_point>> seen_epochs_
       ABSL_GUARDED_BY(mu_);
+  // Last: destroyed first, so its heartbeat thread (which calls
+  // OnHeartbeat) stops before the members above go.
+  std::unique_ptr<Membership> membership_;
 };
 
 // The servers' result after `steps` BSP steps from `init` (rank 0's pull
@@ -383,23 +406,23 @@ int Main() {
   r["workers"] = n;
 
   SimWorker::Shared shared;
-  // A watchdog: the run is bounded in time whatever happens.
-  const absl::Time deadline =
-      absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_deadline_s));
+  // A watchdog: the run is bounded in time whatever happens (it cancels
+  // every call in flight; the run then fails).
+  absl::Notification finished;
+  std::atomic<bool> timed_out{false};
   std::thread watchdog([&] {
-    while (!shared.cancel.load() && absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(100));
+    if (finished.WaitForNotificationWithTimeout(
+            absl::Seconds(absl::GetFlag(FLAGS_deadline_s)))) {
+      return;
     }
-    if (!shared.cancel.exchange(true)) return;  // the run finished
+    timed_out = true;
+    shared.cancel = true;
     Log()->error("--deadline_s passed: giving up");
   });
   auto finish = [&](int code) {
-    if (!shared.cancel.exchange(true)) {  // we finished first
-    } else if (code == 0) {
-      code = 1;  // the watchdog fired
-    }
+    finished.Notify();
     watchdog.join();
-    return code;
+    return timed_out.load() ? 1 : code;
   };
 
   // 1. Registration. Advertised addresses: workers serve nothing here; a
@@ -605,6 +628,8 @@ int Main() {
   }
   r["floats"] = static_cast<double>(rank0->floats_);
   r["partitions"] = rank0->partitions_;
+  // Every heartbeat of a worker with a rank carries the whole assignment.
+  r["heartbeat_response_bytes"] = static_cast<double>(rank0->response_bytes());
   r["servers"] = rank0->first_.servers_size();
   r["steps"] = steps;
   r["step_interval_ms"] = absl::GetFlag(FLAGS_step_interval_ms);

@@ -23,10 +23,13 @@
 #   --kill          SIGKILL the primary of shard 0 before step K/2 (failover
 #                   time); needs S >= 2
 #   --quiet S       quiet interval for the heartbeat cost (default 5)
+#   --heartbeat_timeout_ms MS  the coordinator's (default 1500, psd's): a
+#                   larger one keeps simulated workers that this host's CPUs
+#                   starve from being expired (see docs/SCALING.md)
 #   --deadline S    per-run bound (default 300)
 #   --out FILE      append one JSON line per point (default: in the work dir)
 # Prints one table row per point. From the repository root, after
-#   bazel build //server/... //tests/bench:scale_bench_client //deploy:psd_ctl
+#   bazel build //server/... //tests/bench:scale_bench_client
 # or bazel run //tests/bench:scale_bench -- [...]
 set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -39,6 +42,7 @@ REPL=1
 KILL=0
 QUIET=5
 DEADLINE=300
+HB_TIMEOUT=1500
 TLS=0
 RESULTS=""
 while [ $# -gt 0 ]; do
@@ -51,6 +55,7 @@ while [ $# -gt 0 ]; do
     --replication) REPL="$2"; shift 2 ;;
     --kill) KILL=1; shift ;;
     --quiet) QUIET="$2"; shift 2 ;;
+    --heartbeat_timeout_ms) HB_TIMEOUT="$2"; shift 2 ;;
     --deadline) DEADLINE="$2"; shift 2 ;;
     --tls) TLS=1; shift ;;
     --out) RESULTS="$2"; shift 2 ;;
@@ -93,6 +98,26 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# server_cpu PIDS...: their utime + stime summed, seconds (the live ones).
+server_cpu() {
+  local p t=0
+  for p in "$@"; do
+    [ -r /proc/$p/stat ] || continue
+    t=$((t + $(sed 's/.*) //' /proc/$p/stat | awk '{print $12 + $13}')))
+  done
+  python3 -c "print($t / $(getconf CLK_TCK))"
+}
+
+# server_rss PIDS...: the largest VmRSS among them, MiB.
+server_rss() {
+  local p m=0 k
+  for p in "$@"; do
+    k=$(awk '/^VmRSS:/ {print $2}' /proc/$p/status 2>/dev/null || echo 0)
+    [ "${k:-0}" -gt "$m" ] && m=$k
+  done
+  python3 -c "print($m / 1024)"
+}
+
 # counter NAME PORTS...: the sum of a counter over the servers' /metrics.
 counter() {
   local name=$1 total=0 p v
@@ -113,30 +138,32 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "floats $FLOATS, steps $STEPS, interval ${INTERVAL} ms, R=$REPL, kill=$KILL, $([ "$TLS" = 1 ] && echo 'mutual TLS' || echo plaintext); work dir $WORK"
+echo "floats $FLOATS, steps $STEPS, interval ${INTERVAL} ms, R=$REPL, kill=$KILL, heartbeat timeout $HB_TIMEOUT ms, $([ "$TLS" = 1 ] && echo 'mutual TLS' || echo plaintext); work dir $WORK"
 printf '%5s %2s %9s %8s %8s %9s %9s %9s %9s %8s %9s %9s %6s\n' N S us/hb rssKiB/w assign_s step_p50 step_p99 steps/s pushes/s MB/s fail_view resume_s exact
 for s in ${SERVERS//,/ }; do
   for n in ${WORKERS//,/ }; do
     name=n$n.s$s
     PIDS=()
     "$BIN/server/coordinator/psd_coordinator" $(tls_flags "$CERTS" coordinator) \
-      --replication_factor="$REPL" --log_level=warn \
+      --replication_factor="$REPL" --heartbeat_timeout_ms="$HB_TIMEOUT" --log_level=warn \
       --port_file="$WORK/$name.c.port" 2>"$WORK/$name.coordinator.log" &
     cpid=$!
     PIDS+=($cpid)
     c=127.0.0.1:$(wait_port $cpid "$WORK/$name.c.port")
-    kill_map="" mports=()
+    kill_map="" mports=() spids=()
     for i in $(seq "$s"); do
       "$BIN/server/ps/psd_server" $(tls_flags "$CERTS" server) --coordinator="$c" \
         --log_level=warn --port_file="$WORK/$name.s$i.port" \
         --metrics_listen=127.0.0.1:0 --metrics_port_file="$WORK/$name.s$i.mport" \
         2>"$WORK/$name.server$i.log" &
       PIDS+=($!)
+      spids+=($!)
       disown $!  # --kill SIGKILLs one: no job notice from bash
       port=$(wait_port $! "$WORK/$name.s$i.port")
       mports+=("$(wait_port $! "$WORK/$name.s$i.mport")")
       kill_map="$kill_map${kill_map:+,}127.0.0.1:$port=$!"
     done
+    cpu0=$(server_cpu "${spids[@]}")
     push0=$(counter psd_server_push_requests_total "${mports[@]}")
     bytes0=$(counter psd_server_push_bytes_total "${mports[@]}")
     kill_flags=()
@@ -150,6 +177,8 @@ for s in ${SERVERS//,/ }; do
       "${kill_flags[@]}" --out="$WORK/$name.json" \
       >"$WORK/$name.out" 2>"$WORK/$name.client.log" || rc=$?
     t1=$(date +%s.%N)
+    cpu1=$(server_cpu "${spids[@]}")
+    rss1=$(server_rss "${spids[@]}")
     push1=$(counter psd_server_push_requests_total "${mports[@]}")
     bytes1=$(counter psd_server_push_bytes_total "${mports[@]}")
     stop_processes "${PIDS[@]}" 2>/dev/null || true
@@ -159,13 +188,16 @@ for s in ${SERVERS//,/ }; do
       tail -n 20 "$WORK/$name.client.log" >&2
       exit 1
     fi
-    python3 - "$WORK/$name.json" "$s" "$REPL" "$KILL" "$push0" "$push1" "$bytes0" "$bytes1" "$RESULTS" "$TLS" <<'PY'
+    python3 - "$WORK/$name.json" "$s" "$REPL" "$KILL" "$push0" "$push1" "$bytes0" "$bytes1" "$RESULTS" "$TLS" "$cpu0" "$cpu1" "$rss1" "$HB_TIMEOUT" <<'PY'
 import json, sys
-path, s, repl, kill, p0, p1, b0, b1, out, tls = sys.argv[1:]
+path, s, repl, kill, p0, p1, b0, b1, out, tls, c0, c1, rss, _ = sys.argv[1:]
 r = json.load(open(path))
-r.update(servers_started=int(s), replication=int(repl), kill=int(kill), tls=int(tls),
+r.update(heartbeat_timeout_ms=int(sys.argv[-1]), servers_started=int(s), replication=int(repl), kill=int(kill), tls=int(tls),
          server_push_requests=float(p1) - float(p0),
-         server_push_bytes=float(b1) - float(b0))
+         server_push_bytes=float(b1) - float(b0),
+         # All servers' CPU over the client's run (the killed one's up to
+         # its kill is lost), and the largest server's RSS at the end.
+         server_cpu_s=float(c1) - float(c0), server_rss_max_mib=float(rss))
 # Every rank pushes every partition once per step; R > 1 adds no Push calls
 # (replication is its own RPC). Retries after a failover add some.
 r["expected_push_requests"] = r["workers"] * r["partitions"] * r["steps"]
