@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+COLOR = {1: "C0", 2: "C1", 4: "C2", 8: "C3"}  # one color per server count
 
 
 def load(name):
@@ -43,7 +44,7 @@ def val(r, key, scale=1.0):
 def panel(ax, groups, key, label, scale=1.0, style="o-", suffix=""):
     for s, rows in groups.items():
         ax.plot([r["workers"] for r in rows], [val(r, key, scale) for r in rows],
-                style, label=f"S={s}{suffix}")
+                style, color=COLOR.get(s, "k"), label=f"S={s}{suffix}")
     ax.set_xlabel("simulated workers N")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
@@ -139,7 +140,7 @@ def main():
     ax2 = ax[1].twinx()
     for s, rows in g.items():
         ax2.plot([r["workers"] for r in rows], [r["steps_per_s"] for r in rows], "x:",
-                 label=f"S={s} steps/s")
+                 color=COLOR.get(s, "k"), label=f"S={s} steps/s")
     ax2.set_ylabel("achieved steps/s (x, dotted)")
     ax[1].set_title("Fan-in bytes, and the step rate achieved")
     save(fig, "fan_in.png")

@@ -16,8 +16,10 @@
 //      (--coordinator_pid): memory per registered worker;
 //   2. a quiet interval (--quiet_s): coordinator CPU (utime + stime from
 //      /proc/PID/stat) over the heartbeats answered in it;
-//   3. submits the job (an MLP of about --floats parameters, SGD with
+//   3. submits the job (--partition_bytes: how finely it is cut) (an MLP of about --floats parameters, SGD with
 //      momentum 0, BSP, N workers): time until every worker has its rank;
+//      then, with --hold_s, the coordinator CPU per heartbeat that carries
+//      the assignment (every heartbeat of a worker with a rank does);
 //   4. --steps BSP steps, each worker starting step s at s x
 //      --step_interval_ms (0: as fast as they go): per-step latency of every
 //      worker (Push + Pull), step rate, pushes and bytes moved;
@@ -81,11 +83,18 @@
 
 ABSL_FLAG(int, workers, 10, "Simulated workers N (1 to 2000).");
 ABSL_FLAG(int64_t, floats, 65536, "Model size: about this many float32s.");
-ABSL_FLAG(int, steps, 20, "BSP steps of the job.");
+ABSL_FLAG(int, steps, 20,
+          "BSP steps of the job; 0: none (registration, assignment and "
+          "--hold_s only).");
 ABSL_FLAG(int, step_interval_ms, 0,
           "Each worker starts step s at s x this after the first; 0: as "
           "fast as the cluster goes.");
 ABSL_FLAG(double, quiet_s, 5, "Quiet interval for the heartbeat cost.");
+ABSL_FLAG(double, hold_s, 0,
+          "Once every worker has its rank, wait this long before the steps: "
+          "the heartbeat cost with the assignment in every response.");
+ABSL_FLAG(int64_t, partition_bytes, 0,
+          "JobConfig.partition_bytes (0: psd's default, 1 MiB).");
 ABSL_FLAG(int, coordinator_pid, 0, "The coordinator's pid (CPU, RSS).");
 ABSL_FLAG(std::string, kill_pid_of, "",
           "ADDR=PID,...: the servers' pids by advertised address; the "
@@ -255,6 +264,7 @@ class SimWorker : public ViewSource {
       first_ = *assignment_;
     }
     rank_ = first_.rank();
+    if (absl::GetFlag(FLAGS_steps) == 0) return absl::OkStatus();
     ParameterClientOptions options;
     options.cancel = &shared_->cancel;
     options.views = this;
@@ -484,10 +494,12 @@ int Main() {
   config.mutable_optimizer()->set_learning_rate(kLearningRate);
   config.mutable_optimizer()->set_momentum(0);
   config.set_consistency(BSP);
-  config.set_batch_size(64);
+  // Unused (no data is read), but validated: batch x workers <= 60,000.
+  config.set_batch_size(std::max(1, std::min(64, 60000 / n)));
   config.set_epochs(1);
   config.set_workers(n);
   config.set_seed(1);
+  config.set_partition_bytes(absl::GetFlag(FLAGS_partition_bytes));
   auto jobs = JobService::NewStub(MakeChannel(member->coordinator));
   {
     grpc::ClientContext context;
@@ -560,6 +572,18 @@ int Main() {
     // last, i.e. the publication alone, without the servers' setup.
     r["job_view_spread_s"] = assigned_max - r["job_assign_first_s"];
   }
+  // Heartbeats that carry the assignment, before any step.
+  if (absl::GetFlag(FLAGS_hold_s) > 0) {
+    const ProcUsage a = ReadUsage(coordinator_pid);
+    const int64_t h0 = total_heartbeats();
+    const Clock::time_point t0 = Clock::now();
+    absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_hold_s)));
+    const ProcUsage b = ReadUsage(coordinator_pid);
+    const int64_t h = total_heartbeats() - h0;
+    r["coordinator_cpu_us_per_assigned_heartbeat"] =
+        h > 0 ? (b.cpu_s - a.cpu_s) * 1e6 / static_cast<double>(h) : -1;
+    r["coordinator_cpu_share_assigned"] = (b.cpu_s - a.cpu_s) / Since(t0);
+  }
   // The steps start together, a little after now.
   shared.start = Clock::now() + std::chrono::milliseconds(200);
   shared.go.Notify();
@@ -617,74 +641,78 @@ int Main() {
 
   // 4. Steps.
   const int steps = absl::GetFlag(FLAGS_steps);
-  std::vector<double> step_s, step_wall(steps, 0);
-  SimWorker* rank0 = nullptr;
-  for (auto& w : workers) {
-    step_s.insert(step_s.end(), w->step_s_.begin(), w->step_s_.end());
-    for (int s = 0; s < steps; ++s) {
-      step_wall[s] = std::max(step_wall[s], w->step_end_s_[s]);
-    }
-    if (w->rank_ == 0) rank0 = w.get();
-  }
-  r["floats"] = static_cast<double>(rank0->floats_);
-  r["partitions"] = rank0->partitions_;
   // Every heartbeat of a worker with a rank carries the whole assignment.
-  r["heartbeat_response_bytes"] = static_cast<double>(rank0->response_bytes());
-  r["servers"] = rank0->first_.servers_size();
-  r["steps"] = steps;
-  r["step_interval_ms"] = absl::GetFlag(FLAGS_step_interval_ms);
-  r["step_p50_ms"] = 1e3 * Percentile(step_s, 0.5);
-  r["step_p99_ms"] = 1e3 * Percentile(step_s, 0.99);
-  r["step_max_ms"] = 1e3 * Percentile(step_s, 1.0);
-  r["steps_wall_s"] = steps_wall;
-  r["steps_per_s"] = steps / step_wall[steps - 1];
-  // Every rank pushes every partition once per step and pulls it back.
-  const double pushes = static_cast<double>(n) * rank0->partitions_ * steps;
-  const double bytes = static_cast<double>(n) * rank0->floats_ * 4 * steps;
-  r["pushes_per_s"] = pushes / step_wall[steps - 1];
-  r["push_bytes_per_s"] = bytes / step_wall[steps - 1];
-  r["coordinator_cpu_share_steps"] =
-      (steps_b.cpu_s - steps_a.cpu_s) / steps_wall;
-
-  // 5. Failover.
-  if (killed) {
-    const int k = absl::GetFlag(FLAGS_kill_at_step);
-    std::vector<double> saw;
-    for (auto& w : workers) saw.push_back(w->SawEpochAbove(kill_epoch, kill_time));
-    const double all_saw = *std::max_element(saw.begin(), saw.end());
-    r["failover_view_first_s"] = *std::min_element(saw.begin(), saw.end());
-    r["failover_view_all_s"] = all_saw;
-    r["failover_view_spread_s"] = all_saw - r["failover_view_first_s"];
-    // Steps resume: every worker finished step k.
-    const double kill_since_start =
-        std::chrono::duration<double>(kill_time - shared.start).count();
-    r["failover_resume_s"] = step_wall[k] - kill_since_start;
-    // Step k's length without a kill: the median of the other steps.
-    std::vector<double> others;
-    for (int s = 1; s < steps; ++s) {
-      if (s != k) others.push_back(step_wall[s] - step_wall[s - 1]);
+  r["heartbeat_response_bytes"] =
+      static_cast<double>(workers[0]->response_bytes());
+  if (steps == 0) notes["exactly_once"] = "no steps";
+  if (steps > 0) {
+    std::vector<double> step_s, step_wall(steps, 0);
+    SimWorker* rank0 = nullptr;
+    for (auto& w : workers) {
+      step_s.insert(step_s.end(), w->step_s_.begin(), w->step_s_.end());
+      for (int s = 0; s < steps; ++s) {
+        step_wall[s] = std::max(step_wall[s], w->step_end_s_[s]);
+      }
+      if (w->rank_ == 0) rank0 = w.get();
     }
-    r["failover_normal_step_s"] = Percentile(others, 0.5);
-    // Coordinator CPU from the kill until every worker had the new view,
-    // less what heartbeats cost over that time: the view change's own.
-    const double t_kill = kill_since_start;
-    const double spent = cpu_at(t_kill + all_saw + 0.02) - cpu_at(t_kill);
-    r["failover_coordinator_cpu_ms"] = 1e3 * spent;
-    r["failover_coordinator_cpu_ms_net"] =
-        1e3 * (spent - r["coordinator_cpu_share_quiet"] * (all_saw + 0.02));
-  }
+    r["floats"] = static_cast<double>(rank0->floats_);
+    r["partitions"] = rank0->partitions_;
+    r["servers"] = rank0->first_.servers_size();
+    r["steps"] = steps;
+    r["step_interval_ms"] = absl::GetFlag(FLAGS_step_interval_ms);
+    r["step_p50_ms"] = 1e3 * Percentile(step_s, 0.5);
+    r["step_p99_ms"] = 1e3 * Percentile(step_s, 0.99);
+    r["step_max_ms"] = 1e3 * Percentile(step_s, 1.0);
+    r["steps_wall_s"] = steps_wall;
+    r["steps_per_s"] = steps / step_wall[steps - 1];
+    // Every rank pushes every partition once per step and pulls it back.
+    const double pushes = static_cast<double>(n) * rank0->partitions_ * steps;
+    const double bytes = static_cast<double>(n) * rank0->floats_ * 4 * steps;
+    r["pushes_per_s"] = pushes / step_wall[steps - 1];
+    r["push_bytes_per_s"] = bytes / step_wall[steps - 1];
+    r["coordinator_cpu_share_steps"] =
+        (steps_b.cpu_s - steps_a.cpu_s) / steps_wall;
 
-  // 6. Exactly once.
-  int64_t mismatches = 0;
-  const bool exact =
-      ExactlyOnce(rank0->init_, rank0->final_, n, steps, &mismatches);
-  r["exact_mismatches"] = static_cast<double>(mismatches);
-  notes["exactly_once"] = exact ? "yes" : "no";
-  if (!exact) {
-    Log()->error("parameters after {} steps differ from the replay in {} "
-                 "elements: a push was lost, repeated or misapplied",
-                 steps, mismatches);
-    code = 1;
+    // 5. Failover.
+    if (killed) {
+      const int k = absl::GetFlag(FLAGS_kill_at_step);
+      std::vector<double> saw;
+      for (auto& w : workers) saw.push_back(w->SawEpochAbove(kill_epoch, kill_time));
+      const double all_saw = *std::max_element(saw.begin(), saw.end());
+      r["failover_view_first_s"] = *std::min_element(saw.begin(), saw.end());
+      r["failover_view_all_s"] = all_saw;
+      r["failover_view_spread_s"] = all_saw - r["failover_view_first_s"];
+      // Steps resume: every worker finished step k.
+      const double kill_since_start =
+          std::chrono::duration<double>(kill_time - shared.start).count();
+      r["failover_resume_s"] = step_wall[k] - kill_since_start;
+      // Step k's length without a kill: the median of the other steps.
+      std::vector<double> others;
+      for (int s = 1; s < steps; ++s) {
+        if (s != k) others.push_back(step_wall[s] - step_wall[s - 1]);
+      }
+      r["failover_normal_step_s"] = Percentile(others, 0.5);
+      // Coordinator CPU from the kill until every worker had the new view,
+      // less what heartbeats cost over that time: the view change's own.
+      const double t_kill = kill_since_start;
+      const double spent = cpu_at(t_kill + all_saw + 0.02) - cpu_at(t_kill);
+      r["failover_coordinator_cpu_ms"] = 1e3 * spent;
+      r["failover_coordinator_cpu_ms_net"] =
+          1e3 * (spent - r["coordinator_cpu_share_quiet"] * (all_saw + 0.02));
+    }
+
+    // 6. Exactly once.
+    int64_t mismatches = 0;
+    const bool exact =
+        ExactlyOnce(rank0->init_, rank0->final_, n, steps, &mismatches);
+    r["exact_mismatches"] = static_cast<double>(mismatches);
+    notes["exactly_once"] = exact ? "yes" : "no";
+    if (!exact) {
+      Log()->error("parameters after {} steps differ from the replay in {} "
+                   "elements: a push was lost, repeated or misapplied",
+                   steps, mismatches);
+      code = 1;
+    }
   }
   const std::string json = Json(r, notes);
   std::ofstream f(out);
