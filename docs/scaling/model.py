@@ -45,15 +45,24 @@ def constants():
     # requests and responses in flight.
     w, m, s = large["workers"], large["floats"] * 4, large["servers"]
     c["server_mem_factor"] = large["server_rss_max_mib"] * 2**20 / (w * m / s)
-    c["assignment_bytes_small"] = small["heartbeat_response_bytes"]
+    # Coordinator CPU per heartbeat that carries an assignment, against the
+    # response's size: least squares over the --hold_s runs.
+    held = load("assignment.jsonl")
+    xs = [r["heartbeat_response_bytes"] for r in held]
+    ys = [r["coordinator_cpu_us_per_assigned_heartbeat"] * 1e-6 for r in held]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    c["hb_cpu_per_assignment_byte_s"] = (
+        sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
     return c
 
 
 def assignment_bytes(partitions, servers, replicas):
-    """Estimated heartbeat response with an assignment: ~16 B per Partition
-    (5 varint fields), ~48 B per ServerInfo (id, address, uid), ~24 B per
-    ShardReplicas entry (ids), ~250 B of JobConfig and the rest."""
-    return 250 + 16 * partitions + 48 * servers + 24 * servers * replicas
+    """A heartbeat response with an assignment, fitted to the measured ones
+    (docs/scaling/data/assignment.jsonl and sweep.jsonl): ~13 B per
+    Partition, ~60 B per server at R = 1 (its ServerInfo and its shard's
+    ShardReplicas), ~20 B more per server and extra replica, ~250 B of
+    JobConfig and the rest."""
+    return 250 + 13 * partitions + 60 * servers + 20 * servers * (replicas - 1)
 
 
 def project(c, workers, servers, model_bytes, nic_gbit):
@@ -65,15 +74,17 @@ def project(c, workers, servers, model_bytes, nic_gbit):
     t_cpu = (pushes * c["c_msg_s"] + workers * share * c["c_byte_s"]) / SERVER_CORES
     t_worker = model_bytes / b                           # a worker's own NIC
     hb_per_s = (workers + servers) / HEARTBEAT_S
+    hb_bytes = assignment_bytes(partitions, servers, 2)
     return {
         "W": workers, "S": servers, "model_MB": model_bytes / 1e6, "NIC_Gbit": nic_gbit,
         "server_net_s": t_net, "server_cpu_s": t_cpu, "worker_net_s": t_worker,
         "step_comm_s": max(t_net, t_cpu, t_worker),
         "bound": max((t_net, "server NIC"), (t_cpu, "server CPU"), (t_worker, "worker NIC"))[1],
         "server_mem_GB": c["server_mem_factor"] * workers * share / 1e9,
-        "coord_cores": hb_per_s * c["hb_cpu_s"],
+        "coord_cores": hb_per_s * c["hb_cpu_s"]
+        + workers / HEARTBEAT_S * hb_bytes * c["hb_cpu_per_assignment_byte_s"],
         "coord_mem_MB": workers * c["rss_per_worker_b"] / 1e6,
-        "coord_hb_MB_s": workers / HEARTBEAT_S * assignment_bytes(partitions, servers, 2) / 1e6,
+        "coord_hb_MB_s": workers / HEARTBEAT_S * hb_bytes / 1e6,
         "failover_s": HEARTBEAT_TIMEOUT_S + HEARTBEAT_S,
     }
 
@@ -89,7 +100,7 @@ def main():
             "failover_s"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    for model in (100e6, 1e9):
+    for model in (100e6, 1e9, 10e9):
         for nic in (25, 100):
             p = project(c, 1000, 100, model, nic)
             print("| " + " | ".join(
