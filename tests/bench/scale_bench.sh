@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue 19): N simulated workers in one process
 # (tests/bench/scale_bench.cc) against a real psd_coordinator and S real
-# psd_servers, all on 127.0.0.1, in plaintext (--insecure; --tls for mutual
-# TLS). One fresh cluster per (N, S) point; each run is bounded in time
+# psd_servers, all on 127.0.0.1, in plaintext (--insecure: the bench submits
+# its job itself, as the simulated workers' process, and under mutual TLS a
+# worker's certificate may not submit jobs). One fresh cluster per (N, S)
+# point; each run is bounded in time
 # (--deadline). For each point it records, besides the client's own
 # measurements (see scale_bench.cc): the servers' push and pull counters
 # (psd_server_push_requests_total, ..._bytes_total, from their /metrics)
@@ -11,7 +13,7 @@
 #
 # Usage: tests/bench/scale_bench.sh [--workers LIST] [--servers LIST]
 #            [--floats N] [--steps K] [--interval MS] [--replication R]
-#            [--kill] [--quiet S] [--deadline S] [--tls] [--out FILE]
+#            [--kill] [--quiet S] [--deadline S] [--out FILE]
 #   --workers LIST  simulated worker counts, comma-separated (default
 #                   10,50,100,200,500)
 #   --servers LIST  server counts S (default 1,4)
@@ -45,7 +47,6 @@ KILL=0
 QUIET=5
 DEADLINE=300
 HB_TIMEOUT=1500
-TLS=0
 RESULTS=""
 CLIENT_ARGS=""
 while [ $# -gt 0 ]; do
@@ -60,7 +61,6 @@ while [ $# -gt 0 ]; do
     --quiet) QUIET="$2"; shift 2 ;;
     --heartbeat_timeout_ms) HB_TIMEOUT="$2"; shift 2 ;;
     --deadline) DEADLINE="$2"; shift 2 ;;
-    --tls) TLS=1; shift ;;
     --out) RESULTS="$2"; shift 2 ;;
     --client) CLIENT_ARGS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -83,11 +83,7 @@ for b in server/coordinator/psd_coordinator server/ps/psd_server \
   tests/bench/scale_bench_client; do
   mkdir -p "$BIN/$(dirname $b)" && cp "$SRC/$b" "$BIN/$b"
 done
-CERTS=""
-if [ "$TLS" = 1 ]; then
-  CERTS=$WORK/certs
-  deploy/make_certs.sh "$CERTS" >/dev/null
-fi
+CERTS=""  # plaintext (see above); tls_flags gives --insecure
 PIDS=()
 on_exit() {
   local code=$?
@@ -142,7 +138,7 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "floats $FLOATS, steps $STEPS, interval ${INTERVAL} ms, R=$REPL, kill=$KILL, heartbeat timeout $HB_TIMEOUT ms, $([ "$TLS" = 1 ] && echo 'mutual TLS' || echo plaintext); work dir $WORK"
+echo "floats $FLOATS, steps $STEPS, interval ${INTERVAL} ms, R=$REPL, kill=$KILL, heartbeat timeout $HB_TIMEOUT ms, plaintext; work dir $WORK"
 printf '%5s %2s %9s %8s %8s %9s %9s %9s %9s %8s %9s %9s %6s\n' N S us/hb rssKiB/w assign_s step_p50 step_p99 steps/s pushes/s MB/s fail_view resume_s exact
 for s in ${SERVERS//,/ }; do
   for n in ${WORKERS//,/ }; do
@@ -192,7 +188,7 @@ for s in ${SERVERS//,/ }; do
       tail -n 20 "$WORK/$name.client.log" >&2
       exit 1
     fi
-    python3 - "$WORK/$name.json" "$s" "$REPL" "$KILL" "$push0" "$push1" "$bytes0" "$bytes1" "$RESULTS" "$TLS" "$cpu0" "$cpu1" "$rss1" "$HB_TIMEOUT" <<'PY'
+    python3 - "$WORK/$name.json" "$s" "$REPL" "$KILL" "$push0" "$push1" "$bytes0" "$bytes1" "$RESULTS" 0 "$cpu0" "$cpu1" "$rss1" "$HB_TIMEOUT" <<'PY'
 import json, sys
 path, s, repl, kill, p0, p1, b0, b1, out, tls, c0, c1, rss, _ = sys.argv[1:]
 r = json.load(open(path))
