@@ -61,6 +61,7 @@ def save(fig, name):
 def table(rows):
     """The measured points as a markdown table (docs/SCALING.md)."""
     cols = [("N", "workers", 1, "d"), ("S", "servers_started", 1, "d"),
+            ("floats", "floats", 1, "d"),
             ("us/heartbeat", "coordinator_cpu_us_per_heartbeat", 1, ".0f"),
             ("coord cores quiet", "coordinator_cpu_share_quiet", 1, ".3f"),
             ("coord RSS MiB", "coordinator_rss_registered_mib", 1, ".1f"),
@@ -70,6 +71,8 @@ def table(rows):
             ("step p50 ms", "step_p50_ms", 1, ".0f"), ("step p99 ms", "step_p99_ms", 1, ".0f"),
             ("steps/s", "steps_per_s", 1, ".2f"), ("pushes/s", "pushes_per_s", 1, ".0f"),
             ("push MB/s", "push_bytes_per_s", 1e-6, ".1f"),
+            ("server pushes", "server_push_requests", 1, "d"),
+            ("server CPU s", "server_cpu_s", 1, ".2f"),
             ("server RSS MiB", "server_rss_max_mib", 1, ".0f"),
             ("failover view s", "failover_view_all_s", 1, ".2f"),
             ("steps resume s", "failover_resume_s", 1, ".2f")]
