@@ -16,8 +16,9 @@
 //      (--coordinator_pid): memory per registered worker;
 //   2. a quiet interval (--quiet_s): coordinator CPU (utime + stime from
 //      /proc/PID/stat) over the heartbeats answered in it;
-//   3. submits the job (--partition_bytes: how finely it is cut) (an MLP of about --floats parameters, SGD with
-//      momentum 0, BSP, N workers): time until every worker has its rank;
+//   3. submits the job (an MLP of about --floats parameters cut into
+//      --partition_bytes partitions, SGD with momentum 0, BSP, N workers):
+//      time until every worker has its rank;
 //      then, with --hold_s, the coordinator CPU per heartbeat that carries
 //      the assignment (every heartbeat of a worker with a rank does);
 //   4. --steps BSP steps, each worker starting step s at s x
@@ -158,15 +159,14 @@ float Gradient(int r, int64_t s, int64_t i) {
 class SimWorker : public ViewSource {
  public:
   struct Shared {
-    std::string job_id;                  // set before the job is submitted
     std::atomic<bool> cancel{false};     // give up (deadline)
     Clock::time_point start;             // step 0's time origin: set
     absl::Notification go;               // before this is notified
     Clock::time_point submitted;
   };
 
-  SimWorker(int index, MembershipOptions options, Shared* shared)
-      : index_(index), shared_(shared) {
+  SimWorker(MembershipOptions options, Shared* shared)
+      : shared_(shared) {
     // As psd_worker: registering again (after the coordinator expired it)
     // claims the rank it is training, so it gets it back.
     options.fill_register = [this](RegisterRequest* r) {
@@ -243,7 +243,7 @@ class SimWorker : public ViewSource {
     heartbeats_.fetch_add(1);
     if (!r.has_assignment()) return;
     absl::MutexLock lock(&mu_);
-    if (r.assignment().job_id() != shared_->job_id) return;
+    // The coordinator runs the bench's one job only: any assignment is it.
     if (assignment_ && assignment_->view_epoch() >= r.assignment().view_epoch()) {
       return;
     }
@@ -335,7 +335,6 @@ class SimWorker : public ViewSource {
   }
 
  private:
-  const int index_;
   Shared* const shared_;
   std::atomic<int64_t> heartbeats_{0};
   std::thread thread_;
@@ -443,7 +442,7 @@ int Main() {
   for (int i = 0; i < n; ++i) {
     MembershipOptions options = *member;
     options.advertised_address = absl::StrCat("127.0.0.2:", 10000 + i);
-    workers.push_back(std::make_unique<SimWorker>(i, options, &shared));
+    workers.push_back(std::make_unique<SimWorker>(options, &shared));
     absl::Status s = workers.back()->Register();
     if (!s.ok()) {
       Log()->error("worker {}: {}", i, s.ToString());
@@ -501,6 +500,7 @@ int Main() {
   config.set_seed(1);
   config.set_partition_bytes(absl::GetFlag(FLAGS_partition_bytes));
   auto jobs = JobService::NewStub(MakeChannel(member->coordinator));
+  std::string job_id;
   {
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(std::chrono::seconds(30)));
@@ -511,9 +511,7 @@ int Main() {
       Log()->error("SubmitJob: {}", s.error_message());
       return finish(1);
     }
-    // The listeners compare against job_id: heartbeats before this line
-    // cannot carry the assignment (the job is PENDING while servers set up).
-    shared.job_id = submitted.job_id();
+    job_id = submitted.job_id();
     notes["job_id"] = submitted.job_id();
   }
   // Rank 0 kills the primary of shard 0 before --kill_at_step.
@@ -627,14 +625,14 @@ int Main() {
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(std::chrono::seconds(10)));
     GetJobRequest get;
-    get.set_job_id(shared.job_id);
+    get.set_job_id(job_id);
     grpc::Status s = jobs->GetJob(&context, get, &job);
     if (s.ok() && job.state() != RUNNING && job.state() != PENDING) break;
     absl::SleepFor(absl::Milliseconds(100));
   }
   notes["job_state"] = JobState_Name(job.state());
   if (job.state() != SUCCEEDED) {
-    Log()->error("job {} is {}, not SUCCEEDED", shared.job_id,
+    Log()->error("job {} is {}, not SUCCEEDED", job_id,
                  JobState_Name(job.state()));
     code = 1;
   }
