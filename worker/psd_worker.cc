@@ -96,6 +96,16 @@ class WorkerAgent : public ViewSource {
     request->set_rank(current_rank_);
   }
 
+  // Names the assignment this worker holds, so that the coordinator leaves
+  // it out of the answer while it is current (HeartbeatResponse.
+  // assignment_held).
+  void FillHeartbeat(HeartbeatRequest* request) {
+    absl::MutexLock lock(&mu_);
+    if (current_job_.empty() || !view_.has_value()) return;
+    request->set_held_job_id(current_job_);
+    request->set_held_view_epoch(view_->view_epoch());
+  }
+
   // ViewSource: the view of the job being trained, from heartbeats.
   int64_t LatestEpoch() override { return latest_epoch_.load(); }
   std::optional<Assignment> AwaitNewer(int64_t epoch,
@@ -279,6 +289,7 @@ int Main() {
   MembershipOptions options = *std::move(member);
   options.advertised_address = advertised;
   options.fill_register = [&agent](RegisterRequest* r) { agent.FillRegister(r); };
+  options.fill_heartbeat = [&agent](HeartbeatRequest* r) { agent.FillHeartbeat(r); };
   Membership membership(
       options, [&agent](const HeartbeatResponse& r) { agent.OnHeartbeat(r); });
   absl::Status joined = membership.Start();

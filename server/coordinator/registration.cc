@@ -193,6 +193,11 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
     member.job_id.clear();
     return response;
   }
+  if (request.held_job_id() == member.job_id &&
+      request.held_view_epoch() == job->second.assignment.view_epoch()) {
+    response.set_assignment_held(true);  // nothing new to send
+    return response;
+  }
   *response.mutable_assignment() = job->second.assignment;
   response.mutable_assignment()->set_rank(member.rank);
   response.mutable_assignment()->set_resume_from_servers(

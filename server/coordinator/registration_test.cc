@@ -3,6 +3,7 @@
 // and the view shows a rank only while the worker holds it. In-process,
 // with a real parameter server: see test_cluster.h.
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -62,6 +63,45 @@ TEST_CASE("CoordinatorState: a worker that stops heartbeating gives its "
   CHECK(first.assignment().rank() == 0);
   CHECK_FALSE(first.assignment().resume_from_servers());
   CHECK(cluster.State(job_id) == RUNNING);
+}
+
+// Issue 19 (docs/SCALING.md): a heartbeat's answer does not carry the whole
+// assignment again while the worker holds the current one.
+TEST_CASE("CoordinatorState: a worker holding its job's current assignment "
+          "gets assignment_held instead of the assignment; an older one "
+          "brings the whole assignment",
+          "[coordinator]") {
+  Cluster cluster(FastOptions());
+  std::vector<std::string> by_rank;
+  const std::string job_id = cluster.StartJob(2, &by_rank);
+  const Assignment full = cluster.Heartbeat(by_rank[0]).assignment();
+  REQUIRE(full.job_id() == job_id);
+
+  HeartbeatRequest request;
+  request.set_member_id(by_rank[0]);
+  request.set_held_job_id(job_id);
+  request.set_held_view_epoch(full.view_epoch());
+  absl::StatusOr<HeartbeatResponse> held = cluster.state.Heartbeat(request);
+  REQUIRE(held.ok());
+  CHECK(held->assignment_held());
+  CHECK_FALSE(held->has_assignment());
+  CHECK_FALSE(held->cancelled());
+
+  // An older epoch, another job, or none: the whole assignment.
+  for (const auto& [job, epoch] :
+       std::vector<std::pair<std::string, int64_t>>{
+           {job_id, full.view_epoch() - 1}, {"other-1", full.view_epoch()},
+           {"", 0}}) {
+    request.set_held_job_id(job);
+    request.set_held_view_epoch(epoch);
+    absl::StatusOr<HeartbeatResponse> sent = cluster.state.Heartbeat(request);
+    REQUIRE(sent.ok());
+    CHECK_FALSE(sent->assignment_held());
+    CHECK(sent->assignment().job_id() == job_id);
+    CHECK(sent->assignment().rank() == 0);
+    CHECK(sent->assignment().view_epoch() == full.view_epoch());
+  }
+
 }
 
 TEST_CASE("CoordinatorState: the cluster view shows a rank only while the "

@@ -103,6 +103,11 @@ ABSL_FLAG(std::string, kill_pid_of, "",
 ABSL_FLAG(int, kill_at_step, 10, "See --kill_pid_of.");
 ABSL_FLAG(double, deadline_s, 300, "Give up (exit 1) after this long.");
 ABSL_FLAG(std::string, out, "", "The JSON result file (required).");
+ABSL_FLAG(bool, name_held_assignment, true,
+          "As psd_worker: each heartbeat names the assignment held "
+          "(HeartbeatRequest.held_job_id / held_view_epoch), so the "
+          "coordinator leaves it out while it is current. false: the whole "
+          "assignment comes back in every heartbeat (before issue 19's fix).");
 
 namespace psd {
 namespace {
@@ -175,6 +180,14 @@ class SimWorker : public ViewSource {
       r->set_job_id(assignment_->job_id());
       r->set_rank(assignment_->rank());
     };
+    if (absl::GetFlag(FLAGS_name_held_assignment)) {
+      options.fill_heartbeat = [this](HeartbeatRequest* r) {
+        absl::MutexLock lock(&mu_);
+        if (!assignment_) return;
+        r->set_held_job_id(assignment_->job_id());
+        r->set_held_view_epoch(assignment_->view_epoch());
+      };
+    }
     membership_ = std::make_unique<Membership>(
         std::move(options),
         [this](const HeartbeatResponse& r) { OnHeartbeat(r); });
