@@ -1,0 +1,246 @@
+#include "server/serving/http_server.h"
+
+#include <httplib.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/authorization.h"
+#include "common/transport_security.h"
+#include "server/serving/oip_json.h"
+
+namespace psd::serving {
+
+namespace {
+
+constexpr char kJson[] = "application/json";
+// The largest request body: 128 rows of 784 numbers are about 2 MB of JSON.
+constexpr size_t kMaxBody = size_t{64} << 20;
+// "(/versions/{v})?" after a model name: matches[1] name, matches[2] version.
+constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
+
+// As metrics_http: no SO_REUSEPORT, so a second process cannot share the port.
+void SocketOptions(int sock) {
+  int yes = 1;
+  setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+}
+
+void Reply(httplib::Response& response, const grpc::Status& status,
+           const std::string& ok_body) {
+  response.status = HttpStatusOf(status.error_code());
+  response.set_content(status.ok() ? ok_body : ErrorJson(status.error_message()),
+                       kJson);
+}
+
+// The URI SAN of the client's verified certificate ("" when none).
+std::string PeerUri(const httplib::Request& request) {
+  if (request.ssl == nullptr) return "";
+  X509* cert = SSL_get_peer_certificate(request.ssl);
+  if (cert == nullptr) return "";
+  std::string uri;
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type != GEN_URI) continue;
+    const ASN1_STRING* s = name->d.uniformResourceIdentifier;
+    uri.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+               ASN1_STRING_length(s));
+    break;
+  }
+  GENERAL_NAMES_free(names);
+  X509_free(cert);
+  return uri;
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  std::unique_ptr<httplib::Server> http;  // an httplib::SSLServer for HTTPS
+  std::thread thread;
+  std::atomic<bool> exited{false};
+  int port = 0;
+  bool tls = false;
+  InferenceService* service = nullptr;
+
+  // OK when the caller may call `method` of inference.GRPCInferenceService
+  // (always without TLS).
+  grpc::Status Authorize(const httplib::Request& request,
+                         const char* method) const {
+    if (!tls) return grpc::Status::OK;
+    const std::string uri = PeerUri(request);
+    absl::Status allowed = AuthorizeCall(
+        absl::StrCat("/inference.GRPCInferenceService/", method),
+        ParseSpiffeId(uri), uri);
+    if (allowed.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
+                        std::string(allowed.message()));
+  }
+
+  void Routes() {
+    httplib::Server& s = *http;
+    s.Get("/v2/health/live", [](const httplib::Request&, httplib::Response& r) {
+      r.set_content(R"({"live":true})", kJson);
+    });
+    s.Get("/v2/health/ready", [this](const httplib::Request&,
+                                     httplib::Response& r) {
+      inference::ServerReadyResponse ready;
+      service->ServerReady(nullptr, nullptr, &ready);
+      r.status = ready.ready() ? 200 : 503;
+      r.set_content(ready.ready() ? R"({"ready":true})" : R"({"ready":false})",
+                    kJson);
+    });
+    s.Get("/v2", [this](const httplib::Request& q, httplib::Response& r) {
+      grpc::Status status = Authorize(q, "ServerMetadata");
+      inference::ServerMetadataResponse metadata;
+      if (status.ok()) status = service->ServerMetadata(nullptr, nullptr, &metadata);
+      Reply(r, status, status.ok() ? ServerMetadataJson(metadata) : "");
+    });
+    s.Get(kModel, [this](const httplib::Request& q, httplib::Response& r) {
+      grpc::Status status = Authorize(q, "ModelMetadata");
+      inference::ModelMetadataRequest request;
+      request.set_name(q.matches[1]);
+      request.set_version(q.matches[2]);
+      inference::ModelMetadataResponse metadata;
+      if (status.ok()) status = service->ModelMetadata(nullptr, &request, &metadata);
+      Reply(r, status, status.ok() ? ModelMetadataJson(metadata) : "");
+    });
+    s.Get(absl::StrCat(kModel, "/ready"),
+          [this](const httplib::Request& q, httplib::Response& r) {
+            grpc::Status status = Authorize(q, "ModelReady");
+            inference::ModelReadyRequest request;
+            request.set_name(q.matches[1]);
+            request.set_version(q.matches[2]);
+            inference::ModelReadyResponse ready;
+            if (status.ok()) status = service->ModelReady(nullptr, &request, &ready);
+            if (status.ok() && !ready.ready()) {
+              status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                    "no version loaded yet");
+            }
+            Reply(r, status, R"({"ready":true})");
+          });
+    s.Post(absl::StrCat(kModel, "/infer"),
+           [this](const httplib::Request& q, httplib::Response& r) {
+             const absl::Time start = absl::Now();
+             grpc::Status status = Authorize(q, "ModelInfer");
+             inference::ModelInferRequest request;
+             if (status.ok()) {
+               absl::Status parsed =
+                   ParseInferRequestJson(q.body, q.matches[1], q.matches[2], &request);
+               if (!parsed.ok()) {
+                 status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                       std::string(parsed.message()));
+               }
+             }
+             inference::ModelInferResponse response;
+             if (status.ok()) {
+               status = service->ModelInfer(nullptr, &request, &response);
+             } else if (service->metrics() != nullptr) {
+               // Refused before the service: counted here.
+               service->metrics()->RecordRequest(status.error_code(),
+                                                 absl::Now() - start);
+             }
+             Reply(r, status, status.ok() ? InferResponseJson(response) : "");
+           });
+    // Unknown paths and methods: httplib's 404/405, with a JSON body.
+    s.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
+      if (!r.body.empty()) return;
+      r.set_content(ErrorJson(absl::StrCat(q.method, " ", q.path, ": HTTP ",
+                                           r.status,
+                                           " (see /v2/models/{name}/infer)")),
+                    kJson);
+    });
+  }
+};
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() {
+  impl_->http->stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+int HttpServer::port() const { return impl_->port; }
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
+    const std::string& listen, InferenceService* service, int threads,
+    const std::optional<Tls>& tls) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--http_listen \"", listen, "\": want host:port (port 0 = any)"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) host = "0.0.0.0";
+  if (threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_threads ", threads, ": want >= 1"));
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->service = service;
+  if (tls.has_value()) {
+    impl->tls = true;
+    auto ssl = std::make_unique<httplib::SSLServer>([&tls](SSL_CTX& ctx) {
+      SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
+      // Requested and verified, not required (health probes show none).
+      SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER, nullptr);
+      return SSL_CTX_use_certificate_chain_file(&ctx, tls->cert_file.c_str()) == 1 &&
+             SSL_CTX_use_PrivateKey_file(&ctx, tls->key_file.c_str(),
+                                         SSL_FILETYPE_PEM) == 1 &&
+             SSL_CTX_check_private_key(&ctx) == 1 &&
+             SSL_CTX_load_verify_locations(&ctx, tls->ca_file.c_str(),
+                                           nullptr) == 1;
+    });
+    if (!ssl->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "HTTPS: cannot load the certificate ", tls->cert_file, ", key ",
+          tls->key_file, " and CA ", tls->ca_file));
+    }
+    impl->http = std::move(ssl);
+  } else {
+    impl->http = std::make_unique<httplib::Server>();
+  }
+  httplib::Server& http = *impl->http;
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_socket_options(SocketOptions);
+  http.set_payload_max_length(kMaxBody);
+  http.set_keep_alive_max_count(size_t{1} << 30);
+  impl->Routes();
+  const bool bound = port == 0 ? (port = http.bind_to_any_port(host)) > 0
+                               : http.bind_to_port(host, port);
+  if (!bound) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", listen, " for HTTP (address in use or not local?)"));
+  }
+  impl->port = port;
+  impl->thread = std::thread([impl = impl.get()] {
+    impl->http->listen_after_bind();
+    impl->exited = true;
+  });
+  // stop() is a no-op until the listen loop runs: wait for it.
+  while (!http.is_running()) {
+    if (impl->exited) {
+      impl->thread.join();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", listen, " for HTTP"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+}  // namespace psd::serving
