@@ -4,6 +4,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -231,6 +232,87 @@ std::string InferResponseJson(const inference::ModelInferResponse& response) {
     }
   }
   return ToJson(object);
+}
+
+std::string InferRequestJson(const inference::ModelInferRequest& request) {
+  Struct object;
+  auto& fields = *object.mutable_fields();
+  if (!request.id().empty()) fields["id"] = String(request.id());
+  ListValue* inputs = fields["inputs"].mutable_list_value();
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const auto& in = request.inputs(i);
+    auto& o = *inputs->add_values()->mutable_struct_value()->mutable_fields();
+    o["name"] = String(in.name());
+    o["datatype"] = String(in.datatype());
+    ListValue* shape = o["shape"].mutable_list_value();
+    for (int64_t d : in.shape()) *shape->add_values() = Number(d);
+    ListValue* data = o["data"].mutable_list_value();
+    if (i < request.raw_input_contents_size()) {
+      const std::string& raw = request.raw_input_contents(i);
+      for (size_t k = 0; k + sizeof(float) <= raw.size(); k += sizeof(float)) {
+        float v;
+        std::memcpy(&v, raw.data() + k, sizeof(v));
+        *data->add_values() = Number(v);
+      }
+    }
+    for (float v : in.contents().fp32_contents()) *data->add_values() = Number(v);
+  }
+  if (request.outputs_size() > 0) {
+    ListValue* outputs = fields["outputs"].mutable_list_value();
+    for (const auto& out : request.outputs()) {
+      (*outputs->add_values()->mutable_struct_value()->mutable_fields())["name"] =
+          String(out.name());
+    }
+  }
+  return ToJson(object);
+}
+
+absl::Status ParseInferResponseJson(const std::string& body,
+                                    inference::ModelInferResponse* response) {
+  Struct object;
+  auto parsed = google::protobuf::util::JsonStringToMessage(body, &object);
+  if (!parsed.ok()) {
+    return Invalid("response body", "not a JSON object");
+  }
+  std::string value;
+  absl::Status s = GetString(object, "", "model_name", true, &value);
+  response->set_model_name(value);
+  if (s.ok()) s = GetString(object, "", "model_version", true, &value);
+  response->set_model_version(value);
+  value.clear();
+  if (s.ok()) s = GetString(object, "", "id", false, &value);
+  response->set_id(value);
+  const ListValue* outputs = nullptr;
+  if (s.ok()) s = GetList(object, "", "outputs", true, &outputs);
+  if (!s.ok()) return s;
+  for (int i = 0; i < outputs->values_size(); ++i) {
+    const std::string where = absl::StrCat("outputs[", i, "]");
+    if (outputs->values(i).kind_case() != Value::kStructValue) {
+      return Invalid(where, "want an object");
+    }
+    const Struct& o = outputs->values(i).struct_value();
+    auto* out = response->add_outputs();
+    s = GetString(o, where, "name", true, out->mutable_name());
+    if (s.ok()) s = GetString(o, where, "datatype", true, out->mutable_datatype());
+    const ListValue* shape = nullptr;
+    const ListValue* data = nullptr;
+    if (s.ok()) s = GetList(o, where, "shape", true, &shape);
+    if (s.ok()) s = GetList(o, where, "data", true, &data);
+    if (!s.ok()) return s;
+    for (const Value& d : shape->values()) {
+      out->add_shape(static_cast<int64_t>(d.number_value()));
+    }
+    for (const Value& d : data->values()) {
+      if (out->datatype() == "INT64") {
+        out->mutable_contents()->add_int64_contents(
+            static_cast<int64_t>(d.number_value()));
+      } else {
+        out->mutable_contents()->add_fp32_contents(
+            static_cast<float>(d.number_value()));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string ServerMetadataJson(const inference::ServerMetadataResponse& m) {

@@ -50,6 +50,16 @@ std::string InferResponseJson(const inference::ModelInferResponse& response);
 std::string ServerMetadataJson(const inference::ServerMetadataResponse& m);
 std::string ModelMetadataJson(const inference::ModelMetadataResponse& m);
 
+// The client side, for oip_classify and the benchmark's bodies: the JSON
+// body of `request` (its FP32 inputs from contents or raw_input_contents;
+// model_name and model_version go in the URL, not the body), and a
+// response body read back into `response` (outputs' data into
+// contents.fp32_contents or int64_contents by datatype). Errors:
+// INVALID_ARGUMENT naming what is malformed.
+std::string InferRequestJson(const inference::ModelInferRequest& request);
+absl::Status ParseInferResponseJson(const std::string& body,
+                                    inference::ModelInferResponse* response);
+
 // {"error": message}.
 std::string ErrorJson(const std::string& message);
 
