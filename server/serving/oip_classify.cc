@@ -45,6 +45,9 @@ ABSL_FLAG(int32_t, concurrency, 8, "Requests in flight at once.");
 ABSL_FLAG(int32_t, repeat, 1,
           "Passes over the images (e.g. to keep load on during a reload); "
           "the accuracy printed is the last pass's.");
+ABSL_FLAG(std::string, stop_file, "",
+          "With --repeat: stop after the pass during which this file "
+          "appears; each pass done is logged to stderr (\"pass N done\").");
 ABSL_FLAG(int32_t, timeout_s, 30, "Deadline of each call, in seconds.");
 ABSL_FLAG(bool, print_classes, false,
           "Also print \"image I predicted P true T\" for every image.");
@@ -228,6 +231,10 @@ int Main() {
         std::fprintf(stderr, "oip_classify: %s\n", e.c_str());
         return 1;
       }
+    }
+    if (const std::string stop = absl::GetFlag(FLAGS_stop_file); !stop.empty()) {
+      std::fprintf(stderr, "pass %d done\n", pass + 1);
+      if (std::ifstream(stop).good()) break;
     }
   }
   if (absl::GetFlag(FLAGS_print_classes)) {
