@@ -219,6 +219,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   http.set_socket_options(SocketOptions);
   http.set_payload_max_length(kMaxBody);
   http.set_keep_alive_max_count(size_t{1} << 30);
+  // No Nagle: an answer goes out in two writes (headers, body), and Nagle
+  // holding the second for the client's delayed ACK cost 40 ms a request.
+  http.set_tcp_nodelay(true);
   impl->Routes();
   const bool bound = port == 0 ? (port = http.bind_to_any_port(host)) > 0
                                : http.bind_to_port(host, port);
