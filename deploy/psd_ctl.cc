@@ -34,6 +34,9 @@ ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
 ABSL_FLAG(int, timeout_s, 60,
           "wait-ready: give up after this many seconds. Other commands: the "
           "deadline of each call.");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "export: the Fashion-MNIST files, to record the job's input "
+          "normalisation (mean, std of the training images) in the export.");
 ABSL_FLAG(int, servers, 1, "wait-ready: servers to wait for.");
 ABSL_FLAG(int, workers, 1, "wait-ready: idle workers to wait for.");
 
@@ -229,12 +232,15 @@ int Export(JobService::Stub* jobs, const std::string& id,
     return 1;
   }
   std::vector<NamedTensor> tensors = *std::move(pulled);
+  std::string note;
   absl::Status written = WriteSafetensors(
-      path, tensors, ExportMetadata(id, step));
+      path, tensors,
+      ExportMetadata(*status, step, absl::GetFlag(FLAGS_data_dir), &note));
   if (!written.ok()) {
     std::fprintf(stderr, "psd_ctl: export: %s\n", written.ToString().c_str());
     return 1;
   }
+  if (!note.empty()) std::fprintf(stderr, "psd_ctl: export: %s\n", note.c_str());
   std::printf("exported %d tensors at step %lld to %s\nchecksum crc32:%08x\n",
               static_cast<int>(tensors.size()), static_cast<long long>(step),
               path.c_str(), ParameterChecksum(tensors));

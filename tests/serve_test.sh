@@ -121,7 +121,13 @@ code=$(curl -s -o "$WORK/http.reply" -w '%{http_code}' -H 'Content-Type: applica
 [ "$code" = 200 ] && grep -q '"model_version":"1"' "$WORK/http.reply" || fail "good body: HTTP $code"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http_port/v2/health/ready")" = 200 ] ||
   fail "/v2/health/ready is not 200"
-echo "HTTP: bad requests named"
+# The export records the input normalisation (the training images' mean
+# and std, pixel/255: about 0.286 and 0.353); metadata shows it.
+curl -s "http://127.0.0.1:$http_port/v2/models/fashion" >"$WORK/metadata.json"
+grep -Eq '"normalization_mean":"0\.28[0-9]+"' "$WORK/metadata.json" &&
+  grep -Eq '"normalization_std":"0\.35[0-9]+"' "$WORK/metadata.json" ||
+  fail "model metadata without the normalisation: $(cat "$WORK/metadata.json")"
+echo "HTTP: bad requests named; normalisation in the metadata"
 
 # Reload while a client loop runs: first a damaged file (refused, version
 # 1 keeps serving), then the export with new metadata (the same weights, so

@@ -5,8 +5,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "worker/dataset.h"
 #include "worker/ps_client.h"
 
 namespace psd {
@@ -58,9 +60,32 @@ absl::StatusOr<std::vector<NamedTensor>> PullJobParameters(
   return tensors;
 }
 
-std::map<std::string, std::string> ExportMetadata(const std::string& job_id,
-                                                  int64_t step) {
-  return {{"job_id", job_id}, {"step", std::to_string(step)}, {"format", "pt"}};
+std::map<std::string, std::string> ExportMetadata(const JobStatus& status,
+                                                  int64_t step,
+                                                  const std::string& data_dir,
+                                                  std::string* note) {
+  std::map<std::string, std::string> metadata = {
+      {"job_id", status.job_id()},
+      {"step", std::to_string(step)},
+      {"format", "pt"}};
+  std::string why;
+  const std::string& dataset = status.config().dataset().name();
+  if (dataset != "fashion-mnist") {
+    why = absl::StrCat("no input normalisation recorded: data set \"", dataset,
+                       "\" is not fashion-mnist");
+  } else {
+    // The workers' LoadFashionMnist: every training image, limit or not.
+    auto norm = ComputeNormalization(data_dir + "/train-images-idx3-ubyte.gz", 0);
+    if (norm.ok()) {
+      metadata["normalization_mean"] = absl::StrFormat("%.9g", norm->mean);
+      metadata["normalization_std"] = absl::StrFormat("%.9g", norm->std);
+    } else {
+      why = absl::StrCat("no input normalisation recorded: ",
+                         norm.status().message());
+    }
+  }
+  if (note != nullptr) *note = why;
+  return metadata;
 }
 
 }  // namespace psd

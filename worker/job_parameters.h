@@ -33,10 +33,18 @@ absl::StatusOr<std::vector<NamedTensor>> PullJobParameters(
     const JobStatus& status, int replica, std::chrono::milliseconds pull_timeout,
     int64_t* step);
 
-// The safetensors __metadata__ of an export of job `job_id` at `step`:
-// job_id, step, format "pt".
-std::map<std::string, std::string> ExportMetadata(const std::string& job_id,
-                                                  int64_t step);
+// The safetensors __metadata__ of an export of `status`'s job at `step`:
+// job_id, step, format "pt", and the input normalisation its workers
+// applied, x = (pixel/255 - mean) / std (worker/dataset.h), as
+// normalization_mean and normalization_std ("%.9g": the float exactly),
+// computed from the training images under `data_dir` as the workers do.
+// When they cannot be computed (another data set, or the files are not
+// readable here) the two keys are left out and *note (if not null) says
+// why; otherwise *note is cleared.
+std::map<std::string, std::string> ExportMetadata(const JobStatus& status,
+                                                  int64_t step,
+                                                  const std::string& data_dir,
+                                                  std::string* note);
 
 }  // namespace psd
 

@@ -64,6 +64,9 @@ ABSL_FLAG(std::string, coordinator, "",
           "coordinator's host:port (with --job).");
 ABSL_FLAG(std::string, job, "",
           "With --coordinator: the finished job whose parameters to serve.");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "With --job: the Fashion-MNIST files, to report the job's input "
+          "normalisation in ModelMetadata as `psd_ctl export` records it.");
 ABSL_FLAG(int32_t, pull_timeout_s, 60,
           "With --coordinator: deadline of the GetJob call and the pull.");
 
@@ -136,7 +139,11 @@ absl::Status LoadJob(const std::string& coordinator, const std::string& job,
   int64_t step = 0;
   PSD_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors,
                        PullJobParameters(status, 0, timeout, &step));
-  SafetensorsContents contents{std::move(tensors), ExportMetadata(job, step)};
+  std::string note;
+  SafetensorsContents contents{
+      std::move(tensors),
+      ExportMetadata(status, step, absl::GetFlag(FLAGS_data_dir), &note)};
+  if (!note.empty()) Log()->warn("{}", note);
   PSD_ASSIGN_OR_RETURN(
       auto version,
       versions->Load(std::move(contents),
