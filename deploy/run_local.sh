@@ -148,7 +148,7 @@ mkdir -p "$RUN_DIR/requests"
 CURL=(curl -sS -H 'Content-Type: application/json')
 [ -z "$CERTS" ] || CURL+=(--cacert "$CERTS/ca.pem" --cert "$CERTS/user-alice.pem" --key "$CERTS/user-alice.key")
 URL=$scheme://127.0.0.1:$HTTP_PORT/v2/models/fashion/infer
-echo "==> ${CURL[*]} --data-binary @$RUN_DIR/requests/request_0.json $URL"
+echo "==> $(printf '%q ' "${CURL[@]}")--data-binary @$RUN_DIR/requests/request_0.json $URL"
 REPLY=$("${CURL[@]}" --data-binary @"$RUN_DIR/requests/request_0.json" "$URL")
 # The reply's one output is "class": {"data": [c0, c1, ...], ...}.
 PREDICTED=$(echo "$REPLY" | grep -o '"data":\[[0-9,]*\]' | tr -dc '0-9,' | tr ',' ' ')
