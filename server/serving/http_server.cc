@@ -3,16 +3,11 @@
 #include <httplib.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
-#include <sys/socket.h>
 
-#include <atomic>
-#include <chrono>
-#include <thread>
-
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/authorization.h"
+#include "common/http_listener.h"
 #include "common/transport_security.h"
 #include "server/serving/oip_json.h"
 
@@ -25,12 +20,6 @@ constexpr char kJson[] = "application/json";
 constexpr size_t kMaxBody = size_t{64} << 20;
 // "(/versions/{v})?" after a model name: matches[1] name, matches[2] version.
 constexpr char kModel[] = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
-
-// As metrics_http: no SO_REUSEPORT, so a second process cannot share the port.
-void SocketOptions(int sock) {
-  int yes = 1;
-  setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-}
 
 void Reply(httplib::Response& response, const grpc::Status& status,
            const std::string& ok_body) {
@@ -63,10 +52,7 @@ std::string PeerUri(const httplib::Request& request) {
 }  // namespace
 
 struct HttpServer::Impl {
-  std::unique_ptr<httplib::Server> http;  // an httplib::SSLServer for HTTPS
-  std::thread thread;
-  std::atomic<bool> exited{false};
-  int port = 0;
+  std::unique_ptr<HttpListener> listener;
   bool tls = false;
   InferenceService* service = nullptr;
 
@@ -84,8 +70,7 @@ struct HttpServer::Impl {
                         std::string(allowed.message()));
   }
 
-  void Routes() {
-    httplib::Server& s = *http;
+  void Routes(httplib::Server& s) {
     s.Get("/v2/health/live", [](const httplib::Request&, httplib::Response& r) {
       r.set_content(R"({"live":true})", kJson);
     });
@@ -162,36 +147,21 @@ struct HttpServer::Impl {
 
 HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-HttpServer::~HttpServer() {
-  impl_->http->stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
-}
+// The listener stops and joins the handler threads.
+HttpServer::~HttpServer() = default;
 
-int HttpServer::port() const { return impl_->port; }
+int HttpServer::port() const { return impl_->listener->port(); }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     const std::string& listen, InferenceService* service, int threads,
     const std::optional<Tls>& tls) {
-  const size_t colon = listen.rfind(':');
-  int port = -1;
-  if (colon == std::string::npos ||
-      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--http_listen \"", listen, "\": want host:port (port 0 = any)"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  if (host.empty()) host = "0.0.0.0";
   if (threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--http_threads ", threads, ": want >= 1"));
   }
-
   auto impl = std::make_unique<Impl>();
   impl->service = service;
+  std::unique_ptr<httplib::Server> http;
   if (tls.has_value()) {
     impl->tls = true;
     auto ssl = std::make_unique<httplib::SSLServer>([&tls](SSL_CTX& ctx) {
@@ -210,39 +180,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
           "HTTPS: cannot load the certificate ", tls->cert_file, ", key ",
           tls->key_file, " and CA ", tls->ca_file));
     }
-    impl->http = std::move(ssl);
+    http = std::move(ssl);
   } else {
-    impl->http = std::make_unique<httplib::Server>();
+    http = std::make_unique<httplib::Server>();
   }
-  httplib::Server& http = *impl->http;
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  http.set_socket_options(SocketOptions);
-  http.set_payload_max_length(kMaxBody);
-  http.set_keep_alive_max_count(size_t{1} << 30);
+  http->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http->set_payload_max_length(kMaxBody);
+  http->set_keep_alive_max_count(size_t{1} << 30);
   // No Nagle: an answer goes out in two writes (headers, body), and Nagle
   // holding the second for the client's delayed ACK cost 40 ms a request.
-  http.set_tcp_nodelay(true);
-  impl->Routes();
-  const bool bound = port == 0 ? (port = http.bind_to_any_port(host)) > 0
-                               : http.bind_to_port(host, port);
-  if (!bound) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", listen, " for HTTP (address in use or not local?)"));
-  }
-  impl->port = port;
-  impl->thread = std::thread([impl = impl.get()] {
-    impl->http->listen_after_bind();
-    impl->exited = true;
-  });
-  // stop() is a no-op until the listen loop runs: wait for it.
-  while (!http.is_running()) {
-    if (impl->exited) {
-      impl->thread.join();
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on ", listen, " for HTTP"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  http->set_tcp_nodelay(true);
+  impl->Routes(*http);
+  auto listener = HttpListener::Start(std::move(http), listen, "HTTP");
+  if (!listener.ok()) return listener.status();
+  impl->listener = *std::move(listener);
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 
