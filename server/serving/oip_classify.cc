@@ -9,6 +9,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -168,6 +169,7 @@ int Main() {
   std::map<std::string, int64_t> versions;  // answers per model_version
   std::atomic<int64_t> correct{0};
   std::vector<std::string> errors(concurrency);
+  const auto started = std::chrono::steady_clock::now();
   for (int32_t pass = 0; pass < absl::GetFlag(FLAGS_repeat); ++pass) {
     std::atomic<int32_t> next{offset};
     correct = 0;
@@ -249,8 +251,16 @@ int Main() {
               static_cast<double>(static_cast<float>(correct.load()) /
                                   static_cast<float>(total)));
   std::string seen;
-  for (const auto& [v, count] : versions) absl::StrAppend(&seen, " ", v, ":", count);
+  int64_t requests = 0;
+  for (const auto& [v, count] : versions) {
+    absl::StrAppend(&seen, " ", v, ":", count);
+    requests += count;
+  }
   std::printf("versions%s\n", seen.c_str());
+  std::printf("requests_per_second %.1f\n",
+              static_cast<double>(requests) /
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                started).count());
   return 0;
 }
 
@@ -262,7 +272,8 @@ int main(int argc, char** argv) {
       "Classifies the Fashion-MNIST test set through psd_serve (OIP gRPC or "
       "HTTP/JSON).\n"
       "  oip_classify --server=HOST:PORT --model_name=NAME [--http] [--insecure]\n"
-      "Prints \"correct C of N accuracy A\" and \"versions V:answers...\"; "
+      "Prints \"correct C of N accuracy A\", \"versions V:answers...\" and "
+      "\"requests_per_second R\" (the calls, without start-up); "
       "exit 1 on any failed call.\n"
       "  oip_classify --model_name=NAME --write_json=DIR [--offset --limit --rows]\n"
       "writes the requests as OIP JSON bodies instead.");

@@ -54,6 +54,10 @@ ABSL_FLAG(std::string, http_listen, "",
           "certificates, plain HTTP only with --insecure); empty: no HTTP.");
 ABSL_FLAG(std::string, http_port_file, "",
           "Write the bound HTTP port to this file (before --port_file).");
+ABSL_FLAG(int32_t, grpc_threads, 256,
+          "Most gRPC handler threads: a call waiting for its batch holds one, "
+          "so more concurrent calls than this (less a few for polling) get "
+          "RESOURCE_EXHAUSTED from gRPC.");
 ABSL_FLAG(int32_t, http_threads, 64,
           "HTTP handler threads: one per open keep-alive connection.");
 ABSL_FLAG(double, poll_s, 0,
@@ -232,6 +236,10 @@ int Main() {
   }
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
+  rpc_options.max_threads = absl::GetFlag(FLAGS_grpc_threads);
+  if (rpc_options.max_threads < 2) {
+    return StartupError(absl::InvalidArgumentError("--grpc_threads: want >= 2"));
+  }
   auto rpc = StartRpcServer(rpc_options, {&service});
   if (!rpc.ok()) {
     Log()->error("{}", rpc.status().ToString());

@@ -4,7 +4,9 @@
 # POST /v2/models/fashion/infer, for each --max_batch_size in BATCHES and
 # each connection count in CONCURRENCY; prints throughput and wrk's p50 and
 # p99 latency per cell, and the speed-up of every batch size over max batch
-# 1 (unbatched) at the highest concurrency. Target (docs/PERFORMANCE.md): at
+# 1 (unbatched) at the highest concurrency. Then the gRPC endpoint with raw
+# tensors, driven by oip_classify (C++; 2,000 test images, one per request,
+# CONCURRENCY requests in flight): throughput only. Target (docs/PERFORMANCE.md): at
 # concurrency 64, >= 5x the unbatched throughput with p99 <= 10 ms.
 #
 #   tests/bench/serve_bench.sh [--quick] [--model FILE] [--duration S]
@@ -87,7 +89,7 @@ LUA
 echo "==> $(date -u '+%F %T UTC'), $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "==> wrk ${DURATION}s per cell, one image (784 FP32) per request, body $(wc -c <"$BODY") bytes"
 printf '%-10s %-6s %12s %10s %10s %8s\n' max_batch conns "req/s" "p50 ms" "p99 ms" errors
-declare -A RPS
+declare -A RPS GRPC
 for batch in $BATCHES; do
   # Unbatched (max batch 1) runs each request at once; batched ones wait
   # up to 500 us for company.
@@ -116,7 +118,20 @@ for batch in $BATCHES; do
     printf '%-10s %-6s %12s %10s %10s %8s\n' "$batch" "$conns" "$rps" "$(pct 50%)" "$(pct 99%)" "${errors:-0}"
     RPS[$batch.$conns]=$rps
   done
+  # gRPC, raw tensors: images per second over 2,000 single-image requests.
+  for conns in $CONCURRENCY; do
+    GRPC[$batch.$conns]=$("$BIN/oip_classify" --insecure --server="127.0.0.1:$(cat "$WORK/port.$batch")" \
+      --model_name=fashion --limit=2000 --rows=1 --concurrency="$conns" |
+      awk '/^requests_per_second/ {printf "%.0f", $2}')
+  done
   stop_processes $pid
+done
+echo "==> gRPC (oip_classify: raw FP32, 1 image per request, 2,000 requests, timed without its start-up)"
+printf '%-10s %-6s %12s\n' max_batch conns "req/s"
+for batch in $BATCHES; do
+  for conns in $CONCURRENCY; do
+    printf '%-10s %-6s %12s\n' "$batch" "$conns" "${GRPC[$batch.$conns]}"
+  done
 done
 top=${CONCURRENCY##* }
 base=${RPS[1.$top]:-}
