@@ -614,6 +614,17 @@ TEST_CASE("HTTP/JSON: bad requests get the status and the field",
              Catch::Contains("psd_serve_batch_rows_count 1"));
 }
 
+TEST_CASE("HTTP status of each gRPC code", "[serving][http]") {
+  CHECK(HttpStatusOf(grpc::StatusCode::OK) == 200);
+  CHECK(HttpStatusOf(grpc::StatusCode::INVALID_ARGUMENT) == 400);
+  CHECK(HttpStatusOf(grpc::StatusCode::UNAUTHENTICATED) == 401);
+  CHECK(HttpStatusOf(grpc::StatusCode::PERMISSION_DENIED) == 403);
+  CHECK(HttpStatusOf(grpc::StatusCode::NOT_FOUND) == 404);
+  CHECK(HttpStatusOf(grpc::StatusCode::RESOURCE_EXHAUSTED) == 429);
+  CHECK(HttpStatusOf(grpc::StatusCode::UNAVAILABLE) == 503);
+  CHECK(HttpStatusOf(grpc::StatusCode::INTERNAL) == 500);
+}
+
 TEST_CASE("ModelVersions: a reload under load drops no request; two kept",
           "[serving][versions]") {
   Served served;
