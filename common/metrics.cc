@@ -264,6 +264,18 @@ void MetricsRegistry::AddGaugeFamilyCallback(
   Add(std::move(entry));
 }
 
+void MetricsRegistry::AddCounterFamilyCallback(
+    const std::string& name, const std::string& help, const std::string& label,
+    std::function<LabeledValues()> values) {
+  auto entry = std::make_unique<Entry>();
+  entry->name = name;
+  entry->help = help;
+  entry->type = Entry::Type::kCounter;
+  entry->label = label;
+  entry->values = std::move(values);
+  Add(std::move(entry));
+}
+
 std::string MetricsRegistry::RenderPrometheusText() const {
   std::vector<std::shared_ptr<const Entry>> entries;
   {

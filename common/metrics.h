@@ -113,6 +113,12 @@ class MetricsRegistry {
   void AddGaugeFamilyCallback(const std::string& name, const std::string& help,
                               const std::string& label,
                               std::function<LabeledValues()> values);
+  // The same for a counter family: `values` returns each label value's
+  // running total (which must never decrease).
+  void AddCounterFamilyCallback(const std::string& name,
+                                const std::string& help,
+                                const std::string& label,
+                                std::function<LabeledValues()> values);
 
   // Every metric in the text exposition format 0.0.4 (Content-Type
   // "text/plain; version=0.0.4"): # HELP and # TYPE lines, then samples;

@@ -27,13 +27,16 @@
 #include "common/status.h"
 #include "common/transport_security.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "worker/ps_client.h"
+#include "worker/job_parameters.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070",
           "Coordinator address, host:port.");
 ABSL_FLAG(int, timeout_s, 60,
           "wait-ready: give up after this many seconds. Other commands: the "
           "deadline of each call.");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "export: the Fashion-MNIST files, to record the job's input "
+          "normalisation (mean, std of the training images) in the export.");
 ABSL_FLAG(int, servers, 1, "wait-ready: servers to wait for.");
 ABSL_FLAG(int, workers, 1, "wait-ready: idle workers to wait for.");
 
@@ -96,13 +99,7 @@ int Fail(const std::string& what, const grpc::Status& status) {
 }
 
 absl::StatusOr<JobStatus> GetJob(JobService::Stub* jobs, const std::string& id) {
-  grpc::ClientContext context;
-  context.set_deadline(DeadlineIn(CallTimeout()));
-  GetJobRequest request;
-  request.set_job_id(id);
-  JobStatus status;
-  PSD_RETURN_IF_ERROR(FromGrpcStatus(jobs->GetJob(&context, request, &status)));
-  return status;
+  return GetJobStatus(jobs, id, CallTimeout());
 }
 
 std::string Clock(double seconds) {
@@ -193,44 +190,6 @@ int Watch(JobService::Stub* jobs, const std::string& id) {
   }
 }
 
-// Pulls the current parameters of a started job; with replica = r, from
-// the r-th replica of every shard (0 = primary, then the backups; a shard
-// with fewer replicas gives its last one).
-absl::StatusOr<std::vector<NamedTensor>> PullParameters(const JobStatus& status,
-                                                        int replica,
-                                                        int64_t* step) {
-  if (status.placement().partitions_size() == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", status.job_id(), " has not started (",
-                     JobState_Name(status.state()), ")"));
-  }
-  Assignment assignment;
-  assignment.set_job_id(status.job_id());
-  *assignment.mutable_placement() = status.placement();
-  *assignment.mutable_shards() = status.shards();
-  *assignment.mutable_servers() = status.servers();
-  assignment.set_view_epoch(status.view_epoch());
-  for (ShardReplicas& shard : *assignment.mutable_shards()) {
-    if (replica > 0 && shard.backups_size() > 0) {
-      shard.set_primary(shard.backups(std::min(replica, shard.backups_size()) - 1));
-    }
-  }
-  ParameterClientOptions options;
-  options.pull_timeout_ms = absl::GetFlag(FLAGS_timeout_s) * 1000;
-  PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
-                       ParameterClient::Create(assignment, options));
-  std::vector<std::vector<float>> params;
-  PSD_RETURN_IF_ERROR(client->Pull(0, /*latest=*/true, &params, step));
-  std::vector<NamedTensor> tensors;
-  for (int i = 0; i < status.placement().parameters_size(); ++i) {
-    const ParameterSpec& spec = status.placement().parameters(i);
-    tensors.push_back(NamedTensor{
-        spec.name(), {spec.shape().begin(), spec.shape().end()},
-        std::move(params[i])});
-  }
-  return tensors;
-}
-
 // Prints the parameter checksum of every replica set; 1 when they differ.
 int Replicas(JobService::Stub* jobs, const std::string& id) {
   auto status = GetJob(jobs, id);
@@ -242,7 +201,7 @@ int Replicas(JobService::Stub* jobs, const std::string& id) {
   std::set<uint32_t> sums;
   for (int r = 0; r < replicas; ++r) {
     int64_t step = 0;
-    auto tensors = PullParameters(*status, r, &step);
+    auto tensors = PullJobParameters(*status, r, CallTimeout(), &step);
     if (!tensors.ok()) return Fail("replicas", ToGrpcStatus(tensors.status()));
     const uint32_t sum = ParameterChecksum(*tensors);
     sums.insert(sum);
@@ -267,19 +226,21 @@ int Export(JobService::Stub* jobs, const std::string& id,
     return 1;
   }
   int64_t step = 0;
-  auto pulled = PullParameters(*status, 0, &step);
+  auto pulled = PullJobParameters(*status, 0, CallTimeout(), &step);
   if (!pulled.ok()) {
     std::fprintf(stderr, "psd_ctl: export: %s\n", pulled.status().ToString().c_str());
     return 1;
   }
   std::vector<NamedTensor> tensors = *std::move(pulled);
+  std::string note;
   absl::Status written = WriteSafetensors(
       path, tensors,
-      {{"job_id", id}, {"step", std::to_string(step)}, {"format", "pt"}});
+      ExportMetadata(*status, step, absl::GetFlag(FLAGS_data_dir), &note));
   if (!written.ok()) {
     std::fprintf(stderr, "psd_ctl: export: %s\n", written.ToString().c_str());
     return 1;
   }
+  if (!note.empty()) std::fprintf(stderr, "psd_ctl: export: %s\n", note.c_str());
   std::printf("exported %d tensors at step %lld to %s\nchecksum crc32:%08x\n",
               static_cast<int>(tensors.size()), static_cast<long long>(step),
               path.c_str(), ParameterChecksum(tensors));

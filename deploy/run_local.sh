@@ -2,8 +2,9 @@
 # Quick start: builds psd, starts a local cluster on loopback (1 coordinator,
 # 3 parameter servers, 2 workers, each its own process; every parameter
 # shard on 2 servers, a primary and a backup), trains the job, prints its
-# test accuracy, exports the parameters, and shuts everything down (also on
-# Ctrl-C). Every process talks mutual TLS, with a throwaway CA and
+# test accuracy, exports the parameters, serves the export with psd_serve
+# and classifies a few test images with curl over the Open Inference
+# Protocol's HTTP/JSON API, and shuts everything down (also on Ctrl-C). Every process talks mutual TLS, with a throwaway CA and
 # certificates made at start (deploy/make_certs.sh), unless --insecure.
 #
 #   deploy/run_local.sh [--job FILE] [--servers N] [--workers N]
@@ -44,9 +45,11 @@ done
 deploy/install_deps.sh
 echo "==> building (bazel)"
 bazel build --noshow_progress //server/coordinator:psd_coordinator //server/ps:psd_server \
-  //worker:psd_worker //deploy:psd_ctl 2>&1 | grep -vE '^(INFO|Target|  bazel-bin)' || true
+  //worker:psd_worker //deploy:psd_ctl //server/serving:psd_serve \
+  //server/serving:oip_classify 2>&1 | grep -vE '^(INFO|Target|  bazel-bin)' || true
 BIN=bazel-bin
-for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker deploy/psd_ctl; do
+for b in server/coordinator/psd_coordinator server/ps/psd_server worker/psd_worker deploy/psd_ctl \
+  server/serving/psd_serve server/serving/oip_classify; do
   [ -x "$BIN/$b" ] || { echo "run_local: build failed ($BIN/$b missing)" >&2; exit 1; }
 done
 
@@ -70,8 +73,9 @@ if [ "$INSECURE" = 0 ]; then
   CERTS=$RUN_DIR/certs
   # One certificate per server (spiffe://psd/server/server-N): replication
   # is taken only from the identities of a job's view.
+  # psd_serve shows a server identity of its own (server-serve).
   deploy/make_certs.sh "$CERTS" coordinator worker user-alice admin-root \
-    $(seq -f 'server-%g' "$SERVERS")
+    $(seq -f 'server-%g' "$SERVERS") server-serve
   # A read-only bearer token, for dashboards and grpcurl without a
   # certificate (docs/OPERATIONS.md, "Users and tokens").
   VIEW_TOKEN=$(openssl rand -hex 24)
@@ -124,3 +128,38 @@ fi
 "${CTL[@]}" watch "$JOB_ID"
 mkdir -p "$(dirname "$OUT")"
 "${CTL[@]}" export "$JOB_ID" "$OUT"
+
+# Serve what it trained: psd_serve on the export (the same TLS as the
+# cluster), a few test images classified with curl over the OIP HTTP/JSON
+# API, then psd_serve stopped.
+echo "==> serving $OUT with psd_serve (OIP gRPC and HTTP/JSON)"
+"$BIN/server/serving/psd_serve" --model_file="$OUT" --model_name=fashion \
+  --listen=127.0.0.1:0 --port_file="$RUN_DIR/serve.port" \
+  --http_listen=127.0.0.1:0 --http_port_file="$RUN_DIR/serve.http_port" \
+  $(tls_flags "$CERTS" server-serve) 2>"$RUN_DIR/serve.log" &
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
+wait_port $SERVE_PID "$RUN_DIR/serve.port" >/dev/null || { tail -5 "$RUN_DIR/serve.log" >&2; exit 1; }
+HTTP_PORT=$(cat "$RUN_DIR/serve.http_port")
+# 8 test images, normalised as the trainer does, as one OIP JSON body.
+mkdir -p "$RUN_DIR/requests"
+"$BIN/server/serving/oip_classify" --model_name=fashion --write_json="$RUN_DIR/requests" \
+  --limit=8 --rows=8
+CURL=(curl -sS -H 'Content-Type: application/json')
+[ -z "$CERTS" ] || CURL+=(--cacert "$CERTS/ca.pem" --cert "$CERTS/user-alice.pem" --key "$CERTS/user-alice.key")
+URL=$scheme://127.0.0.1:$HTTP_PORT/v2/models/fashion/infer
+echo "==> $(printf '%q ' "${CURL[@]}")--data-binary @$RUN_DIR/requests/request_0.json $URL"
+REPLY=$("${CURL[@]}" --data-binary @"$RUN_DIR/requests/request_0.json" "$URL")
+# The reply's one output is "class": {"data": [c0, c1, ...], ...}.
+PREDICTED=$(echo "$REPLY" | grep -o '"data":\[[0-9,]*\]' | tr -dc '0-9,' | tr ',' ' ')
+[ -n "$PREDICTED" ] || { echo "run_local: unexpected reply: $REPLY" >&2; exit 1; }
+NAMES=("T-shirt/top" Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag "Ankle boot")
+i=0
+for p in $PREDICTED; do
+  t=$(sed -n "$((i + 1))p" "$RUN_DIR/requests/labels")
+  printf '    test image %d: predicted %-11s true %s\n' "$i" "${NAMES[$p]}" "${NAMES[$t]}"
+  i=$((i + 1))
+done
+kill -TERM $SERVE_PID
+wait $SERVE_PID || true
+echo "==> psd_serve stopped"

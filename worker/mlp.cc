@@ -106,18 +106,27 @@ void Mlp::EndOfCall() {
   if (staged_) backend_->Synchronize().IgnoreError();
 }
 
-void Mlp::Forward(const std::vector<const float*>& params, const float* x,
-                  int32_t batch) {
+void MlpForward(kernels::Backend* backend, const std::vector<int32_t>& layer_sizes,
+                const std::vector<const float*>& params, const float* x,
+                int32_t rows, const std::vector<float*>& outputs) {
   const float* in = x;
-  for (int32_t i = 0; i < num_layers(); ++i) {
-    const int fan_in = layer_sizes_[i], fan_out = layer_sizes_[i + 1];
-    float* out = acts_[i].data();  // In the backend's memory.
-    backend_->Gemm(false, false, batch, fan_out, fan_in, 1.0f, in,
-                   params[2 * i], 0.0f, out);
-    backend_->AddBias(batch, fan_out, params[2 * i + 1], out);
-    if (i + 1 < num_layers()) backend_->ReluForward(batch * fan_out, out);
+  const int32_t layers = static_cast<int32_t>(layer_sizes.size()) - 1;
+  for (int32_t i = 0; i < layers; ++i) {
+    const int fan_in = layer_sizes[i], fan_out = layer_sizes[i + 1];
+    float* out = outputs[i];
+    backend->Gemm(false, false, rows, fan_out, fan_in, 1.0f, in, params[2 * i],
+                  0.0f, out);
+    backend->AddBias(rows, fan_out, params[2 * i + 1], out);
+    if (i + 1 < layers) backend->ReluForward(rows * fan_out, out);
     in = out;
   }
+}
+
+void Mlp::Forward(const std::vector<const float*>& params, const float* x,
+                  int32_t batch) {
+  std::vector<float*> outputs;
+  for (auto& act : acts_) outputs.push_back(act.data());  // backend memory
+  MlpForward(backend_, layer_sizes_, params, x, batch, outputs);
 }
 
 float Mlp::ForwardBackward(const std::vector<const float*>& host_params,

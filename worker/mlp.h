@@ -74,6 +74,24 @@ namespace psd {
 // device copies of parameters, inputs and gradients) are allocated once, in
 // the constructor, in the backend's memory; steps allocate nothing. Not thread-safe (the buffers are
 // shared between calls): use one Mlp per thread.
+// The inference entry point: the forward pass of an MLP, the one kernel
+// sequence that Mlp's training and evaluation and psd_serve's MlpModel
+// (server/serving/mlp_model.h) all run, so that served logits are bit for
+// bit the trainer's. For each layer i (0-based), on `rows` rows:
+//   outputs[i] = inputs_i * W_i (Backend::Gemm, alpha 1, beta 0),
+//   outputs[i] += b_i (AddBias), then ReLU (ReluForward) unless i is last,
+// with inputs_0 = x and inputs_i = outputs[i - 1]. layer_sizes = {input_dim,
+// hidden..., num_classes}; params as Mlp's (W_0, b_0, W_1, b_1, ...);
+// x is [rows, input_dim] and outputs[i] [rows, layer_sizes[i + 1]], all
+// row-major float32 in the backend's memory; the last output is the
+// logits. Queues the kernels on `backend` (a device backend may still be
+// running them on return). REQUIRES: rows > 0, params.size() ==
+// 2 * outputs.size() == 2 * (layer_sizes.size() - 1), each buffer large
+// enough.
+void MlpForward(kernels::Backend* backend, const std::vector<int32_t>& layer_sizes,
+                const std::vector<const float*>& params, const float* x,
+                int32_t rows, const std::vector<float*>& outputs);
+
 class Mlp {
  public:
   // layer_sizes = {input_dim, hidden..., num_classes}; max_batch = largest

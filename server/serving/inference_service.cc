@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "common/quote.h"
 #include "common/status.h"
 
@@ -13,7 +14,6 @@ namespace psd::serving {
 
 namespace {
 
-constexpr char kVersion[] = "1";
 constexpr char kInput[] = "input";
 constexpr char kLogits[] = "logits";
 constexpr char kClass[] = "class";
@@ -32,24 +32,34 @@ bool HasOtherContents(const inference::InferTensorContents& c) {
 
 }  // namespace
 
-InferenceService::InferenceService(ServedModel model, DynamicBatcher* batcher)
-    : model_(std::move(model)), batcher_(batcher) {}
+InferenceService::InferenceService(std::string model_name,
+                                   ModelVersions* versions,
+                                   ServingMetrics* metrics)
+    : name_(std::move(model_name)), versions_(versions), metrics_(metrics) {}
 
-grpc::Status InferenceService::CheckModel(const std::string& name,
-                                          const std::string& version) const {
-  if (name != model_.name) {
+grpc::Status InferenceService::FindModel(
+    const std::string& name, const std::string& version,
+    std::shared_ptr<const ModelVersion>* found) const {
+  if (name != name_) {
     return grpc::Status(
         grpc::StatusCode::NOT_FOUND,
         absl::StrCat("model_name ", Quote(name), ": unknown (this server serves ",
-                     Quote(model_.name), ")"));
+                     Quote(name_), ")"));
   }
-  if (!version.empty() && version != kVersion) {
-    return grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("model_version ", Quote(version), " of model ",
-                     Quote(name), ": unknown (versions: \"1\")"));
+  *found = versions_->Get(version);
+  if (*found != nullptr) return grpc::Status::OK;
+  const std::vector<std::string> loaded = versions_->Names();
+  if (loaded.empty()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("model ", Quote(name),
+                                     ": no version loaded yet"));
   }
-  return grpc::Status::OK;
+  std::vector<std::string> quoted;
+  for (const std::string& v : loaded) quoted.push_back(Quote(v));
+  return grpc::Status(
+      grpc::StatusCode::NOT_FOUND,
+      absl::StrCat("model_version ", Quote(version), " of model ", Quote(name),
+                   ": not loaded (loaded: ", absl::StrJoin(quoted, ", "), ")"));
 }
 
 grpc::Status InferenceService::ServerLive(grpc::ServerContext*,
@@ -62,8 +72,7 @@ grpc::Status InferenceService::ServerLive(grpc::ServerContext*,
 grpc::Status InferenceService::ServerReady(
     grpc::ServerContext*, const inference::ServerReadyRequest*,
     inference::ServerReadyResponse* response) {
-  // The model is loaded before the server starts.
-  response->set_ready(true);
+  response->set_ready(versions_->newest_number() > 0);
   return grpc::Status::OK;
 }
 
@@ -78,7 +87,12 @@ grpc::Status InferenceService::ServerMetadata(
 grpc::Status InferenceService::ModelReady(
     grpc::ServerContext*, const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
-  grpc::Status known = CheckModel(request->name(), request->version());
+  std::shared_ptr<const ModelVersion> version;
+  grpc::Status known = FindModel(request->name(), request->version(), &version);
+  if (known.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    response->set_ready(false);
+    return grpc::Status::OK;
+  }
   if (!known.ok()) return known;
   response->set_ready(true);
   return grpc::Status::OK;
@@ -87,21 +101,28 @@ grpc::Status InferenceService::ModelReady(
 grpc::Status InferenceService::ModelMetadata(
     grpc::ServerContext*, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
-  grpc::Status known = CheckModel(request->name(), request->version());
+  std::shared_ptr<const ModelVersion> version;
+  grpc::Status known = FindModel(request->name(), request->version(), &version);
   if (!known.ok()) return known;
-  response->set_name(model_.name);
-  response->add_versions(kVersion);
+  const MlpModel& model = *version->model;
+  response->set_name(name_);
+  for (const std::string& v : versions_->Names()) response->add_versions(v);
   response->set_platform("psd_mlp");
+  auto& parameters = *response->mutable_parameters();
+  for (const auto& [key, value] : version->metadata) {
+    parameters[key].set_string_param(value);
+  }
+  parameters["version"].set_string_param(version->version);
   auto* input = response->add_inputs();
   input->set_name(kInput);
   input->set_datatype("FP32");
   input->add_shape(-1);
-  input->add_shape(model_.input_dim);
+  input->add_shape(model.input_dim());
   auto* logits = response->add_outputs();
   logits->set_name(kLogits);
   logits->set_datatype("FP32");
   logits->add_shape(-1);
-  logits->add_shape(model_.num_classes);
+  logits->add_shape(model.num_classes());
   auto* label = response->add_outputs();
   label->set_name(kClass);
   label->set_datatype("INT64");
@@ -112,10 +133,23 @@ grpc::Status InferenceService::ModelMetadata(
 grpc::Status InferenceService::ModelInfer(
     grpc::ServerContext*, const inference::ModelInferRequest* request,
     inference::ModelInferResponse* response) {
-  grpc::Status known = CheckModel(request->model_name(), request->model_version());
+  const absl::Time start = absl::Now();
+  grpc::Status status = Infer(*request, response);
+  if (metrics_ != nullptr) {
+    metrics_->RecordRequest(status.error_code(), absl::Now() - start);
+  }
+  return status;
+}
+
+grpc::Status InferenceService::Infer(const inference::ModelInferRequest& req,
+                                     inference::ModelInferResponse* response) {
+  const inference::ModelInferRequest* request = &req;
+  std::shared_ptr<const ModelVersion> version;
+  grpc::Status known =
+      FindModel(request->model_name(), request->model_version(), &version);
   if (!known.ok()) return known;
-  const int32_t max_batch = batcher_->options().max_batch_size;
-  const int64_t dim = model_.input_dim;
+  const int32_t max_batch = version->batcher->options().max_batch_size;
+  const int64_t dim = version->model->input_dim();
   if (request->inputs_size() != 1) {
     return Invalid(absl::StrCat("inputs: ", request->inputs_size(),
                                 " tensors, want 1 (\"input\")"));
@@ -194,13 +228,13 @@ grpc::Status InferenceService::ModelInfer(
   }
   if (outputs.empty()) outputs = {kLogits, kClass};
 
-  const int32_t classes = model_.num_classes;
+  const int32_t classes = version->model->num_classes();
   std::vector<float> logits(size_t(rows) * classes);
-  absl::Status ran = batcher_->Run(x, rows, logits.data());
+  absl::Status ran = version->batcher->Run(x, rows, logits.data());
   if (!ran.ok()) return ToGrpcStatus(ran);
 
-  response->set_model_name(model_.name);
-  response->set_model_version(kVersion);
+  response->set_model_name(name_);
+  response->set_model_version(version->version);
   response->set_id(request->id());
   for (const std::string& name : outputs) {
     auto* out = response->add_outputs();

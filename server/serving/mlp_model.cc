@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/mlp.h"
 
 namespace psd::serving {
 
@@ -91,26 +92,20 @@ MlpModel::MlpModel(std::vector<int32_t> layer_sizes,
       backend_(std::move(backend)),
       acts_(layer_sizes_.size() - 2) {}
 
-// The kernels and their order are those of Mlp::Forward (worker/mlp.cc):
-// per layer Y = X * W (Gemm, beta 0), += b (AddBias), ReLU but after the
-// last. Keep the two in step.
+// worker/mlp.h's MlpForward: the training code's kernels, in its order.
 void MlpModel::ForwardRows(const float* x, int32_t rows, float* logits) {
-  const int32_t layers = static_cast<int32_t>(layer_sizes_.size()) - 1;
-  const float* in = x;
-  for (int32_t i = 0; i < layers; ++i) {
-    const int fan_in = layer_sizes_[i], fan_out = layer_sizes_[i + 1];
-    float* out = logits;
-    if (i + 1 < layers) {
-      std::vector<float>& act = acts_[i];
-      if (act.size() < size_t(rows) * fan_out) act.resize(size_t(rows) * fan_out);
-      out = act.data();
-    }
-    backend_->Gemm(false, false, rows, fan_out, fan_in, 1.0f, in,
-                   params_[2 * i].values.data(), 0.0f, out);
-    backend_->AddBias(rows, fan_out, params_[2 * i + 1].values.data(), out);
-    if (i + 1 < layers) backend_->ReluForward(rows * fan_out, out);
-    in = out;
+  const size_t layers = layer_sizes_.size() - 1;
+  std::vector<float*> outputs;
+  for (size_t i = 0; i + 1 < layers; ++i) {
+    std::vector<float>& act = acts_[i];
+    const size_t n = size_t(rows) * layer_sizes_[i + 1];
+    if (act.size() < n) act.resize(n);
+    outputs.push_back(act.data());
   }
+  outputs.push_back(logits);
+  std::vector<const float*> params;
+  for (const NamedTensor& t : params_) params.push_back(t.values.data());
+  MlpForward(backend_.get(), layer_sizes_, params, x, rows, outputs);
 }
 
 }  // namespace psd::serving

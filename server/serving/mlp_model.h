@@ -19,10 +19,9 @@ namespace psd::serving {
 // (worker/mlp.h), whose parameters are "layer{i}.weight" [fan_in, fan_out]
 // and "layer{i}.bias" [fan_out] for i = 0.., as psd_ctl export names them.
 //
-// Forward runs exactly the kernels of Mlp's forward pass, in the same order
-// and on the same backend (Gemm, AddBias, ReluForward per layer), so its
-// logits are bit for bit those of the training code for the same rows and
-// batch.
+// Forward runs worker/mlp.h's MlpForward, the forward pass that the
+// training code's Mlp runs too, on the same backend, so its logits are bit
+// for bit those of the training code for the same rows and batch.
 //
 // Batch independence: a row's logits must not depend on the batch it runs
 // in (dynamic batching must give each request what it would get alone).

@@ -11,6 +11,12 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -19,7 +25,11 @@
 #include "kernels/kernels.h"
 #include "server/serving/batcher.h"
 #include "server/serving/inference_service.h"
+#include "server/serving/http_server.h"
 #include "server/serving/mlp_model.h"
+#include "server/serving/model_versions.h"
+#include "server/serving/oip_json.h"
+#include "server/serving/serving_metrics.h"
 #include "worker/mlp.h"
 
 namespace psd::serving {
@@ -212,28 +222,34 @@ TEST_CASE("DynamicBatcher: a full queue is RESOURCE_EXHAUSTED, an oversized "
 }
 
 // The service on 127.0.0.1:0 over a real channel (plaintext).
+ModelLoadOptions LoadOptions(int32_t max_batch) {
+  ModelLoadOptions o;
+  o.batching.max_batch_size = max_batch;
+  o.batching.max_queue_delay_microseconds = 500;
+  return o;
+}
+
+// The service over gRPC and HTTP, serving RandomMlp(1) as version "1".
 struct Served {
   explicit Served(int32_t max_batch = 8)
-      : model(Model()),
-        batcher(
-            [&] {
-              BatcherOptions o;
-              o.max_batch_size = max_batch;
-              o.max_queue_delay_microseconds = 500;
-              return o;
-            }(),
-            kInput, kClasses,
-            [m = model.get()](const float* x, int32_t rows, float* y) {
-              m->Forward(x, rows, y);
-            }),
-        service({"fashion", kInput, kClasses}, &batcher) {
+      : versions(LoadOptions(max_batch)),
+        metrics(&registry, &versions),
+        service("fashion", &versions, &metrics) {
+    versions.set_batch_observer([this](int32_t rows) { metrics.RecordBatch(rows); });
+    REQUIRE(versions.Load({RandomMlp(1), {{"step", "7"}}}, "test").ok());
     auto started = StartRpcServer(RpcServerOptions{}, {&service});
     REQUIRE(started.ok());
     rpc = *std::move(started);
     stub = inference::GRPCInferenceService::NewStub(
         MakeChannel(absl::StrCat("127.0.0.1:", rpc.port)));
+    auto web = HttpServer::Start("127.0.0.1:0", &service, 8, std::nullopt);
+    REQUIRE(web.ok());
+    http = *std::move(web);
   }
-  ~Served() { rpc.server->Shutdown(); }
+  ~Served() {
+    http.reset();
+    rpc.server->Shutdown();
+  }
 
   grpc::Status Infer(const inference::ModelInferRequest& request,
                      inference::ModelInferResponse* response) {
@@ -242,11 +258,27 @@ struct Served {
     return stub->ModelInfer(&context, request, response);
   }
 
-  std::unique_ptr<MlpModel> model;
-  DynamicBatcher batcher;
+  // POSTs `body` to `path`; returns {status, body}.
+  std::pair<int, std::string> Post(const std::string& path, const std::string& body) {
+    httplib::Client client("127.0.0.1", http->port());
+    auto result = client.Post(path.c_str(), body, "application/json");
+    REQUIRE(result);
+    return {result->status, result->body};
+  }
+  std::pair<int, std::string> Get(const std::string& path) {
+    httplib::Client client("127.0.0.1", http->port());
+    auto result = client.Get(path.c_str());
+    REQUIRE(result);
+    return {result->status, result->body};
+  }
+
+  MetricsRegistry registry;
+  ModelVersions versions;
+  ServingMetrics metrics;
   InferenceService service;
   RpcServer rpc;
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+  std::unique_ptr<HttpServer> http;
 };
 
 inference::ModelInferRequest Request(const std::vector<float>& x, bool raw) {
@@ -371,7 +403,8 @@ TEST_CASE("InferenceService: bad requests get a status naming the field",
   expect(r, grpc::StatusCode::NOT_FOUND, "model_name \"mnist\": unknown");
   r = Request(x, false);
   r.set_model_version("2");
-  expect(r, grpc::StatusCode::NOT_FOUND, "model_version \"2\"");
+  expect(r, grpc::StatusCode::NOT_FOUND,
+         "model_version \"2\" of model \"fashion\": not loaded (loaded: \"1\")");
   r = Request(x, false);
   r.mutable_inputs(0)->set_name("images");
   expect(r, grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].name: \"images\"");
@@ -440,6 +473,221 @@ TEST_CASE("InferenceService: bad requests get a status naming the field",
   // Still serving after all that.
   inference::ModelInferResponse response;
   CHECK(served.Infer(Request(x, true), &response).ok());
+}
+
+// An OIP JSON infer body for rows of x, nested [rows][784] when `nested`.
+std::string JsonBody(const std::vector<float>& x, bool nested,
+                     const std::string& extra_output = "") {
+  const size_t rows = x.size() / kInput;
+  std::string data;
+  for (size_t r = 0; r < rows; ++r) {
+    if (nested) data += r == 0 ? "[" : ",[";
+    for (size_t j = 0; j < kInput; ++j) {
+      if (j > 0 || (!nested && r > 0)) data += ",";
+      // %.9g reads back the same float.
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.9g", x[r * kInput + j]);
+      data += buf;
+    }
+    if (nested) data += "]";
+  }
+  return absl::StrCat(R"({"id":"h1","inputs":[{"name":"input","shape":[)", rows,
+                      R"(,784],"datatype":"FP32","data":[)", data, "]}]",
+                      extra_output, "}");
+}
+
+TEST_CASE("HTTP/JSON: the same results as gRPC, bit for bit", "[serving][http]") {
+  Served served;
+  const std::vector<float> x = RandomRows(3, 11);
+  inference::ModelInferResponse grpc_response;
+  REQUIRE(served.Infer(Request(x, false), &grpc_response).ok());
+  const auto& want = grpc_response.outputs(0).contents().fp32_contents();
+  for (bool nested : {false, true}) {
+    INFO("nested " << nested);
+    auto [status, body] = served.Post("/v2/models/fashion/infer", JsonBody(x, nested));
+    INFO(body);
+    REQUIRE(status == 200);
+    // Read back with protobuf's JSON parser, as a client would.
+    google::protobuf::Struct parsed;
+    REQUIRE(google::protobuf::util::JsonStringToMessage(body, &parsed).ok());
+    const auto& f = parsed.fields();
+    CHECK(f.at("model_name").string_value() == "fashion");
+    CHECK(f.at("model_version").string_value() == "1");
+    CHECK(f.at("id").string_value() == "h1");
+    const auto& outputs = f.at("outputs").list_value();
+    REQUIRE(outputs.values_size() == 2);
+    const auto& logits = outputs.values(0).struct_value().fields();
+    CHECK(logits.at("name").string_value() == "logits");
+    CHECK(logits.at("datatype").string_value() == "FP32");
+    CHECK(logits.at("shape").list_value().values(1).number_value() == kClasses);
+    const auto& data = logits.at("data").list_value();
+    REQUIRE(data.values_size() == want.size());
+    std::vector<float> got, expected(want.begin(), want.end());
+    for (const auto& v : data.values()) got.push_back(static_cast<float>(v.number_value()));
+    CHECK(SameBits(got, expected));
+    const auto& classes = outputs.values(1).struct_value().fields();
+    CHECK(classes.at("datatype").string_value() == "INT64");
+    for (int r = 0; r < 3; ++r) {
+      CHECK(classes.at("data").list_value().values(r).number_value() ==
+            grpc_response.outputs(1).contents().int64_contents(r));
+    }
+  }
+  // Versioned path, one output.
+  auto [status, body] = served.Post("/v2/models/fashion/versions/1/infer",
+                                    JsonBody(x, false, R"(,"outputs":[{"name":"class"}])"));
+  CHECK(status == 200);
+  CHECK_THAT(body, Catch::Contains(R"("name":"class")"));
+  CHECK_THAT(body, !Catch::Contains("logits"));
+  // Health and metadata.
+  CHECK(served.Get("/v2/health/live").first == 200);
+  CHECK(served.Get("/v2/health/ready") == std::pair<int, std::string>{200, R"({"ready":true})"});
+  CHECK(served.Get("/v2/models/fashion/ready").first == 200);
+  CHECK(served.Get("/v2/models/fashion/versions/1/ready").first == 200);
+  auto metadata = served.Get("/v2/models/fashion");
+  CHECK(metadata.first == 200);
+  CHECK_THAT(metadata.second, Catch::Contains(R"("versions":["1"])"));
+  CHECK_THAT(metadata.second, Catch::Contains(R"("shape":[-1,784])"));
+  CHECK_THAT(metadata.second, Catch::Contains(R"("step":"7")"));
+  CHECK_THAT(served.Get("/v2").second, Catch::Contains(R"("name":"psd_serve")"));
+}
+
+TEST_CASE("HTTP/JSON: bad requests get the status and the field",
+          "[serving][http]") {
+  Served served;
+  const std::vector<float> x = RandomRows(2, 5);
+  const std::string good = JsonBody(x, false);
+  auto expect = [&](const std::string& path, const std::string& body, int code,
+                    const std::string& text) {
+    auto [status, reply] = served.Post(path, body);
+    INFO(path << " " << body.substr(0, 200) << " -> " << reply);
+    CHECK(status == code);
+    // {"error": "..."} with the field named.
+    google::protobuf::Struct parsed;
+    REQUIRE(google::protobuf::util::JsonStringToMessage(reply, &parsed).ok());
+    REQUIRE(parsed.fields().count("error") == 1);
+    CHECK_THAT(parsed.fields().at("error").string_value(), Catch::Contains(text));
+  };
+  const std::string infer = "/v2/models/fashion/infer";
+  auto replace = [&](std::string from, std::string to) {
+    std::string body = good;
+    const size_t at = body.find(from);
+    REQUIRE(at != std::string::npos);
+    return body.replace(at, from.size(), to);
+  };
+  expect(infer, "{not json", 400, "request body: not a JSON object");
+  expect(infer, "[1,2]", 400, "request body: not a JSON object");
+  expect(infer, R"({"inputs":[]})", 400, "inputs: 0 tensors");
+  expect(infer, R"({"input":[]})", 400, "input: unknown field");
+  expect(infer, replace(R"("name":"input")", R"("name":"images")"), 400,
+         "inputs[0].name: \"images\"");
+  expect(infer, replace(R"("datatype":"FP32")", R"("datatype":"INT8")"), 400,
+         "inputs[0].datatype: \"INT8\"");
+  expect(infer, replace("[2,784]", "[2,783]"), 400,
+         "inputs[0].shape: [2,783], want [1..8, 784]");
+  expect(infer, replace("[2,784]", "[2.5,784]"), 400, "inputs[0].shape[0]: want an integer");
+  expect(infer, replace("[2,784]", "[1,784]"), 400,
+         "inputs[0].contents.fp32_contents: 1568 values, want 784");
+  expect(infer, replace(R"("data":[)", R"("data":["a",)"), 400,
+         "inputs[0].data[0]: want a number");
+  expect(infer, replace(R"("data":[)", R"("data":[1e300,)"), 400,
+         "inputs[0].data[0]: 1e+300 is not a finite FP32 value");
+  expect(infer, replace(R"("shape")", R"("shapes")"), 400, "inputs[0].shapes: unknown field");
+  expect(infer, replace(R"("datatype":"FP32",)", ""), 400, "inputs[0].datatype: missing");
+  expect(infer, replace(R"("id":"h1")", R"("id":7)"), 400, "id: want a string");
+  expect(infer, JsonBody(x, false, R"(,"outputs":[{"name":"probs"}])"), 400,
+         "outputs[0].name: \"probs\"");
+  expect("/v2/models/mnist/infer", good, 404, "model_name \"mnist\": unknown");
+  expect("/v2/models/fashion/versions/9/infer", good, 404,
+         "model_version \"9\" of model \"fashion\": not loaded");
+  CHECK(served.Get("/v2/models/fashion/versions/9").first == 404);
+  CHECK(served.Get("/v2/models/fashion/versions/9/ready").first == 404);
+  CHECK(served.Get("/v2/nothing/here").first == 404);
+  // Metrics count what happened, by code (both protocols meet there).
+  const std::string text = served.registry.RenderPrometheusText();
+  CHECK_THAT(text, Catch::Contains("psd_serve_requests_total{code=\"INVALID_ARGUMENT\"} 15"));
+  CHECK_THAT(text, Catch::Contains("psd_serve_requests_total{code=\"NOT_FOUND\"} 2"));
+  CHECK_THAT(text, Catch::Contains("psd_serve_model_version 1"));
+  CHECK_THAT(text, Catch::Contains("psd_serve_queue_length 0"));
+  // Still serving.
+  CHECK(served.Post(infer, good).first == 200);
+  CHECK_THAT(served.registry.RenderPrometheusText(),
+             Catch::Contains("psd_serve_batch_rows_count 1"));
+}
+
+TEST_CASE("HTTP status of each gRPC code", "[serving][http]") {
+  CHECK(HttpStatusOf(grpc::StatusCode::OK) == 200);
+  CHECK(HttpStatusOf(grpc::StatusCode::INVALID_ARGUMENT) == 400);
+  CHECK(HttpStatusOf(grpc::StatusCode::UNAUTHENTICATED) == 401);
+  CHECK(HttpStatusOf(grpc::StatusCode::PERMISSION_DENIED) == 403);
+  CHECK(HttpStatusOf(grpc::StatusCode::NOT_FOUND) == 404);
+  CHECK(HttpStatusOf(grpc::StatusCode::RESOURCE_EXHAUSTED) == 429);
+  CHECK(HttpStatusOf(grpc::StatusCode::UNAVAILABLE) == 503);
+  CHECK(HttpStatusOf(grpc::StatusCode::INTERNAL) == 500);
+}
+
+TEST_CASE("ModelVersions: a reload under load drops no request; two kept",
+          "[serving][versions]") {
+  Served served;
+  const std::vector<float> x = RandomRows(2, 3);
+  std::vector<float> v1(2 * kClasses), v2(2 * kClasses);
+  Model(1)->Forward(x.data(), 2, v1.data());
+  Model(2)->Forward(x.data(), 2, v2.data());
+  REQUIRE(!SameBits(v1, v2));
+  std::atomic<bool> stop{false};
+  std::atomic<int> failed{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        inference::ModelInferResponse response;
+        grpc::Status status = served.Infer(Request(x, true), &response);
+        if (!status.ok()) {
+          ++failed;
+          continue;
+        }
+        // Each answer is wholly one version's.
+        std::vector<float> got(2 * kClasses);
+        std::memcpy(got.data(), response.raw_output_contents(0).data(), got.size() * 4);
+        const bool is_v1 = SameBits(got, v1), is_v2 = SameBits(got, v2);
+        if (!(is_v1 || is_v2) ||
+            (is_v1 ? response.model_version() == "1" || response.model_version() == "3"
+                   : response.model_version() == "2") == false) {
+          ++failed;
+        }
+        ++answered;
+      }
+    });
+  }
+  // Versions 2 (seed 2) and 3 (seed 1 again) while the clients run.
+  while (answered < 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto v = served.versions.Load({RandomMlp(2), {}}, "seed 2");
+  REQUIRE(v.ok());
+  CHECK((*v)->version == "2");
+  const int before = answered;
+  while (answered < before + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  REQUIRE(served.versions.Load({RandomMlp(1), {}}, "seed 1").ok());
+  const int later = answered;
+  while (answered < later + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  stop = true;
+  for (auto& c : clients) c.join();
+  CHECK(failed == 0);
+  CHECK(served.versions.Names() == std::vector<std::string>{"2", "3"});
+  // "1" is unloaded; "2" can still be asked for by name.
+  inference::ModelInferRequest request = Request(x, true);
+  request.set_model_version("1");
+  inference::ModelInferResponse response;
+  CHECK(served.Infer(request, &response).error_code() == grpc::StatusCode::NOT_FOUND);
+  request.set_model_version("2");
+  REQUIRE(served.Infer(request, &response).ok());
+  std::vector<float> got(2 * kClasses);
+  std::memcpy(got.data(), response.raw_output_contents(0).data(), got.size() * 4);
+  CHECK(SameBits(got, v2));
+  // A model of another signature is refused; the served one stays.
+  std::vector<NamedTensor> other = RandomMlp(1);
+  other.resize(2);  // one layer: 784 -> 256
+  auto refused = served.versions.Load({other, {}}, "one layer");
+  CHECK(refused.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(served.versions.newest_number() == 3);
 }
 
 }  // namespace
