@@ -36,8 +36,8 @@ victim=$(q "$job" "addr[shards[0]['primary']].split(':')[0]")
 [[ $victim == psd-server-* ]] || fail "shard 0's primary is '$victim', not a DNS name"
 EPOCH=$(epoch_of "$job")
 wait_step "$job" 20
-podman restart -t 0 "$NETP-$victim" >/dev/null || fail "podman restart $NETP-$victim"
-echo "restarted container $NETP-$victim (shard 0's primary) at step >= 20"
+podman restart -t 0 "$NETP-${victim#psd-}" >/dev/null || fail "podman restart $NETP-${victim#psd-}"
+echo "restarted container $NETP-${victim#psd-} (shard 0's primary) at step >= 20"
 wait_until "$job" "addr[shards[0]['primary']].split(':')[0] != '$victim' and int(j['viewEpoch']) > $EPOCH" \
   "shard 0 still led by the restarted $victim"
 wait_until "$job" "all(len(s.get('backups', [])) == 1 for s in j['shards'])" \

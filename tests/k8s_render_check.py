@@ -18,7 +18,9 @@ k8s_manifest_test.py:
     `psd_ctl health HOST:PORT`).
 """
 
+import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -27,7 +29,7 @@ import subprocess
 
 import yaml
 
-from static_check import K8S, note, problem
+from static_check import K8S, note, problem, problems
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -191,6 +193,52 @@ def check_probe_ports(rendered):
                                c.get("name"), which, port))
 
 
+# Objects each check must refuse (self_test): the checks are shown to fail.
+BAD_DEPLOYMENT = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad"},
+    "spec": {"selector": {"matchLabels": {"app": "bad"}}, "template": {
+        "metadata": {"labels": {"app": "bad"}},
+        "spec": {"containers": [{
+            "name": "psd", "image": "psd", "ports": [{"containerPort": 7070, "name": "grpc"}],
+            "readinessProbe": {"tcpSocket": {"port": 7071}},
+            "livenessProbe": {"exec": {"command": ["psd_ctl", "health", "127.0.0.1:7072"]}},
+        }]}}},
+}
+SELF_TESTS = [
+    ("a Service name with '_'", check_names,
+     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "psd_coordinator"},
+      "spec": {"ports": [{"port": 7070}]}}, 1),
+    ("an upper-case container name, a 20-character port name",
+     check_names, {**BAD_DEPLOYMENT, "spec": {**BAD_DEPLOYMENT["spec"], "template": {
+         "metadata": {}, "spec": {"containers": [{"name": "Psd", "image": "psd", "ports": [
+             {"containerPort": 1, "name": "a-port-name-too-long"}]}]}}}}, 2),
+    ("probes on undeclared ports (tcpSocket, psd_ctl health)", check_probe_ports,
+     BAD_DEPLOYMENT, 2),
+    ("an unknown field (spec.replica)", check_schemas,
+     {**BAD_DEPLOYMENT, "spec": {**BAD_DEPLOYMENT["spec"], "replica": 2}}, 1),
+    ("a string port", check_schemas,
+     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+      "spec": {"ports": [{"port": "grpc"}]}}, 1),
+]
+
+
+def self_test():
+    """Each check finds the problems planted in SELF_TESTS' objects."""
+    for label, check, obj, want in SELF_TESTS:
+        before = len(problems)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            check([("self-test", obj)])
+        found = problems[before:]
+        del problems[before:]
+        if check is check_schemas and "SKIP" in out.getvalue():
+            continue
+        if len(found) < want:
+            problem("self-test: %s: %s found %d problems, want %d: %s"
+                    % (label, check.__name__, len(found), want, found))
+    note("self-test: the rendered-manifest checks refuse %d planted objects" % len(SELF_TESTS))
+
+
 def check_rendered():
     """Renders every kustomization and checks the result; returns the
     copy's root for the caller's own overlays, or None without kubectl."""
@@ -199,6 +247,7 @@ def check_rendered():
         note("SKIP rendering and schema validation: no kubectl on PATH (Debian's "
              "kubernetes-client package has it)")
         return None
+    self_test()
     work = work_copy()
     rendered = render_all(kubectl, work)
     check_names(rendered)

@@ -1,5 +1,6 @@
 // Validates Kubernetes objects against the official OpenAPI schemas that the
-// npm package kubernetes-models bundles (offline; no API server), and finds
+// npm package kubernetes-models bundles (and cert-manager's CRD schemas,
+// @kubernetes-models/cert-manager), offline (no API server), and finds
 // the fields those schemas do not define, which they let through but the
 // API server refuses under strict field validation (kubectl's default).
 // Run by tests/k8s_manifest_test.py:
@@ -25,21 +26,26 @@ if (process.argv.length !== 3) {
 }
 const items = JSON.parse(readFileSync(process.argv[2], "utf8"));
 
-// kubernetes-models' folder, from NODE_PATH (ESM import ignores NODE_PATH,
-// and the package exports for import only).
-const modelsDir = (process.env.NODE_PATH || "").split(path.delimiter).filter(Boolean)
-  .map((d) => path.join(d, "kubernetes-models"))
-  .find((d) => existsSync(path.join(d, "package.json")));
-if (!modelsDir) {
+// node_modules (from NODE_PATH: ESM import ignores it, and the packages
+// export for import only) holding kubernetes-models and, for cert-manager's
+// resources, @kubernetes-models/cert-manager.
+const modules = (process.env.NODE_PATH || "").split(path.delimiter).filter(Boolean)
+  .find((d) => existsSync(path.join(d, "kubernetes-models", "package.json")));
+if (!modules) {
   console.error("k8s_schema_check: no kubernetes-models under NODE_PATH");
   process.exit(2);
 }
 
-function schemaName(apiVersion, kind) {
+// The schema module of apiVersion + kind.
+function schemaFile(apiVersion, kind) {
   const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : ["", apiVersion];
   const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
+  if (group === "cert-manager.io") {
+    return path.join(modules, "@kubernetes-models", "cert-manager", "_schemas",
+      "ComGithubCertManagerCertManagerPkgApisCertmanager" + cap(version) + kind + ".js");
+  }
   const g = group === "" ? "Core" : cap(group.split(".")[0]);
-  return "IoK8sApi" + g + cap(version) + kind;
+  return path.join(modules, "kubernetes-models", "_schemas", "IoK8sApi" + g + cap(version) + kind + ".js");
 }
 
 // Wraps value so that reads and key enumerations are recorded per path.
@@ -73,7 +79,7 @@ function track(value, where, seen) {
 let failed = 0;
 for (const { source, object } of items) {
   const label = `${source} ${object.kind}/${(object.metadata || {}).name}`;
-  const file = path.join(modelsDir, "_schemas", schemaName(object.apiVersion, object.kind) + ".js");
+  const file = schemaFile(object.apiVersion, object.kind);
   if (!existsSync(file)) {
     console.log(`SKIP ${label}: no schema for ${object.apiVersion} ${object.kind} in kubernetes-models`);
     continue;
