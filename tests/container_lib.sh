@@ -132,8 +132,8 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # and on it the containers $P-NET-coordinator, -server-I, -worker-I and
 # -ctl (psd_ctl's shell, with $WORK mounted); on a bridge network each is
 # known by its DNS name (psd-coordinator, psd-server-I, psd-worker-I), on
-# the host's by 127.0.0.1 and its port. Sets CTL (psd_ctl in -ctl, as
-# alice) and NETP (the container name prefix).
+# the host's by 127.0.0.1 and its port. Sets CTL (ctl_in_container) and
+# NETP (the container name prefix).
 start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
@@ -172,11 +172,21 @@ start_containers() {
       fail "worker container $i did not start"
   done
   chmod 0777 "$WORK"
-  "${run[@]}" --name "$NETP-ctl" -v "$WORK:$WORK" "$IMAGE" sleep infinity >/dev/null ||
+  "${run[@]}" --name "$NETP-ctl" -v "$WORK:/work" "$IMAGE" sleep infinity >/dev/null ||
     fail "the psd_ctl container did not start"
-  CTL=(podman exec "$NETP-ctl" psd_ctl --coordinator="$coord" $(ctls user-alice))
+  CTL_COORDINATOR=$coord
+  CTL=(ctl_in_container)
   "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=60 wait-ready ||
     fail "the $net-network cluster never became ready"
+}
+
+# ctl_in_container ARGS...: psd_ctl ARGS in the -ctl container, as alice;
+# paths under $WORK become /work, where it is mounted ($WORK itself may lie
+# under a folder that the image's user cannot enter, as Bazel's does).
+ctl_in_container() {
+  local args=() a
+  for a in "$@"; do args+=("${a//$WORK//work}"); done
+  podman exec "$NETP-ctl" psd_ctl --coordinator="$CTL_COORDINATOR" $(ctls user-alice) "${args[@]}"
 }
 
 # stop_containers: removes the containers and network of start_containers
