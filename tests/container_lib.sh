@@ -131,7 +131,7 @@ container_certs() {
 ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1.pem --tls_key_file=/etc/psd/tls/$1.key"; }
 
 # start_containers NET SERVERS WORKERS [COORDINATOR_ARGS...]: a network
-# ("host" for the host's, else a new user-defined bridge network $P-NET)
+# (NET host...: the host's, else a new user-defined bridge network $P-NET)
 # and on it the containers $P-NET-coordinator, -server-I, -worker-I and
 # -ctl (psd_ctl's shell, with $WORK mounted); on a bridge network each is
 # known by its DNS name (psd-coordinator, psd-server-I, psd-worker-I), on
@@ -141,6 +141,7 @@ start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
   NETP=$P-$net
+  [[ $net == host* ]] && net=host
   local run=(podman run -d --pull=never -v "$WORK/ctls:/etc/psd/tls:ro")
   local coord=psd-coordinator:7070
   if [ "$net" = host ]; then
@@ -152,14 +153,16 @@ start_containers() {
   fi
   # host network: one port per process (7070, 7171+I, 7271+I)
   local sport=7071 wport=7072
-  "${run[@]}" --name "$NETP-coordinator" --network-alias psd-coordinator "$IMAGE" \
+  # dns_alias NAME: the DNS name option on a bridge network.
+  dns_alias() { [ "$net" = host ] || echo "--network-alias=$1"; }
+  "${run[@]}" --name "$NETP-coordinator" $(dns_alias psd-coordinator) "$IMAGE" \
     psd_coordinator --listen=0.0.0.0:7070 $(ctls coordinator) "$@" >/dev/null ||
     fail "the coordinator container did not start"
   for i in $(seq "$servers"); do
     [ "$net" = host ] && sport=$((7170 + i))
     local adv=psd-server-$i
     [ "$net" = host ] && adv=127.0.0.1
-    "${run[@]}" --name "$NETP-server-$i" --network-alias "psd-server-$i" "$IMAGE" \
+    "${run[@]}" --name "$NETP-server-$i" $(dns_alias "psd-server-$i") "$IMAGE" \
       psd_server --coordinator="$coord" --listen="0.0.0.0:$sport" \
       --advertise="$adv:$sport" --data_dir=/var/lib/psd/data \
       --connect_timeout_ms=60000 $(ctls server) >/dev/null ||
@@ -169,7 +172,7 @@ start_containers() {
     [ "$net" = host ] && wport=$((7270 + i))
     local adv=psd-worker-$i
     [ "$net" = host ] && adv=127.0.0.1
-    "${run[@]}" --name "$NETP-worker-$i" --network-alias "psd-worker-$i" "$IMAGE" \
+    "${run[@]}" --name "$NETP-worker-$i" $(dns_alias "psd-worker-$i") "$IMAGE" \
       psd_worker --coordinator="$coord" --listen="0.0.0.0:$wport" \
       --advertise="$adv:$wport" --connect_timeout_ms=60000 $(ctls worker) >/dev/null ||
       fail "worker container $i did not start"

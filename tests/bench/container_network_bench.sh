@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# psd in containers on the host's network against a podman bridge network
+# with DNS names (what pods have), issue 24. The quick-start topology: a
+# coordinator (R=2), 3 servers and 2 workers, each a container of the image
+# tests/container_test.sh builds (tests/container_lib.sh), mutual TLS; the
+# quick-start job (deploy/jobs/fashion_mnist_mlp.textproto) cut to EPOCHS
+# epochs. Per run, a fresh cluster on one network, then the job: wall
+# seconds from submit to SUCCEEDED (psd_ctl watch). Networks alternate
+# (host, bridge, host, ...), RUNS runs each; prints each run, the medians
+# and bridge/host, and checks that every run exported the same parameters.
+#
+# Usage (root, podman: deploy/install_deps.sh), from the repository root
+# after bazel build //server/... //worker:psd_worker //deploy:psd_ctl:
+#   tests/bench/container_network_bench.sh [RUNS] [EPOCHS]   (default 3, 2)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-3}
+EPOCHS=${2:-2}
+BIN=${BIN:-bazel-bin}
+PSD_TEST_TLS=1
+source tests/cluster_lib.sh
+source tests/replicated_lib.sh
+source tests/container_lib.sh
+
+containers_setup
+build_image
+container_certs
+sed "s/^epochs: .*/epochs: $EPOCHS/" deploy/jobs/fashion_mnist_mlp.textproto >"$WORK/job.textproto"
+grep -q "^epochs: $EPOCHS\$" "$WORK/job.textproto" || fail "no epochs line in the quick-start job"
+
+declare -A SECONDS_OF
+sums=()
+for run in $(seq "$RUNS"); do
+  for net in host bridge; do
+    start_containers "$net$run" 3 2 --replication_factor=2
+    job=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
+    t0=$(date +%s.%N)
+    "${CTL[@]}" watch "$job" >"$WORK/$net$run.watch" || fail "$net run $run: job failed"
+    t1=$(date +%s.%N)
+    sum=$("${CTL[@]}" export "$job" "$WORK/$net$run.safetensors" | grep -o 'crc32:[0-9a-f]*')
+    s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    SECONDS_OF[$net]+="$s "
+    sums+=("$sum")
+    echo "run $run $net: $s s ($sum)"
+    stop_containers
+  done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+h=$(echo "${SECONDS_OF[host]}" | median)
+b=$(echo "${SECONDS_OF[bridge]}" | median)
+echo "median submit-to-SUCCEEDED: host network $h s, bridge network $b s, bridge/host $(awk -v h="$h" -v b="$b" 'BEGIN { printf "%.2f", b / h }')"
+[ "$(printf '%s\n' "${sums[@]}" | sort -u | wc -l)" = 1 ] ||
+  fail "runs exported different parameters: ${sums[*]}"
