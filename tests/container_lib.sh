@@ -136,13 +136,15 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # -ctl (psd_ctl's shell, with $WORK mounted); on a bridge network each is
 # known by its DNS name (psd-coordinator, psd-server-I, psd-worker-I), on
 # the host's by 127.0.0.1 and its port. Sets CTL (ctl_in_container) and
-# NETP (the container name prefix).
+# NETP (the container name prefix). PSD_CONTAINER_ARGS: more podman run
+# options for every container (e.g. -e GRPC_VERBOSITY=debug).
 start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
   NETP=$P-$net
   [[ $net == host* ]] && net=host
-  local run=(podman run -d --pull=never -v "$WORK/ctls:/etc/psd/tls:ro")
+  local run=(podman run -d --pull=never -v "$WORK/ctls:/etc/psd/tls:ro"
+    ${PSD_CONTAINER_ARGS:-})
   local coord=psd-coordinator:7070
   if [ "$net" = host ]; then
     run+=(--network=host)

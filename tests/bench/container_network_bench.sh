@@ -5,13 +5,15 @@
 # tests/container_test.sh builds (tests/container_lib.sh), mutual TLS; the
 # quick-start job (deploy/jobs/fashion_mnist_mlp.textproto) cut to EPOCHS
 # epochs. Per run, a fresh cluster on one network, then the job: wall
-# seconds from submit to SUCCEEDED (psd_ctl watch). Networks alternate
+# seconds from submit to SUCCEEDED (psd_ctl watch), the view changes the
+# workers saw and their longest failover wait. Networks alternate
 # (host, bridge, host, ...), RUNS runs each; prints each run, the medians
 # and bridge/host, and checks that every run exported the same parameters.
 #
 # Usage (root, podman: deploy/install_deps.sh), from the repository root
 # after bazel build //server/... //worker:psd_worker //deploy:psd_ctl:
 #   tests/bench/container_network_bench.sh [RUNS] [EPOCHS]   (default 3, 2)
+# NETWORKS="bridge" (say) runs one network only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
@@ -31,7 +33,7 @@ grep -q "^epochs: $EPOCHS\$" "$WORK/job.textproto" || fail "no epochs line in th
 declare -A SECONDS_OF
 sums=()
 for run in $(seq "$RUNS"); do
-  for net in host bridge; do
+  for net in ${NETWORKS:-host bridge}; do
     start_containers "$net$run" 3 2 --replication_factor=2
     job=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
     t0=$(date +%s.%N)
@@ -41,13 +43,17 @@ for run in $(seq "$RUNS"); do
     s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     SECONDS_OF[$net]+="$s "
     sums+=("$sum")
-    echo "run $run $net: $s s ($sum)"
-    stop_containers
+    stop_containers # keeps the logs in $WORK
+    # View changes during the job, and the longest failover a worker saw.
+    views=$(cat "$WORK/$NETP"-worker-*.log | grep -c 'view epoch .* -> ' || true)
+    longest=$(cat "$WORK/$NETP"-worker-*.log | grep -o 'failed over after [0-9]* ms' |
+      awk '{ if ($4 > m) m = $4 } END { print m + 0 }')
+    echo "run $run $net: $s s ($sum; view changes seen by workers: $views, longest failover $longest ms)"
   done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-h=$(echo "${SECONDS_OF[host]}" | median)
-b=$(echo "${SECONDS_OF[bridge]}" | median)
+h=$(echo "${SECONDS_OF[host]:-0}" | median)
+b=$(echo "${SECONDS_OF[bridge]:-0}" | median)
 echo "median submit-to-SUCCEEDED: host network $h s, bridge network $b s, bridge/host $(awk -v h="$h" -v b="$b" 'BEGIN { printf "%.2f", b / h }')"
 [ "$(printf '%s\n' "${sums[@]}" | sort -u | wc -l)" = 1 ] ||
   fail "runs exported different parameters: ${sums[*]}"
