@@ -137,7 +137,8 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # known by its DNS name (psd-coordinator, psd-server-I, psd-worker-I), on
 # the host's by 127.0.0.1 and its port. Sets CTL (ctl_in_container) and
 # NETP (the container name prefix). PSD_CONTAINER_ARGS: more podman run
-# options for every container (e.g. -e GRPC_VERBOSITY=debug).
+# options for every container (e.g. -e GRPC_VERBOSITY=debug);
+# PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500).
 start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
@@ -150,7 +151,8 @@ start_containers() {
     run+=(--network=host)
     coord=127.0.0.1:7070
   else
-    podman network create "$NETP" >/dev/null || fail "podman network create $NETP"
+    podman network create ${PSD_NETWORK_MTU:+--opt mtu=$PSD_NETWORK_MTU} "$NETP" >/dev/null ||
+      fail "podman network create $NETP"
     run+=(--network="$NETP")
   fi
   # host network: one port per process (7070, 7171+I, 7271+I)
