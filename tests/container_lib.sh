@@ -136,7 +136,8 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # -ctl (psd_ctl's shell, with $WORK mounted); on a bridge network each is
 # known by its DNS name (psd-coordinator, psd-server-I, psd-worker-I), on
 # the host's by 127.0.0.1 and its port. Sets CTL (ctl_in_container) and
-# NETP (the container name prefix). PSD_CONTAINER_ARGS: more podman run
+# NETP (the container name prefix); PSD_BUF set, buf is in -ctl too, as
+# /usr/local/bin/buf. PSD_CONTAINER_ARGS: more podman run
 # options for every container (e.g. -e GRPC_VERBOSITY=debug);
 # PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500).
 start_containers() {
@@ -182,7 +183,10 @@ start_containers() {
       fail "worker container $i did not start"
   done
   chmod 0777 "$WORK"
-  "${run[@]}" --name "$NETP-ctl" -v "$WORK:/work" "$IMAGE" sleep infinity >/dev/null ||
+  # buf (grpcurl's stand-in; tests/run_tests.sh installs it), if given.
+  local buf=()
+  [ -x "${PSD_BUF:-}" ] && buf=(-v "$(readlink -f "$PSD_BUF"):/usr/local/bin/buf:ro")
+  "${run[@]}" --name "$NETP-ctl" -v "$WORK:/work" "${buf[@]}" "$IMAGE" sleep infinity >/dev/null ||
     fail "the psd_ctl container did not start"
   CTL_COORDINATOR=$coord
   CTL=(ctl_in_container)

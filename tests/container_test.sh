@@ -13,6 +13,9 @@
 #      shard 0's primary is restarted (`podman restart`, what a kubelet
 #      does after a crash); the job ends SUCCEEDED above the accuracy floor,
 #      with the reference checksum, and every replica agrees.
+#   3. With buf (PSD_BUF, as grpcurl_test), every service each container's
+#      process lists by reflection answers SERVING by name in
+#      grpc.health.v1.Health (what a grpc: probe naming it asks).
 # Where containers cannot run here (not root, podman or its base image
 # missing) it prints "SKIP: container_test: REASON" and exits 0; where
 # podman is installed but cannot run a container, it fails.
@@ -48,6 +51,29 @@ accuracy=$(echo "$status" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk 
 awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||
   fail "test accuracy $accuracy below the floor $FLOOR"
 echo "containers: test accuracy $accuracy"
+# Health per service (what a Kubernetes grpc: probe naming its service
+# asks): every service each process lists by reflection is SERVING by name.
+if [ -x "${PSD_BUF:-}" ]; then
+  buf=(podman exec "$NETP-ctl" buf curl --protocol grpc --cacert /etc/psd/tls/ca.pem
+    --cert /etc/psd/tls/user-alice.pem --key /etc/psd/tls/user-alice.key)
+  for target in psd-coordinator:7070 psd-server-2:7071 psd-worker-1:7072; do
+    # --insecure: no host name check (only the coordinator's certificate
+    # names its DNS name); TLS and the client certificate all the same.
+    services=$("${buf[@]}" --insecure --list-services "https://$target") ||
+      fail "$target: cannot list services: $services"
+    n=0
+    for s in $services; do
+      out=$("${buf[@]}" --insecure -d "{\"service\": \"$s\"}" \
+        "https://$target/grpc.health.v1.Health/Check" 2>&1)
+      echo "$out" | grep -q '"status": "SERVING"' || fail "$target: health of $s: $out"
+      n=$((n + 1))
+    done
+    [ "$n" -ge 3 ] || fail "$target lists $n services: $services"
+    echo "health: $target: SERVING for each of its $n services ($(echo $services))"
+  done
+else
+  echo "SKIP (health per service): buf not available (PSD_BUF unset); tests/run_tests.sh installs it"
+fi
 podman logs "$NETP-coordinator" 2>&1 | grep -q "registered again from the same data directory\|missed heartbeats" ||
   fail "the coordinator never noticed the restart of $victim"
 echo PASS

@@ -58,7 +58,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR 
 h=$(echo "${SECONDS_OF[host]:-0}" | median)
 b=$(echo "${SECONDS_OF[bridge]:-0}" | median)
 j=$(echo "${SECONDS_OF[jumbo]:-0}" | median)
-ratio() { awk -v h="$h" -v b="$1" 'BEGIN { printf "%.2f", h > 0 ? b / h : 0 }'; }
+ratio() { awk -v h="$h" -v b="$1" 'BEGIN { printf "%.2f", (h > 0 ? b / h : 0) }'; }
 echo "median submit-to-SUCCEEDED: host network $h s, bridge network $b s ($(ratio "$b")x), bridge with MTU 65520 $j s ($(ratio "$j")x)"
 [ "$(printf '%s\n' "${sums[@]}" | sort -u | wc -l)" = 1 ] ||
   fail "runs exported different parameters: ${sums[*]}"
