@@ -109,6 +109,7 @@ build_image() {
 # networks, then runs cluster_lib.sh's on_exit.
 containers_cleanup() {
   local code=$? c
+  set +e # (exit $code) below must not end the handler
   for c in $(podman ps -a --filter "name=^$P-" --format '{{.Names}}' 2>/dev/null); do
     podman logs "$c" >"$WORK/$c.log" 2>&1 || true
     podman rm -f -t 2 "$c" >/dev/null 2>&1 || true
