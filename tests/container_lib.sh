@@ -94,11 +94,16 @@ build_image() {
   mkdir -p "$ctx/prebuilt"
   cp "$BIN/server/coordinator/psd_coordinator" "$BIN/server/ps/psd_server" \
     "$BIN/worker/psd_worker" "$BIN/deploy/psd_ctl" "$ctx/prebuilt/"
+  local old
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   podman build --pull=never --build-arg PSD_BINARIES=prebuilt --target runtime \
     -f deploy/docker/Dockerfile -t "$IMAGE" "$ctx" >"$WORK/image-build.log" 2>&1 || {
     tail -20 "$WORK/image-build.log"
     fail "podman build of deploy/docker/Dockerfile (PSD_BINARIES=prebuilt) failed"
   }
+  # The previous run's image, if these binaries made a new one.
+  [ -z "$old" ] || [ "$old" = "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ] ||
+    podman rmi "$old" >/dev/null 2>&1 || true
   local user
   user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
   [ "$user" = 10001:10001 ] || fail "the image runs as '$user', not 10001:10001"
