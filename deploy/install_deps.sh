@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages psd needs to build, test and run, if any are
 # missing. Idempotent, and silent when everything is already there.
+#   --no-containers  leave out CONTAINER_TOOLS (the Dockerfile's build stage)
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +11,16 @@ PACKAGES=(
   libcpp-httplib-dev python3-yaml python3-protobuf
   clang libclang-rt-14-dev
 )
+# What tests/container_test.sh runs the cluster with (docs/DEPLOY.md):
+# podman 4.3 with Debian's runc (crun cannot set rlimits or use hybrid
+# cgroups in CI's sandbox), netavark and aardvark-dns (user-defined networks
+# where containers find each other by name), mmdebstrap (the
+# debian:bookworm-slim base, with no registry reachable), uidmap and
+# slirp4netns (podman's own dependencies for rootless use), iptables.
+CONTAINER_TOOLS=(
+  podman runc netavark aardvark-dns mmdebstrap uidmap slirp4netns iptables
+)
+[ "${1:-}" = --no-containers ] || PACKAGES+=("${CONTAINER_TOOLS[@]}")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

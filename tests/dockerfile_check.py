@@ -2,9 +2,13 @@
 
 Dockerfile (deploy/docker/Dockerfile):
   - bases are debian:bookworm*, the last stage runs as a non-root user;
-  - every COPY source exists in the repository; every COPY --from=build
-    source is a binary that the build stage builds with Bazel and copies
-    out of bazel-bin, and the four binaries are all there;
+  - every COPY source exists in the repository; every COPY --from source
+    is a binary that the build stage builds with Bazel and copies out of
+    bazel-bin, and the four binaries are all there;
+  - the binaries' stage is FROM ${PSD_BINARIES} (a global ARG whose
+    default is the build stage); the other choice, the stage "prebuilt"
+    (FROM scratch), copies the build context's prebuilt/ to the same
+    folder (tests/container_test.sh builds the runtime stage that way);
   - build stage packages: it runs deploy/install_deps.sh, and any package it
     apt-installs itself is in install_deps.sh's PACKAGES;
   - runtime stage packages ("runtime counterparts"): each is in PACKAGES
@@ -25,7 +29,9 @@ from static_check import (BASE_IMAGE_PACKAGES, BIN, BINARIES, BINARY_PATHS,
 
 
 def dockerfile_stages():
-    """[(name, base, [(instruction, args)])], continuation lines joined."""
+    """[(name, base, [(instruction, args)])], continuation lines joined; the
+    global ARGs (before the first FROM) become a stage named None, base
+    None, at the front when there are any."""
     with open(DOCKERFILE) as f:
         text = f.read()
     lines, cur = [], ""
@@ -49,6 +55,8 @@ def dockerfile_stages():
             stages.append((m.group(2), m.group(1), []))
         elif stages:
             stages[-1][2].append((ins, args.strip()))
+        elif ins == "ARG":
+            stages.append((None, None, [(ins, args.strip())]))
         else:
             problem("%s: %s before FROM" % (DOCKERFILE, ins))
     return stages
@@ -78,15 +86,55 @@ def apt_installed(runs):
     return pkgs
 
 
+def binaries_stage(stages, global_args):
+    """Checks the PSD_BINARIES choice; returns {stage name: the stages its
+    COPY --from may mean} for the stages based on an ARG."""
+    names = {name for name, _, _ in stages}
+    means = {}
+    for name, base, st in stages:
+        m = re.match(r"^\$\{?(\w+)\}?$", base)
+        if not m:
+            continue
+        default = global_args.get(m.group(1))
+        if default != "build" or "prebuilt" not in names:
+            problem("%s: stage %s is FROM %s: want a global ARG %s=build and a "
+                    "stage prebuilt" % (DOCKERFILE, name, base, m.group(1)))
+        means[name] = ["build", "prebuilt"]
+    return means
+
+
+def check_prebuilt(stages, bin_dirs):
+    """The prebuilt stage copies the context's prebuilt/ where the build
+    stage puts the binaries."""
+    for name, base, st in stages:
+        if name != "prebuilt":
+            continue
+        copies = [a.split() for i, a in st if i == "COPY"]
+        if base != "scratch" or len(st) != 1 or not copies or \
+                copies[0][0] != "prebuilt/" or \
+                copies[0][-1].rstrip("/") not in bin_dirs:
+            problem("%s: stage prebuilt is not FROM scratch + COPY prebuilt/ %s"
+                    % (DOCKERFILE, " or ".join(sorted(bin_dirs))))
+
+
 def check_dockerfile():
     stages = dockerfile_stages()
+    global_args = {}
+    if stages and stages[0][0] is None:
+        for _, args in stages.pop(0)[2]:
+            k, _, v = args.partition("=")
+            global_args[k] = v
     if len(stages) < 2:
         problem("%s: not a multi-stage build (%d stages)" % (DOCKERFILE, len(stages)))
         return None
     for name, base, _ in stages:
+        if name == "prebuilt" and base == "scratch" or re.match(r"^\$\{?\w+\}?$", base):
+            continue
         if not re.match(r"^debian:bookworm(-slim)?$", base):
             problem("%s: stage %s is based on %s, not debian:bookworm" % (DOCKERFILE, name, base))
     stage_names = {name for name, _, _ in stages}
+    means = binaries_stage(stages, global_args)
+    bin_dirs = set()
     build_name, _, build = stages[0]
     runtime_name, _, runtime = stages[-1]
     packages = install_deps_packages()
@@ -108,6 +156,8 @@ def check_dockerfile():
             srcs = [w for w in words if not w.startswith("--")][:-1]
             frm = next((o.split("=", 1)[1] for o in opts if o.startswith("--from=")), None)
             for src in srcs:
+                if frm is None and name == "prebuilt":
+                    continue  # the build context's, not the repository's
                 if frm is None:
                     if not os.path.exists(os.path.join(repo_root(), src)):
                         problem("%s: COPY source %s does not exist in the repository"
@@ -116,6 +166,11 @@ def check_dockerfile():
                 if frm not in stage_names:
                     problem("%s: COPY --from=%s: no such stage" % (DOCKERFILE, frm))
                     continue
+                if frm in means:
+                    bin_dirs.add(os.path.dirname(src))
+                elif frm != build_name:
+                    problem("%s: COPY --from=%s: neither the build stage nor the "
+                            "binaries' stage" % (DOCKERFILE, frm))
                 binary = os.path.basename(src.rstrip("/"))
                 label = BINARIES.get(binary)
                 if label is None or label not in built_labels:
@@ -125,6 +180,7 @@ def check_dockerfile():
                         os.path.dirname(src) not in build_runs:
                     problem("%s: the build stage does not copy bazel-bin/%s to %s"
                             % (DOCKERFILE, BINARY_PATHS[binary], os.path.dirname(src)))
+    check_prebuilt(stages, bin_dirs)
     copied = {os.path.basename(w) for i, a in runtime if i == "COPY" and "--from=" in a
               for w in a.split()[1:-1]}
     for b, label in BINARIES.items():

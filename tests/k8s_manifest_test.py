@@ -44,6 +44,10 @@ Transport security (mutual TLS from Secrets):
     coordinator certificates; the cert-manager Component builds with
     kubectl kustomize.
 
+Rendered (tests/k8s_render_check.py): every kustomization with kubectl
+kustomize, validated against the Kubernetes schemas (kubernetes-models),
+names the API server would refuse, probe ports no container declares.
+
 The Dockerfile checks are in tests/dockerfile_check.py.
 """
 
@@ -58,6 +62,7 @@ import sys
 import yaml
 
 from dockerfile_check import check_dockerfile
+from k8s_render_check import check_rendered, kustomize
 from static_check import (BIN, BINARIES, BINARY_PATHS, JOB_JSON, K8S,
                           WORKLOADS, note, problem, problems)
 
@@ -682,41 +687,25 @@ def rpc_exists(method):
 
 
 def check_kustomize_build():
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        note("SKIP kustomize build: no kubectl on PATH (Debian's "
-             "kubernetes-client package has it)")
+    # Every kustomization rendered, schema-validated and name-checked
+    # (k8s_render_check.py); then both Components together.
+    work = check_rendered()
+    if work is None:
         return
-    # kustomize reads regular files only: copy the runfiles' links.
-    tmp = os.environ.get("TEST_TMPDIR", "/tmp")
-    work = os.path.join(tmp, "psd-kustomize")
-    shutil.rmtree(work, ignore_errors=True)
-    base = os.path.join(work, "deploy", "k8s")
-    shutil.copytree(K8S, base, symlinks=False)
-    r = subprocess.run([kubectl, "kustomize", base], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, universal_newlines=True)
-    if r.returncode != 0:
-        problem("kubectl kustomize %s failed: %s" % (K8S, r.stderr))
-    else:
-        built = [d for d in yaml.safe_load_all(r.stdout) if d]
-        note("kubectl kustomize %s: %d objects" % (K8S, len(built)))
-    # The Components, from an overlay outside deploy/k8s.
     overlay = os.path.join(work, "overlay")
     os.makedirs(overlay)
     with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
         f.write("resources: [../deploy/k8s]\ncomponents: "
                 "[../deploy/k8s/cert-manager, ../deploy/k8s/cpu-only]\n")
-    r = subprocess.run([kubectl, "kustomize", overlay], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, universal_newlines=True)
-    if r.returncode != 0:
+    built, err = kustomize(shutil.which("kubectl"), overlay)
+    if err is not None:
         problem("kubectl kustomize with the cert-manager and cpu-only "
-                "Components failed: %s" % r.stderr)
+                "Components failed: %s" % err)
         return
-    if "nvidia.com/gpu" in r.stdout:
+    if "nvidia.com/gpu" in json.dumps(built):
         problem("the cpu-only Component leaves nvidia.com/gpu requests")
     else:
         note("kubectl kustomize with the cpu-only Component: no GPU requests")
-    built = [d for d in yaml.safe_load_all(r.stdout) if d]
     made = {d["spec"].get("secretName") for d in built if d["kind"] == "Certificate"}
     for name in sorted(set(mounted_secrets) - made):
         problem("kubectl kustomize with the cert-manager Component: no "

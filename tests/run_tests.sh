@@ -21,6 +21,22 @@ if [ ! -x "$buf" ] && command -v npm >/dev/null; then
 fi
 buf_env=()
 [ -x "$buf" ] && buf_env=(--test_env=PSD_BUF="$buf")
+# kubernetes-models (the Kubernetes schemas, and cert-manager's, for
+# k8s_manifest_test's offline validation of the rendered manifests) from the
+# npm registry, pinned.
+K8S_MODELS_VERSION=5.1.0
+CERT_MANAGER_MODELS_VERSION=6.0.0
+k8s_models=$PWD/.cache/kubernetes-models-$K8S_MODELS_VERSION-cert-manager-$CERT_MANAGER_MODELS_VERSION
+if [ ! -d "$k8s_models/node_modules/@kubernetes-models/cert-manager" ] &&
+  command -v npm >/dev/null; then
+  mkdir -p "$k8s_models"
+  (cd "$k8s_models" && npm install --silent --no-save --no-audit --no-fund \
+    "kubernetes-models@$K8S_MODELS_VERSION" \
+    "@kubernetes-models/cert-manager@$CERT_MANAGER_MODELS_VERSION" >/dev/null 2>&1) ||
+    echo "run_tests: could not install kubernetes-models from npm; k8s_manifest_test skips schema validation" >&2
+fi
+[ -d "$k8s_models/node_modules/kubernetes-models" ] &&
+  buf_env+=(--test_env=PSD_KUBERNETES_MODELS="$k8s_models")
 log=$(mktemp /tmp/psd-test.XXXXXX.log)
 bazel test --noshow_progress --test_summary=short "${buf_env[@]}" //... "$@" 2>&1 | tee "$log" |
   grep -E '(PASSED|FAILED|TIMEOUT|NO STATUS|FLAKY|SKIPPED) in|NO STATUS|^ERROR|^FAIL' || true
