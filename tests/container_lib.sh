@@ -93,7 +93,8 @@ build_image() {
   local ctx=$WORK/image-context
   mkdir -p "$ctx/prebuilt"
   cp "$BIN/server/coordinator/psd_coordinator" "$BIN/server/ps/psd_server" \
-    "$BIN/worker/psd_worker" "$BIN/deploy/psd_ctl" "$ctx/prebuilt/"
+    "$BIN/worker/psd_worker" "$BIN/deploy/psd_ctl" "$BIN/server/serving/psd_serve" \
+    "$ctx/prebuilt/"
   local old
   old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   podman build --pull=never --build-arg PSD_BINARIES=prebuilt --target runtime \

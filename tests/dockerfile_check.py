@@ -4,7 +4,7 @@ Dockerfile (deploy/docker/Dockerfile):
   - bases are debian:bookworm*, the last stage runs as a non-root user;
   - every COPY source exists in the repository; every COPY --from source
     is a binary that the build stage builds with Bazel and copies out of
-    bazel-bin, and the four binaries are all there;
+    bazel-bin, and the five binaries are all there;
   - the binaries' stage is FROM ${PSD_BINARIES} (a global ARG whose
     default is the build stage); the other choice, the stage "prebuilt"
     (FROM scratch), copies the build context's prebuilt/ to the same
@@ -14,7 +14,7 @@ Dockerfile (deploy/docker/Dockerfile):
   - runtime stage packages ("runtime counterparts"): each is in PACKAGES
     or is a dependency, direct or not, of a package in PACKAGES (dpkg's
     database), and none is a -dev package; and every shared library that
-    the four binaries load (readelf -d NEEDED) belongs (dpkg -S) to a
+    the five binaries load (readelf -d NEEDED) belongs (dpkg -S) to a
     package installed there or to the base image's libc6, libgcc-s1,
     libstdc++6. Without dpkg/readelf these two checks are skipped.
 """

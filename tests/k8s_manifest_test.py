@@ -392,7 +392,30 @@ TLS_KEYS = {"tls_ca_file": "ca.crt", "tls_cert_file": "tls.crt",
             "tls_key_file": "tls.key"}
 GRPCURL_KEYS = {"-cacert": "ca.crt", "-cert": "tls.crt", "-key": "tls.key"}
 ROLE_OF_BINARY = {"psd_coordinator": "coordinator", "psd_server": "server",
-                  "psd_worker": "worker"}
+                  "psd_worker": "worker",
+                  # psd_serve presents a server identity: OIP clients (psd's
+                  # channels) check that the peer is a coordinator or server.
+                  "psd_serve": "server"}
+
+# psd_serve's OIP health endpoints over HTTPS (server/serving/README.md):
+# they need no client certificate, so the kubelet's httpGet probe works.
+SERVE_HEALTH_PATHS = {"readinessProbe": "/v2/health/ready",
+                      "livenessProbe": "/v2/health/live"}
+
+
+def check_https_health_probe(cw, probe, p, flags):
+    """An httpGet probe of psd_serve: HTTPS, an OIP health path, and the
+    port the process serves HTTP on (--http_listen)."""
+    get = p.get("httpGet", {})
+    if get.get("scheme") != "HTTPS":
+        problem("%s: %s is not HTTPS (psd_serve serves HTTPS under TLS)" % (cw, probe))
+    if get.get("path") != SERVE_HEALTH_PATHS[probe]:
+        problem("%s: %s path %r, expected %s"
+                % (cw, probe, get.get("path"), SERVE_HEALTH_PATHS[probe]))
+    http_port = str(flags.get("http_listen", "")).rpartition(":")[2]
+    if str(get.get("port")) != http_port:
+        problem("%s: %s port %r is not --http_listen's %r"
+                % (cw, probe, get.get("port"), http_port))
 
 # Secret name -> (roles it may hold, where it is mounted, the DNS name it
 # must carry or None), filled by the workload checks.
@@ -470,6 +493,9 @@ def check_tls_container(cw, binary, c, spec, flags, listen_port):
         p = c.get(probe)
         if not p:
             problem("%s: no %s" % (cw, probe))
+            continue
+        if binary == "psd_serve" and "httpGet" in p:
+            check_https_health_probe(cw, probe, p, flags)
             continue
         if "grpc" in p or "tcpSocket" in p or "httpGet" in p:
             problem("%s: %s is not an exec probe (the grpc: probe speaks no "
@@ -695,7 +721,9 @@ def check_kustomize_build():
     overlay = os.path.join(work, "overlay")
     os.makedirs(overlay)
     with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
-        f.write("resources: [../deploy/k8s]\ncomponents: "
+        # deploy/k8s/serving (psd_serve) beside the cluster: it brings its
+        # own Certificate, from the cert-manager Component's Issuer.
+        f.write("resources: [../deploy/k8s, ../deploy/k8s/serving]\ncomponents: "
                 "[../deploy/k8s/cert-manager, ../deploy/k8s/cpu-only]\n")
     built, err = kustomize(shutil.which("kubectl"), overlay)
     if err is not None:

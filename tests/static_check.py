@@ -12,6 +12,7 @@ BINARIES = {  # binary name -> Bazel label
     "psd_server": "//server/ps:psd_server",
     "psd_worker": "//worker:psd_worker",
     "psd_ctl": "//deploy:psd_ctl",
+    "psd_serve": "//server/serving:psd_serve",
 }
 WORKLOADS = ("StatefulSet", "Deployment", "Job", "DaemonSet")
 BASE_IMAGE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6"}

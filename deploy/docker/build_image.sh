@@ -13,7 +13,7 @@
 #                into podman, and builds with --pull=never. The tarballs
 #                are kept in ~/.cache/psd-containers for the next build.
 # --prebuilt DIR the binaries from DIR (psd_coordinator, psd_server,
-#                psd_worker, psd_ctl, built on Debian 12) instead of Bazel
+#                psd_worker, psd_ctl, psd_serve, built on Debian 12) instead of Bazel
 #                in the image (PSD_BINARIES=prebuilt): seconds, not minutes.
 # Uses podman, or docker where podman is missing (no --no-registry then).
 # Run from anywhere; the build context is the repository root.
@@ -65,7 +65,7 @@ if [ -n "$prebuilt" ]; then
   ctx=$(mktemp -d)
   trap 'rm -rf "$ctx"' EXIT
   mkdir "$ctx/prebuilt"
-  for b in psd_coordinator psd_server psd_worker psd_ctl; do
+  for b in psd_coordinator psd_server psd_worker psd_ctl psd_serve; do
     cp "$prebuilt/$b" "$ctx/prebuilt/"
   done
   "$engine" build "${pull[@]}" --build-arg PSD_BINARIES=prebuilt --target runtime \
