@@ -16,6 +16,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -658,18 +659,37 @@ TEST_CASE("ModelVersions: a reload under load drops no request; two kept",
       }
     });
   }
+  auto stop_clients = [&] {
+    stop = true;
+    for (auto& c : clients) {
+      if (c.joinable()) c.join();
+    }
+  };
+  // Waits (up to 30 s) until `n` answers have come back; else stops the
+  // clients (so the threads are joined) and fails the test.
+  auto await_answers = [&](int n) {
+    const auto give_up =
+        std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (answered < n && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (answered < n) {
+      stop_clients();
+      FAIL("only " << answered << " answers of " << n << " after 30 s");
+    }
+  };
   // Versions 2 (seed 2) and 3 (seed 1 again) while the clients run.
-  while (answered < 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  await_answers(20);
   auto v = served.versions.Load({RandomMlp(2), {}}, "seed 2");
+  if (!v.ok()) stop_clients();
   REQUIRE(v.ok());
   CHECK((*v)->version == "2");
-  const int before = answered;
-  while (answered < before + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  REQUIRE(served.versions.Load({RandomMlp(1), {}}, "seed 1").ok());
-  const int later = answered;
-  while (answered < later + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  stop = true;
-  for (auto& c : clients) c.join();
+  await_answers(answered + 20);
+  const bool reloaded = served.versions.Load({RandomMlp(1), {}}, "seed 1").ok();
+  if (!reloaded) stop_clients();
+  REQUIRE(reloaded);
+  await_answers(answered + 20);
+  stop_clients();
   CHECK(failed == 0);
   CHECK(served.versions.Names() == std::vector<std::string>{"2", "3"});
   // "1" is unloaded; "2" can still be asked for by name.
