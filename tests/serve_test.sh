@@ -136,12 +136,19 @@ echo "HTTP: bad requests named; normalisation in the metadata"
   --repeat=1000 --stop_file="$WORK/stop_loop" >"$WORK/loop.out" 2>"$WORK/loop.err" &
 LOOP_PID=$!
 PIDS+=($LOOP_PID)
-until grep -q 'pass 1 done' "$WORK/loop.err"; do
-  kill -0 $LOOP_PID 2>/dev/null || { cat "$WORK/loop.err"; fail "the client loop died"; }
-  sleep 0.2
-done
+# await_line FILE PATTERN: waits (up to 60 s, while the client loop lives)
+# until FILE has a line matching PATTERN.
+await_line() {
+  local deadline=$((SECONDS + 60))
+  until grep -q "$2" "$1"; do
+    kill -0 $LOOP_PID 2>/dev/null || { cat "$WORK/loop.err"; fail "the client loop died"; }
+    [ $SECONDS -lt $deadline ] || fail "no line '$2' in $1 after 60 s"
+    sleep 0.2
+  done
+}
+await_line "$WORK/loop.err" 'pass 1 done'
 head -c 1000 "$WORK/short.safetensors" >"$WORK/damaged" && mv "$WORK/damaged" "$WORK/live.safetensors"
-until grep -q 'not loaded, still serving version 1' "$WORK/serve.log"; do sleep 0.2; done
+await_line "$WORK/serve.log" 'not loaded, still serving version 1'
 /usr/bin/python3 - "$WORK/short.safetensors" "$WORK/v2" <<'PY'
 import json, struct, sys
 raw = open(sys.argv[1], 'rb').read()
@@ -153,10 +160,12 @@ text += b' ' * (-len(text) % 8)
 open(sys.argv[2], 'wb').write(struct.pack('<Q', len(text)) + text + raw[8 + n:])
 PY
 mv "$WORK/v2" "$WORK/live.safetensors"
-until grep -q 'loaded version 2 from' "$WORK/serve.log"; do sleep 0.2; done
+await_line "$WORK/serve.log" 'loaded version 2 from'
 passes=$(grep -c 'pass .* done' "$WORK/loop.err")
+deadline=$((SECONDS + 60))
 until [ "$(grep -c 'pass .* done' "$WORK/loop.err")" -gt "$passes" ]; do
   kill -0 $LOOP_PID 2>/dev/null || break
+  [ $SECONDS -lt $deadline ] || fail "no client pass on version 2 after 60 s"
   sleep 0.2
 done
 touch "$WORK/stop_loop"
