@@ -80,8 +80,6 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     target->pull.set_job_id(client->job_id_);
     target->pull.set_worker_rank(client->rank_);
     target->pull.add_partition_ids(part.id());
-    target->pull.set_dtype(client->pull_dtype_);
-    target->push.set_pull_dtype(client->pull_dtype_);
     client->tensor_targets_[part.parameter()].push_back(target.get());
     client->targets_.push_back(std::move(target));
   }

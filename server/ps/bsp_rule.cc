@@ -43,23 +43,22 @@ class BspRuleImpl final : public ConsistencyRule {
     // The last rank's gradients are read where they are, not copied. Sum in
     // rank order, average, apply once: per element the same operations in
     // the same order as summing whole vectors, so the same bits.
-    std::vector<const float*> by_rank(state->pending.size());
-    for (size_t r = 0; r < by_rank.size(); ++r) {
-      by_rank[r] = static_cast<int32_t>(r) == rank ? data
-                                                   : state->pending[r].data();
-    }
+    auto of_rank = [&](size_t r) -> const float* {
+      return static_cast<int32_t>(r) == rank ? data : state->pending[r].data();
+    };
     const float scale = 1.0f / static_cast<float>(workers);
     float* sum = state->sum.data();
     const int64_t n = state->num_elements;
-    if (by_rank.size() == 2) {  // the common case, in one pass
-      const float* a = by_rank[0];
-      const float* b = by_rank[1];
+    const size_t ranks = state->pending.size();
+    if (ranks == 2) {  // the common case, in one pass
+      const float* a = of_rank(0);
+      const float* b = of_rank(1);
       for (int64_t k = 0; k < n; ++k) sum[k] = (a[k] + b[k]) * scale;
       return true;
     }
-    std::copy(by_rank[0], by_rank[0] + n, sum);
-    for (size_t r = 1; r < by_rank.size(); ++r) {
-      const float* p = by_rank[r];
+    std::copy(of_rank(0), of_rank(0) + n, sum);
+    for (size_t r = 1; r < ranks; ++r) {
+      const float* p = of_rank(r);
       for (int64_t k = 0; k < n; ++k) sum[k] += p[k];
     }
     for (int64_t k = 0; k < n; ++k) sum[k] *= scale;
