@@ -20,9 +20,11 @@ constexpr RoleSet Bit(Role role) { return 1u << static_cast<unsigned>(role); }
 constexpr RoleSet kCoordinator = Bit(Role::kCoordinator);
 constexpr RoleSet kServer = Bit(Role::kServer);
 constexpr RoleSet kWorker = Bit(Role::kWorker);
+constexpr RoleSet kServe = Bit(Role::kServe);
 constexpr RoleSet kActors = Bit(Role::kUser) | Bit(Role::kAdmin);
 constexpr RoleSet kPeople = kActors | Bit(Role::kViewer);
-constexpr RoleSet kAnyRole = kCoordinator | kServer | kWorker | kPeople;
+constexpr RoleSet kAnyRole =
+    kCoordinator | kServer | kWorker | kPeople | kServe;
 
 // Who may call each method; the table of authorization.h.
 const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
@@ -36,8 +38,9 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
       }
     };
     add("psd.v1.ParameterServer", {"Push", "AttachSharedMemory"}, kWorker);
-    // Users read a job's parameters to export them (psd_ctl export).
-    add("psd.v1.ParameterServer", {"Pull"}, kWorker | kActors);
+    // Users read a job's parameters to export them (psd_ctl export);
+    // psd_serve reads a finished job's to serve it.
+    add("psd.v1.ParameterServer", {"Pull"}, kWorker | kActors | kServe);
     add("psd.v1.ParameterServer",
         {"CreateJob", "DropJob", "RestoreJob", "SetView", "SnapshotJob",
          "SyncBackup"},
@@ -56,7 +59,8 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
     add("psd.v1.Coordinator", {"GetClusterView"}, kAnyRole);
     add("psd.v1.JobService",
         {"SubmitJob", "CancelJob", "DeleteJob", "SnapshotJob"}, kActors);
-    add("psd.v1.JobService", {"GetJob", "ListJobs", "WatchJob"}, kPeople);
+    add("psd.v1.JobService", {"GetJob", "ListJobs", "WatchJob"},
+        kPeople | kServe);
     // psd_serve (server/serving): the Open Inference Protocol, for people
     // and programs with a psd identity.
     add("inference.GRPCInferenceService",
@@ -76,8 +80,7 @@ bool OpenMethod(absl::string_view method) {
 
 std::string RoleList(RoleSet roles) {
   std::vector<absl::string_view> names;
-  for (Role role : {Role::kCoordinator, Role::kServer, Role::kWorker,
-                    Role::kUser, Role::kViewer, Role::kAdmin}) {
+  for (Role role : kAllRoles) {
     if (roles & Bit(role)) names.push_back(RoleName(role));
   }
   // "a", "a or b", "a, b or c".

@@ -6,11 +6,12 @@
 // the token's role: submit = user, view = viewer, admin = admin):
 //   psd.v1.ParameterServer
 //     Push, AttachSharedMemory                       worker
-//     Pull                                           worker, user, admin
-//                                                    (psd_ctl export; a
-//                                                    user only of a job it
-//                                                    submitted, see
-//                                                    AuthorizeJobAction)
+//     Pull                                           worker, serve, user,
+//                                                    admin (psd_ctl export;
+//                                                    a user only of a job
+//                                                    it submitted, see
+//                                                    AuthorizeJobAction;
+//                                                    psd_serve --job: any)
 //     CreateJob, DropJob, RestoreJob, SetView,
 //     SnapshotJob, SyncBackup                        coordinator
 //     Replicate, InstallPartition                    server (in the job's
@@ -27,13 +28,14 @@
 //     RegisterServer                                 server
 //     RegisterWorker, ReportProgress                 worker
 //     Heartbeat                                      server, worker
-//     GetClusterView                                 any role
+//     GetClusterView                                 any role (serve too)
 //   psd.v1.JobService
 //     SubmitJob                                      user, admin
 //     CancelJob, DeleteJob, SnapshotJob              user (its own jobs,
 //                                                    AuthorizeJobAction),
 //                                                    admin
-//     GetJob, ListJobs, WatchJob                     user, viewer, admin
+//     GetJob, ListJobs, WatchJob                     user, viewer, admin,
+//                                                    serve
 //   inference.GRPCInferenceService (psd_serve)      user, viewer, admin,
 //                                                    worker
 //   grpc.health.v1.Health, grpc.reflection.*         anyone, even without a

@@ -64,6 +64,29 @@ TEST_CASE("AuthorizeCall: each role reaches its own methods only",
             .code() == absl::StatusCode::kPermissionDenied);
 }
 
+TEST_CASE("AuthorizeCall: the serve role reads jobs and changes nothing",
+          "[authorization]") {
+  auto serve = ParseSpiffeId("spiffe://psd/serve/fashion");
+  REQUIRE(serve.has_value());
+  CHECK(serve->role == Role::kServe);
+  for (const char* allowed :
+       {"/psd.v1.ParameterServer/Pull", "/psd.v1.JobService/GetJob",
+        "/psd.v1.Coordinator/GetClusterView"}) {
+    INFO(allowed);
+    CHECK(Call(allowed, "spiffe://psd/serve").ok());
+  }
+  for (const char* refused :
+       {"/psd.v1.ParameterServer/Push", "/psd.v1.ParameterServer/Replicate",
+        "/psd.v1.JobService/SubmitJob", "/psd.v1.JobService/CancelJob",
+        "/psd.v1.Coordinator/RegisterServer",
+        "/psd.v1.Coordinator/RegisterWorker",
+        "/inference.GRPCInferenceService/ModelInfer"}) {
+    INFO(refused);
+    CHECK(Call(refused, "spiffe://psd/serve").code() ==
+          absl::StatusCode::kPermissionDenied);
+  }
+}
+
 TEST_CASE("AuthorizeCall: no identity is UNAUTHENTICATED, but health is open",
           "[authorization]") {
   absl::Status anonymous =

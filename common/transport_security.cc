@@ -54,8 +54,12 @@ struct TlsState {
 };
 TlsState* tls_state = nullptr;
 
-// Checks that a server presents a psd identity fit to serve: coordinator or
-// server. The chain was verified against the CA before this runs.
+// Checks that a server presents a psd identity fit to serve: coordinator,
+// server, or serve (psd_serve's inference port). The chain was verified
+// against the CA before this runs. Which of them a port should be is not
+// checked per channel: the ports' callers are authorized by role on the
+// other side (common/authorization.h), and a serve identity may not call
+// any method that a worker, server or coordinator would send it.
 class ServerIdentityVerifier final
     : public grpc::experimental::ExternalCertificateVerifier {
  public:
@@ -67,7 +71,8 @@ class ServerIdentityVerifier final
       std::string text(uri.data(), uri.size());
       std::optional<SpiffeId> id = ParseSpiffeId(text);
       if (id.has_value() &&
-          (id->role == Role::kCoordinator || id->role == Role::kServer)) {
+          (id->role == Role::kCoordinator || id->role == Role::kServer ||
+           id->role == Role::kServe)) {
         *sync_status = grpc::Status::OK;
         return true;
       }
@@ -75,9 +80,10 @@ class ServerIdentityVerifier final
     }
     *sync_status = grpc::Status(
         grpc::StatusCode::UNAUTHENTICATED,
-        absl::StrCat("the peer's certificate is not a psd coordinator's or "
-                     "server's (URI SAN spiffe://psd/coordinator or "
-                     "spiffe://psd/server); its URIs: ",
+        absl::StrCat("the peer's certificate is not a psd coordinator's, "
+                     "server's or psd_serve's (URI SAN spiffe://psd/"
+                     "coordinator, spiffe://psd/server or spiffe://psd/"
+                     "serve); its URIs: ",
                      seen.empty() ? "none" : absl::StrJoin(seen, ", ")));
     return true;
   }
@@ -128,6 +134,8 @@ absl::string_view RoleName(Role role) {
       return "viewer";
     case Role::kAdmin:
       return "admin";
+    case Role::kServe:
+      return "serve";
   }
   return "unknown";
 }
@@ -138,8 +146,7 @@ std::optional<SpiffeId> ParseSpiffeId(absl::string_view uri) {
   if (parts.empty() || parts.size() > 2) return std::nullopt;
   SpiffeId id;
   bool found = false;
-  for (Role role : {Role::kCoordinator, Role::kServer, Role::kWorker,
-                    Role::kUser, Role::kViewer, Role::kAdmin}) {
+  for (Role role : kAllRoles) {
     if (parts[0] == RoleName(role)) {
       id.role = role;
       found = true;

@@ -43,10 +43,25 @@ namespace psd {
 
 // What a peer is allowed to be, from its certificate.
 // kUser submits jobs and acts on its own; kViewer only reads jobs; kAdmin
-// acts on every job.
-enum class Role { kCoordinator, kServer, kWorker, kUser, kViewer, kAdmin };
+// acts on every job; kServe is psd_serve (server/serving), which serves
+// inference and reads finished jobs' parameters (--coordinator --job).
+enum class Role {
+  kCoordinator,
+  kServer,
+  kWorker,
+  kUser,
+  kViewer,
+  kAdmin,
+  kServe
+};
 
-// "coordinator", "server", "worker", "user", "viewer" or "admin".
+// Every role, in the order of the enum.
+inline constexpr Role kAllRoles[] = {Role::kCoordinator, Role::kServer,
+                                     Role::kWorker,      Role::kUser,
+                                     Role::kViewer,      Role::kAdmin,
+                                     Role::kServe};
+
+// "coordinator", "server", "worker", "user", "viewer", "admin" or "serve".
 absl::string_view RoleName(Role role);
 
 // A parsed psd SPIFFE ID.

@@ -7,10 +7,11 @@
 #
 # Writes DIR/ca.pem (and DIR/ca.key), then for each NAME a certificate
 # DIR/NAME.pem and key DIR/NAME.key. NAME is ROLE or ROLE-SUFFIX, ROLE one of
-# coordinator, server, worker, user, viewer, admin; its identity is the URI SAN
+# coordinator, server, worker, user, viewer, admin, serve (psd_serve); its
+# identity is the URI SAN
 # spiffe://psd/ROLE[/SUFFIX] (users and admins need a SUFFIX: user-alice is
 # spiffe://psd/user/alice). Default NAMEs: coordinator server worker
-# user-alice admin-root. Every certificate also names 127.0.0.1 and
+# user-alice admin-root serve. Every certificate also names 127.0.0.1 and
 # localhost, so grpcurl's host name check passes on loopback, and the
 # coordinator's its Kubernetes Service name psd-coordinator (deploy/k8s: the
 # submit Job's grpcurl dials it). Valid N days
@@ -19,10 +20,10 @@
 set -euo pipefail
 DAYS=30
 if [ "${1:-}" = --days ]; then DAYS=$2; shift 2; fi
-[ $# -ge 1 ] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 DIR=$1
 shift
-[ $# -gt 0 ] || set -- coordinator server worker user-alice admin-root
+[ $# -gt 0 ] || set -- coordinator server worker user-alice admin-root serve
 mkdir -p "$DIR"
 umask 077
 if [ ! -s "$DIR/ca.pem" ]; then
@@ -36,8 +37,8 @@ for name in "$@"; do
   suffix=${name#"$role"}
   suffix=${suffix#-}
   case "$role" in
-    coordinator | server | worker | user | viewer | admin) ;;
-    *) echo "make_certs: $name: the role must be coordinator, server, worker, user, viewer or admin" >&2; exit 2 ;;
+    coordinator | server | worker | user | viewer | admin | serve) ;;
+    *) echo "make_certs: $name: the role must be coordinator, server, worker, user, viewer, admin or serve" >&2; exit 2 ;;
   esac
   uri="spiffe://psd/$role${suffix:+/$suffix}"
   dns=DNS:localhost

@@ -73,9 +73,9 @@ if [ "$INSECURE" = 0 ]; then
   CERTS=$RUN_DIR/certs
   # One certificate per server (spiffe://psd/server/server-N): replication
   # is taken only from the identities of a job's view.
-  # psd_serve shows a server identity of its own (server-serve).
+  # psd_serve has the serve role (spiffe://psd/serve).
   deploy/make_certs.sh "$CERTS" coordinator worker user-alice admin-root \
-    $(seq -f 'server-%g' "$SERVERS") server-serve
+    $(seq -f 'server-%g' "$SERVERS") serve
   # A read-only bearer token, for dashboards and grpcurl without a
   # certificate (docs/OPERATIONS.md, "Users and tokens").
   VIEW_TOKEN=$(openssl rand -hex 24)
@@ -136,7 +136,7 @@ echo "==> serving $OUT with psd_serve (OIP gRPC and HTTP/JSON)"
 "$BIN/server/serving/psd_serve" --model_file="$OUT" --model_name=fashion \
   --listen=127.0.0.1:0 --port_file="$RUN_DIR/serve.port" \
   --http_listen=127.0.0.1:0 --http_port_file="$RUN_DIR/serve.http_port" \
-  $(tls_flags "$CERTS" server-serve) 2>"$RUN_DIR/serve.log" &
+  $(tls_flags "$CERTS" serve) 2>"$RUN_DIR/serve.log" &
 SERVE_PID=$!
 PIDS+=($SERVE_PID)
 wait_port $SERVE_PID "$RUN_DIR/serve.port" >/dev/null || { tail -5 "$RUN_DIR/serve.log" >&2; exit 1; }

@@ -393,9 +393,8 @@ TLS_KEYS = {"tls_ca_file": "ca.crt", "tls_cert_file": "tls.crt",
 GRPCURL_KEYS = {"-cacert": "ca.crt", "-cert": "tls.crt", "-key": "tls.key"}
 ROLE_OF_BINARY = {"psd_coordinator": "coordinator", "psd_server": "server",
                   "psd_worker": "worker",
-                  # psd_serve presents a server identity: OIP clients (psd's
-                  # channels) check that the peer is a coordinator or server.
-                  "psd_serve": "server"}
+                  # psd_serve has a role of its own (common/authorization.h).
+                  "psd_serve": "serve"}
 
 # psd_serve's OIP health endpoints over HTTPS (server/serving/README.md):
 # they need no client certificate, so the kubelet's httpGet probe works.
@@ -574,7 +573,7 @@ def san_of(pem_path):
 def role_of(uris):
     roles = set()
     for u in uris:
-        m = re.match(r"^spiffe://psd/(coordinator|server|worker|user|admin)"
+        m = re.match(r"^spiffe://psd/(coordinator|server|worker|user|admin|serve)"
                      r"(?:/([A-Za-z0-9._:-]+))?$", u)
         if m and (m.group(2) or m.group(1) not in ("user", "admin")):
             roles.add(m.group(1))

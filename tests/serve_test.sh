@@ -198,9 +198,9 @@ grep -q 'model_name "mnist": unknown' "$WORK/bad.err" || { cat "$WORK/bad.err"; 
 
 # Under mutual TLS: a user's certificate is served; the coordinator's role
 # may not call inference (PERMISSION_DENIED).
-deploy/make_certs.sh "$WORK/certs" server user-alice coordinator >/dev/null
+deploy/make_certs.sh "$WORK/certs" serve user-alice coordinator >/dev/null
 tls() { echo "--tls_ca_file=$WORK/certs/ca.pem --tls_cert_file=$WORK/certs/$1.pem --tls_key_file=$WORK/certs/$1.key"; }
-"$BIN/server/serving/psd_serve" $(tls server) --model_file="$WORK/short.safetensors" \
+"$BIN/server/serving/psd_serve" $(tls serve) --model_file="$WORK/short.safetensors" \
   --model_name=fashion --listen=127.0.0.1:0 --port_file="$WORK/serve_tls.port" \
   --http_listen=127.0.0.1:0 --http_port_file="$WORK/serve_tls.http_port" \
   2>"$WORK/serve_tls.log" &

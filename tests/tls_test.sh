@@ -36,6 +36,34 @@ echo "mutual TLS: $tls"
 [ "$tls" = "$plain" ] || fail "the checksum under TLS ($tls) differs from plaintext ($plain)"
 grep -q "mutual TLS: certificate" "$WORK/tls.server1.log" || fail "server1 did not log TLS"
 
+# psd_serve --job under mutual TLS, with the serve role (spiffe://psd/serve):
+# it reads the finished job from the coordinator and the servers, and a
+# user's client gets the same classes as from a psd_serve of the export.
+SERVE=("$BIN/server/serving/psd_serve" --model_name=fashion --listen=127.0.0.1:0)
+"${SERVE[@]}" $(tls_flags "$CERTS" serve) --coordinator="$COORDINATOR" \
+  --job="$(cat "$WORK/last_job")" --port_file="$WORK/serve_job.port" 2>"$WORK/serve_job.log" &
+PIDS+=($!)
+job_port=$(wait_port $! "$WORK/serve_job.port") || { cat "$WORK/serve_job.log"; fail "psd_serve --job under TLS did not start"; }
+"${SERVE[@]}" $(tls_flags "$CERTS" serve) --model_file="$WORK/tls.safetensors" \
+  --port_file="$WORK/serve_file.port" 2>"$WORK/serve_file.log" &
+PIDS+=($!)
+file_port=$(wait_port $! "$WORK/serve_file.port") || fail "psd_serve of the export under TLS did not start"
+for port in $job_port $file_port; do
+  "$BIN/server/serving/oip_classify" $(tls_flags "$CERTS" user-alice) --model_name=fashion \
+    --server="127.0.0.1:$port" --limit=500 --print_classes >"$WORK/classes.$port" ||
+    fail "oip_classify as a user against psd_serve on port $port"
+done
+[ "$(grep -c ^image "$WORK/classes.$job_port")" = 500 ] || fail "psd_serve --job: not 500 classes"
+cmp -s <(grep ^image "$WORK/classes.$job_port") <(grep ^image "$WORK/classes.$file_port") ||
+  fail "psd_serve --job under TLS classifies differently from the export"
+# A worker's certificate may pull but not read the job: refused, naming it.
+if "${SERVE[@]}" $(tls_flags "$CERTS" worker) --coordinator="$COORDINATOR" \
+  --job="$(cat "$WORK/last_job")" 2>"$WORK/serve_worker.log"; then
+  fail "psd_serve --job ran with a worker's certificate"
+fi
+grep -q "GetJob needs the role" "$WORK/serve_worker.log" || { cat "$WORK/serve_worker.log"; fail "unclear refusal of a worker's psd_serve"; }
+echo "psd_serve --job under mutual TLS (serve role): 500 classes equal to the export's"
+
 # The metrics endpoint serves HTTPS with the coordinator's certificate.
 metrics_port=$(cat "$WORK/coordinator.metrics.port")
 python3 - "$CERTS/ca.pem" "$metrics_port" <<'PY' || fail "metrics over HTTPS"
@@ -64,7 +92,7 @@ ctl_as() {
 out=$(ctl_as "$CERTS" user-alice list) || fail "user alice cannot list: $out"
 echo "$out" | grep -q '"name": "short"' || fail "list as alice: $out"
 out=$(ctl_as "$CERTS" worker list) && fail "a worker certificate listed jobs: $out"
-echo "$out" | grep -q "PERMISSION_DENIED.*needs the role user, viewer or admin" ||
+echo "$out" | grep -q "PERMISSION_DENIED.*needs the role user, viewer, admin or serve" ||
   fail "list as a worker: $out"
 for bad in "$WORK/other-ca user-alice" "$CERTS user-expired"; do
   out=$(ctl_as $bad list) && fail "$bad was accepted: $out"

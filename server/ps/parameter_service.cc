@@ -299,9 +299,11 @@ grpc::ServerUnaryReactor* ParameterService::Pull(
     grpc::CallbackServerContext* context, const PullRequest* request,
     PullResponse* response) {
   // A person's pull (psd_ctl export): only of a job they submitted, or as
-  // an admin. Workers pull any job they are given.
+  // an admin. Workers pull any job they are given; psd_serve (the serve
+  // role) any job it is told to serve.
   if (std::optional<SpiffeId> caller = CallerOf(*context);
-      caller.has_value() && caller->role != Role::kWorker) {
+      caller.has_value() && caller->role != Role::kWorker &&
+      caller->role != Role::kServe) {
     absl::StatusOr<std::string> submitted_by =
         store_->SubmittedBy(request->job_id());
     absl::Status allowed =
