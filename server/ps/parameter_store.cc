@@ -180,7 +180,7 @@ absl::StatusOr<std::shared_ptr<ParameterStore::Job>> ParameterStore::BuildJob(
     job->shards.assign(shards.begin(), shards.end());
     for (int32_t shard : shards) {
       job->roles[shard].role =
-          request.joining() ? Role::kJoining : Role::kPrimary;
+          request.joining() ? ReplicaRole::kJoining : ReplicaRole::kPrimary;
     }
     std::map<int32_t, std::vector<float>> initial;  // by parameter index
     for (const Partition& part : placement.partitions()) {
@@ -363,8 +363,8 @@ absl::StatusOr<CreateJobResponse> ParameterStore::CreateJob(
   for (int32_t shard : job->shards) {
     auto role = held->roles.find(shard);
     const bool take = role == held->roles.end() ||
-                      (request.joining() && (role->second.role == Role::kNone ||
-                                             role->second.role == Role::kJoining));
+                      (request.joining() && (role->second.role == ReplicaRole::kNone ||
+                                             role->second.role == ReplicaRole::kJoining));
     if (!take) continue;
     held->roles[shard] = job->roles[shard];
     for (auto& [id, state] : job->partitions) {
@@ -465,10 +465,10 @@ ServerStatus ParameterStore::Status() {
     std::vector<int64_t> clocks(workers, INT64_MAX);
     bool any_primary = false;
     for (const auto& [id, state] : job->partitions) {
-      any_primary |= job->roles[state.shard].role == Role::kPrimary;
+      any_primary |= job->roles[state.shard].role == ReplicaRole::kPrimary;
     }
     for (const auto& [id, state] : job->partitions) {
-      if (any_primary && job->roles[state.shard].role != Role::kPrimary) continue;
+      if (any_primary && job->roles[state.shard].role != ReplicaRole::kPrimary) continue;
       const ConsistencyRule& rule = RuleOf(state);
       for (int32_t r = 0; r < workers; ++r) {
         clocks[r] = std::min(clocks[r], rule.WorkerClock(state, r));
@@ -483,7 +483,7 @@ ServerStatus ParameterStore::Status() {
     for (int32_t shard : job->shards) {
       ShardStatus* s = out->add_shards();
       s->set_shard(shard);
-      s->set_role(RoleName(job->roles[shard].role));
+      s->set_role(ReplicaRoleName(job->roles[shard].role));
       int64_t lo = INT64_MAX, hi = 0;
       for (const auto& [id, state] : job->partitions) {
         if (state.shard != shard) continue;

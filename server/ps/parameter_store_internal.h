@@ -24,21 +24,22 @@
 
 namespace psd {
 
-// The role of a server for one shard of a job, from the coordinator's view.
-enum class Role { kPrimary, kBackup, kJoining, kNone };
+// The role of a server for one shard of a job, from the coordinator's view
+// (not psd::Role, the role of a peer's certificate).
+enum class ReplicaRole { kPrimary, kBackup, kJoining, kNone };
 
-inline const char* RoleName(Role role) {
+inline const char* ReplicaRoleName(ReplicaRole role) {
   switch (role) {
-    case Role::kPrimary: return "PRIMARY";
-    case Role::kBackup: return "BACKUP";
-    case Role::kJoining: return "JOINING";
-    case Role::kNone: return "NONE";
+    case ReplicaRole::kPrimary: return "PRIMARY";
+    case ReplicaRole::kBackup: return "BACKUP";
+    case ReplicaRole::kJoining: return "JOINING";
+    case ReplicaRole::kNone: return "NONE";
   }
   return "?";
 }
 
 struct ShardRole {
-  Role role = Role::kPrimary;
+  ReplicaRole role = ReplicaRole::kPrimary;
   // Primary: addresses of the view's backups, and of backups still joining
   // (state transfer under way or done, not yet in the view).
   std::vector<std::string> backups;
@@ -142,11 +143,11 @@ inline absl::Status CheckPrimary(const ParameterStore::Job& job,
                                  const PartitionState& state,
                                  int32_t partition_id)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
-  const Role role = job.roles.at(state.shard).role;
-  if (role == Role::kPrimary) return absl::OkStatus();
+  const ReplicaRole role = job.roles.at(state.shard).role;
+  if (role == ReplicaRole::kPrimary) return absl::OkStatus();
   return absl::AbortedError(absl::StrCat(
       "partition ", partition_id, " (shard ", state.shard,
-      "): this server is its ", RoleName(role), " in view epoch ",
+      "): this server is its ", ReplicaRoleName(role), " in view epoch ",
       job.view_epoch, ", not its primary (refresh the view)"));
 }
 

@@ -48,11 +48,11 @@ int64_t VerifiedStep(const ParameterStore::Job& job)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu) {
   bool any_primary = false;
   for (const auto& [id, state] : job.partitions) {
-    any_primary |= job.roles.at(state.shard).role == Role::kPrimary;
+    any_primary |= job.roles.at(state.shard).role == ReplicaRole::kPrimary;
   }
   int64_t verified = INT64_MAX;
   for (const auto& [id, state] : job.partitions) {
-    if (any_primary && job.roles.at(state.shard).role != Role::kPrimary) {
+    if (any_primary && job.roles.at(state.shard).role != ReplicaRole::kPrimary) {
       continue;
     }
     verified = std::min(verified, state.verified_step);

@@ -66,9 +66,9 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
     // joining (its state transfer runs before the view takes it in).
     std::map<int32_t, ShardRole> roles;
     for (int32_t shard : job->shards) {
-      roles[shard].role = job->roles[shard].role == Role::kJoining
-                              ? Role::kJoining
-                              : Role::kNone;
+      roles[shard].role = job->roles[shard].role == ReplicaRole::kJoining
+                              ? ReplicaRole::kJoining
+                              : ReplicaRole::kNone;
     }
     for (const ShardReplicas& replicas : view.shards()) {
       const bool primary = replicas.primary() == request.server_id();
@@ -84,7 +84,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
       }
       ShardRole& role = it->second;
       if (primary) {
-        role.role = Role::kPrimary;
+        role.role = ReplicaRole::kPrimary;
         for (const std::string& id : replicas.backups()) {
           auto a = address.find(id);
           if (a == address.end()) {
@@ -96,7 +96,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
         }
         // Backups still joining stay targets until the view has them.
         const ShardRole& old = job->roles[replicas.shard()];
-        if (old.role == Role::kPrimary) {
+        if (old.role == ReplicaRole::kPrimary) {
           for (const std::string& joiner : old.joiners) {
             if (std::count(role.backups.begin(), role.backups.end(), joiner) == 0) {
               role.joiners.insert(joiner);
@@ -104,10 +104,10 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
           }
         }
       } else {
-        role.role = job->roles[replicas.shard()].role == Role::kJoining &&
+        role.role = job->roles[replicas.shard()].role == ReplicaRole::kJoining &&
                             !AllInstalled(*job, replicas.shard())
-                        ? Role::kJoining
-                        : Role::kBackup;
+                        ? ReplicaRole::kJoining
+                        : ReplicaRole::kBackup;
       }
     }
     job->view_epoch = view.epoch();
@@ -116,7 +116,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
     bool advanced = false;
     for (auto& [id, state] : job->partitions) {
       const ShardRole& role = job->roles[state.shard];
-      if (role.role != Role::kPrimary) {
+      if (role.role != ReplicaRole::kPrimary) {
         DiscardPending(&state);
         continue;
       }
@@ -140,7 +140,7 @@ absl::Status ParameterStore::SetView(const SetViewRequest& request) {
       for (int32_t id : it->second.request.partition_ids()) {
         auto part = job->partitions.find(id);
         lost |= part != job->partitions.end() &&
-                job->roles[part->second.shard].role != Role::kPrimary;
+                job->roles[part->second.shard].role != ReplicaRole::kPrimary;
       }
       if (!lost) {
         ++it;
@@ -190,13 +190,13 @@ absl::StatusOr<ReplicateResponse> ParameterStore::Replicate(
       PSD_ASSIGN_OR_RETURN(const PartitionState* held,
                            HeldPartition(*job, g, i));
       const PartitionState& state = *held;
-      const Role role = job->roles[state.shard].role;
-      if (role == Role::kPrimary && request.view_epoch() == job->view_epoch) {
+      const ReplicaRole role = job->roles[state.shard].role;
+      if (role == ReplicaRole::kPrimary && request.view_epoch() == job->view_epoch) {
         return absl::FailedPreconditionError(absl::StrCat(
             "partition ", g.partition_id(), ": this server is its primary in "
             "epoch ", job->view_epoch, "; it takes no replication"));
       }
-      if (role == Role::kNone) {
+      if (role == ReplicaRole::kNone) {
         return absl::AbortedError(absl::StrCat(
             "partition ", g.partition_id(), ": this server has no role for "
             "shard ", state.shard, " in epoch ", job->view_epoch));
@@ -342,7 +342,7 @@ void ParameterStore::FenceAll() {
     {
       absl::MutexLock lock(&job->mu);
       for (auto& [shard, role] : job->roles) {
-        role.role = Role::kNone;
+        role.role = ReplicaRole::kNone;
         role.backups.clear();
         role.joiners.clear();
       }

@@ -31,8 +31,8 @@ absl::Status ParameterStore::InstallPartition(
                      " is not held by this server"));
   }
   PartitionState& state = it->second;
-  const Role role = job->roles[state.shard].role;
-  if (role == Role::kPrimary) {
+  const ReplicaRole role = job->roles[state.shard].role;
+  if (role == ReplicaRole::kPrimary) {
     return absl::FailedPreconditionError(absl::StrCat(
         "partition_id: this server is the primary of partition ",
         request.partition_id(), "; its state is not replaced"));
@@ -78,7 +78,7 @@ absl::StatusOr<std::vector<int32_t>> ParameterStore::AddJoiner(
   {
     absl::MutexLock lock(&job->mu);
     auto role = job->roles.find(shard);
-    if (role == job->roles.end() || role->second.role != Role::kPrimary) {
+    if (role == job->roles.end() || role->second.role != ReplicaRole::kPrimary) {
       return absl::FailedPreconditionError(absl::StrCat(
           "shard: this server is not the primary of shard ", shard, " of job \"",
           job_id, "\" in epoch ", job->view_epoch));

@@ -168,7 +168,7 @@ bool ParameterStore::StartQueued(Job* job, int32_t partition_id,
                                  PartitionState* state,
                                  std::vector<ShardSnapshot>* snapshots,
                                  std::vector<ReplicationTask>* tasks) {
-  if (state->replicating || job->roles[state->shard].role != Role::kPrimary ||
+  if (state->replicating || job->roles[state->shard].role != ReplicaRole::kPrimary ||
       !RuleOf(*state).TakeQueued(state)) {
     return false;
   }
