@@ -14,6 +14,9 @@
 #     order, so the oracle is exactly-once instead of a checksum: every
 #     surviving replica has applied every rank's every push (its clocks),
 #     and the replicas agree bitwise.
+#  7. R=1: SIGKILL a server. No replica is left, so the job FAILS within
+#     the heartbeat timeout (2 s here) with a reason naming the server and
+#     the shard that lost every replica.
 # Every wait is on observable state (view epoch, roles, steps), bounded.
 source tests/cluster_lib.sh
 source tests/replicated_lib.sh
@@ -135,6 +138,20 @@ total=$(q "$job" 'int(j["totalSteps"])')
 checked=$(servers_with_all_pushes "$job" "$total") || fail "scenario 6: a push was lost: $checked"
 [ "$checked" -ge 2 ] || fail "scenario 6: only $checked servers hold the job"
 echo "scenario 6 (ASP, primary killed): $(grep -o 'test accuracy [0-9.]*' "$WORK/$job.watch" | tail -1), every rank's $total pushes applied on $checked servers, $(tail -1 "$WORK/$job.replicas")"
+stop_cluster
+
+# --- 7. R=1: kill a server; the job fails, naming what was lost.
+start_replicated k7 2 2 1 --heartbeat_timeout_ms=2000
+job=$(submit)
+hit_primary "$job" KILL
+echo "scenario 7: killed $VICTIM, the only replica of shard 0"
+wait_until "$job" "j.get('state') == 'FAILED'" "scenario 7: the job did not fail after its only replica died"
+reason=$(q "$job" 'j.get("error", "")')
+for want in "lost every replica" "heartbeat"; do
+  grep -q "$want" <<<"$reason" || fail "scenario 7: the reason does not say '$want': $reason"
+done
+grep -q "shard 0" <<<"$reason" || fail "scenario 7: the reason does not name shard 0: $reason"
+echo "scenario 7 (R=1, server killed): FAILED: $reason"
 stop_cluster
 
 echo "failover_test: all scenarios passed"
