@@ -58,7 +58,8 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
     add("psd.v1.Coordinator", {"Heartbeat"}, kServer | kWorker);
     add("psd.v1.Coordinator", {"GetClusterView"}, kAnyRole);
     add("psd.v1.JobService",
-        {"SubmitJob", "CancelJob", "DeleteJob", "SnapshotJob"}, kActors);
+        {"SubmitJob", "CancelJob", "DeleteJob", "SnapshotJob", "ReshardJob"},
+        kActors);
     add("psd.v1.JobService", {"GetJob", "ListJobs", "WatchJob"},
         kPeople | kServe);
     // psd_serve (server/serving): the Open Inference Protocol, for people

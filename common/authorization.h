@@ -31,7 +31,8 @@
 //     GetClusterView                                 any role (serve too)
 //   psd.v1.JobService
 //     SubmitJob                                      user, admin
-//     CancelJob, DeleteJob, SnapshotJob              user (its own jobs,
+//     CancelJob, DeleteJob, SnapshotJob,
+//     ReshardJob                                     user (its own jobs,
 //                                                    AuthorizeJobAction),
 //                                                    admin
 //     GetJob, ListJobs, WatchJob                     user, viewer, admin,

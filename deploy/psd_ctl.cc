@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <iostream>
 #include <set>
 #include <string>
@@ -39,6 +41,13 @@ ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "normalisation (mean, std of the training images) in the export.");
 ABSL_FLAG(int, servers, 1, "wait-ready: servers to wait for.");
 ABSL_FLAG(int, workers, 1, "wait-ready: idle workers to wait for.");
+ABSL_FLAG(std::vector<std::string>, add, {},
+          "reshard: server ids to add to the job (comma-separated).");
+ABSL_FLAG(std::vector<std::string>, drain, {},
+          "reshard: server ids to drain from the job (comma-separated).");
+ABSL_FLAG(int, reshard_timeout_s, 600,
+          "reshard: give up waiting for the moves after this many seconds "
+          "(they go on on the coordinator).");
 
 namespace psd {
 namespace {
@@ -68,6 +77,11 @@ constexpr char kUsage[] =
     "  snapshots JOB_ID     print the job's snapshots on each of its servers\n"
     "  snapshot JOB_ID      snapshot a running job now (a few steps ahead);\n"
     "                       prints the step\n"
+    "  reshard JOB_ID --add=ID,... --drain=ID,...\n"
+    "                       add servers to a running job and drain others:\n"
+    "                       prints the planned replica moves, then each as\n"
+    "                       it lands (state transfer while the job trains);\n"
+    "                       exit 0 once every move is done\n"
     "  view                 print the cluster view as JSON\n"
     "  wait-ready           wait until --servers servers and --workers idle\n"
     "                       workers have registered (up to --timeout_s)\n"
@@ -344,6 +358,61 @@ int Health(const std::string& address) {
   return 0;
 }
 
+// reshard: JobService.ReshardJob, then GetJob until its moves are done.
+int Reshard(JobService::Stub* jobs, const std::string& job_id) {
+  ReshardJobRequest request;
+  request.set_job_id(job_id);
+  for (const std::string& id : absl::GetFlag(FLAGS_add)) request.add_add_servers(id);
+  for (const std::string& id : absl::GetFlag(FLAGS_drain)) {
+    request.add_drain_servers(id);
+  }
+  ReshardJobResponse plan;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(CallTimeout()));
+    grpc::Status status = jobs->ReshardJob(&context, request, &plan);
+    if (!status.ok()) return Fail("reshard", status);
+  }
+  std::printf("job %s: %d replica moves planned\n", job_id.c_str(),
+              plan.moves_size());
+  for (const ReplicaMove& m : plan.moves()) {
+    std::printf("  shard %d: %s -> %s (%lld bytes of weights)\n", m.shard(),
+                m.from_server().c_str(), m.to_server().c_str(),
+                static_cast<long long>(m.bytes()));
+  }
+  std::fflush(stdout);
+  const auto give_up = std::chrono::steady_clock::now() +
+                       std::chrono::seconds(absl::GetFlag(FLAGS_reshard_timeout_s));
+  int left = plan.moves_size();
+  while (left > 0) {
+    auto status = GetJob(jobs, job_id);
+    if (!status.ok()) return Fail("reshard: get", ToGrpcStatus(status.status()));
+    if (status->pending_moves_size() < left) {
+      left = status->pending_moves_size();
+      std::printf("job %s: %d of %d moves done (view epoch %lld, step %lld)\n",
+                  job_id.c_str(), plan.moves_size() - left, plan.moves_size(),
+                  static_cast<long long>(status->view_epoch()),
+                  static_cast<long long>(status->step()));
+      std::fflush(stdout);
+    }
+    if (left == 0) break;
+    if (status->state() != RUNNING) {
+      std::fprintf(stderr, "psd_ctl: reshard: job %s is %s with %d moves "
+                   "not done\n", job_id.c_str(),
+                   JobState_Name(status->state()).c_str(), left);
+      return 1;
+    }
+    if (std::chrono::steady_clock::now() > give_up) {
+      std::fprintf(stderr, "psd_ctl: reshard: %d moves not done after %d s "
+                   "(--reshard_timeout_s); they go on\n", left,
+                   absl::GetFlag(FLAGS_reshard_timeout_s));
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return 0;
+}
+
 int Main(const std::vector<std::string>& args) {
   if (args.empty()) {
     std::fputs(kUsage, stderr);
@@ -451,6 +520,10 @@ int Main(const std::vector<std::string>& args) {
     std::printf("job %s: snapshot at step %lld\n", args[1].c_str(),
                 static_cast<long long>(response.step()));
     return 0;
+  }
+  if (command == "reshard") {
+    if (!need(1)) return 2;
+    return Reshard(jobs.get(), args[1]);
   }
   if (command == "snapshots") {
     if (!need(1)) return 2;

@@ -180,4 +180,12 @@ grpc::Status JobControlService::SnapshotJob(grpc::ServerContext* context,
   });
 }
 
+grpc::Status JobControlService::ReshardJob(grpc::ServerContext* context,
+                                           const ReshardJobRequest* request,
+                                           ReshardJobResponse* response) {
+  return AsJobOwner(state_, context, request->job_id(), "reshard", [&] {
+    return Reply(state_->ReshardJob(*request), response);
+  });
+}
+
 }  // namespace psd

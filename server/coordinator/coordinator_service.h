@@ -60,6 +60,8 @@ class JobControlService final : public JobService::Service {
                          DeleteJobResponse*) override;
   grpc::Status SnapshotJob(grpc::ServerContext*, const SnapshotJobRequest*,
                            SnapshotJobResponse*) override;
+  grpc::Status ReshardJob(grpc::ServerContext*, const ReshardJobRequest*,
+                          ReshardJobResponse*) override;
 
   static constexpr int kMaxWatches = 16;
 

@@ -116,6 +116,7 @@ void CoordinatorState::SchedulerLoop() {
     RecoverJobs();
     StartPendingJobs();
     RepairReplicas();
+    RunMoves();
     RunDrops();
     TimedSnapshots();
     SaveDirty();

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -164,6 +166,13 @@ class CoordinatorState {
   // server without --data_dir), or a server's error naming it.
   absl::StatusOr<int64_t> SnapshotJob(const std::string& job_id);
 
+  // Live resharding (JobService.ReshardJob, proto/coordinator.proto):
+  // plans the replica moves (reshard_plan.h) and queues them in
+  // JobStatus.pending_moves; the scheduler carries them out (RunMoves).
+  // Errors: NOT_FOUND (job), FAILED_PRECONDITION (not RUNNING, moves still
+  // pending), and PlanReshard's.
+  absl::StatusOr<ReshardJobResponse> ReshardJob(const ReshardJobRequest& request);
+
   // Forgets a finished job and frees what its servers hold. Errors:
   // NOT_FOUND, FAILED_PRECONDITION (not finished).
   absl::Status DeleteJob(const std::string& job_id);
@@ -203,7 +212,8 @@ class CoordinatorState {
     // Shards whose primary died (shard -> its server id), awaiting
     // RunFailovers.
     std::map<int32_t, std::string> orphaned;
-    // A backup being brought in by RepairReplicas.
+    // A backup being brought in by RepairReplicas, or a replica moved by
+    // RunMoves (one state transfer at a time).
     bool repairing = false;
     // Ranks whose worker died: their next worker reads its step from the
     // servers (Assignment.resume_from_servers).
@@ -265,6 +275,18 @@ class CoordinatorState {
   void RunFailovers() ABSL_LOCKS_EXCLUDED(mu_);
   // Brings one shard short of replicas back to R (one per call).
   void RepairReplicas() ABSL_LOCKS_EXCLUDED(mu_);
+  // State transfer of `shard` to a server joining it as a backup: its
+  // CreateJob (joining, at the assignment's view epoch), then the primary's
+  // SyncBackup, which returns once the joiner is in sync (resharding.cc).
+  grpc::Status TransferShard(const Assignment& assignment, int32_t shard,
+                             const std::string& joiner_address,
+                             const std::string& primary_address,
+                             SyncBackupResponse* synced)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Live resharding (resharding.cc): carries out the first pending
+  // ReplicaMove of a running job (one state transfer at a time, shared
+  // with RepairReplicas), then the view change that switches it.
+  void RunMoves() ABSL_LOCKS_EXCLUDED(mu_);
   // A new view for the job: bumps the epoch, keeps assignment.servers to
   // the servers the shards use, mirrors it in the status, persists it.
   void NewViewLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -271,30 +271,9 @@ void CoordinatorState::RepairReplicas() {
   Log()->info("job {}: shard {} has fewer than {} replicas: bringing in server "
               "{} as a backup (state transfer)", job_id, shard,
               options_.replication_factor, joiner_id);
-  const auto timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
-  CreateJobRequest create;
-  create.set_job_id(job_id);
-  *create.mutable_config() = assignment.config();
-  *create.mutable_placement() = assignment.placement();
-  create.add_shards(shard);
-  create.set_view_epoch(assignment.view_epoch());
-  create.set_joining(true);
-  create.set_submitted_by(assignment.submitted_by());
-  *create.mutable_servers() = assignment.servers();
-  CreateJobResponse created;
-  auto joiner = ParameterServer::NewStub(MakeChannel(joiner_address));
-  grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,
-                                   create, &created, timeout);
   SyncBackupResponse synced;
-  if (status.ok()) {
-    SyncBackupRequest sync;
-    sync.set_job_id(job_id);
-    sync.set_shard(shard);
-    sync.set_backup_address(joiner_address);
-    auto primary = ParameterServer::NewStub(MakeChannel(primary_address));
-    status = CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
-                        &synced, std::chrono::milliseconds(120000));
-  }
+  grpc::Status status =
+      TransferShard(assignment, shard, joiner_address, primary_address, &synced);
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
