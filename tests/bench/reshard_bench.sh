@@ -45,7 +45,7 @@ dataset { name: "fashion-mnist" train_limit: 1024 test_limit: 100 }
 optimizer { kind: SGD learning_rate: 0.001 momentum: 0.9 }
 consistency: BSP
 batch_size: 64
-epochs: 100000
+epochs: 10000
 workers: 1
 seed: 1
 JOB
