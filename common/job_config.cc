@@ -386,6 +386,10 @@ std::optional<int64_t> UpdatesPerStep(const JobConfig& config) {
 }
 
 void ApplyJobConfigDefaults(JobConfig* config) {
+  // First: the cosine horizon below is made of the ranks.
+  if (config->workers() == 0 && config->max_workers() > 0) {
+    config->set_workers(config->max_workers());
+  }
   if (config->consistency() == CONSISTENCY_UNSPECIFIED) {
     config->set_consistency(BSP);
   }
@@ -541,6 +545,24 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Invalid("epochs", absl::StrCat("must be in [1, ", kMaxEpochs,
                                           "], got ", c.epochs()));
   }
+  if (c.min_workers() != 0 || c.max_workers() != 0) {
+    if (c.min_workers() < 1) {
+      return Invalid("min_workers",
+                     absl::StrCat("must be >= 1 when max_workers is set, got ",
+                                  c.min_workers()));
+    }
+    if (c.max_workers() < c.min_workers() || c.max_workers() > 1024) {
+      return Invalid("max_workers",
+                     absl::StrCat("must be in [min_workers ", c.min_workers(),
+                                  ", 1024], got ", c.max_workers()));
+    }
+    if (c.workers() != c.max_workers()) {
+      return Invalid("workers",
+                     absl::StrCat("must be 0 or max_workers (", c.max_workers(),
+                                  ") when min_workers/max_workers are set, got ",
+                                  c.workers()));
+    }
+  }
   if (c.workers() <= 0 || c.workers() > 1024) {
     return Invalid("workers",
                    absl::StrCat("must be in [1, 1024], got ", c.workers()));
@@ -611,6 +633,18 @@ int64_t TrainExamples(const JobConfig& config) {
 int64_t StepsPerEpoch(const JobConfig& config, int64_t train_examples) {
   const int64_t smallest_shard = train_examples / config.workers();
   return smallest_shard / config.batch_size();
+}
+
+int32_t MinWorkers(const JobConfig& config) {
+  return config.min_workers() > 0 ? config.min_workers() : config.workers();
+}
+
+int32_t MaxWorkers(const JobConfig& config) {
+  return config.max_workers() > 0 ? config.max_workers() : config.workers();
+}
+
+bool IsElastic(const JobConfig& config) {
+  return MinWorkers(config) < MaxWorkers(config);
 }
 
 }  // namespace psd

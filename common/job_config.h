@@ -60,8 +60,10 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 // schedule COSINE decay_steps = the job's total updates (epochs x
 // StepsPerEpoch, times workers under ASP/SSP, where each push is one
 // update), when workers, batch_size and epochs are >= 1 and the parameter
-// groups do not mix BSP with ASP/SSP (UpdatesPerStep). An SGD config
-// without the new fields is left as it was. Idempotent.
+// groups do not mix BSP with ASP/SSP (UpdatesPerStep); workers =
+// max_workers when workers is 0 and max_workers is set (an elastic job's
+// ranks). An SGD config without the new fields is left as it was.
+// Idempotent.
 void ApplyJobConfigDefaults(JobConfig* config);
 
 // Checks every field. Returns INVALID_ARGUMENT whose message starts with the
@@ -114,6 +116,15 @@ int64_t TrainExamples(const JobConfig& config);
 // `train_examples` examples: every rank runs the same number of steps,
 // floor(smallest shard / batch_size).
 int64_t StepsPerEpoch(const JobConfig& config, int64_t train_examples);
+
+// Elastic jobs (JobConfig.min_workers/max_workers): the fewest workers the
+// job runs with and the most it takes; both `workers` for a config that
+// sets neither (a fixed-size job).
+int32_t MinWorkers(const JobConfig& config);
+int32_t MaxWorkers(const JobConfig& config);
+// min_workers < max_workers: workers join and leave while it runs, each
+// holding some of its max_workers ranks.
+bool IsElastic(const JobConfig& config);
 
 }  // namespace psd
 

@@ -605,4 +605,48 @@ TEST_CASE("JobConfig: parameter_dtype is FLOAT32 or BFLOAT16", "[config]") {
 }
 
 }  // namespace
+TEST_CASE("JobConfig: elastic sizes (min_workers, max_workers)", "[config]") {
+  // A fixed-size config: both bounds are `workers`.
+  JobConfig fixed = ValidConfig();
+  ApplyJobConfigDefaults(&fixed);
+  CHECK(MinWorkers(fixed) == fixed.workers());
+  CHECK(MaxWorkers(fixed) == fixed.workers());
+  CHECK_FALSE(IsElastic(fixed));
+  CHECK(fixed.min_workers() == 0);  // left as it was
+
+  // Elastic: workers defaults to max_workers (the job's ranks).
+  JobConfig elastic = ValidConfig();
+  elastic.clear_workers();
+  elastic.set_min_workers(1);
+  elastic.set_max_workers(4);
+  ApplyJobConfigDefaults(&elastic);
+  CHECK(elastic.workers() == 4);
+  CHECK(Problem(elastic).empty());
+  CHECK(IsElastic(elastic));
+  CHECK(MinWorkers(elastic) == 1);
+
+  struct Case {
+    int32_t workers, min, max;
+    const char* problem;
+  };
+  const Case cases[] = {
+      {0, 3, 2, "max_workers: must be in [min_workers 3, 1024], got 2"},
+      {0, 0, 2, "min_workers: must be >= 1 when max_workers is set, got 0"},
+      {0, 2, 0, "max_workers: must be in [min_workers 2, 1024], got 0"},
+      {0, -1, 2, "min_workers: must be >= 1 when max_workers is set, got -1"},
+      {0, 1, 2000, "max_workers: must be in [min_workers 1, 1024], got 2000"},
+      {3, 1, 4,
+       "workers: must be 0 or max_workers (4) when min_workers/max_workers "
+       "are set, got 3"},
+  };
+  for (const Case& c : cases) {
+    JobConfig config = ValidConfig();
+    config.set_workers(c.workers);
+    config.set_min_workers(c.min);
+    config.set_max_workers(c.max);
+    ApplyJobConfigDefaults(&config);
+    CHECK(Problem(config) == c.problem);
+  }
+}
+
 }  // namespace psd

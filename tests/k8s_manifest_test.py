@@ -21,8 +21,10 @@ Manifests (deploy/k8s/**/*.yaml):
     calls an RPC that proto/ defines, reads a file mounted from the
     ConfigMap, whose job.json equals deploy/jobs/fashion_mnist_mlp.json;
   - every container has CPU and memory requests, psd containers a non-root
-    user (the Dockerfile's uid); workers request nvidia.com/gpu; the
-    PodDisruptionBudget selects the servers.
+    user (the Dockerfile's uid); workers request nvidia.com/gpu, have a
+    preStop hook that sends them SIGTERM and a terminationGracePeriodSeconds
+    above their --leave_timeout_ms; the PodDisruptionBudget selects the
+    servers.
 
 Transport security (mutual TLS from Secrets):
   - no psd container runs --insecure; each gives --tls_ca_file,
@@ -321,6 +323,20 @@ def check_manifests(objects, image_names, dockerfile_uid):
                 if o["spec"].get("replicas", 1) < want_workers:
                     problem("%s: %s replicas, the job needs %d workers"
                             % (where, o["spec"].get("replicas"), want_workers))
+                # Preemption (issue 16): the worker's leave on SIGTERM fits
+                # in the grace period, and a preStop hook asks for it.
+                grace = o["spec"]["template"]["spec"].get(
+                    "terminationGracePeriodSeconds", 30)
+                leave_s = int(flags.get("leave_timeout_ms", "20000")) / 1000
+                if grace < leave_s + 5:
+                    problem("%s: terminationGracePeriodSeconds %s leaves no room "
+                            "for --leave_timeout_ms (%g s) and the drain"
+                            % (where, grace, leave_s))
+                pre_stop = c.get("lifecycle", {}).get("preStop", {})
+                if "kill -TERM 1" not in " ".join(
+                        pre_stop.get("exec", {}).get("command", [])):
+                    problem("%s: no preStop hook that sends the worker SIGTERM"
+                            % cw)
     for b in ("psd_coordinator", "psd_server", "psd_worker"):
         if b not in binaries_seen:
             problem("no workload runs %s" % b)

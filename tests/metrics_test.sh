@@ -220,6 +220,13 @@ expect(c0["psd_coordinator_registered_workers"] == 2, "2 workers registered")
 expect(c1['psd_coordinator_jobs{state="RUNNING"}'] == 1, "1 job running mid-way")
 expect(c2['psd_coordinator_jobs{state="SUCCEEDED"}'] == 1, "1 job succeeded")
 expect(c2['psd_coordinator_jobs{state="RUNNING"}'] == 0, "no job running after")
+# Membership (issue 16): the running job's 2 workers, its first epoch.
+workers = [v for k, v in c1.items() if k.startswith("psd_coordinator_job_workers{")]
+expect(workers == [2], "the running job has 2 workers: %s" % workers)
+epochs = [v for k, v in c1.items() if k.startswith("psd_coordinator_job_membership_epoch{")]
+expect(epochs == [1], "membership epoch 1 mid-way: %s" % epochs)
+expect(not any(k.startswith("psd_coordinator_job_workers{") for k in c2),
+       "no membership samples once no job runs")
 expect(c2["psd_coordinator_pending_jobs"] == 0, "no job pending")
 for s in ("server1", "server2"):
     before, during, after = (load(p, s) for p in ("before", "during", "after"))

@@ -2,13 +2,19 @@
 // waits for a rank of a job, trains it (worker/trainer.h), then goes back to
 // idle and waits for the next job.
 #include <atomic>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/job_config.h"
 #include "common/member_flags.h"
 #include "common/membership.h"
 #include "common/metrics.h"
@@ -16,6 +22,7 @@
 #include "common/process_main.h"
 #include "common/rpc.h"
 #include "common/shared_memory.h"
+#include "common/status.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
 #include "worker/trainer.h"
@@ -61,15 +68,36 @@ ABSL_FLAG(int, test_slow_ms_per_step, 0,
           "FOR TESTS ONLY: sleep this many ms in every training step, to make "
           "this worker artificially slow (the SSP test). Default 0.");
 
+ABSL_FLAG(int, leave_timeout_ms, 20000,
+          "On SIGTERM/SIGINT (e.g. a spot instance's preemption notice), "
+          "how long to wait for each rank to finish its step, push it and "
+          "be handed back to the coordinator before exiting anyway (then "
+          "its ranks resume on other workers where the servers are). Keep "
+          "it below the grace period of the platform (Kubernetes: "
+          "terminationGracePeriodSeconds).");
+ABSL_FLAG(std::string, sample_log, "",
+          "FOR TESTS: append one line per pushed training step to this "
+          "file: \"job epoch step rank index...\" (the examples of the "
+          "step's batch), for checking that each example of an epoch is "
+          "trained exactly once. Default: none.");
+
 namespace psd {
 namespace {
 
-// Receives assignments from heartbeats and runs them one at a time on its
-// own thread. Thread-safe.
+// Receives assignments from heartbeats and trains the ranks it is given,
+// each on a thread of its own with a backend of its own (a fixed-size job:
+// one rank; an elastic job: the ranks listed in Assignment.ranks, which
+// change as workers join and leave). A rank no longer listed is released at
+// its next step boundary and reported (ReportProgressRequest.released), so
+// its next worker starts where this one stopped. Leave() releases every
+// rank the same way (SIGTERM). Thread-safe.
 class WorkerAgent : public ViewSource {
  public:
-  WorkerAgent(TrainerOptions options, kernels::Backend* backend)
-      : options_(std::move(options)), backend_(backend) {
+  using BackendFactory =
+      std::function<absl::StatusOr<std::unique_ptr<kernels::Backend>>()>;
+
+  WorkerAgent(TrainerOptions options, BackendFactory backends)
+      : options_(std::move(options)), backends_(std::move(backends)) {
     options_.views = this;
   }
 
@@ -77,6 +105,7 @@ class WorkerAgent : public ViewSource {
     {
       absl::MutexLock lock(&mu_);
       stopping_ = true;
+      ++generation_;
     }
     cancel_ = true;
     if (thread_.joinable()) thread_.join();
@@ -87,13 +116,35 @@ class WorkerAgent : public ViewSource {
     thread_ = std::thread([this] { Run(); });
   }
 
+  // Preemption: releases every rank at its next step boundary (each
+  // finishes the step it is in and pushes it), tells the coordinator, and
+  // returns once they are all released or after `timeout` (then training is
+  // cancelled: the coordinator treats the ranks as a dead worker's).
+  void Leave(absl::Duration timeout) {
+    const absl::Time start = absl::Now();
+    absl::MutexLock lock(&mu_);
+    leaving_ = true;
+    ++generation_;
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return current_job_.empty();
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), timeout)) {
+      Log()->warn("leaving: ranks not released within {} ms; stopping them",
+                  absl::ToInt64Milliseconds(timeout));
+      cancel_ = true;
+      return;
+    }
+    Log()->info("leaving: every rank released in {} ms",
+                absl::ToInt64Milliseconds(absl::Now() - start));
+  }
+
   // Tells the coordinator which rank this worker trains, if any, so that a
   // restarted coordinator gives it back.
   void FillRegister(RegisterRequest* request) {
     absl::MutexLock lock(&mu_);
-    if (current_job_.empty()) return;
+    if (current_job_.empty() || runs_.empty()) return;
     request->set_job_id(current_job_);
-    request->set_rank(current_rank_);
+    request->set_rank(runs_.begin()->first);
   }
 
   // Names the assignment this worker holds, so that the coordinator leaves
@@ -104,6 +155,7 @@ class WorkerAgent : public ViewSource {
     if (current_job_.empty() || !view_.has_value()) return;
     request->set_held_job_id(current_job_);
     request->set_held_view_epoch(view_->view_epoch());
+    request->set_held_membership_epoch(view_->membership_epoch());
   }
 
   // ViewSource: the view of the job being trained, from heartbeats.
@@ -122,27 +174,56 @@ class WorkerAgent : public ViewSource {
   void OnHeartbeat(const HeartbeatResponse& response) {
     absl::MutexLock lock(&mu_);
     if (response.has_assignment() &&
-        response.assignment().job_id() == current_job_ &&
-        (!view_.has_value() ||
-         response.assignment().view_epoch() > view_->view_epoch())) {
+        response.assignment().job_id() == current_job_ && view_.has_value() &&
+        (response.assignment().view_epoch() > view_->view_epoch() ||
+         response.assignment().membership_epoch() >
+             view_->membership_epoch())) {
       view_ = response.assignment();
       latest_epoch_ = view_->view_epoch();
+      ++generation_;
     }
     if (response.cancelled() && !current_job_.empty() && !cancel_) {
       Log()->warn("job {}: the coordinator says stop (cancelled, or a job it "
                   "no longer runs)", current_job_);
     }
-    if (response.cancelled()) cancel_ = true;
-    if (!response.has_assignment()) return;
+    if (response.cancelled()) {
+      cancel_ = true;
+      ++generation_;
+    }
+    if (!response.has_assignment() || leaving_) return;
     const std::string& id = response.assignment().job_id();
     if (id == current_job_ || finished_.count(id)) return;
     next_ = response.assignment();
+    ++generation_;
   }
 
  private:
+  // One rank being trained.
+  struct RankRun {
+    std::thread thread;
+    std::atomic<bool> release{false};
+    RankRelease result;
+    absl::Status status;
+    bool ended = false;  // guarded by mu_
+  };
+
+  // The ranks `view` gives this worker, and where each starts (-1: from
+  // the servers).
+  static std::map<int32_t, int64_t> RanksOf(const Assignment& view) {
+    std::map<int32_t, int64_t> ranks;
+    if (!IsElastic(view.config())) {
+      ranks[view.rank()] = view.resume_from_servers() ? -1 : view.start_step();
+      return ranks;
+    }
+    for (int32_t r : view.ranks()) {
+      auto start = view.rank_start_steps().find(r);
+      ranks[r] = start == view.rank_start_steps().end() ? -1 : start->second;
+    }
+    return ranks;
+  }
+
   void Run() {
     while (true) {
-      Assignment assignment;
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
@@ -151,45 +232,130 @@ class WorkerAgent : public ViewSource {
             },
             this));
         if (stopping_) return;
-        assignment = *std::move(next_);
+        view_ = *std::move(next_);
         next_.reset();
-        current_job_ = assignment.job_id();
-        current_rank_ = assignment.rank();
+        current_job_ = view_->job_id();
         cancel_ = false;
-        view_ = assignment;
-        latest_epoch_ = assignment.view_epoch();
+        latest_epoch_ = view_->view_epoch();
       }
-      Log()->info("job {}: assigned rank {}", assignment.job_id(),
-                  assignment.rank());
-      absl::Status status = TrainRank(
-          assignment, options_, backend_,
-          [&](const ReportProgressRequest& p) { return Report(p); },
-          &cancel_);
-      if (status.ok()) {
-        Log()->info("job {}: rank {} finished", assignment.job_id(),
-                    assignment.rank());
-      } else if (status.code() == absl::StatusCode::kCancelled) {
-        Log()->info("job {}: rank {} stopped: {}", assignment.job_id(),
-                    assignment.rank(), status.ToString());
-      } else {
-        Log()->error("job {}: rank {} failed: {}", assignment.job_id(),
-                     assignment.rank(), status.ToString());
-        ReportProgressRequest failure;
-        failure.set_job_id(assignment.job_id());
-        failure.set_rank(assignment.rank());
-        failure.set_error(status.ToString());
-        Report(failure);
-      }
+      RunJob();
       absl::MutexLock lock(&mu_);
       finished_.insert(current_job_);
       current_job_.clear();
+      view_.reset();
     }
   }
 
+  // Trains the current job's ranks until none is left to train.
+  void RunJob() {
+    std::set<int32_t> done;  // ranks that trained all their steps
+    bool over = false;       // a rank failed or was cancelled
+    int64_t seen = -1;
+    while (true) {
+      std::vector<ReportProgressRequest> reports;
+      {
+        absl::MutexLock lock(&mu_);
+        auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return generation_ != seen;
+        };
+        mu_.Await(absl::Condition(&changed));
+        seen = generation_;
+        // Ranks that ended: reap them.
+        for (auto it = runs_.begin(); it != runs_.end();) {
+          RankRun& run = *it->second;
+          if (!run.ended) {
+            ++it;
+            continue;
+          }
+          run.thread.join();
+          const int32_t rank = it->first;
+          ReportProgressRequest report;
+          report.set_job_id(current_job_);
+          report.set_rank(rank);
+          if (!run.status.ok()) {
+            over = true;
+            if (run.status.code() != absl::StatusCode::kCancelled) {
+              Log()->error("job {}: rank {} failed: {}", current_job_, rank,
+                           run.status.ToString());
+              report.set_error(run.status.ToString());
+              reports.push_back(report);
+            } else {
+              Log()->info("job {}: rank {} stopped: {}", current_job_, rank,
+                          run.status.ToString());
+            }
+          } else if (run.result.released_at >= 0) {
+            report.set_released(true);
+            report.set_leaving(leaving_);
+            report.set_step(run.result.released_at);
+            reports.push_back(report);
+          } else {
+            Log()->info("job {}: rank {} finished", current_job_, rank);
+            done.insert(rank);
+          }
+          it = runs_.erase(it);
+        }
+        if (stopping_ || cancel_) over = true;
+        // What the coordinator asks for now.
+        const std::map<int32_t, int64_t> wanted =
+            over || leaving_ ? std::map<int32_t, int64_t>() : RanksOf(*view_);
+        for (auto& [rank, run] : runs_) {
+          if (!wanted.count(rank)) run->release = true;
+        }
+        bool all_done = !done.empty();
+        for (const auto& [rank, start] : wanted) {
+          all_done = all_done && done.count(rank);
+          if (runs_.count(rank) || done.count(rank)) continue;
+          Assignment assignment = *view_;
+          assignment.set_rank(rank);
+          assignment.set_resume_from_servers(start < 0);
+          if (start >= 0) assignment.set_start_step(start);
+          StartRankLocked(std::move(assignment));
+        }
+        // Over for this worker: nothing runs, and it finished, failed, was
+        // cancelled, or is leaving. (An elastic job's worker may hold no rank
+        // for a moment while one moves to it.)
+        const bool elastic = IsElastic(view_->config());
+        if (reports.empty() && runs_.empty() &&
+            (over || leaving_ || all_done || !elastic)) {
+          return;
+        }
+      }
+      for (const ReportProgressRequest& report : reports) Report(report);
+      if (!reports.empty()) seen = -1;  // look again at once
+    }
+  }
+
+  void StartRankLocked(Assignment assignment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int32_t rank = assignment.rank();
+    auto run = std::make_unique<RankRun>();
+    RankRun* r = run.get();
+    r->result.release = &r->release;
+    Log()->info("job {}: assigned rank {}{}", assignment.job_id(), rank,
+                assignment.resume_from_servers()
+                    ? " (at the step its servers are at)"
+                    : absl::StrCat(" at step ", assignment.start_step()));
+    r->thread = std::thread([this, r, assignment = std::move(assignment)] {
+      absl::StatusOr<std::unique_ptr<kernels::Backend>> backend = backends_();
+      absl::Status status = backend.status();
+      if (backend.ok()) {
+        status = TrainRank(
+            assignment, options_, backend->get(),
+            [&](const ReportProgressRequest& p) { return Report(p); },
+            &cancel_, &r->result);
+      }
+      absl::MutexLock lock(&mu_);
+      r->status = status;
+      r->ended = true;
+      ++generation_;
+    });
+    runs_[rank] = std::move(run);
+  }
+
   // Sends progress; returns true when the job was cancelled. The last
-  // report of a rank (done) is retried while the coordinator is away (up to
-  // 2 minutes): it is what ends the job, and this worker keeps claiming its
-  // rank (FillRegister) until it is delivered.
+  // report of a rank (done, released) is retried while the coordinator is
+  // away (up to 2 minutes): it is what ends the job or hands the rank on,
+  // and this worker keeps claiming its rank (FillRegister) until it is
+  // delivered.
   bool Report(ReportProgressRequest request) {
     const absl::Time give_up = absl::Now() + absl::Minutes(2);
     while (true) {
@@ -211,7 +377,8 @@ class WorkerAgent : public ViewSource {
       if (status.ok()) return response.cancelled();
       Log()->warn("progress report failed: {}", status.error_message());
       // The data plane does not need the coordinator: go on training.
-      if (!request.done() || absl::Now() > give_up || cancel_.load()) {
+      const bool last = request.done() || request.released();
+      if (!last || absl::Now() > give_up || cancel_.load()) {
         return false;
       }
       absl::SleepFor(absl::Milliseconds(250));
@@ -219,19 +386,42 @@ class WorkerAgent : public ViewSource {
   }
 
   TrainerOptions options_;  // constant after construction
-  kernels::Backend* const backend_;
+  const BackendFactory backends_;
   std::atomic<int64_t> latest_epoch_{0};
   Membership* membership_ = nullptr;
   std::atomic<bool> cancel_{false};
   std::thread thread_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool leaving_ ABSL_GUARDED_BY(mu_) = false;
+  // Grows with every event the job loop waits for.
+  int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<Assignment> next_ ABSL_GUARDED_BY(mu_);
-  // The newest assignment of current_job_ (its view epoch may grow).
+  // The newest assignment of current_job_ (its epochs may grow).
   std::optional<Assignment> view_ ABSL_GUARDED_BY(mu_);
   std::string current_job_ ABSL_GUARDED_BY(mu_);
-  int32_t current_rank_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int32_t, std::unique_ptr<RankRun>> runs_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> finished_ ABSL_GUARDED_BY(mu_);
+};
+
+// --sample_log: one line per pushed step, "job epoch step rank i1 i2 ...".
+class SampleLog {
+ public:
+  explicit SampleLog(const std::string& path) : out_(path, std::ios::app) {}
+  bool ok() const { return out_.good(); }
+  void Write(const Assignment& a, int32_t epoch, int64_t step,
+             const int32_t* indices, int32_t count) {
+    std::string line = absl::StrCat(a.job_id(), " ", epoch, " ", step, " ",
+                                    a.rank());
+    for (int32_t i = 0; i < count; ++i) absl::StrAppend(&line, " ", indices[i]);
+    line += '\n';
+    absl::MutexLock lock(&mu_);
+    out_ << line << std::flush;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::ofstream out_ ABSL_GUARDED_BY(mu_);
 };
 
 int Main() {
@@ -256,8 +446,22 @@ int Main() {
   TrainerMetrics trainer_metrics(&metrics);
   auto metrics_server = ServeMetrics(&metrics);
   if (!metrics_server.ok()) return StartupError(metrics_server.status());
-  std::unique_ptr<kernels::Backend> backend = std::move(selected->backend);
-  Log()->info("device: {} ({})", backend->Name(), selected->reason);
+  Log()->info("device: {} ({})", selected->backend->Name(), selected->reason);
+  // The first rank trained uses this backend; each further one (an
+  // elastic job's worker holding several) gets one of its own.
+  absl::Mutex first_mu;
+  std::unique_ptr<kernels::Backend> first = std::move(selected->backend);
+  auto backends = [&]() -> absl::StatusOr<std::unique_ptr<kernels::Backend>> {
+    {
+      absl::MutexLock lock(&first_mu);
+      if (first != nullptr) return std::move(first);
+    }
+    PSD_ASSIGN_OR_RETURN(
+        kernels::SelectedBackend more,
+        kernels::CreateBackendForDevice(absl::GetFlag(FLAGS_device),
+                                        device_options));
+    return std::move(more.backend);
+  };
 
   RpcServerOptions rpc_options;
   rpc_options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -285,7 +489,20 @@ int Main() {
                   "running", removed);
     }
   }
-  WorkerAgent agent(trainer, backend.get());
+  std::unique_ptr<SampleLog> sample_log;
+  if (const std::string path = absl::GetFlag(FLAGS_sample_log); !path.empty()) {
+    sample_log = std::make_unique<SampleLog>(path);
+    if (!sample_log->ok()) {
+      Log()->error("--sample_log: cannot open {} for appending", path);
+      return 2;
+    }
+    trainer.on_step_pushed = [&sample_log](const Assignment& a, int32_t epoch,
+                                           int64_t step, const int32_t* idx,
+                                           int32_t n) {
+      sample_log->Write(a, epoch, step, idx, n);
+    };
+  }
+  WorkerAgent agent(trainer, backends);
   MembershipOptions options = *std::move(member);
   options.advertised_address = advertised;
   options.fill_register = [&agent](RegisterRequest* r) { agent.FillRegister(r); };
@@ -299,8 +516,25 @@ int Main() {
     return 1;
   }
   agent.Start(&membership);
-  return ServeUntilShutdownSignal(&*rpc, absl::GetFlag(FLAGS_port_file),
-                                  std::chrono::seconds(2));
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
+      !port_file.empty()) {
+    if (absl::Status written =
+            WriteFileAtomically(port_file, std::to_string(rpc->port));
+        !written.ok()) {
+      Log()->error("--port_file: {}", written.ToString());
+      rpc->server->Shutdown();
+      return 1;
+    }
+  }
+  const int sig = WaitForShutdownSignal();
+  // Preemption (a spot instance's notice): finish the steps in flight,
+  // push them, hand the ranks back, then go.
+  Log()->info("signal {}: releasing ranks (at most --leave_timeout_ms {})",
+              sig, absl::GetFlag(FLAGS_leave_timeout_ms));
+  agent.Leave(absl::Milliseconds(absl::GetFlag(FLAGS_leave_timeout_ms)));
+  rpc->health->Shutdown();
+  rpc->server->Shutdown(DeadlineIn(std::chrono::seconds(2)));
+  return 0;
 }
 
 }  // namespace
@@ -314,7 +548,10 @@ int main(int argc, char** argv) {
        "  psd_worker --coordinator=HOST:PORT [--data_dir=DIR] [--device=cpu]\n"
        "Registers with the coordinator, trains the rank of a job it is given\n"
        "(pull parameters, compute gradients, push them), then waits for the\n"
-       "next job. Serves gRPC health and reflection, and Prometheus metrics\n"
-       "with --metrics_listen. SIGINT/SIGTERM stop it."},
+       "next job; in an elastic job, the ranks it is given as workers join\n"
+       "and leave. Serves gRPC health and reflection, and Prometheus metrics\n"
+       "with --metrics_listen. SIGINT/SIGTERM: it finishes the step in\n"
+       "flight, pushes it, hands its ranks back and exits (within\n"
+       "--leave_timeout_ms)."},
       psd::Main);
 }

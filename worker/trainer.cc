@@ -122,7 +122,9 @@ absl::StatusOr<ParamBuffers> AllocateParams(kernels::Backend* backend,
 absl::Status TrainRank(const Assignment& assignment,
                        const TrainerOptions& options, kernels::Backend* backend,
                        const ProgressSink& report,
-                       const std::atomic<bool>* cancel) {
+                       const std::atomic<bool>* cancel,
+                       RankRelease* release) {
+  if (release != nullptr) release->released_at = -1;
   const JobConfig& config = assignment.config();
   const int32_t rank = assignment.rank();
   const int32_t workers = config.workers();
@@ -239,6 +241,14 @@ absl::Status TrainRank(const Assignment& assignment,
     for (int64_t i = first; i < steps_per_epoch; ++i) {
       if (cancel->load()) return absl::CancelledError("job cancelled");
       const int64_t step = epoch * steps_per_epoch + i;
+      if (release != nullptr && release->release != nullptr &&
+          release->release->load()) {
+        // A step boundary: every earlier step of this rank is pushed.
+        release->released_at = step;
+        Log()->info("job {} rank {}: released at step {}", assignment.job_id(),
+                    rank, step);
+        return absl::OkStatus();
+      }
       const auto start = std::chrono::steady_clock::now();
       if (pulled_step != step) {
         PSD_RETURN_IF_ERROR(client->Pull(step, false, params.out));
@@ -266,6 +276,10 @@ absl::Status TrainRank(const Assignment& assignment,
       PSD_RETURN_IF_ERROR(options.overlap_push ? client->FinishPush()
                                                : client->Push(step, grads));
       const auto pushed = std::chrono::steady_clock::now();
+      if (options.on_step_pushed) {
+        options.on_step_pushed(assignment, epoch, step, order.data() + i * batch,
+                               batch);
+      }
       const double pull_s =
           pulled_step != step ? SecondsBetween(start, pulled) : 0.0;
       const double wait_s = pull_s + SecondsBetween(computed, pushed);

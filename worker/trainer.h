@@ -65,6 +65,23 @@ struct TrainerOptions {
   // this worker artificially slow (tests/consistency_test.sh, SSP).
   // Default: 0 (no delay).
   int test_slow_ms_per_step = 0;
+  // Called after each step's push was acknowledged by every server, with
+  // the example indices (into the training set) of the step's batch; from
+  // the training thread. For the exactly-once check of elastic jobs
+  // (psd_worker --sample_log). Default: none.
+  std::function<void(const Assignment& assignment, int32_t epoch, int64_t step,
+                     const int32_t* indices, int32_t count)>
+      on_step_pushed;
+};
+
+// How TrainRank is told to stop at a step boundary, and where it stopped.
+struct RankRelease {
+  // Set by another thread: stop before the next step (after the current
+  // step's push was acknowledged). Not owned.
+  const std::atomic<bool>* release = nullptr;
+  // Set by TrainRank when it stopped for `release`: the first step it did
+  // not push (where the rank's next worker starts). -1 otherwise.
+  int64_t released_at = -1;
 };
 
 // Where progress goes (the coordinator's ReportProgress). Returns true when
@@ -88,12 +105,16 @@ using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
 // asynchronously; a pull overwrites them only after the previous Mlp call
 // returned (it synchronizes the backend first: worker/mlp.h).
 // Setting `*cancel` stops training within a step (calls in flight to the
-// servers are cancelled). Returns OK when all steps are done, CANCELLED when
-// stopped, or the error that ended it.
+// servers are cancelled). Setting `*release->release` (when release is not
+// null) stops it at the next step boundary: OK with release->released_at
+// set (an elastic job's rank moving to another worker, or this worker
+// leaving). Returns OK when all steps are done (released_at -1), or
+// released; CANCELLED when stopped, or the error that ended it.
 absl::Status TrainRank(const Assignment& assignment,
                        const TrainerOptions& options, kernels::Backend* backend,
                        const ProgressSink& report,
-                       const std::atomic<bool>* cancel);
+                       const std::atomic<bool>* cancel,
+                       RankRelease* release = nullptr);
 
 }  // namespace psd
 

@@ -235,6 +235,13 @@ class CoordinatorState {
     std::vector<std::string> start_errors;
     std::string start_reason;
     absl::Time start_not_before;
+    // Membership (elastic.cc). Ranks released at a step boundary by their
+    // worker (it left, or the rank moved): rank -> the step its next worker
+    // starts at.
+    std::map<int32_t, int64_t> rank_start;
+    // Elastic jobs: ranks being moved, rank -> the worker that takes it once
+    // its holder released it ("": whoever needs it then).
+    std::map<int32_t, std::string> releasing;
   };
   // A DropJob to send to a job's servers, outside the lock.
   struct PendingDrop {
@@ -331,8 +338,35 @@ class CoordinatorState {
   // pending_reason.
   std::string NextJobToStartLocked(const std::vector<std::string>& idle)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Gives idle workers the free ranks of running jobs (after a recovery).
+  // Gives idle workers the free ranks of running jobs (after a recovery);
+  // rebalances elastic jobs (RebalanceLocked).
   void AssignFreeRanks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Membership of a job's ranks (elastic.cc; see "Elastic jobs" in
+  // docs/ARCHITECTURE.md).
+  // An elastic job: idle workers join while it has fewer than max_workers;
+  // with fewer than min_workers it pauses (status.paused_reason); otherwise
+  // free ranks go to the least loaded workers, and ranks move (released at
+  // a step boundary first) until loads differ by at most one.
+  void RebalanceLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `worker` stopped training `rank` at `step` (ReportProgressRequest.
+  // released): the rank goes to the worker it was moving to, or is free,
+  // starting at `step`. `leaving`: the worker takes no more ranks.
+  void ReleaseRankLocked(Job* job, const std::string& worker, int32_t rank,
+                         int64_t step, bool leaving)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a change of who holds which rank: a new membership epoch, the
+  // status's workers, and `events` (kind, worker) added to its history.
+  void MembershipChangedLocked(
+      Job* job,
+      const std::vector<std::pair<MembershipChange::Kind, std::string>>& events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a heartbeat tells `worker` of its ranks in the job: the rank, its
+  // start (a step, or from the servers), the membership epoch; for an
+  // elastic job every rank it holds (Assignment.ranks).
+  void FillRanksLocked(const Job& job, const std::string& worker,
+                       int32_t member_rank, Assignment* assignment)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Recovery after a restart (job_recovery.cc).
   // Brings RECOVERING jobs back once their servers are registered.

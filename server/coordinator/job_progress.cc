@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/job_config.h"
 #include "common/process.h"
 
 namespace psd {
@@ -98,6 +99,11 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
     response.set_cancelled(true);
     return response;
   }
+  if (request.released()) {
+    ReleaseRankLocked(&job, request.member_id(), rank, request.step(),
+                      request.leaving());
+    return response;
+  }
   if (!request.error().empty()) {
     FinishJob(&job, FAILED,
               absl::StrCat("rank ", rank, " (", request.member_id(),
@@ -170,7 +176,9 @@ void CoordinatorState::WatchProgress() {
   const absl::Time now = absl::Now();
   for (auto& [job_id, job] : jobs_) {
     const int32_t workers = job.status.config().workers();
-    if (job.status.state() != RUNNING ||
+    // Elastic jobs have no progress watch yet: a worker there holds
+    // several ranks, and ranks stop for a moment as they change hands.
+    if (job.status.state() != RUNNING || IsElastic(job.status.config()) ||
         job.status.worker_clocks_size() != workers) {
       continue;
     }

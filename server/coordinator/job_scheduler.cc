@@ -75,10 +75,15 @@ void CoordinatorState::AssignFreeRanks() {
   for (auto& [id, job] : jobs_) {
     // Ranks freed by a restore from snapshots, or by a worker that died or
     // stalled (never given back to the worker that stalled).
+    if (job.status.state() == RUNNING && IsElastic(job.status.config())) {
+      RebalanceLocked(&job);
+      continue;
+    }
     if (job.status.state() != RUNNING || !job.ranks_free) continue;
     std::vector<std::string> idle;
     for (const auto& [worker_id, member] : members_.workers()) {
-      if (member.job_id.empty() && member.stalled_in != id) {
+      if (member.job_id.empty() && !member.leaving &&
+          member.stalled_in != id) {
         idle.push_back(worker_id);
       }
     }
@@ -88,9 +93,11 @@ void CoordinatorState::AssignFreeRanks() {
     }
     if (free.empty()) job.ranks_free = false;
     if (free.empty() || idle.size() < free.size()) continue;
+    std::vector<std::pair<MembershipChange::Kind, std::string>> joined;
     for (int32_t rank : free) {
       const std::string worker = idle.back();
       idle.pop_back();
+      joined.emplace_back(MembershipChange::JOINED, worker);
       job.worker_ids[rank] = worker;
       members_.workers()[worker].job_id = id;
       members_.workers()[worker].rank = rank;
@@ -102,6 +109,7 @@ void CoordinatorState::AssignFreeRanks() {
                     job.start_step);
       }
     }
+    MembershipChangedLocked(&job, joined);
   }
 }
 
@@ -126,7 +134,8 @@ std::string CoordinatorState::NextJobToStartLocked(
       if (job.start_reason.empty()) return reason;
       return absl::StrCat(reason, "; ", job.start_reason);
     };
-    const int32_t needed = job.status.config().workers();
+    // An elastic job starts with min_workers.
+    const int32_t needed = MinWorkers(job.status.config());
     if (static_cast<int32_t>(members_.servers().size()) < servers_needed) {
       SetPendingReasonLocked(
           &job, with_start(absl::StrFormat(
@@ -182,21 +191,29 @@ void CoordinatorState::StartPendingJobs() {
     AssignFreeRanks();
     std::vector<std::string> idle;
     for (const auto& [id, member] : members_.workers()) {
-      if (member.job_id.empty()) idle.push_back(id);
+      if (member.job_id.empty() && !member.leaving) idle.push_back(id);
     }
     const std::string next = NextJobToStartLocked(idle);
     if (next.empty()) return;
     for (const std::string& id : job_order_) {
       if (id != next) continue;
       Job& job = jobs_[id];
-      const int32_t needed = job.status.config().workers();
-      // Reserve the workers and build the placement over every server.
+      // Reserve the workers and build the placement over every server. An
+      // elastic job takes up to max_workers idle workers, rank r going to
+      // worker r mod their number.
+      const JobConfig& sizes = job.status.config();
+      const int32_t ranks = sizes.workers();
+      const int32_t taking =
+          IsElastic(sizes) ? std::min<int32_t>(static_cast<int32_t>(idle.size()),
+                                               MaxWorkers(sizes))
+                           : ranks;
       job.starting = true;
-      job.worker_ids.assign(idle.begin(), idle.begin() + needed);
-      for (int32_t rank = 0; rank < needed; ++rank) {
+      job.worker_ids.resize(ranks);
+      for (int32_t rank = 0; rank < ranks; ++rank) {
+        job.worker_ids[rank] = idle[rank % taking];
         Member& worker = members_.workers()[job.worker_ids[rank]];
         worker.job_id = id;
-        worker.rank = rank;
+        if (rank < taking) worker.rank = rank;
       }
       // The servers: every registered one, less those cooling down after a
       // failed start while enough others remain.
@@ -423,8 +440,17 @@ void CoordinatorState::StartJobLocked(Job* job_ptr, const std::string& error,
   MarkDirty(job);
   job.started = absl::Now();
   job.ranks.assign(job.worker_ids.size(), RankProgress());
-  Log()->info("job {}: RUNNING on {} servers and {} workers", job_id,
-              job.assignment.servers_size(), job.worker_ids.size());
+  std::vector<std::pair<MembershipChange::Kind, std::string>> joined;
+  for (const std::string& w : job.worker_ids) {
+    if (std::none_of(joined.begin(), joined.end(),
+                     [&w](const auto& e) { return e.second == w; })) {
+      joined.emplace_back(MembershipChange::JOINED, w);
+    }
+  }
+  MembershipChangedLocked(&job, joined);
+  Log()->info("job {}: RUNNING on {} servers and {} workers ({} ranks)",
+              job_id, job.assignment.servers_size(), joined.size(),
+              job.worker_ids.size());
 }
 
 void CoordinatorState::ClearStartAttempt(Job* job) {

@@ -47,6 +47,9 @@ class MemberTable {
     // Workers only: a job whose rank was taken from this worker for making
     // no progress (WatchProgress); it is never given a rank of it again.
     std::string stalled_in;
+    // Workers only: it said it is leaving (SIGTERM, ReportProgressRequest.
+    // leaving); it is given no ranks, and its heartbeats stop soon.
+    bool leaving = false;
   };
 
   // Chooses this table's incarnation at random (see Add).

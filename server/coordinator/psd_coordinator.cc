@@ -115,6 +115,35 @@ void AddCoordinatorMetrics(CoordinatorState* state, MetricsRegistry* metrics) {
   metrics->AddGaugeCallback(
       "psd_coordinator_registered_workers", "Workers in the cluster view.",
       [state] { return double(state->GetClusterView().workers_size()); });
+  // Membership of the running jobs (issue 16), one sample per job.
+  auto per_running_job = [state](double (*of)(const JobStatus&)) {
+    return [state, of] {
+      LabeledValues values;
+      for (const JobStatus& job : state->ListJobs()) {
+        if (job.state() == RUNNING) values.emplace_back(job.job_id(), of(job));
+      }
+      return values;
+    };
+  };
+  metrics->AddGaugeFamilyCallback(
+      "psd_coordinator_job_workers",
+      "Workers holding ranks of each running job.", "job",
+      per_running_job(
+          [](const JobStatus& j) { return double(j.workers_size()); }));
+  metrics->AddGaugeFamilyCallback(
+      "psd_coordinator_job_membership_epoch",
+      "Membership epoch of each running job (grows with every change of "
+      "which worker holds which rank).",
+      "job", per_running_job([](const JobStatus& j) {
+        return double(j.membership_epoch());
+      }));
+  metrics->AddGaugeFamilyCallback(
+      "psd_coordinator_job_paused",
+      "1 while a running elastic job has fewer than min_workers workers "
+      "and waits for more, else 0.",
+      "job", per_running_job([](const JobStatus& j) {
+        return j.paused_reason().empty() ? 0.0 : 1.0;
+      }));
   metrics->AddGaugeCallback(
       "psd_coordinator_view_epoch",
       "Epoch of the cluster view (grows with every membership change).",

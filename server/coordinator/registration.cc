@@ -194,14 +194,15 @@ absl::StatusOr<HeartbeatResponse> CoordinatorState::Heartbeat(
     return response;
   }
   if (request.held_job_id() == member.job_id &&
-      request.held_view_epoch() == job->second.assignment.view_epoch()) {
+      request.held_view_epoch() == job->second.assignment.view_epoch() &&
+      request.held_membership_epoch() ==
+          job->second.status.membership_epoch()) {
     response.set_assignment_held(true);  // nothing new to send
     return response;
   }
   *response.mutable_assignment() = job->second.assignment;
-  response.mutable_assignment()->set_rank(member.rank);
-  response.mutable_assignment()->set_resume_from_servers(
-      job->second.resume_ranks.count(member.rank) > 0);
+  FillRanksLocked(job->second, request.member_id(), member.rank,
+                  response.mutable_assignment());
   return response;
 }
 
@@ -250,15 +251,27 @@ void CoordinatorState::RemoveMemberLocked(bool server, const std::string& id,
   for (auto& [job_id, job] : jobs_) {
     if (job.status.state() != RUNNING) continue;
     if (!server) {
+      bool held = member->job_id == job_id;
       for (size_t r = 0; r < job.worker_ids.size(); ++r) {
         if (job.worker_ids[r] != id) continue;
-        // Under BSP the step waits for this rank; an idle worker takes
-        // it (AssignFreeRanks) and resumes where the servers are.
+        // Under BSP the step waits for this rank; an idle worker (or, in
+        // an elastic job, one of its workers) takes it (AssignFreeRanks)
+        // and resumes where the servers are.
+        const int32_t rank = static_cast<int32_t>(r);
         job.worker_ids[r].clear();
         job.ranks_free = true;
-        job.resume_ranks.insert(static_cast<int32_t>(r));
-        Log()->warn("job {}: rank {} lost its worker {}; waiting for an "
-                    "idle worker to take it", job_id, r, id);
+        job.resume_ranks.insert(rank);
+        job.rank_start.erase(rank);
+        job.releasing.erase(rank);
+        held = true;
+        Log()->warn("job {}: rank {} lost its worker {}; waiting for a "
+                    "worker to take it", job_id, r, id);
+      }
+      for (auto& [rank, to] : job.releasing) {
+        if (to == id) to.clear();  // moving to it: to whoever needs it
+      }
+      if (held) {
+        MembershipChangedLocked(&job, {{MembershipChange::DIED, id}});
       }
       continue;
     }

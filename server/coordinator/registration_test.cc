@@ -81,11 +81,21 @@ TEST_CASE("CoordinatorState: a worker holding its job's current assignment "
   request.set_member_id(by_rank[0]);
   request.set_held_job_id(job_id);
   request.set_held_view_epoch(full.view_epoch());
+  request.set_held_membership_epoch(full.membership_epoch());
   absl::StatusOr<HeartbeatResponse> held = cluster.state.Heartbeat(request);
   REQUIRE(held.ok());
   CHECK(held->assignment_held());
   CHECK_FALSE(held->has_assignment());
   CHECK_FALSE(held->cancelled());
+
+  // An older membership epoch (issue 16: ranks changed hands since): the
+  // whole assignment.
+  request.set_held_membership_epoch(full.membership_epoch() - 1);
+  absl::StatusOr<HeartbeatResponse> moved = cluster.state.Heartbeat(request);
+  REQUIRE(moved.ok());
+  CHECK_FALSE(moved->assignment_held());
+  CHECK(moved->assignment().membership_epoch() == full.membership_epoch());
+  request.set_held_membership_epoch(full.membership_epoch());
 
   // An older epoch, another job, or none: the whole assignment.
   for (const auto& [job, epoch] :
