@@ -628,10 +628,15 @@ absl::Status ParameterClient::WithFailover(
     // ABORTED: not the primary (any more); UNAVAILABLE: unreachable or its
     // view is on its way; NOT_FOUND: a server without the job, one
     // restarted in place on the address of a primary the view still names
-    // until the failover is published. All wait for a newer view, bounded.
+    // until the failover is published; CANCELLED: the server dropped the
+    // job while a call waited (the job ended, or the server was drained
+    // from it by live resharding: the coordinator says which, by a newer
+    // view or by stopping the rank, see options_.cancel above). All wait
+    // for a newer view, bounded.
     if (status.code() != absl::StatusCode::kAborted &&
         status.code() != absl::StatusCode::kUnavailable &&
-        status.code() != absl::StatusCode::kNotFound) {
+        status.code() != absl::StatusCode::kNotFound &&
+        status.code() != absl::StatusCode::kCancelled) {
       return status;
     }
     const absl::Time now = absl::Now();

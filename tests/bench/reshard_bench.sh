@@ -50,8 +50,12 @@ workers: 1
 seed: 1
 JOB
 
-# step JOB: the job's step now.
-step() { "${CTL[@]}" get "$1" | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get("step", 0)))'; }
+# step: the steps the worker has trained (its psd_worker_steps_total: the
+# job's step reports come every 20 steps, too coarse for a move of seconds).
+step() {
+  curl -s "http://127.0.0.1:$WORKER_METRICS/metrics" |
+    awk '$1 ~ /^psd_worker_steps_total/ { s += $2 } END { print s + 0 }'
+}
 # id_at PORT: the id of the server listening on PORT.
 id_at() {
   "${CTL[@]}" view | python3 -c '
@@ -75,8 +79,11 @@ for round in $(seq "$ROUNDS"); do
   "$BIN/server/ps/psd_server" --insecure --coordinator="$C" --port_file="$WORK/s1.port" 2>>"$WORK/s1.log" &
   PIDS+=($!)
   s1_port=$(wait_port $! "$WORK/s1.port")
-  "$BIN/worker/psd_worker" --insecure --coordinator="$C" 2>>"$WORK/w1.log" &
+  rm -f "$WORK/w1.mport"
+  "$BIN/worker/psd_worker" --insecure --coordinator="$C" --metrics_listen=127.0.0.1:0 \
+    --metrics_port_file="$WORK/w1.mport" 2>>"$WORK/w1.log" &
   PIDS+=($!)
+  WORKER_METRICS=$(wait_port $! "$WORK/w1.mport")
   "${CTL[@]}" --servers=1 --workers=1 wait-ready >/dev/null
   job=$("${CTL[@]}" submit "$WORK/job.textproto")
   until [ "$(step "$job")" -ge 10 ]; do sleep 0.5; done
