@@ -6,17 +6,58 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/process.h"
 #include "common/rpc.h"
 #include "server/coordinator/server_calls.h"
 
 namespace psd {
+namespace {
+
+// One channel per server address for this file's calls (views, failover,
+// replica repair), kept between calls: a new channel per call is a new DNS
+// resolution, TCP connection and TLS handshake each time, and on a network
+// whose DNS loses a datagram, a call that waits for an address. A channel
+// in TRANSIENT_FAILURE is replaced, not reused: its reconnect backoff (up
+// to 120 s) must not delay reaching a server restarted at the same address;
+// a READY channel whose server restarted reconnects on its next call.
+class ServerChannels {
+ public:
+  std::unique_ptr<ParameterServer::Stub> Stub(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<grpc::Channel>& channel = channels_[address];
+    if (channel == nullptr) {
+      channel = MakeChannel(address);
+    } else {
+      const grpc_connectivity_state state = channel->GetState(false);
+      if (state == GRPC_CHANNEL_TRANSIENT_FAILURE ||
+          state == GRPC_CHANNEL_SHUTDOWN) {
+        channel = MakeChannel(address);
+      }
+    }
+    return ParameterServer::NewStub(channel);
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// Process-wide (channels are per address and thread-safe), never destroyed.
+std::unique_ptr<ParameterServer::Stub> ServerStub(const std::string& address) {
+  static ServerChannels* const channels = new ServerChannels;
+  return channels->Stub(address);
+}
+
+}  // namespace
 
 ClusterView CoordinatorState::GetClusterView() {
   absl::MutexLock lock(&mu_);
@@ -56,7 +97,7 @@ std::string CoordinatorState::SendViewTo(const Assignment& assignment,
   std::string error;
   for (const ServerInfo& server : assignment.servers()) {
     request.set_server_id(server.id());
-    auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+    auto stub = ServerStub(server.address());
     SetViewResponse response;
     grpc::Status status =
         CallIdempotent(stub.get(), &ParameterServer::Stub::SetView, request,
@@ -144,7 +185,7 @@ void CoordinatorState::RunFailovers() {
       if (!orphan.shards.count(r.shard())) continue;
       std::map<std::string, std::pair<int64_t, int64_t>> steps;
       for (const std::string& backup : r.backups()) {
-        auto stub = ParameterServer::NewStub(MakeChannel(address[backup]));
+        auto stub = ServerStub(address[backup]);
         ServerStatus status;
         grpc::Status called =
             CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
@@ -282,7 +323,7 @@ void CoordinatorState::RepairReplicas() {
   create.set_submitted_by(assignment.submitted_by());
   *create.mutable_servers() = assignment.servers();
   CreateJobResponse created;
-  auto joiner = ParameterServer::NewStub(MakeChannel(joiner_address));
+  auto joiner = ServerStub(joiner_address);
   grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,
                                    create, &created, timeout);
   SyncBackupResponse synced;
@@ -291,7 +332,7 @@ void CoordinatorState::RepairReplicas() {
     sync.set_job_id(job_id);
     sync.set_shard(shard);
     sync.set_backup_address(joiner_address);
-    auto primary = ParameterServer::NewStub(MakeChannel(primary_address));
+    auto primary = ServerStub(primary_address);
     status = CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
                         &synced, std::chrono::milliseconds(120000));
   }
