@@ -24,25 +24,32 @@ namespace {
 // One channel per server address for this file's calls (views, failover,
 // replica repair), kept between calls: a new channel per call is a new DNS
 // resolution, TCP connection and TLS handshake each time, and on a network
-// whose DNS loses a datagram, a call that waits for an address. A channel
-// in TRANSIENT_FAILURE is replaced, not reused: its reconnect backoff (up
-// to 120 s) must not delay reaching a server restarted at the same address;
-// a READY channel whose server restarted reconnects on its next call.
+// whose DNS loses a datagram, a call that waits for an address. Only a
+// READY channel is reused. Any other is replaced by a new one, which
+// resolves the name again: a server restarted under the same name may have
+// a new address (a restarted container does), and a channel that lost its
+// connection keeps connecting to the address it resolved then, or waits out
+// its reconnect backoff (up to 120 s). A call through a channel that failed
+// UNAVAILABLE or DEADLINE_EXCEEDED drops it (a READY channel to a peer that
+// vanished without closing its connections stays READY).
 class ServerChannels {
  public:
   std::unique_ptr<ParameterServer::Stub> Stub(const std::string& address) {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<grpc::Channel>& channel = channels_[address];
-    if (channel == nullptr) {
+    if (channel == nullptr || channel->GetState(false) != GRPC_CHANNEL_READY) {
       channel = MakeChannel(address);
-    } else {
-      const grpc_connectivity_state state = channel->GetState(false);
-      if (state == GRPC_CHANNEL_TRANSIENT_FAILURE ||
-          state == GRPC_CHANNEL_SHUTDOWN) {
-        channel = MakeChannel(address);
-      }
     }
     return ParameterServer::NewStub(channel);
+  }
+
+  void Done(const std::string& address, const grpc::Status& status) {
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    channels_.erase(address);
   }
 
  private:
@@ -52,9 +59,9 @@ class ServerChannels {
 };
 
 // Process-wide (channels are per address and thread-safe), never destroyed.
-std::unique_ptr<ParameterServer::Stub> ServerStub(const std::string& address) {
+ServerChannels& Channels() {
   static ServerChannels* const channels = new ServerChannels;
-  return channels->Stub(address);
+  return *channels;
 }
 
 }  // namespace
@@ -97,11 +104,12 @@ std::string CoordinatorState::SendViewTo(const Assignment& assignment,
   std::string error;
   for (const ServerInfo& server : assignment.servers()) {
     request.set_server_id(server.id());
-    auto stub = ServerStub(server.address());
+    auto stub = Channels().Stub(server.address());
     SetViewResponse response;
     grpc::Status status =
         CallIdempotent(stub.get(), &ParameterServer::Stub::SetView, request,
                        &response, std::chrono::milliseconds(2000), budget);
+    Channels().Done(server.address(), status);
     if (!status.ok() && error.empty()) {
       error = absl::StrCat("sending view epoch ", assignment.view_epoch(),
                            " to server ", server.id(), " (", server.address(),
@@ -185,12 +193,13 @@ void CoordinatorState::RunFailovers() {
       if (!orphan.shards.count(r.shard())) continue;
       std::map<std::string, std::pair<int64_t, int64_t>> steps;
       for (const std::string& backup : r.backups()) {
-        auto stub = ServerStub(address[backup]);
+        auto stub = Channels().Stub(address[backup]);
         ServerStatus status;
         grpc::Status called =
             CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
                        GetServerStatusRequest(), &status,
                        std::chrono::milliseconds(1000));
+        Channels().Done(address[backup], called);
         if (!called.ok()) continue;
         for (const ServerJobStatus& job : status.jobs()) {
           if (job.job_id() != orphan.job_id) continue;
@@ -323,18 +332,20 @@ void CoordinatorState::RepairReplicas() {
   create.set_submitted_by(assignment.submitted_by());
   *create.mutable_servers() = assignment.servers();
   CreateJobResponse created;
-  auto joiner = ServerStub(joiner_address);
+  auto joiner = Channels().Stub(joiner_address);
   grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,
                                    create, &created, timeout);
+  Channels().Done(joiner_address, status);
   SyncBackupResponse synced;
   if (status.ok()) {
     SyncBackupRequest sync;
     sync.set_job_id(job_id);
     sync.set_shard(shard);
     sync.set_backup_address(joiner_address);
-    auto primary = ServerStub(primary_address);
+    auto primary = Channels().Stub(primary_address);
     status = CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
                         &synced, std::chrono::milliseconds(120000));
+    Channels().Done(primary_address, status);
   }
   {
     absl::MutexLock lock(&mu_);
