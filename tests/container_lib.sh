@@ -146,7 +146,9 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # NETP (the container name prefix); PSD_BUF set, buf is in -ctl too, as
 # /usr/local/bin/buf. PSD_CONTAINER_ARGS: more podman run
 # options for every container (e.g. -e GRPC_VERBOSITY=debug);
-# PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500).
+# PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500);
+# PSD_PIN_BRIDGE_MAC=0: leave the bridge's MAC address to the kernel (see
+# pin_bridge_mac; for measuring what that costs).
 start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
@@ -170,7 +172,7 @@ start_containers() {
   "${run[@]}" --name "$NETP-coordinator" $(dns_alias psd-coordinator) "$IMAGE" \
     psd_coordinator --listen=0.0.0.0:7070 $(ctls coordinator) "$@" >/dev/null ||
     fail "the coordinator container did not start"
-  [ "$net" = host ] || pin_bridge_mac "$NETP"
+  [ "$net" = host ] || [ "${PSD_PIN_BRIDGE_MAC:-1}" = 0 ] || pin_bridge_mac "$NETP"
   for i in $(seq "$servers"); do
     [ "$net" = host ] && sport=$((7170 + i))
     local adv=psd-server-$i
