@@ -208,11 +208,12 @@ start_containers() {
 # has now, its first container's. A Linux bridge whose address was never set
 # takes the lowest of its ports' addresses, so it changes as containers
 # start, stop or restart; netavark sets it only in releases after Debian
-# 12's 1.4 (containers/netavark#833, 2023). Every container that cached the old address in its ARP table then
-# loses the gateway, where aardvark-dns answers, until that entry is probed
-# again: about 10 s per DNS lookup, and gRPC's resolver turned that into
-# 40-100 s stalls (docs/PERFORMANCE.md, "Containers"). Kubernetes' bridge
-# CNI plugin sets the address itself.
+# 12's 1.4 (containers/netavark#833, 2023). Every container that cached
+# the old address in its ARP table then loses the gateway, where
+# aardvark-dns answers, until that entry is probed again: about 10 s per
+# DNS lookup, and gRPC's resolver turned that into 40-100 s stalls
+# (docs/PERFORMANCE.md, "Containers"). Kubernetes' bridge CNI plugin sets
+# the address itself.
 pin_bridge_mac() {
   local bridge mac
   bridge=$(podman network inspect --format '{{.NetworkInterface}}' "$1") ||
