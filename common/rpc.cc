@@ -104,6 +104,15 @@ grpc::ChannelArguments ChannelArguments() {
   // A distinct channel per call site: no sharing of one TCP connection
   // between unrelated clients in one process.
   args.SetInt("grpc.use_local_subchannel_pool", 1);
+  // Name resolution (gRPC's c-ares resolver) gives up after 6 s, not
+  // gRPC's 120 s, and may run again 1 s after the last, not 30 s: a
+  // resolution whose datagrams were lost (a DNS server or the path to it
+  // briefly unreachable) then costs seconds, not minutes of calls that wait
+  // for an address until their deadlines. 6 s is c-ares's first try at the
+  // first nameserver (resolv.conf's default timeout, 5 s) and time for a
+  // second nameserver to answer. docs/PERFORMANCE.md, "Containers".
+  args.SetInt(GRPC_ARG_DNS_ARES_QUERY_TIMEOUT_MS, 6000);
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   return args;
 }
 

@@ -146,7 +146,9 @@ ctls() { echo "--tls_ca_file=/etc/psd/tls/ca.pem --tls_cert_file=/etc/psd/tls/$1
 # NETP (the container name prefix); PSD_BUF set, buf is in -ctl too, as
 # /usr/local/bin/buf. PSD_CONTAINER_ARGS: more podman run
 # options for every container (e.g. -e GRPC_VERBOSITY=debug);
-# PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500).
+# PSD_NETWORK_MTU: the bridge network's MTU (podman's default: 1500);
+# PSD_PIN_BRIDGE_MAC=0: leave the bridge's MAC address to the kernel (see
+# pin_bridge_mac; for measuring what that costs).
 start_containers() {
   local net=$1 servers=$2 workers=$3 i
   shift 3
@@ -170,6 +172,7 @@ start_containers() {
   "${run[@]}" --name "$NETP-coordinator" $(dns_alias psd-coordinator) "$IMAGE" \
     psd_coordinator --listen=0.0.0.0:7070 $(ctls coordinator) "$@" >/dev/null ||
     fail "the coordinator container did not start"
+  [ "$net" = host ] || [ "${PSD_PIN_BRIDGE_MAC:-1}" = 0 ] || pin_bridge_mac "$NETP"
   for i in $(seq "$servers"); do
     [ "$net" = host ] && sport=$((7170 + i))
     local adv=psd-server-$i
@@ -199,6 +202,24 @@ start_containers() {
   CTL=(ctl_in_container)
   "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=60 wait-ready ||
     fail "the $net-network cluster never became ready"
+}
+
+# pin_bridge_mac NET: fixes the MAC address of NET's bridge to the one it
+# has now, its first container's. A Linux bridge whose address was never set
+# takes the lowest of its ports' addresses, so it changes as containers
+# start, stop or restart; netavark sets it only in releases after Debian
+# 12's 1.4 (containers/netavark#833, 2023). Every container that cached
+# the old address in its ARP table then loses the gateway, where
+# aardvark-dns answers, until that entry is probed again: about 10 s per
+# DNS lookup, and gRPC's resolver turned that into 40-100 s stalls
+# (docs/PERFORMANCE.md, "Containers"). Kubernetes' bridge CNI plugin sets
+# the address itself.
+pin_bridge_mac() {
+  local bridge mac
+  bridge=$(podman network inspect --format '{{.NetworkInterface}}' "$1") ||
+    fail "podman network inspect $1"
+  mac=$(cat "/sys/class/net/$bridge/address") || fail "no bridge $bridge for network $1"
+  ip link set dev "$bridge" address "$mac" || fail "cannot set the MAC address of $bridge"
 }
 
 # ctl_in_container ARGS...: psd_ctl ARGS in the -ctl container, as alice;

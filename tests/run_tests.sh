@@ -3,7 +3,9 @@
 # `bazel test //...` (unit tests, multi-process cluster tests, the benchmark
 # smoke test), the CUDA build, //tests:sanitizer_tests under ASan+UBSan, and
 # the libFuzzer harnesses of tests/fuzz for a bounded time each.
-# Ends with one line: "N passed, M failed".
+# Ends with one line: "N passed, M failed", followed by ", K skipped" when K
+# tests skipped (a test that cannot run here prints a line "SKIP: REASON"
+# and exits 0; Bazel shows it PASSED, this script counts it as skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +45,16 @@ bazel test --noshow_progress --test_summary=short "${buf_env[@]}" //... "$@" 2>&
 bazel_rc=${PIPESTATUS[0]}
 passed=$(grep -cE '^//\S+\s+(\(cached\) )?PASSED' "$log")
 failed=$(grep -cE '^//\S+\s+(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FLAKY|INCOMPLETE)' "$log")
+# Tests that passed by skipping (a "SKIP: " line in their log) count as
+# skipped, not passed.
+skipped=0
+for target in $(grep -oE '^//\S+\s+(\(cached\) )?PASSED' "$log" | awk '{print $1}'); do
+  test_log=bazel-testlogs/$(echo "${target#//}" | tr : /)/test.log
+  reason=$(grep -m1 '^SKIP: ' "$test_log" 2>/dev/null) || continue
+  echo "$target SKIPPED (${reason#SKIP: })"
+  passed=$((passed - 1))
+  skipped=$((skipped + 1))
+done
 if [ "$bazel_rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
   # The build itself failed: count that as a failure, and show why.
   grep -E '^ERROR' "$log" | head -20
@@ -95,5 +107,5 @@ cat "$log"
 passed=$((passed + $(grep -cE '^//tests/fuzz\S* \(fuzz .*\) PASSED' "$log")))
 failed=$((failed + $(grep -cE '^//tests/fuzz\S* .*FAILED' "$log")))
 rm -f "$log"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed$([ "$skipped" -eq 0 ] || echo ", $skipped skipped")"
 [ "$failed" -eq 0 ]

@@ -35,17 +35,20 @@ grpc::Status CoordinatorState::TransferShard(const Assignment& assignment,
   create.set_submitted_by(assignment.submitted_by());
   *create.mutable_servers() = assignment.servers();
   CreateJobResponse created;
-  auto joiner = ParameterServer::NewStub(MakeChannel(joiner_address));
+  auto joiner = Channels().Stub(joiner_address);
   grpc::Status status = CallServer(joiner.get(), &ParameterServer::Stub::CreateJob,
                                    create, &created, timeout);
+  Channels().Done(joiner_address, status);
   if (!status.ok()) return status;
   SyncBackupRequest sync;
   sync.set_job_id(assignment.job_id());
   sync.set_shard(shard);
   sync.set_backup_address(joiner_address);
-  auto primary = ParameterServer::NewStub(MakeChannel(primary_address));
-  return CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
-                    synced, std::chrono::milliseconds(120000));
+  auto primary = Channels().Stub(primary_address);
+  status = CallServer(primary.get(), &ParameterServer::Stub::SyncBackup, sync,
+                      synced, std::chrono::milliseconds(120000));
+  Channels().Done(primary_address, status);
+  return status;
 }
 
 absl::StatusOr<ReshardJobResponse> CoordinatorState::ReshardJob(

@@ -6,11 +6,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <memory>
+#include <string>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/process.h"
 #include "common/proto.h"
 #include "common/rpc.h"
@@ -62,6 +66,49 @@ grpc::Status CallIdempotent(ParameterServer::Stub* stub,
     std::this_thread::sleep_for(backoff);
     backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
   }
+}
+
+// One channel per server address for the coordinator's calls to servers
+// (views, failover, replica repair, resharding), kept between calls: a new channel per call is a new DNS
+// resolution, TCP connection and TLS handshake each time, and on a network
+// whose DNS loses a datagram, a call that waits for an address. Only a
+// READY channel is reused. Any other is replaced by a new one, which
+// resolves the name again: a server restarted under the same name may have
+// a new address (a restarted container does), and a channel that lost its
+// connection keeps connecting to the address it resolved then, or waits out
+// its reconnect backoff (up to 120 s). A call through a channel that failed
+// UNAVAILABLE or DEADLINE_EXCEEDED drops it (a READY channel to a peer that
+// vanished without closing its connections stays READY).
+class ServerChannels {
+ public:
+  std::unique_ptr<ParameterServer::Stub> Stub(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<grpc::Channel>& channel = channels_[address];
+    if (channel == nullptr || channel->GetState(false) != GRPC_CHANNEL_READY) {
+      channel = MakeChannel(address);
+    }
+    return ParameterServer::NewStub(channel);
+  }
+
+  void Done(const std::string& address, const grpc::Status& status) {
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    channels_.erase(address);
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// Process-wide (channels are per address and thread-safe), never destroyed.
+inline ServerChannels& Channels() {
+  static ServerChannels* const channels = new ServerChannels;
+  return *channels;
 }
 
 }  // namespace psd

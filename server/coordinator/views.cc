@@ -56,11 +56,12 @@ std::string CoordinatorState::SendViewTo(const Assignment& assignment,
   std::string error;
   for (const ServerInfo& server : assignment.servers()) {
     request.set_server_id(server.id());
-    auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
+    auto stub = Channels().Stub(server.address());
     SetViewResponse response;
     grpc::Status status =
         CallIdempotent(stub.get(), &ParameterServer::Stub::SetView, request,
                        &response, std::chrono::milliseconds(2000), budget);
+    Channels().Done(server.address(), status);
     if (!status.ok() && error.empty()) {
       error = absl::StrCat("sending view epoch ", assignment.view_epoch(),
                            " to server ", server.id(), " (", server.address(),
@@ -144,12 +145,13 @@ void CoordinatorState::RunFailovers() {
       if (!orphan.shards.count(r.shard())) continue;
       std::map<std::string, std::pair<int64_t, int64_t>> steps;
       for (const std::string& backup : r.backups()) {
-        auto stub = ParameterServer::NewStub(MakeChannel(address[backup]));
+        auto stub = Channels().Stub(address[backup]);
         ServerStatus status;
         grpc::Status called =
             CallServer(stub.get(), &ParameterServer::Stub::GetServerStatus,
                        GetServerStatusRequest(), &status,
                        std::chrono::milliseconds(1000));
+        Channels().Done(address[backup], called);
         if (!called.ok()) continue;
         for (const ServerJobStatus& job : status.jobs()) {
           if (job.job_id() != orphan.job_id) continue;
