@@ -12,8 +12,8 @@ torch_job 2 6000 4 >"$WORK/job.textproto"
 start_replicated ref 3 0 2
 start_torch_workers ref 2
 id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
-"${CTL[@]}" watch "$id" >"$WORK/$id.watch" || fail "undisturbed job $id did not succeed"
 wait_torch_workers "undisturbed"
+"${CTL[@]}" watch "$id" >"$WORK/$id.watch" || fail "undisturbed job $id did not succeed"
 reference=$(export_checksum "$id" "$WORK/ref.safetensors")
 stop_cluster
 echo "undisturbed (R=2): $reference"
@@ -25,6 +25,6 @@ job=$(submit)
 hit_primary "$job" KILL
 echo "killed $VICTIM, the primary of shard 0 (view epoch $EPOCH)"
 failed_over "$job" "torch failover"
-finish "$job" "torch, primary killed"
 wait_torch_workers "failover"
+finish "$job" "torch, primary killed"
 echo PASS

@@ -29,8 +29,9 @@ for run in 1 2; do
   wait_no_workers
   start_torch_workers run$run 2
   id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
-  "${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed"; }
+  # The workers first: one that failed leaves the job waiting for it.
   wait_torch_workers "run $run"
+  "${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed"; }
   sums+=("$(export_checksum "$id" "$WORK/run$run.safetensors")")
 done
 echo "2. two BSP runs: ${sums[0]} ${sums[1]}"
@@ -44,8 +45,8 @@ wait_no_workers
 check_pid=$!
 PIDS+=($check_pid)
 id=$("${CTL[@]}" submit "$WORK/parity.textproto") || fail "submit parity"
-"${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed"; }
 wait $check_pid || { cat "$WORK/check.out"; tail -20 "$WORK/check.log"; fail "check failed"; }
+"${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed"; }
 sed 's/^/3. /' "$WORK/check.out"
 
 # --- 4. The export loads back into the module.

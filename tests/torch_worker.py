@@ -84,8 +84,9 @@ def train(args):
 
 
 def check(args):
+    unreachable = argparse.Namespace(**dict(vars(args), coordinator="127.0.0.1:1"))
     expect(ConnectionError, "127.0.0.1:1",
-           lambda: pst.init("127.0.0.1:1", insecure=True, connect_timeout_s=1))
+           lambda: connect(unreachable, connect_timeout_s=1))
     ctx = connect(args)
     expect(ValueError, "'fc.weight'",
            lambda: pst.DistributedOptimizer(Net(classes=5), ctx))

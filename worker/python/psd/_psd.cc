@@ -27,6 +27,7 @@
 #include "common/job_config.h"
 #include "common/membership.h"
 #include "common/placement.h"
+#include "common/process.h"
 #include "common/proto.h"
 #include "common/rpc.h"
 #include "common/safetensors.h"
@@ -344,6 +345,9 @@ py::array_t<int64_t> ToArray(const std::vector<int32_t>& v) {
 PYBIND11_MODULE(_psd, m) {
   using psd::Worker;
   m.doc() = "psd's C++ worker client (use psd.torch)";
+  // psd's log lines (registration, failover, retries) go to stderr, as in
+  // every psd process.
+  psd::SetUpLogging("psd.torch", "info").IgnoreError();
 
   py::class_<Worker>(m, "Worker")
       .def(py::init([](const std::string& coordinator,
