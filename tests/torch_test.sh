@@ -2,7 +2,8 @@
 # psd.torch (issue 18): a torch.nn.Module trained by Python workers through
 # psd's C++ client, on real servers and a real coordinator on loopback.
 #  1. A job config with a bad EXTERNAL model is refused naming the field.
-#  2. BSP determinism: two runs of 2 torch workers give the same checksum.
+#  2. BSP determinism: two runs of 2 torch workers give the same checksum;
+#     ASP and SSP jobs finish with every push applied.
 #  3. One worker: bad input raises Python exceptions naming the parameter
 #     (shape mismatch, unknown and missing parameters, float64, a data set
 #     of the wrong size, an unreachable coordinator); then 100 steps of
@@ -36,6 +37,22 @@ for run in 1 2; do
 done
 echo "2. two BSP runs: ${sums[0]} ${sums[1]}"
 [ "${sums[0]}" = "${sums[1]}" ] || fail "two BSP runs differ: ${sums[*]}"
+
+# --- 2b. ASP and SSP (staleness 2) jobs finish, every rank's every push
+# applied on every server.
+for label in ASP SSP; do
+  torch_job 2 2000 1 | sed "s/^consistency: BSP\$/consistency: $label/" >"$WORK/async.textproto"
+  [ "$label" = SSP ] && echo "staleness: 2" >>"$WORK/async.textproto"
+  grep -q "^consistency: $label\$" "$WORK/async.textproto" || fail "sed did not set $label"
+  wait_no_workers
+  start_torch_workers "$label" 2
+  id=$("${CTL[@]}" submit "$WORK/async.textproto") || fail "submit $label"
+  wait_torch_workers "$label"
+  "${CTL[@]}" watch "$id" >"$WORK/$id.watch" || { tail -5 "$WORK/$id.watch"; fail "job $id did not succeed"; }
+  n=$(servers_with_all_pushes "$id" 31) || fail "$label: $n"
+  [ "$n" -ge 1 ] || fail "$label: no server holds job $id"
+  echo "2b. $label: succeeded, 31 pushes of each rank applied on $n servers"
+done
 
 # --- 3. Bad input, then parity with torch.optim.SGD (100 steps).
 torch_job 1 3200 1 >"$WORK/parity.textproto"
