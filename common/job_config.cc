@@ -355,6 +355,118 @@ absl::Status ValidateParameterGroups(const JobConfig& c) {
   return absl::OkStatus();
 }
 
+// ModelSpec of kind MLP: the layer sizes and the parameter count.
+absl::Status ValidateMlp(const ModelSpec& m) {
+  if (!m.parameters().empty()) {
+    return Invalid("model.parameters", "only for kind EXTERNAL");
+  }
+  if (m.input_dim() <= 0) {
+    return Invalid("model.input_dim",
+                   absl::StrCat("must be >= 1, got ", m.input_dim()));
+  }
+  if (m.num_classes() < 2) {
+    return Invalid("model.num_classes",
+                   absl::StrCat("must be >= 2, got ", m.num_classes()));
+  }
+  if (m.hidden_sizes_size() > kMaxHiddenLayers) {
+    return Invalid("model.hidden_sizes",
+                   absl::StrCat("at most ", kMaxHiddenLayers, " layers, got ",
+                                m.hidden_sizes_size()));
+  }
+  // Widths <= 2^16 and <= 64 layers: the count below cannot overflow.
+  int64_t parameters = 0;
+  int64_t fan_in = m.input_dim();
+  for (int i = 0; i < m.hidden_sizes_size(); ++i) {
+    if (m.hidden_sizes(i) <= 0) {
+      return Invalid(absl::StrCat("model.hidden_sizes[", i, "]"),
+                     absl::StrCat("must be at least 1, got ", m.hidden_sizes(i)));
+    }
+    if (m.hidden_sizes(i) > kMaxLayerWidth) {
+      // Too big, not malformed: a size limit, like the one below.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model.hidden_sizes[", i, "]: ", m.hidden_sizes(i),
+          " is wider than the limit of ", kMaxLayerWidth, " units"));
+    }
+    parameters += (fan_in + 1) * m.hidden_sizes(i);
+    fan_in = m.hidden_sizes(i);
+  }
+  parameters += (fan_in + 1) * m.num_classes();
+  if (parameters > kMaxModelParameters) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model.hidden_sizes: the model has ", parameters,
+                     " parameters, more than the limit of ",
+                     kMaxModelParameters, " per job"));
+  }
+  return absl::OkStatus();
+}
+
+// ModelSpec of kind EXTERNAL (issue 18): the listed parameters, and none of
+// the MLP's fields.
+absl::Status ValidateExternalModel(const ModelSpec& m) {
+  if (m.input_dim() != 0) return Invalid("model.input_dim", "only for MLP");
+  if (!m.hidden_sizes().empty()) {
+    return Invalid("model.hidden_sizes", "only for MLP");
+  }
+  if (m.num_classes() != 0) return Invalid("model.num_classes", "only for MLP");
+  if (m.parameters().empty()) {
+    return Invalid("model.parameters",
+                   "at least one parameter required for EXTERNAL");
+  }
+  if (m.parameters_size() > kMaxExternalParameters) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "model.parameters: ", m.parameters_size(),
+        " parameters, more than the limit of ", kMaxExternalParameters));
+  }
+  std::map<std::string, int> seen;
+  int64_t elements = 0;
+  for (int i = 0; i < m.parameters_size(); ++i) {
+    const ParameterSpec& p = m.parameters(i);
+    const std::string field = absl::StrCat("model.parameters[", i, "]");
+    if (p.name().empty() || p.name().size() > kMaxParameterNameLength) {
+      return Invalid(absl::StrCat(field, ".name"),
+                     absl::StrCat("1 to ", kMaxParameterNameLength,
+                                  " characters, got ", p.name().size()));
+    }
+    for (char ch : p.name()) {
+      if (!absl::ascii_isalnum(ch) && ch != '-' && ch != '_' && ch != '.') {
+        return Invalid(absl::StrCat(field, ".name"),
+                       absl::StrCat("only [A-Za-z0-9_.-] allowed, got ",
+                                    Quote(p.name())));
+      }
+    }
+    if (auto [it, fresh] = seen.emplace(p.name(), i); !fresh) {
+      return Invalid(absl::StrCat(field, ".name"),
+                     absl::StrCat("\"", p.name(),
+                                  "\" is also model.parameters[", it->second,
+                                  "]"));
+    }
+    if (p.shape().empty() || p.shape_size() > kMaxParameterDims) {
+      return Invalid(absl::StrCat(field, ".shape"),
+                     absl::StrCat("1 to ", kMaxParameterDims,
+                                  " dimensions for \"", p.name(), "\", got ",
+                                  p.shape_size()));
+    }
+    int64_t n = 1;
+    for (int d = 0; d < p.shape_size(); ++d) {
+      if (p.shape(d) < 1 || p.shape(d) > kMaxModelParameters) {
+        return Invalid(absl::StrCat(field, ".shape[", d, "]"),
+                       absl::StrCat("must be in [1, ", kMaxModelParameters,
+                                    "] for \"", p.name(), "\", got ",
+                                    p.shape(d)));
+      }
+      n *= p.shape(d);  // <= 1e8 before each multiplication: no overflow
+      if (n > kMaxModelParameters) break;
+    }
+    elements += n;
+    if (elements > kMaxModelParameters) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          field, ": the model has more than the limit of ",
+          kMaxModelParameters, " parameters per job"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 ParameterConsistency ConsistencyOf(const JobConfig& config,
@@ -423,7 +535,8 @@ void ApplyJobConfigDefaults(JobConfig* config) {
       if (s->kind() == LearningRateSchedule::COSINE && s->decay_steps() == 0 &&
           config->workers() > 0 && config->batch_size() > 0 &&
           config->epochs() > 0 &&
-          config->model().hidden_sizes_size() <= kMaxHiddenLayers) {
+          config->model().hidden_sizes_size() <= kMaxHiddenLayers &&
+          config->model().parameters_size() <= kMaxExternalParameters) {
         // ASP/SSP: every worker's push is one update. Parameter groups that
         // mix BSP with ASP/SSP make updates at different rates: no default.
         const std::optional<int64_t> per_step = UpdatesPerStep(*config);
@@ -454,53 +567,31 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   }
   if (!c.has_model()) return Invalid("model", "required");
   const ModelSpec& m = c.model();
-  if (m.kind() != ModelSpec::MLP) {
+  if (m.kind() == ModelSpec::EXTERNAL) {
+    if (absl::Status status = ValidateExternalModel(m); !status.ok()) {
+      return status;
+    }
+  } else if (m.kind() == ModelSpec::MLP) {
+    if (absl::Status status = ValidateMlp(m); !status.ok()) return status;
+  } else {
     return Invalid("model.kind",
-                   absl::StrCat("only MLP is supported, got ",
+                   absl::StrCat("MLP or EXTERNAL, got ",
                                 static_cast<int>(m.kind())));
   }
-  if (m.input_dim() <= 0) {
-    return Invalid("model.input_dim",
-                   absl::StrCat("must be >= 1, got ", m.input_dim()));
-  }
-  if (m.num_classes() < 2) {
-    return Invalid("model.num_classes",
-                   absl::StrCat("must be >= 2, got ", m.num_classes()));
-  }
-  if (m.hidden_sizes_size() > kMaxHiddenLayers) {
-    return Invalid("model.hidden_sizes",
-                   absl::StrCat("at most ", kMaxHiddenLayers, " layers, got ",
-                                m.hidden_sizes_size()));
-  }
-  // Widths <= 2^16 and <= 64 layers: the count below cannot overflow.
-  int64_t parameters = 0;
-  int64_t fan_in = m.input_dim();
-  for (int i = 0; i < m.hidden_sizes_size(); ++i) {
-    if (m.hidden_sizes(i) <= 0) {
-      return Invalid(absl::StrCat("model.hidden_sizes[", i, "]"),
-                     absl::StrCat("must be at least 1, got ", m.hidden_sizes(i)));
-    }
-    if (m.hidden_sizes(i) > kMaxLayerWidth) {
-      // Too big, not malformed: a size limit, like the one below.
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "model.hidden_sizes[", i, "]: ", m.hidden_sizes(i),
-          " is wider than the limit of ", kMaxLayerWidth, " units"));
-    }
-    parameters += (fan_in + 1) * m.hidden_sizes(i);
-    fan_in = m.hidden_sizes(i);
-  }
-  parameters += (fan_in + 1) * m.num_classes();
-  if (parameters > kMaxModelParameters) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("model.hidden_sizes: the model has ", parameters,
-                     " parameters, more than the limit of ",
-                     kMaxModelParameters, " per job"));
-  }
   if (!c.has_dataset()) return Invalid("dataset", "required");
-  if (c.dataset().name() != "fashion-mnist") {
+  if (m.kind() == ModelSpec::EXTERNAL && c.dataset().name() == "external") {
+    if (c.dataset().train_limit() <= 0) {
+      return Invalid("dataset.train_limit",
+                     absl::StrCat("required for \"external\": the training "
+                                  "set's size, >= 1, got ",
+                                  c.dataset().train_limit()));
+    }
+  } else if (c.dataset().name() != "fashion-mnist") {
     return Invalid("dataset.name",
-                   absl::StrCat("only \"fashion-mnist\" is supported, got \"",
-                                c.dataset().name(), "\""));
+                   absl::StrCat(m.kind() == ModelSpec::EXTERNAL
+                                    ? "\"fashion-mnist\" or \"external\""
+                                    : "only \"fashion-mnist\" is supported",
+                                ", got \"", c.dataset().name(), "\""));
   }
   if (c.dataset().train_limit() < 0) {
     return Invalid("dataset.train_limit", "must be >= 0");
@@ -508,15 +599,17 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.dataset().test_limit() < 0) {
     return Invalid("dataset.test_limit", "must be >= 0");
   }
-  if (m.input_dim() != 784) {
-    return Invalid("model.input_dim",
-                   absl::StrCat("fashion-mnist has 784 features, got ",
-                                m.input_dim()));
-  }
-  if (m.num_classes() != 10) {
-    return Invalid("model.num_classes",
-                   absl::StrCat("fashion-mnist has 10 classes, got ",
-                                m.num_classes()));
+  if (m.kind() == ModelSpec::MLP) {
+    if (m.input_dim() != 784) {
+      return Invalid("model.input_dim",
+                     absl::StrCat("fashion-mnist has 784 features, got ",
+                                  m.input_dim()));
+    }
+    if (m.num_classes() != 10) {
+      return Invalid("model.num_classes",
+                     absl::StrCat("fashion-mnist has 10 classes, got ",
+                                  m.num_classes()));
+    }
   }
   if (!c.has_optimizer()) return Invalid("optimizer", "required");
   if (absl::Status status = ValidateOptimizer(c.optimizer()); !status.ok()) {
@@ -606,6 +699,9 @@ absl::Status CheckJobId(const std::string& field, const std::string& id) {
 }
 
 std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
+  if (model.kind() == ModelSpec::EXTERNAL) {
+    return {model.parameters().begin(), model.parameters().end()};
+  }
   std::vector<int64_t> sizes = {model.input_dim()};
   for (int h : model.hidden_sizes()) sizes.push_back(h);
   sizes.push_back(model.num_classes());
@@ -626,6 +722,7 @@ std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
 
 int64_t TrainExamples(const JobConfig& config) {
   const int64_t limit = config.dataset().train_limit();
+  if (config.dataset().name() == "external") return limit;
   return limit > 0 ? std::min(limit, kFashionMnistTrainExamples)
                    : kFashionMnistTrainExamples;
 }

@@ -30,6 +30,11 @@ inline constexpr int32_t kMaxLayerWidth = 1 << 16;
 // Parameters of the model (weights and biases of every layer): at most 100
 // million (400 MB of float32, before optimizer slots and replicas).
 inline constexpr int64_t kMaxModelParameters = 100'000'000;
+// ModelSpec.parameters (EXTERNAL models): at most 4096 tensors, each name
+// at most 256 characters, each shape at most 8 dimensions.
+inline constexpr int kMaxExternalParameters = 4096;
+inline constexpr size_t kMaxParameterNameLength = 256;
+inline constexpr int kMaxParameterDims = 8;
 
 // Largest JobConfig.staleness (SSP).
 inline constexpr int32_t kMaxStaleness = 1000;
@@ -102,14 +107,16 @@ bool HasAsyncParameters(const JobConfig& config);
 std::optional<int64_t> UpdatesPerStep(const JobConfig& config);
 
 // The parameter tensors of the config's model, in order (see
-// ModelSpec in proto/job.proto for names and shapes).
+// ModelSpec in proto/job.proto for names and shapes): the MLP's layers, or
+// an EXTERNAL model's `parameters` as listed.
 std::vector<ParameterSpec> ModelParameters(const ModelSpec& model);
 
 // Training examples of Fashion-MNIST.
 inline constexpr int64_t kFashionMnistTrainExamples = 60000;
 
 // Training examples the job uses: dataset.train_limit when set (and smaller),
-// otherwise the whole training set.
+// otherwise the whole training set; for dataset "external" (EXTERNAL
+// models), train_limit.
 int64_t TrainExamples(const JobConfig& config);
 
 // Examples per rank and steps per epoch for a training set of

@@ -1,6 +1,8 @@
 #include "common/job_config.h"
 
 #include <cmath>
+#include <functional>
+#include <vector>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -160,7 +162,7 @@ TEST_CASE("JobConfig: inf and nan are refused as not finite, naming the field",
   // An enum value psd does not know names the field and the number.
   config = ValidConfig();
   config.mutable_model()->set_kind(static_cast<ModelSpec::Kind>(7));
-  CHECK(Problem(config) == "model.kind: only MLP is supported, got 7");
+  CHECK(Problem(config) == "model.kind: MLP or EXTERNAL, got 7");
 }
 
 TEST_CASE("JobConfig: a job id in a request is bounded and quoted",
@@ -582,6 +584,98 @@ TEST_CASE("JobConfig: parameter groups set a consistency model per "
   bad.mutable_parameter_groups(0)->set_consistency(ASP);
   CHECK(Problem(bad) ==
         "parameter_groups[0].staleness: only for SSP, got 1001 with ASP");
+}
+
+// Issue 18: a model defined outside psd (psd.torch) lists its parameters.
+JobConfig ExternalConfig() {
+  JobConfig config = ValidConfig();
+  ModelSpec* m = config.mutable_model();
+  m->Clear();
+  m->set_kind(ModelSpec::EXTERNAL);
+  ParameterSpec* conv = m->add_parameters();
+  conv->set_name("conv1.weight");
+  for (int d : {8, 1, 3, 3}) conv->add_shape(d);
+  ParameterSpec* bias = m->add_parameters();
+  bias->set_name("conv1.bias");
+  bias->add_shape(8);
+  config.mutable_dataset()->set_name("external");
+  config.mutable_dataset()->set_train_limit(1000);
+  return config;
+}
+
+TEST_CASE("JobConfig: an EXTERNAL model lists its parameters, which place "
+          "as listed; bad ones are named",
+          "[config]") {
+  JobConfig config = ExternalConfig();
+  CHECK(Problem(config).empty());
+  const std::vector<ParameterSpec> params = ModelParameters(config.model());
+  REQUIRE(params.size() == 2);
+  CHECK(params[0].name() == "conv1.weight");
+  CHECK(params[0].shape_size() == 4);
+  CHECK(TrainExamples(config) == 1000);
+  CHECK(StepsPerEpoch(config, TrainExamples(config)) ==
+        1000 / config.workers() / config.batch_size());
+  // Fashion-MNIST with an external model keeps its 60,000 examples.
+  config.mutable_dataset()->set_name("fashion-mnist");
+  config.mutable_dataset()->set_train_limit(0);
+  CHECK(Problem(config).empty());
+  CHECK(TrainExamples(config) == kFashionMnistTrainExamples);
+
+  struct Case {
+    std::function<void(JobConfig*)> edit;
+    const char* problem;
+  };
+  const std::vector<Case> cases = {
+      {[](JobConfig* c) { c->mutable_model()->clear_parameters(); },
+       "model.parameters: at least one parameter required for EXTERNAL"},
+      {[](JobConfig* c) { c->mutable_model()->set_input_dim(784); },
+       "model.input_dim: only for MLP"},
+      {[](JobConfig* c) { c->mutable_model()->set_num_classes(10); },
+       "model.num_classes: only for MLP"},
+      {[](JobConfig* c) {
+         c->mutable_model()->mutable_parameters(1)->set_name("conv1.weight");
+       },
+       "model.parameters[1].name: \"conv1.weight\" is also "
+       "model.parameters[0]"},
+      {[](JobConfig* c) {
+         c->mutable_model()->mutable_parameters(1)->set_name("a b");
+       },
+       "model.parameters[1].name: only [A-Za-z0-9_.-] allowed, got \"a b\""},
+      {[](JobConfig* c) { c->mutable_model()->mutable_parameters(1)->set_name(""); },
+       "model.parameters[1].name: 1 to 256 characters, got 0"},
+      {[](JobConfig* c) {
+         c->mutable_model()->mutable_parameters(0)->set_shape(2, 0);
+       },
+       "model.parameters[0].shape[2]: must be in [1, 100000000] for "
+       "\"conv1.weight\", got 0"},
+      {[](JobConfig* c) {
+         c->mutable_model()->mutable_parameters(1)->clear_shape();
+       },
+       "model.parameters[1].shape: 1 to 8 dimensions for \"conv1.bias\", "
+       "got 0"},
+      {[](JobConfig* c) { c->mutable_dataset()->set_train_limit(0); },
+       "dataset.train_limit: required for \"external\": the training set's "
+       "size, >= 1, got 0"},
+      {[](JobConfig* c) { c->mutable_dataset()->set_name("cifar"); },
+       "dataset.name: \"fashion-mnist\" or \"external\", got \"cifar\""},
+  };
+  for (const Case& c : cases) {
+    JobConfig bad = ExternalConfig();
+    c.edit(&bad);
+    CHECK(Problem(bad) == c.problem);
+  }
+  // The MLP keeps its fields to itself, and "external" data is not for it.
+  JobConfig mlp = ValidConfig();
+  *mlp.mutable_model()->add_parameters() = config.model().parameters(0);
+  CHECK(Problem(mlp) == "model.parameters: only for kind EXTERNAL");
+  mlp = ValidConfig();
+  mlp.mutable_dataset()->set_name("external");
+  CHECK(Problem(mlp) ==
+        "dataset.name: only \"fashion-mnist\" is supported, got \"external\"");
+  // Too many elements is a size limit.
+  JobConfig big = ExternalConfig();
+  big.mutable_model()->mutable_parameters(0)->set_shape(0, 100000000);
+  CHECK(ValidateJobConfig(big).code() == absl::StatusCode::kResourceExhausted);
 }
 
 TEST_CASE("JobConfig: gradient_dtype is FLOAT32 or BFLOAT16", "[config]") {

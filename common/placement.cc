@@ -77,9 +77,15 @@ std::vector<int64_t> ShardBytes(const Placement& placement) {
 std::vector<float> InitialValues(const ParameterSpec& parameter, int32_t index,
                                  uint64_t seed) {
   std::vector<float> values(NumElements(parameter), 0.0f);
-  if (parameter.shape_size() != 2) return values;
-  const double limit =
-      std::sqrt(6.0 / static_cast<double>(parameter.shape(0) + parameter.shape(1)));
+  if (parameter.shape_size() < 2) return values;
+  // Beyond 2 dimensions (a convolution's [out, in, kh, kw], EXTERNAL
+  // models) both fans take the product of the trailing dimensions, as
+  // torch.nn.init.xavier_uniform_ does.
+  double receptive = 1;
+  for (int d = 2; d < parameter.shape_size(); ++d) receptive *= parameter.shape(d);
+  const double limit = std::sqrt(
+      6.0 / ((static_cast<double>(parameter.shape(0)) +
+              static_cast<double>(parameter.shape(1))) * receptive));
   std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
                     static_cast<uint32_t>(index)};
   std::mt19937_64 rng(seq);

@@ -31,7 +31,9 @@ int64_t NumElements(const ParameterSpec& parameter);
 
 // The initial values of parameter `index` of a model: Glorot/Xavier uniform
 // U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio, AISTATS 2010)
-// for a 2-D weight [fan_in, fan_out]; zeros for a 1-D bias. A function of
+// for a 2-D weight [fan_in, fan_out] (the same for torch's [out, in]);
+// for more dimensions [a, b, k...], fans a * prod(k) and b * prod(k) (as
+// torch.nn.init.xavier_uniform_); zeros for a 1-D bias. A function of
 // (seed, index, shape) only, so every server computes the same values for
 // any placement.
 std::vector<float> InitialValues(const ParameterSpec& parameter, int32_t index,

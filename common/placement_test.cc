@@ -88,5 +88,19 @@ TEST_CASE("InitialValues: Glorot range, zero bias, seed-determined",
   CHECK(std::all_of(b.begin(), b.end(), [](float x) { return x == 0.0f; }));
 }
 
+TEST_CASE("InitialValues: a convolution's fans count its kernel (torch's "
+          "xavier_uniform_)",
+          "[placement]") {
+  ParameterSpec conv;
+  conv.set_name("conv1.weight");
+  for (int d : {32, 16, 3, 3}) conv.add_shape(d);
+  auto w = InitialValues(conv, 0, 7);
+  REQUIRE(w.size() == 32u * 16u * 9u);
+  const float limit = std::sqrt(6.0f / ((32 + 16) * 9));
+  CHECK(*std::max_element(w.begin(), w.end()) <= limit);
+  CHECK(*std::min_element(w.begin(), w.end()) >= -limit);
+  CHECK(*std::max_element(w.begin(), w.end()) > 0.9f * limit);
+}
+
 }  // namespace
 }  // namespace psd

@@ -8,7 +8,7 @@
 #include "proto/job.pb.h"
 #include "proto/parameter_server.grpc.pb.h"
 #include "proto/parameter_server.pb.h"
-#include "proto/tensor.pb.h"
+#include "proto/psd_tensor.pb.h"
 
 namespace psd {
 using namespace ::psd::v1;  // NOLINT(build/namespaces)

@@ -1,4 +1,4 @@
-// Encoding of float32 data in the Tensor message (proto/tensor.proto):
+// Encoding of float32 data in the Tensor message (proto/psd_tensor.proto):
 // little-endian bytes beside dtype and shape.
 #ifndef PSD_COMMON_TENSOR_H_
 #define PSD_COMMON_TENSOR_H_

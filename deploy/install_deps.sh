@@ -10,6 +10,8 @@ PACKAGES=(
   dataset-fashion-mnist libopenblas-dev libbenchmark-dev python3-numpy
   libcpp-httplib-dev python3-yaml python3-protobuf
   clang libclang-rt-14-dev
+  # psd.torch (issue 18): the extension's headers, and torch for its tests.
+  pybind11-dev python3-dev python3-torch
 )
 # What tests/container_test.sh runs the cluster with (docs/DEPLOY.md):
 # podman 4.3 with Debian's runc (crun cannot set rlimits or use hybrid

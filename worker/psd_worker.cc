@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
+#include "worker/progress.h"
 #include "worker/trainer.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
@@ -356,33 +357,8 @@ class WorkerAgent : public ViewSource {
   // away (up to 2 minutes): it is what ends the job or hands the rank on,
   // and this worker keeps claiming its rank (FillRegister) until it is
   // delivered.
-  bool Report(ReportProgressRequest request) {
-    const absl::Time give_up = absl::Now() + absl::Minutes(2);
-    while (true) {
-      request.set_member_id(membership_->member_id());
-      ReportProgressResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(DeadlineIn(std::chrono::seconds(5)));
-      grpc::Status status = membership_->coordinator()->ReportProgress(
-          &context, request, &response);
-      if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
-          status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-        // The coordinator does not know this job, or this worker's rank in
-        // it (deleted, or the coordinator restarted): nobody would use the
-        // work.
-        Log()->error("job {}: stopping, the coordinator refuses its progress: {}",
-                     request.job_id(), status.error_message());
-        return true;
-      }
-      if (status.ok()) return response.cancelled();
-      Log()->warn("progress report failed: {}", status.error_message());
-      // The data plane does not need the coordinator: go on training.
-      const bool last = request.done() || request.released();
-      if (!last || absl::Now() > give_up || cancel_.load()) {
-        return false;
-      }
-      absl::SleepFor(absl::Milliseconds(250));
-    }
+  bool Report(const ReportProgressRequest& request) {
+    return SendProgress(membership_, request, cancel_);
   }
 
   TrainerOptions options_;  // constant after construction

@@ -126,6 +126,11 @@ absl::Status TrainRank(const Assignment& assignment,
                        RankRelease* release) {
   if (release != nullptr) release->released_at = -1;
   const JobConfig& config = assignment.config();
+  if (config.model().kind() != ModelSpec::MLP) {
+    return absl::FailedPreconditionError(
+        "model.kind: psd_worker trains MLP models only; an EXTERNAL model "
+        "is trained by psd.torch workers (worker/python/psd)");
+  }
   const int32_t rank = assignment.rank();
   const int32_t workers = config.workers();
   PSD_ASSIGN_OR_RETURN(Split data,
