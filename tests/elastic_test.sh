@@ -143,8 +143,9 @@ echo "2 -> 4 -> 3 -> 1 workers: $elastic"
   fail "the elastic run's parameters ($elastic) differ from the undisturbed run's ($reference)"
 
 # Exactly once: per epoch, the distinct (step, rank) batches cover every
-# example once; a (step, rank) seen twice is the killed worker's last step,
-# redone by the rank's next worker (the servers took one of them).
+# example once; a (step, rank) seen twice is the killed worker's last step
+# (logged before its push), redone by the rank's next worker (the servers
+# took one of them).
 python3 - "$id" 4800 6 "$WORK"/samples.w* <<'PY'
 import collections, sys
 job, size, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

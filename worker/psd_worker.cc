@@ -77,8 +77,8 @@ ABSL_FLAG(int, leave_timeout_ms, 20000,
           "it below the grace period of the platform (Kubernetes: "
           "terminationGracePeriodSeconds).");
 ABSL_FLAG(std::string, sample_log, "",
-          "FOR TESTS: append one line per pushed training step to this "
-          "file: \"job epoch step rank index...\" (the examples of the "
+          "FOR TESTS: append one line per training step, before its push, "
+          "to this file: \"job epoch step rank index...\" (the examples of the "
           "step's batch), for checking that each example of an epoch is "
           "trained exactly once. Default: none.");
 
@@ -380,7 +380,8 @@ class WorkerAgent : public ViewSource {
   std::set<std::string> finished_ ABSL_GUARDED_BY(mu_);
 };
 
-// --sample_log: one line per pushed step, "job epoch step rank i1 i2 ...".
+// --sample_log: one line per step about to be pushed, "job epoch step rank
+// i1 i2 ..." (TrainerOptions.on_step_batch).
 class SampleLog {
  public:
   explicit SampleLog(const std::string& path) : out_(path, std::ios::app) {}
@@ -472,7 +473,7 @@ int Main() {
       Log()->error("--sample_log: cannot open {} for appending", path);
       return 2;
     }
-    trainer.on_step_pushed = [&sample_log](const Assignment& a, int32_t epoch,
+    trainer.on_step_batch = [&sample_log](const Assignment& a, int32_t epoch,
                                            int64_t step, const int32_t* idx,
                                            int32_t n) {
       sample_log->Write(a, epoch, step, idx, n);

@@ -261,6 +261,10 @@ absl::Status TrainRank(const Assignment& assignment,
       const auto pulled = std::chrono::steady_clock::now();
       GatherBatch(data.train, order.data() + i * batch, batch, x.data(),
                   y.data());
+      if (options.on_step_batch) {
+        options.on_step_batch(assignment, epoch, step, order.data() + i * batch,
+                              batch);
+      }
       std::vector<float*> grad_ptrs;
       for (auto& g : grads) grad_ptrs.push_back(g.data());
       float loss;
@@ -281,10 +285,6 @@ absl::Status TrainRank(const Assignment& assignment,
       PSD_RETURN_IF_ERROR(options.overlap_push ? client->FinishPush()
                                                : client->Push(step, grads));
       const auto pushed = std::chrono::steady_clock::now();
-      if (options.on_step_pushed) {
-        options.on_step_pushed(assignment, epoch, step, order.data() + i * batch,
-                               batch);
-      }
       const double pull_s =
           pulled_step != step ? SecondsBetween(start, pulled) : 0.0;
       const double wait_s = pull_s + SecondsBetween(computed, pushed);

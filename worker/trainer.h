@@ -65,13 +65,16 @@ struct TrainerOptions {
   // this worker artificially slow (tests/consistency_test.sh, SSP).
   // Default: 0 (no delay).
   int test_slow_ms_per_step = 0;
-  // Called after each step's push was acknowledged by every server, with
-  // the example indices (into the training set) of the step's batch; from
-  // the training thread. For the exactly-once check of elastic jobs
-  // (psd_worker --sample_log). Default: none.
+  // Called with the example indices (into the training set) of each step's
+  // batch before its push is sent, from the training thread. A batch passed
+  // here may or may not have reached the servers: a worker killed after
+  // this call has its rank's next worker train the step again (the servers
+  // take it once), never leaves a pushed step unreported. For the
+  // exactly-once check of elastic jobs (psd_worker --sample_log). Default:
+  // none.
   std::function<void(const Assignment& assignment, int32_t epoch, int64_t step,
                      const int32_t* indices, int32_t count)>
-      on_step_pushed;
+      on_step_batch;
 };
 
 // How TrainRank is told to stop at a step boundary, and where it stopped.
