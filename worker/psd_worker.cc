@@ -142,6 +142,7 @@ class WorkerAgent : public ViewSource {
   // Tells the coordinator which rank this worker trains, if any, so that a
   // restarted coordinator gives it back.
   void FillRegister(RegisterRequest* request) {
+    request->add_model_kinds(ModelSpec::MLP);  // TrainRank's models
     absl::MutexLock lock(&mu_);
     if (current_job_.empty() || runs_.empty()) return;
     request->set_job_id(current_job_);

@@ -334,9 +334,15 @@ class CoordinatorState {
   void SetPendingReasonLocked(Job* job, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The PENDING job to start now given the idle workers (job order with
-  // backfill, see the class comment), "" if none; sets every pending job's
+  // backfill, see the class comment; a job counts only the workers that
+  // train its model kind), "" if none; sets every pending job's
   // pending_reason.
   std::string NextJobToStartLocked(const std::vector<std::string>& idle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The workers of `ids` that train `model`'s kind (RegisterRequest.
+  // model_kinds), in order.
+  std::vector<std::string> WorkersFor(const ModelSpec& model,
+                                      const std::vector<std::string>& ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives idle workers the free ranks of running jobs (after a recovery);
   // rebalances elastic jobs (RebalanceLocked).

@@ -54,7 +54,8 @@ void CoordinatorState::RebalanceLocked(Job* job) {
     if (pending || static_cast<int32_t>(load.size()) >= MaxWorkers(config)) {
       break;
     }
-    if (!member.job_id.empty() || member.leaving || member.stalled_in == id) {
+    if (!member.job_id.empty() || member.leaving || member.stalled_in == id ||
+        !member.Trains(config.model())) {
       continue;
     }
     member.job_id = id;

@@ -83,7 +83,7 @@ void CoordinatorState::AssignFreeRanks() {
     std::vector<std::string> idle;
     for (const auto& [worker_id, member] : members_.workers()) {
       if (member.job_id.empty() && !member.leaving &&
-          member.stalled_in != id) {
+          member.stalled_in != id && member.Trains(job.status.config().model())) {
         idle.push_back(worker_id);
       }
     }
@@ -113,9 +113,20 @@ void CoordinatorState::AssignFreeRanks() {
   }
 }
 
+std::vector<std::string> CoordinatorState::WorkersFor(
+    const ModelSpec& model, const std::vector<std::string>& ids) {
+  std::vector<std::string> fit;
+  for (const std::string& id : ids) {
+    auto it = members_.workers().find(id);
+    if (it != members_.workers().end() && it->second.Trains(model)) {
+      fit.push_back(id);
+    }
+  }
+  return fit;
+}
+
 std::string CoordinatorState::NextJobToStartLocked(
-    const std::vector<std::string>& idle) {
-  const int32_t registered = static_cast<int32_t>(members_.workers().size());
+    const std::vector<std::string>& all_idle) {
   const int32_t servers_needed = std::max(1, options_.replication_factor);
   const absl::Time now = absl::Now();
   // Registered servers not cooling down after a failed start.
@@ -134,8 +145,23 @@ std::string CoordinatorState::NextJobToStartLocked(
       if (job.start_reason.empty()) return reason;
       return absl::StrCat(reason, "; ", job.start_reason);
     };
-    // An elastic job starts with min_workers.
+    // An elastic job starts with min_workers. Only workers that train the
+    // job's model kind count (RegisterRequest.model_kinds).
     const int32_t needed = MinWorkers(job.status.config());
+    const std::vector<std::string> idle =
+        WorkersFor(job.status.config().model(), all_idle);
+    int32_t registered = 0;
+    for (const auto& [worker_id, member] : members_.workers()) {
+      registered += member.Trains(job.status.config().model());
+    }
+    const int32_t others =
+        static_cast<int32_t>(members_.workers().size()) - registered;
+    const std::string kind_note =
+        others == 0 ? ""
+                    : absl::StrFormat(" that train %s models (%d others do not)",
+                                      ModelSpec::Kind_Name(
+                                          job.status.config().model().kind()),
+                                      others);
     if (static_cast<int32_t>(members_.servers().size()) < servers_needed) {
       SetPendingReasonLocked(
           &job, with_start(absl::StrFormat(
@@ -148,9 +174,9 @@ std::string CoordinatorState::NextJobToStartLocked(
       // first (backfill).
       SetPendingReasonLocked(
           &job, with_start(absl::StrFormat(
-                    "waiting for %d workers; %d registered (jobs behind it "
+                    "waiting for %d workers; %d registered%s (jobs behind it "
                     "that fit start first)",
-                    needed, registered)));
+                    needed, registered, kind_note)));
     } else if (!blocker.empty()) {
       // The registered workers could run the blocker: it keeps its turn,
       // so it is never starved by smaller jobs.
@@ -189,15 +215,17 @@ void CoordinatorState::StartPendingJobs() {
   {
     absl::MutexLock lock(&mu_);
     AssignFreeRanks();
-    std::vector<std::string> idle;
+    std::vector<std::string> all_idle;
     for (const auto& [id, member] : members_.workers()) {
-      if (member.job_id.empty() && !member.leaving) idle.push_back(id);
+      if (member.job_id.empty() && !member.leaving) all_idle.push_back(id);
     }
-    const std::string next = NextJobToStartLocked(idle);
+    const std::string next = NextJobToStartLocked(all_idle);
     if (next.empty()) return;
     for (const std::string& id : job_order_) {
       if (id != next) continue;
       Job& job = jobs_[id];
+      const std::vector<std::string> idle =
+          WorkersFor(job.status.config().model(), all_idle);
       // Reserve the workers and build the placement over every server. An
       // elastic job takes up to max_workers idle workers, rank r going to
       // worker r mod their number.

@@ -176,6 +176,29 @@ TEST_CASE("CoordinatorState: a job asking for more workers than are "
   CHECK(Contains(a.pending_reason(), "waiting for 2 workers; 1 registered"));
 }
 
+TEST_CASE("CoordinatorState: a job goes only to workers that train its "
+          "model kind (a PyTorch client does not get an MLP job)",
+          "[coordinator][scheduling]") {
+  Cluster cluster(FastOptions());
+  const std::string torch = cluster.AddWorker({ModelSpec::EXTERNAL});
+  auto job = cluster.state.SubmitJob(SmallConfig(1, "mlp"));
+  REQUIRE(job.ok());
+  for (int i = 0; i < 5; ++i) {
+    CHECK_FALSE(cluster.Heartbeat(torch).has_assignment());
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  JobStatus waiting = cluster.Job(*job);
+  CHECK(waiting.state() == PENDING);
+  INFO(waiting.pending_reason());
+  CHECK(Contains(waiting.pending_reason(),
+                 "waiting for 1 workers; 0 registered that train MLP models "
+                 "(1 others do not)"));
+  const std::string mlp = cluster.AddWorker({ModelSpec::MLP});
+  auto assigned = cluster.HeartbeatUntilAssigned({mlp});
+  CHECK(assigned[mlp].job_id() == *job);
+  CHECK_FALSE(cluster.Heartbeat(torch).has_assignment());
+}
+
 TEST_CASE("CoordinatorState: a job the registered workers could run keeps "
           "its turn: later jobs wait behind it (never starved), saying so",
           "[coordinator][scheduling]") {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,14 @@ class MemberTable {
     // Workers only: it said it is leaving (SIGTERM, ReportProgressRequest.
     // leaving); it is given no ranks, and its heartbeats stop soon.
     bool leaving = false;
+    // Workers only: the ModelSpec kinds it trains (RegisterRequest.
+    // model_kinds; MLP when it named none).
+    std::set<int32_t> model_kinds;
+
+    // Workers only: whether it trains jobs of `model`'s kind.
+    bool Trains(const ModelSpec& model) const {
+      return model_kinds.count(model.kind()) > 0;
+    }
   };
 
   // Chooses this table's incarnation at random (see Add).

@@ -43,6 +43,9 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
   member.uid = request.server_uid();
   member.identity = identity;
   member.live_jobs.assign(request.live_jobs().begin(), request.live_jobs().end());
+  member.model_kinds.insert(request.model_kinds().begin(),
+                            request.model_kinds().end());
+  if (!server && member.model_kinds.empty()) member.model_kinds.insert(ModelSpec::MLP);
   ++view_epoch_;
   Log()->info("{} {} joined at {} (view epoch {}){}", server ? "server" : "worker",
               id, request.address(), view_epoch_,

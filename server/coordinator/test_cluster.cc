@@ -141,10 +141,11 @@ Cluster::~Cluster() {
   rpc_.server->Shutdown(DeadlineIn(std::chrono::seconds(5)));
 }
 
-std::string Cluster::AddWorker() {
+std::string Cluster::AddWorker(std::vector<ModelSpec::Kind> model_kinds) {
   RegisterRequest request;
   request.set_address(absl::StrCat("worker.invalid:", ++workers_added_));
   request.set_protocol_version(PROTOCOL_VERSION_1);
+  for (ModelSpec::Kind kind : model_kinds) request.add_model_kinds(kind);
   auto registered = state.RegisterWorker(request);
   REQUIRE(registered.ok());
   return registered->member_id();

@@ -94,7 +94,8 @@ class Cluster {
   explicit Cluster(CoordinatorOptions options);
   ~Cluster();
 
-  std::string AddWorker();
+  // `model_kinds`: RegisterRequest.model_kinds (empty: MLP).
+  std::string AddWorker(std::vector<ModelSpec::Kind> model_kinds = {});
 
   HeartbeatResponse Heartbeat(const std::string& member_id);
 

@@ -181,6 +181,7 @@ class Worker : public ViewSource {
     m.advertised_address =
         AdvertisedAddress(rpc_options.listen_address, rpc_->port);
     m.fill_register = [this](RegisterRequest* r) {
+      r->add_model_kinds(ModelSpec::EXTERNAL);  // psd.torch trains these only
       absl::MutexLock lock(&mu_);
       if (!assignment_.has_value()) return;
       r->set_job_id(assignment_->job_id());
