@@ -2,6 +2,8 @@
 # Installs the Debian packages psd needs to build, test and run, if any are
 # missing. Idempotent, and silent when everything is already there.
 #   --no-containers  leave out CONTAINER_TOOLS (the Dockerfile's build stage)
+#   --no-torch       leave out TORCH (the Dockerfile's build stage too: the
+#                    image's binaries need neither torch nor Python headers)
 set -euo pipefail
 
 PACKAGES=(
@@ -10,9 +12,10 @@ PACKAGES=(
   dataset-fashion-mnist libopenblas-dev libbenchmark-dev python3-numpy
   libcpp-httplib-dev python3-yaml python3-protobuf
   clang libclang-rt-14-dev
-  # psd.torch (issue 18): the extension's headers, and torch for its tests.
-  pybind11-dev python3-dev python3-torch
 )
+# psd.torch (issue 18): the extension's headers, and torch for its tests and
+# the PyTorch baselines.
+TORCH=(pybind11-dev python3-dev python3-torch)
 # What tests/container_test.sh runs the cluster with (docs/DEPLOY.md):
 # podman 4.3 with Debian's runc (crun cannot set rlimits or use hybrid
 # cgroups in CI's sandbox), netavark and aardvark-dns (user-defined networks
@@ -22,7 +25,17 @@ PACKAGES=(
 CONTAINER_TOOLS=(
   podman runc netavark aardvark-dns mmdebstrap uidmap slirp4netns iptables
 )
-[ "${1:-}" = --no-containers ] || PACKAGES+=("${CONTAINER_TOOLS[@]}")
+containers=1
+torch=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-containers) containers=0 ;;
+    --no-torch) torch=0 ;;
+    *) echo "install_deps: unknown option $arg (--no-containers, --no-torch)" >&2; exit 2 ;;
+  esac
+done
+[ "$containers" = 0 ] || PACKAGES+=("${CONTAINER_TOOLS[@]}")
+[ "$torch" = 0 ] || PACKAGES+=("${TORCH[@]}")
 
 missing=()
 for p in "${PACKAGES[@]}"; do
