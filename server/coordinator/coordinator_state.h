@@ -215,6 +215,9 @@ class CoordinatorState {
     // A backup being brought in by RepairReplicas, or a replica moved by
     // RunMoves (one state transfer at a time).
     bool repairing = false;
+    // Servers drained from the job (ReshardJob.drain_servers, until a later
+    // ReshardJob adds them): RepairReplicas never brings them back in.
+    std::set<std::string> drained;
     // Ranks whose worker died: their next worker reads its step from the
     // servers (Assignment.resume_from_servers).
     std::set<int32_t> resume_ranks;

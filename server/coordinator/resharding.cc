@@ -76,6 +76,9 @@ absl::StatusOr<ReshardJobResponse> CoordinatorState::ReshardJob(
   for (const auto& [id, member] : members_.servers()) registered.insert(id);
   PSD_ASSIGN_OR_RETURN(std::vector<ReplicaMove> moves,
                        PlanReshard(job.assignment, registered, request));
+  for (const std::string& id : request.add_servers()) job.drained.erase(id);
+  job.drained.insert(request.drain_servers().begin(),
+                     request.drain_servers().end());
   ReshardJobResponse response;
   for (ReplicaMove& m : moves) {
     *job.status.add_pending_moves() = m;

@@ -243,7 +243,8 @@ void CoordinatorState::RepairReplicas() {
         std::string best;
         for (const auto& [sid, n] : load) {
           if (sid == r.primary() ||
-              std::count(r.backups().begin(), r.backups().end(), sid) > 0) {
+              std::count(r.backups().begin(), r.backups().end(), sid) > 0 ||
+              job.drained.count(sid) > 0) {
             continue;
           }
           bool dropping = false;  // a DropJob of this job is queued for it
