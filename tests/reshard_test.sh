@@ -69,8 +69,10 @@ grep -q "moves planned" "$WORK/add.out" || fail "reshard --add printed no plan"
 cat "$WORK/drain.out"
 [ "$(q "$job" "all('$s1' != s['primary'] and '$s1' not in s.get('backups', []) for s in j['shards'])")" = True ] ||
   fail "server $s1 still holds a shard after reshard --drain"
-[ "$(q "$job" 'all(1 + len(s.get("backups", [])) == 2 for s in j["shards"])')" = True ] ||
-  fail "a shard lost a replica in the moves"
+# Every shard keeps 2 replicas (a backup that missed a step as a primary
+# changed hands is repaired by state transfer: wait for it, bounded).
+wait_until "$job" 'all(1 + len(s.get("backups", [])) == 2 for s in j["shards"]) or j["state"] != "RUNNING"' \
+  "every shard back at 2 replicas after the moves"
 
 finish "$job" "resharded (added $s4, drained $s1)"
 grep -q "server $s1 holds no shard of the job any more" "$WORK/rs.coordinator.log" ||
