@@ -115,17 +115,14 @@ void CoordinatorState::RunMoves() {
       for (const ShardReplicas& s : job.assignment.shards()) {
         if (s.shard() == next.shard()) r = &s;
       }
-      const std::vector<int32_t> from_shards =
-          ShardsOf(job.assignment, next.from_server());
-      const bool from_holds =
-          std::count(from_shards.begin(), from_shards.end(), next.shard()) > 0;
-      const std::vector<int32_t> to_shards =
-          ShardsOf(job.assignment, next.to_server());
-      const bool to_holds =
-          std::count(to_shards.begin(), to_shards.end(), next.shard()) > 0;
+      auto holds = [r](const std::string& id) {
+        return r->primary() == id ||
+               std::count(r->backups().begin(), r->backups().end(), id) > 0;
+      };
       auto to = members_.servers().find(next.to_server());
       std::string skip;
-      if (r == nullptr || !from_holds || to_holds) {
+      if (r == nullptr || !holds(next.from_server()) ||
+          holds(next.to_server())) {
         skip = "the shard's replicas changed meanwhile (a failover?)";
       } else if (to == members_.servers().end()) {
         skip = absl::StrCat("server ", next.to_server(), " left");
