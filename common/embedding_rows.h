@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "common/proto.h"
+#include "common/sparse_config.h"
 #include "proto/embedding.pb.h"
 
 namespace psd {
@@ -58,21 +59,12 @@ float InitialRowValue(const EmbeddingInitializer& init, int32_t dim,
 void InitialRow(const EmbeddingInitializer& init, int32_t dim, uint64_t row,
                 float* out);
 
-// Checks a table spec. INVALID_ARGUMENT whose message starts with the
-// field's path under `prefix`, e.g. "spec.dim: must be in [1, 65536], got 0".
-absl::Status ValidateTableSpec(const EmbeddingTableSpec& spec,
-                               const std::string& prefix);
+// ValidateTableSpec and WithTableDefaults: common/sparse_config.h.
 
-// The spec with defaults filled: initializer scale 1/sqrt(dim) when 0, and
-// the optimizer's per-kind defaults (common/job_config.h). Idempotent.
-EmbeddingTableSpec WithTableDefaults(EmbeddingTableSpec spec);
-
-// Largest dim and num_shards accepted, and the largest num_rows (2^62).
-inline constexpr int32_t kMaxEmbeddingDim = 65536;
-inline constexpr int32_t kMaxEmbeddingShards = 65536;
+// kMaxEmbeddingDim, kMaxEmbeddingShards, kMaxEmbeddingRows:
+// common/sparse_config.h.
 // Most replicas of one shard (ShardReplicas.replicas).
 inline constexpr int32_t kMaxShardReplicas = 16;
-inline constexpr uint64_t kMaxEmbeddingRows = uint64_t{1} << 62;
 
 }  // namespace psd
 

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/quote.h"
+#include "common/sparse_config.h"
 
 namespace psd {
 namespace {
@@ -557,6 +558,7 @@ void ApplyJobConfigDefaults(JobConfig* config) {
   if (config->partition_bytes() == 0) {
     config->set_partition_bytes(kDefaultPartitionBytes);
   }
+  ApplySparseDefaults(config);
 }
 
 absl::Status ValidateJobConfig(const JobConfig& c) {
@@ -573,13 +575,16 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     }
   } else if (m.kind() == ModelSpec::MLP) {
     if (absl::Status status = ValidateMlp(m); !status.ok()) return status;
-  } else {
+  } else if (!IsSparseModel(m)) {
     return Invalid("model.kind",
-                   absl::StrCat("MLP or EXTERNAL, got ",
+                   absl::StrCat("MLP, EXTERNAL, SPARSE_LR or DLRM, got ",
                                 static_cast<int>(m.kind())));
   }
   if (!c.has_dataset()) return Invalid("dataset", "required");
-  if (m.kind() == ModelSpec::EXTERNAL && c.dataset().name() == "external") {
+  if (IsSparseModel(m)) {
+    if (absl::Status status = ValidateSparseJob(c); !status.ok()) return status;
+  } else if (m.kind() == ModelSpec::EXTERNAL &&
+             c.dataset().name() == "external") {
     if (c.dataset().train_limit() <= 0) {
       return Invalid("dataset.train_limit",
                      absl::StrCat("required for \"external\": the training "
@@ -702,6 +707,7 @@ std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
   if (model.kind() == ModelSpec::EXTERNAL) {
     return {model.parameters().begin(), model.parameters().end()};
   }
+  if (IsSparseModel(model)) return SparseDenseParameters(model);
   std::vector<int64_t> sizes = {model.input_dim()};
   for (int h : model.hidden_sizes()) sizes.push_back(h);
   sizes.push_back(model.num_classes());
@@ -720,9 +726,23 @@ std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
   return params;
 }
 
+int OptimizerSlots(const OptimizerSpec& spec) {
+  switch (spec.kind()) {
+    case OptimizerSpec::ADAGRAD:
+      return 1;
+    case OptimizerSpec::ADAM:
+    case OptimizerSpec::ADAMW:
+      return 2;
+    default:  // SGD
+      return spec.momentum() != 0.0f ? 1 : 0;
+  }
+}
+
 int64_t TrainExamples(const JobConfig& config) {
   const int64_t limit = config.dataset().train_limit();
-  if (config.dataset().name() == "external") return limit;
+  if (config.dataset().name() == "external" || IsSparseModel(config.model())) {
+    return limit;
+  }
   return limit > 0 ? std::min(limit, kFashionMnistTrainExamples)
                    : kFashionMnistTrainExamples;
 }

@@ -49,6 +49,15 @@ inline constexpr float kDefaultAdamEpsilon = 1e-8f;
 inline constexpr float kDefaultAdagradEpsilon = 1e-10f;
 inline constexpr float kDefaultStepGamma = 0.1f;
 
+// The number of optimizer slots (arrays of float32 the size of the
+// partition) the optimizer of `spec` keeps per partition
+// (or per embedding row):
+//   SGD: 0 without momentum, 1 with (velocity v);
+//   ADAGRAD: 1 (accumulator s);  ADAM, ADAMW: 2 (first moment m, then
+//   second moment u).
+// REQUIRES: spec is valid (ValidateJobConfig).
+int OptimizerSlots(const OptimizerSpec& spec);
+
 // Parses a job config from a file: protobuf text format, or JSON when the
 // file's first non-blank character is '{'. Errors: NOT_FOUND (no file),
 // INVALID_ARGUMENT with the parser's line, column and field name.

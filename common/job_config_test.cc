@@ -162,7 +162,7 @@ TEST_CASE("JobConfig: inf and nan are refused as not finite, naming the field",
   // An enum value psd does not know names the field and the number.
   config = ValidConfig();
   config.mutable_model()->set_kind(static_cast<ModelSpec::Kind>(7));
-  CHECK(Problem(config) == "model.kind: MLP or EXTERNAL, got 7");
+  CHECK(Problem(config) == "model.kind: MLP, EXTERNAL, SPARSE_LR or DLRM, got 7");
 }
 
 TEST_CASE("JobConfig: a job id in a request is bounded and quoted",

@@ -104,18 +104,6 @@ void Adam(const OptimizerSpec& spec, bool decoupled, float lr, int64_t step,
 
 }  // namespace
 
-int OptimizerSlots(const OptimizerSpec& spec) {
-  switch (spec.kind()) {
-    case OptimizerSpec::ADAGRAD:
-      return 1;
-    case OptimizerSpec::ADAM:
-    case OptimizerSpec::ADAMW:
-      return 2;
-    default:  // SGD
-      return spec.momentum() != 0.0f ? 1 : 0;
-  }
-}
-
 float ScheduledLearningRate(const OptimizerSpec& spec, int64_t step) {
   const float lr = spec.learning_rate();
   const LearningRateSchedule& s = spec.schedule();

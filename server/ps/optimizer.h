@@ -33,17 +33,12 @@
 
 #include <cstdint>
 
+#include "common/job_config.h"
 #include "common/proto.h"
 
 namespace psd {
 
-// The number of optimizer slots (arrays of float32 the size of the
-// partition) the optimizer of `spec` keeps per partition:
-//   SGD: 0 without momentum, 1 with (velocity v);
-//   ADAGRAD: 1 (accumulator s);  ADAM, ADAMW: 2 (first moment m, then
-//   second moment u).
-// REQUIRES: spec is valid (ValidateJobConfig).
-int OptimizerSlots(const OptimizerSpec& spec);
+// OptimizerSlots(spec): common/job_config.h.
 
 // The learning rate of the update at `step` (0-based: the number of updates
 // applied before it) under spec.schedule(): constant, STEP or COSINE (see
