@@ -452,4 +452,51 @@ absl::Status CheckTablesFit(const JobConfig& config, int64_t cluster_bytes,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::vector<std::string>>> TableReplicas(
+    const Assignment& assignment) {
+  if (!assignment.table_replicas().empty()) {
+    std::vector<std::vector<std::string>> replicas(
+        assignment.table_replicas_size());
+    for (const TableShardAddresses& t : assignment.table_replicas()) {
+      if (t.shard() < 0 || t.shard() >= assignment.table_replicas_size() ||
+          !replicas[t.shard()].empty() || t.replicas().empty()) {
+        return Invalid(absl::StrCat("assignment.table_replicas[", t.shard(), "]"),
+                       "shards must be 0 .. n-1, each once, with replicas");
+      }
+      replicas[t.shard()].assign(t.replicas().begin(), t.replicas().end());
+    }
+    return replicas;
+  }
+  std::map<std::string, std::string> address;
+  for (const ServerInfo& s : assignment.servers()) address[s.id()] = s.address();
+  std::vector<std::vector<std::string>> replicas(assignment.shards_size());
+  for (const ShardReplicas& r : assignment.shards()) {
+    const std::string field = absl::StrCat("assignment.shards[", r.shard(), "]");
+    if (r.shard() < 0 || r.shard() >= assignment.shards_size() ||
+        !replicas[r.shard()].empty()) {
+      return Invalid(field, "shards must be 0 .. n-1, each once");
+    }
+    std::vector<std::string> ids = {r.primary()};
+    ids.insert(ids.end(), r.backups().begin(), r.backups().end());
+    for (const std::string& id : ids) {
+      auto it = address.find(id);
+      if (it == address.end()) {
+        return Invalid(field, absl::StrCat("server \"", id.substr(0, 64),
+                                           "\" is not in assignment.servers"));
+      }
+      replicas[r.shard()].push_back(it->second);
+    }
+  }
+  return replicas;
+}
+
+EmbeddingTableSpec PlacedTable(const Assignment& assignment, int index) {
+  EmbeddingTableSpec spec =
+      WithTableDefaults(assignment.config().model().tables(index));
+  spec.set_num_shards(assignment.table_replicas().empty()
+                          ? assignment.shards_size()
+                          : assignment.table_replicas_size());
+  return spec;
+}
+
 }  // namespace psd

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/proto.h"
 
 namespace psd {
@@ -82,6 +83,21 @@ int64_t TableRowBytes(const EmbeddingTableSpec& spec);
 // of the table that passes the bound. No-op for other kinds.
 absl::Status CheckTablesFit(const JobConfig& config, int64_t cluster_bytes,
                             int32_t replicas);
+
+// Where a sparse job's tables live (see "Sparse jobs" in
+// docs/ARCHITECTURE.md): every table has as many shards as the job, and
+// table shard s lives on the replicas of the job's shard s, the primary
+// first, as the job started. Returns, by shard, the replicas' host:port:
+// assignment.table_replicas when set (the coordinator fixes them at the
+// start), else computed from assignment.shards and servers. Errors:
+// INVALID_ARGUMENT when a shard is missing or twice, or names a server not
+// in assignment.servers.
+absl::StatusOr<std::vector<std::vector<std::string>>> TableReplicas(
+    const Assignment& assignment);
+
+// Table `index` of the assignment's model as the job's servers hold it:
+// with WithTableDefaults and num_shards = the job's shard count.
+EmbeddingTableSpec PlacedTable(const Assignment& assignment, int index);
 
 }  // namespace psd
 

@@ -256,6 +256,12 @@ class CoordinatorState {
     int64_t view_epoch = 0;
   };
 
+  // The table memory the servers `server_ids` state, summed
+  // (RegisterRequest.table_memory_bytes); 0 (no bound) when any of them
+  // states none, or for no servers (job_scheduler.cc).
+  int64_t TableMemoryLocked(const std::vector<std::string>& server_ids) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Start and persistence (coordinator_state.cc).
   void SchedulerLoop();
   // The job record to persist. REQUIRES: mu_ held.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
+#include "common/sparse_config.h"
 #include "common/placement.h"
 #include "common/process.h"
 #include "common/quote.h"
@@ -20,14 +21,38 @@
 #include "common/status.h"
 #include "server/coordinator/replica_sets.h"
 #include "server/coordinator/server_calls.h"
+#include "server/coordinator/sparse_tables.h"
 
 namespace psd {
+
+int64_t CoordinatorState::TableMemoryLocked(
+    const std::vector<std::string>& server_ids) const {
+  int64_t total = 0;
+  for (const std::string& id : server_ids) {
+    auto it = members_.servers().find(id);
+    if (it == members_.servers().end() ||
+        it->second.table_memory_bytes <= 0) {
+      return 0;  // a server without a bound: none for the cluster
+    }
+    total += it->second.table_memory_bytes;
+  }
+  return total;
+}
 
 absl::StatusOr<std::string> CoordinatorState::SubmitJob(
     const JobConfig& input, const std::string& submitted_by) {
   JobConfig config = input;
   ApplyJobConfigDefaults(&config);
   PSD_RETURN_IF_ERROR(ValidateJobConfig(config));
+  {
+    // Against the servers registered now (checked again at the start, on
+    // the job's servers).
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> servers;
+    for (const auto& [id, member] : members_.servers()) servers.push_back(id);
+    PSD_RETURN_IF_ERROR(CheckTablesFit(config, TableMemoryLocked(servers),
+                                       options_.replication_factor));
+  }
   Job job;
   job.status.set_state(PENDING);
   job.status.set_submitted_by(submitted_by);
@@ -264,6 +289,14 @@ void CoordinatorState::StartPendingJobs() {
       auto placement = BuildPlacement(
           ModelParameters(config.model()), config.partition_bytes(),
           static_cast<int32_t>(chosen.size()));
+      if (placement.ok()) {
+        // A sparse job's tables must fit the memory its servers state.
+        if (absl::Status fit = CheckTablesFit(config, TableMemoryLocked(chosen),
+                                              options_.replication_factor);
+            !fit.ok()) {
+          placement = fit;
+        }
+      }
       if (!placement.ok()) {
         FinishJob(&job, FAILED, placement.status().ToString());
         for (const std::string& w : job.worker_ids) {
@@ -293,6 +326,16 @@ void CoordinatorState::StartPendingJobs() {
         replicas->set_primary(servers[shard].id());
         for (int32_t b = 1; b < options_.replication_factor; ++b) {
           replicas->add_backups(servers[(shard + b) % n].id());
+        }
+      }
+      if (IsSparseModel(config.model())) {
+        // Fixed for the job's life (Assignment.table_replicas).
+        auto tables = TableReplicas(a);
+        for (size_t shard = 0; tables.ok() && shard < tables->size(); ++shard) {
+          TableShardAddresses* t = a.add_table_replicas();
+          t->set_shard(static_cast<int32_t>(shard));
+          t->mutable_replicas()->Assign((*tables)[shard].begin(),
+                                        (*tables)[shard].end());
         }
       }
       *job.status.mutable_placement() = *placement;
@@ -361,6 +404,15 @@ void CoordinatorState::StartPendingJobs() {
     error = SendViewTo(created,
                        std::chrono::milliseconds(options_.control_call_budget_ms),
                        &failed_server);
+  }
+  // A sparse job's tables, on the replicas of its shards.
+  if (error.empty()) {
+    bool tables_retryable = true;
+    error = CreateJobTables(
+        created, std::chrono::milliseconds(options_.server_call_timeout_ms),
+        std::chrono::milliseconds(options_.control_call_budget_ms),
+        &tables_retryable);
+    retryable = tables_retryable;
   }
 
   bool deleted = false;

@@ -15,6 +15,7 @@
 #include "common/rpc.h"
 #include "common/status.h"
 #include "server/coordinator/server_calls.h"
+#include "server/coordinator/sparse_tables.h"
 
 namespace psd {
 
@@ -142,6 +143,9 @@ void CoordinatorState::RunDrops() {
     drops.swap(drops_);
   }
   for (const PendingDrop& drop : drops) {
+    // A failed start attempt's tables stay when a later attempt holds the
+    // job (it created the same tables on the same servers, idempotently).
+    bool later_attempt = false;
     for (const ServerInfo& server : drop.assignment.servers()) {
       auto stub = ParameterServer::NewStub(MakeChannel(server.address()));
       DropJobRequest request;
@@ -157,12 +161,17 @@ void CoordinatorState::RunDrops() {
         // A failed start attempt's drop: a later attempt holds the job.
         Log()->info("job {}: {} kept it: {}", drop.assignment.job_id(),
                     server.id(), status.error_message());
+        later_attempt = true;
       } else if (!status.ok() &&
                  status.error_code() != grpc::StatusCode::NOT_FOUND) {
         Log()->warn("job {}: DropJob on {} failed: {}",
                     drop.assignment.job_id(), server.id(),
                     status.error_message());
       }
+    }
+    if (!drop.keep_parameters && !later_attempt) {
+      DropJobTables(drop.assignment,
+                    std::chrono::milliseconds(options_.server_call_timeout_ms));
     }
   }
 }

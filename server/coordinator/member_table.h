@@ -45,6 +45,8 @@ class MemberTable {
     std::vector<std::string> live_jobs;
     // Servers only: ServerInfo.identity (mutual TLS), "" in plaintext.
     std::string identity;
+    // Servers only: RegisterRequest.table_memory_bytes (0 = no bound).
+    int64_t table_memory_bytes = 0;
     // Workers only: a job whose rank was taken from this worker for making
     // no progress (WatchProgress); it is never given a rank of it again.
     std::string stalled_in;

@@ -41,6 +41,7 @@ absl::StatusOr<RegisterResponse> CoordinatorState::Register(
   const std::string id = members_.Add(server, request.address());
   Member& member = *members_.Find(server, id);
   member.uid = request.server_uid();
+  member.table_memory_bytes = std::max<int64_t>(request.table_memory_bytes(), 0);
   member.identity = identity;
   member.live_jobs.assign(request.live_jobs().begin(), request.live_jobs().end());
   member.model_kinds.insert(request.model_kinds().begin(),

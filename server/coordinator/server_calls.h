@@ -21,10 +21,11 @@
 
 namespace psd {
 
-// Calls one RPC of a parameter server, with a deadline `timeout` from now.
-template <typename Request, typename Response>
-grpc::Status CallServer(ParameterServer::Stub* stub,
-                        grpc::Status (ParameterServer::Stub::*method)(
+// Calls one RPC of a parameter server (its ParameterServer or
+// EmbeddingServer service), with a deadline `timeout` from now.
+template <typename Stub, typename Request, typename Response>
+grpc::Status CallServer(Stub* stub,
+                        grpc::Status (Stub::*method)(
                             grpc::ClientContext*, const Request&, Response*),
                         const Request& request, Response* response,
                         std::chrono::milliseconds timeout) {
@@ -39,9 +40,9 @@ grpc::Status CallServer(ParameterServer::Stub* stub,
 // DEADLINE_EXCEEDED (one slow answer) is made again after a backoff that
 // doubles from 100 ms up to 2 s, until `budget` has passed since the first.
 // The last failure's message says how many attempts were made.
-template <typename Request, typename Response>
-grpc::Status CallIdempotent(ParameterServer::Stub* stub,
-                            grpc::Status (ParameterServer::Stub::*method)(
+template <typename Stub, typename Request, typename Response>
+grpc::Status CallIdempotent(Stub* stub,
+                            grpc::Status (Stub::*method)(
                                 grpc::ClientContext*, const Request&, Response*),
                             const Request& request, Response* response,
                             std::chrono::milliseconds timeout,

@@ -1,0 +1,33 @@
+// The embedding tables of sparse jobs (issue 25) on the job's servers:
+// created when the job starts, dropped with it. Private to the coordinator.
+#ifndef PSD_SERVER_COORDINATOR_SPARSE_TABLES_H_
+#define PSD_SERVER_COORDINATOR_SPARSE_TABLES_H_
+
+#include <chrono>
+#include <string>
+
+#include "common/proto.h"
+
+namespace psd {
+
+// Creates every table of the assignment's model on every server holding a
+// table shard (TableReplicas: table shard s on the replicas of job shard
+// s), each server with its shards and their replica lists
+// (CreateTableRequest.replicas, its own index in each). Idempotent: the
+// same table again is acknowledged (created = false). Returns "" or the
+// first error, naming the server and the table; *retryable is false when
+// the server refused the table as invalid (every server would).
+// No-op for a job that is not sparse.
+std::string CreateJobTables(const Assignment& assignment,
+                            std::chrono::milliseconds timeout,
+                            std::chrono::milliseconds budget, bool* retryable);
+
+// Drops the assignment's tables on every server listed (NOT_FOUND and
+// unreachable servers are logged, not errors). No-op for a job that is not
+// sparse.
+void DropJobTables(const Assignment& assignment,
+                   std::chrono::milliseconds timeout);
+
+}  // namespace psd
+
+#endif  // PSD_SERVER_COORDINATOR_SPARSE_TABLES_H_
