@@ -48,10 +48,13 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
     add("psd.v1.ParameterServer", {"Replicate", "InstallPartition"}, kServer);
     add("psd.v1.ParameterServer", {"GetServerStatus", "ListSnapshots"},
         kCoordinator | kServer | kPeople);
-    add("psd.v1.EmbeddingServer",
-        {"CreateTable", "PullRows", "PushRows", "DropTable", "TableStatus",
-         "SnapshotTable"},
-        kWorker);
+    // Sparse jobs (issue 25): the coordinator creates and drops a job's
+    // tables; people read them (psd_ctl tables).
+    add("psd.v1.EmbeddingServer", {"PullRows", "PushRows"}, kWorker);
+    add("psd.v1.EmbeddingServer", {"CreateTable", "DropTable", "SnapshotTable"},
+        kWorker | kCoordinator);
+    add("psd.v1.EmbeddingServer", {"TableStatus"},
+        kWorker | kCoordinator | kServer | kPeople);
     add("psd.v1.EmbeddingServer", {"ReplicateRows"}, kServer);
     add("psd.v1.Coordinator", {"RegisterServer"}, kServer);
     add("psd.v1.Coordinator", {"RegisterWorker", "ReportProgress"}, kWorker);

@@ -21,8 +21,12 @@
 //     GetServerStatus, ListSnapshots                 coordinator, server,
 //                                                    user, viewer, admin
 //   psd.v1.EmbeddingServer
-//     CreateTable, PullRows, PushRows, DropTable,
-//     TableStatus, SnapshotTable                     worker
+//     PullRows, PushRows                             worker
+//     CreateTable, DropTable, SnapshotTable          worker, coordinator
+//                                                    (a sparse job's tables)
+//     TableStatus                                    worker, coordinator,
+//                                                    server, user, viewer,
+//                                                    admin (psd_ctl tables)
 //     ReplicateRows                                  server
 //   psd.v1.Coordinator
 //     RegisterServer                                 server

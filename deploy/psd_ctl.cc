@@ -7,7 +7,9 @@
 #include <chrono>
 #include <thread>
 #include <iostream>
+#include <map>
 #include <set>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "common/job_config.h"
 #include "common/proto.h"
+#include "proto/embedding.grpc.pb.h"
 #include "common/rpc.h"
 #include "common/safetensors.h"
 #include "common/status.h"
@@ -71,6 +74,11 @@ constexpr char kUsage[] =
     "                       fails when they differ\n"
     "  export JOB_ID FILE   pull the job's parameters into a safetensors\n"
     "                       file and print their CRC-32 checksum\n"
+    "  tables JOB_ID        a sparse job's embedding tables (issue 25): per\n"
+    "                       table its shards, rows, bytes over all replicas\n"
+    "                       and a checksum of its rows (the sum of the\n"
+    "                       shards' checksums); fails when two replicas of\n"
+    "                       a shard differ\n"
     "  delete JOB_ID        forget a finished job and free its parameters\n"
     "                       on the servers\n"
     "  servers              print what each server holds, per job, as JSON\n"
@@ -259,6 +267,75 @@ int Export(JobService::Stub* jobs, const std::string& id,
               static_cast<int>(tensors.size()), static_cast<long long>(step),
               path.c_str(), ParameterChecksum(tensors));
   return 0;
+}
+
+// tables: every registered server's TableStatus (with checksums) of each
+// table of the job; one line per table.
+int Tables(JobService::Stub* jobs, Coordinator::Stub* coordinator,
+           const std::string& id) {
+  auto job = GetJob(jobs, id);
+  if (!job.ok()) return Fail("tables: get", ToGrpcStatus(job.status()));
+  ClusterView view;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(CallTimeout()));
+    grpc::Status status =
+        coordinator->GetClusterView(&context, GetClusterViewRequest(), &view);
+    if (!status.ok()) return Fail("tables: cluster view", status);
+  }
+  if (job->config().model().tables().empty()) {
+    std::fprintf(stderr, "psd_ctl: tables: job %s has no embedding tables\n",
+                 id.c_str());
+    return 1;
+  }
+  int code = 0;
+  for (const EmbeddingTableSpec& table : job->config().model().tables()) {
+    // shard -> (server id, checksum, rows) of each replica that answered.
+    std::map<int32_t, std::vector<std::tuple<std::string, uint64_t, int64_t>>>
+        shards;
+    int64_t bytes = 0;
+    for (const ServerInfo& server : view.servers()) {
+      auto stub = EmbeddingServer::NewStub(MakeChannel(server.address()));
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(CallTimeout()));
+      TableStatusRequest request;
+      request.set_job_id(id);
+      request.set_table(table.name());
+      request.set_checksum(true);
+      TableStatusResponse response;
+      grpc::Status got = stub->TableStatus(&call, request, &response);
+      if (got.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+      if (!got.ok()) return Fail("tables: " + server.id(), got);
+      bytes += response.bytes();
+      for (const TableShardStatus& s : response.shard_status()) {
+        shards[s.shard()].emplace_back(server.id(), s.checksum(), s.rows());
+      }
+    }
+    uint64_t checksum = 0;
+    int64_t rows = 0;
+    for (const auto& [shard, replicas] : shards) {
+      for (const auto& [server, sum, n] : replicas) {
+        if (sum != std::get<1>(replicas[0])) {
+          std::fprintf(stderr,
+                       "psd_ctl: tables: table %s shard %d: replica on %s has "
+                       "checksum %016llx, on %s %016llx\n",
+                       table.name().c_str(), shard, server.c_str(),
+                       static_cast<unsigned long long>(sum),
+                       std::get<0>(replicas[0]).c_str(),
+                       static_cast<unsigned long long>(std::get<1>(replicas[0])));
+          code = 1;
+        }
+      }
+      checksum += std::get<1>(replicas[0]);
+      rows += std::get<2>(replicas[0]);
+    }
+    std::printf("table %s: %zu shards held, %lld rows, %lld bytes on all "
+                "replicas, checksum %016llx\n",
+                table.name().c_str(), shards.size(), static_cast<long long>(rows),
+                static_cast<long long>(bytes),
+                static_cast<unsigned long long>(checksum));
+  }
+  return code;
 }
 
 int WaitReady(Coordinator::Stub* coordinator) {
@@ -476,6 +553,10 @@ int Main(const std::vector<std::string>& args) {
   if (command == "export") {
     if (!need(2)) return 2;
     return Export(jobs.get(), args[1], args[2]);
+  }
+  if (command == "tables") {
+    if (!need(1)) return 2;
+    return Tables(jobs.get(), coordinator.get(), args[1]);
   }
   if (command == "replicas") {
     if (!need(1)) return 2;

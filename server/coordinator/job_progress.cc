@@ -123,8 +123,12 @@ absl::StatusOr<ReportProgressResponse> CoordinatorState::ReportProgress(
     result->set_epoch(request.epoch());
     result->set_train_loss(request.loss());
     result->set_test_accuracy(request.test_accuracy());
+    result->set_test_log_loss(request.test_log_loss());
+    result->set_test_auc(request.test_auc());
     result->set_elapsed_seconds(elapsed);
     job.status.set_test_accuracy(request.test_accuracy());
+    job.status.set_test_log_loss(request.test_log_loss());
+    job.status.set_test_auc(request.test_auc());
     MarkDirty(job);
     Log()->info("job {}: epoch {} test accuracy {:.4f}", request.job_id(),
                 request.epoch(), request.test_accuracy());
