@@ -33,6 +33,14 @@ TEST_CASE("FeatureRow: SplitMix64Mix((field + 1) * 2^40 + value) mod rows",
         SplitMix64Mix((uint64_t{1} << 40) + 5) % 1000);
   CHECK(FeatureRow(3, 0, 7) == SplitMix64Mix(uint64_t{4} << 40) % 7);
   CHECK(FeatureRow(2, 9, 1) == 0);
+  // Pinned values, also checked by tests/bench/sparse_torch_baseline.py
+  // --self_test (its Python hashing must agree).
+  CHECK(FeatureRow(0, 5, 1000) == 922);
+  CHECK(FeatureRow(3, 0, 7) == 1);
+  CHECK(FeatureRow(25, 0x68fd1e65, 100000) == 35170);
+  CHECK(FeatureRow(12, kMaxFeatureValue - 1, uint64_t{1} << 62) ==
+        4412857768438550321ULL);
+  CHECK(SplitMix64Mix(0) == 0xe220a8397b1dcdafULL);
   // Fields are in the key: the same value of two fields differs.
   CHECK(FeatureRow(0, 9, uint64_t{1} << 62) !=
         FeatureRow(1, 9, uint64_t{1} << 62));
