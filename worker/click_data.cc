@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -126,6 +127,13 @@ absl::StatusOr<PlantedClicks> GeneratePlantedClicks(
       o.planted_scale > 100) {
     return absl::InvalidArgumentError(absl::StrCat(
         "planted_scale: must be finite and in [0, 100], got ", o.planted_scale));
+  }
+  // (train + test) * (fields + dense) values are held in memory.
+  if (static_cast<double>(o.train + o.test) * (o.fields + o.dense) > 1e9) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train, test: (train + test) * (fields + dense) must be at most 10^9 "
+        "(values held in memory), got (",
+        o.train, " + ", o.test, ") * (", o.fields, " + ", o.dense, ")"));
   }
   PlantedClicks out;
   std::vector<float> test_p(o.test);
@@ -312,13 +320,19 @@ double Auc(absl::Span<const float> scores, absl::Span<const float> labels) {
   const size_t n = scores.size();
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
+  // NaN scores rank lowest (and tie with each other), so the order is a
+  // strict weak ordering.
+  auto key = [&](size_t i) {
+    return std::isnan(scores[i]) ? -std::numeric_limits<float>::infinity()
+                                 : scores[i];
+  };
   std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return scores[a] < scores[b]; });
+            [&](size_t a, size_t b) { return key(a) < key(b); });
   double positive_rank_sum = 0;
   double positives = 0;
   for (size_t start = 0; start < n;) {
     size_t end = start + 1;
-    while (end < n && scores[order[end]] == scores[order[start]]) ++end;
+    while (end < n && key(order[end]) == key(order[start])) ++end;
     // Ranks start + 1 .. end (1-based) share their average.
     const double rank = 0.5 * (static_cast<double>(start + 1) + end);
     for (size_t j = start; j < end; ++j) {

@@ -99,7 +99,8 @@ struct PlantedClicks {
 //     column 0) (common/embedding_rows.h); 1.5 roughly centres x_k;
 //   * label 1 with probability sigmoid(z): 1 iff
 //     Uniform(SplitMix64Mix(seed * 31 + 7 + SplitMix64Mix(i))) < sigmoid(z).
-// Errors: INVALID_ARGUMENT naming the option out of range.
+// Errors: INVALID_ARGUMENT naming the option out of range, and for
+// (train + test) * (fields + dense) > 10^9 (the data are held in memory).
 absl::StatusOr<PlantedClicks> GeneratePlantedClicks(
     const PlantedClicksOptions& options);
 
@@ -148,7 +149,8 @@ double LogLoss(absl::Span<const float> probabilities,
 
 // Area under the ROC curve, as the Mann-Whitney U statistic over the
 // positives (label > 0.5) and negatives: U / (P * N), with tied scores
-// given their average rank (so a constant scorer gets 0.5). 0.5 when there
+// given their average rank (so a constant scorer gets 0.5; NaN scores rank
+// lowest, tied with each other). 0.5 when there
 // are no positives or no negatives. REQUIRES: equal sizes.
 double Auc(absl::Span<const float> scores, absl::Span<const float> labels);
 

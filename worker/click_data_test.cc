@@ -137,6 +137,11 @@ TEST_CASE("GeneratePlantedClicks: bad options name the option",
   o.dense = 0;
   o.train = -5;
   CHECK(GeneratePlantedClicks(o).status().message().find("train") == 0);
+  o.train = 1000000000;
+  o.test = 1000000000;
+  CHECK(GeneratePlantedClicks(o).status().message().find("train, test") ==
+        0);
+  o.test = 0;
   o.train = 5;
   o.planted_scale = std::nanf("");
   CHECK(GeneratePlantedClicks(o).status().message().find("planted_scale") ==
@@ -268,6 +273,8 @@ TEST_CASE("Metrics: log-loss, AUC with ties, accuracy", "[click_data]") {
   // One tie between a positive and a negative: counts half.
   CHECK(Auc(std::vector<float>{0.9f, 0.3f, 0.3f, 0.2f}, labels) == 0.875);
   CHECK(Auc(std::vector<float>{0.9f, 0.3f}, std::vector<float>{1, 1}) == 0.5);
+  CHECK(Auc(std::vector<float>{0.9f, std::nanf(""), 0.8f, std::nanf("")},
+            labels) == 1.0);
   CHECK(LogLoss(std::vector<float>{0.5f, 0.5f}, std::vector<float>{1, 0}) ==
         Approx(std::log(2.0)));
   CHECK(LogLoss(std::vector<float>{1.0f}, std::vector<float>{0}) ==

@@ -263,7 +263,9 @@ void SparseModel::Forward(const std::vector<const float*>& params,
       const float* vi = field_rows[i - 1] + int64_t{b} * d;
       for (int32_t j = 0; j < i; ++j) {
         const float* vj = j == 0 ? z0b : field_rows[j - 1] + int64_t{b} * d;
-        *dots++ = cblas_sdot(d, vi, 1, vj, 1);
+        float dot = 0;
+        for (int32_t c = 0; c < d; ++c) dot += vi[c] * vj[c];
+        *dots++ = dot;
       }
     }
   }
@@ -363,8 +365,10 @@ float SparseModel::ForwardBackward(const std::vector<const float*>& params,
         if (g == 0.0f) continue;
         const float* vj = j == 0 ? z0b : field_rows[j - 1] + int64_t{b} * d;
         float* gj = j == 0 ? dz0 : field_row_grads[j - 1] + int64_t{b} * d;
-        cblas_saxpy(d, g, vj, 1, gi, 1);
-        cblas_saxpy(d, g, vi, 1, gj, 1);
+        for (int32_t c = 0; c < d; ++c) {
+          gi[c] += g * vj[c];
+          gj[c] += g * vi[c];
+        }
       }
     }
   }
