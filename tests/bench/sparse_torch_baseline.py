@@ -63,8 +63,8 @@ def feature_row(field, value, num_rows):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", required=True, help="training TSV file")
-    p.add_argument("--test", required=True, help="test TSV file")
+    p.add_argument("--train", help="training TSV file (required)")
+    p.add_argument("--test", help="test TSV file (required)")
     p.add_argument("--num_dense", type=int, default=13,
                    help="integer columns after the label (Criteo: 13)")
     p.add_argument("--max_examples", type=int, default=0,
@@ -89,7 +89,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--self_test", action="store_true",
                    help="check the hashing against known values and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.self_test and (not args.train or not args.test):
+        p.error("--train and --test are required")
+    return args
 
 
 def self_test(np):
@@ -197,11 +200,11 @@ def main(argv):
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     import numpy as np  # noqa: E402 (after the thread settings)
+    if args.self_test:
+        return self_test(np)
     import torch  # noqa: E402
     from torch import nn  # noqa: E402
 
-    if args.self_test:
-        return self_test(np)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
