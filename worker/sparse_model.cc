@@ -21,6 +21,7 @@ constexpr int32_t kMaxMlpLayers = 16;
 constexpr int32_t kMaxMlpWidth = 4096;
 constexpr int32_t kMaxDense = 4096;
 constexpr int32_t kMaxBatch = 1 << 20;
+constexpr int64_t kMaxScratchFloats = int64_t{1} << 28;
 
 // C = alpha op(A) op(B) + beta C, row-major; op(A) [m, k], op(B) [k, n].
 void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
@@ -193,6 +194,19 @@ absl::StatusOr<std::unique_ptr<SparseModel>> SparseModel::Create(
     }
     m->bottom_out_.resize(m->bottom_.size());
     m->top_out_.resize(m->top_.size());
+  }
+  // The scratch buffers' floats per example.
+  int64_t per_example = 1;
+  if (dlrm) {
+    per_example += int64_t{m->field_dim_} + m->num_pairs_ + 2 * m->max_width_;
+    for (const Layer& l : m->bottom_) per_example += l.out;
+    for (const Layer& l : m->top_) per_example += l.out;
+  }
+  if (per_example * max_batch > kMaxScratchFloats) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batch: ", max_batch, " examples of ", per_example,
+        " scratch floats each exceed ", kMaxScratchFloats,
+        " (1 GiB); use smaller batches"));
   }
   m->Reserve(max_batch);
   return m;

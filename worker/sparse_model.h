@@ -50,8 +50,9 @@ class SparseModel {
   // duplicate table names, a table dim outside [1, 65536] (SPARSE_LR: not
   // 1; DLRM: not the last bottom width), 0 or more than 256 fields, a field
   // naming no table, DLRM widths or num_dense_features outside the limits
-  // of proto/job.proto, SPARSE_LR with dense features or MLP widths, and
-  // max_batch outside [1, 1048576].
+  // of proto/job.proto, SPARSE_LR with dense features or MLP widths,
+  // max_batch outside [1, 1048576], and scratch buffers of more than 1 GiB
+  // (max_batch times the activations of one example).
   static absl::StatusOr<std::unique_ptr<SparseModel>> Create(
       const ModelSpec& model, int32_t max_batch);
 

@@ -245,6 +245,10 @@ TEST_CASE("SparseModel::Create: a bad spec names the field",
   }
   CHECK(SparseModel::Create(SparseLrSpec(2), 0).status().code() ==
         absl::StatusCode::kInvalidArgument);
+  // 256 fields: 32896 dots per example; 2^20 examples need far over 1 GiB.
+  auto huge = SparseModel::Create(DlrmSpec(256, 4, {4}, {}), 1 << 20);
+  CHECK(huge.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(huge.status().message().find("max_batch:") == 0);
 }
 
 TEST_CASE("SparseModel: SPARSE_LR gradients match finite differences",
@@ -267,6 +271,26 @@ TEST_CASE("SparseModel: DLRM gradients match finite differences",
   CheckGradients(DlrmSpec(1, 2, {2}, {}), 3, 3);
   // A batch bigger than max_batch grows the buffers.
   CheckGradients(DlrmSpec(4, 3, {3}, {2}), 9, 4);
+}
+
+TEST_CASE("SparseModel: DLRM forward by hand (pins the dot order)",
+          "[sparse_model]") {
+  // D = 1, bottom [2], no top hidden layer, F = 2 fields of d = 2.
+  auto model = SparseModel::Create(DlrmSpec(2, 1, {2}, {}), 1);
+  REQUIRE(model.ok());
+  const std::vector<float> w0 = {1.0f, -1.0f}, b0 = {0.5f, 0.5f};
+  // Top input [z0 (2), dots (3)] -> logit.
+  const std::vector<float> w1 = {0.1f, 0.2f, -0.3f, 0.1f, 0.5f};
+  const float b1 = 0.25f;
+  const float x = 2.0f;
+  const std::vector<float> e1 = {1.0f, 2.0f}, e2 = {3.0f, -1.0f};
+  // z0 = ReLU([2.5, -1.5]) = [2.5, 0]; dots (1,0) e1.z0 = 2.5,
+  // (2,0) e2.z0 = 7.5, (2,1) e2.e1 = 1; logit = 0.25 + 0.25 + 0
+  // - 0.75 + 0.75 + 0.5 = 1.
+  float p = 0;
+  (*model)->Predict({w0.data(), b0.data(), w1.data(), &b1}, &x,
+                    {e1.data(), e2.data()}, 1, &p);
+  CHECK(p == Approx(1 / (1 + std::exp(-1.0))));
 }
 
 TEST_CASE("SparseModel: the loss is stable for large logits",
