@@ -19,18 +19,13 @@
 //
 // Data: no click or text-classification data set is packaged for Debian
 // (the package lists were searched), so the data are GENERATED, with a
-// known ground truth: a planted logistic model over hashed categorical
-// features, like click logs.
-//   * Example i has F fields (--fields). Field f draws a value
-//     v = floor(vocab_f * u^2), u uniform from SplitMix64 of (seed, i, f):
-//     a head-heavy (power-law-like) distribution; vocab_f cycles through
-//     20, 100, 500, 2000, 10000, 50000, 200, 5000.
-//   * Its feature id is SplitMix64Mix((f + 1) * 2^40 + v) mod num_rows
-//     (the hashing trick into a table of --num_rows rows, 10^8 by default).
-//   * The planted weight of a feature is --planted_scale * N(0, 1), drawn
-//     with common/embedding_rows.h's NORMAL initializer (seed --seed + 1,
-//     column 0). The label is 1 with probability sigmoid(sum of the
-//     example's planted weights).
+// known ground truth: worker/click_data.h's GeneratePlantedClicks (a
+// planted logistic model over F = --fields categorical fields, no dense
+// features; --planted_scale, --seed), like click logs.
+//   * Field f's value v of an example is the feature id
+//     FeatureRow(f, v, num_rows) = SplitMix64Mix((f + 1) * 2^40 + v) mod
+//     num_rows (the hashing trick into a table of --num_rows rows, 10^8 by
+//     default).
 //   * Examples [0, train) train, [train, train + test) test.
 //   The Bayes accuracy (predicting with the planted model) is printed as
 //   the ceiling; the majority class's rate as the chance level.
@@ -74,6 +69,7 @@
 #include "common/process.h"
 #include "common/transport_security.h"
 #include "common/embedding_rows.h"
+#include "worker/click_data.h"
 #include "worker/embedding_client.h"
 
 ABSL_FLAG(std::string, servers, "",
@@ -115,35 +111,14 @@ ABSL_FLAG(bool, resume, false,
 namespace psd {
 namespace {
 
-const int kVocab[8] = {20, 100, 500, 2000, 10000, 50000, 200, 5000};
-
 struct Data {
   int fields = 0;
   uint64_t num_rows = 0;
-  uint64_t seed = 0;
-  EmbeddingInitializer planted;
+  PlantedClicks clicks;
 
-  uint64_t Feature(int64_t i, int f) const {
-    const uint64_t bits = SplitMix64Mix(SplitMix64Mix(seed ^ SplitMix64Mix(i)) +
-                                        static_cast<uint64_t>(f));
-    const double u = static_cast<double>(bits >> 11) * 0x1p-53;
-    const uint64_t v = static_cast<uint64_t>(kVocab[f % 8] * u * u);
-    return SplitMix64Mix((static_cast<uint64_t>(f + 1) << 40) + v) % num_rows;
-  }
-  double PlantedLogit(int64_t i) const {
-    double z = 0;
-    for (int f = 0; f < fields; ++f) {
-      z += InitialRowValue(planted, 1, Feature(i, f), 0);
-    }
-    return z;
-  }
-  float Label(int64_t i) const {
-    const double p = 1.0 / (1.0 + std::exp(-PlantedLogit(i)));
-    const double u =
-        static_cast<double>(SplitMix64Mix(seed * 31 + 7 + SplitMix64Mix(i)) >>
-                            11) *
-        0x1p-53;
-    return u < p ? 1.0f : 0.0f;
+  // The feature id (row of table "emb") of field f of example i of `set`.
+  uint64_t Feature(const ClickData& set, int64_t i, int f) const {
+    return FeatureRow(f, set.values[i * fields + f], num_rows);
   }
 };
 
@@ -152,15 +127,15 @@ struct Batch {
   std::vector<float> labels;  // [n]
 };
 
-void MakeBatch(const Data& data, const std::vector<int64_t>& examples,
-               Batch* batch) {
+void MakeBatch(const Data& data, const ClickData& set,
+               const std::vector<int64_t>& examples, Batch* batch) {
   batch->ids.resize(examples.size() * data.fields);
   batch->labels.resize(examples.size());
   for (size_t b = 0; b < examples.size(); ++b) {
     for (int f = 0; f < data.fields; ++f) {
-      batch->ids[b * data.fields + f] = data.Feature(examples[b], f);
+      batch->ids[b * data.fields + f] = data.Feature(set, examples[b], f);
     }
-    batch->labels[b] = data.Label(examples[b]);
+    batch->labels[b] = set.labels[examples[b]];
   }
 }
 
@@ -182,7 +157,7 @@ void Forward(int fields, int dim, const std::vector<float>& emb,
   }
 }
 
-double LogLoss(float z, float y) {
+double LogisticLoss(float z, float y) {
   // log(1 + exp(-z)) for y = 1, log(1 + exp(z)) for y = 0, stably.
   const double s = y > 0.5f ? -z : z;
   return s > 0 ? s + std::log1p(std::exp(-s)) : std::log1p(std::exp(s));
@@ -193,8 +168,11 @@ struct Eval {
   double accuracy = 0;
 };
 
+// Evaluates on the test set.
 absl::StatusOr<Eval> Evaluate(EmbeddingClient* client, const Data& data,
-                              int dim, int64_t first, int64_t count) {
+                              int dim) {
+  const int64_t first = 0;
+  const int64_t count = data.clicks.test.size;
   std::vector<float> dense;
   if (absl::Status s = client->Pull("dense", {0}, &dense); !s.ok()) return s;
   Eval eval;
@@ -206,13 +184,13 @@ absl::StatusOr<Eval> Evaluate(EmbeddingClient* client, const Data& data,
     for (int64_t i = start; i < std::min(first + count, start + 4096); ++i) {
       examples.push_back(i);
     }
-    MakeBatch(data, examples, &batch);
+    MakeBatch(data, data.clicks.test, examples, &batch);
     if (absl::Status s = client->Pull("emb", batch.ids, &emb); !s.ok()) {
       return s;
     }
     Forward(data.fields, dim, emb, dense, examples.size(), &bags, &logits);
     for (size_t b = 0; b < examples.size(); ++b) {
-      eval.loss += LogLoss(logits[b], batch.labels[b]);
+      eval.loss += LogisticLoss(logits[b], batch.labels[b]);
       eval.accuracy += ((logits[b] > 0) == (batch.labels[b] > 0.5f)) ? 1 : 0;
     }
   }
@@ -238,7 +216,7 @@ absl::StatusOr<double> TrainEpoch(EmbeddingClient* client, const Data& data,
          i += workers) {
       examples.push_back(i);
     }
-    MakeBatch(data, examples, &batch);
+    MakeBatch(data, data.clicks.train, examples, &batch);
     const size_t n = examples.size();
     if (absl::Status s = client->Pull("dense", {0}, &dense); !s.ok()) return s;
     if (absl::Status s = client->Pull("emb", batch.ids, &emb); !s.ok()) return s;
@@ -246,7 +224,7 @@ absl::StatusOr<double> TrainEpoch(EmbeddingClient* client, const Data& data,
     grad_emb.assign(n * fields * dim, 0.0f);
     std::fill(grad_dense.begin(), grad_dense.end(), 0.0f);
     for (size_t b = 0; b < n; ++b) {
-      loss += LogLoss(logits[b], batch.labels[b]);
+      loss += LogisticLoss(logits[b], batch.labels[b]);
       const float p = 1.0f / (1.0f + std::exp(-logits[b]));
       const float delta = (p - batch.labels[b]) / static_cast<float>(n);
       for (int f = 0; f < fields; ++f) {
@@ -354,10 +332,28 @@ int Main() {
   Data data;
   data.fields = fields;
   data.num_rows = absl::GetFlag(FLAGS_num_rows);
-  data.seed = absl::GetFlag(FLAGS_seed);
-  data.planted.set_kind(EmbeddingInitializer::NORMAL);
-  data.planted.set_scale(static_cast<float>(absl::GetFlag(FLAGS_planted_scale)));
-  data.planted.set_seed(data.seed + 1);
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  if (data.num_rows < 1) {
+    std::fprintf(stderr, "sparse_train: --num_rows must be >= 1\n");
+    return 2;
+  }
+  {
+    PlantedClicksOptions options;
+    options.fields = fields;
+    options.dense = 0;
+    options.train = train;
+    options.test = test;
+    options.planted_scale =
+        static_cast<float>(absl::GetFlag(FLAGS_planted_scale));
+    options.seed = seed;
+    auto clicks = GeneratePlantedClicks(options);
+    if (!clicks.ok()) {
+      std::fprintf(stderr, "sparse_train: --%s\n",
+                   std::string(clicks.status().message()).c_str());
+      return 2;
+    }
+    data.clicks = *std::move(clicks);
+  }
 
   const std::string job = absl::GetFlag(FLAGS_job_id);
   std::vector<std::unique_ptr<EmbeddingClient>> clients;
@@ -375,7 +371,7 @@ int Main() {
   emb.set_num_rows(data.num_rows);
   emb.set_dim(dim);
   emb.mutable_initializer()->set_kind(EmbeddingInitializer::UNIFORM);
-  emb.mutable_initializer()->set_seed(data.seed);
+  emb.mutable_initializer()->set_seed(seed);
   emb.mutable_optimizer()->set_kind(OptimizerSpec::ADAGRAD);
   emb.mutable_optimizer()->set_learning_rate(
       static_cast<float>(absl::GetFlag(FLAGS_learning_rate)));
@@ -445,7 +441,9 @@ int Main() {
   // The servers' untouched rows are the seeded values computed here.
   if (!resume) {
     std::vector<uint64_t> sample;
-    for (int64_t i = 0; i < 64; ++i) sample.push_back(data.Feature(train + i, 0));
+    for (int64_t i = 0; i < std::min<int64_t>(64, test); ++i) {
+      sample.push_back(data.Feature(data.clicks.test, i, 0));
+    }
     std::vector<float> rows, want(dim);
     absl::Status s = clients[0]->Pull("emb", sample, &rows);
     if (!s.ok()) {
@@ -468,14 +466,8 @@ int Main() {
   }
 
   // Reference levels on the test set.
-  double bayes = 0, positives = 0;
-  for (int64_t i = train; i < train + test; ++i) {
-    const float y = data.Label(i);
-    positives += y;
-    bayes += ((data.PlantedLogit(i) > 0) == (y > 0.5f)) ? 1 : 0;
-  }
-  bayes /= test;
-  const double majority = std::max(positives, test - positives) / test;
+  const double bayes = data.clicks.bayes_accuracy;
+  const double majority = data.clicks.majority_rate;
   std::printf("data: generated (planted logistic model over %d hashed "
               "fields, V = %llu), %lld train / %lld test examples; "
               "chance (majority class) %.4f, Bayes accuracy (planted model) "
@@ -484,7 +476,7 @@ int Main() {
               static_cast<long long>(train), static_cast<long long>(test),
               majority, bayes);
 
-  auto first = Evaluate(clients[0].get(), data, dim, train, test);
+  auto first = Evaluate(clients[0].get(), data, dim);
   if (!first.ok()) {
     std::fprintf(stderr, "sparse_train: %s\n", first.status().ToString().c_str());
     return 1;
@@ -522,7 +514,7 @@ int Main() {
       }
       train_loss += *l / workers;
     }
-    auto eval = Evaluate(clients[0].get(), data, dim, train, test);
+    auto eval = Evaluate(clients[0].get(), data, dim);
     if (!eval.ok()) {
       std::fprintf(stderr, "sparse_train: %s\n", eval.status().ToString().c_str());
       return 1;
