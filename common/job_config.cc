@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "common/quote.h"
 #include "common/sparse_config.h"
+#include "common/sparse_model_spec.h"
 
 namespace psd {
 namespace {
@@ -707,7 +708,7 @@ std::vector<ParameterSpec> ModelParameters(const ModelSpec& model) {
   if (model.kind() == ModelSpec::EXTERNAL) {
     return {model.parameters().begin(), model.parameters().end()};
   }
-  if (IsSparseModel(model)) return SparseDenseParameters(model);
+  if (IsSparseModel(model)) return SparseModelParameters(model);
   std::vector<int64_t> sizes = {model.input_dim()};
   for (int h : model.hidden_sizes()) sizes.push_back(h);
   sizes.push_back(model.num_classes());

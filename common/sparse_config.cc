@@ -11,32 +11,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_config.h"
+#include "common/sparse_model_spec.h"
 
 namespace psd {
 namespace {
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-// Appends dense layers "<prefix>{i}.weight" [fan_in, w], "<prefix>{i}.bias"
-// [w] for each width in `widths`; returns the last fan_out.
-int64_t AddLayers(const std::string& prefix, int64_t fan_in,
-                  const std::vector<int64_t>& widths,
-                  std::vector<ParameterSpec>* out) {
-  for (size_t i = 0; i < widths.size(); ++i) {
-    ParameterSpec weight;
-    weight.set_name(absl::StrCat(prefix, i, ".weight"));
-    weight.add_shape(fan_in);
-    weight.add_shape(widths[i]);
-    out->push_back(weight);
-    ParameterSpec bias;
-    bias.set_name(absl::StrCat(prefix, i, ".bias"));
-    bias.add_shape(widths[i]);
-    out->push_back(bias);
-    fan_in = widths[i];
-  }
-  return fan_in;
 }
 
 // Checks MLP widths: 0 or 1 (min_layers) to kMaxSparseMlpLayers layers,
@@ -317,7 +298,7 @@ absl::Status ValidateSparseJob(const JobConfig& c) {
     if (!m.top_mlp().empty()) return Invalid("model.top_mlp", "only for DLRM");
   }
   int64_t parameters = 0;
-  for (const ParameterSpec& p : SparseDenseParameters(m)) {
+  for (const ParameterSpec& p : SparseModelParameters(m)) {
     int64_t n = 1;
     for (int64_t d : p.shape()) n *= d;  // widths <= 4096, inputs <= ~33000
     parameters += n;
@@ -401,25 +382,6 @@ absl::Status ValidateSparseJob(const JobConfig& c) {
                                                "supported for ", kind, " yet"));
   }
   return absl::OkStatus();
-}
-
-std::vector<ParameterSpec> SparseDenseParameters(const ModelSpec& model) {
-  std::vector<ParameterSpec> params;
-  if (model.kind() == ModelSpec::SPARSE_LR) {
-    ParameterSpec bias;
-    bias.set_name("bias");
-    bias.add_shape(1);
-    params.push_back(bias);
-    return params;
-  }
-  const int64_t d = model.tables().empty() ? 0 : model.tables(0).dim();
-  const int64_t f = model.fields_size();
-  AddLayers("bottom", model.num_dense_features(),
-            {model.bottom_mlp().begin(), model.bottom_mlp().end()}, &params);
-  std::vector<int64_t> top(model.top_mlp().begin(), model.top_mlp().end());
-  top.push_back(1);
-  AddLayers("top", d + (f + 1) * f / 2, top, &params);
-  return params;
 }
 
 int64_t TableRowBytes(const EmbeddingTableSpec& spec) {

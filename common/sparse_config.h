@@ -60,14 +60,8 @@ void ApplySparseDefaults(JobConfig* config);
 // REQUIRES: IsSparseModel(config.model()).
 absl::Status ValidateSparseJob(const JobConfig& config);
 
-// The dense part's parameters, float32, row-major, in order:
-//   SPARSE_LR: "bias" [1].
-//   DLRM: "bottom{i}.weight" [fan_in, fan_out] and "bottom{i}.bias"
-//   [fan_out] for each bottom layer (fan_in of layer 0 is
-//   num_dense_features), then "top{i}.weight" and "top{i}.bias" for each
-//   top layer and the final width-1 logit layer (fan_in of top layer 0 is
-//   d + (F + 1) F / 2, F fields of width d).
-std::vector<ParameterSpec> SparseDenseParameters(const ModelSpec& model);
+// The dense part's parameters: SparseModelParameters
+// (common/sparse_model_spec.h).
 
 // Bytes a server holds for one touched row of the table: its update count
 // (8), weights and optimizer slots (4 d (1 + OptimizerSlots)); the
