@@ -662,6 +662,7 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
   EmbeddingBspResult result;
   result.shard = tag.shard;
   result.step = tag.step;
+  result.dim = t.dim;
   if (!merged && !t.replica_sets.empty()) {
     checked = RouteReplication(t, tag.shard, key, &result.forward_to,
                                &result.promoted);

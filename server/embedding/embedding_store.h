@@ -167,6 +167,7 @@ struct EmbeddingBspResult {
   int64_t rows_created = 0;
   int32_t shard = 0;
   int64_t step = 0;
+  int32_t dim = 0;  // the table's
   std::vector<uint64_t> merged_ids;
   std::vector<float> merged_grads;
   std::vector<std::string> forward_to;
