@@ -439,7 +439,14 @@ absl::Status EmbeddingClient::RunCalls(size_t n, bool pull, bool bsp) {
       const grpc::Status& status = call.status;
       if (status.ok()) continue;
       const std::string& address = replicas_[call.shard][call.replica];
-      if (!Retryable(status)) return Prefixed(address, call.shard, status);
+      // A BSP push cancelled by its server (e.g. shutting down while the
+      // step waited) is re-sent like an unreachable one: its (step, rank)
+      // makes a second arrival a duplicate.
+      const bool cancelled =
+          bsp && status.error_code() == grpc::StatusCode::CANCELLED;
+      if (!Retryable(status) && !cancelled) {
+        return Prefixed(address, call.shard, status);
+      }
       if (bsp && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
           absl::Now() < bsp_deadline &&
           Alive(address, call.push_request.table())) {
