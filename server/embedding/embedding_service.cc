@@ -60,6 +60,33 @@ struct EmbeddingService::Metrics {
         "psd_server_embedding_bytes",
         "Bytes held for sparse embedding tables (rows, slots, maps).",
         [store] { return static_cast<double>(store->bytes()); });
+    // Per table. The registry's families have one label, so it is
+    // table="<job id>/<table name>" (a table name holds no '/': the part
+    // after the last '/' is the table).
+    registry->AddGaugeFamilyCallback(
+        "psd_server_embedding_table_live_rows",
+        "Rows held (created, not evicted) of each sparse embedding table, "
+        "by table=\"<job id>/<table>\".",
+        "table", [store] {
+          LabeledValues values;
+          for (const auto& u : store->Usage()) {
+            values.emplace_back(absl::StrCat(u.job_id, "/", u.table),
+                                static_cast<double>(u.rows));
+          }
+          return values;
+        });
+    registry->AddGaugeFamilyCallback(
+        "psd_server_embedding_table_bytes",
+        "Bytes held for each sparse embedding table (rows, slots, maps, "
+        "admission counts), by table=\"<job id>/<table>\".",
+        "table", [store] {
+          LabeledValues values;
+          for (const auto& u : store->Usage()) {
+            values.emplace_back(absl::StrCat(u.job_id, "/", u.table),
+                                static_cast<double>(u.bytes));
+          }
+          return values;
+        });
   }
 
   Counter* const pull_requests;

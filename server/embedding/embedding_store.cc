@@ -960,6 +960,16 @@ absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
   return status;
 }
 
+std::vector<EmbeddingStore::TableUsage> EmbeddingStore::Usage() const {
+  std::vector<TableUsage> usage;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, t] : tables_) {
+    usage.push_back({key.first, key.second, t->rows.load(),
+                     t->table_bytes.load()});
+  }
+  return usage;
+}
+
 absl::Status EmbeddingStore::DropTable(const std::string& job_id,
                                        const std::string& table) {
   std::shared_ptr<Table> dropped;  // freed outside the lock

@@ -326,6 +326,16 @@ class EmbeddingStore {
   // of its handle). Errors: NOT_FOUND.
   absl::Status DropTable(const std::string& job_id, const std::string& table);
 
+  // Live rows and bytes of one table (as TableStatusResponse.rows, bytes).
+  struct TableUsage {
+    std::string job_id;
+    std::string table;
+    int64_t rows = 0;
+    int64_t bytes = 0;
+  };
+  // Every table's, by (job id, table name). O(tables).
+  std::vector<TableUsage> Usage() const;
+
   // Bytes held over all tables (as TableStatusResponse.bytes).
   int64_t bytes() const { return bytes_->load(std::memory_order_relaxed); }
 
