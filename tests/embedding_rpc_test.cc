@@ -14,6 +14,7 @@
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "common/metrics.h"
 #include "common/rpc.h"
 #include "common/embedding_rows.h"
 #include "server/embedding/embedding_service.h"
@@ -669,6 +670,39 @@ TEST_CASE("EmbeddingServer BSP: bad tags are INVALID_ARGUMENT naming the "
   CHECK(client->cache("emb")->misses() == 2);
   CHECK(client->EnableCache("emb", 1, -1).message().find("cache_rows") !=
         absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace psd
+
+namespace psd {
+namespace {
+
+TEST_CASE("EmbeddingService: per-table live rows and bytes gauges",
+          "[embedding][metrics]") {
+  MetricsRegistry registry;
+  EmbeddingStore store;
+  EmbeddingService service(&store, &registry);
+  EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO);
+  spec.set_num_shards(1);
+  REQUIRE(*store.CreateTable("job-7", spec, {0}));
+  std::vector<float> g(3 * 4, 1.0f);
+  Tensor t;
+  t.set_dtype(FLOAT32);
+  t.add_shape(3);
+  t.add_shape(4);
+  t.set_data(g.data(), g.size() * 4);
+  REQUIRE(store.Push("job-7", "emb", {1, 2, 3}, t).ok());
+  const std::string text = registry.RenderPrometheusText();
+  CHECK(text.find("# TYPE psd_server_embedding_table_live_rows gauge") !=
+        std::string::npos);
+  CHECK(text.find("psd_server_embedding_table_live_rows{table=\"job-7/emb\"} 3") !=
+        std::string::npos);
+  const auto usage = store.Usage();
+  REQUIRE(usage.size() == 1u);
+  CHECK(text.find("psd_server_embedding_table_bytes{table=\"job-7/emb\"} " +
+                  std::to_string(usage[0].bytes)) != std::string::npos);
 }
 
 }  // namespace
