@@ -5,12 +5,16 @@
 #include <filesystem>
 #include <cstring>
 #include <memory>
+#include <chrono>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "common/metrics.h"
 #include "common/rpc.h"
 #include "common/embedding_rows.h"
 #include "server/embedding/embedding_service.h"
@@ -506,6 +510,199 @@ TEST_CASE("EmbeddingServer: without a data dir, SnapshotTable and restore "
   CHECK(restored.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(std::string(restored.status().message()).find("--data_dir") !=
         std::string::npos);
+}
+
+}  // namespace
+}  // namespace psd
+
+namespace psd {
+namespace {
+
+// R ranks push step `step` at once (each from its own client and thread);
+// rank `late` starts `delay_ms` later.
+void BspStep(std::vector<std::unique_ptr<EmbeddingClient>>& ranks,
+             int64_t step, int late = -1, int delay_ms = 0,
+             const std::function<void()>& meanwhile = nullptr) {
+  const int32_t n = static_cast<int32_t>(ranks.size());
+  std::vector<absl::Status> results(n);
+  std::vector<std::thread> threads;
+  auto push = [&](int32_t r) {
+    std::vector<uint64_t> ids;
+    std::vector<float> grads;
+    for (uint64_t k = 0; k < 40; ++k) {
+      const uint64_t id = (k * 7919 + step * 13 + r * 101) % 300;
+      ids.push_back(id);
+      for (int c = 0; c < 4; ++c) {
+        grads.push_back(std::sin(static_cast<float>(id + c + step)) * (r + 1));
+      }
+    }
+    BspTag tag{step, r, n};
+    results[r] = ranks[r]->Push("emb", ids, grads, &tag);
+  };
+  for (int32_t r = 0; r < n; ++r) {
+    if (r != late) threads.emplace_back(push, r);
+  }
+  if (late >= 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (meanwhile) meanwhile();
+    threads.emplace_back(push, late);
+  }
+  for (std::thread& t : threads) t.join();
+  for (int32_t r = 0; r < n; ++r) {
+    INFO("rank " << r << " step " << step << ": " << results[r].ToString());
+    REQUIRE(results[r].ok());
+  }
+}
+
+std::vector<std::unique_ptr<EmbeddingClient>> BspRanks(
+    const std::vector<std::vector<std::string>>& replicas, int n) {
+  std::vector<std::unique_ptr<EmbeddingClient>> ranks;
+  for (int r = 0; r < n; ++r) {
+    EmbeddingClientOptions options;
+    options.retries = 2;
+    options.timeout_ms = 800;
+    auto client = EmbeddingClient::Create("job", replicas, options);
+    REQUIRE(client.ok());
+    ranks.push_back(*std::move(client));
+  }
+  return ranks;
+}
+
+std::vector<uint64_t> FirstRows() {
+  std::vector<uint64_t> ids(300);
+  for (uint64_t i = 0; i < 300; ++i) ids[i] = i;
+  return ids;
+}
+
+TEST_CASE("EmbeddingServer BSP: R=2 over gRPC, a slow rank past the call "
+          "deadline and a primary killed mid-step give the rows of an "
+          "undisturbed run, bitwise",
+          "[embedding][rpc][bsp]") {
+  const int kSteps = 6, kKillAt = 3;
+  const EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::ADAM, 0.01f, EmbeddingInitializer::UNIFORM);
+  std::vector<float> reference;
+  {
+    Server c, d;
+    auto ranks = BspRanks({{c.address, d.address}, {d.address, c.address}}, 2);
+    REQUIRE(ranks[0]->CreateTable(spec).ok());
+    for (int64_t s = 0; s < kSteps; ++s) BspStep(ranks, s);
+    REQUIRE(ranks[0]->Pull("emb", FirstRows(), &reference).ok());
+    CHECK(StoreRows(c.store, FirstRows()) == StoreRows(d.store, FirstRows()));
+    auto status = d.store.Status("job", "emb");
+    REQUIRE(status.ok());
+    for (const TableShardStatus& shard : status->shard_status()) {
+      CHECK(shard.bsp_clock() == kSteps);
+      CHECK(shard.bsp_num_ranks() == 2);
+    }
+  }
+  auto a = std::make_unique<Server>();
+  Server b;
+  auto ranks = BspRanks({{a->address, b.address}, {b.address, a->address}}, 2);
+  REQUIRE(ranks[0]->CreateTable(spec).ok());
+  for (int64_t s = 0; s < kSteps; ++s) {
+    if (s == 0) {
+      // Rank 1 comes 2 s late: rank 0's calls pass their 0.8 s deadline,
+      // find their servers alive and join their buffered pushes again.
+      BspStep(ranks, s, /*late=*/1, /*delay_ms=*/2000);
+      CHECK(ranks[0]->failovers() == 0);
+    } else if (s == kKillAt) {
+      // Rank 0's push of this step is buffered on a (shard 0) when a
+      // dies; rank 1 pushes after.
+      BspStep(ranks, s, /*late=*/1, /*delay_ms=*/300, [&a] {
+        a->rpc.server->Shutdown(std::chrono::system_clock::now());
+        a.reset();
+      });
+    } else {
+      BspStep(ranks, s);
+    }
+  }
+  CHECK(ranks[0]->failovers() == 1);
+  CHECK(ranks[1]->failovers() == 1);
+  std::vector<float> rows;
+  REQUIRE(ranks[1]->Pull("emb", FirstRows(), &rows).ok());
+  CHECK(rows == reference);
+  CHECK(StoreRows(b.store, FirstRows()) == reference);
+  auto status = b.store.Status("job", "emb");
+  REQUIRE(status.ok());
+  for (const TableShardStatus& shard : status->shard_status()) {
+    CHECK(shard.bsp_clock() == kSteps);
+    CHECK(shard.role() == TableShardStatus::PRIMARY);
+  }
+}
+
+TEST_CASE("EmbeddingServer BSP: bad tags are INVALID_ARGUMENT naming the "
+          "field, over gRPC",
+          "[embedding][rpc][bsp]") {
+  Server a;
+  auto client = Client({a.address});
+  REQUIRE(client->CreateTable(
+                    Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO))
+              .ok());
+  const std::vector<float> g(4, 1.0f);
+  BspTag bad_rank{0, 2, 2};
+  absl::Status s = client->Push("emb", {1}, g, &bad_rank);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(s.message().find("rank:") != absl::string_view::npos);
+  BspTag bad_step{-1, 0, 2};
+  s = client->Push("emb", {1}, g, &bad_step);
+  CHECK(s.message().find("step:") != absl::string_view::npos);
+  BspTag ahead{5, 0, 1};
+  s = client->Push("emb", {1}, g, &ahead);
+  CHECK(s.code() == absl::StatusCode::kFailedPrecondition);
+  // One rank: each push applies at once.
+  BspTag one{0, 0, 1};
+  REQUIRE(client->Push("emb", {1}, g, &one).ok());
+  REQUIRE(client->Push("emb", {1}, g, &one).ok());  // step 0 again: duplicate
+  std::vector<float> rows;
+  REQUIRE(client->Pull("emb", {1}, &rows).ok());
+  CHECK(rows == std::vector<float>(4, -1.0f));
+  BspTag other{1, 0, 3};
+  s = client->Push("emb", {1}, g, &other);
+  CHECK(s.message().find("num_ranks:") != absl::string_view::npos);
+  // ASP push with the worker's step; PullAt through a cache.
+  REQUIRE(client->Push("emb", {1}, g, nullptr, 7).ok());
+  REQUIRE(client->EnableCache("emb", 2, 0).ok());
+  REQUIRE(client->PullAt("emb", {1, 2}, 10, &rows).ok());
+  REQUIRE(client->PullAt("emb", {1, 2}, 12, &rows).ok());
+  CHECK(rows[0] == -2.0f);
+  CHECK(client->cache("emb")->hits() == 2);
+  CHECK(client->cache("emb")->misses() == 2);
+  CHECK(client->EnableCache("emb", 1, -1).message().find("cache_rows") !=
+        absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace psd
+
+namespace psd {
+namespace {
+
+TEST_CASE("EmbeddingService: per-table live rows and bytes gauges",
+          "[embedding][metrics]") {
+  MetricsRegistry registry;
+  EmbeddingStore store;
+  EmbeddingService service(&store, &registry);
+  EmbeddingTableSpec spec =
+      Spec(OptimizerSpec::SGD, 1.0f, EmbeddingInitializer::ZERO);
+  spec.set_num_shards(1);
+  REQUIRE(*store.CreateTable("job-7", spec, {0}));
+  std::vector<float> g(3 * 4, 1.0f);
+  Tensor t;
+  t.set_dtype(FLOAT32);
+  t.add_shape(3);
+  t.add_shape(4);
+  t.set_data(g.data(), g.size() * 4);
+  REQUIRE(store.Push("job-7", "emb", {1, 2, 3}, t).ok());
+  const std::string text = registry.RenderPrometheusText();
+  CHECK(text.find("# TYPE psd_server_embedding_table_live_rows gauge") !=
+        std::string::npos);
+  CHECK(text.find("psd_server_embedding_table_live_rows{table=\"job-7/emb\"} 3") !=
+        std::string::npos);
+  const auto usage = store.Usage();
+  REQUIRE(usage.size() == 1u);
+  CHECK(text.find("psd_server_embedding_table_bytes{table=\"job-7/emb\"} " +
+                  std::to_string(usage[0].bytes)) != std::string::npos);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include <grpcpp/grpcpp.h>
@@ -375,7 +376,21 @@ size_t EmbeddingClient::Plan(absl::Span<const uint64_t> ids,
   return n;
 }
 
-absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
+bool EmbeddingClient::Alive(const std::string& address,
+                            const std::string& table) {
+  TableStatusRequest request;
+  request.set_job_id(job_id_);
+  request.set_table(table);
+  TableStatusResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(
+      std::chrono::milliseconds(std::min(options_.timeout_ms, 5000))));
+  return StubOf(address)->TableStatus(&context, request, &response).ok();
+}
+
+absl::Status EmbeddingClient::RunCalls(size_t n, bool pull, bool bsp) {
+  const absl::Time bsp_deadline =
+      absl::Now() + absl::Milliseconds(options_.bsp_wait_ms);
   // Indices of the calls to (re)send. A call that failed with UNAVAILABLE
   // goes again to the same replica up to `retries` times; after that, or
   // after DEADLINE_EXCEEDED, its shard fails over to the next replica and
@@ -424,7 +439,23 @@ absl::Status EmbeddingClient::RunCalls(size_t n, bool pull) {
       const grpc::Status& status = call.status;
       if (status.ok()) continue;
       const std::string& address = replicas_[call.shard][call.replica];
-      if (!Retryable(status)) return Prefixed(address, call.shard, status);
+      // A BSP push cancelled by its server (e.g. shutting down while the
+      // step waited) is re-sent like an unreachable one: its (step, rank)
+      // makes a second arrival a duplicate.
+      const bool cancelled =
+          bsp && status.error_code() == grpc::StatusCode::CANCELLED;
+      if (!Retryable(status) && !cancelled) {
+        return Prefixed(address, call.shard, status);
+      }
+      if (bsp && status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+          absl::Now() < bsp_deadline &&
+          Alive(address, call.push_request.table())) {
+        // The step waits for other ranks; the push stays buffered there:
+        // join it again with the same (step, rank).
+        call.attempts = 0;
+        again.push_back(c);
+        continue;
+      }
       const bool give_up_here =
           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
           call.attempts > options_.retries;
@@ -493,6 +524,13 @@ absl::Status EmbeddingClient::Pull(const std::string& table,
 absl::Status EmbeddingClient::Push(const std::string& table,
                                    absl::Span<const uint64_t> ids,
                                    absl::Span<const float> grads) {
+  return Push(table, ids, grads, nullptr, -1);
+}
+
+absl::Status EmbeddingClient::Push(const std::string& table,
+                                   absl::Span<const uint64_t> ids,
+                                   absl::Span<const float> grads,
+                                   const BspTag* bsp, int64_t step) {
   auto dim_or = Dim(table);
   if (!dim_or.ok()) return dim_or.status();
   const int64_t dim = *dim_or;
@@ -502,9 +540,28 @@ absl::Status EmbeddingClient::Push(const std::string& table,
         absl::StrCat("grads: need len(ids) x dim = ", ids.size() * dim,
                      " floats, got ", grads.size()));
   }
+  if (bsp == nullptr && step < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: must be >= 0, or -1 for none, got ", step));
+  }
+  // BSP: one call per shard, whatever its size.
   const int64_t rows_per_call =
-      std::max<int64_t>(1, options_.max_call_bytes / (dim * 4));
-  const size_t n = Plan(ids, rows_per_call);
+      bsp != nullptr
+          ? std::numeric_limits<int64_t>::max()
+          : std::max<int64_t>(1, options_.max_call_bytes / (dim * 4));
+  size_t n = Plan(ids, rows_per_call);
+  if (bsp != nullptr) {
+    // Every shard gets a call, an empty one if none of the rows is there.
+    std::vector<bool> has(num_shards(), false);
+    for (size_t c = 0; c < n; ++c) has[calls_[c]->shard] = true;
+    for (int32_t s = 0; s < num_shards(); ++s) {
+      if (has[s]) continue;
+      if (n == calls_.size()) calls_.push_back(std::make_unique<Call>());
+      calls_[n]->shard = s;
+      calls_[n]->rows.clear();
+      ++n;
+    }
+  }
   // Sum duplicates, in request order.
   unique_rows_.assign(unique_.size() * dim, 0.0f);
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -514,15 +571,21 @@ absl::Status EmbeddingClient::Push(const std::string& table,
   }
   for (size_t c = 0; c < n; ++c) {
     Call& call = *calls_[c];
-    call.push_request.set_job_id(job_id_);
-    call.push_request.set_table(table);
-    call.push_request.set_client_id(client_id_);
-    call.push_request.set_sequence(next_sequence_++);
-    auto* row_ids = call.push_request.mutable_row_ids();
+    PushRowsRequest& request = call.push_request;
+    request.set_job_id(job_id_);
+    request.set_table(table);
+    request.set_client_id(client_id_);
+    request.set_sequence(next_sequence_++);
+    request.set_bsp(bsp != nullptr);
+    request.set_step(bsp != nullptr ? bsp->step : std::max<int64_t>(step, 0));
+    request.set_rank(bsp != nullptr ? bsp->rank : 0);
+    request.set_num_ranks(bsp != nullptr ? bsp->num_ranks : 0);
+    request.set_shard(bsp != nullptr ? call.shard : 0);
+    auto* row_ids = request.mutable_row_ids();
     row_ids->Clear();
     row_ids->Reserve(static_cast<int>(call.rows.size()));
     for (uint32_t u : call.rows) row_ids->AddAlreadyReserved(unique_[u]);
-    Tensor* t = call.push_request.mutable_gradients();
+    Tensor* t = request.mutable_gradients();
     t->set_dtype(FLOAT32);
     t->clear_shape();
     t->add_shape(static_cast<int64_t>(call.rows.size()));
@@ -534,7 +597,63 @@ absl::Status EmbeddingClient::Push(const std::string& table,
                   unique_rows_.data() + call.rows[k] * dim, dim * 4);
     }
   }
-  return RunCalls(n, /*pull=*/false);
+  return RunCalls(n, /*pull=*/false, /*bsp=*/bsp != nullptr);
+}
+
+absl::Status EmbeddingClient::EnableCache(const std::string& table,
+                                          int32_t staleness_steps,
+                                          int64_t cache_rows) {
+  if (staleness_steps == 0) {
+    caches_.erase(table);
+    return absl::OkStatus();
+  }
+  auto dim = Dim(table);
+  if (!dim.ok()) return dim.status();
+  auto made = RowCache::Create(*dim, staleness_steps,
+                               cache_rows == 0 ? 65536 : cache_rows);
+  if (!made.ok()) {
+    absl::Status s = made.status();
+    std::string message(s.message());
+    if (message.rfind("capacity_rows", 0) == 0) {
+      message = "cache_rows" + message.substr(13);
+    }
+    return absl::Status(s.code(), message);
+  }
+  caches_[table] = std::make_unique<RowCache>(*std::move(made));
+  return absl::OkStatus();
+}
+
+const RowCache* EmbeddingClient::cache(const std::string& table) const {
+  auto it = caches_.find(table);
+  return it == caches_.end() ? nullptr : it->second.get();
+}
+
+absl::Status EmbeddingClient::PullAt(const std::string& table,
+                                     absl::Span<const uint64_t> ids,
+                                     int64_t step, std::vector<float>* rows) {
+  auto it = caches_.find(table);
+  if (it == caches_.end()) return Pull(table, ids, rows);
+  RowCache& cache = *it->second;
+  const int64_t dim = cache.dim();
+  rows->resize(ids.size() * dim);
+  std::vector<uint64_t> missing;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!cache.Lookup(ids[i], step, rows->data() + i * dim)) {
+      missing.push_back(ids[i]);
+      where.push_back(i);
+    }
+  }
+  if (missing.empty()) return absl::OkStatus();
+  std::vector<float> fetched;
+  absl::Status status = Pull(table, missing, &fetched);
+  if (!status.ok()) return status;
+  for (size_t k = 0; k < missing.size(); ++k) {
+    const float* row = fetched.data() + k * dim;
+    std::memcpy(rows->data() + where[k] * dim, row, dim * 4);
+    cache.Insert(missing[k], step, row);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace psd

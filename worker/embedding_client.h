@@ -15,6 +15,7 @@
 #include "absl/types/span.h"
 #include "common/proto.h"
 #include "proto/embedding.grpc.pb.h"
+#include "worker/row_cache.h"
 
 namespace psd {
 
@@ -41,6 +42,21 @@ struct EmbeddingClientOptions {
   // Deadline of one SnapshotTable or restoring CreateTable call (they
   // read or write a server's whole share of a table), ms. Default: 10 min.
   int snapshot_timeout_ms = 600000;
+  // BSP pushes (Push with a BspTag): how long one push may wait in all for
+  // the step's other ranks, ms. A BSP call that reaches its deadline
+  // (timeout_ms) while its server still answers TableStatus is sent again
+  // to the same replica (it joins its buffered push) until this much time
+  // passed; then Push fails with DEADLINE_EXCEEDED. Default: 10 min.
+  int64_t bsp_wait_ms = 600000;
+};
+
+// A BSP push's tag (PushRowsRequest.bsp): this worker is rank `rank` of
+// `num_ranks` and pushes its gradient of step `step` (0, 1, ... from the
+// table's creation or restored clock).
+struct BspTag {
+  int64_t step = 0;
+  int32_t rank = 0;
+  int32_t num_ranks = 1;
 };
 
 // One job's view of its embedding tables. replicas[s] lists the host:port
@@ -156,6 +172,45 @@ class EmbeddingClient {
   absl::Status Push(const std::string& table, absl::Span<const uint64_t> ids,
                     absl::Span<const float> grads);
 
+  // As Push above. With `bsp` (not null): a BSP push of step bsp->step by
+  // rank bsp->rank: ONE call to EVERY shard (an empty one to a shard with
+  // none of the rows: each shard counts the step's ranks), whatever
+  // max_call_bytes (so a step's rows of one shard must fit one message);
+  // it returns once every shard applied the step, i.e. once every rank
+  // pushed it (the merged mean is then on every server, so a pull of the
+  // next step sees it). Calls keep their dedup keys and (step, rank) on
+  // retries and failovers (a re-sent push of a step already applied is a
+  // duplicate). A call reaching its deadline is sent again to the same
+  // replica while that replica answers TableStatus (bsp_wait_ms), and
+  // fails over otherwise. Without `bsp` (nullptr): ASP, as above, with
+  // `step` (>= 0) the worker's step sent as PushRowsRequest.step (the
+  // table's eviction clock); -1 sends none.
+  // Errors: as above; the servers' INVALID_ARGUMENT naming step, rank or
+  // num_ranks; FAILED_PRECONDITION naming step (a replica that missed
+  // steps).
+  absl::Status Push(const std::string& table, absl::Span<const uint64_t> ids,
+                    absl::Span<const float> grads, const BspTag* bsp,
+                    int64_t step = -1);
+
+  // Worker-side row cache (worker/row_cache.h) for `table`: PullAt then
+  // answers a row from a copy fetched at most staleness_steps steps before
+  // the pull's step; at most cache_rows rows (0 = 65536), least recently
+  // used dropped first. staleness_steps 0 disables it (removes the
+  // cache). Never use it for a BSP job (the caller decides; see
+  // EmbeddingTableSpec.cache_staleness_steps). Errors: as Pull (the dim
+  // is asked of shard 0); INVALID_ARGUMENT naming staleness_steps or
+  // cache_rows.
+  absl::Status EnableCache(const std::string& table, int32_t staleness_steps,
+                           int64_t cache_rows);
+  // The table's cache, or nullptr (its hits(), misses(), size()).
+  const RowCache* cache(const std::string& table) const;
+
+  // Pull at the worker's step `step`: with a cache for the table, rows
+  // held fresh enough come from it and the others are pulled (and
+  // cached); without one, as Pull.
+  absl::Status PullAt(const std::string& table, absl::Span<const uint64_t> ids,
+                      int64_t step, std::vector<float>* rows);
+
   // One in-flight call's context and reusable messages (in the .cc).
   struct Call;
 
@@ -185,7 +240,12 @@ class EmbeddingClient {
   // Returns the number of calls.
   size_t Plan(absl::Span<const uint64_t> ids, int64_t rows_per_call);
   // Runs calls_[0..n) at once; PullRows when `pull`, else PushRows.
-  absl::Status RunCalls(size_t n, bool pull);
+  // `bsp`: the pushes are BSP (a deadline is retried in place while the
+  // replica is alive; see Push).
+  absl::Status RunCalls(size_t n, bool pull, bool bsp = false);
+  // Whether `address` answers a TableStatus of `table` within
+  // min(timeout_ms, 5 s).
+  bool Alive(const std::string& address, const std::string& table);
 
   const std::string job_id_;
   const std::vector<std::vector<std::string>> replicas_;
@@ -205,6 +265,8 @@ class EmbeddingClient {
   std::vector<uint32_t> position_;
   std::vector<float> unique_rows_;
   std::vector<std::unique_ptr<Call>> calls_;
+  // Row caches, by table.
+  std::map<std::string, std::unique_ptr<RowCache>> caches_;
 };
 
 }  // namespace psd

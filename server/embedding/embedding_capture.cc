@@ -41,6 +41,21 @@ absl::StatusOr<EmbeddingTableCapture> EmbeddingStore::Capture(
       dst += t.row_floats;
     }
   }
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, pending] : stripe.pending) {
+      capture.admission.emplace_back(row, pending.count);
+    }
+  }
+  std::sort(capture.admission.begin(), capture.admission.end());
+  {
+    absl::MutexLock lock(&t.bsp_mu);
+    capture.bsp_num_ranks = t.bsp_num_ranks;
+    for (const auto& [shard, b] : t.bsp) {
+      capture.bsp_clocks.emplace_back(shard, b.clock);
+    }
+  }
+  capture.asp_step = t.asp_step.load();
   absl::MutexLock clients_lock(&t.clients_mu);
   for (const auto& [client, log] : t.clients) {
     absl::MutexLock log_lock(&log->mu);
@@ -126,6 +141,52 @@ absl::StatusOr<int64_t> EmbeddingStore::Restore(
         before, " of its limit ", options_.max_bytes));
   }
   t.rows.store(loaded);
+  // BSP clocks of the restored shards, the ASP step, admission counts of
+  // their rows; eviction clocks restart: every restored row counts as
+  // pushed at the restored step.
+  int64_t step = capture.asp_step;
+  {
+    absl::MutexLock lock(&t.bsp_mu);
+    t.bsp_num_ranks = capture.bsp_num_ranks;
+    for (const auto& [shard, clock] : capture.bsp_clocks) {
+      if (shard < 0 || shard >= t.spec.num_shards() || clock < 0) {
+        return absl::DataLossError(absl::StrCat(
+            what, ": BSP clock ", clock, " of shard ", shard));
+      }
+      if (!t.holds[shard]) continue;
+      t.bsp[shard].clock = clock;
+      step = std::max(step, clock > 0 ? clock - 1 : 0);
+    }
+  }
+  t.asp_step.store(capture.asp_step);
+  int64_t pending = 0;
+  for (Table::Stripe& stripe : t.stripes) {
+    absl::MutexLock lock(&stripe.mu);
+    if (t.spec.evict_after_steps() > 0) {
+      stripe.slot_ids.resize(stripe.rows);
+      stripe.last_step.assign(stripe.rows, step);
+      for (const auto& [row, slot] : stripe.index) stripe.slot_ids[slot] = row;
+    }
+  }
+  for (const auto& [row, count] : capture.admission) {
+    if (row >= t.spec.num_rows()) {
+      return absl::DataLossError(
+          absl::StrCat(what, ": admission count of row ", row));
+    }
+    const uint64_t mixed = SplitMix64Mix(row);
+    if (!t.holds[mixed % num_shards]) continue;
+    Table::Stripe& stripe = t.stripes[StripeOf(mixed)];
+    absl::MutexLock lock(&stripe.mu);
+    Table::Stripe::Pending& p = stripe.pending[row];
+    p.count = count;
+    p.last_step = step;
+    ++pending;
+  }
+  for (Table::Stripe& stripe : t.stripes) {
+    absl::MutexLock lock(&stripe.mu);
+    t.Account(stripe);
+  }
+  t.pending_rows.store(pending);
   for (const auto& [client, sequences] : capture.dedup) {
     std::shared_ptr<Table::ClientLog> log = t.LogOf(client);
     absl::MutexLock lock(&log->mu);

@@ -60,6 +60,33 @@ struct EmbeddingService::Metrics {
         "psd_server_embedding_bytes",
         "Bytes held for sparse embedding tables (rows, slots, maps).",
         [store] { return static_cast<double>(store->bytes()); });
+    // Per table. The registry's families have one label, so it is
+    // table="<job id>/<table name>" (a table name holds no '/': the part
+    // after the last '/' is the table).
+    registry->AddGaugeFamilyCallback(
+        "psd_server_embedding_table_live_rows",
+        "Rows held (created, not evicted) of each sparse embedding table, "
+        "by table=\"<job id>/<table>\".",
+        "table", [store] {
+          LabeledValues values;
+          for (const auto& u : store->Usage()) {
+            values.emplace_back(absl::StrCat(u.job_id, "/", u.table),
+                                static_cast<double>(u.rows));
+          }
+          return values;
+        });
+    registry->AddGaugeFamilyCallback(
+        "psd_server_embedding_table_bytes",
+        "Bytes held for each sparse embedding table (rows, slots, maps, "
+        "admission counts), by table=\"<job id>/<table>\".",
+        "table", [store] {
+          LabeledValues values;
+          for (const auto& u : store->Usage()) {
+            values.emplace_back(absl::StrCat(u.job_id, "/", u.table),
+                                static_cast<double>(u.bytes));
+          }
+          return values;
+        });
   }
 
   Counter* const pull_requests;
@@ -76,10 +103,68 @@ struct EmbeddingService::Metrics {
   Histogram* const forward_latency;
 };
 
+// One BSP PushRows call waiting for its step (EmbeddingStore::PushBsp):
+// answered once, by whichever comes first of the step's completion (after
+// its forwards) and the call's cancellation (its deadline).
+struct EmbeddingService::BspCall : EmbeddingBspWaiter {
+  absl::Mutex mu;
+  grpc::ServerUnaryReactor* reactor = nullptr;  // valid until finished
+  PushRowsResponse* response = nullptr;
+  bool finished ABSL_GUARDED_BY(mu) = false;
+
+  void Finish(const grpc::Status& status, int64_t rows_updated = 0,
+              int64_t rows_created = 0) {
+    absl::MutexLock lock(&mu);
+    if (finished) return;
+    finished = true;
+    response->Clear();
+    if (status.ok()) {
+      response->set_rows_updated(duplicate ? 0 : rows_updated);
+      response->set_rows_created(duplicate ? 0 : rows_created);
+      response->set_duplicate(duplicate);
+    }
+    reactor->Finish(status);
+  }
+};
+
+namespace {
+
+// The reactor of a BSP PushRows: a cancelled (deadline passed) call is
+// answered at once; its push stays buffered in the store.
+class BspReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit BspReactor(std::shared_ptr<EmbeddingService::BspCall> call)
+      : call_(std::move(call)) {}
+  void OnCancel() override {
+    call_->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                               "BSP push cancelled while its step waited; "
+                               "it stays buffered"));
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  const std::shared_ptr<EmbeddingService::BspCall> call_;
+};
+
+void FinishAll(const std::vector<std::shared_ptr<EmbeddingBspWaiter>>& waiters,
+               const grpc::Status& status, int64_t rows_updated,
+               int64_t rows_created) {
+  for (const auto& w : waiters) {
+    static_cast<EmbeddingService::BspCall*>(w.get())->Finish(
+        status, rows_updated, rows_created);
+  }
+}
+
+}  // namespace
+
 // One client push's forwards to the shard's backups, in flight.
 struct EmbeddingService::Forward {
-  grpc::ServerUnaryReactor* reactor = nullptr;
+  grpc::ServerUnaryReactor* reactor = nullptr;  // ASP: the client's call
   const PushRowsRequest* request = nullptr;  // the client's; lives until Finish
+  // BSP: the merged step forwarded (request points to it), its rows.
+  std::unique_ptr<PushRowsRequest> merged;
+  int64_t rows_updated = 0;
+  int64_t rows_created = 0;
   int32_t shard = 0;
   std::chrono::steady_clock::time_point start;
   std::vector<std::string> targets;
@@ -172,10 +257,16 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingService::Apply(
     metrics_->push_errors->Increment();
     return absl::InvalidArgumentError("client_id: at most 128 bytes");
   }
+  if (!request.client_id().empty() &&
+      request.client_id()[0] == kReservedClientPrefix) {
+    metrics_->push_errors->Increment();
+    return absl::InvalidArgumentError(
+        "client_id: must not start with byte 0x01 (reserved)");
+  }
   auto result = store_->Push(request.job_id(), request.table(),
                              Ids(request.row_ids()), request.gradients(),
                              {request.client_id(), request.sequence()},
-                             source);
+                             source, request.step());
   metrics_->push_latency->Observe(SecondsSince(start));
   if (!result.ok()) {
     metrics_->push_errors->Increment();
@@ -195,9 +286,117 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingService::Apply(
   return result;
 }
 
+grpc::ServerUnaryReactor* EmbeddingService::PushBsp(
+    grpc::CallbackServerContext* context, const PushRowsRequest* request,
+    PushRowsResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
+  metrics_->push_requests->Increment();
+  auto call = std::make_shared<BspCall>();
+  auto* reactor = new BspReactor(call);
+  call->reactor = reactor;
+  call->response = response;
+  absl::StatusOr<EmbeddingBspResult> result;
+  if (request->client_id().size() > 128) {
+    result = absl::InvalidArgumentError("client_id: at most 128 bytes");
+  } else {
+    result = store_->PushBsp(
+        request->job_id(), request->table(), Ids(request->row_ids()),
+        request->gradients(),
+        {request->step(), request->rank(), request->num_ranks(),
+         request->shard()},
+        {request->client_id(), request->sequence()},
+        EmbeddingPushSource::kClient, call);
+  }
+  metrics_->push_latency->Observe(SecondsSince(start));
+  if (!result.ok()) {
+    metrics_->push_errors->Increment();
+    call->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
+  if (result->promoted) {
+    Log()->warn(
+        "embedding table {} of job {}: shard {} promoted to primary by a BSP "
+        "push from client {}; forwarding to {} replica(s)",
+        request->table(), request->job_id(), result->shard,
+        request->client_id(), result->forward_to.size());
+  }
+  using Outcome = EmbeddingBspResult::Outcome;
+  switch (result->outcome) {
+    case Outcome::kAnswer:
+      call->duplicate = result->duplicate;
+      call->Finish(grpc::Status::OK);
+      break;
+    case Outcome::kWaiting:
+      break;  // answered when the step completes, or at its deadline
+    case Outcome::kFailed:
+      metrics_->push_errors->Increment();
+      FinishAll(result->waiters, ToGrpcStatus(result->error), 0, 0);
+      break;
+    case Outcome::kApplied: {
+      metrics_->push_rows->Increment(result->rows_updated);
+      if (result->forward_to.empty()) {
+        FinishAll(result->waiters, grpc::Status::OK, result->rows_updated,
+                  result->rows_created);
+        break;
+      }
+      auto merged = std::make_unique<PushRowsRequest>();
+      merged->set_job_id(request->job_id());
+      merged->set_table(request->table());
+      merged->mutable_row_ids()->Assign(result->merged_ids.begin(),
+                                        result->merged_ids.end());
+      Tensor* g = merged->mutable_gradients();
+      g->set_dtype(FLOAT32);
+      const int64_t n = static_cast<int64_t>(result->merged_ids.size());
+      g->add_shape(n);
+      g->add_shape(result->dim);
+      g->mutable_data()->assign(
+          reinterpret_cast<const char*>(result->merged_grads.data()),
+          result->merged_grads.size() * 4);
+      merged->set_bsp(true);
+      merged->set_step(result->step);
+      merged->set_rank(-1);
+      merged->set_num_ranks(request->num_ranks());
+      merged->set_shard(result->shard);
+      auto* forward = new Forward;
+      forward->request = merged.get();
+      forward->merged = std::move(merged);
+      forward->rows_updated = result->rows_updated;
+      forward->rows_created = result->rows_created;
+      StartForward(forward, result->shard, std::move(result->forward_to));
+      break;
+    }
+  }
+  return reactor;
+}
+
+void EmbeddingService::StartForward(Forward* forward, int32_t shard,
+                                    std::vector<std::string> targets) {
+  const size_t n = targets.size();
+  forward->shard = shard;
+  forward->start = std::chrono::steady_clock::now();
+  forward->targets = std::move(targets);
+  forward->responses.resize(n);
+  forward->statuses.resize(n);
+  forward->pending.store(n);
+  for (size_t i = 0; i < n; ++i) {
+    EmbeddingServer::Stub* stub = StubFor(forward->targets[i]);
+    forward->contexts.push_back(std::make_unique<grpc::ClientContext>());
+    forward->contexts[i]->set_deadline(
+        DeadlineIn(std::chrono::milliseconds(options_.forward_timeout_ms)));
+    metrics_->forwards->Increment();
+    stub->async()->ReplicateRows(
+        forward->contexts[i].get(), forward->request, &forward->responses[i],
+        [this, forward, i](grpc::Status status) {
+          forward->statuses[i] = std::move(status);
+          if (forward->pending.fetch_sub(1) == 1) FinishForward(forward);
+        });
+  }
+}
+
 grpc::ServerUnaryReactor* EmbeddingService::PushRows(
     grpc::CallbackServerContext* context, const PushRowsRequest* request,
     PushRowsResponse* response) {
+  if (request->bsp()) return PushBsp(context, request, response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto result = Apply(*request, EmbeddingPushSource::kClient, response);
   if (!result.ok()) {
@@ -211,29 +410,10 @@ grpc::ServerUnaryReactor* EmbeddingService::PushRows(
   }
   // Forward the request as it came (same dedup key) to every backup; the
   // client is answered once all of them completed (FinishForward).
-  const size_t n = result->forward_to.size();
   auto* forward = new Forward;
   forward->reactor = reactor;
   forward->request = request;
-  forward->shard = result->shard;
-  forward->start = std::chrono::steady_clock::now();
-  forward->targets = std::move(result->forward_to);
-  forward->responses.resize(n);
-  forward->statuses.resize(n);
-  forward->pending.store(n);
-  for (size_t i = 0; i < n; ++i) {
-    EmbeddingServer::Stub* stub = StubFor(forward->targets[i]);
-    forward->contexts.push_back(std::make_unique<grpc::ClientContext>());
-    forward->contexts[i]->set_deadline(
-        DeadlineIn(std::chrono::milliseconds(options_.forward_timeout_ms)));
-    metrics_->forwards->Increment();
-    stub->async()->ReplicateRows(
-        forward->contexts[i].get(), request, &forward->responses[i],
-        [this, forward, i](grpc::Status status) {
-          forward->statuses[i] = std::move(status);
-          if (forward->pending.fetch_sub(1) == 1) FinishForward(forward);
-        });
-  }
+  StartForward(forward, result->shard, std::move(result->forward_to));
   return reactor;
 }
 
@@ -256,6 +436,14 @@ void EmbeddingService::FinishForward(Forward* forward) {
           forward->shard, request.client_id(), request.sequence(), reason);
     }
   }
+  if (forward->merged != nullptr) {
+    // BSP: the step is on every backup still listed; answer its calls.
+    FinishAll(store_->FinishBspStep(request.job_id(), request.table(),
+                                    forward->shard, request.step()),
+              grpc::Status::OK, forward->rows_updated, forward->rows_created);
+    delete forward;
+    return;
+  }
   grpc::ServerUnaryReactor* reactor = forward->reactor;
   delete forward;
   reactor->Finish(grpc::Status::OK);
@@ -266,6 +454,26 @@ grpc::ServerUnaryReactor* EmbeddingService::ReplicateRows(
     PushRowsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   metrics_->replicate_requests->Increment();
+  if (request->bsp()) {
+    // A merged step from the shard's primary: applied once (by step).
+    metrics_->push_requests->Increment();
+    auto merged = store_->PushBsp(
+        request->job_id(), request->table(), Ids(request->row_ids()),
+        request->gradients(),
+        {request->step(), request->rank(), request->num_ranks(),
+         request->shard()},
+        {}, EmbeddingPushSource::kReplica, nullptr);
+    if (!merged.ok()) {
+      metrics_->push_errors->Increment();
+      reactor->Finish(ToGrpcStatus(merged.status()));
+      return reactor;
+    }
+    response->set_rows_updated(merged->rows_updated);
+    response->set_rows_created(merged->rows_created);
+    response->set_duplicate(merged->duplicate);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
   auto result = Apply(*request, EmbeddingPushSource::kReplica, response);
   if (!result.ok()) {
     response->Clear();

@@ -5,6 +5,7 @@
 #define PSD_SERVER_EMBEDDING_EMBEDDING_SERVICE_H_
 
 #include <map>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -89,6 +90,8 @@ class EmbeddingService final
   // The metrics, and one push's forwards in flight (defined in the .cc).
   struct Metrics;
   struct Forward;
+  // A BSP PushRows call waiting for its step.
+  struct BspCall;
 
  private:
   // Applies a PushRows or ReplicateRows; fills *response. Returns the
@@ -96,6 +99,17 @@ class EmbeddingService final
   absl::StatusOr<EmbeddingPushResult> Apply(const PushRowsRequest& request,
                                             EmbeddingPushSource source,
                                             PushRowsResponse* response);
+  // A PushRows with bsp (EmbeddingStore::PushBsp): the call waits for the
+  // step's other ranks; the push completing the step forwards the merged
+  // step to the backups (ReplicateRows, rank -1), then every call of the
+  // step is answered.
+  grpc::ServerUnaryReactor* PushBsp(grpc::CallbackServerContext* context,
+                                    const PushRowsRequest* request,
+                                    PushRowsResponse* response);
+  // Sends forward->request to `targets` (ReplicateRows, asynchronously);
+  // FinishForward runs once all completed.
+  void StartForward(Forward* forward, int32_t shard,
+                    std::vector<std::string> targets);
   // The stub for a backup (created on first use; never freed before the
   // service).
   EmbeddingServer::Stub* StubFor(const std::string& address);

@@ -12,10 +12,14 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
 #include <system_error>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -248,6 +252,33 @@ absl::StatusOr<EmbeddingSnapshotManifest> EmbeddingSnapshotStore::Impl::Write(
     c->mutable_sequences()->Assign(sequences.begin(), sequences.end());
     entries += sequences.size();
   }
+  // The table's BSP clocks, ASP step and admission counts, as entries
+  // under reserved client ids (not counted in dedup_entries).
+  auto reserved = [&logs](const std::string& name) {
+    EmbeddingDedupLogs::Client* c = logs.add_clients();
+    c->set_client_id(absl::StrCat(std::string(1, kReservedClientPrefix), name));
+    return c->mutable_sequences();
+  };
+  if (capture.bsp_num_ranks > 0) {
+    reserved("bsp-ranks")->Add(static_cast<uint64_t>(capture.bsp_num_ranks));
+  }
+  for (const auto& [shard, clock] : capture.bsp_clocks) {
+    reserved(absl::StrCat("bsp-clock/", shard))
+        ->Add(static_cast<uint64_t>(clock));
+  }
+  if (capture.asp_step > 0) {
+    reserved("asp-step")->Add(static_cast<uint64_t>(capture.asp_step));
+  }
+  {
+    std::map<uint32_t, std::vector<uint64_t>> by_count;
+    for (const auto& [row, count] : capture.admission) {
+      by_count[count].push_back(row);
+    }
+    for (auto& [count, rows] : by_count) {
+      std::sort(rows.begin(), rows.end());
+      reserved(absl::StrCat("admit/", count))->Assign(rows.begin(), rows.end());
+    }
+  }
   value = logs.SerializeAsString();
   m.set_dedup_crc32(Crc32(0, value.data(), value.size()));
   m.set_dedup_entries(entries);
@@ -406,6 +437,35 @@ absl::StatusOr<EmbeddingSnapshot> EmbeddingSnapshotStore::Impl::Read(
   if (!logs.ParseFromString(value)) return loss("dedup log: does not parse");
   int64_t entries = 0;
   for (const EmbeddingDedupLogs::Client& client : logs.clients()) {
+    const std::string& id = client.client_id();
+    if (!id.empty() && id[0] == kReservedClientPrefix) {
+      // BSP clocks, ASP step, admission counts (see Write).
+      const absl::string_view name = absl::string_view(id).substr(1);
+      int64_t number = 0;
+      if (name == "bsp-ranks" && client.sequences_size() == 1) {
+        c.bsp_num_ranks = static_cast<int32_t>(client.sequences(0));
+        continue;
+      }
+      if (name == "asp-step" && client.sequences_size() == 1) {
+        c.asp_step = static_cast<int64_t>(client.sequences(0));
+        continue;
+      }
+      absl::string_view rest = name;
+      if (absl::ConsumePrefix(&rest, "bsp-clock/") &&
+          absl::SimpleAtoi(rest, &number) && client.sequences_size() == 1) {
+        c.bsp_clocks.emplace_back(static_cast<int32_t>(number),
+                                  static_cast<int64_t>(client.sequences(0)));
+      } else if (absl::ConsumePrefix(&rest, "admit/") &&
+                 absl::SimpleAtoi(rest, &number)) {
+        for (uint64_t row : client.sequences()) {
+          c.admission.emplace_back(row, static_cast<uint32_t>(number));
+        }
+      } else {
+        return loss(absl::StrCat("dedup log: unknown reserved entry \"",
+                                 name, "\""));
+      }
+      continue;
+    }
     c.dedup.emplace_back(client.client_id(),
                          std::vector<uint64_t>(client.sequences().begin(),
                                                client.sequences().end()));

@@ -116,6 +116,23 @@ absl::Status CheckGradients(const EmbeddingStore::Table& t,
 
 }  // namespace
 
+absl::Status ValidateDynamicFields(const EmbeddingTableSpec& spec,
+                                   const std::string& prefix) {
+  auto range = [&prefix](const char* field, int64_t value, int64_t hi) {
+    if (value >= 0 && value <= hi) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        prefix, ".", field, ": must be in [0, ", hi, "], got ", value));
+  };
+  absl::Status s = range("admit_after_pushes", spec.admit_after_pushes(),
+                         1000000);
+  if (s.ok()) s = range("evict_after_steps", spec.evict_after_steps(), 1000000000);
+  if (s.ok()) {
+    s = range("cache_staleness_steps", spec.cache_staleness_steps(), 1000);
+  }
+  if (s.ok()) s = range("cache_rows", spec.cache_rows(), 100000000);
+  return s;
+}
+
 EmbeddingStore::EmbeddingStore(EmbeddingStoreOptions options)
     : options_(options),
       bytes_(std::make_shared<std::atomic<int64_t>>(0)),
@@ -130,6 +147,8 @@ EmbeddingStore::NewTable(const std::string& job_id,
                          const std::vector<TableShardReplicas>& replicas) const {
   if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
   absl::Status valid = ValidateTableSpec(spec, "spec");
+  if (!valid.ok()) return valid;
+  valid = ValidateDynamicFields(spec, "spec");
   if (!valid.ok()) return valid;
   if (shards.empty()) {
     return absl::InvalidArgumentError("shards: at least one shard required");
@@ -278,75 +297,109 @@ absl::Status EmbeddingStore::Pull(const std::string& job_id,
   return absl::OkStatus();
 }
 
-absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
-    const std::string& job_id, const std::string& table,
-    absl::Span<const uint64_t> ids, const Tensor& gradients,
-    const EmbeddingPushKey& key, EmbeddingPushSource source) {
-  auto found = Find(job_id, table);
-  if (!found.ok()) return found.status();
-  Table& t = **found;
-  std::vector<uint32_t> order;
-  std::array<uint32_t, kStripes + 1> starts;
-  const bool replicated = !t.replica_sets.empty();
-  int32_t shard = -1;
-  absl::Status checked =
-      RouteIds(t, ids, &order, &starts, /*one_shard=*/replicated, &shard);
-  if (!checked.ok()) return checked;
-  checked = CheckGradients(t, ids, gradients);
-  if (!checked.ok()) return checked;
-  // A client push to a replicated shard: who to forward to (and a backup
-  // becomes the primary). Decided before applying; the caller forwards
-  // after.
+namespace {
+
+// The replication decision of a client push to shard `shard` of `t`:
+// forward targets and promotion (see Push). Errors: client_id missing.
+absl::Status RouteReplication(EmbeddingStore::Table& t, int32_t shard,
+                              const EmbeddingPushKey& key,
+                              std::vector<std::string>* forward_to,
+                              bool* promoted) {
+  absl::MutexLock lock(&t.replication_mu);
+  auto it = t.replication.find(shard);
+  if (it == t.replication.end()) return absl::OkStatus();
+  if (key.client_id.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "client_id: required for a push to shard ", shard, " of table \"",
+        t.spec.name(), "\", which has backups (forwards are exactly-once)"));
+  }
+  EmbeddingStore::Table::Replication& r = it->second;
+  if (!r.primary) {
+    r.primary = true;
+    *promoted = true;
+    // Every other replica, the earlier ones included (the old primary
+    // may be alive for other clients: it then gets these pushes too).
+    // Nothing is dropped yet: only a primary forwards, so only a primary
+    // drops.
+    for (size_t i = 0; i < r.replicas.size(); ++i) {
+      if (static_cast<int32_t>(i) != r.self) {
+        r.forward_to.push_back(r.replicas[i]);
+      }
+    }
+  }
+  *forward_to = r.forward_to;
+  return absl::OkStatus();
+}
+
+// Removes the rows of `shard` (-1: every shard) not pushed during the
+// last spec.evict_after_steps steps at step `now` (now - last push >= N),
+// and the admission counts idle as long; frees arena chunks no longer
+// needed. O(rows held). REQUIRES: capture_mu held (shared), no stripe
+// lock held.
+void Evict(EmbeddingStore::Table& t, int32_t shard, int64_t now,
+           std::atomic<int64_t>& arena) {
+  const int64_t n = t.spec.evict_after_steps();
+  if (n <= 0) return;
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  auto of_shard = [&](uint64_t id) {
+    return shard < 0 ||
+           static_cast<int32_t>(SplitMix64Mix(id) % num_shards) == shard;
+  };
+  int64_t removed = 0, forgotten = 0;
+  std::vector<uint64_t> victims;
+  for (EmbeddingStore::Table::Stripe& s : t.stripes) {
+    absl::MutexLock lock(&s.mu);
+    victims.clear();
+    for (const auto& [id, slot] : s.index) {
+      if (now - s.last_step[slot] >= n && of_shard(id)) victims.push_back(id);
+    }
+    for (uint64_t id : victims) {
+      auto it = s.index.find(id);
+      const uint32_t slot = it->second;
+      const uint32_t last = static_cast<uint32_t>(s.rows - 1);
+      s.index.erase(it);
+      if (slot != last) {
+        std::memcpy(t.Record(s, slot), t.Record(s, last), t.row_floats * 4);
+        s.slot_ids[slot] = s.slot_ids[last];
+        s.last_step[slot] = s.last_step[last];
+        s.index[s.slot_ids[slot]] = slot;
+      }
+      s.slot_ids.pop_back();
+      s.last_step.pop_back();
+      --s.rows;
+    }
+    removed += static_cast<int64_t>(victims.size());
+    const size_t need =
+        static_cast<size_t>((s.rows + t.rows_per_chunk - 1) / t.rows_per_chunk);
+    while (s.chunks.size() > need) {
+      s.chunks.pop_back();
+      arena.fetch_sub(t.ChunkBytes());
+    }
+    for (auto it = s.pending.begin(); it != s.pending.end();) {
+      if (now - it->second.last_step >= n && of_shard(it->first)) {
+        s.pending.erase(it++);
+        ++forgotten;
+      } else {
+        ++it;
+      }
+    }
+    t.Account(s);
+  }
+  t.rows.fetch_sub(removed);
+  t.evicted.fetch_add(removed);
+  t.pending_rows.fetch_sub(forgotten);
+}
+
+}  // namespace
+
+absl::StatusOr<EmbeddingPushResult> EmbeddingStore::ApplyRows(
+    Table& t, absl::Span<const uint64_t> ids, const char* grad_bytes,
+    std::vector<uint32_t>& order,
+    absl::Span<const uint32_t> starts, int64_t now) {
   EmbeddingPushResult result;
-  result.shard = shard;
-  if (replicated && shard >= 0 && source == EmbeddingPushSource::kClient) {
-    absl::MutexLock lock(&t.replication_mu);
-    auto it = t.replication.find(shard);
-    if (it != t.replication.end()) {
-      if (key.client_id.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "client_id: required for a push to shard ", shard, " of table \"",
-            t.spec.name(), "\", which has backups (forwards are exactly-once)"));
-      }
-      Table::Replication& r = it->second;
-      if (!r.primary) {
-        r.primary = true;
-        result.promoted = true;
-        // Every other replica, the earlier ones included (the old primary
-        // may be alive for other clients: it then gets these pushes too).
-        // Nothing is dropped yet: only a primary forwards, so only a
-        // primary drops.
-        for (size_t i = 0; i < r.replicas.size(); ++i) {
-          if (static_cast<int32_t>(i) != r.self) {
-            r.forward_to.push_back(r.replicas[i]);
-          }
-        }
-      }
-      result.forward_to = r.forward_to;
-    }
-  }
-  // A Capture waits for this push to finish (and this push for a Capture).
-  absl::ReaderMutexLock capture_lock(&t.capture_mu);
-  // Exactly once per (client, sequence): held until the push is applied.
-  std::shared_ptr<Table::ClientLog> log;
-  std::optional<absl::ReleasableMutexLock> log_lock;
-  if (!key.client_id.empty()) {
-    log = t.LogOf(key.client_id);
-    log_lock.emplace(&log->mu);
-    log->last_used = absl::Now();
-    if (log->applied.count(key.sequence)) {
-      result.duplicate = true;
-      return result;
-    }
-    if (log->applied.size() >= kDedupWindow &&
-        key.sequence < *log->applied.begin()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "sequence: ", key.sequence, " of client \"", key.client_id,
-          "\" is older than the ", kDedupWindow,
-          " pushes this server remembers for it: cannot tell whether it "
-          "was applied, so it is refused"));
-    }
-  }
+  const int64_t admit = t.spec.admit_after_pushes();
+  const bool admission = admit > 1;
+  const bool eviction = t.spec.evict_after_steps() > 0;
   // Within each stripe, equal ids become adjacent, in request order
   // (stable), so duplicates are summed in request order.
   for (int s = 0; s < kStripes; ++s) {
@@ -354,7 +407,6 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
                      [&ids](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
   }
   const int64_t dim = t.dim;
-  const char* grad_bytes = gradients.data().data();
   // Lock every stripe the push touches, in ascending order.
   std::array<bool, kStripes> locked{};
   for (int s = 0; s < kStripes; ++s) {
@@ -367,6 +419,13 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
       if (locked[s]) t.stripes[s].mu.Unlock();
     }
   };
+  // Whether a push to `id` (not held) creates it: its admit-th push.
+  auto admits = [&](const Table::Stripe& stripe, uint64_t id)
+                    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (!admission) return true;
+    auto p = stripe.pending.find(id);
+    return (p == stripe.pending.end() ? 0 : p->second.count) + 1 >= admit;
+  };
   // Reserve the arena chunks the new rows need (max_bytes), before any
   // row changes.
   std::array<int64_t, kStripes> new_chunks{};
@@ -377,7 +436,10 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     int64_t fresh = 0;
     for (uint32_t k = starts[s]; k < starts[s + 1]; ++k) {
       if (k > starts[s] && ids[order[k]] == ids[order[k - 1]]) continue;
-      if (!stripe.index.contains(ids[order[k]])) ++fresh;
+      if (!stripe.index.contains(ids[order[k]]) &&
+          admits(stripe, ids[order[k]])) {
+        ++fresh;
+      }
     }
     const int64_t capacity =
         static_cast<int64_t>(stripe.chunks.size()) * t.rows_per_chunk;
@@ -392,12 +454,13 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
       arena_bytes_->fetch_sub(reserve);
       unlock_all();
       return absl::ResourceExhaustedError(absl::StrCat(
-          "push to table \"", table, "\" needs ", reserve,
+          "push to table \"", t.spec.name(), "\" needs ", reserve,
           " more bytes of rows; the server holds ", before, " of its limit ",
           options_.max_bytes));
     }
   }
   std::vector<float> sum(dim);
+  int64_t pending_delta = 0, unadmitted = 0;
   for (int s = 0; s < kStripes; ++s) {
     if (!locked[s]) continue;
     Table::Stripe& stripe = t.stripes[s];
@@ -420,17 +483,36 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
         }
       }
       k = end;
-      auto [it, inserted] =
-          stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows));
       float* record = nullptr;
-      if (inserted) {
+      auto it = stripe.index.find(id);
+      if (it == stripe.index.end()) {
+        if (admission) {
+          auto [p, inserted] = stripe.pending.try_emplace(id);
+          if (p->second.count + 1 < admit) {
+            // Counted only (not admitted yet).
+            ++p->second.count;
+            p->second.last_step = now;
+            if (inserted) ++pending_delta;
+            ++unadmitted;
+            continue;
+          }
+          if (!inserted) --pending_delta;
+          stripe.pending.erase(p);
+        }
+        it = stripe.index.try_emplace(id, static_cast<uint32_t>(stripe.rows))
+                 .first;
         record = t.Record(stripe, it->second);
         ++stripe.rows;
         ++result.rows_created;
         std::memset(record, 0, t.row_floats * 4);  // count 0, slots 0
         InitialRow(t.spec.initializer(), t.dim, id, record + 2);
+        if (eviction) {
+          stripe.slot_ids.push_back(id);
+          stripe.last_step.push_back(now);
+        }
       } else {
         record = t.Record(stripe, it->second);
+        if (eviction) stripe.last_step[it->second] = now;
       }
       int64_t step;
       std::memcpy(&step, record, 8);
@@ -443,20 +525,345 @@ absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
     t.Account(stripe);
   }
   unlock_all();
+  t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
+  t.pending_rows.fetch_add(pending_delta, std::memory_order_relaxed);
+  t.unadmitted.fetch_add(unadmitted, std::memory_order_relaxed);
+  return result;
+}
+
+absl::StatusOr<EmbeddingPushResult> EmbeddingStore::Push(
+    const std::string& job_id, const std::string& table,
+    absl::Span<const uint64_t> ids, const Tensor& gradients,
+    const EmbeddingPushKey& key, EmbeddingPushSource source,
+    int64_t asp_step) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  const bool replicated = !t.replica_sets.empty();
+  int32_t shard = -1;
+  absl::Status checked =
+      RouteIds(t, ids, &order, &starts, /*one_shard=*/replicated, &shard);
+  if (!checked.ok()) return checked;
+  checked = CheckGradients(t, ids, gradients);
+  if (!checked.ok()) return checked;
+  if (asp_step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: must be >= 0, got ", asp_step));
+  }
+  // A client push to a replicated shard: who to forward to (and a backup
+  // becomes the primary). Decided before applying; the caller forwards
+  // after.
+  EmbeddingPushResult routing;
+  routing.shard = shard;
+  if (replicated && shard >= 0 && source == EmbeddingPushSource::kClient) {
+    checked = RouteReplication(t, shard, key, &routing.forward_to,
+                               &routing.promoted);
+    if (!checked.ok()) return checked;
+  }
+  // A Capture waits for this push to finish (and this push for a Capture).
+  absl::ReaderMutexLock capture_lock(&t.capture_mu);
+  // Exactly once per (client, sequence): held until the push is applied.
+  std::shared_ptr<Table::ClientLog> log;
+  std::optional<absl::ReleasableMutexLock> log_lock;
+  if (!key.client_id.empty()) {
+    log = t.LogOf(key.client_id);
+    log_lock.emplace(&log->mu);
+    log->last_used = absl::Now();
+    if (log->applied.count(key.sequence)) {
+      routing.duplicate = true;
+      return routing;
+    }
+    if (log->applied.size() >= kDedupWindow &&
+        key.sequence < *log->applied.begin()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence: ", key.sequence, " of client \"", key.client_id,
+          "\" is older than the ", kDedupWindow,
+          " pushes this server remembers for it: cannot tell whether it "
+          "was applied, so it is refused"));
+    }
+  }
+  // The table's ASP step (eviction clock): the highest step seen.
+  int64_t now = t.asp_step.load();
+  while (asp_step > now && !t.asp_step.compare_exchange_weak(now, asp_step)) {
+  }
+  now = std::max(now, asp_step);
+  auto applied = ApplyRows(t, ids, gradients.data().data(), order, starts, now);
+  if (!applied.ok()) return applied.status();
+  EmbeddingPushResult result = *std::move(applied);
+  result.shard = routing.shard;
+  result.forward_to = std::move(routing.forward_to);
+  result.promoted = routing.promoted;
   if (log != nullptr) {
     log->applied.insert(key.sequence);
     if (log->applied.size() > kDedupWindow) {
       log->applied.erase(log->applied.begin());
     }
   }
-  t.rows.fetch_add(result.rows_created, std::memory_order_relaxed);
   t.pushes.fetch_add(1, std::memory_order_relaxed);
   if (source == EmbeddingPushSource::kReplica) {
     t.replicated.fetch_add(1, std::memory_order_relaxed);
   }
+  // Eviction under ASP: a scan of every held shard each time the table's
+  // step passes the next scan point (every max(1, N / 4) steps).
+  const int64_t n = t.spec.evict_after_steps();
+  if (n > 0 && now > 0) {
+    int64_t next = t.next_scan.load();
+    if (now >= next &&
+        t.next_scan.compare_exchange_strong(
+            next, now + std::max<int64_t>(1, n / 4))) {
+      if (log_lock.has_value()) log_lock->Release();
+      Evict(t, -1, now, *arena_bytes_);
+    }
+  }
   return result;
 }
 
+absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
+    const std::string& job_id, const std::string& table,
+    absl::Span<const uint64_t> ids, const Tensor& gradients,
+    const EmbeddingBspTag& tag, const EmbeddingPushKey& key,
+    EmbeddingPushSource source, std::shared_ptr<EmbeddingBspWaiter> waiter) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  const bool merged = source == EmbeddingPushSource::kReplica;
+  if (waiter == nullptr) waiter = std::make_shared<EmbeddingBspWaiter>();
+  if (tag.step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: must be >= 0 with bsp, got ", tag.step));
+  }
+  if (tag.num_ranks < 1 || tag.num_ranks > kMaxBspRanks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_ranks: must be in [1, ", kMaxBspRanks,
+                     "] with bsp, got ", tag.num_ranks));
+  }
+  if (merged ? tag.rank != -1 : (tag.rank < 0 || tag.rank >= tag.num_ranks)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rank: must be ",
+        merged ? std::string("-1 (a merged step) in ReplicateRows")
+               : absl::StrCat("in [0, num_ranks = ", tag.num_ranks, ")"),
+        ", got ", tag.rank));
+  }
+  if (tag.shard < 0 || tag.shard >= t.spec.num_shards()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard: must be in [0, ", t.spec.num_shards(),
+                     ") with bsp, got ", tag.shard));
+  }
+  if (!t.holds[tag.shard]) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard: this server does not hold shard ", tag.shard, " of table \"",
+        t.spec.name(), "\" (it holds [", absl::StrJoin(t.shards, ", "), "])"));
+  }
+  std::vector<uint32_t> order;
+  std::array<uint32_t, kStripes + 1> starts;
+  int32_t shard = -1;
+  absl::Status checked =
+      RouteIds(t, ids, &order, &starts, /*one_shard=*/true, &shard);
+  if (!checked.ok()) return checked;
+  if (!ids.empty() && shard != tag.shard) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "row_ids[0]: row ", ids[0], " is on shard ", shard,
+        ", not on the push's shard ", tag.shard));
+  }
+  checked = CheckGradients(t, ids, gradients);
+  if (!checked.ok()) return checked;
+  if (merged) {
+    for (size_t i = 1; i < ids.size(); ++i) {
+      if (ids[i] <= ids[i - 1]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row_ids[", i, "]: a merged step's rows must be ascending and "
+            "distinct"));
+      }
+    }
+  }
+  EmbeddingBspResult result;
+  result.shard = tag.shard;
+  result.step = tag.step;
+  result.dim = t.dim;
+  if (!merged && !t.replica_sets.empty()) {
+    checked = RouteReplication(t, tag.shard, key, &result.forward_to,
+                               &result.promoted);
+    if (!checked.ok()) return checked;
+  }
+  absl::ReaderMutexLock capture_lock(&t.capture_mu);
+  absl::MutexLock bsp_lock(&t.bsp_mu);
+  if (t.bsp_num_ranks != 0 && t.bsp_num_ranks != tag.num_ranks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_ranks: table \"", t.spec.name(), "\" has ", t.bsp_num_ranks,
+        " BSP ranks, got ", tag.num_ranks));
+  }
+  Table::BspShard& b = t.bsp[tag.shard];
+  if (tag.step < b.clock) {
+    result.duplicate = true;
+    if (!merged && tag.step == b.forwarding_step) {
+      // Acknowledged once the step's forward completed, as its original.
+      waiter->duplicate = true;
+      b.forward_waiters.push_back(std::move(waiter));
+      result.outcome = EmbeddingBspResult::Outcome::kWaiting;
+    }
+    return result;
+  }
+  if (tag.step > b.clock) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "step: shard ", tag.shard, " of table \"", t.spec.name(),
+        "\" has applied ", b.clock, " BSP steps here, so step ", tag.step,
+        " cannot be applied yet (this replica missed steps, or the pusher "
+        "is ahead of its own acknowledged pushes)"));
+  }
+  t.bsp_num_ranks = tag.num_ranks;
+  const int64_t dim = t.dim;
+  std::vector<uint64_t> merged_ids;
+  std::vector<float> merged_grads;
+  if (merged) {
+    merged_ids.assign(ids.begin(), ids.end());
+    merged_grads.resize(ids.size() * dim);
+    std::memcpy(merged_grads.data(), gradients.data().data(),
+                merged_grads.size() * 4);
+  } else {
+    if (b.ranks.empty()) b.ranks.resize(tag.num_ranks);
+    Table::BspRankPush& mine = b.ranks[tag.rank];
+    if (mine.have) {
+      waiter->duplicate = true;
+      result.duplicate = true;
+      b.waiters.push_back(std::move(waiter));
+      result.outcome = EmbeddingBspResult::Outcome::kWaiting;
+      return result;
+    }
+    mine.have = true;
+    mine.ids.assign(ids.begin(), ids.end());
+    mine.grads.resize(ids.size() * dim);
+    std::memcpy(mine.grads.data(), gradients.data().data(),
+                mine.grads.size() * 4);
+    b.waiters.push_back(std::move(waiter));
+    if (++b.received < tag.num_ranks) {
+      result.outcome = EmbeddingBspResult::Outcome::kWaiting;
+      return result;
+    }
+    // Every rank's push is here: merge them. Per row, the gradients in
+    // (rank, request position) order, summed left to right.
+    struct Entry {
+      uint64_t id;
+      int32_t rank;
+      uint32_t index;
+    };
+    std::vector<Entry> entries;
+    for (int32_t r = 0; r < tag.num_ranks; ++r) {
+      for (size_t i = 0; i < b.ranks[r].ids.size(); ++i) {
+        entries.push_back({b.ranks[r].ids[i], r, static_cast<uint32_t>(i)});
+      }
+    }
+    std::sort(entries.begin(), entries.end(),
+              [](const Entry& a, const Entry& e) {
+                if (a.id != e.id) return a.id < e.id;
+                if (a.rank != e.rank) return a.rank < e.rank;
+                return a.index < e.index;
+              });
+    const float scale = 1.0f / static_cast<float>(tag.num_ranks);
+    absl::Status overflow;
+    for (size_t k = 0; k < entries.size();) {
+      const uint64_t id = entries[k].id;
+      const size_t at = merged_grads.size();
+      merged_ids.push_back(id);
+      merged_grads.resize(at + dim, 0.0f);
+      float* dst = merged_grads.data() + at;
+      const float* first =
+          b.ranks[entries[k].rank].grads.data() + entries[k].index * dim;
+      std::copy(first, first + dim, dst);
+      for (++k; k < entries.size() && entries[k].id == id; ++k) {
+        const float* g =
+            b.ranks[entries[k].rank].grads.data() + entries[k].index * dim;
+        for (int64_t c = 0; c < dim; ++c) dst[c] += g[c];
+      }
+      for (int64_t c = 0; c < dim; ++c) {
+        dst[c] *= scale;
+        if (!std::isfinite(dst[c]) && overflow.ok()) {
+          overflow = absl::InvalidArgumentError(absl::StrCat(
+              "gradients: the mean over ranks of step ", tag.step,
+              " for row ", id, " (column ", c,
+              ") is not finite; the step's pushes were discarded"));
+        }
+      }
+    }
+    if (!overflow.ok()) {
+      result.outcome = EmbeddingBspResult::Outcome::kFailed;
+      result.error = overflow;
+      result.waiters = std::move(b.waiters);
+      b.waiters.clear();
+      b.ranks.assign(tag.num_ranks, {});
+      b.received = 0;
+      return result;
+    }
+  }
+  // Apply the merged step: one update per row, ascending id.
+  std::vector<uint32_t> merged_order;
+  std::array<uint32_t, kStripes + 1> merged_starts;
+  checked = RouteIds(t, merged_ids, &merged_order, &merged_starts);
+  if (!checked.ok()) return checked;  // not reached: ids checked above
+  auto applied =
+      ApplyRows(t, merged_ids, reinterpret_cast<const char*>(merged_grads.data()),
+                merged_order, merged_starts, tag.step);
+  if (!applied.ok()) {
+    if (merged) return applied.status();
+    result.outcome = EmbeddingBspResult::Outcome::kFailed;
+    result.error = applied.status();
+    result.waiters = std::move(b.waiters);
+    b.waiters.clear();
+    b.ranks.assign(tag.num_ranks, {});
+    b.received = 0;
+    return result;
+  }
+  result.rows_updated = applied->rows_updated;
+  result.rows_created = applied->rows_created;
+  b.clock = tag.step + 1;
+  t.pushes.fetch_add(1, std::memory_order_relaxed);
+  if (merged) t.replicated.fetch_add(1, std::memory_order_relaxed);
+  // Eviction under BSP: this shard's rows, every max(1, N / 4) steps, at
+  // the same steps on every replica.
+  const int64_t n = t.spec.evict_after_steps();
+  if (n > 0 && b.clock % std::max<int64_t>(1, n / 4) == 0) {
+    Evict(t, tag.shard, tag.step, *arena_bytes_);
+  }
+  if (merged) {
+    result.outcome = EmbeddingBspResult::Outcome::kAnswer;
+    return result;
+  }
+  b.ranks.assign(tag.num_ranks, {});
+  b.received = 0;
+  result.outcome = EmbeddingBspResult::Outcome::kApplied;
+  if (result.forward_to.empty()) {
+    result.waiters = std::move(b.waiters);
+    b.waiters.clear();
+  } else {
+    // (A previous step still forwarding cannot be, as no rank pushes
+    // step s + 1 before step s was acknowledged; its waiters would then
+    // be answered with this step's.)
+    b.forwarding_step = tag.step;
+    b.forward_waiters.insert(b.forward_waiters.end(), b.waiters.begin(),
+                             b.waiters.end());
+    b.waiters.clear();
+    result.merged_ids = std::move(merged_ids);
+    result.merged_grads = std::move(merged_grads);
+  }
+  return result;
+}
+
+std::vector<std::shared_ptr<EmbeddingBspWaiter>> EmbeddingStore::FinishBspStep(
+    const std::string& job_id, const std::string& table, int32_t shard,
+    int64_t step) {
+  auto found = Find(job_id, table);
+  if (!found.ok()) return {};
+  Table& t = **found;
+  absl::MutexLock bsp_lock(&t.bsp_mu);
+  auto it = t.bsp.find(shard);
+  if (it == t.bsp.end() || it->second.forwarding_step != step) return {};
+  it->second.forwarding_step = -1;
+  std::vector<std::shared_ptr<EmbeddingBspWaiter>> waiters =
+      std::move(it->second.forward_waiters);
+  it->second.forward_waiters.clear();
+  return waiters;
+}
 bool EmbeddingStore::DropReplica(const std::string& job_id,
                                  const std::string& table, int32_t shard,
                                  const std::string& address,
@@ -489,6 +896,15 @@ absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
   status.set_pulls(t.pulls.load());
   status.set_pushes(t.pushes.load());
   status.set_replicated(t.replicated.load());
+  status.set_evicted_rows(t.evicted.load());
+  status.set_pending_admission_rows(t.pending_rows.load());
+  status.set_unadmitted_pushes(t.unadmitted.load());
+  int64_t step = t.asp_step.load();
+  {
+    absl::MutexLock lock(&t.bsp_mu);
+    for (const auto& [s, b] : t.bsp) step = std::max(step, b.clock);
+  }
+  status.set_step(step);
   std::map<int32_t, TableShardStatus*> by_shard;
   {
     absl::MutexLock lock(&t.replication_mu);
@@ -497,6 +913,17 @@ absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
       by_shard[s] = shard;
       shard->set_shard(s);
       shard->set_role(TableShardStatus::PRIMARY);
+      {
+        absl::MutexLock lock(&t.bsp_mu);
+        shard->set_bsp_num_ranks(t.bsp_num_ranks);
+        auto b = t.bsp.find(s);
+        if (b != t.bsp.end()) {
+          shard->set_bsp_clock(b->second.clock);
+          for (size_t r = 0; r < b->second.ranks.size(); ++r) {
+            if (b->second.ranks[r].have) shard->add_bsp_waiting_ranks(r);
+          }
+        }
+      }
       auto it = t.replication.find(s);
       if (it == t.replication.end()) continue;
       const Table::Replication& r = it->second;
@@ -531,6 +958,16 @@ absl::StatusOr<TableStatusResponse> EmbeddingStore::Status(
     }
   }
   return status;
+}
+
+std::vector<EmbeddingStore::TableUsage> EmbeddingStore::Usage() const {
+  std::vector<TableUsage> usage;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, t] : tables_) {
+    usage.push_back({key.first, key.second, t->rows.load(),
+                     t->table_bytes.load()});
+  }
+  return usage;
 }
 
 absl::Status EmbeddingStore::DropTable(const std::string& job_id,

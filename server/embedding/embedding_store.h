@@ -96,6 +96,15 @@ struct EmbeddingPushResult {
 struct EmbeddingTableCapture {
   std::string job_id;
   EmbeddingTableSpec spec;  // with defaults
+  // BSP clocks (steps applied) of the held shards that have one, and the
+  // table's num_ranks (0: no BSP push yet); the ASP step (highest
+  // PushRowsRequest.step seen); admission counts (row -> pushes counted,
+  // rows not admitted yet). Stored in the snapshot's dedup log record as
+  // entries with reserved client ids (kReservedClientPrefix).
+  std::vector<std::pair<int32_t, int64_t>> bsp_clocks;
+  int32_t bsp_num_ranks = 0;
+  int64_t asp_step = 0;
+  std::vector<std::pair<uint64_t, uint32_t>> admission;
   // The shards held, ascending.
   std::vector<int32_t> shards;
   // Floats per row record: 2 (the int64 update count, its 8 bytes as they
@@ -108,6 +117,71 @@ struct EmbeddingTableCapture {
   std::vector<float> records;
   // Dedup logs: per client id, the sequences remembered, ascending.
   std::vector<std::pair<std::string, std::vector<uint64_t>>> dedup;
+};
+
+// Checks EmbeddingTableSpec's admission, eviction and cache fields
+// (admit_after_pushes in [0, 10^6], evict_after_steps in [0, 10^9],
+// cache_staleness_steps in [0, 1000], cache_rows in [0, 10^8]);
+// INVALID_ARGUMENT naming "<prefix>.<field>". CreateTable and Restore
+// check them (ValidateTableSpec in common/embedding_rows.h does not).
+absl::Status ValidateDynamicFields(const EmbeddingTableSpec& spec,
+                                   const std::string& prefix);
+
+// Most ranks of a BSP table.
+inline constexpr int32_t kMaxBspRanks = 65536;
+
+// A BSP push (PushRowsRequest.bsp): rank `rank` of `num_ranks` pushes its
+// gradient of step `step` for shard `shard` (see PushBsp). rank -1: a
+// step already merged by the shard's primary (ReplicateRows only).
+struct EmbeddingBspTag {
+  int64_t step = 0;
+  int32_t rank = 0;
+  int32_t num_ranks = 1;
+  int32_t shard = 0;
+};
+
+// A BSP push call waiting for its step to be applied (and forwarded); the
+// caller's (EmbeddingService's reactor). The store only keeps it and hands
+// it back (EmbeddingBspResult.waiters, FinishBspStep); it sets `duplicate`
+// when the call's (step, rank) had been received before.
+class EmbeddingBspWaiter {
+ public:
+  virtual ~EmbeddingBspWaiter() = default;
+  bool duplicate = false;
+};
+
+// What PushBsp did.
+struct EmbeddingBspResult {
+  enum class Outcome {
+    // Answer the call now: `duplicate` (a step applied and forwarded
+    // before), or a merged step applied on a backup (kReplica).
+    kAnswer,
+    // The waiter was kept: the step waits for other ranks, or for its
+    // forward to the backups (a duplicate of a step being forwarded).
+    kWaiting,
+    // This push completed the step: it was applied (rows_*); forward
+    // merged_ids / merged_grads (ascending ids, [n, dim] means) as step
+    // `step` to forward_to, then call FinishBspStep for the waiters. With
+    // no forward_to, `waiters` holds them already (this call's included).
+    kApplied,
+    // This push completed the step but the merge failed (`error`: the
+    // mean overflowed to Inf, or RESOURCE_EXHAUSTED): the step's pushes
+    // were discarded (nothing applied); answer `waiters` with `error`.
+    kFailed,
+  };
+  Outcome outcome = Outcome::kAnswer;
+  bool duplicate = false;
+  int64_t rows_updated = 0;
+  int64_t rows_created = 0;
+  int32_t shard = 0;
+  int64_t step = 0;
+  int32_t dim = 0;  // the table's
+  std::vector<uint64_t> merged_ids;
+  std::vector<float> merged_grads;
+  std::vector<std::string> forward_to;
+  bool promoted = false;
+  std::vector<std::shared_ptr<EmbeddingBspWaiter>> waiters;
+  absl::Status error;
 };
 
 // Where a push comes from.
@@ -132,6 +206,11 @@ struct EmbeddingPushKey {
   std::string client_id;
   uint64_t sequence = 0;
 };
+
+// Client ids starting with this byte are reserved (a snapshot's BSP clocks
+// and admission counts are stored as dedup entries under such ids);
+// EmbeddingService refuses them.
+inline constexpr char kReservedClientPrefix = '\x01';
 
 class EmbeddingStore {
  public:
@@ -179,7 +258,35 @@ class EmbeddingStore {
       const std::string& job_id, const std::string& table,
       absl::Span<const uint64_t> ids, const Tensor& gradients,
       const EmbeddingPushKey& key = {},
-      EmbeddingPushSource source = EmbeddingPushSource::kClient);
+      EmbeddingPushSource source = EmbeddingPushSource::kClient,
+      int64_t asp_step = 0);
+
+  // A BSP push (PushRowsRequest.bsp; proto/embedding.proto and
+  // docs/ARCHITECTURE.md, "BSP row pushes"). kClient: buffers rank
+  // tag.rank's push of step tag.step for shard tag.shard; the push that
+  // completes the step (one from each of tag.num_ranks ranks) merges them
+  // (per row: gradients summed in rank order, then request order, times
+  // 1 / num_ranks, float32) and applies one optimizer update per row
+  // (ascending id), with admission and eviction at step tag.step, and the
+  // shard's clock becomes tag.step + 1. kReplica with rank -1: applies an
+  // already merged step (ids distinct) the same way, once (step < clock
+  // is a duplicate). `waiter` is kept while the call waits (Outcome).
+  // Errors (nothing changes): those of Push (row ids, gradients), and
+  // INVALID_ARGUMENT naming step (< 0), rank, num_ranks (not in [1,
+  // 65536], or not the table's) or shard (not in [0, num_shards));
+  // FAILED_PRECONDITION naming shard (not held here) or step (> the
+  // shard's clock: this replica missed steps).
+  absl::StatusOr<EmbeddingBspResult> PushBsp(
+      const std::string& job_id, const std::string& table,
+      absl::Span<const uint64_t> ids, const Tensor& gradients,
+      const EmbeddingBspTag& tag, const EmbeddingPushKey& key,
+      EmbeddingPushSource source, std::shared_ptr<EmbeddingBspWaiter> waiter);
+
+  // After the forwards of a kApplied step: the calls waiting for it
+  // (empty when the table or step is gone).
+  std::vector<std::shared_ptr<EmbeddingBspWaiter>> FinishBspStep(
+      const std::string& job_id, const std::string& table, int32_t shard,
+      int64_t step);
 
   // Takes backup `address` of `shard` out of the forward list for good,
   // recording `reason` (shown in TableStatus). Returns false when it was
@@ -219,6 +326,16 @@ class EmbeddingStore {
   // of its handle). Errors: NOT_FOUND.
   absl::Status DropTable(const std::string& job_id, const std::string& table);
 
+  // Live rows and bytes of one table (as TableStatusResponse.rows, bytes).
+  struct TableUsage {
+    std::string job_id;
+    std::string table;
+    int64_t rows = 0;
+    int64_t bytes = 0;
+  };
+  // Every table's, by (job id, table name). O(tables).
+  std::vector<TableUsage> Usage() const;
+
   // Bytes held over all tables (as TableStatusResponse.bytes).
   int64_t bytes() const { return bytes_->load(std::memory_order_relaxed); }
 
@@ -234,6 +351,14 @@ class EmbeddingStore {
       const std::vector<TableShardReplicas>& replicas) const;
   absl::StatusOr<std::shared_ptr<Table>> Find(const std::string& job_id,
                                               const std::string& table) const;
+  // Applies checked rows (RouteIds' order and starts; gradients
+  // [ids.size(), dim] float32 at grad_bytes) with admission; `now` is the
+  // table's step for eviction clocks. REQUIRES: t.capture_mu held shared.
+  // Errors: RESOURCE_EXHAUSTED (nothing applied).
+  absl::StatusOr<EmbeddingPushResult> ApplyRows(
+      Table& t, absl::Span<const uint64_t> ids, const char* grad_bytes,
+      std::vector<uint32_t>& order, absl::Span<const uint32_t> starts,
+      int64_t now);
 
   // Constant after construction.
   const EmbeddingStoreOptions options_;

@@ -40,6 +40,11 @@ inline constexpr int64_t kMapSlotBytes =
 
 // Pushes remembered per client and table for dedup, and how long a client
 // with no push is remembered (see EmbeddingPushKey).
+// Bytes per admission-count map slot: (uint64, {uint32, int64}) padded to
+// 24, plus one control byte.
+inline constexpr int64_t kPendingSlotBytes =
+    sizeof(std::pair<const uint64_t, std::pair<uint32_t, int64_t>>) + 1;
+
 inline constexpr size_t kDedupWindow = 1024;
 inline constexpr absl::Duration kDedupIdle = absl::Minutes(10);
 
@@ -54,6 +59,17 @@ struct EmbeddingStore::Table {
     absl::flat_hash_map<uint64_t, uint32_t> index ABSL_GUARDED_BY(mu);
     std::vector<std::unique_ptr<float[]>> chunks ABSL_GUARDED_BY(mu);
     int64_t rows ABSL_GUARDED_BY(mu) = 0;
+    // With eviction (spec.evict_after_steps > 0), by slot: the row id
+    // and the step of its last push (the table's step then).
+    std::vector<uint64_t> slot_ids ABSL_GUARDED_BY(mu);
+    std::vector<int64_t> last_step ABSL_GUARDED_BY(mu);
+    // With admission (spec.admit_after_pushes > 1): rows pushed but not
+    // created yet -> pushes counted and the step of the last one.
+    struct Pending {
+      uint32_t count = 0;
+      int64_t last_step = 0;
+    };
+    absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
     // What this stripe last added to the accounting.
     int64_t accounted ABSL_GUARDED_BY(mu) = 0;
   };
@@ -119,7 +135,10 @@ struct EmbeddingStore::Table {
   void Account(Stripe& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
     const int64_t now =
         static_cast<int64_t>(s.chunks.size()) * ChunkBytes() +
-        static_cast<int64_t>(s.index.capacity()) * kMapSlotBytes;
+        static_cast<int64_t>(s.index.capacity()) * kMapSlotBytes +
+        static_cast<int64_t>(s.slot_ids.capacity()) * 8 +
+        static_cast<int64_t>(s.last_step.capacity()) * 8 +
+        static_cast<int64_t>(s.pending.capacity()) * kPendingSlotBytes;
     total->fetch_add(now - s.accounted);
     table_bytes.fetch_add(now - s.accounted);
     s.accounted = now;
@@ -176,6 +195,34 @@ struct EmbeddingStore::Table {
   std::map<std::string, std::shared_ptr<ClientLog>> clients
       ABSL_GUARDED_BY(clients_mu);
   absl::Time last_sweep ABSL_GUARDED_BY(clients_mu) = absl::Now();
+  // BSP state of one held shard (PushBsp): its clock (steps applied), the
+  // pushes of step `clock` received so far (by rank), and the step being
+  // forwarded to the backups with the calls waiting for that.
+  struct BspRankPush {
+    bool have = false;
+    std::vector<uint64_t> ids;
+    std::vector<float> grads;  // [ids.size(), dim]
+  };
+  struct BspShard {
+    int64_t clock = 0;
+    std::vector<BspRankPush> ranks;  // num_ranks entries once used
+    int32_t received = 0;
+    std::vector<std::shared_ptr<EmbeddingBspWaiter>> waiters;
+    int64_t forwarding_step = -1;  // -1: none
+    std::vector<std::shared_ptr<EmbeddingBspWaiter>> forward_waiters;
+  };
+  // Held (after capture_mu, shared) while a BSP push buffers or applies;
+  // the stripes' locks are taken under it.
+  mutable absl::Mutex bsp_mu;
+  std::map<int32_t, BspShard> bsp ABSL_GUARDED_BY(bsp_mu);
+  int32_t bsp_num_ranks ABSL_GUARDED_BY(bsp_mu) = 0;
+  // ASP: the highest PushRowsRequest.step seen, and the step of the next
+  // eviction scan.
+  std::atomic<int64_t> asp_step{0};
+  std::atomic<int64_t> next_scan{0};
+  std::atomic<int64_t> evicted{0};
+  std::atomic<int64_t> pending_rows{0};
+  std::atomic<int64_t> unadmitted{0};
   std::atomic<int64_t> table_bytes{0};
   std::atomic<int64_t> rows{0};
   std::atomic<int64_t> pulls{0};

@@ -78,6 +78,12 @@ ABSL_FLAG(bool, shared_memory, true,
 ABSL_FLAG(int64_t, shared_memory_max_bytes, int64_t{4} << 30,
           "The largest worker shared-memory region this server maps, "
           "bytes; a worker with a larger one sends bytes in the messages.");
+ABSL_FLAG(int64_t, embedding_max_bytes, 0,
+          "The memory this server states for sparse embedding tables, bytes: "
+          "a push (or restore) that needs more row storage than this over "
+          "all tables is refused with RESOURCE_EXHAUSTED and applies "
+          "nothing (EmbeddingStoreOptions.max_bytes). 0 (default): "
+          "unbounded.");
 ABSL_FLAG(int64_t, test_stall_replicate_at_step, -1,
           "FOR TESTS ONLY, never in production: this server, as a backup, "
           "stalls while its heartbeats go on: from the first replication of "
@@ -297,7 +303,15 @@ int Main() {
     }
     embedding_snapshots = *std::move(opened);
   }
-  EmbeddingStore embedding_store;
+  const int64_t embedding_max_bytes = absl::GetFlag(FLAGS_embedding_max_bytes);
+  if (embedding_max_bytes < 0) {
+    Log()->error("--embedding_max_bytes: must be >= 0 (0 = unbounded), got {}",
+                 embedding_max_bytes);
+    return 1;
+  }
+  EmbeddingStoreOptions embedding_options;
+  embedding_options.max_bytes = embedding_max_bytes;
+  EmbeddingStore embedding_store(embedding_options);
   EmbeddingService embedding_service(&embedding_store, &metrics, {},
                                      embedding_snapshots.get());
   auto metrics_server = ServeMetrics(&metrics);
