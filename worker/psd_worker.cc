@@ -22,10 +22,12 @@
 #include "common/process_main.h"
 #include "common/rpc.h"
 #include "common/shared_memory.h"
+#include "common/sparse_config.h"
 #include "common/status.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
 #include "worker/progress.h"
+#include "worker/sparse_trainer.h"
 #include "worker/trainer.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
@@ -143,6 +145,8 @@ class WorkerAgent : public ViewSource {
   // restarted coordinator gives it back.
   void FillRegister(RegisterRequest* request) {
     request->add_model_kinds(ModelSpec::MLP);  // TrainRank's models
+    request->add_model_kinds(ModelSpec::SPARSE_LR);  // TrainSparseRank's
+    request->add_model_kinds(ModelSpec::DLRM);
     absl::MutexLock lock(&mu_);
     if (current_job_.empty() || runs_.empty()) return;
     request->set_job_id(current_job_);
@@ -339,7 +343,12 @@ class WorkerAgent : public ViewSource {
     r->thread = std::thread([this, r, assignment = std::move(assignment)] {
       absl::StatusOr<std::unique_ptr<kernels::Backend>> backend = backends_();
       absl::Status status = backend.status();
-      if (backend.ok()) {
+      if (IsSparseModel(assignment.config().model())) {
+        status = TrainSparseRank(
+            assignment, options_,
+            [&](const ReportProgressRequest& p) { return Report(p); },
+            &cancel_);
+      } else if (backend.ok()) {
         status = TrainRank(
             assignment, options_, backend->get(),
             [&](const ReportProgressRequest& p) { return Report(p); },

@@ -333,7 +333,8 @@ int Main() {
   options.advertised_address = advertised;
   bool registered_before = false;  // only touched by Membership's thread
   options.fill_register = [&store, &server_uid,
-                           &registered_before](RegisterRequest* request) {
+                           &registered_before,
+                           embedding_max_bytes](RegisterRequest* request) {
     // Registering again means the coordinator forgot us: our roles may
     // have moved to other servers (fencing), until it sends a view.
     if (registered_before) {
@@ -342,6 +343,8 @@ int Main() {
     }
     registered_before = true;
     request->set_server_uid(server_uid);
+    // The coordinator checks sparse jobs' tables against it (issue 25).
+    request->set_table_memory_bytes(embedding_max_bytes);
     for (const std::string& job : store.JobIds()) request->add_live_jobs(job);
   };
   options.fill_heartbeat = [w = writer.get(), &store](HeartbeatRequest* request) {
