@@ -4,8 +4,11 @@
 # tables placed by the coordinator on the replicas of the job's shards,
 # trained by two psd_workers under BSP.
 #  1. R=1, 2 servers: two runs give bitwise the same dense parameters
-#     (export checksum) and tables (psd_ctl tables checksums), and the test
-#     log-loss comes down towards the planted model's Bayes log-loss.
+#     (export checksum) and tables (psd_ctl tables checksums); the model
+#     learns the planted one: test AUC within 0.01 of the Bayes AUC, test
+#     log-loss within 0.02 of the Bayes log-loss (measured: 0.8789 vs
+#     0.8855, 0.4373 vs 0.4250; a SPARSE_LR job on the same kind of data
+#     gets within 0.006 of its Bayes log-loss, tests/bench/sparse_job_bench.sh).
 #  2. R=2, 3 servers (another shard count): SIGKILL the primary of shard 0
 #     (of the dense part and of every table) mid-job: the job finishes with
 #     the same checksums, and every surviving replica of every table shard
@@ -23,24 +26,20 @@ model {
   init_seed: 1
   tables { name: "users" num_rows: 1000000 dim: 8
            initializer { kind: NORMAL scale: 0.05 seed: 7 }
-           optimizer { kind: ADAGRAD learning_rate: 0.05 } }
+           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
   tables { name: "items" num_rows: 1000000 dim: 8
            initializer { kind: NORMAL scale: 0.05 seed: 8 }
-           optimizer { kind: ADAGRAD learning_rate: 0.05 } }
+           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
   fields { name: "f0" table: "users" }
   fields { name: "f1" table: "users" }
-  fields { name: "f2" table: "users" }
-  fields { name: "f3" table: "users" }
-  fields { name: "f4" table: "items" }
-  fields { name: "f5" table: "items" }
-  fields { name: "f6" table: "items" }
-  fields { name: "f7" table: "items" }
+  fields { name: "f2" table: "items" }
+  fields { name: "f3" table: "items" }
   num_dense_features: 4
   bottom_mlp: [16, 8]
   top_mlp: [16]
 }
-dataset { name: "planted-clicks" train_limit: 24000 test_limit: 4000 }
-optimizer { kind: ADAGRAD learning_rate: 0.05 }
+dataset { name: "planted-clicks" train_limit: 300000 test_limit: 10000 }
+optimizer { kind: ADAGRAD learning_rate: 0.02 }
 consistency: BSP
 batch_size: 200
 epochs: 3
@@ -70,20 +69,21 @@ echo "run 2: $second"
 cat "$WORK/$first_job.tables"
 grep -q "table users: 2 shards held, [1-9][0-9]* rows" "$WORK/$first_job.tables" ||
   fail "table users is not on 2 shards with rows"
-# The worker log of rank 0 has the Bayes log-loss and each epoch's test
-# log-loss.
-bayes=$(grep -ho 'Bayes test log-loss [0-9.]*' "$WORK"/a.w*.log | head -1 | awk '{print $4}')
-losses=$(grep -ho "job $first_job: epoch [0-9]* done.*test log-loss [0-9.]*" "$WORK"/a.w*.log |
-  sed 's/.*test log-loss //')
-echo "Bayes test log-loss $bayes; test log-loss by epoch: $(echo $losses)"
-[ -n "$bayes" ] && [ "$(echo "$losses" | wc -l)" = 3 ] || fail "no Bayes or epoch lines"
-python3 - "$bayes" $losses <<'PY' || fail "the test log-loss did not come down towards the Bayes log-loss"
+# The worker log of rank 0 has the Bayes levels and each epoch's test
+# log-loss and AUC.
+bayes=$(grep -ho 'Bayes test log-loss [0-9.]*, AUC [0-9.]*' "$WORK"/a.w*.log | head -1 |
+  awk '{print $4, $6}' | tr -d ,)
+epochs=$(grep -ho "job $first_job: epoch [0-9]* done.*test log-loss [0-9.]*, AUC [0-9.]*" \
+  "$WORK"/a.w*.log | sed 's/.*test log-loss \([0-9.]*\), AUC \([0-9.]*\)/\1 \2/')
+echo "Bayes test log-loss, AUC: $bayes; by epoch: $(echo $epochs)"
+[ -n "$bayes" ] && [ "$(echo "$epochs" | wc -l)" = 3 ] || fail "no Bayes or epoch lines"
+python3 - $bayes $epochs <<'PY' || fail "the model did not learn the planted one"
 import sys
-bayes, losses = float(sys.argv[1]), [float(x) for x in sys.argv[2:]]
-# Down every epoch, and within 0.05 of the Bayes level after 3 short epochs
-# (tests/bench/sparse_bench.sh trains to within 0.01 on more data).
-assert all(b < a for a, b in zip(losses, losses[1:])), losses
-assert losses[-1] - bayes < 0.05, (losses, bayes)
+v = [float(x) for x in sys.argv[1:]]
+bayes_loss, bayes_auc, losses, aucs = v[0], v[1], v[2::2], v[3::2]
+assert losses[-1] < losses[0], losses
+assert aucs[-1] >= bayes_auc - 0.01, (aucs, bayes_auc)
+assert losses[-1] - bayes_loss < 0.02, (losses, bayes_loss)
 PY
 "${CTL[@]}" get "$first_job" >"$WORK/get.json"
 python3 -c '
@@ -113,12 +113,12 @@ bad() {
   grep -q "$want" "$WORK/bad.out" || { cat "$WORK/bad.out"; fail "no '$want' in the error"; }
   echo "refused ($what): $(grep -o "$want.*" "$WORK/bad.out" | head -1 | cut -c1-100)"
 }
-bad 's/name: "f3" table: "users"/name: "f3" table: "ads"/' 'model.fields\[3\].table: no table "ads"'
+bad 's/name: "f2" table: "items"/name: "f2" table: "ads"/' 'model.fields\[2\].table: no table "ads"'
 bad '0,/dim: 8/s/dim: 8/dim: 0/' 'model.tables\[0\].dim'
-bad 's/name: "f5"/name: "f1"/' 'model.fields\[5\].name: field "f1" is mapped twice'
+bad 's/name: "f3"/name: "f1"/' 'model.fields\[3\].name: field "f1" is mapped twice'
 stop_cluster
 # Servers stating 64 MiB each: 3 x 64 MiB hold less than 2 tables x 10^6
-# rows x 72 bytes x 2 replicas.
+# rows x 72 bytes x 2 replicas (the first table alone fits).
 start_replicated c 0 0 2
 for i in 1 2 3; do start_server "c.s$i" --embedding_max_bytes=67108864; done
 "${CTL[@]}" --servers=3 --workers=0 --timeout_s=30 wait-ready
