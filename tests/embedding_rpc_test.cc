@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <memory>
 #include <chrono>
@@ -695,6 +696,10 @@ TEST_CASE("EmbeddingService: per-table live rows and bytes gauges",
   t.set_data(g.data(), g.size() * 4);
   REQUIRE(store.Push("job-7", "emb", {1, 2, 3}, t).ok());
   const std::string text = registry.RenderPrometheusText();
+  // For `promtool check metrics` by hand: bazel-testlogs/.../outputs.
+  if (const char* out = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR")) {
+    std::ofstream(std::string(out) + "/embedding_metrics.txt") << text;
+  }
   CHECK(text.find("# TYPE psd_server_embedding_table_live_rows gauge") !=
         std::string::npos);
   CHECK(text.find("psd_server_embedding_table_live_rows{table=\"job-7/emb\"} 3") !=

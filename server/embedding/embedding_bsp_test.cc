@@ -524,3 +524,43 @@ TEST_CASE("Capture and Restore keep BSP clocks, num_ranks and admission "
 
 }  // namespace
 }  // namespace psd
+
+namespace psd {
+namespace {
+
+TEST_CASE("BSP: a merged step from another primary answers the calls of that "
+          "step buffered here and clears them",
+          "[bsp]") {
+  EmbeddingStore store;
+  REQUIRE(*store.CreateTable(kJob, Spec(OptimizerSpec::SGD), {0, 1}));
+  uint64_t id = 0;
+  while (ShardOfRow(id, kShards) != 0) ++id;
+  auto waiter = std::make_shared<EmbeddingBspWaiter>();
+  auto buffered = store.PushBsp(kJob, "emb", {id}, Grads({9, 9, 9, 9}, 1),
+                                {0, 0, 2, 0}, {}, EmbeddingPushSource::kClient,
+                                waiter);
+  REQUIRE(buffered.ok());
+  REQUIRE(buffered->outcome == EmbeddingBspResult::Outcome::kWaiting);
+  auto merged = store.PushBsp(kJob, "emb", {id}, Grads({1, 1, 1, 1}, 1),
+                              {0, -1, 2, 0}, {}, EmbeddingPushSource::kReplica,
+                              nullptr);
+  REQUIRE(merged.ok());
+  CHECK(merged->outcome == EmbeddingBspResult::Outcome::kAnswer);
+  REQUIRE(merged->waiters.size() == 1u);
+  CHECK(merged->waiters[0] == waiter);
+  auto status = store.Status(kJob, "emb");
+  CHECK(status->shard_status(0).bsp_clock() == 1);
+  CHECK(status->shard_status(0).bsp_waiting_ranks_size() == 0);
+  // Step 1 then needs both ranks again (rank 0's step-0 push is gone).
+  auto r0 = store.PushBsp(kJob, "emb", {}, Grads({}, 0), {1, 0, 2, 0}, {},
+                          EmbeddingPushSource::kClient, nullptr);
+  REQUIRE(r0.ok());
+  CHECK(r0->outcome == EmbeddingBspResult::Outcome::kWaiting);
+  // A merged step must be rank -1 from a replica, never from a client.
+  auto bad = store.PushBsp(kJob, "emb", {}, Grads({}, 0), {1, -1, 2, 0}, {},
+                           EmbeddingPushSource::kClient, nullptr);
+  CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace psd

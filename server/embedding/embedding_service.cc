@@ -471,6 +471,8 @@ grpc::ServerUnaryReactor* EmbeddingService::ReplicateRows(
     response->set_rows_updated(merged->rows_updated);
     response->set_rows_created(merged->rows_created);
     response->set_duplicate(merged->duplicate);
+    FinishAll(merged->waiters, grpc::Status::OK, merged->rows_updated,
+              merged->rows_created);
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }

@@ -2,6 +2,7 @@
 // dedup logs, damage detection, incomplete generations.
 #include "server/embedding/embedding_snapshot.h"
 
+#include <algorithm>
 #include <rocksdb/db.h>
 
 #include <atomic>
@@ -351,6 +352,73 @@ TEST_CASE("EmbeddingStore: Capture is a cut between concurrent pushes",
   stop = true;
   pusher.join();
   CHECK(failed.load() == 0);
+}
+
+}  // namespace
+}  // namespace psd
+
+namespace psd {
+namespace {
+
+TEST_CASE("EmbeddingSnapshot: BSP clocks, num_ranks, the ASP step and "
+          "admission counts survive a snapshot",
+          "[embedding][snapshot][bsp]") {
+  const std::string dir = TempDir("bsp-state");
+  EmbeddingTableSpec spec = Spec(4, 2);
+  spec.set_admit_after_pushes(3);
+  EmbeddingStore store;
+  REQUIRE(store.CreateTable(kJob, spec, {0, 1}).ok());
+  for (int64_t step = 0; step < 2; ++step) {
+    for (int32_t shard = 0; shard < 2; ++shard) {
+      std::vector<uint64_t> ids;
+      for (uint64_t id = 0; id < 50; ++id) {
+        if (ShardOfRow(id, 2) == shard && (step == 0 || id % 2 == 0)) {
+          ids.push_back(id);
+        }
+      }
+      REQUIRE(store.PushBsp(kJob, "emb", ids,
+                            Grads(static_cast<int64_t>(ids.size()), 4, 0.1f),
+                            {step, 0, 1, shard}, {},
+                            EmbeddingPushSource::kClient, nullptr)
+                  .ok());
+    }
+  }
+  // An ASP push with a step, and a real client's dedup entry.
+  REQUIRE(store.Push(kJob, "emb", {7}, Grads(1, 4, 0.5f), {"c1", 4},
+                     EmbeddingPushSource::kClient, 9)
+              .ok());
+  auto capture = store.Capture(kJob, "emb");
+  REQUIRE(capture.ok());
+  {
+    auto snapshots = EmbeddingSnapshotStore::Open(dir);
+    REQUIRE(snapshots.ok());
+    auto written = (*snapshots)->Write(*capture, {});
+    REQUIRE(written.ok());
+    CHECK(written->dedup_entries() == 1);  // reserved entries not counted
+  }
+  auto snapshots = EmbeddingSnapshotStore::Open(dir);
+  REQUIRE(snapshots.ok());
+  auto read = (*snapshots)->ReadNewestValid(kJob, "emb");
+  REQUIRE(read.ok());
+  const EmbeddingTableCapture& got = read->capture;
+  CHECK(got.bsp_num_ranks == 1);
+  CHECK(got.asp_step == 9);
+  auto clocks = got.bsp_clocks;
+  std::sort(clocks.begin(), clocks.end());
+  CHECK(clocks == std::vector<std::pair<int32_t, int64_t>>{{0, 2}, {1, 2}});
+  auto admission = got.admission;
+  std::sort(admission.begin(), admission.end());
+  CHECK(admission == capture->admission);
+  CHECK(admission.size() == 50u);  // none of rows 0..49 has 3 pushes yet
+  REQUIRE(got.dedup.size() == 1u);
+  CHECK(got.dedup[0].first == "c1");
+  EmbeddingStore restored;
+  REQUIRE(restored.Restore(got, {0, 1}).ok());
+  auto a = store.Status(kJob, "emb");
+  auto b = restored.Status(kJob, "emb");
+  CHECK(b->pending_admission_rows() == a->pending_admission_rows());
+  CHECK(b->step() == a->step());
+  CHECK(b->shard_status(1).bsp_clock() == 2);
 }
 
 }  // namespace

@@ -678,6 +678,31 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
       }
     }
   }
+  // Refusals that depend on the shard's state, checked before a backup is
+  // promoted (and again below, as a push may have moved the clock since).
+  auto check_state = [&t, &tag]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(t.bsp_mu)
+      -> absl::Status {
+    if (t.bsp_num_ranks != 0 && t.bsp_num_ranks != tag.num_ranks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "num_ranks: table \"", t.spec.name(), "\" has ", t.bsp_num_ranks,
+          " BSP ranks, got ", tag.num_ranks));
+    }
+    auto it = t.bsp.find(tag.shard);
+    const int64_t clock = it == t.bsp.end() ? 0 : it->second.clock;
+    if (tag.step > clock) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step: shard ", tag.shard, " of table \"", t.spec.name(),
+          "\" has applied ", clock, " BSP steps here, so step ", tag.step,
+          " cannot be applied yet (this replica missed steps, or the pusher "
+          "is ahead of its own acknowledged pushes)"));
+    }
+    return absl::OkStatus();
+  };
+  {
+    absl::MutexLock bsp_lock(&t.bsp_mu);
+    checked = check_state();
+    if (!checked.ok()) return checked;
+  }
   EmbeddingBspResult result;
   result.shard = tag.shard;
   result.step = tag.step;
@@ -689,11 +714,8 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
   }
   absl::ReaderMutexLock capture_lock(&t.capture_mu);
   absl::MutexLock bsp_lock(&t.bsp_mu);
-  if (t.bsp_num_ranks != 0 && t.bsp_num_ranks != tag.num_ranks) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "num_ranks: table \"", t.spec.name(), "\" has ", t.bsp_num_ranks,
-        " BSP ranks, got ", tag.num_ranks));
-  }
+  checked = check_state();
+  if (!checked.ok()) return checked;
   Table::BspShard& b = t.bsp[tag.shard];
   if (tag.step < b.clock) {
     result.duplicate = true;
@@ -704,13 +726,6 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
       result.outcome = EmbeddingBspResult::Outcome::kWaiting;
     }
     return result;
-  }
-  if (tag.step > b.clock) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "step: shard ", tag.shard, " of table \"", t.spec.name(),
-        "\" has applied ", b.clock, " BSP steps here, so step ", tag.step,
-        " cannot be applied yet (this replica missed steps, or the pusher "
-        "is ahead of its own acknowledged pushes)"));
   }
   t.bsp_num_ranks = tag.num_ranks;
   const int64_t dim = t.dim;
@@ -826,7 +841,13 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
     Evict(t, tag.shard, tag.step, *arena_bytes_);
   }
   if (merged) {
+    // Pushes of this step that clients sent here (while another replica
+    // was their primary) are answered: the step is applied here now.
     result.outcome = EmbeddingBspResult::Outcome::kAnswer;
+    result.waiters = std::move(b.waiters);
+    b.waiters.clear();
+    b.ranks.clear();
+    b.received = 0;
     return result;
   }
   b.ranks.assign(tag.num_ranks, {});

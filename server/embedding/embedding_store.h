@@ -154,7 +154,8 @@ class EmbeddingBspWaiter {
 struct EmbeddingBspResult {
   enum class Outcome {
     // Answer the call now: `duplicate` (a step applied and forwarded
-    // before), or a merged step applied on a backup (kReplica).
+    // before), or a merged step applied on a backup (kReplica; `waiters`
+    // then holds client calls of that step buffered here, to answer OK).
     kAnswer,
     // The waiter was kept: the step waits for other ranks, or for its
     // forward to the backups (a duplicate of a step being forwarded).
