@@ -116,23 +116,6 @@ absl::Status CheckGradients(const EmbeddingStore::Table& t,
 
 }  // namespace
 
-absl::Status ValidateDynamicFields(const EmbeddingTableSpec& spec,
-                                   const std::string& prefix) {
-  auto range = [&prefix](const char* field, int64_t value, int64_t hi) {
-    if (value >= 0 && value <= hi) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(
-        prefix, ".", field, ": must be in [0, ", hi, "], got ", value));
-  };
-  absl::Status s = range("admit_after_pushes", spec.admit_after_pushes(),
-                         1000000);
-  if (s.ok()) s = range("evict_after_steps", spec.evict_after_steps(), 1000000000);
-  if (s.ok()) {
-    s = range("cache_staleness_steps", spec.cache_staleness_steps(), 1000);
-  }
-  if (s.ok()) s = range("cache_rows", spec.cache_rows(), 100000000);
-  return s;
-}
-
 EmbeddingStore::EmbeddingStore(EmbeddingStoreOptions options)
     : options_(options),
       bytes_(std::make_shared<std::atomic<int64_t>>(0)),
@@ -147,8 +130,6 @@ EmbeddingStore::NewTable(const std::string& job_id,
                          const std::vector<TableShardReplicas>& replicas) const {
   if (job_id.empty()) return absl::InvalidArgumentError("job_id: required");
   absl::Status valid = ValidateTableSpec(spec, "spec");
-  if (!valid.ok()) return valid;
-  valid = ValidateDynamicFields(spec, "spec");
   if (!valid.ok()) return valid;
   if (shards.empty()) {
     return absl::InvalidArgumentError("shards: at least one shard required");

@@ -119,14 +119,6 @@ struct EmbeddingTableCapture {
   std::vector<std::pair<std::string, std::vector<uint64_t>>> dedup;
 };
 
-// Checks EmbeddingTableSpec's admission, eviction and cache fields
-// (admit_after_pushes in [0, 10^6], evict_after_steps in [0, 10^9],
-// cache_staleness_steps in [0, 1000], cache_rows in [0, 10^8]);
-// INVALID_ARGUMENT naming "<prefix>.<field>". CreateTable and Restore
-// check them (ValidateTableSpec in common/embedding_rows.h does not).
-absl::Status ValidateDynamicFields(const EmbeddingTableSpec& spec,
-                                   const std::string& prefix);
-
 // Most ranks of a BSP table.
 inline constexpr int32_t kMaxBspRanks = 65536;
 
