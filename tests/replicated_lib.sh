@@ -22,11 +22,14 @@ start_server() {
   SERVER_PORT[$name]=$(wait_port $! "$WORK/$name.port") || fail "server $name did not start"
 }
 
+# start_worker NAME [ARGS...]: one psd_worker (with ARGS).
 start_worker() {
+  local name=$1
+  shift
   "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" \
-    $(tls_flags "${TLS_DIR:-}" worker) 2>>"$WORK/$1.log" &
+    $(tls_flags "${TLS_DIR:-}" worker) "$@" 2>>"$WORK/$name.log" &
   PIDS+=($!)
-  WORKER_PID[$1]=$!
+  WORKER_PID[$name]=$!
 }
 declare -A WORKER_PID
 

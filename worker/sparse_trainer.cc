@@ -16,6 +16,7 @@
 #include "worker/dataset.h"
 #include "worker/embedding_client.h"
 #include "worker/ps_client.h"
+#include "worker/row_cache.h"
 #include "worker/sparse_model.h"
 
 namespace psd {
@@ -130,8 +131,13 @@ class SparseBatch {
     }
   }
 
-  absl::Status Pull(EmbeddingClient* client) {
-    for (Table& t : tables_) PSD_RETURN_IF_ERROR(client->Pull(t.name, t.ids, &t.rows));
+  // Pulls every table's rows; at `step` through the worker row cache of
+  // tables that have one (EmbeddingClient::PullAt), -1: from the servers.
+  absl::Status Pull(EmbeddingClient* client, int64_t step = -1) {
+    for (Table& t : tables_) {
+      PSD_RETURN_IF_ERROR(step < 0 ? client->Pull(t.name, t.ids, &t.rows)
+                                   : client->PullAt(t.name, t.ids, step, &t.rows));
+    }
     return absl::OkStatus();
   }
 
@@ -257,6 +263,34 @@ absl::Status TrainSparseRank(const Assignment& assignment,
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<EmbeddingClient> tables,
       EmbeddingClient::Create(assignment.job_id(), replicas, table_options));
+  const bool bsp = config.consistency() == BSP;
+  // The worker row cache: ASP only (a BSP job always pulls from the
+  // servers, so the cache never changes its results).
+  int cached_tables = 0;
+  for (const EmbeddingTableSpec& t : model.tables()) {
+    if (!bsp && t.cache_staleness_steps() > 0) {
+      PSD_RETURN_IF_ERROR(
+          tables->EnableCache(t.name(), t.cache_staleness_steps(), t.cache_rows()));
+      ++cached_tables;
+    }
+  }
+  // Cache answers so far, for the metrics' increments.
+  int64_t cache_hits = 0, cache_misses = 0;
+  auto count_cache = [&] {
+    int64_t hits = 0, misses = 0;
+    for (const EmbeddingTableSpec& t : model.tables()) {
+      if (const RowCache* c = tables->cache(t.name())) {
+        hits += c->hits();
+        misses += c->misses();
+      }
+    }
+    if (TrainerMetrics* m = options.metrics) {
+      m->row_cache_hits->Increment(hits - cache_hits);
+      m->row_cache_misses->Increment(misses - cache_misses);
+    }
+    cache_hits = hits;
+    cache_misses = misses;
+  };
 
   std::vector<std::vector<float>> params(dense->parameter_sizes().size());
   std::vector<std::vector<float>> grads(params.size());
@@ -276,7 +310,6 @@ absl::Status TrainSparseRank(const Assignment& assignment,
   const int64_t total_steps = steps_per_epoch * config.epochs();
   const std::vector<int32_t> shard = ShardIndices(
       static_cast<int32_t>(TrainExamples(config)), rank, workers);
-  const bool bsp = config.consistency() == BSP;
   SparseBatch batch(model, batch_size);
 
   ReportProgressRequest progress;
@@ -338,7 +371,7 @@ absl::Status TrainSparseRank(const Assignment& assignment,
       const auto start = std::chrono::steady_clock::now();
       PSD_RETURN_IF_ERROR(dense->Pull(step, false, param_out));
       batch.Gather(data.train, order.data() + i * batch_size, batch_size);
-      PSD_RETURN_IF_ERROR(batch.Pull(tables.get()));
+      PSD_RETURN_IF_ERROR(batch.Pull(tables.get(), cached_tables > 0 ? step : -1));
       const auto pulled = std::chrono::steady_clock::now();
       if (options.on_step_batch) {
         options.on_step_batch(assignment, epoch, step,
@@ -363,7 +396,10 @@ absl::Status TrainSparseRank(const Assignment& assignment,
         m->step_seconds->Observe(SecondsBetween(start, pushed));
         m->steps->Increment();
         m->samples->Increment(batch_size);
+        m->rows_pulled->Increment(batch.rows_in_batch());
+        m->rows_pushed->Increment(batch.rows_in_batch());
       }
+      if (cached_tables > 0) count_cache();
       loss_sum += loss;
       ++loss_count;
       window_samples += batch_size;
@@ -398,11 +434,12 @@ absl::Status TrainSparseRank(const Assignment& assignment,
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - train_start);
   Log()->info("job {} rank {}: trained {} steps in {:.3f} s ({:.2f} steps/s, "
-              "{:.0f} samples/s), {} table failover(s)",
+              "{:.0f} samples/s), {} table failover(s), row cache {} hits, "
+              "{} misses",
               assignment.job_id(), rank, total_steps - start_step, seconds,
               seconds > 0 ? (total_steps - start_step) / seconds : 0.0,
               seconds > 0 ? (total_steps - start_step) * batch_size / seconds : 0.0,
-              tables->failovers());
+              tables->failovers(), cache_hits, cache_misses);
   return absl::OkStatus();
 }
 

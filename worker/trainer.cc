@@ -49,7 +49,22 @@ TrainerMetrics::TrainerMetrics(MetricsRegistry* registry)
           "psd_worker_network_wait_seconds",
           "Time of one step spent waiting on the network: its pull plus its "
           "push after the backward pass, seconds.",
-          LatencyBuckets())) {}
+          LatencyBuckets())),
+      rows_pulled(registry->AddCounter(
+          "psd_worker_rows_pulled_total",
+          "Sparse jobs: embedding rows a batch read (each field's row once "
+          "per example), before the row cache.")),
+      rows_pushed(registry->AddCounter(
+          "psd_worker_rows_pushed_total",
+          "Sparse jobs: embedding row gradients pushed (each field's row "
+          "once per example; the client sums duplicates before sending).")),
+      row_cache_hits(registry->AddCounter(
+          "psd_worker_row_cache_hits_total",
+          "Sparse jobs: rows answered from the worker row cache (ASP tables "
+          "with cache_staleness_steps).")),
+      row_cache_misses(registry->AddCounter(
+          "psd_worker_row_cache_misses_total",
+          "Sparse jobs: rows the worker row cache had to pull.")) {}
 
 namespace {
 

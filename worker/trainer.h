@@ -30,6 +30,15 @@ struct TrainerMetrics {
   // (psd_worker_network_wait_seconds); its sum over psd_worker_step_seconds'
   // sum is the share of step time spent waiting on the network.
   Histogram* const network_wait_seconds;
+  // Sparse jobs (issue 25): embedding rows pulled from the servers and
+  // pushed to them (psd_worker_rows_pulled_total, _pushed_total, counting
+  // each row of a call once), and the worker row cache's answers
+  // (psd_worker_row_cache_hits_total / _misses_total; ASP tables with
+  // cache_staleness_steps only).
+  Counter* const rows_pulled;
+  Counter* const rows_pushed;
+  Counter* const row_cache_hits;
+  Counter* const row_cache_misses;
 };
 
 struct TrainerOptions {
