@@ -4,7 +4,8 @@
 # shard on 2 servers, a primary and a backup), trains the job, prints its
 # test accuracy, exports the parameters, serves the export with psd_serve
 # and classifies a few test images with curl over the Open Inference
-# Protocol's HTTP/JSON API, and shuts everything down (also on Ctrl-C). Every process talks mutual TLS, with a throwaway CA and
+# Protocol's HTTP/JSON API (a sparse job's tables are listed instead:
+# psd_serve serves MLPs only), and shuts everything down (also on Ctrl-C). Every process talks mutual TLS, with a throwaway CA and
 # certificates made at start (deploy/make_certs.sh), unless --insecure.
 #
 #   deploy/run_local.sh [--job FILE] [--servers N] [--workers N]
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --replication) REPLICATION="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --insecure) INSECURE=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -128,6 +129,12 @@ fi
 "${CTL[@]}" watch "$JOB_ID"
 mkdir -p "$(dirname "$OUT")"
 "${CTL[@]}" export "$JOB_ID" "$OUT"
+if grep -qE '^ *kind: *(SPARSE_LR|DLRM)' "$JOB"; then
+  # A sparse job (issue 25): its tables, per table rows, bytes, checksum.
+  # psd_serve serves MLPs only: nothing to serve.
+  "${CTL[@]}" tables "$JOB_ID"
+  exit 0
+fi
 
 # Serve what it trained: psd_serve on the export (the same TLS as the
 # cluster), a few test images classified with curl over the OIP HTTP/JSON
