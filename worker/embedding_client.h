@@ -109,6 +109,13 @@ class EmbeddingClient {
   int64_t failovers() const { return failovers_; }
   // This client's dedup identity (EmbeddingClientOptions.client_id).
   const std::string& client_id() const { return client_id_; }
+  // Sets the next push call's sequence number (PushRowsRequest.sequence;
+  // each call takes the next). A worker that numbers its calls from its
+  // step (e.g. step x 2^20) with a client_id of its rank gives the worker
+  // that replaces it the same keys for the same step's pushes, so a push
+  // its predecessor made is acknowledged as a duplicate: ASP pushes stay
+  // exactly-once across a worker's death. Sequences must grow.
+  void set_next_sequence(uint64_t sequence) { next_sequence_ = sequence; }
   // Rounds of calls sent again after UNAVAILABLE/DEADLINE_EXCEEDED.
   int64_t retried_calls() const { return retried_calls_; }
 

@@ -260,6 +260,11 @@ absl::Status TrainSparseRank(const Assignment& assignment,
   EmbeddingClientOptions table_options;
   // A BSP push waits for every rank's: as long as a dense pull may.
   table_options.timeout_ms = options.pull_timeout_ms;
+  // The rank's dedup identity, with sequences numbered from the step (see
+  // the push below): the worker that replaces this one after a crash
+  // sends the same keys for the same step. (BSP pushes are deduplicated
+  // by (step, rank) anyway.)
+  table_options.client_id = absl::StrCat("rank-", rank);
   PSD_ASSIGN_OR_RETURN(
       std::unique_ptr<EmbeddingClient> tables,
       EmbeddingClient::Create(assignment.job_id(), replicas, table_options));
@@ -383,6 +388,7 @@ absl::Status TrainSparseRank(const Assignment& assignment,
       const auto computed = std::chrono::steady_clock::now();
       // Rows first, then the dense part (see the header).
       const BspTag tag{step, rank, workers};
+      tables->set_next_sequence(static_cast<uint64_t>(step) << 20);
       PSD_RETURN_IF_ERROR(batch.Push(tables.get(), bsp ? &tag : nullptr, step,
                                      bsp ? 1.0f : 1.0f / workers));
       PSD_RETURN_IF_ERROR(dense->Push(step, grads));
