@@ -293,7 +293,7 @@ int Tables(JobService::Stub* jobs, Coordinator::Stub* coordinator,
     // shard -> (server id, checksum, rows) of each replica that answered.
     std::map<int32_t, std::vector<std::tuple<std::string, uint64_t, int64_t>>>
         shards;
-    int64_t bytes = 0;
+    int64_t bytes = 0, evicted = 0, pending = 0;
     for (const ServerInfo& server : view.servers()) {
       auto stub = EmbeddingServer::NewStub(MakeChannel(server.address()));
       grpc::ClientContext call;
@@ -307,6 +307,8 @@ int Tables(JobService::Stub* jobs, Coordinator::Stub* coordinator,
       if (got.error_code() == grpc::StatusCode::NOT_FOUND) continue;
       if (!got.ok()) return Fail("tables: " + server.id(), got);
       bytes += response.bytes();
+      evicted += response.evicted_rows();
+      pending += response.pending_admission_rows();
       for (const TableShardStatus& s : response.shard_status()) {
         shards[s.shard()].emplace_back(server.id(), s.checksum(), s.rows());
       }
@@ -330,10 +332,17 @@ int Tables(JobService::Stub* jobs, Coordinator::Stub* coordinator,
       rows += std::get<2>(replicas[0]);
     }
     std::printf("table %s: %zu shards held, %lld rows, %lld bytes on all "
-                "replicas, checksum %016llx\n",
+                "replicas, checksum %016llx",
                 table.name().c_str(), shards.size(), static_cast<long long>(rows),
                 static_cast<long long>(bytes),
                 static_cast<unsigned long long>(checksum));
+    if (table.evict_after_steps() > 0 || table.admit_after_pushes() > 1) {
+      // Summed over the replicas, as bytes.
+      std::printf(" (all replicas: %lld rows evicted, %lld waiting for "
+                  "admission)", static_cast<long long>(evicted),
+                  static_cast<long long>(pending));
+    }
+    std::printf("\n");
   }
   return code;
 }

@@ -5,7 +5,10 @@
 #  2. BSP with a worker SIGKILLed mid-job: an idle worker takes its rank
 #     (at the step the servers are at), the job finishes, and every table
 #     shard's replicas agree (R=2).
-#  3. Criteo TSV files (click_data_tool writes generated data in Criteo's
+#  3. A dynamic table under BSP (admit_after_pushes 3, evict_after_steps
+#     40): rows are created only from their third push and evicted when
+#     idle, psd_ctl tables counts both, and the job still learns.
+#  4. Criteo TSV files (click_data_tool writes generated data in Criteo's
 #     layout: 13 integer and 26 categorical fields), read by the workers
 #     from their --data_dir: a SPARSE_LR job over 26 hashed fields learns.
 source tests/cluster_lib.sh
@@ -75,7 +78,21 @@ grep -q "replacing a worker\|at the step its servers are at" "$WORK"/b.w*.log ||
 echo "scenario 2: $(cat "$WORK/kill.tables"), AUC $(epoch_auc "$job")"
 stop_cluster
 
-# --- 3. Criteo files.
+# --- 3. Admission and eviction (same cluster as 2 would do; a fresh one).
+start_replicated d 2 2 1
+lr_job dynamic 4 BSP 'name: "planted-clicks" train_limit: 40000 test_limit: 4000' \
+  'admit_after_pushes: 3 evict_after_steps: 40' >"$WORK/dynamic.textproto"
+job=$(submit "$WORK/dynamic.textproto")
+"${CTL[@]}" watch "$job" >"$WORK/dynamic.watch" || { tail "$WORK/dynamic.watch"; fail "dynamic-table job failed"; }
+"${CTL[@]}" tables "$job" >"$WORK/dynamic.tables" || fail "tables of $job"
+echo "scenario 3 (admission 3, eviction 40 steps): $(cat "$WORK/dynamic.tables"), AUC $(epoch_auc "$job")"
+grep -q "(all replicas: [1-9][0-9]* rows evicted, [1-9][0-9]* waiting for admission)" \
+  "$WORK/dynamic.tables" || fail "no row evicted or waiting for admission"
+python3 -c "import sys; sys.exit(0 if float('$(epoch_auc "$job")') > 0.7 else 1)" ||
+  fail "dynamic table: AUC $(epoch_auc "$job")"
+stop_cluster
+
+# --- 4. Criteo files.
 mkdir -p "$WORK/criteo"
 "$BIN/worker/click_data_tool" --fields=26 --dense=13 --train=20000 --test=2000 \
   --seed=5 --out_dir="$WORK/criteo" >"$WORK/criteo/bayes.json"
@@ -88,6 +105,6 @@ lr_job criteo 26 BSP 'name: "criteo" train_limit: 20000 train_file: "train.tsv" 
 job=$(submit "$WORK/criteo.textproto")
 "${CTL[@]}" watch "$job" >"$WORK/criteo.watch" || { tail "$WORK/criteo.watch"; fail "criteo job failed"; }
 auc=$(epoch_auc "$job")
-echo "scenario 3 (Criteo TSV): test AUC $auc; planted: $(cat "$WORK/criteo/bayes.json")"
+echo "scenario 4 (Criteo TSV): test AUC $auc; planted: $(cat "$WORK/criteo/bayes.json")"
 python3 -c "import sys; sys.exit(0 if float('$auc') > 0.6 else 1)" || fail "criteo: AUC $auc"
 echo PASS
