@@ -10,6 +10,11 @@
 #     ports): the coordinator restores the dense part and the tables at
 #     one common step, on the new replica sets, and the job finishes with
 #     bitwise the undisturbed run's dense checksum and table checksums.
+#  3. The same with one server's table snapshots lost (its embeddings
+#     database removed before the restart): no older common step has them
+#     either, so the job FAILS, naming the table, the server and the step.
+#  4. An ASP sparse job (its tables have no step boundary, so no step
+#     snapshots): after the same restart the job FAILS saying so.
 source tests/cluster_lib.sh
 
 cat >"$WORK/job.textproto" <<'JOB'
@@ -130,4 +135,35 @@ grep -q "restored at step" "$WORK"/K.coordinator.log ||
   fail "the coordinator restored no table"
 cat "$WORK/$job.tables"
 [ "$after" = "$reference" ] || fail "resumed run $after differs from the undisturbed $reference"
+kill_all
+
+# fails_after_restart S JOB_FILE WANT: submits, kills everything mid-job
+# (after RUN_BEFORE_RESTART, if set), restarts; the job must FAIL with a
+# message matching WANT.
+fails_after_restart() {
+  local s=$1 file=$2 want=$3
+  start_persistent "$s"
+  local job
+  job=$("${CTL[@]}" submit "$file")
+  wait_step "$job" 70
+  kill_all
+  ${RUN_BEFORE_RESTART:-true}
+  start_persistent "$s"
+  "${CTL[@]}" watch "$job" >"$WORK/$job.watch" 2>&1 && fail "$s: job $job succeeded"
+  local state message
+  state=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  message=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("error", ""))')
+  echo "$s: $state: $message"
+  [ "$state" = FAILED ] || fail "$s: job $job is $state, want FAILED"
+  echo "$message" | grep -q "$want" || fail "$s: the message does not say \"$want\""
+  kill_all
+}
+
+# 3. Lost table snapshots.
+RUN_BEFORE_RESTART="rm -rf $WORK/L/server2/embeddings" \
+  fails_after_restart L "$WORK/job.textproto" 'restoring table "[a-z]*" on server .* at step [0-9]* failed: restore_step: no snapshot'
+
+# 4. ASP.
+sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/job.textproto" >"$WORK/asp.textproto"
+fails_after_restart A "$WORK/asp.textproto" 'sparse job under ASP: its embedding tables have no step snapshots'
 echo PASS
