@@ -42,7 +42,11 @@ struct EmbeddingServiceOptions {
 // API, and so does SnapshotTable (an in-memory copy while the table's
 // pushes wait, then RocksDB writes, on a sync-API thread) and CreateTable
 // with restore (RocksDB reads, then the table is built before it is
-// listed).
+// listed). With `snapshots`, the service owns an EmbeddingStepWriter that
+// writes the store's step captures (CreateTableRequest.
+// snapshot_every_steps; EmbeddingStore::ScheduleStepCaptures) in the
+// background; CreateTable with restore_step restores the step snapshot of
+// that step (EmbeddingSnapshotStore::ReadStep).
 // Store errors become gRPC statuses with the same code and message
 // (common/status.h). Counts calls, rows, errors and latency in the
 // psd_server_embedding_* metrics (atomics only on the hot path; nothing is
