@@ -10,6 +10,10 @@
 #     ports): the coordinator restores the dense part and the tables at
 #     one common step, on the new replica sets, and the job finishes with
 #     bitwise the undisturbed run's dense checksum and table checksums.
+#  2b. The same, after damaging the two newest snapshots of table "users"
+#     on one server: that table shard lacks the dense part's newest step,
+#     so the whole job restores again at an older common step, and still
+#     finishes with the undisturbed checksums.
 #  3. The same with one server's table snapshots lost (its embeddings
 #     database removed before the restart): no older common step has them
 #     either, so the job FAILS, naming the table, the server and the step.
@@ -43,7 +47,7 @@ batch_size: 100
 epochs: 3
 workers: 2
 seed: 42
-snapshot { every_steps: 20 keep_last: 2 }
+snapshot { every_steps: 20 keep_last: 3 }
 JOB
 
 # start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
@@ -135,6 +139,24 @@ grep -q "restored at step" "$WORK"/K.coordinator.log ||
   fail "the coordinator restored no table"
 cat "$WORK/$job.tables"
 [ "$after" = "$reference" ] || fail "resumed run $after differs from the undisturbed $reference"
+kill_all
+
+# 2b. Damaged newest table snapshots on one server.
+start_persistent D
+job=$("${CTL[@]}" submit "$WORK/job.textproto")
+wait_step "$job" $((steps * 3 / 2 + 5))
+kill_all
+damaged=$("$BIN/tests/corrupt_table_snapshot" "$WORK/D/server1/embeddings" "$job" users 2) ||
+  fail "could not damage the table snapshots"
+start_persistent D
+after=$(sums "$job")
+resumed=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("resumedFromSteps", []))')
+echo "D: damaged generations $(echo $damaged) of users on server 1; resumed from $resumed: $after"
+grep -q "restoring at an older step" "$WORK"/D.coordinator.log ||
+  fail "D: the coordinator did not fall back to an older step"
+[ "$resumed" != "[]" ] && [ "$resumed" != "[0]" ] ||
+  fail "D: the job did not resume from a snapshot (resumed from $resumed)"
+[ "$after" = "$reference" ] || fail "D: resumed run $after differs from the undisturbed $reference"
 kill_all
 
 # fails_after_restart S JOB_FILE WANT: submits, kills everything mid-job
