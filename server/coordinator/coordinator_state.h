@@ -390,8 +390,19 @@ class CoordinatorState {
   // lock held). A server with no snapshot of the job (ListSnapshots empty
   // or NOT_FOUND) while others have some leaves *assignment (its shards
   // keep their other replicas; RepairReplicas brings it back). Returns the
-  // step, or the reason it cannot, naming the shard.
-  absl::StatusOr<int64_t> RestoreFromSnapshots(Assignment* assignment);
+  // step, or the reason it cannot, naming the shard. With `max_step`, at
+  // or before it, dropping what an earlier call restored first (a sparse
+  // job whose tables lack the step found before).
+  absl::StatusOr<int64_t> RestoreFromSnapshots(Assignment* assignment,
+                                               int64_t max_step = INT64_MAX);
+  // A sparse job resumed from snapshots: its tables at the same step as
+  // its dense part (sparse_tables.h, RestoreJobTables) on the new replica
+  // sets, recomputing assignment->table_replicas; where a table shard
+  // lacks that step, the dense part is restored again at an older one.
+  // Returns the step, or why it cannot (an ASP sparse job: its tables
+  // have no step snapshots).
+  absl::StatusOr<int64_t> RestoreSparseTables(Assignment* assignment,
+                                              int64_t step);
 
   // Progress (job_progress.cc).
   void UpdateAggregates(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

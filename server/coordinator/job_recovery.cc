@@ -18,9 +18,11 @@
 #include "common/process.h"
 #include "common/quote.h"
 #include "common/rpc.h"
+#include "common/sparse_config.h"
 #include "common/status.h"
 #include "server/coordinator/replica_sets.h"
 #include "server/coordinator/server_calls.h"
+#include "server/coordinator/sparse_tables.h"
 
 namespace psd {
 
@@ -168,6 +170,7 @@ void CoordinatorState::RecoverJobs() {
   if (job_id.empty()) return;
 
   absl::StatusOr<int64_t> step = RestoreFromSnapshots(&assignment);
+  if (step.ok()) step = RestoreSparseTables(&assignment, *step);
   if (step.ok()) {
     const std::string error = SendViewTo(
         assignment, std::chrono::milliseconds(options_.control_call_budget_ms));
@@ -188,6 +191,7 @@ void CoordinatorState::RecoverJobs() {
   *job.assignment.mutable_shards() = assignment.shards();
   *job.assignment.mutable_servers() = assignment.servers();
   job.assignment.set_view_epoch(assignment.view_epoch());
+  *job.assignment.mutable_table_replicas() = assignment.table_replicas();
   *job.status.mutable_shards() = assignment.shards();
   *job.status.mutable_servers() = assignment.servers();
   job.status.set_view_epoch(assignment.view_epoch());
@@ -213,8 +217,65 @@ void CoordinatorState::RecoverJobs() {
               *step);
 }
 
+absl::StatusOr<int64_t> CoordinatorState::RestoreSparseTables(
+    Assignment* assignment, int64_t step) {
+  if (!IsSparseModel(assignment->config().model())) return step;
+  const std::string job_id = assignment->job_id();
+  auto call_timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
+  auto budget = std::chrono::milliseconds(options_.control_call_budget_ms);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    // The table shards follow the job's shards' (new) replica sets: the
+    // servers' addresses changed with the restart.
+    assignment->clear_table_replicas();
+    auto tables = TableReplicas(*assignment);
+    if (!tables.ok()) return tables.status();
+    for (size_t shard = 0; shard < tables->size(); ++shard) {
+      TableShardAddresses* t = assignment->add_table_replicas();
+      t->set_shard(static_cast<int32_t>(shard));
+      t->mutable_replicas()->Assign((*tables)[shard].begin(),
+                                    (*tables)[shard].end());
+    }
+    if (step == 0) {
+      // Starting again from step 0 (no snapshot anywhere): empty tables.
+      bool retryable = true;
+      const std::string error =
+          CreateJobTables(*assignment, call_timeout, budget, &retryable);
+      if (!error.empty()) return absl::UnavailableError(error);
+      return step;
+    }
+    if (assignment->config().consistency() != BSP) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", Quote(job_id), " is a sparse job under ",
+          Consistency_Name(assignment->config().consistency()),
+          ": its embedding tables have no step snapshots (only BSP table "
+          "shards have a step boundary), so it cannot resume at step ", step,
+          "; resume is built for BSP sparse jobs"));
+    }
+    bool step_missing = false;
+    const std::string error =
+        RestoreJobTables(*assignment, step, call_timeout, budget, &step_missing);
+    if (error.empty()) return step;
+    if (!step_missing) return absl::UnavailableError(error);
+    // A table shard lacks this step (its snapshot was not written, or is
+    // damaged): every part restores again at an older common step.
+    Log()->warn("job {}: {}; restoring at an older step", job_id, error);
+    auto older = RestoreFromSnapshots(assignment, step - 1);
+    if (!older.ok()) {
+      return absl::Status(
+          older.status().code(),
+          absl::StrCat(error, "; and no older common step: ",
+                       older.status().message()));
+    }
+    step = *older;
+  }
+  return absl::InternalError(absl::StrCat(
+      "job ", Quote(job_id), ": its tables and dense part never agreed on a "
+      "snapshot step"));
+}
+
 absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
-    Assignment* assignment) {
+    Assignment* assignment, int64_t max_step) {
+  const bool again = max_step != INT64_MAX;
   const std::string job_id = assignment->job_id();
   auto call_timeout = std::chrono::milliseconds(options_.server_call_timeout_ms);
   // Which servers have snapshots of the job. NOT_FOUND: none there (a
@@ -304,8 +365,9 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
   }
   // Each server restores its newest valid snapshot at or before max_step;
   // until they agree, the ones ahead restore again at the lowest step.
-  int64_t max_step = INT64_MAX;
-  std::vector<int64_t> restored(stubs.size(), -1);
+  // Again: every server holds what an earlier call restored, so each
+  // drops it before it restores.
+  std::vector<int64_t> restored(stubs.size(), again ? INT64_MAX : -1);
   for (int round = 0; round < 100; ++round) {
     for (size_t i = 0; i < stubs.size(); ++i) {
       if (restored[i] == max_step) continue;
@@ -313,9 +375,12 @@ absl::StatusOr<int64_t> CoordinatorState::RestoreFromSnapshots(
         DropJobRequest drop;
         drop.set_job_id(job_id);
         DropJobResponse dropped;
-        PSD_RETURN_IF_ERROR(FromGrpcStatus(
+        grpc::Status status =
             CallServer(stubs[i].get(), &ParameterServer::Stub::DropJob, drop,
-                       &dropped, call_timeout)));
+                       &dropped, call_timeout);
+        if (status.error_code() != grpc::StatusCode::NOT_FOUND) {
+          PSD_RETURN_IF_ERROR(FromGrpcStatus(status));
+        }
       }
       RestoreJobRequest request;
       request.set_job_id(job_id);

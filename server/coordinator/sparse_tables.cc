@@ -16,10 +16,28 @@
 
 namespace psd {
 
-std::string CreateJobTables(const Assignment& assignment,
-                            std::chrono::milliseconds timeout,
-                            std::chrono::milliseconds budget, bool* retryable) {
+namespace {
+
+// The job's table snapshot schedule on the servers: every
+// snapshot.every_steps BSP steps, as the dense part, keeping one more
+// than the job's keep_last (0 = 3): a table shard's clock may be one
+// interval ahead of its dense partitions (rows are pushed first), so the
+// newest dense step is then the tables' second newest.
+void SetSchedule(const JobConfig& config, CreateTableRequest* request) {
+  if (config.snapshot().every_steps() <= 0) return;
+  request->set_snapshot_every_steps(config.snapshot().every_steps());
+  const int32_t keep =
+      config.snapshot().keep_last() > 0 ? config.snapshot().keep_last() : 3;
+  request->set_snapshot_keep_last(keep + 1);
+}
+
+// CreateJobTables (restore_step < 0) or RestoreJobTables.
+std::string PlaceJobTables(const Assignment& assignment, int64_t restore_step,
+                           std::chrono::milliseconds timeout,
+                           std::chrono::milliseconds budget, bool* retryable,
+                           bool* step_missing) {
   *retryable = true;
+  if (step_missing != nullptr) *step_missing = false;
   if (!IsSparseModel(assignment.config().model())) return "";
   auto replicas = TableReplicas(assignment);
   if (!replicas.ok()) {
@@ -49,19 +67,72 @@ std::string CreateJobTables(const Assignment& assignment,
         // One replica: unreplicated (no forwarding), no entry.
         if (r.replicas_size() > 1) *request.add_replicas() = r;
       }
+      SetSchedule(assignment.config(), &request);
       CreateTableResponse response;
-      grpc::Status status =
-          CallIdempotent(stub.get(), &EmbeddingServer::Stub::CreateTable,
-                         request, &response, timeout, budget);
+      grpc::Status status;
+      if (restore_step < 0) {
+        status = CallIdempotent(stub.get(), &EmbeddingServer::Stub::CreateTable,
+                                request, &response, timeout, budget);
+      } else {
+        // Whatever a previous attempt left goes first (a restore of a
+        // table that is there is ALREADY_EXISTS).
+        DropTableRequest drop;
+        drop.set_job_id(assignment.job_id());
+        drop.set_table(request.spec().name());
+        DropTableResponse dropped;
+        status = CallIdempotent(stub.get(), &EmbeddingServer::Stub::DropTable,
+                                drop, &dropped, timeout, budget);
+        if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+          status = grpc::Status::OK;
+        }
+        if (status.ok()) {
+          request.set_restore(true);
+          request.set_restore_step(restore_step);
+          status = CallServer(stub.get(), &EmbeddingServer::Stub::CreateTable,
+                              request, &response, timeout);
+        }
+        if (status.ok()) {
+          Log()->info("job {}: table {} restored at step {} on {} ({} rows, "
+                      "generation {})",
+                      assignment.job_id(), request.spec().name(), restore_step,
+                      address, response.restored_rows(),
+                      response.restored_generation());
+        }
+      }
       if (!status.ok()) {
         *retryable = status.error_code() != grpc::StatusCode::INVALID_ARGUMENT;
-        return absl::StrCat("creating table \"", request.spec().name(),
-                            "\" on server ", address, " failed: ",
-                            status.error_message());
+        if (step_missing != nullptr) {
+          *step_missing = status.error_code() == grpc::StatusCode::NOT_FOUND ||
+                          status.error_code() == grpc::StatusCode::DATA_LOSS;
+        }
+        return absl::StrCat(restore_step < 0 ? "creating" : "restoring",
+                            " table \"", request.spec().name(), "\" on server ",
+                            address,
+                            restore_step < 0
+                                ? std::string()
+                                : absl::StrCat(" at step ", restore_step),
+                            " failed: ", status.error_message());
       }
     }
   }
   return "";
+}
+
+}  // namespace
+
+std::string CreateJobTables(const Assignment& assignment,
+                            std::chrono::milliseconds timeout,
+                            std::chrono::milliseconds budget, bool* retryable) {
+  return PlaceJobTables(assignment, -1, timeout, budget, retryable, nullptr);
+}
+
+std::string RestoreJobTables(const Assignment& assignment, int64_t step,
+                             std::chrono::milliseconds timeout,
+                             std::chrono::milliseconds budget,
+                             bool* step_missing) {
+  bool retryable = true;
+  return PlaceJobTables(assignment, step, timeout, budget, &retryable,
+                        step_missing);
 }
 
 void DropJobTables(const Assignment& assignment,

@@ -207,3 +207,82 @@ absl::StatusOr<int64_t> EmbeddingStore::Restore(
 }
 
 }  // namespace psd
+
+namespace psd {
+
+absl::Status EmbeddingStore::ScheduleStepCaptures(const std::string& job_id,
+                                                  const std::string& table,
+                                                  int64_t every_steps,
+                                                  int keep_last) {
+  if (every_steps < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "snapshot_every_steps: must be >= 0, got ", every_steps));
+  }
+  auto found = Find(job_id, table);
+  if (!found.ok()) return found.status();
+  Table& t = **found;
+  absl::MutexLock lock(&t.bsp_mu);
+  t.capture_every = every_steps;
+  t.capture_keep = keep_last;
+  if (every_steps == 0) t.step_captures.clear();
+  return absl::OkStatus();
+}
+
+void EmbeddingStore::SetStepCaptureSink(StepCaptureSink sink) {
+  absl::MutexLock lock(&sink_mu_);
+  sink_ = std::move(sink);
+}
+
+void EmbeddingStore::CaptureShardAtStep(const std::string& job_id, Table& t,
+                                        int32_t shard, int64_t clock) {
+  Table::StepCapture& partial = t.step_captures[clock];
+  if (partial.capture == nullptr) {
+    partial.capture = std::make_shared<EmbeddingTableCapture>();
+    EmbeddingTableCapture& c = *partial.capture;
+    c.job_id = job_id;
+    c.spec = t.spec;
+    c.shards = t.shards;
+    c.record_floats = t.row_floats;
+    c.step = clock;
+    c.keep_last = t.capture_keep;
+  }
+  if (!partial.shards.insert(shard).second) return;  // copied already
+  EmbeddingTableCapture& c = *partial.capture;
+  const uint64_t num_shards = static_cast<uint64_t>(t.spec.num_shards());
+  // This shard's rows: no step of the table applies meanwhile (bsp_mu),
+  // and ASP pushes are not sent to a BSP table's shards by its workers.
+  for (const Table::Stripe& stripe : t.stripes) {
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (const auto& [row, slot] : stripe.index) {
+      if (SplitMix64Mix(row) % num_shards != static_cast<uint64_t>(shard)) {
+        continue;
+      }
+      c.ids.push_back(row);
+      const float* record = t.Record(stripe, slot);
+      c.records.insert(c.records.end(), record, record + t.row_floats);
+    }
+    for (const auto& [row, pending] : stripe.pending) {
+      if (SplitMix64Mix(row) % num_shards != static_cast<uint64_t>(shard)) {
+        continue;
+      }
+      c.admission.emplace_back(row, pending.count);
+    }
+  }
+  c.bsp_clocks.emplace_back(shard, clock);
+  if (partial.shards.size() < t.shards.size()) return;
+  // Every held shard is in: hand the capture over.
+  std::shared_ptr<EmbeddingTableCapture> done = std::move(partial.capture);
+  t.step_captures.erase(clock);
+  // Older partial captures can no longer complete (their shards moved on
+  // without them, e.g. a shard restored past them).
+  t.step_captures.erase(t.step_captures.begin(),
+                        t.step_captures.lower_bound(clock));
+  std::sort(done->admission.begin(), done->admission.end());
+  std::sort(done->bsp_clocks.begin(), done->bsp_clocks.end());
+  done->bsp_num_ranks = t.bsp_num_ranks;
+  done->asp_step = t.asp_step.load();
+  absl::MutexLock lock(&sink_mu_);
+  if (sink_) sink_(std::move(done));
+}
+
+}  // namespace psd

@@ -217,9 +217,22 @@ EmbeddingService::EmbeddingService(EmbeddingStore* store,
       own_registry_(metrics == nullptr ? std::make_unique<MetricsRegistry>()
                                        : nullptr),
       metrics_(std::make_unique<Metrics>(
-          metrics != nullptr ? metrics : own_registry_.get(), store)) {}
+          metrics != nullptr ? metrics : own_registry_.get(), store)) {
+  // Step snapshots of sparse jobs' tables (CreateTableRequest.
+  // snapshot_every_steps) need somewhere to go.
+  if (snapshots_ != nullptr) {
+    step_writer_ = std::make_unique<EmbeddingStepWriter>(snapshots_);
+    store_->SetStepCaptureSink(
+        [writer = step_writer_.get()](
+            std::shared_ptr<EmbeddingTableCapture> capture) {
+          writer->Enqueue(std::move(capture));
+        });
+  }
+}
 
-EmbeddingService::~EmbeddingService() = default;
+EmbeddingService::~EmbeddingService() {
+  if (step_writer_ != nullptr) store_->SetStepCaptureSink(nullptr);
+}
 
 grpc::ServerUnaryReactor* EmbeddingService::PullRows(
     grpc::CallbackServerContext* context, const PullRowsRequest* request,
@@ -499,6 +512,37 @@ EmbeddingServer::Stub* EmbeddingService::StubFor(const std::string& address) {
 grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
                                            const CreateTableRequest* request,
                                            CreateTableResponse* response) {
+  if (request->snapshot_every_steps() < 0 || request->restore_step() < 0) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        request->restore_step() < 0
+            ? absl::StrCat("restore_step: must be >= 0, got ",
+                           request->restore_step())
+            : absl::StrCat("snapshot_every_steps: must be >= 0, got ",
+                           request->snapshot_every_steps())));
+  }
+  if (request->restore_step() > 0 && !request->restore()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "restore_step: set without restore"));
+  }
+  grpc::Status made = CreateOrRestoreTable(request, response);
+  if (!made.ok() || request->snapshot_every_steps() == 0) return made;
+  if (snapshots_ == nullptr) {
+    Log()->warn("embedding table {} of job {}: no step snapshots (every {} "
+                "steps asked): this server has no --data_dir",
+                request->spec().name(), request->job_id(),
+                request->snapshot_every_steps());
+    return made;
+  }
+  const int keep = request->snapshot_keep_last() > 0
+                       ? std::max(request->snapshot_keep_last(), 2)
+                       : 3;
+  return ToGrpcStatus(store_->ScheduleStepCaptures(
+      request->job_id(), request->spec().name(),
+      request->snapshot_every_steps(), keep));
+}
+
+grpc::Status EmbeddingService::CreateOrRestoreTable(
+    const CreateTableRequest* request, CreateTableResponse* response) {
   std::vector<int32_t> shards(request->shards().begin(),
                               request->shards().end());
   std::vector<TableShardReplicas> replicas(request->replicas().begin(),
@@ -518,8 +562,12 @@ grpc::Status EmbeddingService::CreateTable(grpc::ServerContext*,
     }
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::pair<int64_t, absl::Status>> skipped;
-    auto snapshot = snapshots_->ReadNewestValid(
-        request->job_id(), request->spec().name(), &skipped);
+    auto snapshot =
+        request->restore_step() > 0
+            ? snapshots_->ReadStep(request->job_id(), request->spec().name(),
+                                   request->restore_step(), &skipped)
+            : snapshots_->ReadNewestValid(request->job_id(),
+                                          request->spec().name(), &skipped);
     for (const auto& [generation, error] : skipped) {
       Log()->error("embedding table {} of job {}: snapshot generation {} "
                    "skipped: {}",

@@ -14,6 +14,7 @@
 #include "common/metrics.h"
 #include "proto/embedding.grpc.pb.h"
 #include "server/embedding/embedding_snapshot.h"
+#include "server/embedding/embedding_step_writer.h"
 #include "server/embedding/embedding_store.h"
 
 namespace psd {
@@ -41,7 +42,11 @@ struct EmbeddingServiceOptions {
 // API, and so does SnapshotTable (an in-memory copy while the table's
 // pushes wait, then RocksDB writes, on a sync-API thread) and CreateTable
 // with restore (RocksDB reads, then the table is built before it is
-// listed).
+// listed). With `snapshots`, the service owns an EmbeddingStepWriter that
+// writes the store's step captures (CreateTableRequest.
+// snapshot_every_steps; EmbeddingStore::ScheduleStepCaptures) in the
+// background; CreateTable with restore_step restores the step snapshot of
+// that step (EmbeddingSnapshotStore::ReadStep).
 // Store errors become gRPC statuses with the same code and message
 // (common/status.h). Counts calls, rows, errors and latency in the
 // psd_server_embedding_* metrics (atomics only on the hot path; nothing is
@@ -106,6 +111,9 @@ class EmbeddingService final
   grpc::ServerUnaryReactor* PushBsp(grpc::CallbackServerContext* context,
                                     const PushRowsRequest* request,
                                     PushRowsResponse* response);
+  // CreateTable without its step snapshot schedule (restore or create).
+  grpc::Status CreateOrRestoreTable(const CreateTableRequest* request,
+                                    CreateTableResponse* response);
   // Sends forward->request to `targets` (ReplicateRows, asynchronously);
   // FinishForward runs once all completed.
   void StartForward(Forward* forward, int32_t shard,
@@ -123,6 +131,8 @@ class EmbeddingService final
   const EmbeddingServiceOptions options_;
   std::unique_ptr<MetricsRegistry> own_registry_;  // when none given
   std::unique_ptr<const Metrics> metrics_;
+  // Writes the store's step captures (with `snapshots` only).
+  std::unique_ptr<EmbeddingStepWriter> step_writer_;
 
   absl::Mutex stubs_mu_;
   std::map<std::string, std::unique_ptr<EmbeddingServer::Stub>> stubs_

@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -110,7 +111,7 @@ class EmbeddingSnapshotStore::Impl {
 
   absl::StatusOr<EmbeddingSnapshotManifest> Write(
       const EmbeddingTableCapture& capture,
-      const std::map<std::string, std::string>& metadata);
+      const std::map<std::string, std::string>& metadata, int keep_last);
   absl::StatusOr<std::vector<int64_t>> Generations(const std::string& job_id,
                                                    const std::string& table);
   absl::StatusOr<EmbeddingSnapshot> Read(const std::string& job_id,
@@ -166,7 +167,7 @@ absl::StatusOr<std::vector<int64_t>> EmbeddingSnapshotStore::Impl::Generations(
 
 absl::StatusOr<EmbeddingSnapshotManifest> EmbeddingSnapshotStore::Impl::Write(
     const EmbeddingTableCapture& capture,
-    const std::map<std::string, std::string>& metadata) {
+    const std::map<std::string, std::string>& metadata, int keep_last) {
   const std::string& job = capture.job_id;
   const std::string& table = capture.spec.name();
   PSD_RETURN_IF_ERROR(CheckNames(job, table));
@@ -209,6 +210,7 @@ absl::StatusOr<EmbeddingSnapshotManifest> EmbeddingSnapshotStore::Impl::Write(
   m.set_rows(n);
   m.set_record_floats(rf);
   m.set_created_unix_ms(absl::ToUnixMillis(absl::Now()));
+  m.set_step(capture.step);
   for (const auto& [k, v] : metadata) (*m.mutable_metadata())[k] = v;
   int64_t total = 0;
   // Row batches, one WriteBatch each (unsynced: the manifest's synced
@@ -288,7 +290,8 @@ absl::StatusOr<EmbeddingSnapshotManifest> EmbeddingSnapshotStore::Impl::Write(
   PSD_RETURN_IF_ERROR(FromRocks(
       commit.Put(EmbeddingSnapshotDedupKey(job, table, gen), value), what));
   const size_t keep_old =
-      static_cast<size_t>(std::max(options_.keep_last, 1) - 1);
+      static_cast<size_t>(
+          std::max(keep_last > 0 ? keep_last : options_.keep_last, 1) - 1);
   for (size_t i = keep_old; i < gens.size(); ++i) {
     const int64_t old = gens[i];
     PSD_RETURN_IF_ERROR(FromRocks(
@@ -519,8 +522,8 @@ EmbeddingSnapshotStore::Open(const std::string& dir,
 
 absl::StatusOr<EmbeddingSnapshotManifest> EmbeddingSnapshotStore::Write(
     const EmbeddingTableCapture& capture,
-    const std::map<std::string, std::string>& metadata) {
-  return impl_->Write(capture, metadata);
+    const std::map<std::string, std::string>& metadata, int keep_last) {
+  return impl_->Write(capture, metadata, keep_last);
 }
 
 absl::StatusOr<std::vector<int64_t>> EmbeddingSnapshotStore::Generations(
@@ -556,6 +559,39 @@ absl::StatusOr<EmbeddingSnapshot> EmbeddingSnapshotStore::ReadNewestValid(
                            ? absl::StrCat(" (and ", gens.size() - 1,
                                           " older generation(s) fail too)")
                            : std::string()));
+}
+
+absl::StatusOr<EmbeddingSnapshot> EmbeddingSnapshotStore::ReadStep(
+    const std::string& job_id, const std::string& table, int64_t step,
+    std::vector<std::pair<int64_t, absl::Status>>* skipped) {
+  if (step <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("restore_step: must be > 0, got ", step));
+  }
+  PSD_ASSIGN_OR_RETURN(std::vector<int64_t> gens,
+                       impl_->Generations(job_id, table));
+  absl::Status first;
+  std::vector<int64_t> steps;  // of the generations that verify
+  for (int64_t g : gens) {
+    absl::StatusOr<EmbeddingSnapshot> r = impl_->Read(job_id, table, g);
+    if (r.ok()) {
+      if (r->manifest.step() == step) return r;
+      steps.push_back(r->manifest.step());
+      continue;
+    }
+    if (!absl::IsDataLoss(r.status())) return r.status();
+    if (first.ok()) first = r.status();
+    if (skipped != nullptr) skipped->emplace_back(g, r.status());
+  }
+  if (!first.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "restore_step: no valid snapshot of table \"", table, "\" of job ",
+        job_id, " at step ", step, " (a damaged one: ", first.message(), ")"));
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "restore_step: no snapshot of table \"", table, "\" of job ", job_id,
+      " at step ", step, " in ", impl_->dir_, " (it has steps [",
+      absl::StrJoin(steps, ", "), "])"));
 }
 
 const std::string& EmbeddingSnapshotStore::dir() const { return impl_->dir_; }

@@ -89,9 +89,13 @@ class EmbeddingSnapshotStore {
   // or NUL; inconsistent capture); RocksDB's, naming the table:
   // RESOURCE_EXHAUSTED (disk full), UNAVAILABLE (I/O). After an error the
   // previous generation is still the newest complete one.
+  // `keep_last` > 0 overrides EmbeddingSnapshotOptions.keep_last for this
+  // write (the generations kept after it); capture.step goes to the
+  // manifest's step.
   absl::StatusOr<EmbeddingSnapshotManifest> Write(
       const EmbeddingTableCapture& capture,
-      const std::map<std::string, std::string>& metadata = {});
+      const std::map<std::string, std::string>& metadata = {},
+      int keep_last = 0);
 
   // The table's complete generations (those with a manifest), newest
   // first. Nothing verified. Errors: INVALID_ARGUMENT (job id), RocksDB's.
@@ -117,6 +121,17 @@ class EmbeddingSnapshotStore {
   // other errors at once.
   absl::StatusOr<EmbeddingSnapshot> ReadNewestValid(
       const std::string& job_id, const std::string& table,
+      std::vector<std::pair<int64_t, absl::Status>>* skipped = nullptr);
+
+  // The newest generation whose manifest step (a step snapshot's BSP step,
+  // EmbeddingTableCapture.step) is `step` and that verifies; damaged
+  // generations are skipped as by ReadNewestValid. Reads (and verifies)
+  // each newer generation on the way: O(keep_last x rows). Errors:
+  // INVALID_ARGUMENT naming restore_step (step <= 0); NOT_FOUND naming
+  // restore_step, listing the steps there are; DATA_LOSS when only a
+  // damaged generation could have been it.
+  absl::StatusOr<EmbeddingSnapshot> ReadStep(
+      const std::string& job_id, const std::string& table, int64_t step,
       std::vector<std::pair<int64_t, absl::Status>>* skipped = nullptr);
 
   // Where it lives (the `dir` given to Open).

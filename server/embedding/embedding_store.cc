@@ -821,6 +821,9 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
   if (n > 0 && b.clock % std::max<int64_t>(1, n / 4) == 0) {
     Evict(t, tag.shard, tag.step, *arena_bytes_);
   }
+  if (t.capture_every > 0 && b.clock % t.capture_every == 0) {
+    CaptureShardAtStep(job_id, t, tag.shard, b.clock);
+  }
   if (merged) {
     // Pushes of this step that clients sent here (while another replica
     // was their primary) are answered: the step is applied here now.

@@ -50,6 +50,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -107,6 +108,12 @@ struct EmbeddingTableCapture {
   std::vector<std::pair<uint64_t, uint32_t>> admission;
   // The shards held, ascending.
   std::vector<int32_t> shards;
+  // A step capture (EmbeddingStore::ScheduleStepCaptures): the BSP step k
+  // at which every held shard was copied (each at clock k); 0 otherwise.
+  int64_t step = 0;
+  // A step capture: the generations to keep when written (0: the
+  // snapshot store's default).
+  int keep_last = 0;
   // Floats per row record: 2 (the int64 update count, its 8 bytes as they
   // are in memory, little-endian) + dim (weights) + dim x OptimizerSlots
   // (slots, one after the other).
@@ -315,6 +322,32 @@ class EmbeddingStore {
       const EmbeddingTableCapture& capture, const std::vector<int32_t>& shards,
       const std::vector<TableShardReplicas>& replicas = {});
 
+  // Step captures (issue 25: a sparse job's tables snapshotted with its
+  // dense part). From now on, whenever a BSP step makes a held shard's
+  // clock a multiple k of `every_steps` (step k - 1 applied, by PushBsp
+  // from a client or a primary's forward alike), that shard's rows,
+  // admission counts and clock are copied (under the table's BSP lock, so
+  // no other step of the table applies meanwhile); once every held shard
+  // has its copy of step k, the capture (EmbeddingTableCapture.step = k,
+  // bsp_clocks all k, keep_last = `keep_last`, no dedup logs: BSP pushes
+  // are deduplicated by step) goes to the sink (SetStepCaptureSink). The
+  // shards of a table are at most one step apart under BSP (a rank pushes
+  // step s + 1 only once its step s was applied on every shard), so at
+  // most two captures are partial at once. Eviction clocks are not
+  // captured (a restore restarts them). every_steps 0 stops them.
+  // Errors: NOT_FOUND; INVALID_ARGUMENT naming snapshot_every_steps (< 0).
+  absl::Status ScheduleStepCaptures(const std::string& job_id,
+                                    const std::string& table,
+                                    int64_t every_steps, int keep_last);
+
+  // Where complete step captures go. Called with the table's BSP lock
+  // held, on the thread of the push that completed it: it must not call
+  // back into the store, and should only queue the capture (e.g.
+  // EmbeddingStepWriter). Without a sink, captures are dropped.
+  using StepCaptureSink =
+      std::function<void(std::shared_ptr<EmbeddingTableCapture>)>;
+  void SetStepCaptureSink(StepCaptureSink sink);
+
   // Frees the table (calls in flight on it finish first on their own copy
   // of its handle). Errors: NOT_FOUND.
   absl::Status DropTable(const std::string& job_id, const std::string& table);
@@ -360,6 +393,15 @@ class EmbeddingStore {
   // while calls on them finish.
   const std::shared_ptr<std::atomic<int64_t>> bytes_;
   const std::shared_ptr<std::atomic<int64_t>> arena_bytes_;
+
+  // Copies shard `shard` of `t` (its clock just became `clock`) into the
+  // table's step capture of `clock`; hands a complete one to the sink.
+  // REQUIRES: t.bsp_mu held, t.capture_mu held shared.
+  void CaptureShardAtStep(const std::string& job_id, Table& t, int32_t shard,
+                          int64_t clock);
+
+  absl::Mutex sink_mu_;
+  StepCaptureSink sink_ ABSL_GUARDED_BY(sink_mu_);
 
   mutable absl::Mutex mu_;
   // (job id, table name) -> table.

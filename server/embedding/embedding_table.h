@@ -216,6 +216,17 @@ struct EmbeddingStore::Table {
   mutable absl::Mutex bsp_mu;
   std::map<int32_t, BspShard> bsp ABSL_GUARDED_BY(bsp_mu);
   int32_t bsp_num_ranks ABSL_GUARDED_BY(bsp_mu) = 0;
+  // Step captures (EmbeddingStore::ScheduleStepCaptures): every this many
+  // BSP steps (0: none), keeping this many generations; the captures of
+  // steps some held shard has not reached yet, by step, and the shards
+  // already copied into each.
+  int64_t capture_every ABSL_GUARDED_BY(bsp_mu) = 0;
+  int capture_keep ABSL_GUARDED_BY(bsp_mu) = 0;
+  struct StepCapture {
+    std::shared_ptr<EmbeddingTableCapture> capture;
+    std::set<int32_t> shards;
+  };
+  std::map<int64_t, StepCapture> step_captures ABSL_GUARDED_BY(bsp_mu);
   // ASP: the highest PushRowsRequest.step seen, and the step of the next
   // eviction scan.
   std::atomic<int64_t> asp_step{0};
