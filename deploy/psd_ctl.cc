@@ -420,7 +420,9 @@ absl::Status ExportTables(Coordinator::Stub* coordinator, const JobStatus& job,
     const std::string file = TableExportPath(path, table.name());
     absl::Status written = WriteTypedSafetensors(file, tensors, metadata);
     if (!written.ok()) return written;
-    std::printf("table %s: %lld rows of dim %d to %s, checksum crc32:%08x\n",
+    // (Not "crc32:": scripts take the dense part's checksum by that.)
+    std::printf("table %s: %lld rows of dim %d to %s (CRC-32 of ids and "
+                "rows: %08x)\n",
                 table.name().c_str(), static_cast<long long>(n), spec.dim(),
                 file.c_str(), TypedTensorChecksum(tensors));
   }
