@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <numeric>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -80,17 +79,17 @@ grpc::Status EmbeddingService::ExportRows(
             ? options_.submitted_by(request->job_id())
             : absl::StatusOr<std::string>(absl::PermissionDeniedError(
                   "ExportRows: this server cannot tell who submitted a job"));
-    absl::Status allowed =
-        submitted_by.ok() ? AuthorizeJobAction(caller, *submitted_by, "export",
-                                               request->job_id())
-                          : submitted_by.status();
+    absl::Status allowed = submitted_by.ok()
+                               ? AuthorizeJobAction(caller, *submitted_by,
+                                                    "export", request->job_id())
+                               : submitted_by.status();
     if (!allowed.ok()) return ToGrpcStatus(allowed);
   }
   if (request->max_chunk_bytes() < 0 ||
       request->max_chunk_bytes() > kMaxExportChunkBytes) {
-    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-        "max_chunk_bytes: must be in [0, ", kMaxExportChunkBytes,
-        "] (0 = 1 MiB), got ", request->max_chunk_bytes())));
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("max_chunk_bytes: must be in [0, ", kMaxExportChunkBytes,
+                     "] (0 = 1 MiB), got ", request->max_chunk_bytes())));
   }
   auto rows = ExportShardRows(*store_, request->job_id(), request->table(),
                               request->shard());
@@ -115,8 +114,9 @@ grpc::Status EmbeddingService::ExportRows(
     t->set_dtype(FLOAT32);
     t->add_shape(end - begin);
     t->add_shape(dim);
-    t->set_data(reinterpret_cast<const char*>(rows->weights.data() + begin * dim),
-                (end - begin) * dim * sizeof(float));
+    t->set_data(
+        reinterpret_cast<const char*>(rows->weights.data() + begin * dim),
+        (end - begin) * dim * sizeof(float));
     if (!writer->Write(chunk)) {
       return grpc::Status(grpc::StatusCode::CANCELLED,
                           "ExportRows: the client went away");

@@ -1,6 +1,8 @@
 // EmbeddingServer.ExportRows over real gRPC on 127.0.0.1 (an in-process
 // server on an OS-chosen port): one shard's weights in ascending id, in
 // bounded chunks, equal to what PullRows returns; errors name the field.
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
