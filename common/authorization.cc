@@ -56,6 +56,10 @@ const absl::flat_hash_map<std::string, RoleSet>& MethodRoles() {
     add("psd.v1.EmbeddingServer", {"TableStatus"},
         kWorker | kCoordinator | kServer | kPeople);
     add("psd.v1.EmbeddingServer", {"ReplicateRows"}, kServer);
+    // Export of a sparse job's tables (psd_ctl export): a user only of a
+    // job it submitted (EmbeddingService::ExportRows checks).
+    add("psd.v1.EmbeddingServer", {"ExportRows"},
+        kWorker | kActors | kServe);
     add("psd.v1.Coordinator", {"RegisterServer"}, kServer);
     add("psd.v1.Coordinator", {"RegisterWorker", "ReportProgress"}, kWorker);
     add("psd.v1.Coordinator", {"Heartbeat"}, kServer | kWorker);

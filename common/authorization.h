@@ -28,6 +28,10 @@
 //                                                    server, user, viewer,
 //                                                    admin (psd_ctl tables)
 //     ReplicateRows                                  server
+//     ExportRows                                     worker, serve, user,
+//                                                    admin (psd_ctl export;
+//                                                    a user only of a job
+//                                                    it submitted, as Pull)
 //   psd.v1.Coordinator
 //     RegisterServer                                 server
 //     RegisterWorker, ReportProgress                 worker

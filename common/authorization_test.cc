@@ -190,5 +190,18 @@ TEST_CASE("AuthorizeJobAction: the submitter or an admin, nobody else",
         absl::StatusCode::kPermissionDenied);
 }
 
+TEST_CASE("AuthorizeCall: ExportRows for workers, serve, users and admins",
+          "[authorization]") {
+  const char* method = "/psd.v1.EmbeddingServer/ExportRows";
+  CHECK(Call(method, "spiffe://psd/worker").ok());
+  CHECK(Call(method, "spiffe://psd/serve/fashion").ok());
+  CHECK(Call(method, "spiffe://psd/user/alice").ok());
+  CHECK(Call(method, "spiffe://psd/admin/root").ok());
+  CHECK(Call(method, "spiffe://psd/viewer/dash").code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(Call(method, "spiffe://psd/coordinator").code() ==
+        absl::StatusCode::kPermissionDenied);
+}
+
 }  // namespace
 }  // namespace psd

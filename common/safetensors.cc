@@ -349,4 +349,118 @@ uint32_t ParameterChecksum(const std::vector<NamedTensor>& tensors) {
   return static_cast<uint32_t>(crc);
 }
 
+namespace {
+
+// A JSON string literal of s (RFC 8259: quote, backslash and control
+// characters escaped; other bytes as they are).
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          absl::StrAppend(&out, "\\u00", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+absl::Status WriteTypedSafetensors(
+    const std::string& path, const std::vector<TypedTensor>& tensors,
+    const std::map<std::string, std::string>& metadata) {
+  std::vector<std::string> entries;
+  std::vector<std::string> meta;
+  for (const auto& [key, value] : metadata) {
+    if (!PlainToken(key)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metadata key \"", key, "\": only [A-Za-z0-9._:-] allowed"));
+    }
+    meta.push_back(absl::StrCat("\"", key, "\":", JsonString(value)));
+  }
+  if (!meta.empty()) {
+    entries.push_back(
+        absl::StrCat("\"__metadata__\":{", absl::StrJoin(meta, ","), "}"));
+  }
+  int64_t offset = 0;
+  std::set<std::string> names;
+  for (const TypedTensor& t : tensors) {
+    if (!PlainToken(t.name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor name \"", t.name, "\": only [A-Za-z0-9._:-] allowed"));
+    }
+    if (t.name == "__metadata__" || !names.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor name \"", t.name, "\": used twice, or reserved"));
+    }
+    int64_t element = 0;
+    if (t.dtype == "F32") element = 4;
+    if (t.dtype == "I64" || t.dtype == "U64") element = 8;
+    if (element == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t.name, ": dtype \"", t.dtype,
+                       "\" not supported (F32, I64 or U64)"));
+    }
+    const int64_t bytes = static_cast<int64_t>(t.data.size());
+    int64_t n = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0 || d > (int64_t{1} << 53)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", t.name, ": dimension ", d, " is not in [0, 2^53]"));
+      }
+      if (d != 0 && n > bytes / element / d) n = -1;  // more than data holds
+      if (n < 0) break;
+      n *= d;
+    }
+    if (n < 0 || n * element != bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", t.name, ": shape [", absl::StrJoin(t.shape, ","),
+          "] of ", t.dtype, " does not match data of ", bytes, " bytes"));
+    }
+    entries.push_back(absl::StrCat(
+        "\"", t.name, "\":{\"dtype\":\"", t.dtype, "\",\"shape\":[",
+        absl::StrJoin(t.shape, ","), "],\"data_offsets\":[", offset, ",",
+        offset + bytes, "]}"));
+    offset += bytes;
+  }
+  std::string header = absl::StrCat("{", absl::StrJoin(entries, ","), "}");
+  header.append((8 - header.size() % 8) % 8, ' ');  // align the data to 8
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  const uint64_t length = header.size();
+  char length_bytes[8];
+  for (int i = 0; i < 8; ++i) length_bytes[i] = static_cast<char>(length >> (8 * i));
+  out.write(length_bytes, 8);
+  out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  for (const TypedTensor& t : tensors) {
+    out.write(t.data.data(), static_cast<std::streamsize>(t.data.size()));
+  }
+  out.close();
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+uint32_t TypedTensorChecksum(const std::vector<TypedTensor>& tensors) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (const TypedTensor& t : tensors) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(t.name.data()),
+                static_cast<uInt>(t.name.size()));
+    // In pieces: uInt is 32 bits.
+    for (size_t at = 0; at < t.data.size(); at += size_t{1} << 30) {
+      const size_t n = std::min(t.data.size() - at, size_t{1} << 30);
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(t.data.data() + at),
+                  static_cast<uInt>(n));
+    }
+  }
+  return static_cast<uint32_t>(crc);
+}
+
 }  // namespace psd

@@ -34,6 +34,30 @@ absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<NamedTensor>& tensors,
                               const std::map<std::string, std::string>& metadata);
 
+// A tensor of any dtype WriteTypedSafetensors knows, as its raw bytes.
+struct TypedTensor {
+  // [A-Za-z0-9._:-] only.
+  std::string name;
+  // "F32" (float32), "I64" (int64) or "U64" (uint64): safetensors' names.
+  std::string dtype;
+  std::vector<int64_t> shape;
+  // product(shape) elements of dtype, little-endian, row-major.
+  std::string data;
+};
+
+// Writes `tensors` (each of its own dtype) in the order given, and
+// `metadata` under "__metadata__": keys [A-Za-z0-9._:-], values any UTF-8
+// string (JSON-escaped, e.g. a JSON document). Errors: INVALID_ARGUMENT
+// (as WriteSafetensors, plus "dtype" not one of the three, data not
+// product(shape) x element size bytes), UNAVAILABLE (cannot write).
+absl::Status WriteTypedSafetensors(
+    const std::string& path, const std::vector<TypedTensor>& tensors,
+    const std::map<std::string, std::string>& metadata);
+
+// CRC-32 (zlib) over the tensors' names and data bytes in order (for F32
+// tensors the same value as ParameterChecksum).
+uint32_t TypedTensorChecksum(const std::vector<TypedTensor>& tensors);
+
 // A safetensors file read back: its tensors in data order (ascending
 // data_offsets, which for WriteSafetensors' files is the order written)
 // and its "__metadata__" (string -> string; empty when absent).

@@ -191,5 +191,49 @@ TEST_CASE("Safetensors: a file cut short anywhere is an error, not a crash",
   }
 }
 
+TEST_CASE("Safetensors: WriteTypedSafetensors writes I64 and F32 tensors "
+          "and JSON metadata",
+          "[safetensors]") {
+  const std::string path = TempPath("typed.safetensors");
+  std::string ids(16, '\0');
+  ids[0] = 3;
+  ids[8] = 9;
+  const float row[2] = {1.5f, -2.0f};
+  std::string rows(reinterpret_cast<const char*>(row), 8);
+  rows += rows;
+  std::vector<TypedTensor> tensors = {{"ids", "I64", {2}, ids},
+                                      {"rows", "F32", {2, 2}, rows}};
+  REQUIRE(WriteTypedSafetensors(path, tensors,
+                                {{"initializer", "{\"kind\":\"ZERO\"}\n"}})
+              .ok());
+  std::ifstream in(path, std::ios::binary);
+  std::string file((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(file[i]);
+  REQUIRE(n % 8 == 0);
+  const std::string header = file.substr(8, n);
+  CHECK(header.find(R"("__metadata__":{"initializer":"{\"kind\":\"ZERO\"}\n"})") !=
+        std::string::npos);
+  CHECK(header.find(R"("ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]})") !=
+        std::string::npos);
+  CHECK(header.find(R"("rows":{"dtype":"F32","shape":[2,2],"data_offsets":[16,32]})") !=
+        std::string::npos);
+  CHECK(file.substr(8 + n) == ids + rows);
+  // The checksum of F32 tensors is ParameterChecksum's.
+  NamedTensor f{"rows", {2, 2}, {1.5f, -2.0f, 1.5f, -2.0f}};
+  CHECK(TypedTensorChecksum({tensors[1]}) == ParameterChecksum({f}));
+
+  CHECK(WriteTypedSafetensors(path, {{"x", "I32", {1}, "abcd"}}, {}).code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(WriteTypedSafetensors(path, {{"x", "I64", {3}, ids}}, {}).code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(WriteTypedSafetensors(path, {{"x", "I64", {-2}, ids}}, {}).code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(WriteTypedSafetensors(path, tensors, {{"bad key", "v"}}).code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(WriteTypedSafetensors(path, {{"x", "U64", {0, 5}, ""}}, {}).ok());
+}
+
 }  // namespace
 }  // namespace psd

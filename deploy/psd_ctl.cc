@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <algorithm>
 #include <chrono>
 #include <thread>
@@ -21,7 +22,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/job_config.h"
@@ -73,7 +76,9 @@ constexpr char kUsage[] =
     "  replicas JOB_ID      checksum of every replica of the job's shards;\n"
     "                       fails when they differ\n"
     "  export JOB_ID FILE   pull the job's parameters into a safetensors\n"
-    "                       file and print their CRC-32 checksum\n"
+    "                       file and print their CRC-32 checksum; a sparse\n"
+    "                       job's tables go to FILE's stem.TABLE.safetensors\n"
+    "                       (ids I64 [n], rows F32 [n, dim]; see README)\n"
     "  tables JOB_ID        a sparse job's embedding tables (issue 25): per\n"
     "                       table its shards, rows, bytes over all replicas\n"
     "                       and a checksum of its rows (the sum of the\n"
@@ -240,8 +245,192 @@ int Replicas(JobService::Stub* jobs, const std::string& id) {
   return 0;
 }
 
-int Export(JobService::Stub* jobs, const std::string& id,
-           const std::string& path) {
+// The file of table `table` beside the dense part's `path`:
+// "<path without .safetensors>.<table>.safetensors".
+std::string TableExportPath(const std::string& path, const std::string& table) {
+  constexpr absl::string_view kSuffix = ".safetensors";
+  absl::string_view base = path;
+  if (absl::EndsWith(base, kSuffix)) base.remove_suffix(kSuffix.size());
+  return absl::StrCat(base, ".", table, kSuffix);
+}
+
+// One table of a sparse job exported (ExportTables).
+struct ExportedTable {
+  std::string path;
+  int64_t rows = 0;
+  int32_t dim = 0;
+  uint32_t crc32 = 0;
+};
+
+// Reads shard `shard` of `table` from `address` (ExportRows) and appends
+// its ids and rows to *ids / *rows; sets *spec from the first chunk.
+absl::Status ReadShard(const std::string& address, const std::string& job_id,
+                       const std::string& table, int32_t shard,
+                       EmbeddingTableSpec* spec, std::vector<int64_t>* ids,
+                       std::string* rows) {
+  auto stub = EmbeddingServer::NewStub(MakeChannel(address));
+  grpc::ClientContext call;
+  call.set_deadline(DeadlineIn(CallTimeout()));
+  ExportRowsRequest request;
+  request.set_job_id(job_id);
+  request.set_table(table);
+  request.set_shard(shard);
+  auto reader = stub->ExportRows(&call, request);
+  ExportRowsResponse chunk;
+  const size_t ids_before = ids->size(), rows_before = rows->size();
+  int64_t total = -1;
+  while (reader->Read(&chunk)) {
+    if (total < 0) {
+      *spec = chunk.spec();
+      total = chunk.total_rows();
+    }
+    const int64_t n = chunk.row_ids_size();
+    const int64_t want = n * spec->dim() * 4;
+    if (spec->dim() <= 0 || chunk.rows().dtype() != FLOAT32 ||
+        static_cast<int64_t>(chunk.rows().data().size()) != want) {
+      call.TryCancel();
+      reader->Finish();
+      ids->resize(ids_before);
+      rows->resize(rows_before);
+      return absl::DataLossError(absl::StrCat(
+          address, ": ExportRows of shard ", shard, " sent ",
+          chunk.rows().data().size(), " bytes of rows for ", n,
+          " ids of dim ", spec->dim()));
+    }
+    for (uint64_t id : chunk.row_ids()) ids->push_back(static_cast<int64_t>(id));
+    rows->append(chunk.rows().data());
+  }
+  grpc::Status done = reader->Finish();
+  const int64_t got = static_cast<int64_t>(ids->size() - ids_before);
+  if (done.ok() && got != total) {
+    done = grpc::Status(grpc::StatusCode::DATA_LOSS,
+                        absl::StrCat("stream ended after ", got, " of ", total,
+                                     " rows"));
+  }
+  if (!done.ok()) {
+    ids->resize(ids_before);
+    rows->resize(rows_before);
+    return absl::Status(static_cast<absl::StatusCode>(done.error_code()),
+                        absl::StrCat(address, ": ", done.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+// Writes every embedding table of sparse job `job` beside `path`
+// (TableExportPath): tensors "ids" (I64 [n], ascending) and "rows" (F32
+// [n, dim], row i is ids[i]'s weights) holding every row some server
+// holds, each shard read once from the first server holding it that
+// answers (servers from GetClusterView, as `tables`); metadata: job_id,
+// table, num_rows, dim, rows, and the table's initializer as JSON (the
+// value of every row not listed). Prints one line per table.
+absl::Status ExportTables(Coordinator::Stub* coordinator, const JobStatus& job,
+                          const std::string& path) {
+  ClusterView view;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(CallTimeout()));
+    grpc::Status status =
+        coordinator->GetClusterView(&context, GetClusterViewRequest(), &view);
+    if (!status.ok()) return FromGrpcStatus(status);
+  }
+  for (const EmbeddingTableSpec& table : job.config().model().tables()) {
+    // Which registered servers hold which shards of the table.
+    std::map<int32_t, std::vector<std::string>> holders;
+    int32_t num_shards = 0;
+    std::vector<std::string> errors;
+    for (const ServerInfo& server : view.servers()) {
+      auto stub = EmbeddingServer::NewStub(MakeChannel(server.address()));
+      grpc::ClientContext call;
+      call.set_deadline(DeadlineIn(CallTimeout()));
+      TableStatusRequest request;
+      request.set_job_id(job.job_id());
+      request.set_table(table.name());
+      TableStatusResponse response;
+      grpc::Status got = stub->TableStatus(&call, request, &response);
+      if (got.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+      if (!got.ok()) {
+        errors.push_back(absl::StrCat(server.id(), ": ", got.error_message()));
+        continue;
+      }
+      num_shards = response.spec().num_shards();
+      for (int32_t shard : response.shards()) {
+        holders[shard].push_back(server.address());
+      }
+    }
+    if (num_shards == 0) {
+      return absl::NotFoundError(absl::StrCat(
+          "table ", table.name(), ": no registered server holds it",
+          errors.empty() ? "" : " (", absl::StrJoin(errors, "; "),
+          errors.empty() ? "" : ")"));
+    }
+    EmbeddingTableSpec spec;
+    std::vector<int64_t> ids;
+    std::string rows;
+    for (int32_t shard = 0; shard < num_shards; ++shard) {
+      absl::Status read = absl::NotFoundError("no registered server holds it");
+      for (const std::string& address : holders[shard]) {
+        read = ReadShard(address, job.job_id(), table.name(), shard, &spec,
+                         &ids, &rows);
+        if (read.ok()) break;
+        errors.push_back(std::string(read.message()));
+      }
+      if (!read.ok()) {
+        return absl::Status(read.code(), absl::StrCat(
+            "table ", table.name(), " shard ", shard, ": no server gave its "
+            "rows (", absl::StrJoin(errors, "; "), ")"));
+      }
+    }
+    // Shards interleave ids: sort the whole table by id.
+    const int64_t n = static_cast<int64_t>(ids.size());
+    const size_t row_bytes = static_cast<size_t>(spec.dim()) * 4;
+    std::vector<int64_t> order(n);
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    TypedTensor id_tensor{"ids", "I64", {n}, std::string(n * 8, '\0')};
+    TypedTensor row_tensor{"rows", "F32", {n, spec.dim()},
+                           std::string(n * row_bytes, '\0')};
+    for (int64_t k = 0; k < n; ++k) {
+      if (k > 0 && ids[order[k]] == ids[order[k - 1]]) {
+        return absl::DataLossError(absl::StrCat(
+            "table ", table.name(), ": row ", ids[order[k]],
+            " was sent by two shards"));
+      }
+      std::memcpy(id_tensor.data.data() + k * 8, &ids[order[k]], 8);
+      std::memcpy(row_tensor.data.data() + k * row_bytes,
+                  rows.data() + order[k] * row_bytes, row_bytes);
+    }
+    std::string initializer;
+    google::protobuf::util::JsonPrintOptions json;
+    json.always_print_primitive_fields = true;
+    json.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(spec.initializer(),
+                                                      &initializer, json);
+    std::map<std::string, std::string> metadata = {
+        {"format", "psd-embedding-table-v1"},
+        {"job_id", job.job_id()},
+        {"table", table.name()},
+        {"num_rows", absl::StrCat(spec.num_rows())},
+        {"dim", absl::StrCat(spec.dim())},
+        {"rows", absl::StrCat(n)},
+        {"initializer", initializer},
+    };
+    std::vector<TypedTensor> tensors = {std::move(id_tensor),
+                                        std::move(row_tensor)};
+    const std::string file = TableExportPath(path, table.name());
+    absl::Status written = WriteTypedSafetensors(file, tensors, metadata);
+    if (!written.ok()) return written;
+    // (Not "crc32:": scripts take the dense part's checksum by that.)
+    std::printf("table %s: %lld rows of dim %d to %s (CRC-32 of ids and "
+                "rows: %08x)\n",
+                table.name().c_str(), static_cast<long long>(n), spec.dim(),
+                file.c_str(), TypedTensorChecksum(tensors));
+  }
+  return absl::OkStatus();
+}
+
+int Export(JobService::Stub* jobs, Coordinator::Stub* coordinator,
+           const std::string& id, const std::string& path) {
   auto status = GetJob(jobs, id);
   if (!status.ok()) {
     std::fprintf(stderr, "psd_ctl: export: %s\n", status.status().ToString().c_str());
@@ -266,6 +455,13 @@ int Export(JobService::Stub* jobs, const std::string& id,
   std::printf("exported %d tensors at step %lld to %s\nchecksum crc32:%08x\n",
               static_cast<int>(tensors.size()), static_cast<long long>(step),
               path.c_str(), ParameterChecksum(tensors));
+  if (!status->config().model().tables().empty()) {
+    absl::Status tables = ExportTables(coordinator, *status, path);
+    if (!tables.ok()) {
+      std::fprintf(stderr, "psd_ctl: export: %s\n", tables.ToString().c_str());
+      return 1;
+    }
+  }
   return 0;
 }
 
@@ -561,7 +757,7 @@ int Main(const std::vector<std::string>& args) {
   }
   if (command == "export") {
     if (!need(2)) return 2;
-    return Export(jobs.get(), args[1], args[2]);
+    return Export(jobs.get(), coordinator.get(), args[1], args[2]);
   }
   if (command == "tables") {
     if (!need(1)) return 2;

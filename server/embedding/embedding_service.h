@@ -4,6 +4,7 @@
 #ifndef PSD_SERVER_EMBEDDING_EMBEDDING_SERVICE_H_
 #define PSD_SERVER_EMBEDDING_EMBEDDING_SERVICE_H_
 
+#include <functional>
 #include <map>
 #include <vector>
 #include <memory>
@@ -29,6 +30,13 @@ struct EmbeddingServiceOptions {
   // policy: backoff 100 ms doubling up to 1 s, jittered), 1 to 5; then the
   // backup is dropped. Default: 4.
   int forward_attempts = 4;
+  // Who submitted a job (JobStatus.submitted_by, a PrincipalName; "" on a
+  // plaintext cluster), for ExportRows by users: only of a job they
+  // submitted (AuthorizeJobAction). psd_server: its ParameterStore's
+  // SubmittedBy (a server holding a table shard of a job holds the job's
+  // dense shard too). Unset: users are refused. Default: unset.
+  std::function<absl::StatusOr<std::string>(const std::string& job_id)>
+      submitted_by;
 };
 
 // PullRows, PushRows and ReplicateRows use the callback API and run on the
@@ -91,6 +99,12 @@ class EmbeddingService final
   grpc::Status SnapshotTable(grpc::ServerContext* context,
                              const SnapshotTableRequest* request,
                              SnapshotTableResponse* response) override;
+  // Streams one held shard's weights (server/embedding/embedding_export.h;
+  // defined in embedding_export.cc). Sync API: one in-memory copy of the
+  // table, then chunks of at most max_chunk_bytes.
+  grpc::Status ExportRows(grpc::ServerContext* context,
+                          const ExportRowsRequest* request,
+                          grpc::ServerWriter<ExportRowsResponse>* writer) override;
 
   // The metrics, and one push's forwards in flight (defined in the .cc).
   struct Metrics;

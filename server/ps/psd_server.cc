@@ -312,7 +312,13 @@ int Main() {
   EmbeddingStoreOptions embedding_options;
   embedding_options.max_bytes = embedding_max_bytes;
   EmbeddingStore embedding_store(embedding_options);
-  EmbeddingService embedding_service(&embedding_store, &metrics, {},
+  EmbeddingServiceOptions embedding_service_options;
+  // ExportRows by users: only of jobs they submitted (as Pull).
+  embedding_service_options.submitted_by = [&store](const std::string& job) {
+    return store.SubmittedBy(job);
+  };
+  EmbeddingService embedding_service(&embedding_store, &metrics,
+                                     embedding_service_options,
                                      embedding_snapshots.get());
   auto metrics_server = ServeMetrics(&metrics);
   if (!metrics_server.ok()) return StartupError(metrics_server.status());
