@@ -15,6 +15,7 @@
 #  * on 3 servers with R=2 (each shard on 2 servers, read once) the
 #    export holds bitwise the same rows as on 2 servers with R=1.
 source tests/cluster_lib.sh
+source tests/sparse_lib.sh
 source tests/replicated_lib.sh
 
 TLS_DIR=$WORK/certs
@@ -40,33 +41,7 @@ workers: 2
 seed: 42
 JOB
 
-cat >"$WORK/dlrm.textproto" <<'JOB'
-name: "dlrm"
-model {
-  kind: DLRM
-  init_seed: 1
-  tables { name: "users" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 7 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  tables { name: "items" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 8 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  fields { name: "f0" table: "users" }
-  fields { name: "f1" table: "users" }
-  fields { name: "f2" table: "items" }
-  fields { name: "f3" table: "items" }
-  num_dense_features: 4
-  bottom_mlp: [16, 8]
-  top_mlp: [16]
-}
-dataset { name: "planted-clicks" train_limit: 20000 test_limit: 2000 }
-optimizer { kind: ADAGRAD learning_rate: 0.02 }
-consistency: BSP
-batch_size: 250
-epochs: 2
-workers: 2
-seed: 42
-JOB
+write_dlrm_job "$WORK/dlrm.textproto" dlrm 20000 2000 250 2
 
 # check JOB TABLES...: exports JOB twice and checks the table files.
 check() {

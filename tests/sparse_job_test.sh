@@ -18,35 +18,10 @@
 #     table, a dim of 0, a field mapped twice, tables larger than the
 #     servers' stated memory (--embedding_max_bytes).
 source tests/cluster_lib.sh
+source tests/sparse_lib.sh
 source tests/replicated_lib.sh
 
-cat >"$WORK/job.textproto" <<'JOB'
-name: "dlrm"
-model {
-  kind: DLRM
-  init_seed: 1
-  tables { name: "users" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 7 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  tables { name: "items" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 8 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  fields { name: "f0" table: "users" }
-  fields { name: "f1" table: "users" }
-  fields { name: "f2" table: "items" }
-  fields { name: "f3" table: "items" }
-  num_dense_features: 4
-  bottom_mlp: [16, 8]
-  top_mlp: [16]
-}
-dataset { name: "planted-clicks" train_limit: 300000 test_limit: 10000 }
-optimizer { kind: ADAGRAD learning_rate: 0.02 }
-consistency: BSP
-batch_size: 200
-epochs: 3
-workers: 2
-seed: 42
-JOB
+write_dlrm_job "$WORK/job.textproto" dlrm 300000 10000 200 3
 
 # sums JOB: waits for SUCCEEDED; prints the dense part's export checksum
 # and each table's checksum, on one line.

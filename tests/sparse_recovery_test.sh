@@ -20,35 +20,10 @@
 #  4. An ASP sparse job (its tables have no step boundary, so no step
 #     snapshots): after the same restart the job FAILS saying so.
 source tests/cluster_lib.sh
+source tests/sparse_lib.sh
 
-cat >"$WORK/job.textproto" <<'JOB'
-name: "dlrm-snap"
-model {
-  kind: DLRM
-  init_seed: 1
-  tables { name: "users" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 7 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  tables { name: "items" num_rows: 1000000 dim: 8
-           initializer { kind: NORMAL scale: 0.05 seed: 8 }
-           optimizer { kind: ADAGRAD learning_rate: 0.02 } }
-  fields { name: "f0" table: "users" }
-  fields { name: "f1" table: "users" }
-  fields { name: "f2" table: "items" }
-  fields { name: "f3" table: "items" }
-  num_dense_features: 4
-  bottom_mlp: [16, 8]
-  top_mlp: [16]
-}
-dataset { name: "planted-clicks" train_limit: 20000 test_limit: 2000 }
-optimizer { kind: ADAGRAD learning_rate: 0.02 }
-consistency: BSP
-batch_size: 100
-epochs: 3
-workers: 2
-seed: 42
-snapshot { every_steps: 20 keep_last: 3 }
-JOB
+write_dlrm_job "$WORK/job.textproto" dlrm-snap 20000 2000 100 3 \
+  "snapshot { every_steps: 20 keep_last: 3 }"
 
 # start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
 start_node() {

@@ -317,40 +317,10 @@ absl::Status TrainSparseRank(const Assignment& assignment,
       static_cast<int32_t>(TrainExamples(config)), rank, workers);
   SparseBatch batch(model, batch_size);
 
-  ReportProgressRequest progress;
-  progress.set_job_id(assignment.job_id());
-  progress.set_rank(rank);
-  double loss_sum = 0;
-  int64_t loss_count = 0;
-  absl::Time window_start = absl::Now();
-  int64_t window_samples = 0;
-  auto send = [&](int32_t epoch, int64_t steps_done) {
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - window_start);
-    progress.set_epoch(epoch);
-    progress.set_step(steps_done);
-    if (loss_count > 0) progress.set_loss(static_cast<float>(loss_sum / loss_count));
-    if (seconds > 0 && window_samples > 0) {
-      progress.set_samples_per_sec(static_cast<float>(window_samples / seconds));
-    }
-    const bool stop = report(progress);
-    progress.set_has_test_accuracy(false);
-    window_start = absl::Now();
-    window_samples = 0;
-    return stop;
-  };
+  ProgressWindow progress(assignment, rank, report);
 
-  int64_t start_step = assignment.start_step();
-  if (assignment.resume_from_servers()) {
-    int64_t clock = 0;
-    PSD_RETURN_IF_ERROR(dense->Pull(0, /*latest=*/true, param_out, &start_step,
-                                    &clock));
-    start_step = clock;
-  }
-  if (start_step < 0 || start_step > total_steps) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "assignment.start_step: ", start_step, " outside the job's ",
-        total_steps, " steps"));
-  }
+  PSD_ASSIGN_OR_RETURN(const int64_t start_step,
+                       StartStep(assignment, dense.get(), param_out, total_steps));
   Log()->info("job {} rank {}/{}: sparse {} model, {} tables on {} shard(s), "
               "{} steps per epoch, {} epochs, from step {}",
               assignment.job_id(), rank, workers,
@@ -358,8 +328,8 @@ absl::Status TrainSparseRank(const Assignment& assignment,
               model.tables_size(), replicas.size(), steps_per_epoch,
               config.epochs(), start_step);
   if (start_step == total_steps) {
-    progress.set_done(true);
-    send(config.epochs() - 1, total_steps);
+    progress.request().set_done(true);
+    progress.Send(config.epochs() - 1, total_steps);
     return absl::OkStatus();
   }
   const absl::Time train_start = absl::Now();
@@ -367,8 +337,7 @@ absl::Status TrainSparseRank(const Assignment& assignment,
        epoch < config.epochs(); ++epoch) {
     const std::vector<int32_t> order =
         EpochOrder(shard, config.seed(), epoch, rank);
-    loss_sum = 0;
-    loss_count = 0;
+    progress.StartEpoch();
     const int64_t first = std::max<int64_t>(0, start_step - epoch * steps_per_epoch);
     for (int64_t i = first; i < steps_per_epoch; ++i) {
       if (cancel->load()) return absl::CancelledError("job cancelled");
@@ -394,23 +363,17 @@ absl::Status TrainSparseRank(const Assignment& assignment,
       PSD_RETURN_IF_ERROR(dense->Push(step, grads));
       const auto pushed = std::chrono::steady_clock::now();
       if (TrainerMetrics* m = options.metrics) {
-        m->pull_seconds->Observe(SecondsBetween(start, pulled));
-        m->compute_seconds->Observe(SecondsBetween(pulled, computed));
-        m->push_seconds->Observe(SecondsBetween(computed, pushed));
-        m->network_wait_seconds->Observe(SecondsBetween(start, pulled) +
-                                         SecondsBetween(computed, pushed));
-        m->step_seconds->Observe(SecondsBetween(start, pushed));
-        m->steps->Increment();
-        m->samples->Increment(batch_size);
+        m->ObserveStep(SecondsBetween(start, pulled),
+                       SecondsBetween(pulled, computed),
+                       SecondsBetween(computed, pushed),
+                       SecondsBetween(start, pushed), batch_size);
         m->rows_pulled->Increment(batch.rows_in_batch());
         m->rows_pushed->Increment(batch.rows_in_batch());
       }
       if (cached_tables > 0) count_cache();
-      loss_sum += loss;
-      ++loss_count;
-      window_samples += batch_size;
+      progress.AddStep(loss, batch_size);
       if ((step + 1) % options.progress_every_steps == 0 &&
-          send(epoch, step + 1)) {
+          progress.Send(epoch, step + 1)) {
         return absl::CancelledError("job cancelled");
       }
     }
@@ -422,19 +385,20 @@ absl::Status TrainSparseRank(const Assignment& assignment,
       PSD_RETURN_IF_ERROR(dense->Pull(end_step, false, param_out));
       PSD_ASSIGN_OR_RETURN(
           Evaluation e, Evaluate(model, net.get(), param_in, data.test, tables.get()));
-      progress.set_has_test_accuracy(true);
-      progress.set_test_accuracy(static_cast<float>(e.accuracy));
-      progress.set_test_log_loss(static_cast<float>(e.log_loss));
-      progress.set_test_auc(static_cast<float>(e.auc));
+      ReportProgressRequest& r = progress.request();
+      r.set_has_test_accuracy(true);
+      r.set_test_accuracy(static_cast<float>(e.accuracy));
+      r.set_test_log_loss(static_cast<float>(e.log_loss));
+      r.set_test_auc(static_cast<float>(e.auc));
       // tests/sparse_job_test.sh reads this line.
       Log()->info("job {}: epoch {} done, train loss {:.4f}, test log-loss "
                   "{:.4f}, AUC {:.4f}, accuracy {:.4f}",
                   assignment.job_id(), epoch,
-                  loss_count > 0 ? loss_sum / loss_count : 0.0, e.log_loss,
+                  progress.mean_loss(), e.log_loss,
                   e.auc, e.accuracy);
     }
-    if (epoch + 1 == config.epochs()) progress.set_done(true);
-    if (send(epoch, end_step) && !progress.done()) {
+    if (epoch + 1 == config.epochs()) progress.request().set_done(true);
+    if (progress.Send(epoch, end_step) && !progress.request().done()) {
       return absl::CancelledError("job cancelled");
     }
   }

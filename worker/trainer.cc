@@ -66,6 +66,80 @@ TrainerMetrics::TrainerMetrics(MetricsRegistry* registry)
           "psd_worker_row_cache_misses_total",
           "Sparse jobs: rows the worker row cache had to pull.")) {}
 
+void TrainerMetrics::ObserveStep(double pull_s, double compute_s,
+                                 double push_s, double step_s,
+                                 int64_t samples) {
+  if (pull_s >= 0) pull_seconds->Observe(pull_s);
+  compute_seconds->Observe(compute_s);
+  push_seconds->Observe(push_s);
+  network_wait_seconds->Observe(std::max(pull_s, 0.0) + push_s);
+  step_seconds->Observe(step_s);
+  steps->Increment();
+  this->samples->Increment(samples);
+}
+
+ProgressWindow::ProgressWindow(const Assignment& assignment, int32_t rank,
+                               const ProgressSink& sink)
+    : sink_(sink), window_start_(absl::Now()) {
+  request_.set_job_id(assignment.job_id());
+  request_.set_rank(rank);
+}
+
+void ProgressWindow::StartEpoch() {
+  loss_sum_ = 0;
+  loss_count_ = 0;
+}
+
+void ProgressWindow::AddStep(float loss, int64_t samples) {
+  loss_sum_ += loss;
+  ++loss_count_;
+  window_samples_ += samples;
+}
+
+bool ProgressWindow::Send(int32_t epoch, int64_t steps_done) {
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - window_start_);
+  request_.set_epoch(epoch);
+  request_.set_step(steps_done);
+  if (loss_count_ > 0) request_.set_loss(static_cast<float>(mean_loss()));
+  if (seconds > 0 && window_samples_ > 0) {
+    request_.set_samples_per_sec(static_cast<float>(window_samples_ / seconds));
+  }
+  const bool stop = sink_(request_);
+  request_.set_has_test_accuracy(false);
+  request_.clear_test_accuracy();
+  request_.clear_test_log_loss();
+  request_.clear_test_auc();
+  window_start_ = absl::Now();
+  window_samples_ = 0;
+  return stop;
+}
+
+absl::StatusOr<int64_t> StartStep(const Assignment& assignment,
+                                  ParameterClient* client,
+                                  const std::vector<float*>& scratch,
+                                  int64_t total_steps) {
+  int64_t start_step = assignment.start_step();
+  if (assignment.resume_from_servers()) {
+    // A replacement: the slowest partition's step is the one this rank's
+    // predecessor did not finish pushing (BSP waits for it).
+    int64_t clock = 0;
+    PSD_RETURN_IF_ERROR(
+        client->Pull(0, /*latest=*/true, scratch, &start_step, &clock));
+    // The rank's own progress is its clock (PullResponse.clock): under BSP
+    // the partitions' step, under ASP/SSP its pushes applied everywhere
+    // (there the step counts updates from every rank).
+    start_step = clock;
+    Log()->info("job {} rank {}: replacing a worker, resuming at step {}",
+                assignment.job_id(), assignment.rank(), start_step);
+  }
+  if (start_step < 0 || start_step > total_steps) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "assignment.start_step: ", start_step, " outside the job's ",
+        total_steps, " steps"));
+  }
+  return start_step;
+}
+
 namespace {
 
 constexpr int32_t kEvalBatch = 1000;
@@ -191,27 +265,7 @@ absl::Status TrainRank(const Assignment& assignment,
   std::vector<float> x(static_cast<size_t>(batch) * data.train.dim);
   std::vector<int32_t> y(batch);
 
-  ReportProgressRequest progress;
-  progress.set_job_id(assignment.job_id());
-  progress.set_rank(rank);
-  double loss_sum = 0;
-  int64_t loss_count = 0;
-  absl::Time window_start = absl::Now();
-  int64_t window_samples = 0;
-  auto send = [&](int32_t epoch, int64_t steps_done) {
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - window_start);
-    progress.set_epoch(epoch);
-    progress.set_step(steps_done);
-    if (loss_count > 0) progress.set_loss(static_cast<float>(loss_sum / loss_count));
-    if (seconds > 0 && window_samples > 0) {
-      progress.set_samples_per_sec(static_cast<float>(window_samples / seconds));
-    }
-    const bool stop = report(progress);
-    progress.set_has_test_accuracy(false);
-    window_start = absl::Now();
-    window_samples = 0;
-    return stop;
-  };
+  ProgressWindow progress(assignment, rank, report);
 
   Log()->info("job {} rank {}/{}: {} steps per epoch, {} epochs, backend {}",
               assignment.job_id(), rank, workers, steps_per_epoch,
@@ -220,29 +274,12 @@ absl::Status TrainRank(const Assignment& assignment,
   // After a recovery the job resumes at start_step: the same batches follow
   // as in a run never stopped, since the order depends on (seed, epoch,
   // rank) only.
-  int64_t start_step = assignment.start_step();
   const int64_t total_steps = steps_per_epoch * config.epochs();
-  if (assignment.resume_from_servers()) {
-    // A replacement: the slowest partition's step is the one this rank's
-    // predecessor did not finish pushing (BSP waits for it).
-    int64_t clock = 0;
-    PSD_RETURN_IF_ERROR(
-        client->Pull(0, /*latest=*/true, params.out, &start_step, &clock));
-    // The rank's own progress is its clock (PullResponse.clock): under BSP
-    // the partitions' step, under ASP/SSP its pushes applied everywhere
-    // (there the step counts updates from every rank).
-    start_step = clock;
-    Log()->info("job {} rank {}: replacing a worker, resuming at step {}",
-                assignment.job_id(), rank, start_step);
-  }
-  if (start_step < 0 || start_step > total_steps) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "assignment.start_step: ", start_step, " outside the job's ",
-        total_steps, " steps"));
-  }
+  PSD_ASSIGN_OR_RETURN(const int64_t start_step,
+                       StartStep(assignment, client.get(), params.out, total_steps));
   if (start_step == total_steps) {  // the predecessor pushed every step
-    progress.set_done(true);
-    send(config.epochs() - 1, total_steps);
+    progress.request().set_done(true);
+    progress.Send(config.epochs() - 1, total_steps);
     return absl::OkStatus();
   }
   const absl::Time train_start = absl::Now();
@@ -253,8 +290,7 @@ absl::Status TrainRank(const Assignment& assignment,
        epoch < config.epochs(); ++epoch) {
     const std::vector<int32_t> order =
         EpochOrder(shard, config.seed(), epoch, rank);
-    loss_sum = 0;
-    loss_count = 0;
+    progress.StartEpoch();
     const int64_t first = epoch * steps_per_epoch < start_step
                               ? start_step - epoch * steps_per_epoch
                               : 0;
@@ -309,19 +345,14 @@ absl::Status TrainRank(const Assignment& assignment,
         absl::SleepFor(absl::Milliseconds(options.test_slow_ms_per_step));
       }
       if (TrainerMetrics* m = options.metrics) {
-        if (pulled_step != step) m->pull_seconds->Observe(pull_s);
-        m->compute_seconds->Observe(SecondsBetween(pulled, computed));
-        m->push_seconds->Observe(SecondsBetween(computed, pushed));
-        m->network_wait_seconds->Observe(wait_s);
-        m->step_seconds->Observe(SecondsBetween(start, pushed));
-        m->steps->Increment();
-        m->samples->Increment(batch);
+        m->ObserveStep(pulled_step != step ? pull_s : -1.0,
+                       SecondsBetween(pulled, computed),
+                       SecondsBetween(computed, pushed),
+                       SecondsBetween(start, pushed), batch);
       }
-      loss_sum += loss;
-      ++loss_count;
-      window_samples += batch;
+      progress.AddStep(loss, batch);
       if ((step + 1) % options.progress_every_steps == 0 &&
-          send(epoch, step + 1)) {
+          progress.Send(epoch, step + 1)) {
         return absl::CancelledError("job cancelled");
       }
     }
@@ -333,15 +364,15 @@ absl::Status TrainRank(const Assignment& assignment,
       const int64_t correct =
           model->CountCorrect(params.in, data.test.features.data(),
                               data.test.labels.data(), data.test.size);
-      progress.set_has_test_accuracy(true);
-      progress.set_test_accuracy(static_cast<float>(correct) /
+      progress.request().set_has_test_accuracy(true);
+      progress.request().set_test_accuracy(static_cast<float>(correct) /
                                  static_cast<float>(data.test.size));
       Log()->info("job {}: epoch {} done, train loss {:.4f}, test accuracy {:.4f}",
-                  assignment.job_id(), epoch, loss_sum / loss_count,
-                  progress.test_accuracy());
+                  assignment.job_id(), epoch, progress.mean_loss(),
+                  progress.request().test_accuracy());
     }
-    if (epoch + 1 == config.epochs()) progress.set_done(true);
-    if (send(epoch, end_step) && !progress.done()) {
+    if (epoch + 1 == config.epochs()) progress.request().set_done(true);
+    if (progress.Send(epoch, end_step) && !progress.request().done()) {
       return absl::CancelledError("job cancelled");
     }
   }

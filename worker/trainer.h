@@ -7,6 +7,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/metrics.h"
 #include "common/proto.h"
 #include "kernels/kernels.h"
@@ -30,6 +32,11 @@ struct TrainerMetrics {
   // (psd_worker_network_wait_seconds); its sum over psd_worker_step_seconds'
   // sum is the share of step time spent waiting on the network.
   Histogram* const network_wait_seconds;
+  // Records one step: its pull (< 0: no pull this step), compute, push
+  // and whole time in seconds, the network wait (pull + push), and its
+  // examples.
+  void ObserveStep(double pull_s, double compute_s, double push_s,
+                   double step_s, int64_t samples);
   // Sparse jobs (issue 25): embedding rows pulled from the servers and
   // pushed to them (psd_worker_rows_pulled_total, _pushed_total, counting
   // each row of a call once), and the worker row cache's answers
@@ -99,6 +106,48 @@ struct RankRelease {
 // Where progress goes (the coordinator's ReportProgress). Returns true when
 // the job was cancelled and training must stop.
 using ProgressSink = std::function<bool(const ReportProgressRequest&)>;
+
+// A rank's progress reports (ReportProgressRequest), shared by the dense
+// and the sparse trainer: the mean training loss of the epoch's steps so
+// far, and the samples per second since the previous report.
+class ProgressWindow {
+ public:
+  ProgressWindow(const Assignment& assignment, int32_t rank,
+                 const ProgressSink& sink);
+  // A new epoch: the loss mean starts again.
+  void StartEpoch();
+  // One step of `samples` examples with mean loss `loss`.
+  void AddStep(float loss, int64_t samples);
+  // The mean loss of this epoch's steps so far (0 before the first).
+  double mean_loss() const {
+    return loss_count_ > 0 ? loss_sum_ / loss_count_ : 0.0;
+  }
+  // The next report, to add a test accuracy or `done` to before Send.
+  ReportProgressRequest& request() { return request_; }
+  // Sends the report of `steps_done` steps in `epoch` (test accuracy
+  // fields are cleared after it). Returns the sink's answer: true when
+  // training must stop.
+  bool Send(int32_t epoch, int64_t steps_done);
+
+ private:
+  const ProgressSink& sink_;
+  ReportProgressRequest request_;
+  double loss_sum_ = 0;
+  int64_t loss_count_ = 0;
+  absl::Time window_start_;
+  int64_t window_samples_ = 0;
+};
+
+// The step rank `assignment.rank()` starts at: assignment.start_step, or,
+// for a replacement (resume_from_servers), the rank's clock on the
+// servers (PullResponse.clock: under BSP the partitions' step, under
+// ASP/SSP this rank's pushes applied everywhere); `scratch` receives the
+// parameters pulled for it. Errors: the pull's; INVALID_ARGUMENT naming
+// assignment.start_step outside [0, total_steps].
+absl::StatusOr<int64_t> StartStep(const Assignment& assignment,
+                                  ParameterClient* client,
+                                  const std::vector<float*>& scratch,
+                                  int64_t total_steps);
 
 // Trains `assignment.rank()` of the job, step by step:
 //   for step s: pull the parameters for step s (BSP: after s updates; ASP:
