@@ -14,20 +14,9 @@
 #     on, and the failures show in the job's status.
 # Retention: each server keeps at most keep_last snapshots of the job.
 source tests/cluster_lib.sh
+source tests/persistent_lib.sh
 
 undisturbed_reference 3 'snapshot { every_steps: 20 keep_last: 3 }'
-
-# start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
-start_node() {
-  local name=$1 role=$2
-  shift 2
-  case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" $(tls_flags "${TLS_DIR:-}" coordinator) "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" $(tls_flags "${TLS_DIR:-}" server) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" $(tls_flags "${TLS_DIR:-}" worker) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-  esac
-  PIDS+=($!)
-}
 
 # start_persistent S: coordinator, 2 servers and 2 workers of scenario S,
 # with data directories under $WORK/S; the coordinator keeps its port.
@@ -47,22 +36,6 @@ start_persistent() {
   start_node "$s.server2" server --data_dir="$WORK/$s/server2"
   start_node "$s.worker1" worker
   start_node "$s.worker2" worker
-}
-
-# wait_step JOB N: until the job has done N steps (bounded).
-wait_step() {
-  for _ in $(seq 600); do
-    step=$("${CTL[@]}" get "$1" 2>/dev/null | grep -o '"step": "[0-9]*"' | head -1 | grep -o '[0-9]*' || true)
-    [ "${step:-0}" -ge "$2" ] && return 0
-    sleep 0.05
-  done
-  fail "job $1 did not reach step $2"
-}
-
-kill_all() {
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  PIDS=()
 }
 
 # finish JOB: waits for SUCCEEDED and prints the exported checksum.

@@ -23,16 +23,6 @@ source tests/replicated_lib.sh
 
 write_dlrm_job "$WORK/job.textproto" dlrm 300000 10000 200 3
 
-# sums JOB: waits for SUCCEEDED; prints the dense part's export checksum
-# and each table's checksum, on one line.
-sums() {
-  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { tail -5 "$WORK/$1.watch" >&2; fail "job $1 did not succeed"; }
-  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" >"$WORK/$1.export" || fail "export $1"
-  "${CTL[@]}" tables "$1" >"$WORK/$1.tables" || { cat "$WORK/$1.tables" >&2; fail "tables of $1"; }
-  echo "$(grep -o 'crc32:[0-9a-f]*' "$WORK/$1.export")" \
-    $(sed -n 's/^table \([a-z]*\):.*checksum \([0-9a-f]*\)$/\1:\2/p' "$WORK/$1.tables")
-}
-
 # --- 1. Two runs on 2 servers, R=1.
 start_replicated a 2 2 1
 first_job=$(submit)

@@ -37,3 +37,13 @@ JOB
   local line
   for line in "$@"; do echo "$line" >>"$file"; done
 }
+
+# sums JOB: waits for SUCCEEDED; prints the dense part's export checksum
+# and each table's checksum (psd_ctl tables), on one line.
+sums() {
+  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { tail -5 "$WORK/$1.watch" >&2; fail "job $1 did not succeed"; }
+  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" >"$WORK/$1.export" || fail "export $1"
+  "${CTL[@]}" tables "$1" >"$WORK/$1.tables" || { cat "$WORK/$1.tables" >&2; fail "tables of $1"; }
+  echo "$(grep -o 'crc32:[0-9a-f]*' "$WORK/$1.export")" \
+    $(sed -n 's/^table \([a-z]*\):.*checksum \([0-9a-f]*\)$/\1:\2/p' "$WORK/$1.tables")
+}

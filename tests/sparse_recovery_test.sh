@@ -20,22 +20,11 @@
 #  4. An ASP sparse job (its tables have no step boundary, so no step
 #     snapshots): after the same restart the job FAILS saying so.
 source tests/cluster_lib.sh
+source tests/persistent_lib.sh
 source tests/sparse_lib.sh
 
 write_dlrm_job "$WORK/job.textproto" dlrm-snap 20000 2000 100 3 \
   "snapshot { every_steps: 20 keep_last: 3 }"
-
-# start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
-start_node() {
-  local name=$1 role=$2
-  shift 2
-  case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" $(tls_flags "${TLS_DIR:-}" coordinator) "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" $(tls_flags "${TLS_DIR:-}" server) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" $(tls_flags "${TLS_DIR:-}" worker) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-  esac
-  PIDS+=($!)
-}
 
 # start_persistent S: coordinator (R=2), 2 servers and 2 workers of
 # scenario S, with data directories under $WORK/S; the coordinator keeps
@@ -59,32 +48,6 @@ start_persistent() {
   start_node "$s.worker2" worker
   "${CTL[@]}" --servers=2 --workers=2 --timeout_s=30 wait-ready >/dev/null ||
     fail "cluster $s did not come up"
-}
-
-kill_all() {
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  PIDS=()
-}
-
-# wait_step JOB N: until the job has done N steps (bounded).
-wait_step() {
-  for _ in $(seq 1200); do
-    step=$("${CTL[@]}" get "$1" 2>/dev/null | grep -o '"step": "[0-9]*"' | head -1 | grep -o '[0-9]*' || true)
-    [ "${step:-0}" -ge "$2" ] && return 0
-    sleep 0.05
-  done
-  fail "job $1 did not reach step $2"
-}
-
-# sums JOB: waits for SUCCEEDED; prints the dense part's export checksum
-# and each table's checksum, on one line.
-sums() {
-  "${CTL[@]}" watch "$1" >"$WORK/$1.watch" || { tail -5 "$WORK/$1.watch" >&2; fail "job $1 did not succeed"; }
-  "${CTL[@]}" export "$1" "$WORK/$1.safetensors" >"$WORK/$1.export" || fail "export $1"
-  "${CTL[@]}" tables "$1" >"$WORK/$1.tables" || { cat "$WORK/$1.tables" >&2; fail "tables of $1"; }
-  echo "$(grep -o 'crc32:[0-9a-f]*' "$WORK/$1.export")" \
-    $(sed -n 's/^table \([a-z]*\):.*checksum \([0-9a-f]*\)$/\1:\2/p' "$WORK/$1.tables")
 }
 
 # 1. Undisturbed.
