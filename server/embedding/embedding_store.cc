@@ -730,8 +730,10 @@ absl::StatusOr<EmbeddingBspResult> EmbeddingStore::PushBsp(
     mine.have = true;
     mine.ids.assign(ids.begin(), ids.end());
     mine.grads.resize(ids.size() * dim);
-    std::memcpy(mine.grads.data(), gradients.data().data(),
-                mine.grads.size() * 4);
+    if (!mine.grads.empty()) {  // an empty push's data may be null
+      std::memcpy(mine.grads.data(), gradients.data().data(),
+                  mine.grads.size() * 4);
+    }
     b.waiters.push_back(std::move(waiter));
     if (++b.received < tag.num_ranks) {
       result.outcome = EmbeddingBspResult::Outcome::kWaiting;
