@@ -73,12 +73,18 @@ CONF
 base_image() {
   podman image exists "$BASE" && return 0
   local tar=$CACHE/bookworm-minbase.tar
+  # A directory there was left by a version of this function that let
+  # mmdebstrap choose its output format from the file name ("x.tar.part"
+  # is no tarball's name, so it wrote a directory tree).
+  [ -d "$tar" ] && rm -rf "$tar"
   if [ ! -s "$tar" ]; then
     command -v mmdebstrap >/dev/null ||
       skip "no $BASE image and no mmdebstrap to make one (deploy/install_deps.sh installs it)"
     mkdir -p "$CACHE"
+    rm -rf "$tar.part"
     echo "container: making $BASE with mmdebstrap --variant=minbase bookworm"
-    mmdebstrap --quiet --variant=minbase bookworm "$tar.part" >"$WORK/mmdebstrap.log" 2>&1 ||
+    mmdebstrap --quiet --variant=minbase --format=tar bookworm "$tar.part" \
+      >"$WORK/mmdebstrap.log" 2>&1 ||
       skip "mmdebstrap could not make the base image (no Debian mirror?): $(tail -3 "$WORK/mmdebstrap.log")"
     mv "$tar.part" "$tar"
   fi

@@ -93,6 +93,10 @@ if [ -x "${PSD_BUF:-}" ]; then
 else
   echo "SKIP (health per service): buf not available (PSD_BUF unset); tests/run_tests.sh installs it"
 fi
-podman logs "$NETP-coordinator" 2>&1 | grep -q "registered again from the same data directory\|missed heartbeats" ||
+# Into a file first: under pipefail, `podman logs | grep -q` fails when grep
+# exits at its first match and podman logs dies of SIGPIPE.
+podman logs "$NETP-coordinator" >"$WORK/coordinator.podman.log" 2>&1 || true
+grep -q "registered again from the same data directory\|missed heartbeats" \
+  "$WORK/coordinator.podman.log" ||
   fail "the coordinator never noticed the restart of $victim"
 echo PASS
