@@ -146,13 +146,18 @@ class ProgressPrinter {
     const int epochs = status.config().epochs();
     for (; printed_epochs_ < status.epochs_size(); ++printed_epochs_) {
       const EpochResult& e = status.epochs(printed_epochs_);
+      // A sparse job (issue 25) also reports its test log-loss and AUC.
+      const std::string sparse =
+          e.test_auc() > 0 ? absl::StrFormat("  test log-loss %.4f  AUC %.4f",
+                                             e.test_log_loss(), e.test_auc())
+                           : "";
       std::printf("%sepoch %d/%d  step %lld/%lld  train loss %.4f  "
-                  "test accuracy %.4f  %.0f samples/s  elapsed %s  ETA %s\n",
+                  "test accuracy %.4f%s  %.0f samples/s  elapsed %s  ETA %s\n",
                   tty_ ? "\r\033[K" : "", e.epoch() + 1, epochs,
                   static_cast<long long>((e.epoch() + 1) *
                                          status.steps_per_epoch()),
                   static_cast<long long>(status.total_steps()), e.train_loss(),
-                  e.test_accuracy(), status.samples_per_sec(),
+                  e.test_accuracy(), sparse.c_str(), status.samples_per_sec(),
                   Clock(e.elapsed_seconds()).c_str(),
                   Clock(status.eta_seconds()).c_str());
     }
@@ -161,7 +166,11 @@ class ProgressPrinter {
       if (tty_) std::printf("\r\033[K");
       std::printf("job %s %s after %s", id_.c_str(), JobState_Name(state).c_str(),
                   Clock(status.elapsed_seconds()).c_str());
-      if (state == SUCCEEDED) {
+      if (state == SUCCEEDED && status.test_auc() > 0) {
+        std::printf(": test accuracy %.4f, log-loss %.4f, AUC %.4f\n",
+                    status.test_accuracy(), status.test_log_loss(),
+                    status.test_auc());
+      } else if (state == SUCCEEDED) {
         std::printf(": test accuracy %.4f\n", status.test_accuracy());
       } else {
         std::printf(": %s\n", status.error().c_str());

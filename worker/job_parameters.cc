@@ -70,7 +70,9 @@ std::map<std::string, std::string> ExportMetadata(const JobStatus& status,
       {"format", "pt"}};
   std::string why;
   const std::string& dataset = status.config().dataset().name();
-  if (dataset != "fashion-mnist") {
+  if (dataset == "planted-clicks" || dataset == "criteo") {
+    // A sparse job (issue 25): no image inputs to normalise.
+  } else if (dataset != "fashion-mnist") {
     why = absl::StrCat("no input normalisation recorded: data set \"", dataset,
                        "\" is not fashion-mnist");
   } else {
