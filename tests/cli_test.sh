@@ -86,10 +86,18 @@ grep -q "FAILED" "$WORK/out" || fail "job $id not FAILED: $(cat "$WORK/out")"
 stop_cluster
 
 # SIGTERM stops a worker promptly even while its pull waits for a peer that
-# is stopped (SIGSTOP): the pull is cancelled, not waited out.
-start_cluster b 1 2
+# is stopped (SIGSTOP): the worker gives its rank --leave_timeout_ms to
+# reach a step boundary (issue 16), which the stopped peer prevents, then
+# cancels the pull rather than waiting it out.
+start_cluster b 1 0
+for i in 1 2; do
+  "$BIN/worker/psd_worker" --coordinator="$COORDINATOR" --leave_timeout_ms=1000 \
+    $(tls_flags "${TLS_DIR:-}" worker) 2>"$WORK/b.worker$i.log" &
+  PIDS+=($!)
+done
 w1=${PIDS[2]}
 w2=${PIDS[3]}
+"${CTL[@]}" --servers=1 --workers=2 --timeout_s=30 wait-ready
 printf 'name: "long"\nmodel { input_dim: 784 hidden_sizes: 16 num_classes: 10 }\ndataset {}\noptimizer { learning_rate: 0.1 }\nbatch_size: 10\nepochs: 5\nworkers: 2\n' >"$WORK/long.textproto"
 id=$("${CTL[@]}" submit "$WORK/long.textproto")
 for _ in $(seq 300); do
