@@ -34,7 +34,13 @@ sanitizer_reports() {
 }
 
 on_exit() {
-  local code=$?
+  local code=$? command=$BASH_COMMAND
+  # A command that ended the test through set -e says so (else the log
+  # ends with no reason, as a failed wait-ready or GetJob under load did).
+  case $code:$command in
+    0:* | *:exit\ *) ;;
+    *) echo "FAIL: exit status $code from: $command" >&2 ;;
+  esac
   stop_cluster
   if [ $code -ne 0 ]; then
     for f in "$WORK"/*.log; do
@@ -87,7 +93,8 @@ start_cluster() {
   done
   CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR"
     $(tls_flags "${TLS_DIR:-}" user-alice))
-  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
+  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready ||
+    fail "cluster $name: not ready in 30 s"
 }
 
 # run_job CONFIG_FILE EXPORT_FILE: submits, waits for SUCCEEDED, exports;

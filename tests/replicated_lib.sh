@@ -54,12 +54,20 @@ start_replicated() {
     fi
   done
   for i in $(seq "$workers"); do start_worker "$name.w$i"; done
-  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready
+  "${CTL[@]}" --servers="$servers" --workers="$workers" --timeout_s=30 wait-ready ||
+    fail "cluster $name: not ready in 30 s"
 }
 
 # q JOB PYTHON_EXPR: evaluates the expression over the job's status `j`.
+# A GetJob that fails (a loaded machine: the call's deadline) is tried
+# again for up to 10 s before q fails, printing the error.
 q() {
-  "${CTL[@]}" get "$1" >"$WORK/q.json" 2>/dev/null || return 1
+  local tries=0
+  until "${CTL[@]}" get "$1" >"$WORK/q.json" 2>"$WORK/q.err"; do
+    tries=$((tries + 1))
+    [ $tries -lt 50 ] || { cat "$WORK/q.err" >&2; return 1; }
+    sleep 0.2
+  done
   python3 -c '
 import json, sys
 j = json.load(open(sys.argv[1]))
@@ -78,9 +86,18 @@ name_of_port() {
   return 1
 }
 
-primary_of() { name_of_port "$(q "$1" "port(shards[$2]['primary'])")"; }
-backup_of() { name_of_port "$(q "$1" "port(shards[$2]['backups'][0])")"; }
-epoch_of() { q "$1" 'int(j.get("viewEpoch", 0))'; }
+# These fail the test, saying why, rather than exiting through set -e.
+primary_of() {
+  local port
+  port=$(q "$1" "port(shards[$2]['primary'])") || fail "job $1: no status"
+  name_of_port "$port" || fail "job $1: shard $2's primary (port '$port') is none of the servers"
+}
+backup_of() {
+  local port
+  port=$(q "$1" "port(shards[$2]['backups'][0])") || fail "job $1: no status"
+  name_of_port "$port" || fail "job $1: shard $2's backup (port '$port') is none of the servers"
+}
+epoch_of() { q "$1" 'int(j.get("viewEpoch", 0))' || fail "job $1: no status"; }
 
 # wait_until JOB EXPR WHAT: polls up to 60 s for EXPR to print True.
 wait_until() {

@@ -45,6 +45,14 @@ bazel test --noshow_progress --test_summary=short "${buf_env[@]}" //... "$@" 2>&
 bazel_rc=${PIPESTATUS[0]}
 passed=$(grep -cE '^//\S+\s+(\(cached\) )?PASSED' "$log")
 failed=$(grep -cE '^//\S+\s+(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FLAKY|INCOMPLETE)' "$log")
+# The end of each failed test's log, printed again just before the last
+# line, where a CI report that keeps only the head and tail still shows it.
+failed_tails=$(mktemp /tmp/psd-failed.XXXXXX)
+for target in $(grep -oE '^//\S+\s+(\(cached\) )?(FAILED|TIMEOUT|FLAKY)' "$log" | awk '{print $1}'); do
+  test_log=bazel-testlogs/$(echo "${target#//}" | tr : /)/test.log
+  echo "--- $target: the last lines of $test_log" >>"$failed_tails"
+  tail -n 25 "$test_log" 2>/dev/null | sed 's/^/  | /' >>"$failed_tails"
+done
 # Tests that passed by skipping (a "SKIP: " line in their log) count as
 # skipped, not passed.
 skipped=0
@@ -107,5 +115,7 @@ cat "$log"
 passed=$((passed + $(grep -cE '^//tests/fuzz\S* \(fuzz .*\) PASSED' "$log")))
 failed=$((failed + $(grep -cE '^//tests/fuzz\S* .*FAILED' "$log")))
 rm -f "$log"
+cat "$failed_tails"
+rm -f "$failed_tails"
 echo "$passed passed, $failed failed$([ "$skipped" -eq 0 ] || echo ", $skipped skipped")"
 [ "$failed" -eq 0 ]
