@@ -17,6 +17,7 @@
 #     one lost leaves a clock behind and the rank's next push is refused as
 #     a gap), and the replicas agree bitwise.
 source tests/cluster_lib.sh
+source tests/persistent_lib.sh
 
 BAND=0.06  # as tests/consistency_test.sh
 # One worker is slowed down (a test-only flag): the job then lasts long
@@ -30,17 +31,6 @@ write_short_job "$WORK/bsp.textproto"
 sed 's/^consistency: BSP$/consistency: ASP/' "$WORK/bsp.textproto" >"$WORK/asp.textproto"
 grep -q '^consistency: ASP$' "$WORK/asp.textproto" || fail "sed did not set ASP"
 echo 'snapshot { every_steps: 20 keep_last: 3 }' >>"$WORK/asp.textproto"
-
-start_node() {
-  local name=$1 role=$2
-  shift 2
-  case $role in
-    coordinator) "$BIN/server/coordinator/psd_coordinator" --insecure "$@" 2>>"$WORK/$name.log" & ;;
-    server) "$BIN/server/ps/psd_server" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-    worker) "$BIN/worker/psd_worker" --insecure --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
-  esac
-  PIDS+=($!)
-}
 
 # start_persistent: coordinator (R=2), 2 servers and 2 workers, with data
 # directories under $WORK (worker2 slowed by SLOW_MS per step); the
@@ -61,12 +51,6 @@ start_persistent() {
   start_node server2 server --data_dir="$WORK/server2"
   start_node worker1 worker
   start_node worker2 worker --test_slow_ms_per_step="$SLOW_MS"
-}
-
-kill_all() {
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  PIDS=()
 }
 
 # snapshot_steps JOB: the steps of the job's snapshots on every server, one

@@ -23,6 +23,13 @@ stop_cluster() {
   PIDS=()
 }
 
+# kill_all: SIGKILLs every process started so far (a crash of them all).
+kill_all() {
+  kill -KILL "${PIDS[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
 # Sanitizer builds (--config=asan, --config=tsan; docs/OPERATIONS.md
 # "Sanitizers"): a child process that reported may not fail the test by its
 # exit code alone (a report at exit after SIGTERM, or in a process that the

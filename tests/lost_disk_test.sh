@@ -40,12 +40,6 @@ start_coordinator() {
   CTL=("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR")
 }
 
-kill_all() {
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  PIDS=()
-}
-
 # wait_ended JOB: until the job is SUCCEEDED, FAILED or CANCELLED (bounded:
 # a job left RECOVERING fails the test here).
 wait_ended() {

@@ -1,6 +1,6 @@
 # Shared by the tests that kill every process and start them again on the
 # same data directories (source it after cluster_lib.sh): processes started
-# one by one by role, all killed at once, and a bounded wait on a job's step
+# one by one by role (kill_all, in cluster_lib.sh, kills them at once), and a bounded wait on a job's step
 # read through psd_ctl (the coordinator may be restarting meanwhile).
 
 # start_node NAME ROLE ARGS...: one process, logging to $WORK/NAME.log.
@@ -13,12 +13,6 @@ start_node() {
     worker) "$BIN/worker/psd_worker" $(tls_flags "${TLS_DIR:-}" worker) --coordinator="$COORDINATOR" "$@" 2>>"$WORK/$name.log" & ;;
   esac
   PIDS+=($!)
-}
-
-kill_all() {
-  kill -KILL "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  PIDS=()
 }
 
 # wait_step JOB N: until the job has done N steps (up to 60 s).

@@ -52,9 +52,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [ "${step:-0}" -ge 100 ] || fail "job $job did not reach step 100"
-kill -KILL "${PIDS[@]}" 2>/dev/null || true
-wait 2>/dev/null || true
-PIDS=()
+kill_all
 echo "killed every process at step ${step}"
 
 start_persistent

@@ -20,8 +20,12 @@
 
 namespace psd {
 
+// The partitions one call carries: with options.call_per_shard, all of a
+// shard's partitions (one call per shard per step); else one partition.
+// push.gradients(k), pull.partition_ids(k) and the slices [k] are parts[k]'s.
 struct ParameterClient::Target {
-  Partition partition;
+  std::vector<Partition> parts;
+  int32_t shard = 0;
   std::string server;  // "id (address)", for messages
   std::shared_ptr<ParameterServer::Stub> stub;
   PushRequest push;
@@ -29,11 +33,22 @@ struct ParameterClient::Target {
   PullRequest pull;
   PullResponse pull_response;
   grpc::Status status;
-  // Shared memory: this partition's push and pull slices of the client's
-  // region (fixed at creation), and whether its server maps the region.
-  SharedSlice push_slice;
-  SharedSlice pull_slice;
+  // Shared memory: each partition's push and pull slices of the client's
+  // region (fixed at creation), and whether the server maps the region.
+  std::vector<SharedSlice> push_slices;
+  std::vector<SharedSlice> pull_slices;
   bool shared = false;
+  // Partitions of the open push not encoded yet: the call starts at 0.
+  size_t waiting = 0;
+  // "partition 3" or "partitions 3, 4, 5 (shard 1)", for messages.
+  std::string What() const {
+    if (parts.size() == 1) return absl::StrCat("partition ", parts[0].id());
+    std::string ids;
+    for (const Partition& p : parts) {
+      absl::StrAppend(&ids, ids.empty() ? "" : ", ", p.id());
+    }
+    return absl::StrCat("partitions ", ids, " (shard ", shard, ")");
+  }
 };
 
 namespace {
@@ -62,7 +77,8 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
     client->sizes_.push_back(NumElements(p));
     client->names_.push_back(p.name());
   }
-  client->tensor_targets_.resize(client->sizes_.size());
+  client->tensor_parts_.resize(client->sizes_.size());
+  std::map<int32_t, Target*> by_shard;
   for (const Partition& part : placement.partitions()) {
     if (part.parameter() < 0 ||
         part.parameter() >= static_cast<int32_t>(client->sizes_.size()) ||
@@ -71,26 +87,35 @@ absl::StatusOr<std::unique_ptr<ParameterClient>> ParameterClient::Create(
       return absl::InvalidArgumentError(
           absl::StrCat("assignment: partition ", part.id(), " out of range"));
     }
-    auto target = std::make_unique<Target>();
-    target->partition = part;
-    target->push.set_job_id(client->job_id_);
-    target->push.set_worker_rank(client->rank_);
+    Target* target = options.call_per_shard ? by_shard[part.shard()] : nullptr;
+    if (target == nullptr) {
+      client->targets_.push_back(std::make_unique<Target>());
+      target = client->targets_.back().get();
+      if (options.call_per_shard) by_shard[part.shard()] = target;
+      target->shard = part.shard();
+      target->push.set_job_id(client->job_id_);
+      target->push.set_worker_rank(client->rank_);
+      target->push.set_pull_next(options.pull_with_push);
+      target->pull.set_job_id(client->job_id_);
+      target->pull.set_worker_rank(client->rank_);
+    }
+    client->tensor_parts_[part.parameter()].push_back(
+        {target, static_cast<int>(target->parts.size())});
+    target->parts.push_back(part);
     target->push.add_gradients()->set_partition_id(part.id());
-    target->push.set_pull_next(options.pull_with_push);
-    target->pull.set_job_id(client->job_id_);
-    target->pull.set_worker_rank(client->rank_);
     target->pull.add_partition_ids(part.id());
-    client->tensor_targets_[part.parameter()].push_back(target.get());
-    client->targets_.push_back(std::move(target));
   }
   if (options.shared_memory) {
     uint64_t offset = SharedMemory::kHeaderBytes;
     for (auto& t : client->targets_) {
-      const uint64_t bytes = t->partition.num_elements() * sizeof(float);
-      for (SharedSlice* slice : {&t->push_slice, &t->pull_slice}) {
-        slice->set_offset(offset);
-        slice->set_size(bytes);
-        offset += Align64(bytes);
+      for (const Partition& part : t->parts) {
+        const uint64_t bytes = part.num_elements() * sizeof(float);
+        for (auto* slices : {&t->push_slices, &t->pull_slices}) {
+          SharedSlice& slice = slices->emplace_back();
+          slice.set_offset(offset);
+          slice.set_size(bytes);
+          offset += Align64(bytes);
+        }
       }
     }
     auto shm = SharedMemory::Create(offset);
@@ -112,12 +137,11 @@ absl::Status ParameterClient::Route(const Assignment& assignment) {
   std::map<int32_t, std::string> primary;
   for (const ShardReplicas& r : assignment.shards()) primary[r.shard()] = r.primary();
   for (auto& target : targets_) {
-    const Partition& part = target->partition;
-    auto shard = primary.find(part.shard());
+    auto shard = primary.find(target->shard);
     if (shard == primary.end() || !servers.count(shard->second)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "assignment: no server for shard ", part.shard(), " of partition ",
-          part.id()));
+          "assignment: no server for shard ", target->shard, " of ",
+          target->What()));
     }
     const ServerInfo& server = *servers[shard->second];
     auto& stub = stubs_[server.address()];
@@ -154,16 +178,17 @@ bool ParameterClient::SharedWith(const std::string& address,
 }
 
 void ParameterClient::SetTransport(Target* t, bool shared) {
-  PartitionTensor* g = t->push.mutable_gradients(0);
-  if (shared != t->shared && g->tensor().shape_size() > 0) {
+  for (size_t k = 0; k < t->parts.size(); ++k) {
+    PartitionTensor* g = t->push.mutable_gradients(k);
+    if (shared == t->shared || g->tensor().shape_size() == 0) continue;
     // A push is held (its tensor was encoded): move its bytes.
     std::string* data = g->mutable_tensor()->mutable_data();
-    uint8_t* slice = shm_->data() + t->push_slice.offset();
+    uint8_t* slice = shm_->data() + t->push_slices[k].offset();
     const uint64_t bytes = shared ? data->size() : g->shared().size();
     if (shared) {
       if (bytes > 0) std::memcpy(slice, data->data(), bytes);
       data->clear();
-      g->mutable_shared()->set_offset(t->push_slice.offset());
+      g->mutable_shared()->set_offset(t->push_slices[k].offset());
       g->mutable_shared()->set_size(bytes);
     } else {
       data->assign(reinterpret_cast<const char*>(slice), bytes);
@@ -177,15 +202,17 @@ void ParameterClient::SetTransport(Target* t, bool shared) {
     *t->push.mutable_shared_region() = shm_->region();
     *t->pull.mutable_shared_region() = shm_->region();
     t->pull.clear_shared();
-    *t->pull.add_shared() = t->pull_slice;
     t->push.clear_pull_shared();
-    if (t->push.pull_next()) *t->push.add_pull_shared() = t->pull_slice;
+    for (const SharedSlice& slice : t->pull_slices) {
+      *t->pull.add_shared() = slice;
+      if (t->push.pull_next()) *t->push.add_pull_shared() = slice;
+    }
   } else {
     t->push.clear_shared_region();
     t->push.clear_pull_shared();
     t->pull.clear_shared_region();
     t->pull.clear_shared();
-    g->clear_shared();
+    for (PartitionTensor& g : *t->push.mutable_gradients()) g.clear_shared();
   }
 }
 
@@ -268,7 +295,7 @@ class ParameterClient::Calls {
         }
         return absl::Status(
             static_cast<absl::StatusCode>(t->status.error_code()),
-            absl::StrCat(what_, " partition ", t->partition.id(),
+            absl::StrCat(what_, " ", t->What(),
                          " on server ", t->server, ": ",
                          t->status.error_message()));
       }
@@ -397,20 +424,24 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
   int64_t lowest = INT64_MAX;
   int64_t lowest_clock = INT64_MAX;
   for (Target* t : all) {
-    const Partition& part = t->partition;
     const PullResponse& response =
         prefetched ? t->push_response.pulled() : t->pull_response;
-    if (response.parameters_size() != 1) {
+    if (response.parameters_size() != static_cast<int>(t->parts.size())) {
       return absl::DataLossError(absl::StrCat(
           "pull: server ", t->server, " returned ",
-          response.parameters_size(), " tensors for partition ",
-          part.id()));
+          response.parameters_size(), " tensors for ", t->What()));
     }
-    const PartitionTensor& returned = response.parameters(0);
+    for (size_t k = 0; k < t->parts.size(); ++k) {
+    const Partition& part = t->parts[k];
+    const PartitionTensor& returned = response.parameters(k);
     const std::string what = absl::StrCat("pull response of partition ", part.id());
+    if (returned.partition_id() != part.id()) {
+      return absl::DataLossError(absl::StrCat(
+          what, ": the server returned partition ", returned.partition_id()));
+    }
     if (returned.has_shared()) {  // the server wrote our pull slice
-      if (!t->shared || returned.shared().offset() != t->pull_slice.offset() ||
-          returned.shared().size() != t->pull_slice.size()) {
+      if (!t->shared || returned.shared().offset() != t->pull_slices[k].offset() ||
+          returned.shared().size() != t->pull_slices[k].size()) {
         return absl::DataLossError(absl::StrCat(
             what, ": shared memory not asked for, or another slice"));
       }
@@ -420,7 +451,7 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
         return absl::DataLossError(absl::StrCat(
             what, ": want FLOAT32 of shape [", part.num_elements(), "]"));
       }
-      const uint8_t* bytes = shm_->data() + t->pull_slice.offset();
+      const uint8_t* bytes = shm_->data() + t->pull_slices[k].offset();
       if (part.num_elements() > 0) {
         std::memcpy(out[part.parameter()] + part.offset(), bytes,
                     part.num_elements() * sizeof(float));
@@ -432,6 +463,7 @@ absl::Status ParameterClient::Pull(int64_t step, bool latest,
                                           part.num_elements(),
                                           out[part.parameter()] + part.offset(),
                                           what));
+    }
     }
     lowest = std::min(lowest, response.step());
     lowest_clock = std::min(lowest_clock, response.clock());
@@ -482,6 +514,7 @@ absl::Status ParameterClient::BeginPush(int64_t step) {
   push_step_ = step;
   prefetched_step_ = -1;  // the push responses are about to be overwritten
   push_given_.assign(sizes_.size(), false);
+  for (auto& t : targets_) t->waiting = t->parts.size();
   push_error_ = absl::OkStatus();
   pushed_ = false;  // The requests are being overwritten.
   return absl::OkStatus();
@@ -509,19 +542,19 @@ absl::Status ParameterClient::PushTensor(int32_t tensor, const float* grad,
     return status;
   }
   push_given_[tensor] = true;
-  for (Target* t : tensor_targets_[tensor]) {
-    const Partition& part = t->partition;
+  for (auto [t, k] : tensor_parts_[tensor]) {
+    const Partition& part = t->parts[k];
     t->push.set_step(push_step_);
-    PartitionTensor* g = t->push.mutable_gradients(0);
+    PartitionTensor* g = t->push.mutable_gradients(k);
     Tensor* encoded = g->mutable_tensor();
     if (t->shared && !bfloat16_) {  // straight into the push slice
       encoded->set_dtype(FLOAT32);
       encoded->clear_shape();
       encoded->add_shape(part.num_elements());
       encoded->clear_data();
-      std::memcpy(shm_->data() + t->push_slice.offset(), grad + part.offset(),
-                  part.num_elements() * sizeof(float));
-      *g->mutable_shared() = t->push_slice;
+      std::memcpy(shm_->data() + t->push_slices[k].offset(),
+                  grad + part.offset(), part.num_elements() * sizeof(float));
+      *g->mutable_shared() = t->push_slices[k];
     } else {
       if (bfloat16_) {
         EncodeBfloat16(grad + part.offset(), part.num_elements(), encoded);
@@ -529,14 +562,14 @@ absl::Status ParameterClient::PushTensor(int32_t tensor, const float* grad,
         EncodeFloat32(grad + part.offset(), part.num_elements(), encoded);
       }
       if (t->shared) {  // BFLOAT16: half the slice
-        std::memcpy(shm_->data() + t->push_slice.offset(),
+        std::memcpy(shm_->data() + t->push_slices[k].offset(),
                     encoded->data().data(), encoded->data().size());
-        g->mutable_shared()->set_offset(t->push_slice.offset());
+        g->mutable_shared()->set_offset(t->push_slices[k].offset());
         g->mutable_shared()->set_size(encoded->data().size());
         encoded->clear_data();
       }
     }
-    push_calls_->Start(t);
+    if (--t->waiting == 0) push_calls_->Start(t);
   }
   return absl::OkStatus();
 }

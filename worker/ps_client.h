@@ -74,17 +74,25 @@ struct ParameterClientOptions {
   // FinishPush is answered from the push responses without a call. The
   // push then waits like a pull (pull_timeout_ms). Default: true.
   bool pull_with_push = true;
+  // One call per shard per step: the partitions a shard holds go in one
+  // PushRequest (and one PullRequest), started once the last of their
+  // tensors is given to PushTensor; else one call per partition, each
+  // started as soon as its tensor is given. The servers take the same
+  // bytes per partition either way, so results are bitwise the same.
+  // Default: true.
+  bool call_per_shard = true;
 };
 
 // One rank's view of a job's parameters. Parameters are whole tensors
 // (float32, row-major, in Placement.parameters order); the client cuts them
-// into partitions and issues one RPC per partition, all in flight at once
-// (gRPC callback API). Request buffers are reused across steps.
+// into partitions and issues one RPC per shard (or per partition: see
+// call_per_shard), all in flight at once (gRPC callback API). Request
+// buffers are reused across steps.
 //
 // A push can overlap with the backward pass that computes it (as in
 // PyTorch DDP and BytePS): BeginPush(step), then PushTensor(i, ...) for each
-// tensor as soon as its gradient is final (its partitions' RPCs start at
-// once, while the caller goes on computing), then FinishPush() waits for
+// tensor as soon as its gradient is final (an RPC starts as soon as the
+// last tensor it carries is given, while the caller goes on computing), then FinishPush() waits for
 // all of them. The servers take each partition's push on its own, so the
 // partitions of a step may arrive in any order and at any time; the bytes
 // of each partition's request are the same as Push's, so BSP results stay
@@ -198,8 +206,9 @@ class ParameterClient {
   std::vector<int64_t> sizes_;
   std::vector<std::string> names_;
   std::vector<std::unique_ptr<Target>> targets_;
-  // targets_ of each parameter tensor's partitions (not owned).
-  std::vector<std::vector<Target*>> tensor_targets_;
+  // Each parameter tensor's partitions: (the target that carries it, its
+  // index k in that target's parts). Targets not owned.
+  std::vector<std::vector<std::pair<Target*, int>>> tensor_parts_;
   std::map<std::string, std::shared_ptr<ParameterServer::Stub>> stubs_;
   // Shared memory (options_.shared_memory): null when off or not created.
   std::unique_ptr<SharedMemory> shm_;

@@ -26,8 +26,9 @@
 namespace psd {
 namespace {
 
-// Records each push's serialized request by partition id; can refuse the
-// first push of each partition with UNAVAILABLE. Answers a pull of a
+// Records each push's serialized request by partition id (a request of
+// several partitions as one request per partition); can refuse the first
+// call of each first partition with UNAVAILABLE. Answers a pull of a
 // partition p of n floats (SetPartitionSizes) with the values
 // PullValue(p, 0..n), at step kPullStep and clock kPullClock + p.
 // Thread-safe.
@@ -78,11 +79,17 @@ class RecordingServer : public ParameterServer::Service {
   grpc::Status Push(grpc::ServerContext*, const PushRequest* request,
                     PushResponse*) override {
     absl::MutexLock lock(&mu_);
-    const int32_t partition = request->gradients(0).partition_id();
-    if (fail_first_ && !refused_[partition]++) {
+    const int32_t first = request->gradients(0).partition_id();
+    if (fail_first_ && !refused_[first]++) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "try again");
     }
-    pushes_[partition] = request->SerializeAsString();
+    // Per partition: the request less the other partitions' gradients.
+    for (const PartitionTensor& g : request->gradients()) {
+      PushRequest one = *request;
+      one.clear_gradients();
+      *one.add_gradients() = g;
+      pushes_[g.partition_id()] = one.SerializeAsString();
+    }
     ++calls_;
     return grpc::Status::OK;
   }
@@ -113,9 +120,11 @@ class RecordingServer : public ParameterServer::Service {
 };
 
 // Two recording servers, each the primary of one shard of a job with three
-// tensors cut into 64-float partitions, and a client of rank 1.
+// tensors cut into 64-float partitions, and a client of rank 1 (one call
+// per shard, or per partition).
 struct Cluster {
-  explicit Cluster(DType dtype = FLOAT32, DType parameter_dtype = FLOAT32) {
+  explicit Cluster(DType dtype = FLOAT32, DType parameter_dtype = FLOAT32,
+                   bool call_per_shard = true) {
     std::vector<ParameterSpec> specs(3);
     specs[0].set_name("layer0.weight");
     specs[0].add_shape(20);
@@ -156,6 +165,7 @@ struct Cluster {
     }
     ParameterClientOptions options;
     options.retries = 2;
+    options.call_per_shard = call_per_shard;
     auto c = ParameterClient::Create(assignment, options);
     REQUIRE(c.ok());
     client = std::move(*c);
@@ -171,6 +181,9 @@ struct Cluster {
   }
 
   // Every request taken by both servers, by partition id.
+  // Calls taken since the last Take.
+  int Calls() { return servers[0].calls() + servers[1].calls(); }
+
   std::map<int32_t, std::string> Take() {
     std::map<int32_t, std::string> all = servers[0].Take();
     for (auto& [id, bytes] : servers[1].Take()) all[id] = bytes;
@@ -196,16 +209,24 @@ struct Cluster {
 
 TEST_CASE("ParameterClient: an overlapped push sends a plain push's bytes",
           "[ps_client]") {
-  for (DType dtype : {FLOAT32, BFLOAT16}) {
-    Cluster cluster(dtype);
-    REQUIRE(cluster.client->Push(5, cluster.grads).ok());
-    const std::map<int32_t, std::string> plain = cluster.Take();
-    REQUIRE(static_cast<int>(plain.size()) == cluster.num_partitions);
-    // Backward order (last tensor first), then another order.
-    for (const std::vector<int32_t>& order :
-         {std::vector<int32_t>{2, 0, 1}, std::vector<int32_t>{1, 2, 0}}) {
-      REQUIRE(cluster.PushOverlapped(5, order).ok());
-      CHECK(cluster.Take() == plain);
+  std::map<int32_t, std::string> per_shard;
+  for (bool call_per_shard : {true, false}) {
+    for (DType dtype : {FLOAT32, BFLOAT16}) {
+      Cluster cluster(dtype, FLOAT32, call_per_shard);
+      REQUIRE(cluster.client->Push(5, cluster.grads).ok());
+      // One call per shard (2), or per partition.
+      CHECK(cluster.Calls() == (call_per_shard ? 2 : cluster.num_partitions));
+      const std::map<int32_t, std::string> plain = cluster.Take();
+      REQUIRE(static_cast<int>(plain.size()) == cluster.num_partitions);
+      // Backward order (last tensor first), then another order.
+      for (const std::vector<int32_t>& order :
+           {std::vector<int32_t>{2, 0, 1}, std::vector<int32_t>{1, 2, 0}}) {
+        REQUIRE(cluster.PushOverlapped(5, order).ok());
+        CHECK(cluster.Take() == plain);
+      }
+      // Each partition's bytes are the same either way.
+      if (dtype == FLOAT32 && call_per_shard) per_shard = plain;
+      if (dtype == FLOAT32 && !call_per_shard) CHECK(plain == per_shard);
     }
   }
 }

@@ -65,8 +65,13 @@ ABSL_FLAG(bool, shared_memory, false,
           "worker moved on (docs/ARCHITECTURE.md, \"Shared memory\").");
 ABSL_FLAG(bool, pull_with_push, true,
           "Each step's push also asks for the next step's parameters, so "
-          "one call per partition per step does both (PushRequest.pull_next); "
+          "one call per shard per step does both (PushRequest.pull_next); "
           "false: a push and a pull call each (same results).");
+ABSL_FLAG(bool, call_per_shard, true,
+          "Carry all the partitions a shard holds in one push (and one pull) "
+          "call per step, started when the last of their gradients is "
+          "ready; false: one call per partition, each started as soon as "
+          "its gradient is (same results).");
 ABSL_FLAG(int, test_slow_ms_per_step, 0,
           "FOR TESTS ONLY: sleep this many ms in every training step, to make "
           "this worker artificially slow (the SSP test). Default 0.");
@@ -469,6 +474,7 @@ int Main() {
   trainer.overlap_push = absl::GetFlag(FLAGS_overlap_push);
   trainer.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   trainer.pull_with_push = absl::GetFlag(FLAGS_pull_with_push);
+  trainer.call_per_shard = absl::GetFlag(FLAGS_call_per_shard);
   if (trainer.shared_memory) {
     // Regions left by workers that crashed before unlinking theirs.
     if (const int removed = SharedMemory::RemoveStale(); removed > 0) {

@@ -241,6 +241,7 @@ absl::Status TrainRank(const Assignment& assignment,
   client_options.views = options.views;
   client_options.shared_memory = options.shared_memory;
   client_options.pull_with_push = options.pull_with_push;
+  client_options.call_per_shard = options.call_per_shard;
   PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
                        ParameterClient::Create(assignment, client_options));
   if (client->parameter_sizes() != model->ParameterSizes()) {

@@ -74,6 +74,9 @@ struct TrainerOptions {
   // One call per partition per step for the push and the next pull
   // (ParameterClientOptions::pull_with_push). Default: true.
   bool pull_with_push = true;
+  // One call per shard, not per partition
+  // (ParameterClientOptions::call_per_shard). Default: true.
+  bool call_per_shard = true;
   // Where view changes come from (failover of a primary; see
   // ParameterClientOptions::views). Not owned. Default: none.
   ViewSource* views = nullptr;
