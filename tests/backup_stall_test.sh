@@ -48,7 +48,7 @@ stall=$(q "$job" "[s for s in j.get('stalls', []) if ':${SERVER_PORT[bs.s2]}) ha
   fail "JobStatus.stalls does not name the stalled backup s2"
 }
 q "$job" "[s for s in j['stalls'] if 'has not applied step 30' in s][0]"
-q "$job" "all(' out of the view until a state transfer' in s for s in j['stalls'])" | grep -q True ||
+q "$job" "all(' out of the view until a state transfer' in s for s in j['stalls'])" | grep_all True ||
   fail "a stalls line does not say what became of the backup"
 # Re-synced: a state transfer brought s2 back after it was dropped, and the
 # job ended with every shard's backup in the view.

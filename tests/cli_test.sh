@@ -101,10 +101,10 @@ w2=${PIDS[3]}
 printf 'name: "long"\nmodel { input_dim: 784 hidden_sizes: 16 num_classes: 10 }\ndataset {}\noptimizer { learning_rate: 0.1 }\nbatch_size: 10\nepochs: 5\nworkers: 2\n' >"$WORK/long.textproto"
 id=$("${CTL[@]}" submit "$WORK/long.textproto")
 for _ in $(seq 300); do
-  "${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' && break
+  "${CTL[@]}" get "$id" | grep_all '"step": "[1-9]' && break
   sleep 0.05
 done
-"${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' || fail "job $id made no progress"
+"${CTL[@]}" get "$id" | grep_all '"step": "[1-9]' || fail "job $id made no progress"
 kill -STOP "$w2"
 kill -TERM "$w1"
 for _ in $(seq 50); do kill -0 "$w1" 2>/dev/null || break; sleep 0.1; done
@@ -141,7 +141,7 @@ start_cluster d 1 2
 port=${COORDINATOR##*:}
 id=$("${CTL[@]}" submit "$WORK/long.textproto")
 for _ in $(seq 300); do
-  "${CTL[@]}" get "$id" | grep -q '"step": "[1-9]' && break
+  "${CTL[@]}" get "$id" | grep_all '"step": "[1-9]' && break
   sleep 0.05
 done
 kill -KILL "${PIDS[0]}"

@@ -74,6 +74,12 @@ trap on_exit EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# grep_all ARGS...: `grep -q ARGS` that reads all of its input. grep -q
+# exits at the first match, and the command writing into the pipe then
+# dies of SIGPIPE, which set -o pipefail counts as the pipeline failing (a
+# ListJobs answer failed grpcurl_test that way).
+grep_all() { grep "$@" >/dev/null; }
+
 # start_cluster NAME SERVERS WORKERS: starts a coordinator (with the flags
 # in the array COORDINATOR_ARGS, if set), servers (SERVER_ARGS) and workers; sets
 # COORDINATOR and CTL (psd_ctl with --coordinator). With TLS_DIR set

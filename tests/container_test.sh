@@ -79,7 +79,7 @@ if [ -x "${PSD_BUF:-}" ]; then
     for s in $services; do
       out=$("${buf[@]}" "${verify[@]}" -d "{\"service\": \"$s\"}" \
         "https://$target/grpc.health.v1.Health/Check" 2>&1)
-      echo "$out" | grep -q '"status": "SERVING"' || fail "$target: health of $s: $out"
+      echo "$out" | grep_all '"status": "SERVING"' || fail "$target: health of $s: $out"
       n=$((n + 1))
     done
     want=grpc.health.v1.Health # the worker serves only health and reflection
@@ -87,7 +87,7 @@ if [ -x "${PSD_BUF:-}" ]; then
       psd-coordinator:*) want=psd.v1.Coordinator ;;
       psd-server-*) want=psd.v1.ParameterServer ;;
     esac
-    echo "$services" | grep -qx "$want" || fail "$target does not list $want: $services"
+    echo "$services" | grep_all -x "$want" || fail "$target does not list $want: $services"
     echo "health: $target: SERVING for each of its $n services ($(echo $services))"
   done
 else

@@ -21,7 +21,7 @@ start_cluster burst 2 2
 id=$("${CTL[@]}" submit "$WORK/job.textproto") || fail "submit"
 # Wait until it trains, then burst.
 give_up=$((SECONDS + 60))
-until "${CTL[@]}" get "$id" 2>/dev/null | grep -q '"step": "[1-9]'; do
+until "${CTL[@]}" get "$id" 2>/dev/null | grep_all '"step": "[1-9]'; do
   [ $SECONDS -lt $give_up ] || fail "job $id never started training"
   sleep 0.1
 done

@@ -42,16 +42,16 @@ start_cluster a 1 2
 
 services=$("$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" --list-services "https://$COORDINATOR" 2>&1)
 for s in psd.v1.JobService psd.v1.Coordinator grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection; do
-  echo "$services" | grep -qx "$s" || fail "list: $s missing in: $services"
+  echo "$services" | grep_all -x "$s" || fail "list: $s missing in: $services"
 done
-health "$COORDINATOR" | grep -q '"status": "SERVING"' || fail "coordinator not SERVING"
+health "$COORDINATOR" | grep_all '"status": "SERVING"' || fail "coordinator not SERVING"
 view=$(call psd.v1.Coordinator/GetClusterView '{}')
-echo "$view" | grep -q '"servers"' || fail "GetClusterView: $view"
+echo "$view" | grep_all '"servers"' || fail "GetClusterView: $view"
 server=$(echo "$view" | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
-health "$server" | grep -q '"status": "SERVING"' || fail "server $server not SERVING"
+health "$server" | grep_all '"status": "SERVING"' || fail "server $server not SERVING"
 worker=$(echo "$view" | grep -A3 '"workers"' | grep -o '"address": "[0-9.:]*"' | head -1 | cut -d'"' -f4)
 [ -n "$worker" ] || fail "no worker address in the view: $view"
-health "$worker" | grep -q '"status": "SERVING"' || fail "worker $worker not SERVING"
+health "$worker" | grep_all '"status": "SERVING"' || fail "worker $worker not SERVING"
 "$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" --list-services "https://$worker" |
   grep -q grpc.reflection.v1alpha.ServerReflection || fail "worker serves no reflection"
 
@@ -59,24 +59,24 @@ health "$worker" | grep -q '"status": "SERVING"' || fail "worker $worker not SER
 submitted=$(call psd.v1.JobService/SubmitJob "@deploy/jobs/fashion_mnist_mlp.json")
 job=$(echo "$submitted" | grep -o '"jobId": "[^"]*"' | cut -d'"' -f4)
 [ -n "$job" ] || fail "SubmitJob: $submitted"
-call psd.v1.JobService/GetJob "{\"jobId\": \"$job\"}" | grep -q '"state": "\(PENDING\|RUNNING\)"' ||
+call psd.v1.JobService/GetJob "{\"jobId\": \"$job\"}" | grep_all '"state": "\(PENDING\|RUNNING\)"' ||
   fail "GetJob: not PENDING or RUNNING"
-call psd.v1.JobService/ListJobs '{}' | grep -q "\"jobId\": \"$job\"" || fail "ListJobs lacks $job"
-call psd.v1.JobService/CancelJob "{\"jobId\": \"$job\"}" | grep -q '"state": "CANCELLED"' ||
+call psd.v1.JobService/ListJobs '{}' | grep_all "\"jobId\": \"$job\"" || fail "ListJobs lacks $job"
+call psd.v1.JobService/CancelJob "{\"jobId\": \"$job\"}" | grep_all '"state": "CANCELLED"' ||
   fail "CancelJob did not cancel"
 
 # A bad config: INVALID_ARGUMENT naming the field.
 bad=$(call psd.v1.JobService/SubmitJob '{"name": "bad", "model": {"kind": "MLP", "inputDim": 784, "numClasses": 10}, "dataset": {}, "optimizer": {"learningRate": 0.1}, "batchSize": -1, "epochs": 1, "workers": 1}' || true)
-echo "$bad" | grep -q '"code": "invalid_argument"' || fail "bad config: $bad"
-echo "$bad" | grep -q 'batch_size: must be in' || fail "bad config message: $bad"
+echo "$bad" | grep_all '"code": "invalid_argument"' || fail "bad config: $bad"
+echo "$bad" | grep_all 'batch_size: must be in' || fail "bad config message: $bad"
 unknown=$(call psd.v1.JobService/GetJob '{"jobId": "no-such-job"}' || true)
-echo "$unknown" | grep -q '"code": "not_found"' || fail "unknown job: $unknown"
+echo "$unknown" | grep_all '"code": "not_found"' || fail "unknown job: $unknown"
 
 # The short job runs to the end once the cancelled one has freed the workers.
 short=$(call psd.v1.JobService/SubmitJob '{"name": "short", "model": {"kind": "MLP", "inputDim": 784, "hiddenSizes": [32], "numClasses": 10, "initSeed": "1"}, "dataset": {"name": "fashion-mnist", "trainLimit": 2000, "testLimit": 500}, "optimizer": {"kind": "SGD", "learningRate": 0.05, "momentum": 0.9}, "batchSize": 50, "epochs": 1, "workers": 2, "seed": "3"}')
 id=$(echo "$short" | grep -o '"jobId": "[^"]*"' | cut -d'"' -f4)
 "${CTL[@]}" watch "$id" || fail "job $id did not succeed"
-call psd.v1.JobService/GetJob "{\"jobId\": \"$id\"}" | grep -q '"state": "SUCCEEDED"' || fail "GetJob $id"
+call psd.v1.JobService/GetJob "{\"jobId\": \"$id\"}" | grep_all '"state": "SUCCEEDED"' || fail "GetJob $id"
 
 # The README's grpcurl block, line by line as written, with the shim as
 # grpcurl (text format parsed as grpcurl would, grpcurl's output keys). Its

@@ -45,8 +45,8 @@ print(total)' "$a")
 
 # Delete frees it; the job is gone from the coordinator and the servers.
 "${CTL[@]}" delete "$a" >/dev/null || fail "delete $a"
-"${CTL[@]}" servers | grep -q "\"$a\"" && fail "servers still hold $a after delete"
-"${CTL[@]}" list | grep -q "\"$a\"" && fail "coordinator still lists $a"
+"${CTL[@]}" servers | grep_all "\"$a\"" && fail "servers still hold $a after delete"
+"${CTL[@]}" list | grep_all "\"$a\"" && fail "coordinator still lists $a"
 if "${CTL[@]}" export "$a" "$WORK/gone.safetensors" 2>"$WORK/err"; then
   fail "export of a deleted job succeeded"
 fi

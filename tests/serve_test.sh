@@ -23,7 +23,7 @@ start_cluster a 2 2
 checksum=$(run_job "$WORK/short.textproto" "$WORK/short.safetensors")
 job=$(cat "$WORK/last_job")
 status=$("${CTL[@]}" get "$job")
-echo "$status" | grep -q '"state": "SUCCEEDED"' || fail "job not SUCCEEDED: $status"
+echo "$status" | grep_all '"state": "SUCCEEDED"' || fail "job not SUCCEEDED: $status"
 # The job's own accuracy (the first testAccuracy: the job's, before the
 # per-epoch history), after the last epoch, over all 10,000 test images.
 accuracy=$(echo "$status" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk '{print $2}')
@@ -173,7 +173,7 @@ wait $LOOP_PID || { cat "$WORK/loop.err"; fail "a request failed during the relo
 echo "during the reload: $(tail -2 "$WORK/loop.out" | tr '\n' ' ')"
 grep -q "^correct $correct of 10000" "$WORK/loop.out" || fail "wrong answers after the reload"
 grep -Eq '^versions 1:[0-9]+ 2:[0-9]+$' "$WORK/loop.out" || fail "not both versions answered: $(tail -1 "$WORK/loop.out")"
-curl -s "http://127.0.0.1:$http_port/v2/models/fashion" | grep -q '"versions":\["1","2"\]' ||
+curl -s "http://127.0.0.1:$http_port/v2/models/fashion" | grep_all '"versions":\["1","2"\]' ||
   fail "model metadata does not list versions 1 and 2"
 
 # Metrics.

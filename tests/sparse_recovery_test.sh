@@ -115,7 +115,7 @@ fails_after_restart() {
   message=$("${CTL[@]}" get "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("error", ""))')
   echo "$s: $state: $message"
   [ "$state" = FAILED ] || fail "$s: job $job is $state, want FAILED"
-  echo "$message" | grep -q "$want" || fail "$s: the message does not say \"$want\""
+  echo "$message" | grep_all "$want" || fail "$s: the message does not say \"$want\""
   kill_all
 }
 

@@ -90,13 +90,13 @@ ctl_as() {
     --tls_key_file="$dir/$name.key" "$@" 2>&1
 }
 out=$(ctl_as "$CERTS" user-alice list) || fail "user alice cannot list: $out"
-echo "$out" | grep -q '"name": "short"' || fail "list as alice: $out"
+echo "$out" | grep_all '"name": "short"' || fail "list as alice: $out"
 out=$(ctl_as "$CERTS" worker list) && fail "a worker certificate listed jobs: $out"
-echo "$out" | grep -q "PERMISSION_DENIED.*needs the role user, viewer, admin or serve" ||
+echo "$out" | grep_all "PERMISSION_DENIED.*needs the role user, viewer, admin or serve" ||
   fail "list as a worker: $out"
 for bad in "$WORK/other-ca user-alice" "$CERTS user-expired"; do
   out=$(ctl_as $bad list) && fail "$bad was accepted: $out"
-  echo "$out" | grep -q "UNAVAILABLE" || fail "$bad: $out"
+  echo "$out" | grep_all "UNAVAILABLE" || fail "$bad: $out"
 done
 out=$("$BIN/deploy/psd_ctl" --coordinator="$COORDINATOR" --timeout_s=5 --insecure list 2>&1) &&
   fail "a plaintext call was answered: $out"
@@ -122,13 +122,13 @@ for probe in "coordinator $COORDINATOR coordinator" \
 done
 dead=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 out=$(health_as worker "$dead") && fail "psd_ctl health of a dead port succeeded: $out"
-echo "$out" | grep -q "^psd_ctl: health $dead: UNAVAILABLE" || fail "health of a dead port: $out"
+echo "$out" | grep_all "^psd_ctl: health $dead: UNAVAILABLE" || fail "health of a dead port: $out"
 out=$("$BIN/deploy/psd_ctl" --timeout_s=5 health "$COORDINATOR" 2>&1) &&
   fail "a plaintext health check of a TLS port succeeded: $out"
-echo "$out" | grep -q "UNAVAILABLE" || fail "plaintext health: $out"
+echo "$out" | grep_all "UNAVAILABLE" || fail "plaintext health: $out"
 out=$(health_as worker "$COORDINATOR" "$WORK/other-ca") &&
   fail "health with another CA's certificate succeeded: $out"
-echo "$out" | grep -q "UNAVAILABLE.*certificate verify failed" || fail "health, other CA: $out"
+echo "$out" | grep_all "UNAVAILABLE.*certificate verify failed" || fail "health, other CA: $out"
 echo "psd_ctl health: SERVING for coordinator, server and worker over TLS; fails on a dead port, plaintext, another CA"
 
 if [ -z "${PSD_BUF:-}" ] || [ ! -x "$PSD_BUF" ]; then
@@ -148,16 +148,16 @@ server=$("${CTL[@]}" view | python3 -c '
 import json, sys
 print(json.load(sys.stdin)["servers"][0]["address"])')
 out=$(curl_as - "$server" grpc.health.v1.Health/Check '{}') || fail "health without a certificate: $out"
-echo "$out" | grep -q SERVING || fail "health: $out"
+echo "$out" | grep_all SERVING || fail "health: $out"
 out=$(curl_as - "$COORDINATOR" psd.v1.JobService/ListJobs '{}') && fail "anonymous ListJobs: $out"
-echo "$out" | grep -qi "unauthenticated" || fail "anonymous ListJobs: $out"
+echo "$out" | grep_all -i "unauthenticated" || fail "anonymous ListJobs: $out"
 out=$(curl_as worker "$server" psd.v1.ParameterServer/Replicate '{"jobId":"short-1"}') &&
   fail "a worker called Replicate: $out"
-echo "$out" | grep -qi "permission_denied" || fail "Replicate as a worker: $out"
-echo "$out" | grep -q "needs the role server" || fail "Replicate as a worker: $out"
+echo "$out" | grep_all -i "permission_denied" || fail "Replicate as a worker: $out"
+echo "$out" | grep_all "needs the role server" || fail "Replicate as a worker: $out"
 out=$(curl_as user-alice "$server" psd.v1.ParameterServer/DropJob '{"jobId":"short-1"}') &&
   fail "a user dropped a job on a server: $out"
-echo "$out" | grep -q "needs the role coordinator" || fail "DropJob as a user: $out"
+echo "$out" | grep_all "needs the role coordinator" || fail "DropJob as a user: $out"
 out=$(curl_as user-alice "$COORDINATOR" psd.v1.JobService/ListJobs '{}') || fail "ListJobs as alice: $out"
 echo "refused: anonymous ListJobs, a worker's Replicate, a user's DropJob; health open"
 

@@ -12,7 +12,7 @@ start_cluster a 2 2
 checksum=$(run_job "$WORK/short.textproto" "$WORK/short.safetensors")
 echo "checksum $checksum"
 status=$("${CTL[@]}" get "$(cat "$WORK/last_job")")
-echo "$status" | grep -q '"state": "SUCCEEDED"' || fail "job not SUCCEEDED: $status"
+echo "$status" | grep_all '"state": "SUCCEEDED"' || fail "job not SUCCEEDED: $status"
 accuracy=$(echo "$status" | grep -o '"testAccuracy": [0-9.e-]*' | head -1 | awk '{print $2}')
 echo "test accuracy $accuracy"
 awk -v a="$accuracy" -v f="$FLOOR" 'BEGIN { exit !(a >= f) }' ||

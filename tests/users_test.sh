@@ -56,7 +56,7 @@ refused() {
   local what=$1 pattern=$2 out
   shift 2
   out=$(as "$@") && fail "$what succeeded: $out"
-  echo "$out" | grep -qE "$pattern" || fail "$what: $out"
+  echo "$out" | grep_all -E "$pattern" || fail "$what: $out"
 }
 
 # Alice's job, trained and exported by her.
@@ -64,7 +64,7 @@ alice_job=$(as user-alice submit "$WORK/short.textproto") || fail "alice submit:
 as user-alice watch "$alice_job" >"$WORK/alice.watch" || fail "alice's job did not succeed"
 as user-alice export "$alice_job" "$WORK/alice.safetensors" >/dev/null ||
   fail "alice cannot export her own job"
-as user-alice get "$alice_job" | grep -q '"submittedBy": "user/alice"' ||
+as user-alice get "$alice_job" | grep_all '"submittedBy": "user/alice"' ||
   fail "alice's job does not record her: $(as user-alice get "$alice_job")"
 
 # Bob may see it but not act on it.
@@ -80,13 +80,13 @@ refused "bob's export of alice's job" "PERMISSION_DENIED.*submitted by user/alic
 echo "bob: may get alice's job; may not cancel, delete or export it"
 
 # Tokens.
-as dash list | grep -q "\"jobId\": \"$alice_job\"" || fail "the view token cannot list"
+as dash list | grep_all "\"jobId\": \"$alice_job\"" || fail "the view token cannot list"
 refused "a view token's submit" "PERMISSION_DENIED.*needs the role user or admin.*viewer/dashboards" \
   dash submit "$WORK/short.textproto"
 refused "an unknown token" "UNAUTHENTICATED.*unknown bearer token" unknown list
 refused "no credential" "UNAUTHENTICATED" none list
 carol_job=$(as carol submit "$WORK/short.textproto") || fail "carol (token) submit: $carol_job"
-as carol get "$carol_job" | grep -q '"submittedBy": "user/carol"' || fail "carol's job does not record her"
+as carol get "$carol_job" | grep_all '"submittedBy": "user/carol"' || fail "carol's job does not record her"
 refused "alice's cancel of carol's job" "PERMISSION_DENIED.*submitted by user/carol" \
   user-alice cancel "$carol_job"
 as carol cancel "$carol_job" >/dev/null || fail "carol cannot cancel her own job"
@@ -105,11 +105,11 @@ print(json.load(sys.stdin)["servers"][0]["address"])')
       "https://$server/psd.v1.ParameterServer/Replicate" 2>&1
   }
   out=$(replicate_as server-rogue) && fail "a server outside the view replicated: $out"
-  echo "$out" | grep -qi "permission_denied" || fail "Replicate from outside the view: $out"
-  echo "$out" | grep -q "spiffe://psd/server/rogue is not a server of job" ||
+  echo "$out" | grep_all -i "permission_denied" || fail "Replicate from outside the view: $out"
+  echo "$out" | grep_all "spiffe://psd/server/rogue is not a server of job" ||
     fail "Replicate from outside the view: $out"
   out=$(replicate_as server) || true
-  if echo "$out" | grep -qi "permission_denied"; then
+  if echo "$out" | grep_all -i "permission_denied"; then
     fail "the view's own identity was refused: $out"
   fi
   echo "replication: a server certificate outside the view refused; the view's passes ($out)"
@@ -120,11 +120,11 @@ print(json.load(sys.stdin)["servers"][0]["address"])')
   out=$(grpcurl -cacert "$CERTS/ca.pem" -H "authorization: Bearer $dash" \
     -d "{\"job_id\": \"$alice_job\"}" "$COORDINATOR" psd.v1.JobService/GetJob 2>&1) ||
     fail "grpcurl with the view token: $out"
-  echo "$out" | grep -q '"submitted_by": "user/alice"' || fail "grpcurl with the view token: $out"
+  echo "$out" | grep_all '"submitted_by": "user/alice"' || fail "grpcurl with the view token: $out"
   out=$(grpcurl -cacert "$CERTS/ca.pem" -H "authorization: Bearer $dash" \
     -d "{\"job_id\": \"$alice_job\"}" "$COORDINATOR" psd.v1.JobService/CancelJob 2>&1) &&
     fail "the view token cancelled a job: $out"
-  echo "$out" | grep -qi "permission_denied" || fail "CancelJob with the view token: $out"
+  echo "$out" | grep_all -i "permission_denied" || fail "CancelJob with the view token: $out"
   echo "grpcurl -H 'authorization: Bearer ...': the view token gets a job, cannot cancel it"
 else
   echo "SKIP (Replicate checks): buf not available (PSD_BUF unset); tests/run_tests.sh installs it"
