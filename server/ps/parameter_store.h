@@ -87,7 +87,8 @@ struct PartitionState;
 struct ReplicationTask {
   // host:port of the backup.
   std::string address;
-  // One partition's averaged gradient for one step (shared by the backups).
+  // The averaged gradients of one step, one per partition (BSP: of every
+  // partition whose update one call started; shared by the backups).
   std::shared_ptr<const ReplicateRequest> request;
 };
 

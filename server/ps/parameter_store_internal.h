@@ -158,6 +158,12 @@ std::shared_ptr<ReplicateRequest> MakeReplicate(
     const ParameterStore::Job& job, int32_t partition_id,
     const PartitionState& state, int64_t check_every)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu);
+// The same for one more partition of a BSP request made by MakeReplicate
+// for the same step (its gradient and, when due, its checksum).
+void AppendReplicate(const ParameterStore::Job& job, int32_t partition_id,
+                     const PartitionState& state, int64_t check_every,
+                     ReplicateRequest* replicate)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(job.mu);
 
 // replica_check.cc: the replica check's checksum of a partition's state:
 // CRC-32 (zlib) of its weights, its optimizer slots and (ASP/SSP) its

@@ -32,16 +32,22 @@ std::shared_ptr<ReplicateRequest> MakeReplicate(
   replicate->set_job_id(job.id);
   replicate->set_view_epoch(job.view_epoch);
   replicate->set_step(state.step);
-  PartitionTensor* out = replicate->add_gradients();
-  out->set_partition_id(partition_id);
-  EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
   if (state.async) {
     for (int64_t c : state.update_clocks) replicate->add_clocks(c);
   }
+  AppendReplicate(job, partition_id, state, check_every, replicate.get());
+  return replicate;
+}
+
+void AppendReplicate(const ParameterStore::Job& job, int32_t partition_id,
+                     const PartitionState& state, int64_t check_every,
+                     ReplicateRequest* replicate) {
+  PartitionTensor* out = replicate->add_gradients();
+  out->set_partition_id(partition_id);
+  EncodeFloat32(state.sum.data(), state.num_elements, out->mutable_tensor());
   if (ReplicaCheckDue(job, state.step, check_every)) {
     replicate->add_checksums(StateChecksum(state));
   }
-  return replicate;
 }
 
 absl::Status ParameterStore::SetView(const SetViewRequest& request) {

@@ -155,6 +155,28 @@ bool ParameterStore::StartUpdate(Job* job, int32_t partition_id,
   state->replicating = true;
   state->replicating_since = absl::Now();
   state->awaiting = targets;
+  // BSP updates that one call started (the last rank's push of a shard's
+  // partitions) for the same step and the same backups go in one
+  // Replicate call per backup: the request of the tasks added last takes
+  // this partition too. Those tasks are not sent yet (Settle sends them,
+  // after the job's lock), so their request may still grow.
+  const size_t n = targets.size();
+  if (!state->async && tasks->size() >= n) {
+    const std::shared_ptr<const ReplicateRequest>& last = tasks->back().request;
+    bool joinable = last->job_id() == job->id &&
+                    last->view_epoch() == job->view_epoch &&
+                    last->step() == state->step && last->clocks_size() == 0;
+    auto target = targets.begin();
+    for (size_t i = tasks->size() - n; joinable && i < tasks->size(); ++i) {
+      joinable = (*tasks)[i].request == last && (*tasks)[i].address == *target++;
+    }
+    if (joinable) {
+      AppendReplicate(*job, partition_id, *state,
+                      options_.replica_check_every_steps,
+                      std::const_pointer_cast<ReplicateRequest>(last).get());
+      return false;
+    }
+  }
   std::shared_ptr<ReplicateRequest> replicate =
       MakeReplicate(*job, partition_id, *state,
                     options_.replica_check_every_steps);
