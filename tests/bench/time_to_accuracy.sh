@@ -26,7 +26,10 @@
 #   deploy/jobs/fashion_mnist_mlp.textproto unless PSD_ARGS has --job.
 #   With PSD_BASELINE_ARGS set (run_local.sh arguments, e.g.
 #   "--worker-flag=--shared_memory=false"), each round also runs psd with
-#   them ("psd_base"), for a before/after ratio in the same run.
+#   them ("psd_base"), for a before/after ratio in the same run. With
+#   PSD_BASELINE_TREE set (another checkout of psd, e.g. a `git worktree`
+#   of an older commit), psd_base runs that tree's run_local.sh (and its
+#   build), with PSD_BASELINE_ARGS if set: before/after across commits.
 # Needs python3-torch (Debian); installs it with apt-get when it is missing
 # (the test suite never needs it). Run from anywhere in the repository.
 set -euo pipefail
@@ -45,11 +48,12 @@ fi
 echo "==> machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "==> torch $("$PY" -c 'import torch; print(torch.__version__)'), $(date -u +%FT%TZ)"
 
-# psd_run [RUN_LOCAL_ARGS...]: one quick start; prints "time_s epoch_s
-# final_acc checksum".
+# psd_run TREE [RUN_LOCAL_ARGS...]: one quick start of the checkout TREE;
+# prints "time_s epoch_s final_acc checksum".
 psd_run() {
-  local out dir log
-  out=$(./deploy/run_local.sh "$@" 2>&1) || { echo "$out" >&2; return 1; }
+  local out dir log tree=$1
+  shift
+  out=$(cd "$tree" && ./deploy/run_local.sh "$@" 2>&1) || { echo "$out" >&2; return 1; }
   dir=$(echo "$out" | sed -n 's/.*(logs: \(\/tmp\/psd-local\.[A-Za-z0-9]*\)).*/\1/p' | head -1)
   log=$(grep -l "epoch 0 done" "$dir"/worker*.log | head -1)
   local checksum
@@ -94,10 +98,11 @@ declare -a PSD BASE DDP SINGLE
 read -r -a BASE_ARGS <<<"${PSD_BASELINE_ARGS:-}"
 printf '%-6s %-9s %14s %10s %9s  %s\n' round run "time_to_${TARGET}_s" epoch_s final_acc checksum
 for r in $(seq "$ROUNDS"); do
-  p=$(psd_run ${PSD_ARGS[@]+"${PSD_ARGS[@]}"}); PSD+=("$p")
+  p=$(psd_run . ${PSD_ARGS[@]+"${PSD_ARGS[@]}"}); PSD+=("$p")
   printf '%-6s %-9s %14s %10s %9s  %s\n' "$r" psd $p
-  if [ ${#BASE_ARGS[@]} -gt 0 ]; then
-    b=$(psd_run ${PSD_ARGS[@]+"${PSD_ARGS[@]}"} "${BASE_ARGS[@]}"); BASE+=("$b")
+  if [ ${#BASE_ARGS[@]} -gt 0 ] || [ -n "${PSD_BASELINE_TREE:-}" ]; then
+    b=$(psd_run "${PSD_BASELINE_TREE:-.}" ${PSD_ARGS[@]+"${PSD_ARGS[@]}"} \
+      ${BASE_ARGS[@]+"${BASE_ARGS[@]}"}); BASE+=("$b")
     printf '%-6s %-9s %14s %10s %9s  %s\n' "$r" psd_base $b
   fi
   d=$(torch_run ddp); DDP+=("$d")
