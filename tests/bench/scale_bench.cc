@@ -54,6 +54,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -246,6 +247,7 @@ class SimWorker : public ViewSource {
   int rank_ = -1;
   int64_t floats_ = 0;
   int partitions_ = 0;
+  int push_calls_ = 0;  // push calls per step: one per shard
   std::vector<double> step_s_;         // Push + Pull of each step
   std::vector<double> step_end_s_;     // end of each step, since start
   std::vector<std::vector<float>> init_, final_;  // rank 0 only
@@ -284,6 +286,12 @@ class SimWorker : public ViewSource {
     PSD_ASSIGN_OR_RETURN(std::unique_ptr<ParameterClient> client,
                          ParameterClient::Create(first_, options));
     partitions_ = first_.placement().partitions_size();
+    // One push call per shard per step (the client's call_per_shard).
+    std::set<int32_t> shards;
+    for (const Partition& p : first_.placement().partitions()) {
+      shards.insert(p.shard());
+    }
+    push_calls_ = static_cast<int>(shards.size());
     std::vector<std::vector<float>> grads, params;
     for (int64_t n : client->parameter_sizes()) {
       floats_ += n;
@@ -668,6 +676,7 @@ int Main() {
     }
     r["floats"] = static_cast<double>(rank0->floats_);
     r["partitions"] = rank0->partitions_;
+    r["push_calls_per_step"] = rank0->push_calls_;
     r["servers"] = rank0->first_.servers_size();
     r["steps"] = steps;
     r["step_interval_ms"] = absl::GetFlag(FLAGS_step_interval_ms);

@@ -198,9 +198,10 @@ r.update(heartbeat_timeout_ms=int(sys.argv[-1]), servers_started=int(s), replica
          # All servers' CPU over the client's run (the killed one's up to
          # its kill is lost), and the largest server's RSS at the end.
          server_cpu_s=float(c1) - float(c0), server_rss_max_mib=float(rss))
-# Every rank pushes every partition once per step; R > 1 adds no Push calls
-# (replication is its own RPC). Retries after a failover add some.
-r["expected_push_requests"] = r["workers"] * r.get("partitions", 0) * r.get("steps", 0)
+# Every rank makes one Push call per shard per step (all of the shard's
+# partitions in it); R > 1 adds no Push calls (replication is its own
+# RPC). Retries after a failover add some.
+r["expected_push_requests"] = r["workers"] * r.get("push_calls_per_step", 0) * r.get("steps", 0)
 with open(out, "a") as f:
     f.write(json.dumps(r) + "\n")
 g = lambda k: r.get(k) if r.get(k) is not None else float("nan")
