@@ -16,7 +16,7 @@ using grpc::experimental::InterceptionHookPoints;
 
 // Request bytes that do not parse as the method's message: gRPC answers
 // INTERNAL "" (sync methods) or UNIMPLEMENTED "" (callback methods: Push,
-// Pull, PushRows, PullRows, ReplicateRows), though the method exists. This
+// Pull, Replicate, PushRows, PullRows, ReplicateRows), though the method exists. This
 // makes it what the caller needs to know, as the health service answers:
 // INVALID_ARGUMENT "could not parse request".
 class ParseErrorInterceptor final : public grpc::experimental::Interceptor {

@@ -1,6 +1,7 @@
 #include "server/ps/parameter_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -453,33 +454,76 @@ grpc::Status ParameterService::SnapshotJob(grpc::ServerContext*,
   return ToGrpcStatus(status);
 }
 
-grpc::Status ParameterService::Replicate(grpc::ServerContext* context,
-                                         const ReplicateRequest* request,
-                                         ReplicateResponse* response) {
-  if (absl::Status peer = store_->CheckReplicaPeer(request->job_id(),
-                                                   CallerIdentity(*context));
-      !peer.ok()) {
-    return ToGrpcStatus(peer);
-  }
-  // psd_server --test_stall_replicate_at_step (tests only): hold the call
-  // as a stalled backup would, until the window ends, the caller gives up
-  // (its deadline), or the server stops (Shutdown cancels the call). One
-  // sync handler thread per held call, at most one per call the primaries
-  // have in flight.
-  const absl::Time held_until = store_->ReplicateHeldUntilForTest(*request);
-  while (absl::Now() < held_until) {
-    if (context->IsCancelled() ||
-        std::chrono::system_clock::now() > context->deadline()) {
-      return grpc::Status(grpc::StatusCode::CANCELLED,
-                          "test hook --test_stall_replicate_at_step: the "
-                          "caller gave up while this replication was held");
-    }
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  auto result = store_->Replicate(*request);
+namespace {
+
+grpc::Status ApplyReplicate(ParameterStore* store,
+                            const ReplicateRequest& request,
+                            ReplicateResponse* response) {
+  auto result = store->Replicate(request);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;
+}
+
+// psd_server --test_stall_replicate_at_step (tests only): a Replicate held
+// as a stalled backup would, until `until`, the caller gives up (its
+// deadline or a cancellation) or the server stops (Shutdown cancels the
+// call); then applied. Polls every 10 ms with an alarm: no thread is held.
+class HeldReplicateReactor final : public grpc::ServerUnaryReactor {
+ public:
+  HeldReplicateReactor(ParameterStore* store,
+                       grpc::CallbackServerContext* context,
+                       const ReplicateRequest* request,
+                       ReplicateResponse* response, absl::Time until)
+      : store_(store),
+        context_(context),
+        request_(request),
+        response_(response),
+        until_(until) {
+    Poll();
+  }
+  void OnCancel() override { cancelled_ = true; }
+  void OnDone() override { delete this; }
+
+ private:
+  void Poll() {
+    if (cancelled_ || std::chrono::system_clock::now() > context_->deadline()) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                          "test hook --test_stall_replicate_at_step: the "
+                          "caller gave up while this replication was held"));
+    } else if (absl::Now() >= until_) {
+      Finish(ApplyReplicate(store_, *request_, response_));
+    } else {
+      alarm_.Set(std::chrono::system_clock::now() + std::chrono::milliseconds(10),
+                 [this](bool) { Poll(); });
+    }
+  }
+
+  ParameterStore* const store_;
+  grpc::CallbackServerContext* const context_;
+  const ReplicateRequest* const request_;
+  ReplicateResponse* const response_;
+  const absl::Time until_;
+  std::atomic<bool> cancelled_{false};
+  grpc::Alarm alarm_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ParameterService::Replicate(
+    grpc::CallbackServerContext* context, const ReplicateRequest* request,
+    ReplicateResponse* response) {
+  absl::Status peer =
+      store_->CheckReplicaPeer(request->job_id(), CallerIdentity(*context));
+  const absl::Time held_until = store_->ReplicateHeldUntilForTest(*request);
+  if (peer.ok() && absl::Now() < held_until) {
+    return new HeldReplicateReactor(store_, context, request, response,
+                                    held_until);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(peer.ok() ? ApplyReplicate(store_, *request, response)
+                            : ToGrpcStatus(peer));
+  return reactor;
 }
 
 grpc::Status ParameterService::InstallPartition(

@@ -20,14 +20,17 @@ namespace psd {
 // or passes its deadline; so does a push with pull_next, which is answered
 // like a pull of the next step once its push is taken. Tensor bytes may
 // come and go through a worker's shared memory (SharedRegions). CreateJob
-// and DropJob use the sync API.
+// and DropJob use the sync API; Replicate, like Push and Pull, the callback
+// API.
 // Counts push and pull calls, their bytes, errors and latency in the
 // psd_server_push_* and psd_server_pull_* metrics; the hot path only
 // touches atomics, and nothing is logged per call.
 // Thread-safe. Does not own `store` or `metrics`.
 class ParameterService final
     : public ParameterServer::WithCallbackMethod_Push<
-          ParameterServer::WithCallbackMethod_Pull<ParameterServer::Service>> {
+          ParameterServer::WithCallbackMethod_Pull<
+              ParameterServer::WithCallbackMethod_Replicate<
+                  ParameterServer::Service>>> {
  public:
   // Registers the service's metrics in `metrics`, which must outlive
   // it; with nullptr they are kept in a private registry (tests).
@@ -68,9 +71,11 @@ class ParameterService final
   grpc::Status SnapshotJob(grpc::ServerContext* context,
                            const SnapshotJobRequest* request,
                            SnapshotJobResponse* response) override;
-  grpc::Status Replicate(grpc::ServerContext* context,
-                         const ReplicateRequest* request,
-                         ReplicateResponse* response) override;
+  // Callback API, as Push: a backup applies the update on the thread that
+  // read the request (no hand-off to a handler thread on every step).
+  grpc::ServerUnaryReactor* Replicate(grpc::CallbackServerContext* context,
+                                      const ReplicateRequest* request,
+                                      ReplicateResponse* response) override;
   grpc::Status InstallPartition(grpc::ServerContext* context,
                                 const InstallPartitionRequest* request,
                                 InstallPartitionResponse* response) override;
