@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,8 +24,6 @@
 namespace psd {
 
 struct ReplicatorOptions {
-  // Threads making calls (each call is a blocking unary RPC). Default: 4.
-  int threads = 4;
   // Deadline of one Replicate call. Default: 2000 ms.
   int call_timeout_ms = 2000;
   // Backoff before retrying a failed call: doubles from the first value up
@@ -33,11 +32,12 @@ struct ReplicatorOptions {
   int max_backoff_ms = 200;
 };
 
-// Thread-safe. Calls `settle(task, status)` after every call, from one of its
-// threads; when it returns an epoch the call is made again, in that view
-// epoch, after a backoff (a
-// backup that is down is retried until the coordinator's next view drops it
-// from the shard, which settles the task). Counts calls, bytes and errors in
+// Thread-safe. Send starts the call at once (gRPC callback API) on the
+// caller's thread; `settle(task, status)` runs after every call, on gRPC's
+// callback thread; when it returns an epoch the call is made again, in that
+// view epoch, after a backoff, by the replicator's retry thread (a backup
+// that is down is retried until the coordinator's next view drops it from
+// the shard, which settles the task). Counts calls, bytes and errors in
 // psd_server_replicate_* metrics.
 class Replicator {
  public:
@@ -47,11 +47,13 @@ class Replicator {
   // `metrics` (not owned) may be null.
   Replicator(ReplicatorOptions options, Settle settle,
              MetricsRegistry* metrics);
-  ~Replicator();  // stops; tasks not sent are dropped
+  // Stops: calls in flight are cancelled (and not settled), retries not
+  // made yet are dropped.
+  ~Replicator();
   Replicator(const Replicator&) = delete;
   Replicator& operator=(const Replicator&) = delete;
 
-  // Queues a call. Never blocks.
+  // Starts a call. Never blocks.
   void Send(ReplicationTask task);
 
  private:
@@ -60,8 +62,14 @@ class Replicator {
     absl::Time not_before;
     int attempts = 0;
   };
-  void Loop();
-  ParameterServer::Stub* StubFor(const std::string& address);
+  // One call in flight (defined in the .cc).
+  struct Call;
+  void Start(Pending pending);
+  void Done(Call* call, const grpc::Status& status);
+  // The retry thread: starts the calls in retries_ as they come due.
+  void RetryLoop();
+  ParameterServer::Stub* StubFor(const std::string& address)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ReplicatorOptions options_;
   const Settle settle_;
@@ -71,10 +79,11 @@ class Replicator {
   Histogram* latency_ = nullptr;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Pending> retries_ ABSL_GUARDED_BY(mu_);
+  std::set<Call*> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<ParameterServer::Stub>> stubs_
       ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_;
+  std::thread retry_thread_;
 };
 
 }  // namespace psd
