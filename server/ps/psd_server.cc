@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -234,6 +235,9 @@ int Main() {
         return store.OnReplicated(task, status);
       },
       &metrics);
+  // The replicator stops (its calls in flight cancelled, none settled
+  // after) before the store it settles into goes away.
+  absl::Cleanup stop_replicator = [&replicator] { replicator->Stop(); };
   SharedRegions::Options shared_memory;
   shared_memory.enabled = absl::GetFlag(FLAGS_shared_memory);
   shared_memory.max_region_bytes = static_cast<uint64_t>(

@@ -35,14 +35,16 @@ struct Replicator::Call {
   std::chrono::steady_clock::time_point start;
 };
 
+void Replicator::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  for (Call* call : in_flight_) call->context.TryCancel();
+  mu_.Await(absl::Condition(
+      +[](std::set<Call*>* calls) { return calls->empty(); }, &in_flight_));
+}
+
 Replicator::~Replicator() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    for (Call* call : in_flight_) call->context.TryCancel();
-    mu_.Await(absl::Condition(
-        +[](std::set<Call*>* calls) { return calls->empty(); }, &in_flight_));
-  }
+  Stop();
   retry_thread_.join();
 }
 

@@ -48,8 +48,10 @@ class Replicator {
   Replicator(ReplicatorOptions options, Settle settle,
              MetricsRegistry* metrics);
   // Stops: calls in flight are cancelled (and not settled), retries not
-  // made yet are dropped.
-  ~Replicator();
+  // made yet are dropped, and Send does nothing from then on. Returns once
+  // no call is in flight (no `settle` runs after). Idempotent.
+  void Stop();
+  ~Replicator();  // Stop()
   Replicator(const Replicator&) = delete;
   Replicator& operator=(const Replicator&) = delete;
 
