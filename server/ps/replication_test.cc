@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -394,6 +395,81 @@ TEST_CASE("Replica check: replicas that agree are verified every N steps, "
         2 * pair.placement.partitions_size());
   CHECK(pair.backup.ReplicaChecks().mismatches == 0);
   CHECK(pair.Latest(&pair.primary) == pair.Latest(&pair.backup));
+}
+
+TEST_CASE("Replication: the updates one push completes share a Replicate "
+          "call only between shards with the same backups",
+          "[replication]") {
+  // Two shards led by "p": shard 0 backed up by "a" and "b", shard 1 by
+  // "b" alone. One push of every partition completes every update (1
+  // worker); each backup must get exactly its shards' partitions.
+  JobConfig config = Config();
+  config.set_workers(1);
+  auto placement = BuildPlacement(ModelParameters(config.model()),
+                                  config.partition_bytes(), 2);
+  REQUIRE(placement.ok());
+  std::map<int32_t, int32_t> shard_of;
+  for (const Partition& part : placement->partitions()) {
+    shard_of[part.id()] = part.shard();
+  }
+  std::vector<ReplicationTask> sent;
+  ParameterStoreOptions options;
+  options.replicate = [&sent](ReplicationTask task) {
+    sent.push_back(std::move(task));
+  };
+  ParameterStore primary(options);
+  CreateJobRequest create;
+  create.set_job_id(kJob);
+  *create.mutable_config() = config;
+  *create.mutable_placement() = *placement;
+  create.add_shards(0);
+  create.add_shards(1);
+  create.set_view_epoch(2);
+  REQUIRE(primary.CreateJob(create).ok());
+  SetViewRequest view_request;
+  view_request.set_job_id(kJob);
+  view_request.set_server_id("p");
+  JobView* view = view_request.mutable_view();
+  view->set_epoch(2);
+  const std::vector<std::vector<std::string>> backups = {{"a", "b"}, {"b"}};
+  for (int s = 0; s < 2; ++s) {
+    ShardReplicas* shard = view->add_shards();
+    shard->set_shard(s);
+    shard->set_primary("p");
+    for (const std::string& b : backups[s]) shard->add_backups(b);
+  }
+  for (const char* id : {"p", "a", "b"}) {
+    ServerInfo* info = view->add_servers();
+    info->set_id(id);
+    info->set_address(std::string("addr-") + id);
+  }
+  REQUIRE(primary.SetView(view_request).ok());
+
+  PushRequest push;
+  push.set_job_id(kJob);
+  push.set_worker_rank(0);
+  push.set_step(0);
+  push.set_view_epoch(2);
+  for (const Partition& part : placement->partitions()) {
+    PartitionTensor* g = push.add_gradients();
+    g->set_partition_id(part.id());
+    std::vector<float> values(part.num_elements(), 0.5f);
+    EncodeFloat32(values.data(), part.num_elements(), g->mutable_tensor());
+  }
+  REQUIRE(primary.Push(push).ok());
+  std::map<std::string, std::multiset<int32_t>> got;  // address -> partitions
+  for (const ReplicationTask& task : sent) {
+    for (const PartitionTensor& g : task.request->gradients()) {
+      got[task.address].insert(g.partition_id());
+    }
+  }
+  std::map<std::string, std::multiset<int32_t>> want;
+  for (const auto& [id, shard] : shard_of) {
+    for (const std::string& b : backups[shard]) want["addr-" + b].insert(id);
+  }
+  CHECK(got == want);
+  // Fewer calls than partitions-times-backups (shard 0's share a call).
+  CHECK(sent.size() < static_cast<size_t>(placement->partitions_size()) * 2);
 }
 
 TEST_CASE("Replica check: a backup whose weights are changed behind its "

@@ -166,8 +166,12 @@ bool ParameterStore::StartUpdate(Job* job, int32_t partition_id,
     bool joinable = last->job_id() == job->id &&
                     last->view_epoch() == job->view_epoch &&
                     last->step() == state->step && last->clocks_size() == 0;
+    // Exactly the last n tasks carry it, to exactly these backups (a
+    // request also sent to another backup must not get this partition).
+    const size_t first = tasks->size() - n;
+    joinable = joinable && (first == 0 || (*tasks)[first - 1].request != last);
     auto target = targets.begin();
-    for (size_t i = tasks->size() - n; joinable && i < tasks->size(); ++i) {
+    for (size_t i = first; joinable && i < tasks->size(); ++i) {
       joinable = (*tasks)[i].request == last && (*tasks)[i].address == *target++;
     }
     if (joinable) {
