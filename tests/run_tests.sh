@@ -41,7 +41,10 @@ fi
   buf_env+=(--test_env=PSD_KUBERNETES_MODELS="$k8s_models")
 log=$(mktemp /tmp/psd-test.XXXXXX.log)
 bazel test --noshow_progress --test_summary=short "${buf_env[@]}" //... "$@" 2>&1 | tee "$log" |
-  grep -E '(PASSED|FAILED|TIMEOUT|NO STATUS|FLAKY|SKIPPED) in|NO STATUS|^ERROR|^FAIL' || true
+  grep -E '(PASSED|FAILED|TIMEOUT|NO STATUS|FLAKY|SKIPPED) in|NO STATUS|^ERROR|^FAIL'
+# Bazel's status, read right after the pipeline (an `|| true` after it
+# would replace PIPESTATUS with true's, and a build that failed would count
+# as nothing failed).
 bazel_rc=${PIPESTATUS[0]}
 passed=$(grep -cE '^//\S+\s+(\(cached\) )?PASSED' "$log")
 failed=$(grep -cE '^//\S+\s+(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|FLAKY|INCOMPLETE)' "$log")

@@ -26,7 +26,10 @@ if ! command -v clang >/dev/null ||
 fi
 bazel=(bazel "--output_base=${PSD_FUZZ_OUTPUT_BASE:-$HOME/.cache/psd-fuzz-ob}")
 tmp=$(mktemp -d /tmp/psd-fuzz.XXXXXX)
-if ! "${bazel[@]}" build --config=fuzz --noshow_progress \
+# --symlink_prefix=/: no bazel-* links into this output base, which would
+# replace the workspace's (and make a later `bazel test //...` in the same
+# tree load packages under bazel-<dir>/external).
+if ! "${bazel[@]}" build --config=fuzz --noshow_progress --symlink_prefix=/ \
   "${fuzzers[@]/#///tests/fuzz:}" >"$tmp/build.log" 2>&1; then
   grep -E '^ERROR|error:' "$tmp/build.log" | head -20
   echo "//tests/fuzz (clang build, --config=fuzz) FAILED; log in $tmp/build.log"
