@@ -46,7 +46,12 @@ wait_until() {
   local i
   for i in $(seq 600); do
     [ "$(job_field "$1" "bool($2)")" = True ] && return 0
-    [ "$(job_field "$1" "s['state']")" = RUNNING ] || fail "job $1 left RUNNING before: $3"
+    # PENDING: not started yet, and nothing: a GetJob that failed (both on
+    # a loaded machine); an ended job never gets there.
+    case $(job_field "$1" "s['state']" 2>/dev/null) in
+      RUNNING | PENDING | "") ;;
+      *) fail "job $1 ended before: $3" ;;
+    esac
     sleep 0.2
   done
   fail "job $1: no $3 within 120 s: $("${CTL[@]}" get "$1")"

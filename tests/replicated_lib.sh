@@ -124,7 +124,9 @@ finish() {
   echo "$2: $sum, $(tail -1 "$WORK/$1.replicas")"
 }
 
-# submit: submits the job and waits until it runs (its view is known).
+# submit: submits the job and waits until it runs (its view is known), or
+# has already SUCCEEDED (a short job on a fast machine can end between two
+# polls).
 # hit_primary JOB SIGNAL: once the job has done 20 steps, sends SIGNAL to
 # shard 0's primary; sets VICTIM (its name) and EPOCH (the view before).
 hit_primary() {
@@ -144,7 +146,7 @@ failed_over() {
 submit() {
   local id
   id=$("${CTL[@]}" submit "${1:-$WORK/job.textproto}") || fail "submit"
-  wait_until "$id" "j.get('state') == 'RUNNING' and len(j.get('shards', [])) > 0" "job $id did not start" >&2
+  wait_until "$id" "(j.get('state') == 'RUNNING' and len(j.get('shards', [])) > 0) or j.get('state') == 'SUCCEEDED'" "job $id did not start" >&2
   echo "$id"
 }
 
