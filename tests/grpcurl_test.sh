@@ -14,22 +14,8 @@ TLS_DIR=$WORK/certs
 deploy/make_certs.sh "$TLS_DIR"
 AS_ALICE=(--cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/user-alice.pem" --key "$TLS_DIR/user-alice.key")
 call() {  # call METHOD JSON -> response JSON (or the error JSON, exit 1)
-  local out rc tries=0
-  while :; do
-    rc=0
-    out=$("$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" -d "$2" \
-      "https://$COORDINATOR/$1" 2>&1) || rc=$?
-    # A read that met a transient status (a loaded machine) is tried again,
-    # as a user would; what it met stays in the log.
-    case $1 in */Get*|*/List*) ;; *) break ;; esac
-    grep -q '"code": "\(unavailable\|deadline_exceeded\|resource_exhausted\)"' <<<"$out" || break
-    tries=$((tries + 1))
-    [ $tries -lt 5 ] || break
-    echo "call $1: $out; trying again" >&2
-    sleep 1
-  done
-  echo "$out"
-  return $rc
+  "$PSD_BUF" curl --protocol grpc "${AS_ALICE[@]}" -d "$2" \
+    "https://$COORDINATOR/$1" 2>&1
 }
 # Health checks through reflection only, no .proto file (grpcurl's
 # `grpcurl $TLS ADDR grpc.health.v1.Health/Check`).
